@@ -1,0 +1,39 @@
+"""`minicpmv <subcommand>`: one console script; each subcommand is a documented Python function
+in its own module, registered here. Bad input exits with code 2 and one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import MiniCPMVError
+from . import inspect_image
+
+COMMANDS = [inspect_image]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="minicpmv", description="Run, train, align and evaluate MiniCPM-V models.")
+    parser.add_argument("--version", action="version", version=f"minicpmv {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the chosen subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except MiniCPMVError as exc:
+        print(f"minicpmv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"minicpmv {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `minicpmv inspect-image ... | head`
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,80 @@
+"""`minicpmv inspect-image`: how each image is sliced and how many tokens it costs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..processing import DEFAULT_MAX_PIXELS, MiniCPMVProcessor, ProcessorConfig, load_image
+from ..processing.report import format_report, image_report
+from ..processing.slicing import plan_slices
+
+
+def inspect_image(
+    images: list[str],
+    version: str = "2.6",
+    model: str | None = None,
+    max_slice_nums: int | None = None,
+    image_index: int = 0,
+    use_image_id: bool = True,
+    as_json: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[dict]:
+    """Print, for each image, the grid, overview size, slice size, crop count, tgt_sizes and
+    image-token count of the official MiniCPM-V preprocessing; return the reports.
+
+    Args:
+        images: image files, read like any model input (EXIF orientation applied).
+        version: "2.0", "2.5" or "2.6" official settings, unless `model` is given.
+        model: a checkpoint folder whose processor settings to use instead.
+        max_slice_nums: per-call slice cap (default: the checkpoint's, 9 officially).
+        image_index: `<image_id>` of the first image (2.6); later images count up from it, as
+            images of one prompt do.
+        use_image_id: 2.6 only: write the `<image_id>` prefix.
+        as_json: one JSON object per image and line, with the keys of the reference slicing.json.
+        max_pixels: refuse images larger than this many pixels.
+    """
+    config = ProcessorConfig.from_pretrained(model) if model else ProcessorConfig.defaults(version)
+    limit = max_slice_nums if max_slice_nums is not None else config.max_slice_nums
+    reports = []
+    for offset, path in enumerate(images):
+        image = load_image(path, max_pixels)
+        plan = plan_slices(image.size, limit, config.scale_resolution, config.patch_size)
+        report = image_report(plan, config, image_index + offset, use_image_id)
+        reports.append(report)
+        print(json.dumps({"image": path, **report}) if as_json else format_report(path, report), flush=True)
+    return reports
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect-image",
+        help="show how images are sliced and how many image tokens they cost",
+        description=inspect_image.__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--version", dest="model_version", choices=["2.0", "2.5", "2.6"], default="2.6",
+                        help="official settings of this MiniCPM-V version (default 2.6)")
+    parser.add_argument("-m", "--model", help="checkpoint folder whose processor settings to use")
+    parser.add_argument("--max-slice-nums", type=_positive_int, help="cap on slices per image (1 = single view)")
+    parser.add_argument("--image-index", type=_non_negative_int, default=0, help="<image_id> of the first image (2.6)")
+    parser.add_argument("--no-image-id", action="store_true", help="2.6: no <image_id> prefix")
+    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    parser.set_defaults(run=lambda a: inspect_image(
+        a.images, a.model_version, a.model, a.max_slice_nums, a.image_index,
+        not a.no_image_id, a.json, a.max_pixels) and 0)

@@ -1,0 +1,107 @@
+"""Processor settings as a plain dataclass, built from a checkpoint's preprocessor_config.json
+(2.5/2.6) or config.json (2.0), with the official defaults for anything missing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..versions import detect_version, normalize_version
+from .slicing import MAX_SLICE_NUMS, PATCH_SIZE, SCALE_RESOLUTION
+
+QUERY_NUM = {"2.0": 64, "2.5": 96, "2.6": 64}
+
+
+@dataclass
+class ProcessorConfig:
+    """Everything the processor needs to turn images and messages into model inputs."""
+
+    version: str = "2.6"
+    query_num: int = 64
+    max_slice_nums: int = MAX_SLICE_NUMS
+    scale_resolution: int = SCALE_RESOLUTION
+    patch_size: int = PATCH_SIZE
+    use_image_id: bool = True
+    norm_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    norm_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    im_start: str = "<image>"
+    im_end: str = "</image>"
+    slice_start: str = "<slice>"
+    slice_end: str = "</slice>"
+    unk: str = "<unk>"
+    im_id_start: str = "<image_id>"
+    im_id_end: str = "</image_id>"
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.version = normalize_version(self.version)
+        if self.version != "2.6":
+            self.use_image_id = False  # only the 2.6 format has <image_id> tags
+        for name in ("query_num", "max_slice_nums", "scale_resolution", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        self.norm_mean, self.norm_std = tuple(self.norm_mean), tuple(self.norm_std)
+
+    @classmethod
+    def defaults(cls, version: str = "2.6") -> "ProcessorConfig":
+        """The official settings of a released checkpoint of `version`."""
+        version = normalize_version(version)
+        return cls(version=version, query_num=QUERY_NUM[version], use_image_id=version == "2.6")
+
+    @classmethod
+    def from_dict(cls, data: dict, version: str) -> "ProcessorConfig":
+        """From preprocessor_config.json keys (image_feature_size = query_num); unknown keys kept in extra."""
+        base = cls.defaults(version)
+        known = {f.name for f in fields(cls)} - {"extra", "version"}
+        values = {k: v for k, v in data.items() if k in known}
+        if "image_feature_size" in data:
+            values["query_num"] = data["image_feature_size"]
+        base_values = {f.name: getattr(base, f.name) for f in fields(cls) if f.name != "extra"}
+        return cls(**{**base_values, **values, "version": version})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ProcessorConfig":
+        """Settings of a checkpoint folder, checked against its config.json like the official chat()."""
+        folder = Path(path)
+        model_config = _read_json(folder / "config.json")
+        version = detect_version(model_config)
+        pre_path = folder / "preprocessor_config.json"
+        if pre_path.exists():
+            config = cls.from_dict(_read_json(pre_path), version)
+            _check_agreement(config, model_config)
+            return config
+        return cls.from_dict(_flatten_model_config(model_config), version)
+
+
+def _flatten_model_config(config: dict) -> dict:
+    """Processor keys from config.json (2.0 keeps them at top level, 2.5/2.6 in slice_config)."""
+    values = {k: config[k] for k in ("query_num", "max_slice_nums", "scale_resolution", "patch_size", "use_image_id") if k in config}
+    values.update(config.get("slice_config") or {})
+    return values
+
+
+def _check_agreement(config: ProcessorConfig, model_config: dict) -> None:
+    """The official chat() asserts that both files agree; a mismatch means a broken checkpoint."""
+    model_values = _flatten_model_config(model_config)
+    for name in ("query_num", "patch_size", "max_slice_nums", "use_image_id"):
+        if name in model_values and model_values[name] != getattr(config, name):
+            raise ConfigError(
+                f"{name}: preprocessor_config.json has {getattr(config, name)!r} "
+                f"but config.json has {model_values[name]!r}"
+            )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data

@@ -1,0 +1,90 @@
+"""Image placeholder text and image bounds, the three official schemas (reference-spec §3).
+
+Q = query_num copies of `<unk>` stand for one crop's resampler outputs:
+- 2.6: [<image_id>i</image_id>] <image>U^Q</image> then slice rows joined by "\\n", each row
+  `cols` times <slice>U^Q</slice>; no outer wrapper.
+- 2.5: <image>U^Q</image> then, if sliced, <slice> rows of <image>U^Q</image> </slice>.
+- 2.0: as 2.5, followed by the "\\n" that always separates the image from the text in 2.0
+  prompts (the official chat() writes it after the placeholder; the processor port folds it in).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import PromptError
+from .config import ProcessorConfig
+from .slicing import SlicePlan
+
+IMAGE_TAG = "(<image>./</image>)"
+
+
+def image_placeholder(
+    plan: SlicePlan, config: ProcessorConfig, image_index: int = 0, use_image_id: bool | None = None
+) -> str:
+    """The text that stands for one image in the prompt.
+
+    Args:
+        plan: the image's slice plan.
+        config: processor settings (version, query_num and the marker strings).
+        image_index: 0-based index of the image within its prompt (2.6 `<image_id>`).
+        use_image_id: override config.use_image_id; ignored outside 2.6.
+    """
+    unk_run = config.unk * config.query_num
+    image_span = f"{config.im_start}{unk_run}{config.im_end}"
+    if config.version == "2.6":
+        slice_span = f"{config.slice_start}{unk_run}{config.slice_end}"
+        text = image_span + _grid_text(plan, slice_span)
+        with_id = config.use_image_id if use_image_id is None else bool(use_image_id)
+        if with_id:
+            text = f"{config.im_id_start}{image_index}{config.im_id_end}" + text
+        return text
+    text = image_span
+    if plan.grid is not None:
+        text += config.slice_start + _grid_text(plan, image_span) + config.slice_end
+    return text + "\n" if config.version == "2.0" else text
+
+
+def _grid_text(plan: SlicePlan, span: str) -> str:
+    if plan.grid is None:
+        return ""
+    cols, rows = plan.grid
+    return "\n".join(span * cols for _ in range(rows))
+
+
+def compact_placeholder(text: str, unk: str = "<unk>") -> str:
+    """Run-length form for people: `<unk><unk>...` becomes `<unk>*64`."""
+    return re.sub(f"(?:{re.escape(unk)})+", lambda m: f"{unk}*{len(m.group(0)) // len(unk)}", text)
+
+
+def expand_image_tags(prompt: str, placeholders: list[str]) -> str:
+    """Replace each `(<image>./</image>)` tag, in order, by its image's placeholder."""
+    chunks = prompt.split(IMAGE_TAG)
+    if len(chunks) - 1 != len(placeholders):
+        raise PromptError(
+            f"the prompt has {len(chunks) - 1} image tag(s) {IMAGE_TAG} but {len(placeholders)} image(s) were given"
+        )
+    pieces = [chunks[0]]
+    for placeholder, chunk in zip(placeholders, chunks[1:]):
+        pieces += [placeholder, chunk]
+    return "".join(pieces)
+
+
+def find_image_bounds(
+    input_ids: list[int], start_ids: set[int], end_ids: set[int], span_length: int
+) -> list[tuple[int, int]]:
+    """[start, end) of every image-feature span: just after each start marker to its end marker.
+
+    Unlike the official code, a marker without a partner or a span of the wrong length (marker
+    tokens typed into the text, or a cut prompt) is an error instead of a silent misalignment.
+    """
+    starts = [i + 1 for i, token in enumerate(input_ids) if token in start_ids]
+    ends = [i for i, token in enumerate(input_ids) if token in end_ids]
+    bounds = list(zip(starts, ends))
+    if len(starts) != len(ends) or any(end - start != span_length for start, end in bounds):
+        raise PromptError(
+            "image marker tokens do not form image spans of "
+            f"{span_length} tokens (found {len(starts)} start and {len(ends)} end markers); "
+            "is an image marker such as <image> or <slice> typed into the text?"
+        )
+    return bounds

@@ -1,0 +1,178 @@
+"""The single entry point from chat messages to model inputs, used by chat, server, training and
+evaluation alike: messages -> prompt -> placeholders -> token ids, image crops, tgt_sizes and
+image bounds, batched with left padding as the official 2.6 processor does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import PromptError, PromptTooLongError
+from .chat_format import message_images, normalize_messages, render_prompt
+from .config import ProcessorConfig
+from .image_io import DEFAULT_MAX_PIXELS, load_image
+from .pixels import EncodedImage, encode_image
+from .placeholders import expand_image_tags, find_image_bounds, image_placeholder
+from .slicing import SlicePlan, plan_slices
+from .tokenizer import TextTokenizer, load_tokenizer
+
+PAD_TOKEN_ID = 0  # the official processor and generate() pad with id 0
+
+
+@dataclass
+class ModelInputs:
+    """A batch of B prompts for the model.
+
+    input_ids, attention_mask: int64 (B, T), left-padded with id 0 / mask 0.
+    pixel_values[b]: the crops of sample b, each float32 (3, patch, patch * L).
+    tgt_sizes[b]: int32 (n_crops_b, 2), (rows, cols) of patches per crop.
+    image_bound[b]: int64 (n_crops_b, 2), [start, end) of each crop's feature span.
+    prompts[b]: the prompt text after the chat template, before placeholder expansion.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: list[list[torch.Tensor]]
+    tgt_sizes: list[torch.Tensor]
+    image_bound: list[torch.Tensor]
+    prompts: list[str] = field(default_factory=list)
+    plans: list[list[SlicePlan]] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class EncodedPrompt:
+    """One sample before batching."""
+
+    prompt: str
+    input_ids: list[int]
+    images: list[EncodedImage]
+    image_bound: list[tuple[int, int]]
+
+
+class MiniCPMVProcessor:
+    """Turns chat messages with images into `ModelInputs` for one checkpoint's format."""
+
+    def __init__(self, config: ProcessorConfig, tokenizer: TextTokenizer, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.max_pixels = max_pixels
+        start_tokens, end_tokens = [config.im_start], [config.im_end]
+        if config.version == "2.6":  # 2.6 slices have their own markers; 2.5/2.0 nest <image> in <slice>
+            start_tokens.append(config.slice_start)
+            end_tokens.append(config.slice_end)
+        self.start_ids = {tokenizer.require_id(t) for t in start_tokens}
+        self.end_ids = {tokenizer.require_id(t) for t in end_tokens}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "MiniCPMVProcessor":
+        """Processor of a checkpoint folder (config.json, preprocessor_config.json, tokenizer files)."""
+        return cls(ProcessorConfig.from_pretrained(path), load_tokenizer(path), **kwargs)
+
+    def plan(self, size: tuple[int, int], max_slice_nums: int | None = None) -> SlicePlan:
+        """Slice plan of an image of `size` (width, height) under this checkpoint's settings."""
+        cfg = self.config
+        limit = cfg.max_slice_nums if max_slice_nums is None else max_slice_nums
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise PromptError(f"max_slice_nums must be a positive integer, got {limit!r}")
+        return plan_slices(size, limit, cfg.scale_resolution, cfg.patch_size)
+
+    def placeholder(self, plan: SlicePlan, image_index: int = 0, use_image_id: bool | None = None) -> str:
+        return image_placeholder(plan, self.config, image_index, use_image_id)
+
+    def build_prompt(self, messages: list, system_prompt: str | None = None, add_generation_prompt: bool = True):
+        """(prompt text with image tags, image sources in tag order)."""
+        normalized = normalize_messages(messages, system_prompt)
+        prompt = render_prompt(
+            normalized, self.config.version, self.tokenizer.chat_template,
+            self.tokenizer.special_tokens, add_generation_prompt,
+        )
+        return prompt, message_images(normalized)
+
+    def encode_images(self, sources: list, max_slice_nums: int | None = None) -> list[EncodedImage]:
+        """Load, plan and encode images; raises ImageError naming the bad one."""
+        encoded = []
+        for source in sources:
+            image = load_image(source, self.max_pixels)
+            plan = self.plan(image.size, max_slice_nums)
+            encoded.append(encode_image(image, plan, self.config.norm_mean, self.config.norm_std))
+        return encoded
+
+    def encode_prompt(
+        self,
+        prompt: str,
+        images: list[EncodedImage],
+        use_image_id: bool | None = None,
+        max_length: int | None = None,
+    ) -> EncodedPrompt:
+        """Expand image tags in a rendered prompt, tokenise it and locate the image spans."""
+        placeholders = [self.placeholder(image.plan, i, use_image_id) for i, image in enumerate(images)]
+        ids = self.tokenizer.encode(expand_image_tags(prompt, placeholders))
+        if max_length is not None and len(ids) > max_length:
+            raise PromptTooLongError(
+                f"the prompt is {len(ids)} tokens long after image expansion, more than the limit of "
+                f"{max_length}; use fewer or smaller images (max_slice_nums) or a shorter text"
+            )
+        bounds = find_image_bounds(ids, self.start_ids, self.end_ids, self.config.query_num)
+        return EncodedPrompt(prompt, ids, images, bounds)
+
+    def __call__(
+        self,
+        messages: list,
+        *,
+        max_slice_nums: int | None = None,
+        use_image_id: bool | None = None,
+        system_prompt: str | None = None,
+        max_length: int | None = None,
+        add_generation_prompt: bool = True,
+    ) -> ModelInputs:
+        """Process one conversation, or a batch given as a list of conversations.
+
+        Args:
+            messages: [{"role", "content"}, ...] or a list of such lists (a batch).
+            max_slice_nums: per-call cap on slices per image (1 = a single view).
+            use_image_id: 2.6 only: write `<image_id>i</image_id>` before each image.
+            system_prompt: prepended as a system message.
+            max_length: longest accepted prompt in tokens; longer is a PromptTooLongError.
+            add_generation_prompt: end with the assistant turn opener.
+        """
+        batch = messages if messages and isinstance(messages[0], list) else [messages]
+        samples = []
+        for conversation in batch:
+            prompt, sources = self.build_prompt(conversation, system_prompt, add_generation_prompt)
+            images = self.encode_images(sources, max_slice_nums)
+            samples.append(self.encode_prompt(prompt, images, use_image_id, max_length))
+        return collate(samples)
+
+
+def collate(samples: list[EncodedPrompt]) -> ModelInputs:
+    """Left-pad to the longest sample; image bounds move right by the padding."""
+    length = max(len(s.input_ids) for s in samples)
+    input_ids = torch.full((len(samples), length), PAD_TOKEN_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    bounds = []
+    for row, sample in enumerate(samples):
+        pad = length - len(sample.input_ids)
+        input_ids[row, pad:] = torch.tensor(sample.input_ids, dtype=torch.long)
+        attention_mask[row, pad:] = 1
+        bounds.append(torch.tensor(sample.image_bound, dtype=torch.long).reshape(-1, 2) + pad)
+    return ModelInputs(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pixel_values=[[crop for image in s.images for crop in image.crops] for s in samples],
+        tgt_sizes=[_stack_tgt_sizes(s.images) for s in samples],
+        image_bound=bounds,
+        prompts=[s.prompt for s in samples],
+        plans=[[image.plan for image in s.images] for s in samples],
+    )
+
+
+def _stack_tgt_sizes(images: list[EncodedImage]) -> torch.Tensor:
+    if not images:
+        return torch.zeros((0, 2), dtype=torch.int32)
+    return torch.cat([image.tgt_sizes for image in images])

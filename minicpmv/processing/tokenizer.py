@@ -1,0 +1,158 @@
+"""Text tokenizers of the three checkpoints, without transformers or remote code.
+
+- 2.5 / 2.6: `tokenizer.json` through the `tokenizers` library. Its post-processor adds what the
+  checkpoint adds (2.5's Llama-3 file prepends <|begin_of_text|>; 2.6 adds nothing).
+- 2.0: `tokenizer.model` through sentencepiece, split on the added tokens of
+  tokenizer_config.json first, exactly like transformers' slow LlamaTokenizer with legacy=True.
+
+Special-token ids are always looked up by their strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import ConfigError
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+class TextTokenizer:
+    """Common interface: encode/decode, id lookup, special tokens and the chat template."""
+
+    def __init__(self, tokenizer_config: dict):
+        self.config = tokenizer_config
+        self.chat_template: str | None = tokenizer_config.get("chat_template")
+        self.special_tokens = {key: _token_text(tokenizer_config.get(key)) for key in SPECIAL_TOKEN_KEYS}
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with the special tokens the checkpoint's tokenizer adds itself."""
+        raise NotImplementedError
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        raise NotImplementedError
+
+    def token_to_id(self, token: str) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def require_id(self, token: str) -> int:
+        """Id of a token that must exist (image markers, terminators)."""
+        token_id = self.token_to_id(token)
+        if token_id is None:
+            raise ConfigError(f"tokenizer: the token {token!r} is not in the vocabulary")
+        return token_id
+
+
+class HFTokenizer(TextTokenizer):
+    """A `tokenizer.json` (2.5, 2.6 and the demo model)."""
+
+    def __init__(self, path: Path, tokenizer_config: dict):
+        from tokenizers import Tokenizer
+
+        super().__init__(tokenizer_config)
+        try:
+            self.backend = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - the library raises plain Exception
+            raise ConfigError(f"{path}: cannot load tokenizer ({exc})") from None
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+
+class SentencePieceTokenizer(TextTokenizer):
+    """A SentencePiece `tokenizer.model` with added tokens (MiniCPM-V 2.0)."""
+
+    def __init__(self, path: Path, tokenizer_config: dict):
+        import sentencepiece
+
+        super().__init__(tokenizer_config)
+        try:
+            self.backend = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"{path}: cannot load SentencePiece model ({exc})") from None
+        self.add_bos = bool(tokenizer_config.get("add_bos_token", True))
+        self.added_tokens = _added_tokens(tokenizer_config)
+        pattern = "|".join(re.escape(t) for t in sorted(self.added_tokens, key=len, reverse=True))
+        self._splitter = re.compile(f"({pattern})") if pattern else None
+
+    def encode(self, text: str) -> list[int]:
+        ids = [self.require_id(self.special_tokens["bos_token"])] if self.add_bos else []
+        chunks = self._splitter.split(text) if self._splitter else [text]
+        for chunk in chunks:
+            if not chunk:
+                continue
+            if chunk in self.added_tokens:
+                ids.append(self.added_tokens[chunk])
+            else:
+                ids.extend(self.backend.encode(chunk))
+        return ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        special = set(self.added_tokens.values()) if skip_special_tokens else set()
+        pieces, run = [], []
+        for token_id in ids:
+            if token_id in special:
+                continue
+            if token_id in self.added_tokens.values() or self.backend.is_control(token_id):
+                pieces.append(self.backend.decode(run))
+                pieces.append(self.backend.id_to_piece(token_id))
+                run = []
+            else:
+                run.append(token_id)
+        pieces.append(self.backend.decode(run))
+        return "".join(pieces)
+
+    def token_to_id(self, token: str) -> int | None:
+        if token in self.added_tokens:
+            return self.added_tokens[token]
+        token_id = self.backend.piece_to_id(token)
+        return None if token_id == self.backend.unk_id() and token != self.backend.id_to_piece(token_id) else token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_piece_size()
+
+
+def load_tokenizer(path: str | Path) -> TextTokenizer:
+    """The tokenizer of a checkpoint folder: tokenizer.json if present, else tokenizer.model."""
+    folder = Path(path)
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = {}
+    if config_path.exists():
+        try:
+            tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+    if (folder / "tokenizer.json").exists():
+        return HFTokenizer(folder / "tokenizer.json", tokenizer_config)
+    if (folder / "tokenizer.model").exists():
+        return SentencePieceTokenizer(folder / "tokenizer.model", tokenizer_config)
+    raise ConfigError(f"{folder}: no tokenizer.json or tokenizer.model")
+
+
+def _token_text(value) -> str | None:
+    """tokenizer_config writes special tokens as strings or as AddedToken dicts."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _added_tokens(tokenizer_config: dict) -> dict[str, int]:
+    decoder = tokenizer_config.get("added_tokens_decoder") or {}
+    return {_token_text(entry): int(token_id) for token_id, entry in decoder.items()}

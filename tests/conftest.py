@@ -1,0 +1,32 @@
+"""Shared test helpers. All golden data comes from tests/fixtures/reference (vendored from the
+official implementation's outputs, see tests/fixtures/vendor_reference.py), never from ../shared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REFERENCE = Path(__file__).parent / "fixtures" / "reference"
+TINY = {"2.6": REFERENCE / "minicpmv26_tiny", "2.5": REFERENCE / "minicpmv25_tiny", "2.0": REFERENCE / "minicpmv20_tiny"}
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def slicing_records():
+    """(case_id, width, height, version, record) for every case and version of slicing.json."""
+    cases = load_json(REFERENCE / "slicing.json")["cases"]
+    return [(c["case_id"], c["width"], c["height"], v, r) for c in cases for v, r in c["versions"].items()]
+
+
+def golden_cases():
+    """(version, case directory) for every tiny-checkpoint case."""
+    return [(version, case) for version, folder in TINY.items() for case in sorted(folder.glob("case_*"))]
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return REFERENCE
