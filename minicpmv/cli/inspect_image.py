@@ -28,8 +28,8 @@ def inspect_image(
         version: "2.0", "2.5" or "2.6" official settings, unless `model` is given.
         model: a checkpoint folder whose processor settings to use instead.
         max_slice_nums: per-call slice cap (default: the checkpoint's, 9 officially).
-        image_index: `<image_id>` of the first image (2.6); later images count up from it, as
-            images of one prompt do.
+        image_index: the image's 0-based index within its prompt, written in `<image_id>` (2.6);
+            every image given is inspected as that image of its prompt.
         use_image_id: 2.6 only: write the `<image_id>` prefix.
         as_json: one JSON object per image and line, with the keys of the reference slicing.json.
         max_pixels: refuse images larger than this many pixels.
@@ -37,10 +37,10 @@ def inspect_image(
     config = ProcessorConfig.from_pretrained(model) if model else ProcessorConfig.defaults(version)
     limit = max_slice_nums if max_slice_nums is not None else config.max_slice_nums
     reports = []
-    for offset, path in enumerate(images):
+    for path in images:
         image = load_image(path, max_pixels)
         plan = plan_slices(image.size, limit, config.scale_resolution, config.patch_size)
-        report = image_report(plan, config, image_index + offset, use_image_id)
+        report = image_report(plan, config, image_index, use_image_id)
         reports.append(report)
         print(json.dumps({"image": path, **report}) if as_json else format_report(path, report), flush=True)
     return reports
@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
                         help="official settings of this MiniCPM-V version (default 2.6)")
     parser.add_argument("-m", "--model", help="checkpoint folder whose processor settings to use")
     parser.add_argument("--max-slice-nums", type=_positive_int, help="cap on slices per image (1 = single view)")
-    parser.add_argument("--image-index", type=_non_negative_int, default=0, help="<image_id> of the first image (2.6)")
+    parser.add_argument("--image-index", type=_non_negative_int, default=0, help="index of the image within its prompt, for <image_id> (2.6)")
     parser.add_argument("--no-image-id", action="store_true", help="2.6: no <image_id> prefix")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     parser.add_argument("--json", action="store_true", help="one JSON object per image and line")

@@ -1,0 +1,31 @@
+"""Every `minicpmv ...` command in the README's bash blocks runs and succeeds."""
+
+import re
+import shlex
+from pathlib import Path
+
+from minicpmv.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("minicpmv ")]
+
+
+def test_readme_cli_commands_run(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    commands = readme_commands()
+    assert len(commands) >= 3
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command
+        assert capsys.readouterr().out.strip(), command
+
+
+def test_make_demo_runs_a_readme_command():
+    makefile = (ROOT / "Makefile").read_text()
+    demo = re.search(r"^demo:.*\n\t(.*)$", makefile, flags=re.M).group(1)
+    assert "minicpmv inspect-image minicpmv/assets/example.png" in demo
