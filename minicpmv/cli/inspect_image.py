@@ -75,6 +75,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-image-id", action="store_true", help="2.6: no <image_id> prefix")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
-    parser.set_defaults(run=lambda a: inspect_image(
-        a.images, a.model_version, a.model, a.max_slice_nums, a.image_index,
-        not a.no_image_id, a.json, a.max_pixels) and 0)
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    inspect_image(args.images, args.model_version, args.model, args.max_slice_nums, args.image_index,
+                  not args.no_image_id, args.json, args.max_pixels)
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -111,7 +112,7 @@ def render_prompt(
         raise PromptError("the tokenizer has no chat_template; cannot build a chat prompt")
     rendered = [{"role": m.role, "content": join_parts(m.parts)} for m in messages]
     try:
-        template = _jinja_env().from_string(chat_template)
+        template = _compile_template(chat_template)
         return template.render(
             messages=rendered, add_generation_prompt=add_generation_prompt, **special_tokens
         )
@@ -136,9 +137,10 @@ def _raise_exception(message: str):
     raise TemplateError(message)
 
 
-def _jinja_env() -> ImmutableSandboxedEnvironment:
+@lru_cache(maxsize=8)
+def _compile_template(source: str):
     # The settings transformers renders chat templates with, so the text is identical.
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
+    return env.from_string(source)

@@ -88,6 +88,7 @@ class SentencePieceTokenizer(TextTokenizer):
             raise ConfigError(f"{path}: cannot load SentencePiece model ({exc})") from None
         self.add_bos = bool(tokenizer_config.get("add_bos_token", True))
         self.added_tokens = _added_tokens(tokenizer_config)
+        self._added_ids = set(self.added_tokens.values())
         pattern = "|".join(re.escape(t) for t in sorted(self.added_tokens, key=len, reverse=True))
         self._splitter = re.compile(f"({pattern})") if pattern else None
 
@@ -104,12 +105,12 @@ class SentencePieceTokenizer(TextTokenizer):
         return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        special = set(self.added_tokens.values()) if skip_special_tokens else set()
         pieces, run = [], []
         for token_id in ids:
-            if token_id in special:
+            is_special = token_id in self._added_ids or self.backend.is_control(token_id)
+            if is_special and skip_special_tokens:
                 continue
-            if token_id in self.added_tokens.values() or self.backend.is_control(token_id):
+            if is_special:  # sentencepiece would drop or mangle these pieces
                 pieces.append(self.backend.decode(run))
                 pieces.append(self.backend.id_to_piece(token_id))
                 run = []
