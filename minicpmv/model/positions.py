@@ -27,3 +27,26 @@ def navit_position_ids(rows: int, cols: int, num_patches_per_side: int = NUM_PAT
     row_ids = navit_position_buckets(rows, num_patches_per_side)
     col_ids = navit_position_buckets(cols, num_patches_per_side)
     return (row_ids[:, None] * num_patches_per_side + col_ids[None, :]).reshape(-1)
+
+
+def sincos_2d(embed_dim: int, rows: int, cols: int) -> torch.Tensor:
+    """(rows * cols, embed_dim) 2-D sin-cos embedding of a patch grid, row-major, as the official
+    resampler computes it in numpy float32.
+
+    Channel layout quirk: the first half encodes the *column* index and the second half the
+    *row* index (the official meshgrid is w-first); each half is [sin(p*w_k)..., cos(p*w_k)...]
+    with w_k = 10000^(-k / (D/4)).
+    """
+    import numpy as np
+
+    omega = np.arange(embed_dim // 4, dtype=np.float32)
+    omega /= embed_dim / 4.0
+    omega = 1.0 / 10000**omega  # (D/4,)
+    col_grid, row_grid = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
+
+    def encode(pos: np.ndarray) -> np.ndarray:
+        angles = np.einsum("hw,d->hwd", pos, omega)  # (rows, cols, D/4)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)  # (rows, cols, D/2)
+
+    table = np.concatenate([encode(col_grid), encode(row_grid)], axis=-1)  # (rows, cols, D)
+    return torch.from_numpy(table.reshape(rows * cols, embed_dim)).float()

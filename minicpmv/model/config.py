@@ -1,0 +1,171 @@
+"""Model configs as plain dataclasses built from an official config.json (reference-spec §1).
+
+Unknown keys are ignored, missing keys take the official class defaults, and the version decides
+the LLM family and the vision encoder: 2.6 = NaViT SigLIP + Qwen2, 2.5 = NaViT SigLIP (Idefics2
+code) + Llama-3, 2.0 = timm SigLIP + MiniCPM.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..versions import detect_version
+
+LLM_FAMILY = {"2.6": "qwen2", "2.5": "llama", "2.0": "minicpm"}
+QUERY_NUM = {"2.6": 64, "2.5": 96, "2.0": 64}
+
+# SigLIP-so400m: the vision tower of every released MiniCPM-V 2.x
+SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+          "patch_size": 14, "image_size": 980}
+
+
+@dataclass
+class VisionConfig:
+    """SigLIP vision tower. `kind` is "navit" (2.5/2.6, variable resolution) or "timm" (2.0)."""
+
+    kind: str = "navit"
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_layers: int = 27  # layers actually kept (after drop_vision_last_layer)
+    num_heads: int = 16
+    patch_size: int = 14
+    image_size: int = 980  # navit: 980/14 = 70x70 position table; timm: 384/14 = 27x27
+    layer_norm_eps: float = 1e-6
+    gelu_tanh: bool = True  # 2.5/2.6 gelu_pytorch_tanh; 2.0 timm nn.GELU (exact erf)
+    faithful_idefics2_mask: bool = False  # 2.5: reproduce the official all-True patch mask (spec §4.1)
+
+    @property
+    def num_positions_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class LLMConfig:
+    """Decoder-only LLM: Qwen2 (q/k/v bias), Llama-3, or MiniCPM (scaled embeddings, residuals, logits)."""
+
+    family: str = "qwen2"
+    vocab_size: int = 151666
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_layers: int = 28
+    num_heads: int = 28
+    num_kv_heads: int = 4
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+    attention_bias: bool = True
+    tie_word_embeddings: bool = False
+    scale_emb: float = 1.0  # MiniCPM: token embeddings are multiplied by this
+    scale_depth: float | None = None  # MiniCPM: residual branches scaled by scale_depth / sqrt(L)
+    dim_model_base: int | None = None  # MiniCPM: logits = lm_head(h / (hidden / dim_model_base))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def residual_scale(self) -> float:
+        return 1.0 if self.scale_depth is None else self.scale_depth / self.num_layers ** 0.5
+
+    @property
+    def logit_divisor(self) -> float:
+        return 1.0 if self.dim_model_base is None else self.hidden_size / self.dim_model_base
+
+
+@dataclass
+class MiniCPMVConfig:
+    version: str
+    vision: VisionConfig
+    llm: LLMConfig
+    query_num: int = 64
+    vision_batch_size: int = 16
+    drop_vision_last_layer: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def resampler_heads(self) -> int:
+        return self.llm.hidden_size // 128
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "MiniCPMVConfig":
+        version = detect_version(config)
+        drop_last = bool(config.get("drop_vision_last_layer", version != "2.5"))
+        vision = _vision_config(config, version, drop_last)
+        llm = _llm_config(config, version)
+        query_num = _int(config, "query_num", QUERY_NUM[version])
+        if llm.hidden_size < 128 or llm.hidden_size % 128:
+            raise ConfigError(f"hidden_size: {llm.hidden_size} gives no whole number of 128-wide resampler heads")
+        return cls(version, vision, llm, query_num, _int(config, "vision_batch_size", 16), drop_last,
+                   config.get("bos_token_id"), config.get("eos_token_id"), dict(config))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "MiniCPMVConfig":
+        file = Path(path) / "config.json"
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: missing; not a MiniCPM-V checkpoint folder") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{file}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a JSON object")
+        return cls.from_dict(data)
+
+
+def _int(config: dict, key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _vision_config(config: dict, version: str, drop_last: bool) -> VisionConfig:
+    if version == "2.0":
+        # timm's vit_so400m_patch14_siglip_384; the tiny test models spell their timm args out.
+        timm = config.get("tiny_vision_encoder_timm_args") or {
+            "embed_dim": 1152, "depth": 27, "num_heads": 16, "mlp_ratio": 3.7362, "img_size": 384, "patch_size": 14}
+        width = timm["embed_dim"]
+        depth = timm["depth"] - (1 if drop_last else 0)
+        return VisionConfig("timm", width, int(width * timm["mlp_ratio"]), depth, timm["num_heads"],
+                            timm.get("patch_size", 14), timm.get("img_size", 384), 1e-6, gelu_tanh=False)
+    values = {**SO400M, **(config.get("vision_config") or {})}
+    layers = _int(values, "num_hidden_layers", 27) - (1 if drop_last else 0)
+    return VisionConfig(
+        "navit", _int(values, "hidden_size", 1152), _int(values, "intermediate_size", 4304), layers,
+        _int(values, "num_attention_heads", 16), _int(values, "patch_size", 14), _int(values, "image_size", 980),
+        float(values.get("layer_norm_eps", 1e-6)), gelu_tanh=True, faithful_idefics2_mask=version == "2.5",
+    )
+
+
+def _llm_config(config: dict, version: str) -> LLMConfig:
+    family = LLM_FAMILY[version]
+    heads = _int(config, "num_attention_heads", 28)
+    llm = LLMConfig(
+        family=family,
+        vocab_size=_int(config, "vocab_size", 151666),
+        hidden_size=_int(config, "hidden_size", 3584),
+        intermediate_size=_int(config, "intermediate_size", 18944),
+        num_layers=_int(config, "num_hidden_layers", 28),
+        num_heads=heads,
+        num_kv_heads=_int(config, "num_key_value_heads", heads),
+        rope_theta=float(config.get("rope_theta", {"qwen2": 1e6, "llama": 5e5, "minicpm": 1e4}[family])),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6 if family == "qwen2" else 1e-5)),
+        max_position_embeddings=_int(config, "max_position_embeddings", 32768),
+        attention_bias=family == "qwen2" or bool(config.get("attention_bias", False)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+    if family == "minicpm":
+        llm.scale_emb = float(config.get("scale_emb", 1))
+        llm.scale_depth = float(config.get("scale_depth", 1.4))
+        llm.dim_model_base = _int(config, "dim_model_base", 256)
+    if llm.hidden_size % heads or heads % llm.num_kv_heads:
+        raise ConfigError(f"num_attention_heads: {heads} heads / {llm.num_kv_heads} KV heads do not divide "
+                          f"hidden_size {llm.hidden_size}")
+    if (config.get("rope_scaling") or None) is not None:
+        raise ConfigError(f"rope_scaling: {config['rope_scaling']!r} is not supported")
+    return llm

@@ -1,0 +1,188 @@
+"""Decoder-only LLM for the three families (reference-spec §4.3), with the official names
+(`llm.model.layers.N.self_attn.q_proj`, `llm.lm_head`, ...).
+
+One implementation, parameterised by `LLMConfig`: Qwen2 has q/k/v biases and GQA; Llama-3 has
+GQA; MiniCPM multiplies token embeddings by `scale_emb`, scales every residual branch by
+`scale_depth / sqrt(L)` and divides the final hidden state by `hidden / dim_model_base`.
+The model takes embeddings (vision rows already scattered in), never token strings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LLMConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # variance in float32 whatever the compute dtype, as all three official models do
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of shape (B, 1, T, head_dim) for integer positions (B, T), computed in float32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
+    angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (B, kv_heads, max_len, head_dim) each.
+
+    `length` tokens are filled; a forward pass writes its keys at [length, length + T) of every
+    layer and `advance(T)` moves on once all layers have run.
+    """
+
+    def __init__(self, cfg: LLMConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens, {end} needed")
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, steps: int):
+        self.length += steps
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd, bias = cfg.head_dim, cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+        batch, length, _ = x.shape
+        hd = self.cfg.head_dim
+        q = self.q_proj(x).view(batch, length, -1, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(batch, length, -1, hd).transpose(1, 2)  # (B, KVH, T, hd)
+        v = self.v_proj(x).view(batch, length, -1, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, KVH, S, hd) with S = cached + T
+        groups = self.cfg.num_heads // self.cfg.num_kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+        self.residual_scale = cfg.residual_scale
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer) * self.residual_scale
+        return x + self.mlp(self.post_attention_layernorm(x)) * self.residual_scale
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def attention_bias(attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int,
+                   dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive mask (B, 1, T, S): causal over absolute positions plus padded keys.
+
+    attention_mask (B, S) marks real tokens with 1 (S = past + T). Rows that see no real key
+    (left padding) keep a finite minimum instead of -inf, so they stay NaN-free.
+    """
+    total = past_len + query_len
+    query_pos = torch.arange(past_len, total, device=device)[:, None]
+    allowed = torch.arange(total, device=device)[None, :] <= query_pos  # (T, S)
+    allowed = allowed[None, None].expand(batch, 1, query_len, total)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :total].bool().to(device)
+    bias = torch.zeros((batch, 1, query_len, total), dtype=dtype, device=device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class LanguageModel(nn.Module):
+    """`llm.*`: embeddings in, logits out; an optional KV cache makes decoding incremental."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = DecoderModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, times scale_emb for MiniCPM."""
+        embeds = self.model.embed_tokens(input_ids)
+        return embeds * self.cfg.scale_emb if self.cfg.scale_emb != 1.0 else embeds
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        weight = self.model.embed_tokens.weight
+        return KVCache(self.cfg, batch, max_len, weight.dtype, weight.device)
+
+    def forward(self, inputs_embeds, position_ids=None, attention_mask=None, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """inputs_embeds (B, T, D) -> logits (B, T, V), or (B, 1, V) with last_only.
+
+        position_ids (B, T) default to cache.length + arange(T); attention_mask (B, S) marks real
+        tokens of the whole sequence so far (S = cached + T).
+        """
+        batch, length, _ = inputs_embeds.shape
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, length)
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
+        mask = attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype, inputs_embeds.device)
+        x = inputs_embeds
+        for index, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, index)
+        if cache is not None:
+            cache.advance(length)
+        if last_only:
+            x = x[:, -1:]
+        x = self.model.norm(x)
+        if self.cfg.logit_divisor != 1.0:
+            x = x / self.cfg.logit_divisor
+        return self.lm_head(x)

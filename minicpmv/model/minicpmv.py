@@ -1,0 +1,97 @@
+"""MiniCPM-V: three named parts (`vpm`, `resampler`, `llm`) and one seam, `get_image_features`.
+
+Image features replace the `<unk>` rows of the token embeddings at `image_bound`; the model never
+sees text, tokenizers or sampling settings.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import MiniCPMVConfig
+from .llm import KVCache, LanguageModel
+from .resampler import Resampler
+from .vision import NavitSiglip, TimmSiglip
+
+
+def strip_to_image(strip: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of the processor's patch layout: (3, P, P*rows*cols) -> (3, rows*P, cols*P)."""
+    channels, patch, _ = strip.shape
+    grid = strip.reshape(channels, patch, rows, cols, patch)  # (3, P, rows, cols, P)
+    return grid.permute(0, 2, 1, 3, 4).reshape(channels, rows * patch, cols * patch)
+
+
+def pad_strips(crops: list[torch.Tensor]) -> torch.Tensor:
+    """Zero-pad patch strips on the right to the longest: (N, 3, P, P*Lmax)."""
+    width = max(crop.shape[-1] for crop in crops)
+    batch = crops[0].new_zeros((len(crops), *crops[0].shape[:2], width))
+    for i, crop in enumerate(crops):
+        batch[i, ..., : crop.shape[-1]] = crop
+    return batch
+
+
+class MiniCPMV(nn.Module):
+    def __init__(self, config: MiniCPMVConfig):
+        super().__init__()
+        self.config = config
+        vision = config.vision
+        self.vpm = NavitSiglip(vision) if vision.kind == "navit" else TimmSiglip(vision)
+        self.resampler = Resampler(
+            config.query_num, config.llm.hidden_size, config.resampler_heads, vision.hidden_size,
+            query_pos_embed=config.version == "2.0",
+        )
+        self.llm = LanguageModel(config.llm)
+        if config.llm.tie_word_embeddings:
+            self.llm.lm_head.weight = self.llm.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.model.embed_tokens.weight.device
+
+    def get_image_features(self, pixel_values: list[torch.Tensor], tgt_sizes: torch.Tensor) -> torch.Tensor:
+        """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D)."""
+        if not pixel_values:
+            return torch.zeros((0, self.config.query_num, self.config.llm.hidden_size), dtype=self.dtype, device=self.device)
+        tgt_sizes = tgt_sizes.to(torch.int64).cpu()
+        crops = [crop.to(device=self.device, dtype=self.dtype) for crop in pixel_values]
+        if isinstance(self.vpm, TimmSiglip):  # 2.0: each crop alone, as an image
+            return torch.cat([
+                self.resampler(self.vpm(strip_to_image(crop, rows, cols)[None]), torch.tensor([[rows, cols]]))
+                for crop, (rows, cols) in zip(crops, tgt_sizes.tolist())
+            ])
+        # Pad to the longest crop of the whole batch before chunking, as the official code does,
+        # so chunking never changes the result (2.5's unmasked positions depend on Lmax).
+        batch = pad_strips(crops)
+        chunk = self.config.vision_batch_size
+        hidden = torch.cat([self.vpm(batch[i:i + chunk], tgt_sizes[i:i + chunk]) for i in range(0, len(crops), chunk)])
+        return self.resampler(hidden, tgt_sizes)
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_features: list[torch.Tensor],
+                     image_bound: list[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings (B, T, D) with each sample's image features written over its spans."""
+        embeds = self.llm.embed(input_ids.to(self.device))
+        for row, (features, bounds) in enumerate(zip(image_features, image_bound)):
+            if len(bounds) == 0:
+                continue
+            positions = torch.cat([torch.arange(start, end) for start, end in bounds.tolist()]).to(self.device)
+            embeds[row, positions] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+        return embeds
+
+    def features_per_sample(self, pixel_values: list[list[torch.Tensor]], tgt_sizes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode all crops of a batch at once, then split them back per sample."""
+        flat = [crop for sample in pixel_values for crop in sample]
+        sizes = torch.cat([t.reshape(-1, 2) for t in tgt_sizes]) if flat else torch.zeros((0, 2), dtype=torch.int32)
+        features = self.get_image_features(flat, sizes)
+        return list(features.split([len(sample) for sample in pixel_values]))
+
+    def forward(self, input_ids, pixel_values, tgt_sizes, image_bound, attention_mask=None,
+                position_ids=None, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Full multimodal forward: logits (B, T, V)."""
+        features = self.features_per_sample(pixel_values, tgt_sizes)
+        embeds = self.embed_inputs(input_ids, features, image_bound)
+        return self.llm(embeds, position_ids, attention_mask, cache, last_only)
