@@ -1,0 +1,166 @@
+"""Official checkpoint folders in and out: config.json plus single or sharded safetensors.
+
+The model is built on the meta device (no memory), then every parameter is assigned a tensor
+read from the memory-mapped files, so peak memory stays near the size of the weights. The
+parameter names are the official ones (the modules mirror them), so no renaming is needed in
+either direction. Anything missing, unexpected, mis-shaped or unreadable is a CheckpointError
+naming the tensor or file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError, ConfigError
+from .config import MiniCPMVConfig
+from .minicpmv import MiniCPMV
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def weight_files(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it (from the index when sharded)."""
+    if (folder / INDEX_FILE).exists():
+        try:
+            weight_map = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{folder / INDEX_FILE}: unreadable index ({exc})") from None
+        files = {name: folder / file for name, file in weight_map.items()}
+        for path in set(files.values()):
+            if not path.exists():
+                raise CheckpointError(f"{path}: shard listed in {INDEX_FILE} is missing")
+        return files
+    if (folder / SINGLE_FILE).exists():
+        return {name: folder / SINGLE_FILE for name in _keys(folder / SINGLE_FILE)}
+    if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
+        raise CheckpointError(f"{folder}: only safetensors weights are supported (found .bin/.pt files)")
+    raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def _keys(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def check_vision_depth(config: MiniCPMVConfig, names) -> None:
+    """The kept vision layers must match the weights: a wrong `drop_vision_last_layer` otherwise
+    silently drops or ignores a layer."""
+    pattern = re.compile(r"^vpm\.(?:encoder\.layers|blocks)\.(\d+)\.")
+    present = {int(m.group(1)) for name in names if (m := pattern.match(name))}
+    if present and len(present) != config.vision.num_layers:
+        raise ConfigError(
+            f"drop_vision_last_layer: config.json ({config.drop_vision_last_layer}) implies "
+            f"{config.vision.num_layers} vision layers but the weights have {len(present)}"
+        )
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MiniCPMV:
+    """Build the model of a checkpoint folder and fill it with the folder's weights."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder (a MiniCPM-V checkpoint is a folder with config.json)")
+    config = MiniCPMVConfig.from_pretrained(folder)
+    files = weight_files(folder)
+    check_vision_depth(config, files)
+    with torch.device("meta"):
+        model = MiniCPMV(config)
+    expected = dict(model.state_dict())
+    if config.llm.tie_word_embeddings:
+        expected.pop("llm.lm_head.weight", None)
+    _check_names(expected, files)
+    by_file: dict[Path, list[str]] = {}
+    for name, file in files.items():
+        by_file.setdefault(file, []).append(name)
+    state = {}
+    for file, names in sorted(by_file.items()):
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for name in names:
+                    state[name] = _convert(name, f.get_tensor(name), expected[name], dtype, device)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.llm.tie_word_embeddings:
+        model.llm.lm_head.weight = model.llm.model.embed_tokens.weight
+    return model.eval()
+
+
+def _check_names(expected: dict, files: dict) -> None:
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(set(files) - set(expected))
+    if missing:
+        raise CheckpointError(f"missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        raise CheckpointError(f"unexpected tensor {unexpected[0]} in {files[unexpected[0]].name}"
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+
+
+def _convert(name: str, tensor: torch.Tensor, reference: torch.Tensor, dtype, device) -> torch.Tensor:
+    if tuple(tensor.shape) != tuple(reference.shape):
+        raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(reference.shape)}")
+    target = dtype if tensor.is_floating_point() else tensor.dtype
+    return tensor.to(device=device, dtype=target)
+
+
+def save_model(model: MiniCPMV, path: str | Path, max_shard_bytes: int = 4 << 30) -> None:
+    """Write config.json and the weights in the official layout, sharded above `max_shard_bytes`.
+
+    Each file is written to a temporary name and renamed into place, so an interrupted save
+    never leaves a half-written file under an official name.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    if model.config.llm.tie_word_embeddings:
+        state.pop("llm.lm_head.weight", None)
+    shards = _shard(state, max_shard_bytes)
+    if len(shards) == 1:
+        _atomic(folder / SINGLE_FILE, lambda tmp: save_file(shards[0], tmp, metadata={"format": "pt"}))
+        (folder / INDEX_FILE).unlink(missing_ok=True)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            _atomic(folder / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+            weight_map.update({key: name for key in shard})
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        _atomic(folder / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
+        (folder / SINGLE_FILE).unlink(missing_ok=True)
+    config = {**model.config.raw, "torch_dtype": str(model.dtype).replace("torch.", "")}
+    _atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+
+
+def _shard(state: dict, max_bytes: int) -> list[dict]:
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    return shards + [current]
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,136 @@
+"""Checkpoint folders: exact key sets, lossless save/load round trips, a real-size model built on
+the meta device, and a clear typed error (CLI: exit 2, one line) for each kind of bad folder."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from minicpmv import CheckpointError, ConfigError
+from minicpmv.cli import main
+from minicpmv.model.checkpoint import load_model, save_model
+from minicpmv.model.config import MiniCPMVConfig
+from minicpmv.model.minicpmv import MiniCPMV
+
+from conftest import TINY
+
+VERSIONS = ["2.0", "2.5", "2.6"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_model_names_equal_checkpoint_names(version):
+    path = TINY[version] / "checkpoint" / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        names = set(f.keys())
+    model = load_model(TINY[version] / "checkpoint")
+    assert set(model.state_dict()) == names
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("shard_bytes", [4 << 30, 400_000])
+def test_save_load_round_trip_is_lossless(version, shard_bytes, tmp_path):
+    model = load_model(TINY[version] / "checkpoint")
+    save_model(model, tmp_path, max_shard_bytes=shard_bytes)
+    if shard_bytes < 4 << 30:
+        assert (tmp_path / "model.safetensors.index.json").exists()
+    again = load_model(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    original = load_file(TINY[version] / "checkpoint" / "model.safetensors")
+    assert set(original) == set(again.state_dict())
+    assert MiniCPMVConfig.from_pretrained(tmp_path).version == version
+
+
+def test_bfloat16_load():
+    model = load_model(TINY["2.6"] / "checkpoint", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_real_size_2_6_on_meta_device_has_8_1b_parameters():
+    config = MiniCPMVConfig.from_dict({
+        "version": 2.6, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151666, "query_num": 64,
+        "drop_vision_last_layer": False,
+        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                          "num_attention_heads": 16, "patch_size": 14, "image_size": 980},
+    })
+    with torch.device("meta"):
+        model = MiniCPMV(config)
+    count = sum(p.numel() for p in model.parameters())
+    assert 8.0e9 < count < 8.2e9, count
+    assert all(p.is_meta for p in model.parameters())
+    assert len(model.state_dict()) == 437 + 13 + 339  # vpm + resampler + llm tensors (spec §4.4)
+
+
+def copy_checkpoint(tmp_path, version="2.6"):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(TINY[version] / "checkpoint", folder)
+    return folder
+
+
+def edit_weights(folder, change):
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors")
+
+
+def edit_config(folder, change):
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def bad_checkpoints(tmp_path):
+    """(label, folder, error type, message fragment) for each kind of broken checkpoint."""
+    cases = []
+
+    def case(label, error, fragment, make):
+        folder = copy_checkpoint(tmp_path / label.replace(" ", "_"))
+        make(folder)
+        cases.append((label, folder, error, fragment))
+
+    case("missing tensor", CheckpointError, "missing tensor llm.model.norm.weight",
+         lambda f: edit_weights(f, lambda t: t.pop("llm.model.norm.weight")))
+    case("unexpected tensor", CheckpointError, "unexpected tensor llm.extra.weight",
+         lambda f: edit_weights(f, lambda t: t.update({"llm.extra.weight": torch.zeros(2)})))
+    case("wrong shape", CheckpointError, "tensor resampler.query has shape (32, 128)",
+         lambda f: edit_weights(f, lambda t: t.update({"resampler.query": torch.zeros(32, 128)})))
+    case("truncated file", CheckpointError, "model.safetensors",
+         lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100_000]))
+    case("no weights", CheckpointError, "no model.safetensors",
+         lambda f: (f / "model.safetensors").unlink())
+    case("missing shard", CheckpointError, "shard listed in model.safetensors.index.json is missing",
+         lambda f: ((f / "model.safetensors").unlink(), (f / "model.safetensors.index.json").write_text(
+             json.dumps({"weight_map": {"llm.lm_head.weight": "model-00001-of-00002.safetensors"}}))))
+    case("missing config", ConfigError, "config.json: missing", lambda f: (f / "config.json").unlink())
+    case("broken config", ConfigError, "config.json: not valid JSON", lambda f: (f / "config.json").write_text("{oops"))
+    case("not minicpmv", ConfigError, "model_type: 'llama' is not a MiniCPM-V model",
+         lambda f: edit_config(f, lambda c: (c.pop("version"), c.update(model_type="llama"))))
+    case("unsupported version", ConfigError, "MiniCPM-V 4.0 is not supported",
+         lambda f: edit_config(f, lambda c: c.update(version=4.0)))
+    case("vision depth mismatch", ConfigError, "drop_vision_last_layer: config.json (True) implies 1 vision layers but the weights have 2",
+         lambda f: edit_config(f, lambda c: c.update(drop_vision_last_layer=True)))
+    case("bad field", ConfigError, "num_hidden_layers: must be a positive integer",
+         lambda f: edit_config(f, lambda c: c.update(num_hidden_layers="two")))
+    return cases
+
+
+def test_each_bad_checkpoint_gives_a_typed_error_naming_the_problem(tmp_path):
+    cases = bad_checkpoints(tmp_path)
+    assert len(cases) >= 10
+    for label, folder, error, fragment in cases:
+        with pytest.raises(error) as info:
+            load_model(folder)
+        assert fragment in str(info.value), (label, str(info.value))
+    with pytest.raises(CheckpointError, match="not a folder"):
+        load_model(tmp_path / "does-not-exist")
+
+
+def test_cli_exits_2_with_one_line_for_each_bad_checkpoint(tmp_path, capsys):
+    for label, folder, _, fragment in bad_checkpoints(tmp_path):
+        assert main(["generate", "-m", str(folder), "-p", "hi"]) == 2, label
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err and "Traceback" not in err, (label, err)

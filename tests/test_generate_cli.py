@@ -1,0 +1,45 @@
+"""`minicpmv generate`: greedy answer, --json fields, timing line, refusals with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+from minicpmv.cli import main
+
+from conftest import REFERENCE, TINY
+
+IMAGE = str(REFERENCE / "images" / "img_b_640x448.png")
+
+
+def test_generate_json_matches_official_greedy_ids(capsys):
+    for version in ("2.0", "2.5", "2.6"):
+        assert main(["generate", "-m", str(TINY[version] / "checkpoint"), "--image", IMAGE,
+                     "-p", "What is in the image?", "-n", "8", "--json"]) == 0
+        captured = capsys.readouterr()
+        record = json.loads(captured.out)
+        expected = load_file(TINY[version] / "case_single" / "expected.safetensors")
+        assert record["token_ids"] == expected["greedy_ids"][0].tolist()
+        assert record["prompt_token_ids"] == expected["input_ids"][0].tolist()
+        assert isinstance(record["text"], str)
+        assert "decode" in captured.err and "peak RSS" in captured.err
+
+
+def test_generate_refusals_exit_2(tmp_path):
+    checkpoint = str(TINY["2.6"] / "checkpoint")
+    runs = [
+        ["generate", "-m", checkpoint, "-p", "hi", "--temperature", "0.7"],
+        ["generate", "-m", checkpoint, "-p", "hi", "--image", str(tmp_path / "missing.png")],
+        ["generate", "-m", checkpoint, "-p", "hi", "-n", "0"],
+    ]
+    for argv in runs:
+        assert main(argv) == 2, argv
+
+
+def test_console_script_text_output():
+    out = subprocess.run([sys.executable, "-m", "minicpmv", "generate", "-m", str(TINY["2.0"] / "checkpoint"),
+                          "--image", IMAGE, "-p", "What is in the image?", "-n", "8"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "here述\x7f��ڭ�".strip()

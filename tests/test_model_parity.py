@@ -1,0 +1,88 @@
+"""For every case of the three tiny checkpoints, the native model reproduces the official
+activations: vision tower (valid rows), resampler, inputs_embeds and logits within atol 1e-4
+in float32; greedy ids identical, per-step logits within 1e-4 with the KV cache."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minicpmv import load
+from minicpmv.engine import greedy_generate
+from minicpmv.model.minicpmv import pad_strips, strip_to_image
+
+from conftest import golden_cases
+from test_processor_golden import load_case
+
+ATOL = 1e-4
+CASES = golden_cases()
+_MODELS = {}
+
+
+def chat_model(checkpoint):
+    if checkpoint not in _MODELS:
+        _MODELS[checkpoint] = load(checkpoint, dtype="float32", device="cpu")
+    return _MODELS[checkpoint]
+
+
+def prepare(version, case_dir):
+    processor, batch, expected_json = load_case(version, case_dir)
+    model = chat_model(case_dir.parent / "checkpoint").model
+    return model, processor(batch), load_file(case_dir / "expected.safetensors"), expected_json
+
+
+def close(actual, expected):
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual.float(), expected.float(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("version,case_dir", CASES, ids=[f"{v}-{c.name}" for v, c in CASES])
+@torch.inference_mode()
+def test_activations_match_official(version, case_dir):
+    model, inputs, expected, _ = prepare(version, case_dir)
+    crops = [c for sample in inputs.pixel_values for c in sample]
+    sizes = torch.cat(inputs.tgt_sizes).long()
+    if version == "2.0":
+        for i, (crop, (rows, cols)) in enumerate(zip(crops, sizes.tolist())):
+            close(model.vpm.resampled_pos_embed(rows, cols), expected[f"vpm_resampled_pos_embed.{i}"])
+            close(model.vpm(strip_to_image(crop, rows, cols)[None])[0], expected[f"vpm_forward_features.{i}"])
+    else:
+        hidden = model.vpm(pad_strips(crops), sizes)
+        position_ids, _ = model.vpm.position_ids_and_mask(sizes, hidden.shape[1])
+        assert torch.equal(position_ids, expected["vision_position_ids"])
+        for i, (rows, cols) in enumerate(sizes.tolist()):
+            close(hidden[i, : rows * cols], expected["vpm_last_hidden_state"][i, : rows * cols])
+    close(model.get_image_features(crops, sizes), expected["resampler_out"])
+    features = model.features_per_sample(inputs.pixel_values, inputs.tgt_sizes)
+    embeds = model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
+    valid = inputs.attention_mask.bool()
+    close(embeds[valid], expected["inputs_embeds"][valid])
+    position_ids = expected.get("position_ids")
+    if position_ids is not None:
+        from minicpmv.engine import padded_position_ids
+        assert torch.equal(padded_position_ids(inputs.attention_mask), position_ids)
+    logits = model.llm(embeds, position_ids, inputs.attention_mask)
+    close(logits[valid], expected["logits"][valid])
+
+
+@pytest.mark.parametrize("version,case_dir", CASES, ids=[f"{v}-{c.name}" for v, c in CASES])
+def test_greedy_decoding_with_kv_cache_matches_official(version, case_dir):
+    model, inputs, expected, expected_json = prepare(version, case_dir)
+    chat = chat_model(case_dir.parent / "checkpoint")
+    out = greedy_generate(model, inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.tgt_sizes,
+                          inputs.image_bound, 8, chat.stop_ids, keep_step_logits=True)
+    assert out.token_ids == expected["greedy_ids"].tolist()
+    close(torch.stack(out.step_logits, dim=1), expected["greedy_step_logits"])
+    texts = [chat.tokenizer.decode(ids).strip() for ids in out.token_ids]
+    official = expected_json["official_chat_outputs"]
+    key = "chat_batched_greedy_num_beams1_rep1.0" if "case_batch" in str(case_dir) else "chat_greedy_num_beams1_rep1.0"
+    assert texts == (official[key] if isinstance(official[key], list) else [official[key]])
+
+
+def test_chat_api_answers_like_the_official_chat():
+    from conftest import TINY, REFERENCE
+    chat = chat_model(TINY["2.6"] / "checkpoint")
+    question = [{"role": "user", "content": "What is in the image?"}]
+    result = chat.generate(question, image=REFERENCE / "images" / "img_b_640x448.png", max_new_tokens=8)
+    assert result.token_ids == [137, 279, 209, 186, 131, 50, 185, 279]
+    assert result.text == chat.chat(question, image=REFERENCE / "images" / "img_b_640x448.png", max_new_tokens=8)
+    assert len(result.prompt_token_ids) == 260
