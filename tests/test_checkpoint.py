@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from minicpmv import CheckpointError, ConfigError
 from minicpmv.cli import main
 from minicpmv.model.checkpoint import load_model, save_model
-from minicpmv.model.config import MiniCPMVConfig
+from minicpmv.cli.info import info
+from minicpmv.model.config import OFFICIAL_ARCHITECTURES, MiniCPMVConfig
 from minicpmv.model.minicpmv import MiniCPMV
 
 from conftest import TINY
@@ -49,20 +50,16 @@ def test_bfloat16_load():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_real_size_2_6_on_meta_device_has_8_1b_parameters():
-    config = MiniCPMVConfig.from_dict({
-        "version": 2.6, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151666, "query_num": 64,
-        "drop_vision_last_layer": False,
-        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-                          "num_attention_heads": 16, "patch_size": 14, "image_size": 980},
-    })
+@pytest.mark.parametrize("version,tensors,low,high", [
+    ("2.6", 789, 8.0e9, 8.2e9), ("2.5", 741, 8.4e9, 8.6e9), ("2.0", 694, 3.3e9, 3.5e9)])
+def test_real_size_architectures_on_meta_device(version, tensors, low, high, capsys):
+    """The released shapes build without allocating memory; tensor counts are the spec's (§4.4)."""
+    report = info(architecture=version, as_json=True)
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["tensors"] == tensors and low < report["parameters"] < high
     with torch.device("meta"):
-        model = MiniCPMV(config)
-    count = sum(p.numel() for p in model.parameters())
-    assert 8.0e9 < count < 8.2e9, count
+        model = MiniCPMV(MiniCPMVConfig.from_dict(OFFICIAL_ARCHITECTURES[version]))
     assert all(p.is_meta for p in model.parameters())
-    assert len(model.state_dict()) == 437 + 13 + 339  # vpm + resampler + llm tensors (spec §4.4)
 
 
 def copy_checkpoint(tmp_path, version="2.6"):

@@ -169,3 +169,22 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
     if (config.get("rope_scaling") or None) is not None:
         raise ConfigError(f"rope_scaling: {config['rope_scaling']!r} is not supported")
     return llm
+
+
+# config.json fields of the released checkpoints (reference-spec §1), for building real-size
+# architectures without their weights (meta device, benchmarks with random weights).
+OFFICIAL_ARCHITECTURES = {
+    "2.6": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 3584, "intermediate_size": 18944,
+            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151666,
+            "rope_theta": 1e6, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "query_num": 64,
+            "drop_vision_last_layer": False, "vision_config": dict(SO400M)},
+    "2.5": {"model_type": "minicpmv", "version": "2.5", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+            "rope_theta": 5e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "query_num": 96,
+            "drop_vision_last_layer": False, "vision_config": dict(SO400M)},
+    "2.0": {"model_type": "minicpmv", "hidden_size": 2304, "intermediate_size": 5760, "num_hidden_layers": 40,
+            "num_attention_heads": 36, "num_key_value_heads": 36, "vocab_size": 122753, "rope_theta": 1e4,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 4096, "query_num": 64, "scale_emb": 12,
+            "scale_depth": 1.4, "dim_model_base": 256, "drop_vision_last_layer": True,
+            "vision_encoder": "vit_so400m_patch14_siglip_384.webli"},
+}
