@@ -1,28 +1,35 @@
-"""The public Python API: `minicpmv.load(path)` -> a `ChatModel` with `chat()` and `generate()`.
-
-It joins the three separate layers: the processor (text, images, tokens), the model (tensors)
-and the engine (decoding).
-"""
+"""The public Python API: `minicpmv.load(path)` -> a `ChatModel` with `chat()`, `generate()` and
+`stream()`. It joins three separate layers: the processor (messages, images, token ids), the
+model (tensors) and the generation engine (decoding)."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from .engine import greedy_generate
 from .errors import ConfigError, PromptError
+from .generation import PRESETS, GenerationConfig, GenerationOutput, generate, stream_tokens
+from .memory import peak_rss_mib
 from .model.checkpoint import load_model
 from .model.minicpmv import MiniCPMV
-from .processing import MiniCPMVProcessor
+from .processing import MiniCPMVProcessor, ModelInputs
+from .processing.detokenize import IncrementalDecoder
+from .processing.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VIDEO_MAX_SLICE_NUMS, load_video_frames
 
 # Token strings that end an answer, per version (looked up in the tokenizer, never hard-coded ids).
 TERMINATORS = {"2.6": ("<|im_end|>", "<|endoftext|>"), "2.5": ("<|end_of_text|>", "<|eot_id|>"), "2.0": ("</s>",)}
-MAX_INPUT_LENGTH = {"2.6": 8192, "2.5": 2048, "2.0": 2048}
+MAX_INPUT_LENGTH = {"2.6": 8192, "2.5": 2048, "2.0": 2048}  # the official max_inp_length
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+SAMPLING_OPTIONS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p",
+                    "repetition_penalty", "num_beams", "seed")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -49,53 +56,231 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 
 @dataclass
 class Generation:
+    """One answer with its token ids and the figures of the timing line."""
+
     text: str
     token_ids: list[int]  # new tokens only
     prompt_token_ids: list[int]  # the full input after placeholder expansion
-    prefill_seconds: float
-    decode_seconds: float
+    image_tokens: int = 0
+    image_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    load_seconds: float = 0.0
+    stopped_by: str = "length"  # "stop" (terminator or stop string), "length", "cancelled"
+
+    def timing_line(self) -> str:
+        prefill = len(self.prompt_token_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
+        decode = len(self.token_ids) / self.decode_seconds if self.decode_seconds else 0.0
+        return (f"load {self.load_seconds:.2f} s | image encode {self.image_seconds * 1000:.0f} ms "
+                f"({self.image_tokens} image tokens) | prefill {len(self.prompt_token_ids)} tok at {prefill:.1f} tok/s | "
+                f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | peak RSS {peak_rss_mib():.0f} MiB")
+
+
+@dataclass
+class Prepared:
+    inputs: ModelInputs
+    embeds: torch.Tensor
+    config: GenerationConfig
+    stop_strings: tuple = ()
+    image_seconds: float = 0.0
+    image_tokens: list = field(default_factory=list)
+
+
+class TextStream:
+    """Iterator of text deltas of one streamed answer; `cancel()` stops it promptly (also from
+    another thread), `result` holds the full Generation once the stream has ended."""
+
+    def __init__(self, chat: "ChatModel", prepared: Prepared):
+        self.cancel_event = threading.Event()
+        self.result: Generation | None = None
+        self._iterator = chat._stream_text(prepared, self)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._iterator
+
+    def __next__(self) -> str:
+        return next(self._iterator)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def text(self) -> str:
+        """Consume the rest of the stream and return the whole answer."""
+        for _ in self._iterator:
+            pass
+        return self.result.text
 
 
 class ChatModel:
     """A loaded checkpoint: model, processor and tokenizer together."""
 
-    def __init__(self, model: MiniCPMV, processor: MiniCPMVProcessor, load_seconds: float = 0.0):
+    def __init__(self, model: MiniCPMV, processor: MiniCPMVProcessor, load_seconds: float = 0.0,
+                 feature_cache_size: int = 16):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.version = processor.config.version
         self.load_seconds = load_seconds
-        version = processor.config.version
-        names = [*TERMINATORS[version], self.tokenizer.special_tokens.get("eos_token")]
-        self.stop_ids = {i for i in (self.tokenizer.token_to_id(n) for n in names if n) if i is not None}
+        names = [*TERMINATORS[self.version], self.tokenizer.special_tokens.get("eos_token")]
+        self.stop_ids = frozenset(i for i in (self.tokenizer.token_to_id(n) for n in names if n) if i is not None)
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._feature_cache_size = feature_cache_size
 
-    def generate(self, messages: list, *, image=None, max_new_tokens: int = 1024, system_prompt: str | None = None,
-                 max_slice_nums: int | None = None, use_image_id: bool | None = None,
-                 max_input_length: int | None = None) -> Generation:
-        """Greedy answer to one conversation, with token ids and timings."""
-        if max_new_tokens < 1:
-            raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        messages = _with_image(messages, image)
-        limit = max_input_length or MAX_INPUT_LENGTH[self.processor.config.version]
-        inputs = self.processor(messages, max_slice_nums=max_slice_nums, use_image_id=use_image_id,
-                                system_prompt=system_prompt, max_length=limit)
-        out = greedy_generate(self.model, inputs.input_ids, inputs.attention_mask, inputs.pixel_values,
-                              inputs.tgt_sizes, inputs.image_bound, max_new_tokens, self.stop_ids)
-        ids = out.token_ids[0]
-        return Generation(self.tokenizer.decode(ids).strip(), ids, inputs.input_ids[0].tolist(),
-                          out.prefill_seconds, out.decode_seconds)
+    # ---- public API ------------------------------------------------------------------------
 
-    def chat(self, messages: list, **options) -> str:
-        """The answer text; options as in `generate`."""
+    def chat(self, messages: list, *, stream: bool = False, **options):
+        """The answer text (a list for a batch of conversations), or a TextStream of deltas.
+
+        Options: image, video, fps, max_frames, preset ("greedy" default, "sampling" = the
+        official sampling=True, "precise" = the official 3-beam preset), max_new_tokens,
+        min_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, num_beams, seed,
+        stop (strings), system_prompt, max_slice_nums, use_image_id, max_input_length.
+        """
+        if stream:
+            return self.stream(messages, **options)
+        if messages and isinstance(messages[0], list):
+            return [g.text for g in self.generate_batch(messages, **options)]
         return self.generate(messages, **options).text
 
+    def generate(self, messages: list, **options) -> Generation:
+        """One conversation's answer with token ids and timings; options as in `chat`."""
+        return self.generate_batch([messages], **options)[0]
 
-def _with_image(messages: list, image) -> list:
-    """Like the official chat(image=...): the image goes first into the first user message."""
+    def stream(self, messages: list, **options) -> TextStream:
+        """Stream the answer to one conversation as text deltas (greedy or sampling, not beams)."""
+        prepared = self._prepare([messages], **options)
+        if prepared.config.num_beams > 1:
+            raise PromptError("streaming works with greedy or sampling decoding, not beam search (preset 'precise')")
+        return TextStream(self, prepared)
+
+    def generate_batch(self, conversations: list[list], **options) -> list[Generation]:
+        """Answers to several conversations decoded together, left-padded like the official batch path."""
+        prepared = self._prepare(conversations, **options)
+        if prepared.config.num_beams == 1 and len(conversations) == 1:
+            stream = TextStream(self, prepared)
+            stream.text()
+            return [stream.result]
+        output = generate(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config)
+        results = []
+        for row, ids in enumerate(output.token_ids):
+            decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
+            for token in ids:
+                decoder.push(token)
+            ended = decoder.stopped or len(ids) < prepared.config.max_new_tokens
+            results.append(self._result(prepared, row, decoder, output, "stop" if ended else "length"))
+        return results
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _prepare(self, conversations: list[list], *, image=None, video=None, fps: float = DEFAULT_FPS,
+                 max_frames: int = DEFAULT_MAX_FRAMES, preset: str = "greedy", stop=None, system_prompt=None,
+                 max_slice_nums=None, use_image_id=None, max_input_length=None, **sampling) -> Prepared:
+        unknown = set(sampling) - set(SAMPLING_OPTIONS)
+        if unknown:
+            raise PromptError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+        if preset not in PRESETS:
+            raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
+        config = PRESETS[preset].with_options(stop_ids=self.stop_ids, **sampling)
+        if "temperature" in sampling and sampling["temperature"] is not None:
+            config = config.with_options(do_sample=sampling["temperature"] > 0)
+        _check_config(config)
+        if video is not None:  # the 2.6 video recipe: frames without <image_id>, few slices each
+            frames = video if isinstance(video, list) else load_video_frames(video, fps, max_frames)
+            image = [*frames, *(image if isinstance(image, list) else [image] if image is not None else [])]
+            use_image_id = False if use_image_id is None else use_image_id
+            max_slice_nums = max_slice_nums or VIDEO_MAX_SLICE_NUMS
+        conversations = [_with_images(conversation, image) for conversation in conversations]
+        limit = max_input_length or MAX_INPUT_LENGTH[self.version]
+        inputs = self.processor(conversations, max_slice_nums=max_slice_nums, use_image_id=use_image_id,
+                                system_prompt=system_prompt, max_length=limit)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            features = self._image_features(inputs)
+            embeds = self.model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
+        stops = tuple([stop] if isinstance(stop, str) else stop or ())
+        tokens = [len(bounds) * self.model.config.query_num for bounds in inputs.image_bound]
+        return Prepared(inputs, embeds, config, stops, time.perf_counter() - start, tokens)
+
+    def _image_features(self, inputs: ModelInputs) -> list[torch.Tensor]:
+        """Per-sample features; an image seen before (same pixels) reuses its cached features."""
+        per_sample = []
+        for crops, plans, sizes in zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes):
+            # 2.5's vision output depends on the longest crop of the call (official quirk), so
+            # its unit of encoding is the whole sample; elsewhere each image is independent.
+            groups = [sum(p.num_crops for p in plans)] if self.model.config.vision.faithful_idefics2_mask else \
+                [p.num_crops for p in plans]
+            features, offset = [], 0
+            for count in groups:
+                features.append(self._cached_features(crops[offset:offset + count], sizes[offset:offset + count]))
+                offset += count
+            empty = torch.zeros((0, self.model.config.query_num, self.model.config.llm.hidden_size))
+            per_sample.append(torch.cat(features) if features else empty)
+        return per_sample
+
+    def _cached_features(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+        digest = hashlib.sha1(sizes.numpy().tobytes())
+        for crop in crops:
+            digest.update(crop.numpy().tobytes())
+        key = digest.hexdigest()
+        if key in self._features:
+            self._features.move_to_end(key)
+            return self._features[key]
+        features = self.model.get_image_features(crops, sizes)
+        self._features[key] = features
+        while len(self._features) > self._feature_cache_size:
+            self._features.popitem(last=False)
+        return features
+
+    def _stream_text(self, prepared: Prepared, handle: TextStream) -> Iterator[str]:
+        decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
+        stats = GenerationOutput([[]])
+        steps = stream_tokens(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
+                              handle.cancel_event, stats)
+        try:
+            for step in steps:
+                delta = decoder.push(step[0])
+                if delta:
+                    yield delta
+                if decoder.stopped:
+                    break
+            tail = decoder.finish()
+            if tail:
+                yield tail
+        finally:
+            steps.close()
+            if decoder.stopped or len(decoder.ids) < prepared.config.max_new_tokens:
+                reason = "cancelled" if handle.cancel_event.is_set() and not decoder.stopped else "stop"
+            else:
+                reason = "length"
+            handle.result = self._result(prepared, 0, decoder, stats, reason)
+
+    def _result(self, prepared: Prepared, row: int, decoder: IncrementalDecoder, output: GenerationOutput,
+                stopped_by: str) -> Generation:
+        inputs = prepared.inputs
+        prompt = inputs.input_ids[row][inputs.attention_mask[row].bool()].tolist()
+        return Generation(decoder.text(), list(decoder.ids), prompt, prepared.image_tokens[row], prepared.image_seconds,
+                          output.prefill_seconds, output.decode_seconds, self.load_seconds, stopped_by)
+
+
+def _check_config(config: GenerationConfig) -> None:
+    if config.max_new_tokens < 1:
+        raise PromptError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
+    if config.min_new_tokens < 0 or config.min_new_tokens > config.max_new_tokens:
+        raise PromptError(f"min_new_tokens must be between 0 and max_new_tokens, got {config.min_new_tokens}")
+    if not 0.0 < config.top_p <= 1.0 or config.top_k < 0 or not 0.0 <= config.min_p <= 1.0:
+        raise PromptError("top_p must be in (0, 1], top_k >= 0 and min_p in [0, 1]")
+    if config.temperature < 0 or config.repetition_penalty <= 0 or config.num_beams < 1:
+        raise PromptError("temperature must be >= 0, repetition_penalty > 0 and num_beams >= 1")
+
+
+def _with_images(messages: list, image) -> list:
+    """Like the official chat(image=...): images go first into the first user message."""
     if image is None:
         return messages
+    images = image if isinstance(image, list) else [image]
     first, *rest = messages
     content = first["content"] if isinstance(first["content"], list) else [first["content"]]
-    return [{**first, "content": [image, *content]}, *rest]
+    return [{**first, "content": [*images, *content]}, *rest]
 
 
 def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None) -> ChatModel:

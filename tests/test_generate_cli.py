@@ -29,7 +29,8 @@ def test_generate_json_matches_official_greedy_ids(capsys):
 def test_generate_refusals_exit_2(tmp_path):
     checkpoint = str(TINY["2.6"] / "checkpoint")
     runs = [
-        ["generate", "-m", checkpoint, "-p", "hi", "--temperature", "0.7"],
+        ["generate", "-m", checkpoint, "-p", "hi", "--top-p", "0"],
+        ["generate", "-m", checkpoint, "-p", "hi", "--video", str(tmp_path / "missing.mp4")],
         ["generate", "-m", checkpoint, "-p", "hi", "--image", str(tmp_path / "missing.png")],
         ["generate", "-m", checkpoint, "-p", "hi", "-n", "0"],
     ]
@@ -43,3 +44,16 @@ def test_console_script_text_output():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "here述\x7f��ڭ�".strip()
+
+
+def test_presets_seed_and_flags(capsys):
+    checkpoint = str(TINY["2.5"] / "checkpoint")
+    base = ["generate", "-m", checkpoint, "--image", IMAGE, "-p", "What is in the image?", "-n", "8", "--json"]
+    assert main([*base, "--preset", "precise"]) == 0
+    expected = load_file(TINY["2.5"] / "case_single" / "expected.safetensors")
+    assert json.loads(capsys.readouterr().out)["token_ids"] == expected["beam3_rep1.2_ids"][0].tolist()
+    runs = []
+    for _ in range(2):
+        assert main([*base, "--preset", "sampling", "--seed", "11", "-t", "1", "--temperature", "1.5"]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["token_ids"])
+    assert runs[0] == runs[1]

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from minicpmv import load
-from minicpmv.engine import greedy_generate
+from minicpmv.generation import GenerationConfig, generate, padded_position_ids
 from minicpmv.model.minicpmv import pad_strips, strip_to_image
 
 from conftest import golden_cases
@@ -58,7 +58,6 @@ def test_activations_match_official(version, case_dir):
     close(embeds[valid], expected["inputs_embeds"][valid])
     position_ids = expected.get("position_ids")
     if position_ids is not None:
-        from minicpmv.engine import padded_position_ids
         assert torch.equal(padded_position_ids(inputs.attention_mask), position_ids)
     logits = model.llm(embeds, position_ids, inputs.attention_mask)
     close(logits[valid], expected["logits"][valid])
@@ -68,14 +67,26 @@ def test_activations_match_official(version, case_dir):
 def test_greedy_decoding_with_kv_cache_matches_official(version, case_dir):
     model, inputs, expected, expected_json = prepare(version, case_dir)
     chat = chat_model(case_dir.parent / "checkpoint")
-    out = greedy_generate(model, inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.tgt_sizes,
-                          inputs.image_bound, 8, chat.stop_ids, keep_step_logits=True)
+    with torch.inference_mode():
+        features = model.features_per_sample(inputs.pixel_values, inputs.tgt_sizes)
+        embeds = model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
+    config = GenerationConfig(max_new_tokens=8, stop_ids=chat.stop_ids)
+    out = generate(model.llm, embeds, inputs.attention_mask, config, keep_step_logits=True)
     assert out.token_ids == expected["greedy_ids"].tolist()
     close(torch.stack(out.step_logits, dim=1), expected["greedy_step_logits"])
     texts = [chat.tokenizer.decode(ids).strip() for ids in out.token_ids]
     official = expected_json["official_chat_outputs"]
     key = "chat_batched_greedy_num_beams1_rep1.0" if "case_batch" in str(case_dir) else "chat_greedy_num_beams1_rep1.0"
     assert texts == (official[key] if isinstance(official[key], list) else [official[key]])
+
+
+@pytest.mark.parametrize("version,case_dir", CASES, ids=[f"{v}-{c.name}" for v, c in CASES])
+def test_precise_preset_beam_search_matches_official(version, case_dir):
+    _, batch, _ = load_case(version, case_dir)
+    expected = load_file(case_dir / "expected.safetensors")
+    chat = chat_model(case_dir.parent / "checkpoint")
+    results = chat.generate_batch(batch, preset="precise", max_new_tokens=8)
+    assert [r.token_ids for r in results] == expected["beam3_rep1.2_ids"].tolist()
 
 
 def test_chat_api_answers_like_the_official_chat():

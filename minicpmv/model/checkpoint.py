@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from .config import MiniCPMVConfig
@@ -66,8 +68,15 @@ def check_vision_depth(config: MiniCPMVConfig, names) -> None:
         )
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MiniCPMV:
-    """Build the model of a checkpoint folder and fill it with the folder's weights."""
+PROGRESS_MIN_BYTES = 256 << 20  # below this a load is too quick for a progress bar to help
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               progress: bool | None = None) -> MiniCPMV:
+    """Build the model of a checkpoint folder and fill it with the folder's weights.
+
+    progress: show a progress bar on stderr; by default only for large checkpoints on a terminal.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder (a MiniCPM-V checkpoint is a folder with config.json)")
@@ -83,14 +92,20 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     by_file: dict[Path, list[str]] = {}
     for name, file in files.items():
         by_file.setdefault(file, []).append(name)
+    total = sum(t.numel() * t.element_size() for t in expected.values())
+    if progress is None:
+        progress = total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress, leave=False)
     state = {}
     for file, names in sorted(by_file.items()):
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for name in names:
                     state[name] = _convert(name, f.get_tensor(name), expected[name], dtype, device)
+                    bar.update(expected[name].numel() * expected[name].element_size())
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
+    bar.close()
     model.load_state_dict(state, strict=False, assign=True)
     if config.llm.tie_word_embeddings:
         model.llm.lm_head.weight = model.llm.model.embed_tokens.weight

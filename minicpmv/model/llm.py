@@ -67,6 +67,12 @@ class KVCache:
     def advance(self, steps: int):
         self.length += steps
 
+    def reorder(self, rows: torch.Tensor):
+        """Keep, for each new row i, the cache of old row rows[i] (beam search)."""
+        rows = rows.to(self.keys[0].device)
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: LLMConfig):

@@ -1,0 +1,49 @@
+"""Flags shared by the subcommands that run a model (generate, chat, later serve)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True, help="checkpoint folder")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
+    parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--preset", choices=["greedy", "sampling", "precise"], default="greedy",
+                       help="greedy (default); sampling = official sampling=True; precise = official 3-beam preset")
+    group.add_argument("-n", "--max-tokens", type=int, default=512, help="most new tokens (default 512)")
+    group.add_argument("--min-tokens", type=int, help="fewest new tokens before a terminator may end the answer")
+    group.add_argument("--temperature", type=float, help="0 = greedy; > 0 samples")
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--min-p", type=float)
+    group.add_argument("--repetition-penalty", type=float)
+    group.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    group.add_argument("--stop", action="append", help="stop string (repeatable)")
+    group.add_argument("--system", help="system prompt")
+    group.add_argument("--max-slice-nums", type=int, help="cap on slices per image (1 = single view)")
+
+
+def load_model(args: argparse.Namespace):
+    import torch
+
+    from ..chat import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    """Keyword options for ChatModel.generate/stream from the parsed flags."""
+    return {
+        "preset": args.preset, "max_new_tokens": args.max_tokens, "min_new_tokens": args.min_tokens,
+        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop,
+        "system_prompt": args.system, "max_slice_nums": args.max_slice_nums,
+    }

@@ -1,0 +1,39 @@
+"""`minicpmv chat` driven like a person would, through a pseudo-terminal: /image, /clear, a bad
+image, Ctrl-C during an answer (the session stays), /quit."""
+
+import sys
+
+import pexpect
+
+from conftest import REFERENCE, TINY
+
+
+def test_repl_commands_and_ctrl_c(tmp_path):
+    # --min-tokens keeps the tiny model talking long enough to be interrupted.
+    child = pexpect.spawn(
+        sys.executable, ["-m", "minicpmv", "chat", "-m", str(TINY["2.6"] / "checkpoint"), "-n", "20000",
+                         "--min-tokens", "20000"],
+        encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child.logfile_read = open(tmp_path / "session.log", "w")
+    child.expect("ready")
+    child.expect("> ")
+    child.sendline(f"/image {REFERENCE / 'images' / 'img_a_60x40.png'}")
+    child.expect(r"\(image attached")
+    child.expect("> ")
+    child.sendline(f"/image {tmp_path / 'missing.png'}")
+    child.expect("error: .*missing.png: no such file")
+    child.expect("> ")
+    child.sendline("What is in the image?")
+    child.expect(r"\S{20}")  # the answer is streaming
+    child.sendintr()
+    child.expect(r"\[stopped\]")
+    child.expect("decode")  # the timing line of the stopped answer
+    child.expect("> ")
+    child.sendline("/clear")
+    child.expect(r"\(conversation cleared\)")
+    child.sendline("/nonsense")
+    child.expect("unknown command /nonsense")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

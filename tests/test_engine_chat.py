@@ -1,0 +1,165 @@
+"""Generation behaviour on the tiny checkpoints: KV cache vs recomputation, batching, streaming,
+cancellation, stop strings, context limits, multi-image / multi-turn / video layouts, feature reuse."""
+
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from minicpmv import PromptError, PromptTooLongError, load
+from minicpmv.generation import GenerationConfig, generate
+from minicpmv.processing.detokenize import IncrementalDecoder
+from minicpmv.processing.video import frame_indices, load_video_frames
+
+from conftest import REFERENCE, TINY
+
+IMAGE = REFERENCE / "images" / "img_b_640x448.png"
+QUESTION = [{"role": "user", "content": "What is in the image?"}]
+
+
+@pytest.fixture(scope="module")
+def chat26():
+    return load(TINY["2.6"] / "checkpoint")
+
+
+def test_kv_cache_decoding_equals_full_recomputation(chat26):
+    model = chat26.model
+    inputs = chat26.processor([{"role": "user", "content": [{"image": IMAGE}, "What is in the image?"]}])
+    with torch.inference_mode():
+        features = model.features_per_sample(inputs.pixel_values, inputs.tgt_sizes)
+        embeds = model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
+        out = generate(model.llm, embeds, inputs.attention_mask, GenerationConfig(max_new_tokens=6), keep_step_logits=True)
+        tokens = out.token_ids[0]
+        for step in range(len(tokens)):
+            prefix = torch.cat([embeds, model.llm.embed(torch.tensor([tokens[:step]], dtype=torch.long))], dim=1)
+            full = model.llm(prefix)[:, -1]
+            torch.testing.assert_close(out.step_logits[step], full, atol=1e-4, rtol=0)
+
+
+def test_batched_generation_equals_one_at_a_time(chat26):
+    conversations = [
+        [{"role": "user", "content": [{"image": IMAGE}, "Describe."]}],
+        [{"role": "user", "content": "a short one"}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+         {"role": "user", "content": [Image.new("RGB", (300, 900), "blue"), "and this, a longer question?"]}],
+    ]
+    batch = chat26.generate_batch(conversations, max_new_tokens=6)
+    singles = [chat26.generate(c, max_new_tokens=6) for c in conversations]
+    assert [b.token_ids for b in batch] == [s.token_ids for s in singles]
+    assert [b.text for b in batch] == [s.text for s in singles]
+
+
+def test_streaming_equals_non_streaming(chat26):
+    for options in ({"max_new_tokens": 12}, {"preset": "sampling", "seed": 5, "max_new_tokens": 12}):
+        stream = chat26.stream(QUESTION, image=IMAGE, **options)
+        deltas = list(stream)
+        assert "".join(deltas) == chat26.chat(QUESTION, image=IMAGE, **options) == stream.result.text
+        assert all("\ufffd" not in d or d.endswith("\ufffd") is False for d in deltas)
+
+
+def test_deltas_never_split_a_multibyte_character(chat26):
+    text = "héllo wörld 你好 🙂 done"
+    ids = chat26.tokenizer.encode(text)
+    decoder, deltas = IncrementalDecoder(chat26.tokenizer), []
+    for token in ids:
+        deltas.append(decoder.push(token))
+    deltas.append(decoder.finish())
+    assert "".join(deltas) == text and all("\ufffd" not in d for d in deltas)
+    assert len([d for d in deltas if d]) > 3
+
+
+def test_stop_strings_end_the_answer_identically_streamed_or_not(chat26):
+    full = chat26.generate(QUESTION, image=IMAGE, max_new_tokens=8).text
+    stop = full[4:6]
+    cut = full[: full.find(stop)].rstrip()
+    streamed = chat26.stream(QUESTION, image=IMAGE, max_new_tokens=8, stop=[stop])
+    assert "".join(streamed) == cut == streamed.result.text
+    assert streamed.result.stopped_by == "stop"
+    assert chat26.chat(QUESTION, image=IMAGE, max_new_tokens=8, stop=stop) == cut
+
+
+def test_cancelling_a_stream_stops_generation_promptly(chat26):
+    stream = chat26.stream(QUESTION, max_new_tokens=5000, min_new_tokens=5000)
+    next(iter(stream))
+    stream.cancel()
+    rest = list(stream)
+    assert stream.result.stopped_by == "cancelled" and len(stream.result.token_ids) < 10
+    assert len(rest) <= 1
+    # from another thread, while a consumer is iterating
+    stream = chat26.stream(QUESTION, max_new_tokens=5000, min_new_tokens=5000)
+    timer = threading.Timer(0.3, stream.cancel)
+    timer.start()
+    stream.text()
+    assert 0 < len(stream.result.token_ids) < 5000
+
+
+def test_context_and_option_errors(chat26):
+    long_text = [{"role": "user", "content": "word " * 9000}]
+    with pytest.raises(PromptTooLongError, match="limit of 8192"):
+        chat26.chat(long_text)
+    with pytest.raises(PromptTooLongError, match="context is 32768"):
+        chat26.chat(long_text, max_input_length=100000)
+    with pytest.raises(PromptError, match="not beam search"):
+        chat26.stream(QUESTION, preset="precise")
+    with pytest.raises(PromptError, match="unknown generation option"):
+        chat26.chat(QUESTION, top_a=3)
+    with pytest.raises(PromptError, match="preset"):
+        chat26.chat(QUESTION, preset="creative")
+    with pytest.raises(PromptError, match="top_p"):
+        chat26.chat(QUESTION, top_p=0.0)
+
+
+def test_multi_image_multi_turn_layout(chat26):
+    small, tall = Image.new("RGB", (60, 40), "red"), Image.new("RGB", (200, 1200), "green")
+    messages = [
+        {"role": "user", "content": [small, tall, "Compare."]},
+        {"role": "assistant", "content": "Different."},
+        {"role": "user", "content": [small, "And this one?"]},
+    ]
+    result = chat26.generate(messages, max_new_tokens=4)
+    decoded = chat26.tokenizer.decode(result.prompt_token_ids)
+    assert [decoded.count(f"<image_id>{i}</image_id>") for i in range(3)] == [1, 1, 1]
+    plans = [chat26.processor.plan(im.size) for im in (small, tall, small)]
+    assert result.image_tokens == sum(p.num_crops for p in plans) * 64
+    assert decoded.index("Compare.") < decoded.index("Different.") < decoded.index("And this one?")
+
+
+def make_video(path, seconds=3, fps=10):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(seconds * fps):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (64, 48), (i * 8 % 256, 0, 0)))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_frames_follow_the_2_6_recipe(chat26, tmp_path):
+    assert frame_indices(30, 10.0, fps=1.0, max_frames=64) == [0, 10, 20]
+    assert frame_indices(1000, 1.0, fps=1.0, max_frames=4) == [125, 375, 625, 875]
+    video = tmp_path / "clip.mp4"
+    make_video(video)
+    frames = load_video_frames(video, fps=1.0)
+    assert len(frames) == 3 and frames[0].size == (64, 48)
+    result = chat26.generate([{"role": "user", "content": "What happens?"}], video=video, max_new_tokens=4)
+    assert result.image_tokens == 3 * 64  # small frames: one crop each
+    assert "<image_id>" not in chat26.tokenizer.decode(result.prompt_token_ids)
+    big_frames = [Image.new("RGB", (1344, 896))] * 2
+    result = chat26.generate([{"role": "user", "content": "And now?"}], video=big_frames, max_new_tokens=2)
+    assert result.image_tokens == 2 * 3 * 64  # max_slice_nums 2 per frame: overview + 2 slices
+
+
+def test_image_features_are_reused_across_turns(chat26, monkeypatch):
+    calls = []
+    original = chat26.model.get_image_features
+    monkeypatch.setattr(chat26.model, "get_image_features", lambda *a: calls.append(1) or original(*a))
+    image = Image.new("RGB", (500, 300), "purple")
+    first = [{"role": "user", "content": [image, "What?"]}]
+    answer = chat26.chat(first, max_new_tokens=3)
+    chat26.chat([*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "More?"}], max_new_tokens=3)
+    assert len(calls) == 1
