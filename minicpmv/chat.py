@@ -277,7 +277,7 @@ def _with_images(messages: list, image) -> list:
     """Like the official chat(image=...): images go first into the first user message."""
     if image is None:
         return messages
-    images = image if isinstance(image, list) else [image]
+    images = [{"image": item} for item in (image if isinstance(image, list) else [image])]  # a str is a path here
     first, *rest = messages
     content = first["content"] if isinstance(first["content"], list) else [first["content"]]
     return [{**first, "content": [*images, *content]}, *rest]

@@ -131,3 +131,10 @@ def test_cli_exits_2_with_one_line_for_each_bad_checkpoint(tmp_path, capsys):
         assert main(["generate", "-m", str(folder), "-p", "hi"]) == 2, label
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and fragment in err and "Traceback" not in err, (label, err)
+
+
+def test_progress_bar_on_request_and_silent_by_default(capsys):
+    load_model(TINY["2.0"] / "checkpoint", progress=True)
+    assert "loading weights" in capsys.readouterr().err
+    load_model(TINY["2.0"] / "checkpoint")  # small checkpoint, not a terminal: no bar
+    assert "loading weights" not in capsys.readouterr().err

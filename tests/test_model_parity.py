@@ -96,4 +96,6 @@ def test_chat_api_answers_like_the_official_chat():
     result = chat.generate(question, image=REFERENCE / "images" / "img_b_640x448.png", max_new_tokens=8)
     assert result.token_ids == [137, 279, 209, 186, 131, 50, 185, 279]
     assert result.text == chat.chat(question, image=REFERENCE / "images" / "img_b_640x448.png", max_new_tokens=8)
+    as_string = chat.generate(question, image=str(REFERENCE / "images" / "img_b_640x448.png"), max_new_tokens=8)
+    assert as_string.token_ids == result.token_ids  # a str image is a path, not text
     assert len(result.prompt_token_ids) == 260
