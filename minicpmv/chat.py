@@ -153,6 +153,11 @@ class ChatModel:
             raise PromptError("streaming works with greedy or sampling decoding, not beam search (preset 'precise')")
         return TextStream(self, prepared)
 
+    def prompt_embeddings(self, messages: list, **options) -> tuple[list[int], torch.Tensor]:
+        """(prompt token ids, LLM input embeddings (1, T, D) with the image features written in)."""
+        prepared = self._prepare([messages], **options)
+        return prepared.inputs.input_ids[0].tolist(), prepared.embeds
+
     def generate_batch(self, conversations: list[list], **options) -> list[Generation]:
         """Answers to several conversations decoded together, left-padded like the official batch path."""
         prepared = self._prepare(conversations, **options)

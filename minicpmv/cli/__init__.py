@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from ..errors import MiniCPMVError
-from . import chat, generate, info, inspect_image
+from . import chat, generate, info, inspect_image, quantize
 
-COMMANDS = [chat, generate, info, inspect_image]
+COMMANDS = [chat, generate, info, inspect_image, quantize]
 
 
 def build_parser() -> argparse.ArgumentParser:

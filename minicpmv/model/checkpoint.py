@@ -1,7 +1,8 @@
 """Official checkpoint folders in and out: config.json plus single or sharded safetensors.
 
 The model is built on the meta device (no memory), then every parameter is assigned a tensor
-read from the memory-mapped files, so peak memory stays near the size of the weights. The
+read straight from the file into its own allocation, so peak memory stays near the size of the
+weights. The
 parameter names are the official ones (the modules mirror them), so no renaming is needed in
 either direction. Anything missing, unexpected, mis-shaped or unreadable is a CheckpointError
 naming the tensor or file.
@@ -17,13 +18,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from .config import MiniCPMVConfig
 from .minicpmv import MiniCPMV
+from .safetensors_reader import SafetensorsFormatError, read_header, read_tensors
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -49,10 +50,13 @@ def weight_files(folder: Path) -> dict[str, Path]:
 
 
 def _keys(path: Path) -> list[str]:
+    return list(_header(path)[0])
+
+
+def _header(path: Path) -> tuple[dict, int]:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError) as exc:
+        return read_header(path)
+    except (SafetensorsFormatError, OSError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
@@ -85,6 +89,11 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     check_vision_depth(config, files)
     with torch.device("meta"):
         model = MiniCPMV(config)
+    quantization = config.raw.get("quantization_config")
+    if quantization:
+        from ..quant.apply import QuantConfig, prepare_quantized_layout
+
+        prepare_quantized_layout(model, QuantConfig.from_dict(quantization))
     expected = dict(model.state_dict())
     if config.llm.tie_word_embeddings:
         expected.pop("llm.lm_head.weight", None)
@@ -98,15 +107,15 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress, leave=False)
     state = {}
     for file, names in sorted(by_file.items()):
+        header, data_start = _header(file)
         try:
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for name in names:
-                    state[name] = _convert(name, f.get_tensor(name), expected[name], dtype, device)
-                    bar.update(expected[name].numel() * expected[name].element_size())
-        except (SafetensorError, OSError) as exc:
+            for name, tensor in read_tensors(file, names, header, data_start):
+                state[name] = _convert(name, tensor, expected[name], dtype, device)
+                bar.update(expected[name].numel() * expected[name].element_size())
+        except (SafetensorsFormatError, OSError) as exc:
             raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
     bar.close()
-    model.load_state_dict(state, strict=False, assign=True)
+    model.load_state_dict(state, strict=True, assign=True)
     if config.llm.tie_word_embeddings:
         model.llm.lm_head.weight = model.llm.model.embed_tokens.weight
     return model.eval()

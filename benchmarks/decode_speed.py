@@ -1,0 +1,84 @@
+"""Decode and prefill speed of the LLM alone on a real-size shape, float32 vs int8 vs int4.
+
+Builds a Qwen2-1.5B-shaped LLM (the shape of the issue's llama.cpp comparison) with seeded random
+weights, quantizes it with this package's scheme, and times prefill of a 128-token prompt and
+greedy decoding of 64 tokens with the KV cache. Medians of 3 runs.
+
+    python benchmarks/decode_speed.py [--threads 2] [--shape qwen2-1.5b|qwen2-0.5b] [--modes fp32,int8,int4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+SHAPES = {
+    "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2, vocab_size=151936),
+    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2, vocab_size=151936),
+}
+
+
+def build(shape: str, mode: str, group_size: int):
+    from minicpmv.model.llm import LanguageModel, LLMConfig
+    from minicpmv.quant import QuantConfig
+    from minicpmv.quant.apply import layer_bits, quantize_model
+
+    cfg = LLMConfig(family="qwen2", **SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        llm = LanguageModel(cfg)
+        for p in llm.parameters():
+            p.normal_(0, 0.02)
+    if mode == "fp32":
+        return llm
+
+    class Holder(torch.nn.Module):  # quantize_model works on a model with .llm and .config.raw
+        def __init__(self, llm):
+            super().__init__()
+            self.llm = llm
+            self.config = type("C", (), {"raw": {}})()
+
+    holder = Holder(llm)
+    quantize_model(holder, QuantConfig(bits=8 if mode == "int8" else 4, group_size=group_size))
+    return holder.llm
+
+
+@torch.inference_mode()
+def run(llm, prompt_len=128, new_tokens=64):
+    embeds = llm.embed(torch.randint(0, 1000, (1, prompt_len)))
+    cache = llm.new_cache(1, prompt_len + new_tokens)
+    start = time.perf_counter()
+    logits = llm(embeds, cache=cache, last_only=True)
+    prefill = time.perf_counter() - start
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        token = llm(llm.embed(token), cache=cache)[:, -1].argmax(-1, keepdim=True)
+    decode = time.perf_counter() - start
+    return prompt_len / prefill, new_tokens / decode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-1.5b")
+    parser.add_argument("--modes", default="fp32,int8,int4")
+    parser.add_argument("--group-size", type=int, default=128)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"| mode | prefill tok/s | decode tok/s |  ({args.shape}, {args.threads} threads, torch {torch.__version__})")
+    for mode in args.modes.split(","):
+        llm = build(args.shape, mode, args.group_size)
+        run(llm, 16, 4)  # warm-up
+        results = [run(llm) for _ in range(3)]
+        prefill = statistics.median(r[0] for r in results)
+        decode = statistics.median(r[1] for r in results)
+        print(f"| {mode} | {prefill:.1f} | {decode:.2f} |", flush=True)
+        del llm
+
+
+if __name__ == "__main__":
+    main()

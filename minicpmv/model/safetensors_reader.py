@@ -1,0 +1,76 @@
+"""Read safetensors files straight into freshly allocated tensors.
+
+safetensors' own loader returns views into a memory map, where a tensor starts wherever the
+previous one ended: often not 64-byte aligned. torch's fused int8 CPU kernel crashes on such
+memory, so we read each tensor with `readinto` into its own allocation (aligned, no extra
+copy: peak memory stays at the size of the weights). The format is a little-endian u64 header
+length, a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then the data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+MAX_HEADER_BYTES = 100 << 20
+
+
+class SafetensorsFormatError(ValueError):
+    pass
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """({name: entry}, offset of the data section); checks that every tensor lies inside the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise SafetensorsFormatError("file shorter than its 8-byte header length")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise SafetensorsFormatError(f"header length {header_len} does not fit in a {size}-byte file")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SafetensorsFormatError(f"header is not JSON ({exc})") from None
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        if entry["dtype"] not in DTYPES:
+            raise SafetensorsFormatError(f"tensor {name} has unsupported dtype {entry['dtype']}")
+        if data_start + end > size:
+            raise SafetensorsFormatError(f"tensor {name} ends at byte {data_start + end}, past the end of the file ({size})")
+    return header, data_start
+
+
+def read_tensors(path: Path, names: list[str], header: dict, data_start: int):
+    """Yield (name, tensor) for `names`, each read into its own allocation."""
+    with open(path, "rb", buffering=0) as f:
+        for name in names:
+            entry = header[name]
+            begin, end = entry["data_offsets"]
+            tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+            if end - begin != tensor.numel() * tensor.element_size():
+                raise SafetensorsFormatError(f"tensor {name}: {end - begin} bytes for shape {entry['shape']}")
+            if tensor.numel():
+                f.seek(data_start + begin)
+                _read_exactly(f, memoryview(tensor.view(-1).view(torch.uint8).numpy()), name)
+            yield name, tensor
+
+
+def _read_exactly(f, view: memoryview, name: str) -> None:
+    done = 0
+    while done < len(view):
+        count = f.readinto(view[done:])
+        if not count:
+            raise SafetensorsFormatError(f"tensor {name}: file ends early")
+        done += count

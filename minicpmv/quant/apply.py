@@ -1,0 +1,107 @@
+"""Which linears of a MiniCPM-V model are quantized, and swapping them in.
+
+The choice is a pure function of the scheme and the layer shapes, so a saved folder only needs
+its `quantization_config` (in config.json) for the loader to rebuild the same layout:
+- the LLM's attention and MLP projections: `bits` (4 or 8);
+- `llm.lm_head`: int8 (it decides every token; llama.cpp keeps it at higher precision too);
+- with `vision_bits=8`: the vision tower's linears and the resampler's `kv_proj`;
+- an int4 layer whose input width the group size does not divide stays int8.
+Embeddings, norms and the resampler's attention stay in floating point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .linear import Int4Linear, Int8Linear
+from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
+
+METHOD = "minicpmv-weight-only"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    bits: int = 4
+    group_size: int = 64
+    vision_bits: int | None = None
+    lm_head_bits: int = 8
+    quant_method: str = METHOD
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ConfigError(f"quantization_config.bits: {self.bits} is not 4 or 8")
+        if self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"quantization_config.group_size: {self.group_size} is not one of {GROUP_SIZES}")
+        if self.vision_bits not in (None, 8) or self.lm_head_bits not in (8,):
+            raise ConfigError("quantization_config: vision_bits must be null or 8, lm_head_bits 8")
+        if self.quant_method != METHOD:
+            raise ConfigError(f"quantization_config.quant_method: {self.quant_method!r} is not {METHOD!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantConfig":
+        known = {k: data[k] for k in ("bits", "group_size", "vision_bits", "lm_head_bits", "quant_method") if k in data}
+        return cls(**known)
+
+
+def layer_bits(model: nn.Module, config: QuantConfig) -> dict[str, int]:
+    """Name -> bits of every linear to quantize."""
+    plan = {}
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:  # MultiheadAttention's out_proj is a subclass: kept
+            continue
+        if name.startswith("llm.model.layers."):
+            bits = config.bits
+        elif name == "llm.lm_head" and module.weight is not model.llm.model.embed_tokens.weight:
+            bits = config.lm_head_bits
+        elif config.vision_bits and (name.startswith("vpm.") or name == "resampler.kv_proj"):
+            bits = config.vision_bits
+        else:
+            continue
+        if bits == 4 and module.in_features % config.group_size:
+            bits = 8
+        plan[name] = bits
+    return plan
+
+
+def _empty(module: nn.Linear, bits: int, group_size: int) -> nn.Module:
+    has_bias = module.bias is not None
+    if bits == 8:
+        return Int8Linear(module.in_features, module.out_features, has_bias)
+    return Int4Linear(module.in_features, module.out_features, has_bias, group_size)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+def prepare_quantized_layout(model: nn.Module, config: QuantConfig) -> None:
+    """Swap the chosen linears for empty quantized ones (on whatever device the model is, meta too)."""
+    for name, bits in layer_bits(model, config).items():
+        module = model.get_submodule(name)
+        with torch.device(module.weight.device):
+            _replace(model, name, _empty(module, bits, config.group_size))
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Quantize a loaded float model in place and record the scheme in its config."""
+    for name, bits in layer_bits(model, config).items():
+        module = model.get_submodule(name)
+        new = _empty(module, bits, config.group_size)
+        if bits == 8:
+            new.qweight, new.scales = quantize_int8(module.weight)
+        else:
+            new.qweight, new.scales, new.zeros = quantize_int4(module.weight, config.group_size)
+        if module.bias is not None:
+            new.bias = module.bias.detach().float().clone()
+        _replace(model, name, new.to(module.weight.device))
+    model.config.raw["quantization_config"] = config.to_dict()
+    return model
