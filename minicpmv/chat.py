@@ -17,7 +17,7 @@ import torch
 from .errors import ConfigError, PromptError
 from .generation import PRESETS, GenerationConfig, GenerationOutput, generate, stream_tokens
 from .memory import peak_rss_mib
-from .model.checkpoint import load_model
+from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
 from .model.minicpmv import MiniCPMV
 from .processing import MiniCPMVProcessor, ModelInputs
 from .processing.detokenize import IncrementalDecoder
@@ -84,6 +84,7 @@ class Prepared:
     stop_strings: tuple = ()
     image_seconds: float = 0.0
     image_tokens: list = field(default_factory=list)
+    load_seconds: float = 0.0  # low-memory mode: reading model parts in for this request
 
 
 class TextStream:
@@ -115,8 +116,12 @@ class ChatModel:
     """A loaded checkpoint: model, processor and tokenizer together."""
 
     def __init__(self, model: MiniCPMV, processor: MiniCPMVProcessor, load_seconds: float = 0.0,
-                 feature_cache_size: int = 16):
+                 feature_cache_size: int = 16, checkpoint: OpenCheckpoint | None = None):
         self.model = model
+        # low-memory mode: the checkpoint reads the vision parts or the LLM in, one at a time
+        self.checkpoint = checkpoint
+        self._resident: tuple | None = None
+        self._swap_seconds = 0.0  # time spent reading parts in, reported as load time
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.version = processor.config.version
@@ -198,13 +203,15 @@ class ChatModel:
         limit = max_input_length or MAX_INPUT_LENGTH[self.version]
         inputs = self.processor(conversations, max_slice_nums=max_slice_nums, use_image_id=use_image_id,
                                 system_prompt=system_prompt, max_length=limit)
-        start = time.perf_counter()
+        start, swapped = time.perf_counter(), self._swap_seconds
         with torch.inference_mode():
             features = self._image_features(inputs)
+            self._need(LLM_PARTS)
             embeds = self.model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
         stops = tuple([stop] if isinstance(stop, str) else stop or ())
         tokens = [len(bounds) * self.model.config.query_num for bounds in inputs.image_bound]
-        return Prepared(inputs, embeds, config, stops, time.perf_counter() - start, tokens)
+        image_seconds = time.perf_counter() - start - (self._swap_seconds - swapped)
+        return Prepared(inputs, embeds, config, stops, image_seconds, tokens, self._swap_seconds - swapped)
 
     def _image_features(self, inputs: ModelInputs) -> list[torch.Tensor]:
         """Per-sample features; an image seen before (same pixels) reuses its cached features."""
@@ -230,11 +237,24 @@ class ChatModel:
         if key in self._features:
             self._features.move_to_end(key)
             return self._features[key]
-        features = self.model.get_image_features(crops, sizes)
+        self._need(VISION_PARTS)
+        # low-memory mode also keeps activations small: one crop through the vision tower at a time
+        features = self.model.get_image_features(crops, sizes, 1 if self.checkpoint else None)
         self._features[key] = features
         while len(self._features) > self._feature_cache_size:
             self._features.popitem(last=False)
         return features
+
+    def _need(self, parts: tuple) -> None:
+        """Low-memory mode: make `parts` resident, releasing the other half of the model first."""
+        if self.checkpoint is None or self._resident == parts:
+            return
+        start = time.perf_counter()
+        if self._resident is not None:
+            self.checkpoint.release(self._resident)
+        self.checkpoint.materialize(parts)
+        self._resident = parts
+        self._swap_seconds += time.perf_counter() - start
 
     def _stream_text(self, prepared: Prepared, handle: TextStream) -> Iterator[str]:
         decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
@@ -264,7 +284,8 @@ class ChatModel:
         inputs = prepared.inputs
         prompt = inputs.input_ids[row][inputs.attention_mask[row].bool()].tolist()
         return Generation(decoder.text(), list(decoder.ids), prompt, prepared.image_tokens[row], prepared.image_seconds,
-                          output.prefill_seconds, output.decode_seconds, self.load_seconds, stopped_by)
+                          output.prefill_seconds, output.decode_seconds, self.load_seconds + prepared.load_seconds,
+                          stopped_by)
 
 
 def _check_config(config: GenerationConfig) -> None:
@@ -288,7 +309,8 @@ def _with_images(messages: list, image) -> list:
     return [{**first, "content": [*images, *content]}, *rest]
 
 
-def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None) -> ChatModel:
+def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+         low_memory: bool = False) -> ChatModel:
     """Load an official MiniCPM-V 2.0 / 2.5 / 2.6 checkpoint folder (or one of ours).
 
     Args:
@@ -296,9 +318,14 @@ def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str |
         dtype: "float32", "bfloat16", "float16" or a torch dtype; default float32 on CPU,
             bfloat16 on CUDA, float16 on MPS.
         device: "cpu", "cuda", "mps"...; default the best available.
+        low_memory: the paper's sequential loading: the vision encoder and resampler are read in
+            to encode images, then released before the LLM is read in (and the other way round
+            when a new image comes), so peak memory is that of the larger part, not the sum.
     """
     start = time.perf_counter()
     target = pick_device(device)
-    model = load_model(path, pick_dtype(dtype, target), target)
+    checkpoint = OpenCheckpoint(path, pick_dtype(dtype, target), target)
     processor = MiniCPMVProcessor.from_pretrained(path)
-    return ChatModel(model, processor, time.perf_counter() - start)
+    if low_memory:
+        return ChatModel(checkpoint.model, processor, time.perf_counter() - start, checkpoint=checkpoint)
+    return ChatModel(checkpoint.materialize(), processor, time.perf_counter() - start)

@@ -163,3 +163,30 @@ def test_image_features_are_reused_across_turns(chat26, monkeypatch):
     answer = chat26.chat(first, max_new_tokens=3)
     chat26.chat([*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "More?"}], max_new_tokens=3)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.5", "2.6"])
+def test_low_memory_mode_gives_the_same_answers_with_one_half_resident(version):
+    from minicpmv.model.checkpoint import LLM_PARTS
+
+    normal = load(TINY[version] / "checkpoint")
+    sequential = load(TINY[version] / "checkpoint", low_memory=True)
+    assert all(p.is_meta for p in sequential.model.parameters())  # nothing read before it is needed
+    first = [{"role": "user", "content": [{"image": IMAGE}, "What?"]}]
+    answer = sequential.generate(first, max_new_tokens=6)
+    assert answer.token_ids == normal.generate(first, max_new_tokens=6).token_ids
+    assert sequential._resident == LLM_PARTS
+    assert all(p.is_meta for p in sequential.model.vpm.parameters())
+    assert not any(p.is_meta for p in sequential.model.llm.parameters())
+    second = [*first, {"role": "assistant", "content": answer.text},
+              {"role": "user", "content": [Image.new("RGB", (90, 300), "red"), "And this?"]}]
+    assert sequential.generate(second, max_new_tokens=6).token_ids == normal.generate(second, max_new_tokens=6).token_ids
+
+
+def test_crops_per_call_does_not_change_features(chat26):
+    crops = [torch.randn(3, 14, 14 * n) for n in (12, 30, 7)]
+    sizes = torch.tensor([[3, 4], [5, 6], [1, 7]])
+    with torch.inference_mode():
+        together = chat26.model.get_image_features(crops, sizes)
+        one_by_one = chat26.model.get_image_features(crops, sizes, crops_per_call=1)
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)

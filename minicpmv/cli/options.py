@@ -10,6 +10,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="sequential loading: vision parts and LLM never in memory together")
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +38,7 @@ def load_model(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load(args.model, dtype=args.dtype, device=args.device)
+    return load(args.model, dtype=args.dtype, device=args.device, low_memory=args.low_memory)
 
 
 def generation_options(args: argparse.Namespace) -> dict:

@@ -10,6 +10,8 @@ naming the tensor or file.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import re
@@ -75,50 +77,88 @@ def check_vision_depth(config: MiniCPMVConfig, names) -> None:
 PROGRESS_MIN_BYTES = 256 << 20  # below this a load is too quick for a progress bar to help
 
 
+VISION_PARTS = ("vpm.", "resampler.")
+LLM_PARTS = ("llm.",)
+
+
+class OpenCheckpoint:
+    """A checkpoint folder opened once: the model built on the meta device, and where each of
+    its tensors lives. Parts (name prefixes) are read in and released independently, which is
+    what the low-memory mode needs: the vision parts and the LLM never resident together."""
+
+    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        folder = Path(path)
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: not a folder (a MiniCPM-V checkpoint is a folder with config.json)")
+        self.config = MiniCPMVConfig.from_pretrained(folder)
+        self.files = weight_files(folder)
+        check_vision_depth(self.config, self.files)
+        with torch.device("meta"):
+            self.model = MiniCPMV(self.config)
+        quantization = self.config.raw.get("quantization_config")
+        if quantization:
+            from ..quant.apply import QuantConfig, prepare_quantized_layout
+
+            prepare_quantized_layout(self.model, QuantConfig.from_dict(quantization))
+        self.expected = {name: (tuple(t.shape), t.numel() * t.element_size()) for name, t in self.model.state_dict().items()}
+        if self.config.llm.tie_word_embeddings:
+            self.expected.pop("llm.lm_head.weight", None)
+        _check_names(self.expected, self.files)
+        self.dtype, self.device = dtype, device
+        self.model.eval()
+
+    def nbytes(self, parts: tuple[str, ...] = ("",)) -> int:
+        """Bytes of the tensors under `parts` once loaded (in their stored dtypes)."""
+        return sum(size for name, (_, size) in self.expected.items() if name.startswith(parts))
+
+    def materialize(self, parts: tuple[str, ...] = ("",), progress: bool | None = None) -> MiniCPMV:
+        """Read the tensors whose names start with one of `parts` into the model."""
+        names = [name for name in self.expected if name.startswith(parts)]
+        if progress is None:
+            progress = self.nbytes(parts) >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+        bar = tqdm(total=self.nbytes(parts), unit="B", unit_scale=True, desc="loading weights",
+                   disable=not progress, leave=False)
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.files[name], []).append(name)
+        state = {}
+        for file, file_names in sorted(by_file.items()):
+            header, data_start = _header(file)
+            try:
+                for name, tensor in read_tensors(file, file_names, header, data_start):
+                    state[name] = _convert(name, tensor, self.expected[name][0], self.dtype, self.device)
+                    bar.update(self.expected[name][1])
+            except (SafetensorsFormatError, OSError) as exc:
+                raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
+        bar.close()
+        self.model.load_state_dict(state, strict=False, assign=True)
+        if self.config.llm.tie_word_embeddings:
+            self.model.llm.lm_head.weight = self.model.llm.model.embed_tokens.weight
+        return self.model
+
+    def release(self, parts: tuple[str, ...]) -> None:
+        """Give the memory of `parts` back (their tensors return to the meta device)."""
+        for prefix in parts:
+            self.model.get_submodule(prefix.rstrip(".")).to("meta")
+        gc.collect()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Freed tensors below glibc's mmap threshold stay in the heap; hand them back to the OS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                progress: bool | None = None) -> MiniCPMV:
     """Build the model of a checkpoint folder and fill it with the folder's weights.
 
     progress: show a progress bar on stderr; by default only for large checkpoints on a terminal.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a folder (a MiniCPM-V checkpoint is a folder with config.json)")
-    config = MiniCPMVConfig.from_pretrained(folder)
-    files = weight_files(folder)
-    check_vision_depth(config, files)
-    with torch.device("meta"):
-        model = MiniCPMV(config)
-    quantization = config.raw.get("quantization_config")
-    if quantization:
-        from ..quant.apply import QuantConfig, prepare_quantized_layout
-
-        prepare_quantized_layout(model, QuantConfig.from_dict(quantization))
-    expected = dict(model.state_dict())
-    if config.llm.tie_word_embeddings:
-        expected.pop("llm.lm_head.weight", None)
-    _check_names(expected, files)
-    by_file: dict[Path, list[str]] = {}
-    for name, file in files.items():
-        by_file.setdefault(file, []).append(name)
-    total = sum(t.numel() * t.element_size() for t in expected.values())
-    if progress is None:
-        progress = total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress, leave=False)
-    state = {}
-    for file, names in sorted(by_file.items()):
-        header, data_start = _header(file)
-        try:
-            for name, tensor in read_tensors(file, names, header, data_start):
-                state[name] = _convert(name, tensor, expected[name], dtype, device)
-                bar.update(expected[name].numel() * expected[name].element_size())
-        except (SafetensorsFormatError, OSError) as exc:
-            raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
-    bar.close()
-    model.load_state_dict(state, strict=True, assign=True)
-    if config.llm.tie_word_embeddings:
-        model.llm.lm_head.weight = model.llm.model.embed_tokens.weight
-    return model.eval()
+    return OpenCheckpoint(path, dtype, device).materialize(progress=progress)
 
 
 def _check_names(expected: dict, files: dict) -> None:
@@ -131,9 +171,9 @@ def _check_names(expected: dict, files: dict) -> None:
                               + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
 
 
-def _convert(name: str, tensor: torch.Tensor, reference: torch.Tensor, dtype, device) -> torch.Tensor:
-    if tuple(tensor.shape) != tuple(reference.shape):
-        raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(reference.shape)}")
+def _convert(name: str, tensor: torch.Tensor, shape: tuple, dtype, device) -> torch.Tensor:
+    if tuple(tensor.shape) != shape:
+        raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {shape}")
     target = dtype if tensor.is_floating_point() else tensor.dtype
     return tensor.to(device=device, dtype=target)
 

@@ -53,12 +53,19 @@ class MiniCPMV(nn.Module):
     def device(self) -> torch.device:
         return self.llm.model.embed_tokens.weight.device
 
-    def get_image_features(self, pixel_values: list[torch.Tensor], tgt_sizes: torch.Tensor) -> torch.Tensor:
-        """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D)."""
+    def get_image_features(self, pixel_values: list[torch.Tensor], tgt_sizes: torch.Tensor,
+                           crops_per_call: int | None = None) -> torch.Tensor:
+        """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D).
+
+        crops_per_call: crops through the vision tower at once (default config.vision_batch_size);
+        fewer means smaller attention matrices, i.e. less peak memory, for the same result.
+        """
+        # the vision tower's own placement: in low-memory mode the LLM may not be loaded
+        weight = self.resampler.query
         if not pixel_values:
-            return torch.zeros((0, self.config.query_num, self.config.llm.hidden_size), dtype=self.dtype, device=self.device)
+            return torch.zeros((0, self.config.query_num, self.config.llm.hidden_size), dtype=weight.dtype, device=weight.device)
         tgt_sizes = tgt_sizes.to(torch.int64).cpu()
-        crops = [crop.to(device=self.device, dtype=self.dtype) for crop in pixel_values]
+        crops = [crop.to(device=weight.device, dtype=weight.dtype) for crop in pixel_values]
         if isinstance(self.vpm, TimmSiglip):  # 2.0: each crop alone, as an image
             return torch.cat([
                 self.resampler(self.vpm(strip_to_image(crop, rows, cols)[None]), torch.tensor([[rows, cols]]))
@@ -67,9 +74,18 @@ class MiniCPMV(nn.Module):
         # Pad to the longest crop of the whole batch before chunking, as the official code does,
         # so chunking never changes the result (2.5's unmasked positions depend on Lmax).
         batch = pad_strips(crops)
-        chunk = self.config.vision_batch_size
-        hidden = torch.cat([self.vpm(batch[i:i + chunk], tgt_sizes[i:i + chunk]) for i in range(0, len(crops), chunk)])
-        return self.resampler(hidden, tgt_sizes)
+        chunk = crops_per_call or self.config.vision_batch_size
+        patch = self.config.vision.patch_size
+        features = []
+        for i in range(0, len(crops), chunk):
+            sizes = tgt_sizes[i:i + chunk]
+            # Masked padding changes nothing, so a chunk can drop columns no crop of it uses (a
+            # lone crop then needs no mask: a faster, leaner attention). 2.5 must keep them: its
+            # unmasked positions depend on the padded length. The resampler masks padded keys.
+            width = batch.shape[-1] // patch if self.config.vision.faithful_idefics2_mask else int((sizes[:, 0] * sizes[:, 1]).max())
+            hidden = self.vpm(batch[i:i + chunk, ..., : width * patch], sizes)  # (n, width, Dv)
+            features.append(self.resampler(hidden, sizes))  # (n, Q, D)
+        return torch.cat(features)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_features: list[torch.Tensor],
                      image_bound: list[torch.Tensor]) -> torch.Tensor:
