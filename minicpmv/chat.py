@@ -21,6 +21,7 @@ from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
 from .model.minicpmv import MiniCPMV
 from .processing import MiniCPMVProcessor, ModelInputs
 from .processing.detokenize import IncrementalDecoder
+from .tuning import load_tuning
 from .processing.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VIDEO_MAX_SLICE_NUMS, load_video_frames
 
 # Token strings that end an answer, per version (looked up in the tokenizer, never hard-coded ids).
@@ -122,6 +123,7 @@ class ChatModel:
         self.checkpoint = checkpoint
         self._resident: tuple | None = None
         self._swap_seconds = 0.0  # time spent reading parts in, reported as load time
+        self.tuning = load_tuning(model.config)  # best threads per phase from `minicpmv tune`, if any
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.version = processor.config.version
@@ -170,7 +172,8 @@ class ChatModel:
             stream = TextStream(self, prepared)
             stream.text()
             return [stream.result]
-        output = generate(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config)
+        output = generate(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
+                          threads=self._phase_threads())
         results = []
         for row, ids in enumerate(output.token_ids):
             decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
@@ -239,11 +242,23 @@ class ChatModel:
             return self._features[key]
         self._need(VISION_PARTS)
         # low-memory mode also keeps activations small: one crop through the vision tower at a time
-        features = self.model.get_image_features(crops, sizes, 1 if self.checkpoint else None)
+        encode = (self.tuning or {}).get("encode", {})
+        per_call = 1 if self.checkpoint else encode.get("crops_per_call")
+        original = torch.get_num_threads()
+        try:
+            torch.set_num_threads(encode.get("threads", original))
+            features = self.model.get_image_features(crops, sizes, per_call)
+        finally:
+            torch.set_num_threads(original)
         self._features[key] = features
         while len(self._features) > self._feature_cache_size:
             self._features.popitem(last=False)
         return features
+
+    def _phase_threads(self) -> tuple[int, int] | None:
+        if not self.tuning:
+            return None
+        return self.tuning["prefill"]["threads"], self.tuning["decode"]["threads"]
 
     def _need(self, parts: tuple) -> None:
         """Low-memory mode: make `parts` resident, releasing the other half of the model first."""
@@ -260,7 +275,7 @@ class ChatModel:
         decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
         stats = GenerationOutput([[]])
         steps = stream_tokens(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
-                              handle.cancel_event, stats)
+                              handle.cancel_event, stats, self._phase_threads())
         try:
             for step in steps:
                 delta = decoder.push(step[0])

@@ -30,3 +30,17 @@ def golden_cases():
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return REFERENCE
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Keep `minicpmv tune` results of the developer's machine out of the tests, and theirs out of it."""
+    import os
+
+    previous = os.environ.get("MINICPMV_CACHE_DIR")
+    os.environ["MINICPMV_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MINICPMV_CACHE_DIR", None)
+    else:
+        os.environ["MINICPMV_CACHE_DIR"] = previous

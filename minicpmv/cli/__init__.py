@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from ..errors import MiniCPMVError
-from . import chat, generate, info, inspect_image, quantize
+from . import chat, generate, info, inspect_image, quantize, tune
 
-COMMANDS = [chat, generate, info, inspect_image, quantize]
+COMMANDS = [chat, generate, info, inspect_image, quantize, tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

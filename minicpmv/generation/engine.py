@@ -40,13 +40,23 @@ def _room(llm: LanguageModel, prompt_len: int, config: GenerationConfig) -> int:
     return min(config.max_new_tokens, context - prompt_len)
 
 
-@torch.inference_mode()
 def stream_tokens(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                   config: GenerationConfig, cancel: threading.Event | None = None,
-                  stats: GenerationOutput | None = None) -> Iterator[list[int | None]]:
+                  stats: GenerationOutput | None = None,
+                  threads: tuple[int, int] | None = None) -> Iterator[list[int | None]]:
     """Greedy or sampled decoding, one step at a time: yields each row's new token (None once
     the row has stopped). Stops at the stop ids, max_new_tokens, or when `cancel` is set or the
-    consumer stops iterating. `stats`, if given, receives timings and the kept step logits."""
+    consumer stops iterating. `stats`, if given, receives timings and the kept step logits.
+    `threads` = (prefill, decode) CPU threads, as `minicpmv tune` found best."""
+    original = torch.get_num_threads()
+    try:
+        yield from _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads)
+    finally:
+        torch.set_num_threads(original)
+
+
+@torch.inference_mode()
+def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads):
     batch, prompt_len = inputs_embeds.shape[:2]
     max_new = _room(llm, prompt_len, config)
     device = inputs_embeds.device
@@ -55,11 +65,15 @@ def stream_tokens(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mas
     if config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
     cache = llm.new_cache(batch, prompt_len + max_new)
+    if threads:
+        torch.set_num_threads(threads[0])
     start = time.perf_counter()
     positions = padded_position_ids(attention_mask)
     logits = llm(inputs_embeds, positions, attention_mask, cache, last_only=True)[:, -1]  # (B, V)
     if stats is not None:
         stats.prefill_seconds, stats.prompt_tokens = time.perf_counter() - start, prompt_len
+    if threads:
+        torch.set_num_threads(threads[1])
     start = time.perf_counter()
     generated = [[] for _ in range(batch)]
     finished = [False] * batch
@@ -93,12 +107,19 @@ def stream_tokens(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mas
 
 
 def generate(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-             config: GenerationConfig, keep_step_logits: bool = False) -> GenerationOutput:
+             config: GenerationConfig, keep_step_logits: bool = False,
+             threads: tuple[int, int] | None = None) -> GenerationOutput:
     """All new tokens of every row: beam search when config.num_beams > 1, else `stream_tokens`."""
     if config.num_beams > 1:
-        return beam_search(llm, inputs_embeds, attention_mask, config)
+        original = torch.get_num_threads()
+        try:
+            if threads:
+                torch.set_num_threads(threads[1])  # beams decode several rows: use the decode setting
+            return beam_search(llm, inputs_embeds, attention_mask, config)
+        finally:
+            torch.set_num_threads(original)
     stats = GenerationOutput([[] for _ in range(inputs_embeds.shape[0])], [] if keep_step_logits else None)
-    for step in stream_tokens(llm, inputs_embeds, attention_mask, config, stats=stats):
+    for step in stream_tokens(llm, inputs_embeds, attention_mask, config, stats=stats, threads=threads):
         for row, token in enumerate(step):
             if token is not None:
                 stats.token_ids[row].append(token)

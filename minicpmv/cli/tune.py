@@ -1,0 +1,51 @@
+"""`minicpmv tune`: find the fastest settings of this machine for a model, and remember them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def tune(model: str, threads: list[int] | None = None, crops_per_call: list[int] | None = None,
+         repeat: int = 3, image: str | None = None) -> dict:
+    """Measure thread counts separately for image encoding, prefill and decoding (and how many
+    crops go through the vision tower at once), print the table, and store the best settings in
+    the per-machine cache (MINICPMV_CACHE_DIR, else ~/.cache/minicpmv/tune.json), which every
+    later `load()` of a model with the same shapes applies automatically.
+    """
+    from ..chat import load
+    from ..quant.quality import example_image_path
+    from ..tuning import cache_path, save_tuning, search
+
+    chat = load(model)
+    thread_options = threads or list(range(1, (os.cpu_count() or 1) + 1))
+    best, rows = search(chat, image or example_image_path(), thread_options, crops_per_call or [1, 4, 16], repeat)
+    print("| phase | threads | crops per call | result |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        result = f"{row['ms']:.1f} ms" if "ms" in row else f"{row['tok_per_s']:.1f} tok/s"
+        print(f"| {row['phase']} | {row['threads']} | {row.get('crops_per_call', '')} | {result} |")
+    path = save_tuning(chat.model.config, best)
+    print(f"best: {best}\nsaved to {path}")
+    return best
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("values must be at least 1")
+    return values
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("tune", help="measure and remember the fastest settings for a model",
+                                   description=tune.__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--model", required=True, help="checkpoint folder")
+    parser.add_argument("--threads", type=_int_list, help="thread counts to try (default 1..cpu count)")
+    parser.add_argument("--crops-per-call", type=_int_list, help="vision batch sizes to try (default 1,4,16)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--image", help="image to encode (default: the bundled example)")
+    parser.set_defaults(run=lambda a: tune(a.model, a.threads, a.crops_per_call, a.repeat, a.image) and 0)

@@ -1,0 +1,117 @@
+"""Configuration search (paper §5: "automatic search for the best configuration on the target
+device"): thread counts measured separately for image encoding, prefill and decoding, plus how
+many crops go through the vision tower at once. The best values are cached per machine and
+model; `load()` applies them automatically on later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+PHASES = ("encode", "prefill", "decode")
+
+
+def cache_path() -> Path:
+    root = os.environ.get("MINICPMV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv")
+    return Path(root) / "tune.json"
+
+
+def machine_key() -> str:
+    """CPU model, core count and torch version: what the best settings depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} | {os.cpu_count()} cpus | torch {torch.__version__}"
+
+
+def model_key(config) -> str:
+    """The shapes and quantization of a model (not its path: a copy of it tunes the same)."""
+    raw = {k: v for k, v in config.raw.items() if not k.startswith("_")}
+    return hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_tuning(config) -> dict | None:
+    """Cached best settings for this machine and model, or None."""
+    try:
+        entries = json.loads(cache_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return entries.get(machine_key(), {}).get(model_key(config))
+
+
+def save_tuning(config, settings: dict) -> Path:
+    """Store settings atomically (temp file, then rename); other machines' entries are kept."""
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        entries = {}
+    entries.setdefault(machine_key(), {})[model_key(config)] = settings
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def _median_seconds(run, repeat: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def search(chat, image, thread_options: list[int], crop_options: list[int], repeat: int = 3,
+           prompt_tokens: int = 128, decode_tokens: int = 16) -> tuple[dict, list[dict]]:
+    """Measure every option per phase; returns (best settings, table rows)."""
+    model = chat.model
+    inputs = chat.processor([{"role": "user", "content": [{"image": image}, "Describe the image."]}])
+    crops, sizes = inputs.pixel_values[0], inputs.tgt_sizes[0]
+    llm = model.llm
+    prompt = llm.embed(torch.randint(0, min(1000, llm.cfg.vocab_size), (1, prompt_tokens)))
+
+    def decode():
+        cache = llm.new_cache(1, prompt_tokens + decode_tokens)
+        llm(prompt, cache=cache, last_only=True)
+        start = time.perf_counter()
+        token = torch.zeros((1, 1), dtype=torch.long)
+        for _ in range(decode_tokens):
+            llm(llm.embed(token), cache=cache)
+        return time.perf_counter() - start
+
+    rows, best = [], {}
+    original = torch.get_num_threads()
+    try:
+        for threads in thread_options:
+            torch.set_num_threads(threads)
+            for per_call in crop_options:
+                seconds = _median_seconds(lambda: model.get_image_features(crops, sizes, per_call), repeat)
+                rows.append({"phase": "encode", "threads": threads, "crops_per_call": per_call, "ms": seconds * 1000})
+            seconds = _median_seconds(lambda: llm(prompt, last_only=True), repeat)
+            rows.append({"phase": "prefill", "threads": threads, "tok_per_s": prompt_tokens / seconds})
+            decode()
+            seconds = statistics.median(decode() for _ in range(repeat))
+            rows.append({"phase": "decode", "threads": threads, "tok_per_s": decode_tokens / seconds})
+    finally:
+        torch.set_num_threads(original)
+    encode = min((r for r in rows if r["phase"] == "encode"), key=lambda r: r["ms"])
+    best["encode"] = {"threads": encode["threads"], "crops_per_call": encode["crops_per_call"]}
+    for phase in ("prefill", "decode"):
+        fastest = max((r for r in rows if r["phase"] == phase), key=lambda r: r["tok_per_s"])
+        best[phase] = {"threads": fastest["threads"]}
+    return best, rows
