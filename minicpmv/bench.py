@@ -1,0 +1,166 @@
+"""`minicpmv bench`: the paper's Fig. 6 ablation on this machine.
+
+Rows add one deployment optimisation at a time (no-opt -> +memory -> +config -> +int8 ->
++int4); columns are load time, image-encode latency for a 1344x1344 image (10 crops), prefill
+and decode tokens/s and peak RSS. Each row runs in a fresh process so its peak RSS is its own.
+No real weights exist here, so `--random-init` builds a real-size architecture with seeded
+random weights, written once to a cache folder (speed and memory do not depend on the values).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .model.config import OFFICIAL_ARCHITECTURES, SO400M
+
+ARCHITECTURES = {
+    # 2.6 layout with the Qwen2-1.5B LLM: the size that fits this machine in float32
+    "qwen2-1.5b": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 1536, "intermediate_size": 8960,
+                   "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                   "vocab_size": 151936, "query_num": 64, "drop_vision_last_layer": False,
+                   "vision_config": dict(SO400M)},
+    "2.6": OFFICIAL_ARCHITECTURES["2.6"],
+    # for tests: every code path of the bench in seconds
+    "tiny": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 128, "intermediate_size": 256,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400,
+             "query_num": 64, "drop_vision_last_layer": False,
+             "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 2, "patch_size": 14, "image_size": 980}},
+}
+ROWS = {  # name: (low_memory, tuned, weights)
+    "no-opt": (False, False, "fp32"),
+    "+memory": (True, False, "fp32"),
+    "+config": (True, True, "fp32"),
+    "+int8": (True, True, "int8"),
+    "+int4": (True, True, "int4"),
+}
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "</image>", "<ref>", "</ref>", "<box>",
+                  "</box>", "<quad>", "</quad>", "<point>", "</point>", "<slice>", "</slice>", "<image_id>",
+                  "</image_id>", "<unk>"]
+QWEN_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                 "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                 "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def write_byte_tokenizer(folder: Path) -> None:
+    """A byte-level tokenizer (256 byte tokens, no merges) with the 2.6 special tokens: enough to
+    drive a random-weight model; its ids stay far below any real vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": QWEN_TEMPLATE, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}))
+
+
+def random_checkpoint(name: str, root: Path) -> Path:
+    """The seeded random float32 checkpoint of an architecture, written once."""
+    from safetensors.torch import save_file
+
+    from .model.config import MiniCPMVConfig
+    from .model.minicpmv import MiniCPMV
+
+    folder = root / name / "fp32"
+    if (folder / "model.safetensors").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ARCHITECTURES[name]
+    with torch.device("meta"):
+        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
+    generator = torch.Generator().manual_seed(0)
+    tensors = {n: torch.randn(t.shape, generator=generator) * 0.02 for n, t in model.state_dict().items()}
+    save_file(tensors, folder / ".model.safetensors.tmp", metadata={"format": "pt"})
+    os.replace(folder / ".model.safetensors.tmp", folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    write_byte_tokenizer(folder)
+    return folder
+
+
+def quantized_checkpoint(source: Path, bits: int) -> Path:
+    """int8 or int4 (group 128) copy of a checkpoint, written once beside it."""
+    import shutil
+
+    from .model.checkpoint import load_model, save_model
+    from .quant import QuantConfig, quantize_model
+
+    folder = source.parent / f"int{bits}"
+    if (folder / "config.json").exists():
+        return folder
+    model = quantize_model(load_model(source), QuantConfig(bits=bits, group_size=128))
+    save_model(model, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(source / name, folder / name)
+    return folder
+
+
+def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_tokens: int) -> dict:
+    """One row, in this (fresh) process."""
+    from PIL import Image
+
+    from .chat import load
+    from .memory import peak_rss_mib
+
+    if not tuned:
+        os.environ["MINICPMV_CACHE_DIR"] = str(Path(folder) / "no-tuning")  # an empty cache
+    start = time.perf_counter()
+    chat = load(folder, dtype="float32", device="cpu", low_memory=low_memory)
+    load_seconds = time.perf_counter() - start
+    image = Image.effect_noise((1344, 1344), 64).convert("RGB")
+    text = "x " * max(0, prompt_tokens // 2)
+    messages = [{"role": "user", "content": [image, text + "Describe the image."]}]
+    result = chat.generate(messages, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    return {"load_s": load_seconds + result.load_seconds - chat.load_seconds,
+            "encode_ms": result.image_seconds * 1000, "image_tokens": result.image_tokens,
+            "prompt_tokens": len(result.prompt_token_ids),
+            "prefill_tok_s": len(result.prompt_token_ids) / result.prefill_seconds,
+            "decode_tok_s": len(result.token_ids) / result.decode_seconds, "peak_rss_mib": peak_rss_mib(),
+            "tuning": chat.tuning}
+
+
+def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache: str | None = None,
+          prompt_tokens: int = 64, new_tokens: int = 32, tune_first: bool = True) -> list[dict]:
+    """Build (once) the random-weight checkpoints, tune them if asked, run each row in a fresh
+    process and print a markdown table."""
+    root = Path(cache or os.environ.get("MINICPMV_CACHE_DIR") or Path.home() / ".cache" / "minicpmv") / "random-init"
+    base = random_checkpoint(architecture, root)
+    folders = {"fp32": base}
+    wanted = rows or list(ROWS)
+    for bits in (8, 4):
+        if any(ROWS[r][2] == f"int{bits}" for r in wanted):
+            folders[f"int{bits}"] = quantized_checkpoint(base, bits)
+    if tune_first and any(ROWS[r][1] for r in wanted):
+        from .cli.tune import tune
+
+        for weights in sorted({ROWS[r][2] for r in wanted if ROWS[r][1]}):
+            tune(str(folders[weights]), repeat=1)
+    print(f"| {architecture} | load s | encode 1344² ms | prefill tok/s | decode tok/s | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    results = []
+    for name in wanted:
+        low_memory, tuned, weights = ROWS[name]
+        command = [sys.executable, "-m", "minicpmv.bench", str(folders[weights]), str(int(low_memory)),
+                   str(int(tuned)), str(prompt_tokens), str(new_tokens)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        row = {"row": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+        results.append(row)
+        print(f"| {name} | {row['load_s']:.1f} | {row['encode_ms']:.0f} | {row['prefill_tok_s']:.1f} | "
+              f"{row['decode_tok_s']:.2f} | {row['peak_rss_mib']:.0f} |", flush=True)
+    return results
+
+
+if __name__ == "__main__":  # one row in a fresh process: folder low_memory tuned prompt_tokens new_tokens
+    folder_arg, low_arg, tuned_arg, prompt_arg, new_arg = sys.argv[1:6]
+    print(json.dumps(run_row(folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg))))

@@ -1,0 +1,32 @@
+"""`minicpmv bench`: the paper's Fig. 6 deployment ablation, measured on this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..bench import ROWS, bench
+    from ..errors import ConfigError
+
+    rows = args.rows.split(",") if args.rows else None
+    unknown = set(rows or []) - set(ROWS)
+    if unknown:
+        raise ConfigError(f"--rows: unknown row(s) {sorted(unknown)}; choose from {list(ROWS)}")
+    bench(args.random_init, rows, args.cache_dir, args.prompt_tokens, args.new_tokens, not args.no_tune)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    from ..bench import ARCHITECTURES, ROWS, bench
+
+    parser = subparsers.add_parser("bench", help="Fig. 6 ablation: load, encode, prefill, decode, memory",
+                                   description=bench.__doc__.split("\n\n")[0])
+    parser.add_argument("--random-init", choices=sorted(ARCHITECTURES), default="qwen2-1.5b",
+                        help="real-size architecture with seeded random weights (default qwen2-1.5b)")
+    parser.add_argument("--rows", help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--cache-dir", help="where random checkpoints are written (default ~/.cache/minicpmv)")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens besides the image")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--no-tune", action="store_true", help="use existing tuning instead of running tune first")
+    parser.set_defaults(run=_run)

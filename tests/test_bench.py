@@ -1,0 +1,36 @@
+"""`minicpmv bench` on the tiny architecture: every row runs in its own process and reports
+every column; the random checkpoints are written once; the synthetic tokenizer works."""
+
+import json
+
+from minicpmv.bench import ROWS, bench, write_byte_tokenizer
+from minicpmv.cli import main
+from minicpmv.processing.tokenizer import load_tokenizer
+
+
+def test_byte_tokenizer_round_trips_text_and_knows_the_markers(tmp_path):
+    write_byte_tokenizer(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    text = "héllo <image><unk></image> wörld"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.encode("<image>") == [tokenizer.require_id("<image>")]
+    assert max(tokenizer.encode("any text at all")) < 256
+
+
+def test_all_rows_on_the_tiny_architecture(tmp_path, capsys):
+    results = bench("tiny", cache=str(tmp_path), new_tokens=3, prompt_tokens=8, tune_first=False)
+    assert [r["row"] for r in results] == list(ROWS)
+    for row in results:
+        assert row["load_s"] > 0 and row["encode_ms"] > 0 and row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+        assert row["image_tokens"] == 10 * 64  # 1344x1344: overview + 3x3 slices
+        assert row["peak_rss_mib"] > 100
+    table = capsys.readouterr().out
+    assert table.count("\n| +") == 4 and "| no-opt |" in table
+    written = sorted(p.name for p in (tmp_path / "random-init" / "tiny").iterdir())
+    assert written == ["fp32", "int4", "int8"]
+    assert json.loads((tmp_path / "random-init" / "tiny" / "int4" / "config.json").read_text())["quantization_config"]["bits"] == 4
+
+
+def test_unknown_row_is_refused(capsys):
+    assert main(["bench", "--random-init", "tiny", "--rows", "+turbo"]) == 2
+    assert "unknown row" in capsys.readouterr().err
