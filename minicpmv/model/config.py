@@ -7,11 +7,11 @@ code) + Llama-3, 2.0 = timm SigLIP + MiniCPM.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..jsonfile import read_json_object
 from ..versions import detect_version
 
 LLM_FAMILY = {"2.6": "qwen2", "2.5": "llama", "2.0": "minicpm"}
@@ -105,16 +105,7 @@ class MiniCPMVConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MiniCPMVConfig":
-        file = Path(path) / "config.json"
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: missing; not a MiniCPM-V checkpoint folder") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{file}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: expected a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(Path(path) / "config.json", "; not a MiniCPM-V checkpoint folder"))
 
 
 def _int(config: dict, key: str, default: int) -> int:

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..jsonfile import read_json_object
 from ..versions import detect_version, normalize_version
 from .slicing import MAX_SLICE_NUMS, PATCH_SIZE, SCALE_RESOLUTION
 
@@ -66,11 +66,11 @@ class ProcessorConfig:
     def from_pretrained(cls, path: str | Path) -> "ProcessorConfig":
         """Settings of a checkpoint folder, checked against its config.json like the official chat()."""
         folder = Path(path)
-        model_config = _read_json(folder / "config.json")
+        model_config = read_json_object(folder / "config.json")
         version = detect_version(model_config)
         pre_path = folder / "preprocessor_config.json"
         if pre_path.exists():
-            config = cls.from_dict(_read_json(pre_path), version)
+            config = cls.from_dict(read_json_object(pre_path), version)
             _check_agreement(config, model_config)
             return config
         return cls.from_dict(_flatten_model_config(model_config), version)
@@ -92,16 +92,3 @@ def _check_agreement(config: ProcessorConfig, model_config: dict) -> None:
                 f"{name}: preprocessor_config.json has {getattr(config, name)!r} "
                 f"but config.json has {model_values[name]!r}"
             )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data

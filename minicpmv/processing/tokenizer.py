@@ -10,11 +10,11 @@ Special-token ids are always looked up by their strings.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..jsonfile import read_json_object
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -134,12 +134,7 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     """The tokenizer of a checkpoint folder: tokenizer.json if present, else tokenizer.model."""
     folder = Path(path)
     config_path = folder / "tokenizer_config.json"
-    tokenizer_config = {}
-    if config_path.exists():
-        try:
-            tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+    tokenizer_config = read_json_object(config_path) if config_path.exists() else {}
     if (folder / "tokenizer.json").exists():
         return HFTokenizer(folder / "tokenizer.json", tokenizer_config)
     if (folder / "tokenizer.model").exists():
