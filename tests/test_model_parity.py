@@ -61,6 +61,9 @@ def test_activations_match_official(version, case_dir):
         assert torch.equal(padded_position_ids(inputs.attention_mask), position_ids)
     logits = model.llm(embeds, position_ids, inputs.attention_mask)
     close(logits[valid], expected["logits"][valid])
+    one_call = model(inputs.input_ids, inputs.pixel_values, inputs.tgt_sizes, inputs.image_bound,
+                     inputs.attention_mask, position_ids)
+    close(one_call[valid], expected["logits"][valid])
 
 
 @pytest.mark.parametrize("version,case_dir", CASES, ids=[f"{v}-{c.name}" for v, c in CASES])
