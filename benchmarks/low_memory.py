@@ -1,25 +1,20 @@
 """Peak memory of answering one image question, normal vs low-memory (sequential) loading.
 
-Uses the random 2.8 GB checkpoint of `load_memory.py` (SigLIP-400M vision tower, a 4-layer
-Qwen2-1.5B-wide LLM) with the tiny 2.6 tokenizer files, asks about the bundled 1344x896 image
-(7 crops) for 8 tokens in a fresh process per mode, and compares peak RSS (VmHWM) with the
-larger part plus the KV cache.
+Uses the random 2.7 GB checkpoint `qwen2-1.5b-4layers` of `minicpmv bench` (SigLIP-400M vision
+tower, a 4-layer Qwen2-1.5B-wide LLM, synthetic byte tokenizer), asks about the bundled
+1344x896 image (7 crops) for 8 tokens in a fresh process per mode, and compares peak RSS
+(VmHWM) with the larger part plus the KV cache.
 
-    python benchmarks/low_memory.py [--folder /tmp/minicpmv-bench-2.8gb]
+    python benchmarks/low_memory.py [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER = ROOT / "tests" / "fixtures" / "reference" / "minicpmv26_tiny" / "checkpoint"
-
 
 def measure(folder: str, low_memory: bool) -> None:
     """Runs in a fresh process: prints one JSON line."""
@@ -44,19 +39,15 @@ def measure(folder: str, low_memory: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folder", default="/tmp/minicpmv-bench-2.8gb")
+    parser.add_argument("--cache-dir", default="/tmp/minicpmv-bench", help="where the random checkpoint is written")
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["normal", "low"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         return measure(args.folder, args.measure == "low")
-    folder = Path(args.folder)
-    if not (folder / "model.safetensors").exists():
-        sys.path.insert(0, str(Path(__file__).parent))
-        from load_memory import write_random_checkpoint
+    from minicpmv.bench import random_checkpoint
 
-        write_random_checkpoint(folder, 4)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"):
-        shutil.copy2(TOKENIZER / name, folder / name)
+    folder = random_checkpoint("qwen2-1.5b-4layers", Path(args.cache_dir) / "random-init")
     results = {}
     for mode in ("normal", "low"):
         out = subprocess.run([sys.executable, __file__, "--measure", mode, "--folder", str(folder)],

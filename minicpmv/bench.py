@@ -27,6 +27,11 @@ ARCHITECTURES = {
                    "vocab_size": 151936, "query_num": 64, "drop_vision_last_layer": False,
                    "vision_config": dict(SO400M)},
     "2.6": OFFICIAL_ARCHITECTURES["2.6"],
+    # 2.7 GB: the real vision tower with a 4-layer Qwen2-1.5B-wide LLM (the memory benchmarks)
+    "qwen2-1.5b-4layers": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 1536, "intermediate_size": 8960,
+                           "num_hidden_layers": 4, "num_attention_heads": 12, "num_key_value_heads": 2,
+                           "vocab_size": 32000, "query_num": 64, "drop_vision_last_layer": False,
+                           "vision_config": dict(SO400M)},
     # for tests: every code path of the bench in seconds
     "tiny": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 128, "intermediate_size": 256,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400,
