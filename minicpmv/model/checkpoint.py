@@ -32,8 +32,13 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def weight_files(folder: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file holding it (from the index when sharded)."""
+def weight_files(folder: Path, header_of=None) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it (from the index when sharded).
+
+    header_of(path) parses a file's header; a caller that reads the tensors later passes a
+    caching one so each header is parsed once.
+    """
+    header_of = header_of or _header
     if (folder / INDEX_FILE).exists():
         try:
             weight_map = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
@@ -45,14 +50,10 @@ def weight_files(folder: Path) -> dict[str, Path]:
                 raise CheckpointError(f"{path}: shard listed in {INDEX_FILE} is missing")
         return files
     if (folder / SINGLE_FILE).exists():
-        return {name: folder / SINGLE_FILE for name in _keys(folder / SINGLE_FILE)}
+        return {name: folder / SINGLE_FILE for name in header_of(folder / SINGLE_FILE)[0]}
     if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
         raise CheckpointError(f"{folder}: only safetensors weights are supported (found .bin/.pt files)")
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
-
-
-def _keys(path: Path) -> list[str]:
-    return list(_header(path)[0])
 
 
 def _header(path: Path) -> tuple[dict, int]:
@@ -91,7 +92,8 @@ class OpenCheckpoint:
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a folder (a MiniCPM-V checkpoint is a folder with config.json)")
         self.config = MiniCPMVConfig.from_pretrained(folder)
-        self.files = weight_files(folder)
+        self._headers: dict[Path, tuple[dict, int]] = {}
+        self.files = weight_files(folder, self._header)
         check_vision_depth(self.config, self.files)
         with torch.device("meta"):
             self.model = MiniCPMV(self.config)
@@ -106,6 +108,11 @@ class OpenCheckpoint:
         _check_names(self.expected, self.files)
         self.dtype, self.device = dtype, device
         self.model.eval()
+
+    def _header(self, file: Path) -> tuple[dict, int]:
+        if file not in self._headers:
+            self._headers[file] = _header(file)
+        return self._headers[file]
 
     def nbytes(self, parts: tuple[str, ...] = ("",)) -> int:
         """Bytes of the tensors under `parts` once loaded (in their stored dtypes)."""
@@ -123,7 +130,7 @@ class OpenCheckpoint:
             by_file.setdefault(self.files[name], []).append(name)
         state = {}
         for file, file_names in sorted(by_file.items()):
-            header, data_start = _header(file)
+            header, data_start = self._header(file)
             try:
                 for name, tensor in read_tensors(file, file_names, header, data_start):
                     state[name] = _convert(name, tensor, self.expected[name][0], self.dtype, self.device)
