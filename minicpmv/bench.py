@@ -1,7 +1,8 @@
 """`minicpmv bench`: the paper's Fig. 6 ablation on this machine.
 
 Rows add one deployment optimisation at a time (no-opt -> +memory -> +config -> +int8 ->
-+int4); columns are load time, image-encode latency for a 1344x1344 image (10 crops), prefill
++int4; +config is the stored `minicpmv tune` settings plus the vision encoder in bfloat16 on CPUs
+with native bf16); columns are load time, image-encode latency for a 1344x1344 image (10 crops), prefill
 and decode tokens/s and peak RSS. Each row runs in a fresh process so its peak RSS is its own.
 No real weights exist here, so `--random-init` builds a real-size architecture with seeded
 random weights, written once to a cache folder (speed and memory do not depend on the values).
@@ -39,13 +40,14 @@ ARCHITECTURES = {
              "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                "num_attention_heads": 2, "patch_size": 14, "image_size": 980}},
 }
-ROWS = {  # name: (low_memory, tuned, weights)
-    "no-opt": (False, False, "fp32"),
-    "+memory": (True, False, "fp32"),
-    "+config": (True, True, "fp32"),
-    "+int8": (True, True, "int8"),
-    "+int4": (True, True, "int4"),
+ROWS = {  # name: (low_memory, tuned, weights, vision_dtype)
+    "no-opt": (False, False, "fp32", "float32"),
+    "+memory": (True, False, "fp32", "float32"),
+    "+config": (True, True, "fp32", "auto"),
+    "+int8": (True, True, "int8", "auto"),
+    "+int4": (True, True, "int4", "auto"),
 }
+INT4_GROUP = 64  # 4.5 bits per weight with float16 scale and zero: llama.cpp Q4_0's size
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "</image>", "<ref>", "</ref>", "<box>",
                   "</box>", "<quad>", "</quad>", "<point>", "</point>", "<slice>", "</slice>", "<image_id>",
                   "</image_id>", "<unk>"]
@@ -95,23 +97,24 @@ def random_checkpoint(name: str, root: Path) -> Path:
 
 
 def quantized_checkpoint(source: Path, bits: int) -> Path:
-    """int8 or int4 (group 128) copy of a checkpoint, written once beside it."""
+    """int8 or int4 (group INT4_GROUP) copy of a checkpoint, written once beside it."""
     import shutil
 
     from .model.checkpoint import load_model, save_model
     from .quant import QuantConfig, quantize_model
 
-    folder = source.parent / f"int{bits}"
+    folder = source.parent / (f"int4-g{INT4_GROUP}" if bits == 4 else "int8")
     if (folder / "config.json").exists():
         return folder
-    model = quantize_model(load_model(source), QuantConfig(bits=bits, group_size=128))
+    model = quantize_model(load_model(source), QuantConfig(bits=bits, group_size=INT4_GROUP))
     save_model(model, folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(source / name, folder / name)
     return folder
 
 
-def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_tokens: int) -> dict:
+def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_tokens: int,
+            vision_dtype: str = "auto") -> dict:
     """One row, in this (fresh) process."""
     from PIL import Image
 
@@ -121,7 +124,7 @@ def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_
     if not tuned:
         os.environ["MINICPMV_CACHE_DIR"] = str(Path(folder) / "no-tuning")  # an empty cache
     start = time.perf_counter()
-    chat = load(folder, dtype="float32", device="cpu", low_memory=low_memory)
+    chat = load(folder, dtype="float32", device="cpu", low_memory=low_memory, vision_dtype=vision_dtype)
     load_seconds = time.perf_counter() - start
     image = Image.effect_noise((1344, 1344), 64).convert("RGB")
     text = "x " * max(0, prompt_tokens // 2)
@@ -155,9 +158,9 @@ def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache
     print("| --- | --- | --- | --- | --- | --- |")
     results = []
     for name in wanted:
-        low_memory, tuned, weights = ROWS[name]
+        low_memory, tuned, weights, vision_dtype = ROWS[name]
         command = [sys.executable, "-m", "minicpmv.bench", str(folders[weights]), str(int(low_memory)),
-                   str(int(tuned)), str(prompt_tokens), str(new_tokens)]
+                   str(int(tuned)), str(prompt_tokens), str(new_tokens), vision_dtype]
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         row = {"row": name, **json.loads(out.stdout.strip().splitlines()[-1])}
         results.append(row)
@@ -166,6 +169,6 @@ def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache
     return results
 
 
-if __name__ == "__main__":  # one row in a fresh process: folder low_memory tuned prompt_tokens new_tokens
-    folder_arg, low_arg, tuned_arg, prompt_arg, new_arg = sys.argv[1:6]
-    print(json.dumps(run_row(folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg))))
+if __name__ == "__main__":  # one row in a fresh process: folder low_memory tuned prompt_tokens new_tokens vision
+    folder_arg, low_arg, tuned_arg, prompt_arg, new_arg, vision_arg = sys.argv[1:7]
+    print(json.dumps(run_row(folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg), vision_arg)))

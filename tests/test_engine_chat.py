@@ -190,3 +190,33 @@ def test_crops_per_call_does_not_change_features(chat26):
         together = chat26.model.get_image_features(crops, sizes)
         one_by_one = chat26.model.get_image_features(crops, sizes, crops_per_call=1)
     torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_vision_precision_choice_and_bf16_features_stay_close(monkeypatch):
+    import minicpmv.chat as chat_module
+    from minicpmv import ConfigError
+    from minicpmv.chat import pick_vision_autocast
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(chat_module, "has_native_bf16", lambda: True)
+    assert pick_vision_autocast("auto", torch.float32, cpu) == torch.bfloat16
+    assert pick_vision_autocast("auto", torch.bfloat16, cpu) is None  # already bf16
+    assert pick_vision_autocast("auto", torch.float32, torch.device("cuda")) is None
+    monkeypatch.setattr(chat_module, "has_native_bf16", lambda: False)
+    assert pick_vision_autocast("auto", torch.float32, cpu) is None  # emulated bf16 is slower
+    assert pick_vision_autocast("bfloat16", torch.float32, cpu) == torch.bfloat16
+    assert pick_vision_autocast("float32", torch.float32, cpu) is None
+    with pytest.raises(ConfigError, match="vision_dtype"):
+        pick_vision_autocast("int3", torch.float32, cpu)
+
+    exact = load(TINY["2.6"] / "checkpoint", vision_dtype="float32")
+    fast = load(TINY["2.6"] / "checkpoint", vision_dtype="bfloat16")
+    message = [{"role": "user", "content": [{"image": IMAGE}, "What is in the image?"]}]
+    features = []
+    for chat in (exact, fast):
+        inputs = chat.processor(message)
+        features.append(chat._image_features(inputs)[0])
+    assert features[1].dtype == torch.float32  # handed to the LLM in the model's dtype
+    assert not torch.equal(features[0], features[1])  # bf16 did run
+    relative = ((features[1] - features[0]).norm() / features[0].norm()).item()
+    assert relative < 0.02

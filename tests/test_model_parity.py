@@ -20,7 +20,7 @@ _MODELS = {}
 
 def chat_model(checkpoint):
     if checkpoint not in _MODELS:
-        _MODELS[checkpoint] = load(checkpoint, dtype="float32", device="cpu")
+        _MODELS[checkpoint] = load(checkpoint, dtype="float32", device="cpu", vision_dtype="float32")  # exact parity
     return _MODELS[checkpoint]
 
 

@@ -11,7 +11,9 @@ from minicpmv.cli import main
 from minicpmv.model.checkpoint import load_model, save_model
 from minicpmv.quant import QuantConfig, layer_bits, quantize_model
 from minicpmv.quant import linear as qlinear
-from minicpmv.quant.linear import Int4Linear, Int8Linear
+from minicpmv.cpu import cpu_flags
+from minicpmv.quant import native
+from minicpmv.quant.linear import Bf16Linear, Int4Linear, Int8Linear
 from minicpmv.quant.schemes import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8, unpack_int4
 
 from conftest import TINY
@@ -46,23 +48,105 @@ def filled(module, w):
     return module
 
 
-@pytest.mark.parametrize("make,in_features,out_features", [
+LAYERS = [
     (lambda i, o: Int8Linear(i, o, True), 128, 96),
-    (lambda i, o: Int8Linear(i, o, False), 40, 24),  # width the int8 kernel cannot take: reference path
+    (lambda i, o: Int8Linear(i, o, False), 40, 24),  # width no kernel takes: reference path
     (lambda i, o: Int4Linear(i, o, True, 32), 128, 96),
-    (lambda i, o: Int4Linear(i, o, False, 64), 128, 40),  # out_features not a multiple of 16
-])
-def test_fused_kernels_agree_with_the_reference_path(make, in_features, out_features):
-    module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features ** 0.5)
-    x = torch.randn(2, 7, in_features)
-    fused = module(x)
-    qlinear.KERNEL["mode"] = "reference"
+    (lambda i, o: Int4Linear(i, o, False, 64), 128, 40),  # out_features not a multiple of 16 (nor of 16 rows a tile)
+    (lambda i, o: Int4Linear(i, o, False, 128), 256, 37),
+]
+
+
+def with_kernel(mode, fn):
+    previous = qlinear.KERNEL["mode"]
+    qlinear.KERNEL["mode"] = mode
     try:
-        reference = module(x)
+        return fn()
     finally:
-        qlinear.KERNEL["mode"] = "auto"
-    assert fused.shape == (2, 7, out_features) and fused.dtype == torch.float32
-    torch.testing.assert_close(fused, reference, atol=0.05, rtol=0.02)  # bf16 activations in the kernels
+        qlinear.KERNEL["mode"] = previous
+
+
+@pytest.mark.parametrize("mode", ["auto", "torch"])
+@pytest.mark.parametrize("make,in_features,out_features", LAYERS)
+def test_kernels_agree_with_the_reference_path(mode, make, in_features, out_features):
+    module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features ** 0.5)
+    for shape in [(2, 7, in_features), (1, 1, in_features), (5, in_features), (1, 40, in_features)]:  # + widened prefill
+        x = torch.randn(*shape)
+        fast = with_kernel(mode, lambda: module(x))
+        reference = with_kernel("reference", lambda: module(x))
+        assert fast.shape == (*shape[:-1], out_features) and fast.dtype == torch.float32
+        # bf16 activations (torch's kernels) or int8 activations (ours) against float32
+        torch.testing.assert_close(fast, reference, atol=0.05, rtol=0.02)
+
+
+needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.why_unavailable()}")
+
+
+@needs_native
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_native_int4_matches_its_own_arithmetic_exactly_enough(group_size):
+    """Against the same computation done in float64 by torch: int8 activations in blocks of one
+    group ([even, odd] columns do not change a dot product), float16 scales and zeros."""
+    torch.manual_seed(0)
+    rows, out_features, in_features = 6, 21, 256
+    packed, scales, zeros = quantize_int4(torch.randn(out_features, in_features), group_size)
+    x = torch.randn(rows, in_features) * 3
+    blocks = x.view(rows, -1, group_size).double()  # (M, G, g)
+    x_scale = blocks.abs().amax(-1, keepdim=True).float().double() / 127
+    xq = torch.round(blocks / x_scale) * x_scale
+    s, z = scales.half().double(), zeros.half().double()
+    w = (unpack_int4(packed).double().view(out_features, -1, group_size) - 8) * s[..., None]  # (N, G, g)
+    expected = torch.einsum("mgk,ngk->mn", xq, w) + torch.einsum("mg,ng->mn", blocks.sum(-1), z)
+    got = native.gemm_int4(x, packed, torch.stack([scales, zeros], -1).half().contiguous(), group_size)
+    torch.testing.assert_close(got.double(), expected, atol=1e-3, rtol=1e-4)
+
+
+@needs_native
+def test_native_int8_error_is_that_of_int8_activations():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 512) / 512 ** 0.5
+    q, scale = quantize_int8(weight)
+    x = torch.randn(9, 512)
+    exact = x @ dequantize_int8(q, scale).t()
+    got = native.gemm_int8(x, q, scale)
+    relative = ((got - exact).norm() / exact.norm()).item()
+    assert 1e-5 < relative < 0.01  # activations are rounded (not a float path), by little
+
+
+def test_native_kernels_fall_back_cleanly_without_a_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_STATE", {})
+    if "avx2" in cpu_flags():  # elsewhere no build is tried, so nothing to warn of
+        with pytest.warns(RuntimeWarning, match="native int8 kernels unavailable"):
+            assert native.library() is None
+    assert native.library() is None and native.why_unavailable()
+    module = filled(Int4Linear(64, 32, False, 32), torch.randn(32, 64))
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(module(x), with_kernel("reference", lambda: module(x)), atol=0.05, rtol=0.02)
+    monkeypatch.setenv("MINICPMV_QUANT_KERNEL", "torch")
+    monkeypatch.setattr(native, "_STATE", {})
+    assert native.library() is None and "MINICPMV_QUANT_KERNEL" in native.why_unavailable()
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+def test_bf16_weights_give_the_float32_results_of_the_rounded_weights(mode):
+    """bits=16 is lossless for a bfloat16 checkpoint: the same logits as float32 weights holding
+    the same (bf16-representable) values, decode-sized and prefill-sized."""
+    torch.manual_seed(0)
+    model = load_model(TINY["2.6"] / "checkpoint")
+    with torch.no_grad():
+        for name in layer_bits(model, QuantConfig(bits=16)):
+            weight = model.get_submodule(name).weight
+            weight.copy_(weight.to(torch.bfloat16).float())
+    ids = torch.randint(0, 300, (1, 40))
+    with torch.inference_mode():
+        expected = [model.llm(model.llm.embed(ids[:, :n])) for n in (1, 40)]
+        quantize_model(model, QuantConfig(bits=16))
+        assert isinstance(model.llm.lm_head, Bf16Linear) and model.llm.lm_head.weight.dtype == torch.bfloat16
+        got = with_kernel(mode, lambda: [model.llm(model.llm.embed(ids[:, :n])) for n in (1, 40)])
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
 def test_layer_choice():
@@ -80,7 +164,8 @@ def test_layer_choice():
 
 @pytest.mark.parametrize("version,config", [
     ("2.6", QuantConfig(bits=8)), ("2.6", QuantConfig(bits=4, group_size=32, vision_bits=8)),
-    ("2.0", QuantConfig(bits=4, group_size=64, vision_bits=8)), ("2.5", QuantConfig(bits=4, group_size=128))])
+    ("2.0", QuantConfig(bits=4, group_size=64, vision_bits=8)), ("2.5", QuantConfig(bits=4, group_size=128)),
+    ("2.6", QuantConfig(bits=16))])
 def test_quantize_save_load_gives_the_same_outputs(version, config, tmp_path):
     quantized = quantize_model(load_model(TINY[version] / "checkpoint"), config)
     save_model(quantized, tmp_path)

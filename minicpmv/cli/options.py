@@ -12,6 +12,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--low-memory", action="store_true",
                         help="sequential loading: vision parts and LLM never in memory together")
+    parser.add_argument("--vision-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's)")
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,8 @@ def load_model(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load(args.model, dtype=args.dtype, device=args.device, low_memory=args.low_memory)
+    return load(args.model, dtype=args.dtype, device=args.device, low_memory=args.low_memory,
+                vision_dtype=args.vision_dtype)
 
 
 def generation_options(args: argparse.Namespace) -> dict:

@@ -14,9 +14,10 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.jso
 
 def quantize(model: str, output: str, bits: int = 4, group_size: int = 64, vision: str | None = None,
              check: bool = False, check_tokens: int = 32, force: bool = False) -> dict:
-    """Quantize the LLM linears of `model` (int8 per channel or int4 in groups) and save the result
-    in the official folder layout at `output`; the scheme is recorded in config.json
-    (`quantization_config`), not in file names. lm_head is int8; `vision="int8"` also quantizes
+    """Quantize the LLM linears of `model` (int8 per channel, int4 in groups, or bits=16: bfloat16
+    weights computed in float32) and save the result in the official folder layout at `output`;
+    the scheme is recorded in config.json (`quantization_config`), not in file names. lm_head is
+    int8 (bfloat16 with bits=16); `vision="int8"` also quantizes
     the vision tower and the resampler's input projection.
 
     With `check`, compares the saved model with the original on fixed prompts and the bundled
@@ -62,7 +63,8 @@ def add_parser(subparsers) -> None:
                                    description=quantize.__doc__.split("\n\n")[0])
     parser.add_argument("-m", "--model", required=True, help="input checkpoint folder")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--bits", type=int, choices=[4, 8], default=4)
+    parser.add_argument("--bits", type=int, choices=[4, 8, 16], default=4,
+                        help="16: bfloat16 weights with float32 arithmetic (lossless for bfloat16 checkpoints)")
     parser.add_argument("--group-size", type=int, choices=[32, 64, 128], default=64, help="int4 group size")
     parser.add_argument("--vision", choices=["int8"], help="also quantize the vision tower and resampler input")
     parser.add_argument("--check", action="store_true", help="report quality against the original")

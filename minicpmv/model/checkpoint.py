@@ -103,6 +103,9 @@ class OpenCheckpoint:
 
             prepare_quantized_layout(self.model, QuantConfig.from_dict(quantization))
         self.expected = {name: (tuple(t.shape), t.numel() * t.element_size()) for name, t in self.model.state_dict().items()}
+        # tensors whose dtype is part of a quantized layout, not the model's compute dtype
+        self.stored_dtypes = {f"{module_name}.{key}": dtype for module_name, module in self.model.named_modules()
+                              for key, dtype in getattr(module, "stored_dtypes", {}).items()}
         if self.config.llm.tie_word_embeddings:
             self.expected.pop("llm.lm_head.weight", None)
         _check_names(self.expected, self.files)
@@ -133,7 +136,8 @@ class OpenCheckpoint:
             header, data_start = self._header(file)
             try:
                 for name, tensor in read_tensors(file, file_names, header, data_start):
-                    state[name] = _convert(name, tensor, self.expected[name][0], self.dtype, self.device)
+                    dtype = self.stored_dtypes.get(name, self.dtype)
+                    state[name] = _convert(name, tensor, self.expected[name][0], dtype, self.device)
                     bar.update(self.expected[name][1])
             except (SafetensorsFormatError, OSError) as exc:
                 raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None

@@ -93,10 +93,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, KVH, S, hd) with S = cached + T
-        groups = self.cfg.num_heads // self.cfg.num_kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        # grouped-query attention inside SDPA: no per-step copy of the whole cache per head
+        gqa = self.cfg.num_heads != self.cfg.num_kv_heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 

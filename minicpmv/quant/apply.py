@@ -2,8 +2,10 @@
 
 The choice is a pure function of the scheme and the layer shapes, so a saved folder only needs
 its `quantization_config` (in config.json) for the loader to rebuild the same layout:
-- the LLM's attention and MLP projections: `bits` (4 or 8);
-- `llm.lm_head`: int8 (it decides every token; llama.cpp keeps it at higher precision too);
+- the LLM's attention and MLP projections: `bits` (4, 8, or 16 for bfloat16 weights with float32
+  arithmetic: lossless for the official bfloat16 checkpoints);
+- `llm.lm_head`: int8 (it decides every token; llama.cpp keeps it at higher precision too), or
+  bfloat16 with bits=16;
 - with `vision_bits=8`: the vision tower's linears and the resampler's `kv_proj`;
 - an int4 layer whose input width the group size does not divide stays int8.
 Embeddings, norms and the resampler's attention stay in floating point.
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .linear import Int4Linear, Int8Linear
+from .linear import Bf16Linear, Int4Linear, Int8Linear
 from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
 
 METHOD = "minicpmv-weight-only"
@@ -28,16 +30,18 @@ class QuantConfig:
     bits: int = 4
     group_size: int = 64
     vision_bits: int | None = None
-    lm_head_bits: int = 8
+    lm_head_bits: int | None = None  # None: 16 with bits=16, else 8
     quant_method: str = METHOD
 
     def __post_init__(self):
-        if self.bits not in (4, 8):
-            raise ConfigError(f"quantization_config.bits: {self.bits} is not 4 or 8")
+        if self.bits not in (4, 8, 16):
+            raise ConfigError(f"quantization_config.bits: {self.bits} is not 4, 8 or 16")
+        if self.lm_head_bits is None:
+            object.__setattr__(self, "lm_head_bits", 16 if self.bits == 16 else 8)
         if self.group_size not in GROUP_SIZES:
             raise ConfigError(f"quantization_config.group_size: {self.group_size} is not one of {GROUP_SIZES}")
-        if self.vision_bits not in (None, 8) or self.lm_head_bits not in (8,):
-            raise ConfigError("quantization_config: vision_bits must be null or 8, lm_head_bits 8")
+        if self.vision_bits not in (None, 8) or self.lm_head_bits not in (8, 16):
+            raise ConfigError("quantization_config: vision_bits must be null or 8, lm_head_bits 8 or 16")
         if self.quant_method != METHOD:
             raise ConfigError(f"quantization_config.quant_method: {self.quant_method!r} is not {METHOD!r}")
 
@@ -72,6 +76,8 @@ def layer_bits(model: nn.Module, config: QuantConfig) -> dict[str, int]:
 
 def _empty(module: nn.Linear, bits: int, group_size: int) -> nn.Module:
     has_bias = module.bias is not None
+    if bits == 16:
+        return Bf16Linear(module.in_features, module.out_features, has_bias)
     if bits == 8:
         return Int8Linear(module.in_features, module.out_features, has_bias)
     return Int4Linear(module.in_features, module.out_features, has_bias, group_size)
@@ -96,7 +102,9 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     for name, bits in layer_bits(model, config).items():
         module = model.get_submodule(name)
         new = _empty(module, bits, config.group_size)
-        if bits == 8:
+        if bits == 16:
+            new.weight = module.weight.detach().to(torch.bfloat16).clone()
+        elif bits == 8:
             new.qweight, new.scales = quantize_int8(module.weight)
         else:
             new.qweight, new.scales, new.zeros = quantize_int4(module.weight, config.group_size)

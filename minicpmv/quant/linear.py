@@ -1,6 +1,10 @@
-"""Linear layers holding quantized weights. The forward pass uses torch's fused CPU kernels
-where they exist (measured 3-4x faster than a float32 matrix-vector product here, with bf16
-activations), else dequantizes on the fly: that reference path runs everywhere."""
+"""Linear layers holding quantized (or bfloat16) weights. On CPU the forward pass picks, in this order:
+- "native": this package's kernels (native.py, built for the machine at first use), the fastest
+  measured (docs/quantization.md): int8-activation products for decoding; for prefill-sized
+  inputs on CPUs with native bf16, the weight widened to bf16 and oneDNN's bf16 GEMM;
+- "torch": torch's fused weight-only kernels with bf16 activations;
+- "reference": dequantize, then a float matmul: runs on any device and is the ground truth.
+`MINICPMV_QUANT_KERNEL` = auto (default: the first that applies) | torch | reference."""
 
 from __future__ import annotations
 
@@ -10,16 +14,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu import has_native_bf16
+from . import native
 from .schemes import dequantize_int4, dequantize_int8, unpack_int4
 
-# "auto": fused kernels on CPU where the shapes allow; "reference": dequantize then matmul.
 KERNEL = {"mode": os.environ.get("MINICPMV_QUANT_KERNEL", "auto")}
+
+
+def _on_cpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+
+
+def _native(x: torch.Tensor, shapes_ok: bool) -> bool:
+    return shapes_ok and KERNEL["mode"] == "auto" and _on_cpu(x) and native.library() is not None
 
 
 def _fused(x: torch.Tensor, shapes_ok: bool) -> bool:
     # Also for prefill: dequantizing the weight per call to use the float GEMM was measured
     # slower (Qwen2-1.5B shape, 128 tokens: int4 10 vs 34 tok/s), see docs/quantization.md.
-    return shapes_ok and KERNEL["mode"] == "auto" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+    return shapes_ok and KERNEL["mode"] in ("auto", "torch") and _on_cpu(x)
+
+
+def _flat_float32(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x.reshape(-1, width).to(torch.float32).contiguous()
+
+
+# From this many rows on (prefill), widening the weight to bf16 once per call and running one
+# bf16 GEMM beats per-group integer products 4x (Qwen2-1.5B MLP shape, 128 rows: 7.3 vs 30 ms).
+WIDEN_MIN_ROWS = 32
+
+
+def _widen(x: torch.Tensor, width: int) -> bool:
+    return x.numel() // width >= WIDEN_MIN_ROWS and has_native_bf16()
+
+
+def _widened_linear(x: torch.Tensor, weight_bf16: torch.Tensor, out_features: int) -> torch.Tensor:
+    out = F.linear(x.reshape(-1, weight_bf16.shape[1]).to(torch.bfloat16), weight_bf16)
+    return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
 class Int8Linear(nn.Module):
@@ -31,9 +62,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         # torch's int8 kernel reads 16 input features at a time and crashes on other widths
         self.kernel_ok = in_features % 16 == 0
+        self.native_ok = in_features % native.BLOCK == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fused(x, self.kernel_ok):
+        if _native(x, self.native_ok) and _widen(x, self.in_features):
+            out = _widened_linear(x, native.dequantize_int8(self.qweight, self.scales.float().contiguous(), torch.bfloat16),
+                                  self.out_features)
+        elif _native(x, self.native_ok):
+            out = native.gemm_int8(_flat_float32(x, self.in_features), self.qweight, self.scales.float().contiguous())
+            out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        elif _fused(x, self.kernel_ok):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # the kernel is fast in bf16
             out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales.to(torch.bfloat16))
             out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -51,8 +89,15 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales", torch.zeros((out_features, groups)))
         self.register_buffer("zeros", torch.zeros((out_features, groups)))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None  # the kernel's own layout, built on first use (it depends on the CPU)
+        self._packed = None  # torch kernel's own layout, built on first use (it depends on the CPU)
+        self._scale_zero = None  # the native kernel's (N, G, 2) float16 (scale, zero)
         self.kernel_ok = out_features % 16 == 0  # torch's int4 packing needs it
+
+    def _native_scales(self) -> torch.Tensor:
+        if self._scale_zero is None:
+            pairs = torch.stack([self.scales, self.zeros], dim=-1)  # (N, G, 2)
+            self._scale_zero = pairs.to(torch.float16).contiguous()
+        return self._scale_zero
 
     def _kernel_weights(self):
         if self._packed is None:
@@ -62,19 +107,50 @@ class Int4Linear(nn.Module):
         return self._packed
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moved or cast: rebuild the kernel layout from the stored weights
+        self._packed = self._scale_zero = None  # moved or cast: rebuild from the stored weights
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
+        self._packed = self._scale_zero = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fused(x, self.kernel_ok):
+        if _native(x, True) and _widen(x, self.in_features):
+            weight = native.dequantize_int4(self.qweight.contiguous(), self._native_scales(), self.group_size, torch.bfloat16)
+            out = _widened_linear(x, weight, self.out_features)
+        elif _native(x, True):  # every supported group size is a multiple of the kernel's block
+            out = native.gemm_int4(_flat_float32(x, self.in_features), self.qweight.contiguous(),
+                                   self._native_scales(), self.group_size)
+            out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        elif _fused(x, self.kernel_ok):
             packed, scales_zeros = self._kernel_weights()
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, scales_zeros)
             out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
             out = F.linear(x, dequantize_int4(self.qweight, self.scales, self.zeros, x.dtype))
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+
+class Bf16Linear(nn.Module):
+    """bfloat16 weights with float32 arithmetic: for a bfloat16 checkpoint (the official ones) the
+    float32 model's results, at half the memory and half the bytes read per decoded token."""
+
+    stored_dtypes = {"weight": torch.bfloat16}  # kept as stored when the model loads in float32
+    NATIVE_MAX_ROWS = 16  # beyond this, float32 GEMM on the widened weight is faster (prefill)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros((out_features, in_features), dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.native_ok = in_features % 8 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows <= self.NATIVE_MAX_ROWS and x.dtype == torch.float32 and _native(x, self.native_ok):
+            out = native.gemm_bf16(_flat_float32(x, self.in_features), self.weight.contiguous())
+            out = out.reshape(*x.shape[:-1], self.out_features)
+        else:
+            out = F.linear(x, self.weight.to(x.dtype))
         return out if self.bias is None else out + self.bias.to(out.dtype)

@@ -1,0 +1,263 @@
+"""Our LLM and vision tower against the peers users pick instead, on the same weights, in one run.
+
+- LLM (Qwen2-1.5B shape, seeded random weights): prefill of a 128-token prompt and greedy decoding
+  of 64 tokens with a KV cache, for
+  - ours fp32 vs HF transformers fp32 (Qwen2ForCausalLM holding the same tensors);
+  - ours int4 (group 64: 4.5 bits per weight with float16 scale and zero) vs llama.cpp Q4_0
+    (4.5 bits) and ours int8 vs llama.cpp Q8_0, through llama-cpp-python on a GGUF that this
+    script writes from the same float weights with the `gguf` package (lm_head Q8_0 / int8 in both).
+- Vision (SigLIP-400M shape, 2.6's NaViT layout): the 10 crops of a 1344x1344 image, ours vs HF
+  transformers' Idefics2 vision transformer (the architecture 2.6 copies) with the same tensors,
+  plus the largest difference of the outputs.
+Contenders alternate round by round; the table reports medians and ratios.
+
+    pip install -e '.[bench]'
+    python benchmarks/peers.py [--threads 2] [--rounds 3] [--parts fp32,int4,int8,vision] [--out docs/peers.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode_speed import SHAPES, build, run  # noqa: E402
+
+PROMPT, NEW = 128, 64
+GGUF_NAMES = {  # ours -> GGUF, per layer ("{i}") and global
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
+    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
+    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
+    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+}
+
+
+def gguf_name(name: str) -> str:
+    parts = name.split(".")
+    if parts[:2] == ["model", "layers"]:
+        return GGUF_NAMES[".".join(parts[:2] + ["{i}"] + parts[3:])].format(i=parts[2])
+    return GGUF_NAMES[name]
+
+
+def write_gguf(llm, path: Path, qtype_name: str) -> Path:
+    """The float LLM as a Qwen2 GGUF: linears in `qtype_name` (Q4_0/Q8_0), lm_head and
+    embeddings Q8_0, norms and biases float32; a byte-level vocabulary filled with placeholders."""
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    if path.exists():
+        return path
+    cfg, qtype = llm.cfg, gguf.GGMLQuantizationType[qtype_name]
+    writer = gguf.GGUFWriter(str(path) + ".tmp", "qwen2")
+    writer.add_context_length(4096)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_head_count_kv(cfg.num_kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if qtype_name == "Q4_0" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = alphabet + ["ĠĠ"] + [f"<t{i}>" for i in range(len(alphabet) + 1, cfg.vocab_size)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
+    writer.add_token_merges(["Ġ Ġ"])  # llama.cpp refuses a BPE vocabulary without merges
+    writer.add_eos_token_id(0)
+    for name, tensor in llm.state_dict().items():
+        data = tensor.float().numpy()
+        if name.endswith(".weight") and data.ndim == 2:
+            kind = qtype if ".layers." in name else gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(gguf_name(name), data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(str(path) + ".tmp", path)
+    return path
+
+
+def llama_cpp_runner(path: Path, threads: int):
+    from llama_cpp import Llama
+
+    model = Llama(str(path), n_ctx=PROMPT + NEW + 8, n_batch=PROMPT, n_threads=threads,
+                  n_threads_batch=threads, verbose=False)
+
+    def next_token() -> int:  # greedy, from the last position's logits, as ours does
+        logits = np.ctypeslib.as_array(model._ctx.get_logits_ith(-1), shape=(model.n_vocab(),))
+        return int(np.argmax(logits))
+
+    def once():
+        model.reset()
+        prompt = np.random.default_rng(0).integers(300, 1000, PROMPT).tolist()
+        start = time.perf_counter()
+        model.eval(prompt)
+        token = next_token()
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(NEW):
+            model.eval([token])
+            token = next_token()
+        return PROMPT / prefill, NEW / (time.perf_counter() - start)
+    return once
+
+
+def hf_runner(llm):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = llm.cfg
+    hf_cfg = Qwen2Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                         num_key_value_heads=cfg.num_kv_heads, rms_norm_eps=cfg.rms_norm_eps,
+                         rope_theta=cfg.rope_theta, tie_word_embeddings=False, torch_dtype="float32")
+    model = Qwen2ForCausalLM(hf_cfg).eval()
+    model.load_state_dict(llm.state_dict())
+
+    @torch.inference_mode()
+    def once():
+        ids = torch.randint(300, 1000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+        start = time.perf_counter()
+        out = model(ids, use_cache=True)
+        prefill = time.perf_counter() - start
+        token, past = out.logits[:, -1:].argmax(-1), out.past_key_values
+        start = time.perf_counter()
+        for _ in range(NEW):
+            out = model(token, past_key_values=past, use_cache=True)
+            token, past = out.logits[:, -1:].argmax(-1), out.past_key_values
+        return PROMPT / prefill, NEW / (time.perf_counter() - start)
+    return once
+
+
+def ours_runner(llm):
+    return lambda: run(llm, PROMPT, NEW)
+
+
+def alternate(contenders: dict, rounds: int) -> dict:
+    """name -> (median prefill tok/s, median decode tok/s), contenders taking turns each round."""
+    for once in contenders.values():
+        once()  # warm-up
+    results = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, once in contenders.items():
+            results[name].append(once())
+    return {name: (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
+            for name, rows in results.items()}
+
+
+def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[str]:
+    fp32 = build("qwen2-1.5b", "fp32", 64)
+    gguf_files = {q: write_gguf(fp32, cache / f"qwen2-1.5b-{q}.gguf", q) for q in ("Q4_0", "Q8_0")}
+    lines = ["| contender | prefill tok/s | decode tok/s | decode vs peer |", "| --- | --- | --- | --- |"]
+    pairs = [("fp32", "HF transformers fp32", lambda: hf_runner(fp32)),
+             ("int4", "llama.cpp Q4_0", lambda: llama_cpp_runner(gguf_files["Q4_0"], threads)),
+             ("int8", "llama.cpp Q8_0", lambda: llama_cpp_runner(gguf_files["Q8_0"], threads))]
+    for mode, peer_name, make_peer in pairs:
+        if mode not in modes:
+            continue
+        model = fp32 if mode == "fp32" else build("qwen2-1.5b", mode, 64)  # same seed: same weights
+        figures = alternate({f"ours {mode}": ours_runner(model), peer_name: make_peer()}, rounds)
+        (p_ours, d_ours), (p_peer, d_peer) = figures[f"ours {mode}"], figures[peer_name]
+        lines.append(f"| ours {mode} | {p_ours:.1f} | {d_ours:.2f} | {d_ours / d_peer:.2f}x |")
+        lines.append(f"| {peer_name} | {p_peer:.1f} | {d_peer:.2f} | |")
+        print("\n".join(lines[-2:]), flush=True)
+        del model, figures
+        fp32 = None  # the HF copy and ours fp32 are no longer needed: room for the next pair
+    return lines
+
+
+def vision_table(rounds: int) -> list[str]:
+    from transformers.models.idefics2.configuration_idefics2 import Idefics2VisionConfig
+    from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
+
+    from minicpmv.bench import ARCHITECTURES
+    from minicpmv.model.config import MiniCPMVConfig
+    from minicpmv.model.vision import NavitSiglip
+
+    cfg = MiniCPMVConfig.from_dict(ARCHITECTURES["qwen2-1.5b"]).vision
+    torch.manual_seed(0)
+    ours = NavitSiglip(cfg).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.02)
+    hf = Idefics2VisionTransformer(Idefics2VisionConfig(
+        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, image_size=cfg.num_positions_per_side * cfg.patch_size,
+        patch_size=cfg.patch_size, layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu_pytorch_tanh")).eval()
+    hf.load_state_dict(ours.state_dict())
+    crops, side = 10, 448  # 1344x1344: 9 slices and the overview, 32x32 patches each
+    images = torch.randn(crops, 3, side, side)
+    patches = side // cfg.patch_size
+    strips = images.reshape(crops, 3, patches, cfg.patch_size, patches, cfg.patch_size)  # (B, 3, r, p, c, p)
+    strips = strips.permute(0, 1, 3, 2, 4, 5).reshape(crops, 3, cfg.patch_size, -1)  # (B, 3, p, r*c*p)
+    sizes = torch.tensor([[patches, patches]] * crops)
+    mask = torch.ones((crops, patches, patches), dtype=torch.bool)
+
+    @torch.inference_mode()
+    def run_ours():
+        return ours(strips, sizes)
+
+    @torch.inference_mode()
+    def run_hf():
+        return hf(pixel_values=images, patch_attention_mask=mask).last_hidden_state
+
+    diff = (run_ours().float() - run_hf().float()).abs().max().item()
+    times = {"ours": [], "HF transformers (Idefics2 vision, fp32)": []}
+    for _ in range(rounds):
+        for name, fn in zip(times, (run_ours, run_hf)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    (ours_name, ours_t), (hf_name, hf_t) = ((n, statistics.median(t)) for n, t in times.items())
+    return ["| contender | encode 10 crops ms | speed-up | max abs difference |", "| --- | --- | --- | --- |",
+            f"| {ours_name} | {ours_t * 1000:.0f} | {hf_t / ours_t:.2f}x | {diff:.2e} |",
+            f"| {hf_name} | {hf_t * 1000:.0f} | | |"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", default="fp32,int4,int8,vision", help="LLM modes and/or vision")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "minicpmv-peers"))
+    parser.add_argument("--out", help="also write the tables (markdown) to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    lines = [f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, torch {torch.__version__}, "
+             f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --parts {args.parts}`", ""]
+    modes = [m for m in args.parts.split(",") if m in ("fp32", "int4", "int8")]
+    if modes:
+        lines += llm_table(args.threads, args.rounds, cache, modes) + [""]
+    if "vision" in args.parts:
+        lines += vision_table(args.rounds) + [""]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

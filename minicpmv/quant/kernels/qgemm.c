@@ -1,0 +1,425 @@
+/* int8-activation x int4/int8-weight matrix products for x86 CPUs (AVX2, AVX-VNNI, AVX-512 VNNI).
+ *
+ * Built on the user's machine at first use with -march=native (minicpmv/quant/native.py), so the
+ * instruction set is the CPU's own; the pure-PyTorch path stays the reference.
+ *
+ * Why int8 activations: a dot product of bytes (vpdpbusd / vpmaddubsw) does 32 multiply-adds per
+ * instruction, so decoding stays bound by memory (the weights are read once per token) and
+ * prefill gets integer throughput instead of torch's bf16 emulation on CPUs without native bf16.
+ *
+ * Activations are quantized per block of 32 values (symmetric, scale = absmax / 127), as in
+ * llama.cpp's Q8_0; weight scales are read as float16 (converted once, see native.py).
+ *
+ * int4 weights keep the stored layout: byte j of a row holds column 2j in its low nibble and
+ * 2j+1 in its high nibble, so the 16 bytes of a 32-column block unpack into [even columns, odd
+ * columns]; the activation block is permuted the same way when quantized, which leaves the weights
+ * untouched (no second copy).  A weight value is (q - 8) * s + z, so a group's dot product is
+ * s * sx * (sum(q * xq) - 8 * sum(xq)) + z * sum(x): the integer part is exact and centred (the
+ * activation rounding errors meet weights of mean 0, not of mean 7.5), the zero term uses the
+ * float sum of x.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "qgemm needs AVX2, FMA and F16C"
+#endif
+
+#define BLOCK 32
+#define ROW_TILE 4
+
+/* sum over 4 adjacent u8 x s8 products into each int32 lane */
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    /* u <= 255 only for int8 weights' absolute values (<= 127) and nibbles (<= 15): no saturation */
+    __m256i pairs = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Quantize rows of x (M, K) to int8 in blocks of `block` values (a multiple of 32): q (M, K),
+ * scales (M, K/block), block sums of x and of the dequantized block, scale * sum(q) (M, K/block).
+ * With `run` (32 or 64, 0 for none), each run of that many values is stored in the order int4
+ * weights unpack into: [even columns of each 32, then odd columns of each 32]. */
+void minicpmv_quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
+                            int8_t *q, float *scales, float *sums, float *qsums) {
+    const int64_t nb = K / block;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < M; r++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const float *src = x + r * K + b * block;
+            float amax = 0.f, sum = 0.f;
+            for (int64_t i = 0; i < block; i++) {
+                amax = fmaxf(amax, fabsf(src[i]));
+                sum += src[i];
+            }
+            const float scale = amax / 127.f;
+            const float inv = scale > 0.f ? 1.f / scale : 0.f;
+            int8_t *dst = q + r * K + b * block;
+            int32_t qsum = 0;
+            for (int64_t i = 0; i < block; i++) {
+                int64_t pos = i;
+                if (run) {
+                    const int64_t k = i % run, part = k / BLOCK, j = k % BLOCK;
+                    pos = (i - k) + (j & 1) * (run / 2) + part * (BLOCK / 2) + (j >> 1);
+                }
+                dst[pos] = (int8_t)lrintf(src[i] * inv); /* |value| <= 127: no -128 */
+                qsum += dst[pos];
+            }
+            qsums[r * nb + b] = scale * (float)qsum;
+            scales[r * nb + b] = scale;
+            sums[r * nb + b] = sum;
+        }
+    }
+}
+
+/* Tiles of MT activation rows x NT weight rows, accumulators kept in registers: each unpacked
+ * weight block is used MT times and each activation block NT times. */
+#define NT 4
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+static inline __m256i unpack_nibbles(const uint8_t *src) {
+    const __m128i low_mask = _mm_set1_epi8(0x0F);
+    __m128i packed = _mm_loadu_si128((const __m128i *)src);
+    __m128i lo = _mm_and_si128(packed, low_mask);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low_mask);
+    return _mm256_set_m128i(hi, lo); /* [even columns, odd columns] */
+}
+
+typedef struct {
+    const int8_t *xq; const float *xscales; const float *gsums; const float *qsums; /* activations: scales, sums per block */
+    const void *w; const void *wscales;                          /* weights and their scales */
+    int64_t M, N, K, group;
+    float *out;
+} gemm_args;
+
+/* sum over groups of z * sum(x) - 8 * s * sx * sum(xq): the zero and centring terms of a row */
+static inline float int4_offset(const gemm_args *a, int64_t r, int64_t n) {
+    const int64_t ng = a->K / a->group;
+    const uint16_t *sm = (const uint16_t *)a->wscales + n * ng * 2;
+    float total = 0.f;
+    for (int64_t g = 0; g < ng; g++)
+        total += _cvtsh_ss(sm[2 * g + 1]) * a->gsums[r * ng + g] - 8.f * _cvtsh_ss(sm[2 * g]) * a->qsums[r * ng + g];
+    return total;
+}
+
+ALWAYS_INLINE void int4_tile(const gemm_args *a, const int MT, const int nt, int64_t r0, int64_t n0) {
+    /* activations come in blocks of one weight group: integer sums over the whole group, then one
+     * conversion and one multiply-add per group */
+    const int64_t K = a->K, ng = K / a->group, per_group = a->group / BLOCK;
+    const uint8_t *w = (const uint8_t *)a->w;
+    const uint16_t *sm = (const uint16_t *)a->wscales;
+    __m256 acc[4][NT];
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m256i dot[4][NT];
+        for (int t = 0; t < MT; t++)
+            for (int c = 0; c < nt; c++) dot[t][c] = _mm256_setzero_si256();
+        for (int64_t j = 0; j < per_group; j++) {
+            const int64_t b = g * per_group + j;
+            __m256i wq[NT];
+            for (int c = 0; c < nt; c++) {
+                const uint8_t *src = w + (n0 + c) * (K / 2) + b * (BLOCK / 2);
+                /* the tile's rows are short interleaved streams the hardware prefetcher does not
+                 * pick up in time: fetch the same place of the next tile's rows ahead */
+                _mm_prefetch((const char *)(src + NT * (K / 2)), _MM_HINT_T0);
+                wq[c] = unpack_nibbles(src);
+            }
+            for (int t = 0; t < MT; t++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->xq + (r0 + t) * K + b * BLOCK));
+                for (int c = 0; c < nt; c++) dot[t][c] = dot_u8s8(dot[t][c], wq[c], xv);
+            }
+        }
+        for (int c = 0; c < nt; c++) {
+            const float s = _cvtsh_ss(sm[((n0 + c) * ng + g) * 2]);
+            for (int t = 0; t < MT; t++) {
+                const __m256 scale = _mm256_set1_ps(s * a->xscales[(r0 + t) * ng + g]);
+                acc[t][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t][c]), scale, acc[t][c]);
+            }
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]) + int4_offset(a, r0 + t, n0 + c);
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* 64 columns per instruction: the 32 bytes of two blocks unpack into one 512-bit register as
+ * [even columns of both blocks, odd columns of both blocks] (activations quantized with run 64).
+ * Half the instructions per byte of the 256-bit tile, which is what decoding is bound by. */
+#define INT4_RUN_512 64
+static inline __m512i unpack_nibbles_512(const uint8_t *src) {
+    const __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)src));
+    const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    return _mm512_and_si512(_mm512_srlv_epi64(both, shifts), _mm512_set1_epi8(0x0F));
+}
+
+ALWAYS_INLINE void int4_tile512(const gemm_args *a, const int MT, const int nt, int64_t r0, int64_t n0) {
+    const int64_t K = a->K, ng = K / a->group, per_group = a->group / 64;
+    const uint8_t *w = (const uint8_t *)a->w;
+    const uint16_t *sm = (const uint16_t *)a->wscales;
+    __m512 acc[4][NT];
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) acc[t][c] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i dot[4][NT];
+        for (int t = 0; t < MT; t++)
+            for (int c = 0; c < nt; c++) dot[t][c] = _mm512_setzero_si512();
+        for (int64_t j = 0; j < per_group; j++) {
+            const int64_t col = (g * per_group + j) * 64;
+            __m512i wq[NT];
+            for (int c = 0; c < nt; c++) {
+                const uint8_t *src = w + (n0 + c) * (K / 2) + col / 2;
+                _mm_prefetch((const char *)(src + NT * (K / 2)), _MM_HINT_T0); /* see int4_tile */
+                wq[c] = unpack_nibbles_512(src);
+            }
+            for (int t = 0; t < MT; t++) {
+                const __m512i xv = _mm512_loadu_si512((const void *)(a->xq + (r0 + t) * K + col));
+                for (int c = 0; c < nt; c++) dot[t][c] = _mm512_dpbusd_epi32(dot[t][c], wq[c], xv);
+            }
+        }
+        for (int c = 0; c < nt; c++) {
+            const float s = _cvtsh_ss(sm[((n0 + c) * ng + g) * 2]);
+            for (int t = 0; t < MT; t++) {
+                const __m512 scale = _mm512_set1_ps(s * a->xscales[(r0 + t) * ng + g]);
+                acc[t][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][c]), scale, acc[t][c]);
+            }
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++)
+            a->out[(r0 + t) * a->N + n0 + c] = _mm512_reduce_add_ps(acc[t][c]) + int4_offset(a, r0 + t, n0 + c);
+}
+#else
+#define INT4_RUN_512 0
+#endif
+
+ALWAYS_INLINE void int8_tile(const gemm_args *a, const int MT, const int nt, int64_t r0, int64_t n0) {
+    const int64_t K = a->K, nb = K / BLOCK;
+    const int8_t *w = (const int8_t *)a->w;
+    const float *wscales = (const float *)a->wscales;
+    __m256 acc[4][NT];
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[NT], wabs[NT];
+        for (int c = 0; c < nt; c++) {
+            wv[c] = _mm256_loadu_si256((const __m256i *)(w + (n0 + c) * K + b * BLOCK));
+            wabs[c] = _mm256_sign_epi8(wv[c], wv[c]); /* u8 operand |w| <= 127, sign moved onto x */
+        }
+        for (int t = 0; t < MT; t++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->xq + (r0 + t) * K + b * BLOCK));
+            const __m256 xs = _mm256_set1_ps(a->xscales[(r0 + t) * nb + b]);
+            for (int c = 0; c < nt; c++) {
+                __m256i d = dot_u8s8(_mm256_setzero_si256(), wabs[c], _mm256_sign_epi8(xv, wv[c]));
+                acc[t][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), xs, acc[t][c]);
+            }
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]) * wscales[n0 + c];
+}
+
+/* Dispatch with compile-time tile sizes so the loops above unroll into registers. */
+#define DISPATCH(tile, a, rows, nt, r0, n0)                   \
+    do {                                                      \
+        if ((nt) == NT) {                                     \
+            switch (rows) {                                   \
+            case 4: tile(a, 4, NT, r0, n0); break;            \
+            case 3: tile(a, 3, NT, r0, n0); break;            \
+            case 2: tile(a, 2, NT, r0, n0); break;            \
+            default: tile(a, 1, NT, r0, n0); break;           \
+            }                                                 \
+        } else {                                              \
+            for (int c_ = 0; c_ < (nt); c_++)                 \
+                for (int t_ = 0; t_ < (rows); t_++) tile(a, 1, 1, (r0) + t_, (n0) + c_); \
+        }                                                     \
+    } while (0)
+
+static void run_gemm(const gemm_args *a, int is_int4) {
+    const int64_t tiles_n = (a->N + NT - 1) / NT;
+    /* weight tiles outermost: each is read from memory once and reused for all activation rows */
+#pragma omp parallel for schedule(static)
+    for (int64_t tn = 0; tn < tiles_n; tn++) {
+        const int64_t n0 = tn * NT;
+        const int nt = (int)(a->N - n0 < NT ? a->N - n0 : NT);
+        for (int64_t r0 = 0; r0 < a->M; r0 += 4) {
+            const int rows = (int)(a->M - r0 < 4 ? a->M - r0 : 4);
+#if INT4_RUN_512
+            if (is_int4 && a->group % 64 == 0) DISPATCH(int4_tile512, a, rows, nt, r0, n0);
+            else
+#endif
+            if (is_int4) DISPATCH(int4_tile, a, rows, nt, r0, n0);
+            else DISPATCH(int8_tile, a, rows, nt, r0, n0);
+        }
+    }
+}
+
+/* out (M, N) = x (M, K) @ W^T for int4 W (N, K/2) with float16 pairs (scale, zero) per group
+ * (N, K/g, 2); activations quantized in blocks of one group: scales and both sums (M, K/g). */
+void minicpmv_gemm_int4(const int8_t *xq, const float *xscales, const float *gsums, const float *qsums, int64_t M,
+                        const uint8_t *w, const uint16_t *sm, int64_t N, int64_t K, int64_t group,
+                        float *out) {
+    gemm_args a = {xq, xscales, gsums, qsums, w, sm, M, N, K, group, out};
+    run_gemm(&a, 1);
+}
+
+/* out (M, N) = x (M, K) @ W^T for int8 W (N, K) with one float32 scale per output row. */
+void minicpmv_gemm_int8(const int8_t *xq, const float *xscales, int64_t M, const int8_t *w,
+                        const float *wscales, int64_t N, int64_t K, float *out) {
+    gemm_args a = {xq, xscales, NULL, NULL, w, wscales, M, N, K, 0, out};
+    run_gemm(&a, 0);
+}
+
+/* out (M, N) = x (M, K) @ W^T for bfloat16 W (N, K), float32 x and accumulation: the float32 result
+ * of a bfloat16 checkpoint at half the bytes per token.  Tiles of up to 4 rows x 4 weight rows. */
+static inline __m256 bf16_to_f32(const uint16_t *src) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+ALWAYS_INLINE void bf16_tile(const float *x, const uint16_t *w, int64_t K, int64_t N, float *out,
+                             const int MT, const int nt, int64_t r0, int64_t n0) {
+    __m256 acc[4][NT];
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        __m256 wv[NT];
+        for (int c = 0; c < nt; c++) wv[c] = bf16_to_f32(w + (n0 + c) * K + k);
+        for (int t = 0; t < MT; t++) {
+            const __m256 xv = _mm256_loadu_ps(x + (r0 + t) * K + k);
+            for (int c = 0; c < nt; c++) acc[t][c] = _mm256_fmadd_ps(wv[c], xv, acc[t][c]);
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) out[(r0 + t) * N + n0 + c] = hsum8(acc[t][c]);
+}
+
+/* K must be a multiple of 8 */
+void minicpmv_gemm_bf16(const float *x, int64_t M, const uint16_t *w, int64_t N, int64_t K, float *out) {
+    const int64_t tiles_n = (N + NT - 1) / NT;
+#pragma omp parallel for schedule(static)
+    for (int64_t tn = 0; tn < tiles_n; tn++) {
+        const int64_t n0 = tn * NT;
+        const int nt = (int)(N - n0 < NT ? N - n0 : NT);
+        for (int64_t r0 = 0; r0 < M; r0 += 4) {
+            const int rows = (int)(M - r0 < 4 ? M - r0 : 4);
+            if (nt == NT) {
+                switch (rows) {
+                case 4: bf16_tile(x, w, K, N, out, 4, NT, r0, n0); break;
+                case 3: bf16_tile(x, w, K, N, out, 3, NT, r0, n0); break;
+                case 2: bf16_tile(x, w, K, N, out, 2, NT, r0, n0); break;
+                default: bf16_tile(x, w, K, N, out, 1, NT, r0, n0); break;
+                }
+            } else {
+                for (int c = 0; c < nt; c++)
+                    for (int t = 0; t < rows; t++) bf16_tile(x, w, K, N, out, 1, 1, r0 + t, n0 + c);
+            }
+        }
+    }
+}
+
+/* How activations for int4 weights of this group size must be laid out (the `run` of quantize_rows). */
+int minicpmv_int4_run(int64_t group) {
+    return (INT4_RUN_512 && group % 64 == 0) ? 64 : 32;
+}
+
+/* x float32 (M, K) in, out float32 (M, N): activation quantization and product in one call, so
+ * that a decoded token costs one foreign call per linear.  Returns 0, or -1 if out of memory. */
+typedef struct { int8_t *q; float *scales, *sums, *qsums; } act_buffers;
+
+static int quantize_into(act_buffers *b, const float *x, int64_t M, int64_t K, int64_t block, int run) {
+    const int64_t blocks = M * (K / block);
+    b->q = malloc((size_t)(M * K));
+    b->scales = malloc((size_t)blocks * 3 * sizeof(float));
+    if (!b->q || !b->scales) {
+        free(b->q), free(b->scales);
+        return -1;
+    }
+    b->sums = b->scales + blocks, b->qsums = b->sums + blocks;
+    minicpmv_quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
+    return 0;
+}
+
+int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint16_t *sm, int64_t N,
+                         int64_t K, int64_t group, float *out) {
+    act_buffers b;
+    if (quantize_into(&b, x, M, K, group, minicpmv_int4_run(group))) return -1;
+    minicpmv_gemm_int4(b.q, b.scales, b.sums, b.qsums, M, w, sm, N, K, group, out);
+    free(b.q), free(b.scales);
+    return 0;
+}
+
+int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float *wscales, int64_t N,
+                         int64_t K, float *out) {
+    act_buffers b;
+    if (quantize_into(&b, x, M, K, BLOCK, 0)) return -1;
+    minicpmv_gemm_int8(b.q, b.scales, M, w, wscales, N, K, out);
+    free(b.q), free(b.scales);
+    return 0;
+}
+
+/* Weights back to floats for prefill, where a float GEMM on the whole weight (oneDNN's, bf16 in
+ * hardware where the CPU has it) beats per-group integer products: out (N, K) in float32 or, with
+ * `as_bf16`, bfloat16 rounded to nearest even.  Auto-vectorised; costs one pass over the weight. */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+void minicpmv_dequantize_int4(const uint8_t *w, const uint16_t *sm, int64_t N, int64_t K, int64_t group,
+                              void *out, int as_bf16) {
+    const int64_t ng = K / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < ng; g++) {
+            const float s = _cvtsh_ss(sm[(n * ng + g) * 2]);
+            const float base = _cvtsh_ss(sm[(n * ng + g) * 2 + 1]) - 8.f * s;
+            const uint8_t *src = w + n * (K / 2) + g * (group / 2);
+            const int64_t first = n * K + g * group;
+            if (as_bf16) {
+                uint16_t *dst = (uint16_t *)out + first;
+                for (int64_t j = 0; j < group / 2; j++) {
+                    dst[2 * j] = to_bf16((float)(src[j] & 15) * s + base);
+                    dst[2 * j + 1] = to_bf16((float)(src[j] >> 4) * s + base);
+                }
+            } else {
+                float *dst = (float *)out + first;
+                for (int64_t j = 0; j < group / 2; j++) {
+                    dst[2 * j] = (float)(src[j] & 15) * s + base;
+                    dst[2 * j + 1] = (float)(src[j] >> 4) * s + base;
+                }
+            }
+        }
+    }
+}
+
+void minicpmv_dequantize_int8(const int8_t *w, const float *scales, int64_t N, int64_t K, void *out, int as_bf16) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float s = scales[n];
+        if (as_bf16) {
+            uint16_t *dst = (uint16_t *)out + n * K;
+            for (int64_t k = 0; k < K; k++) dst[k] = to_bf16((float)w[n * K + k] * s);
+        } else {
+            float *dst = (float *)out + n * K;
+            for (int64_t k = 0; k < K; k++) dst[k] = (float)w[n * K + k] * s;
+        }
+    }
+}

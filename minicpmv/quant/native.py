@@ -1,0 +1,175 @@
+"""The native int8-activation kernels (kernels/qgemm.c): built on this machine, loaded with ctypes.
+
+Compiled once per source, compiler and CPU with `-march=native` (the paper's "compile on the
+target device") into the cache folder, then reused. OpenMP in the library resolves to the
+libgomp torch already loaded (same soname), so it shares torch's threads and follows
+`torch.set_num_threads` instead of starting a second pool that would fight it for the cores.
+
+`MINICPMV_QUANT_KERNEL=torch` or `=reference` turns the native path off; anything that stops
+the build (no compiler, no AVX2, not x86) does too, with one warning, and torch's path is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..cpu import cpu_flags, is_x86_64
+from ..tuning import cache_path
+
+SOURCE = "qgemm.c"
+BLOCK = 32
+_LOCK = threading.Lock()
+_STATE: dict = {}
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(source: Path, compiler: str) -> Path:
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    cpu = " ".join(sorted(cpu_flags()))
+    key = hashlib.sha256("\n".join([source.read_text(), version, cpu, " ".join(flags)]).encode()).hexdigest()[:16]
+    target = cache_path().parent / "kernels" / f"qgemm-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+        os.replace(tmp, target)  # atomic: a concurrent process sees the old state or a whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib) -> None:
+    i64, p = ctypes.c_int64, ctypes.c_void_p
+    lib.minicpmv_quantize_rows.argtypes = [p, i64, i64, i64, ctypes.c_int, p, p, p, p]
+    lib.minicpmv_int4_run.argtypes = [i64]
+    lib.minicpmv_int4_run.restype = ctypes.c_int
+    lib.minicpmv_gemm_int4.argtypes = [p, p, p, p, i64, p, p, i64, i64, i64, p]
+    lib.minicpmv_gemm_int8.argtypes = [p, p, i64, p, p, i64, i64, p]
+    lib.minicpmv_gemm_bf16.argtypes = [p, i64, p, i64, i64, p]
+    lib.minicpmv_linear_int4.argtypes = [p, i64, p, p, i64, i64, i64, p]
+    lib.minicpmv_linear_int8.argtypes = [p, i64, p, p, i64, i64, p]
+    lib.minicpmv_dequantize_int4.argtypes = [p, p, i64, i64, i64, p, ctypes.c_int]
+    lib.minicpmv_dequantize_int8.argtypes = [p, p, i64, i64, p, ctypes.c_int]
+    lib.minicpmv_dequantize_int4.restype = lib.minicpmv_dequantize_int8.restype = None
+    for fn in (lib.minicpmv_quantize_rows, lib.minicpmv_gemm_int4, lib.minicpmv_gemm_int8, lib.minicpmv_gemm_bf16):
+        fn.restype = None
+    lib.minicpmv_linear_int4.restype = lib.minicpmv_linear_int8.restype = ctypes.c_int
+
+
+def library():
+    """The loaded kernel library, or None where it cannot be built (reason in `why_unavailable`)."""
+    if "lib" in _STATE:  # every quantized linear asks, once per call: no lock once settled
+        return _STATE["lib"]
+    with _LOCK:
+        if "lib" not in _STATE:
+            _STATE["lib"], _STATE["why"] = _load()
+        return _STATE["lib"]
+
+
+def why_unavailable() -> str | None:
+    library()
+    return _STATE["why"]
+
+
+def _load():
+    if os.environ.get("MINICPMV_QUANT_KERNEL", "auto") != "auto":
+        return None, "MINICPMV_QUANT_KERNEL is set"
+    if not is_x86_64() or "avx2" not in cpu_flags():
+        return None, "the native kernels need an x86-64 CPU with AVX2"
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C compiler (cc/gcc) on PATH"
+    try:
+        with resources.as_file(resources.files(__package__) / "kernels" / SOURCE) as source:
+            path = _build(Path(source), compiler)
+        lib = ctypes.CDLL(str(path))
+        _declare(lib)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(f"native int8 kernels unavailable, using torch's: {err}", RuntimeWarning, stacklevel=3)
+        return None, str(err)
+    return lib, None
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def quantize_activations(x: torch.Tensor, block: int, run: int = 0):
+    """(M, K) float32 -> int8 (M, K), and per block (M, K/block): scales, sums of x, scale * sums of q.
+    `run`: 0, or the length of the runs reordered as int4 weights unpack (see qgemm.c)."""
+    lib = library()
+    rows, width = x.shape
+    q = torch.empty((rows, width), dtype=torch.int8)
+    scales = torch.empty((rows, width // block))
+    sums = torch.empty((rows, width // block))
+    qsums = torch.empty((rows, width // block))
+    lib.minicpmv_quantize_rows(_ptr(x), rows, width, block, run, _ptr(q), _ptr(scales), _ptr(sums), _ptr(qsums))
+    return q, scales, sums, qsums
+
+
+def _checked(status: int) -> None:
+    if status:
+        raise MemoryError("native kernel: no memory for the quantized activations")
+
+
+def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, scale_zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (M, K) float32 @ int4 weight^T -> (M, N) float32. `scale_zero`: (N, K/g, 2) float16."""
+    rows, width = x.shape
+    out = torch.empty((rows, qweight.shape[0]))
+    _checked(library().minicpmv_linear_int4(_ptr(x), rows, _ptr(qweight), _ptr(scale_zero), qweight.shape[0],
+                                            width, group_size, _ptr(out)))
+    return out
+
+
+def gemm_int8(x: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 @ int8 weight^T -> (M, N) float32, `wscales` (N,) float32."""
+    rows, width = x.shape
+    out = torch.empty((rows, qweight.shape[0]))
+    _checked(library().minicpmv_linear_int8(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out)))
+    return out
+
+
+def gemm_bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 @ bfloat16 weight (N, K)^T -> (M, N) float32, accumulated in float32."""
+    rows, width = x.shape
+    out = torch.empty((rows, weight.shape[0]))
+    library().minicpmv_gemm_bf16(_ptr(x), rows, _ptr(weight), weight.shape[0], width, _ptr(out))
+    return out
+
+
+def dequantize_int4(qweight: torch.Tensor, scale_zero: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(N, K/2) packed int4 -> (N, K) float32 or bfloat16 (float16 scale and zero, as the kernels use)."""
+    rows, width = qweight.shape[0], qweight.shape[1] * 2
+    out = torch.empty((rows, width), dtype=dtype)
+    library().minicpmv_dequantize_int4(_ptr(qweight), _ptr(scale_zero), rows, width, group_size, _ptr(out),
+                                       int(dtype == torch.bfloat16))
+    return out
+
+
+def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, K) int8 with float32 scales (N,) -> (N, K) float32 or bfloat16."""
+    out = torch.empty(qweight.shape, dtype=dtype)
+    library().minicpmv_dequantize_int8(_ptr(qweight), _ptr(scales), qweight.shape[0], qweight.shape[1], _ptr(out),
+                                       int(dtype == torch.bfloat16))
+    return out
