@@ -234,6 +234,42 @@ ALWAYS_INLINE void int8_tile(const gemm_args *a, const int MT, const int nt, int
         for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]) * wscales[n0 + c];
 }
 
+#if INT4_RUN_512
+/* int8 weights, 64 columns per instruction with activations quantized in blocks of 64.  No 512-bit
+ * vpsignb: the sign of w moves onto x with a masked negation, |w| is the unsigned operand. */
+ALWAYS_INLINE void int8_tile512(const gemm_args *a, const int MT, const int nt, int64_t r0, int64_t n0) {
+    const int64_t K = a->K, nb = K / 64;
+    const int8_t *w = (const int8_t *)a->w;
+    const float *wscales = (const float *)a->wscales;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[4][NT];
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) acc[t][c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i wabs[NT];
+        __mmask64 negative[NT];
+        for (int c = 0; c < nt; c++) {
+            const int8_t *src = w + (n0 + c) * K + b * 64;
+            _mm_prefetch((const char *)(src + NT * K), _MM_HINT_T0); /* see int4_tile */
+            const __m512i wv = _mm512_loadu_si512((const void *)src);
+            wabs[c] = _mm512_abs_epi8(wv);
+            negative[c] = _mm512_movepi8_mask(wv);
+        }
+        for (int t = 0; t < MT; t++) {
+            const __m512i xv = _mm512_loadu_si512((const void *)(a->xq + (r0 + t) * K + b * 64));
+            const __m512 xs = _mm512_set1_ps(a->xscales[(r0 + t) * nb + b]);
+            for (int c = 0; c < nt; c++) {
+                const __m512i signed_x = _mm512_mask_sub_epi8(xv, negative[c], zero, xv);
+                const __m512i d = _mm512_dpbusd_epi32(zero, wabs[c], signed_x);
+                acc[t][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), xs, acc[t][c]);
+            }
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = _mm512_reduce_add_ps(acc[t][c]) * wscales[n0 + c];
+}
+#endif
+
 /* Dispatch with compile-time tile sizes so the loops above unroll into registers. */
 #define DISPATCH(tile, a, rows, nt, r0, n0)                   \
     do {                                                      \
@@ -264,6 +300,9 @@ static void run_gemm(const gemm_args *a, int is_int4) {
             else
 #endif
             if (is_int4) DISPATCH(int4_tile, a, rows, nt, r0, n0);
+#if INT4_RUN_512
+            else if (a->group == 64) DISPATCH(int8_tile512, a, rows, nt, r0, n0);
+#endif
             else DISPATCH(int8_tile, a, rows, nt, r0, n0);
         }
     }
@@ -281,7 +320,7 @@ void minicpmv_gemm_int4(const int8_t *xq, const float *xscales, const float *gsu
 /* out (M, N) = x (M, K) @ W^T for int8 W (N, K) with one float32 scale per output row. */
 void minicpmv_gemm_int8(const int8_t *xq, const float *xscales, int64_t M, const int8_t *w,
                         const float *wscales, int64_t N, int64_t K, float *out) {
-    gemm_args a = {xq, xscales, NULL, NULL, w, wscales, M, N, K, 0, out};
+    gemm_args a = {xq, xscales, NULL, NULL, w, wscales, M, N, K, BLOCK, out}; /* blocks of 32 */
     run_gemm(&a, 0);
 }
 
@@ -367,8 +406,11 @@ int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint
 int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float *wscales, int64_t N,
                          int64_t K, float *out) {
     act_buffers b;
-    if (quantize_into(&b, x, M, K, BLOCK, 0)) return -1;
-    minicpmv_gemm_int8(b.q, b.scales, M, w, wscales, N, K, out);
+    /* the 512-bit tile takes activation blocks of 64 (group field of gemm_args), the other 32 */
+    const int64_t block = (INT4_RUN_512 && K % 64 == 0) ? 64 : BLOCK;
+    if (quantize_into(&b, x, M, K, block, 0)) return -1;
+    gemm_args a = {b.q, b.scales, NULL, NULL, w, wscales, M, N, K, block, out};
+    run_gemm(&a, 0);
     free(b.q), free(b.scales);
     return 0;
 }
