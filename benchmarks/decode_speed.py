@@ -1,10 +1,10 @@
 """Decode and prefill speed of the LLM alone on a real-size shape, float32 vs int8 vs int4.
 
 Builds a Qwen2-1.5B-shaped LLM (the shape of the issue's llama.cpp comparison) with seeded random
-weights, quantizes it with this package's scheme, and times prefill of a 128-token prompt and
+(bf16-representable) weights, quantizes it with this package's scheme, and times prefill of a 128-token prompt and
 greedy decoding of 64 tokens with the KV cache. Medians of 3 runs.
 
-    python benchmarks/decode_speed.py [--threads 2] [--shape qwen2-1.5b|qwen2-0.5b] [--modes fp32,int8,int4]
+    python benchmarks/decode_speed.py [--threads 2] [--shape qwen2-1.5b|qwen2-0.5b] [--modes fp32,bf16,int8,int4]
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def build(shape: str, mode: str, group_size: int):
     with torch.no_grad():
         llm = LanguageModel(cfg)
         for p in llm.parameters():
-            p.normal_(0, 0.02)
+            # bf16-representable values, as in the official bfloat16 checkpoints: then fp32 and
+            # bf16 weights hold the same numbers
+            p.copy_(torch.randn(p.shape).mul_(0.02).to(torch.bfloat16))
     if mode == "fp32":
         return llm
 
@@ -42,7 +44,7 @@ def build(shape: str, mode: str, group_size: int):
             self.config = type("C", (), {"raw": {}})()
 
     holder = Holder(llm)
-    quantize_model(holder, QuantConfig(bits=8 if mode == "int8" else 4, group_size=group_size))
+    quantize_model(holder, QuantConfig(bits={"int8": 8, "int4": 4, "bf16": 16}[mode], group_size=group_size))
     return holder.llm
 
 
@@ -65,7 +67,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-1.5b")
-    parser.add_argument("--modes", default="fp32,int8,int4")
+    parser.add_argument("--modes", default="fp32,bf16,int8,int4", help="bf16: bfloat16 weights, float32 arithmetic")
     parser.add_argument("--group-size", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

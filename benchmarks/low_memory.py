@@ -5,7 +5,10 @@ tower, a 4-layer Qwen2-1.5B-wide LLM, synthetic byte tokenizer), asks about the 
 1344x896 image (7 crops) for 8 tokens in a fresh process per mode, and compares peak RSS
 (VmHWM) with the larger part plus the KV cache.
 
-    python benchmarks/low_memory.py [--cache-dir DIR]
+    python benchmarks/low_memory.py [--cache-dir DIR] [--architecture qwen2-1.5b-4layers|2.6-int4]
+
+`2.6-int4`: the real 2.6 architecture (SigLIP-400M + Qwen2-7B) written directly as random int4
+(group 64), about 9 GB on disk, where the fixed python + torch baseline is a few percent.
 """
 
 from __future__ import annotations
@@ -40,14 +43,19 @@ def measure(folder: str, low_memory: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", default="/tmp/minicpmv-bench", help="where the random checkpoint is written")
+    parser.add_argument("--architecture", choices=["qwen2-1.5b-4layers", "2.6-int4"], default="qwen2-1.5b-4layers")
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["normal", "low"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         return measure(args.folder, args.measure == "low")
-    from minicpmv.bench import random_checkpoint
+    from minicpmv.bench import random_checkpoint, random_quantized_checkpoint
 
-    folder = random_checkpoint("qwen2-1.5b-4layers", Path(args.cache_dir) / "random-init")
+    root = Path(args.cache_dir) / "random-init"
+    if args.architecture == "2.6-int4":
+        folder = random_quantized_checkpoint("2.6", root, bits=4)
+    else:
+        folder = random_checkpoint(args.architecture, root)
     results = {}
     for mode in ("normal", "low"):
         out = subprocess.run([sys.executable, __file__, "--measure", mode, "--folder", str(folder)],

@@ -18,6 +18,7 @@ Contenders alternate round by round; the table reports medians and ratios.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -125,16 +126,21 @@ def llama_cpp_runner(path: Path, threads: int):
     return once
 
 
-def hf_runner(llm):
+def hf_runner(llm, dtype: torch.dtype = torch.float32):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = llm.cfg
     hf_cfg = Qwen2Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                          num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                          num_key_value_heads=cfg.num_kv_heads, rms_norm_eps=cfg.rms_norm_eps,
-                         rope_theta=cfg.rope_theta, tie_word_embeddings=False, torch_dtype="float32")
-    model = Qwen2ForCausalLM(hf_cfg).eval()
-    model.load_state_dict(llm.state_dict())
+                         rope_theta=cfg.rope_theta, tie_word_embeddings=False)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built directly in the peer's dtype: no second float32 copy
+    try:
+        model = Qwen2ForCausalLM(hf_cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    model.load_state_dict({k: v.to(dtype) for k, v in llm.state_dict().items()})
 
     @torch.inference_mode()
     def once():
@@ -168,24 +174,46 @@ def alternate(contenders: dict, rounds: int) -> dict:
 
 
 def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[str]:
-    fp32 = build("qwen2-1.5b", "fp32", 64)
+    """Groups of contenders that alternate: the float paths against HF transformers, each
+    quantized path against llama.cpp at the same bits per weight. Models are built in an order
+    that keeps at most ~16 GB resident (four float copies at once do not fit in 24 GB)."""
+    bf16 = build("qwen2-1.5b", "bf16", 64) if "fp32" in modes else None
+    fp32 = build("qwen2-1.5b", "fp32", 64)  # same seed, same (bf16-representable) values
     gguf_files = {q: write_gguf(fp32, cache / f"qwen2-1.5b-{q}.gguf", q) for q in ("Q4_0", "Q8_0")}
-    lines = ["| contender | prefill tok/s | decode tok/s | decode vs peer |", "| --- | --- | --- | --- |"]
-    pairs = [("fp32", "HF transformers fp32", lambda: hf_runner(fp32)),
-             ("int4", "llama.cpp Q4_0", lambda: llama_cpp_runner(gguf_files["Q4_0"], threads)),
-             ("int8", "llama.cpp Q8_0", lambda: llama_cpp_runner(gguf_files["Q8_0"], threads))]
-    for mode, peer_name, make_peer in pairs:
-        if mode not in modes:
-            continue
-        model = fp32 if mode == "fp32" else build("qwen2-1.5b", mode, 64)  # same seed: same weights
-        figures = alternate({f"ours {mode}": ours_runner(model), peer_name: make_peer()}, rounds)
-        (p_ours, d_ours), (p_peer, d_peer) = figures[f"ours {mode}"], figures[peer_name]
-        lines.append(f"| ours {mode} | {p_ours:.1f} | {d_ours:.2f} | {d_ours / d_peer:.2f}x |")
-        lines.append(f"| {peer_name} | {p_peer:.1f} | {d_peer:.2f} | |")
-        print("\n".join(lines[-2:]), flush=True)
-        del model, figures
-        fp32 = None  # the HF copy and ours fp32 are no longer needed: room for the next pair
+    lines = ["| contender | prefill tok/s | decode tok/s | decode vs the group's peer |", "| --- | --- | --- | --- |"]
+    groups = []
+    if "fp32" in modes:
+        groups.append(({"ours fp32": lambda: ours_runner(fp32), "ours bf16 weights, fp32 arithmetic": lambda: ours_runner(bf16)},
+                       {"HF transformers fp32": lambda: hf_runner(fp32)}))
+        groups.append(({"ours bf16 weights, fp32 arithmetic ": lambda: ours_runner(bf16)},
+                       {"HF transformers bf16": lambda: hf_runner(bf16_state(bf16), torch.bfloat16)}))
+    for mode, qtype in (("int4", "Q4_0"), ("int8", "Q8_0")):
+        if mode in modes:  # same seed: the same weights, quantized by each contender's own scheme
+            groups.append(({f"ours {mode}": lambda mode=mode: ours_runner(build("qwen2-1.5b", mode, 64))},
+                           {f"llama.cpp {qtype}": lambda qtype=qtype: llama_cpp_runner(gguf_files[qtype], threads)}))
+    for index, (ours, peers) in enumerate(groups):
+        if index == 1:
+            fp32 = None  # float32 copies done with: room for the next groups
+        contenders = {name: make() for name, make in {**ours, **peers}.items()}
+        figures = alternate(contenders, rounds)
+        reference = figures[next(iter(peers))][1]
+        for name, (prefill, decode) in figures.items():
+            ratio = f"{decode / reference:.2f}x" if name in ours else ""
+            lines.append(f"| {name.strip()} | {prefill:.1f} | {decode:.2f} | {ratio} |")
+        print("\n".join(lines[-len(figures):]), flush=True)
+        del contenders, figures
     return lines
+
+
+def bf16_state(llm):
+    """A stand-in exposing `cfg` and a bf16 `state_dict` of our bf16-weight LLM, for hf_runner."""
+    class View:
+        cfg = llm.cfg
+
+        @staticmethod
+        def state_dict():
+            return {name: tensor.to(torch.bfloat16) for name, tensor in llm.state_dict().items()}
+    return View
 
 
 def vision_table(rounds: int) -> list[str]:
@@ -215,25 +243,45 @@ def vision_table(rounds: int) -> list[str]:
     sizes = torch.tensor([[patches, patches]] * crops)
     mask = torch.ones((crops, patches, patches), dtype=torch.bool)
 
-    @torch.inference_mode()
-    def run_ours():
-        return ours(strips, sizes)
+    from minicpmv.chat import pick_vision_autocast
 
-    @torch.inference_mode()
-    def run_hf():
-        return hf(pixel_values=images, patch_attention_mask=mask).last_hidden_state
+    autocast = pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
 
-    diff = (run_ours().float() - run_hf().float()).abs().max().item()
-    times = {"ours": [], "HF transformers (Idefics2 vision, fp32)": []}
+    def ours_in(dtype):
+        @torch.inference_mode()
+        def run():
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                return ours(strips, sizes).float()
+        return run
+
+    def hf_in(dtype):
+        model = hf if dtype == torch.float32 else copy.deepcopy(hf).to(dtype)
+
+        @torch.inference_mode()
+        def run():
+            return model(pixel_values=images.to(dtype), patch_attention_mask=mask).last_hidden_state.float()
+        return run
+
+    contenders = {f"ours, default (vision_dtype=auto: {'bf16' if autocast else 'fp32'} here)": ours_in(autocast),
+                  "ours fp32": ours_in(None), "HF transformers fp32 (Idefics2 vision)": hf_in(torch.float32),
+                  "HF transformers bf16": hf_in(torch.bfloat16)}
+    outputs = {name: fn() for name, fn in contenders.items()}  # also the warm-up
+    exact = outputs["HF transformers fp32 (Idefics2 vision)"]
+    times = {name: [] for name in contenders}
     for _ in range(rounds):
-        for name, fn in zip(times, (run_ours, run_hf)):
+        for name, fn in contenders.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    (ours_name, ours_t), (hf_name, hf_t) = ((n, statistics.median(t)) for n, t in times.items())
-    return ["| contender | encode 10 crops ms | speed-up | max abs difference |", "| --- | --- | --- | --- |",
-            f"| {ours_name} | {ours_t * 1000:.0f} | {hf_t / ours_t:.2f}x | {diff:.2e} |",
-            f"| {hf_name} | {hf_t * 1000:.0f} | | |"]
+    peer = statistics.median(times["HF transformers fp32 (Idefics2 vision)"])
+    lines = ["| contender | encode 10 crops ms | vs HF fp32 | max abs diff to HF fp32 | relative L2 diff |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, out in outputs.items():
+        median = statistics.median(times[name])
+        diff = (out - exact).abs().max().item()
+        relative = ((out - exact).norm() / exact.norm()).item()
+        lines.append(f"| {name} | {median * 1000:.0f} | {peer / median:.2f}x | {diff:.2e} | {relative:.2e} |")
+    return lines
 
 
 def main():

@@ -96,6 +96,41 @@ def random_checkpoint(name: str, root: Path) -> Path:
     return folder
 
 
+def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
+    """A seeded random checkpoint written directly in the int4 (group INT4_GROUP) or int8 layout,
+    never holding float32 LLM weights: how a real-size 2.6 (8 B parameters) fits this machine."""
+    from safetensors.torch import save_file
+
+    from .model.config import MiniCPMVConfig
+    from .model.minicpmv import MiniCPMV
+    from .quant import QuantConfig, prepare_quantized_layout
+
+    folder = root / name / (f"int4-g{INT4_GROUP}" if bits == 4 else "int8")
+    if (folder / "model.safetensors").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(ARCHITECTURES[name])
+    quant = QuantConfig(bits=bits, group_size=INT4_GROUP)
+    with torch.device("meta"):
+        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
+    prepare_quantized_layout(model, quant)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for tensor_name, meta in model.state_dict().items():
+        if meta.dtype in (torch.uint8, torch.int8):  # packed nibbles / int8 values: any byte
+            low, high = (0, 256) if meta.dtype == torch.uint8 else (-127, 128)
+            tensors[tensor_name] = torch.randint(low, high, meta.shape, generator=generator, dtype=meta.dtype)
+        elif tensor_name.endswith(".scales"):  # int4 steps / int8 scales of a 0.02-wide weight
+            tensors[tensor_name] = torch.full(meta.shape, 0.02 / (4 if bits == 4 else 64))
+        else:
+            tensors[tensor_name] = torch.randn(meta.shape, generator=generator) * 0.02
+    save_file(tensors, folder / ".model.safetensors.tmp", metadata={"format": "pt"})
+    os.replace(folder / ".model.safetensors.tmp", folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": quant.to_dict()}, indent=2))
+    write_byte_tokenizer(folder)
+    return folder
+
+
 def quantized_checkpoint(source: Path, bits: int) -> Path:
     """int8 or int4 (group INT4_GROUP) copy of a checkpoint, written once beside it."""
     import shutil

@@ -3,6 +3,8 @@ every column; the random checkpoints are written once; the synthetic tokenizer w
 
 import json
 
+import pytest
+
 from minicpmv.bench import ROWS, bench, write_byte_tokenizer
 from minicpmv.cli import main
 from minicpmv.processing.tokenizer import load_tokenizer
@@ -27,10 +29,25 @@ def test_all_rows_on_the_tiny_architecture(tmp_path, capsys):
     table = capsys.readouterr().out
     assert table.count("\n| +") == 4 and "| no-opt |" in table
     written = sorted(p.name for p in (tmp_path / "random-init" / "tiny").iterdir())
-    assert written == ["fp32", "int4", "int8"]
-    assert json.loads((tmp_path / "random-init" / "tiny" / "int4" / "config.json").read_text())["quantization_config"]["bits"] == 4
+    assert written == ["fp32", "int4-g64", "int8"]
+    assert json.loads((tmp_path / "random-init" / "tiny" / "int4-g64" / "config.json").read_text())["quantization_config"]["bits"] == 4
 
 
 def test_unknown_row_is_refused(capsys):
     assert main(["bench", "--random-init", "tiny", "--rows", "+turbo"]) == 2
     assert "unknown row" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_random_checkpoint_written_directly_in_the_quantized_layout_loads_and_answers(tmp_path, bits):
+    from minicpmv import load
+    from minicpmv.bench import random_quantized_checkpoint
+    from minicpmv.quant.linear import Int4Linear, Int8Linear
+
+    folder = random_quantized_checkpoint("tiny", tmp_path, bits=bits)
+    assert random_quantized_checkpoint("tiny", tmp_path, bits=bits) == folder  # written once
+    chat = load(folder, low_memory=True)
+    result = chat.generate([{"role": "user", "content": "hi"}], max_new_tokens=3, min_new_tokens=3)
+    assert len(result.token_ids) == 3
+    expected = Int4Linear if bits == 4 else Int8Linear
+    assert isinstance(chat.model.llm.model.layers[0].mlp.down_proj, expected)

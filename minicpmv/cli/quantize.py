@@ -46,7 +46,9 @@ def quantize(model: str, output: str, bits: int = 4, group_size: int = 64, visio
     print(f"wrote {target}: {report['input_bytes'] / 2**20:.1f} MiB -> {report['output_bytes'] / 2**20:.1f} MiB "
           f"of weights in {report['seconds']:.1f} s", flush=True)
     if check:
-        report["check"] = compare(load(source, dtype="float32"), load(target, dtype="float32"), new_tokens=check_tokens)
+        # float32 vision in both, on every CPU: the report is about the stored weights
+        report["check"] = compare(load(source, dtype="float32", vision_dtype="float32"),
+                                  load(target, dtype="float32", vision_dtype="float32"), new_tokens=check_tokens)
         for row in report["check"]["samples"]:
             print(f"  {row['question'][:40]:<40} top-1 {row['top1_agreement']:.3f}  KL {row['mean_kl']:.4f}  "
                   f"same text {'yes' if row['greedy_text_equal'] else 'no'}", flush=True)
