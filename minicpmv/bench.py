@@ -121,9 +121,9 @@ def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
             low, high = (0, 256) if meta.dtype == torch.uint8 else (-127, 128)
             tensors[tensor_name] = torch.randint(low, high, meta.shape, generator=generator, dtype=meta.dtype)
         elif tensor_name.endswith(".scales"):  # int4 steps / int8 scales of a 0.02-wide weight
-            tensors[tensor_name] = torch.full(meta.shape, 0.02 / (4 if bits == 4 else 64))
+            tensors[tensor_name] = torch.full(meta.shape, 0.02 / (4 if bits == 4 else 64), dtype=meta.dtype)
         else:
-            tensors[tensor_name] = torch.randn(meta.shape, generator=generator) * 0.02
+            tensors[tensor_name] = (torch.randn(meta.shape, generator=generator) * 0.02).to(meta.dtype)
     save_file(tensors, folder / ".model.safetensors.tmp", metadata={"format": "pt"})
     os.replace(folder / ".model.safetensors.tmp", folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({**config, "quantization_config": quant.to_dict()}, indent=2))

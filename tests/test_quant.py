@@ -97,7 +97,7 @@ def test_native_int4_matches_its_own_arithmetic_exactly_enough(group_size):
     s, z = scales.half().double(), zeros.half().double()
     w = (unpack_int4(packed).double().view(out_features, -1, group_size) - 8) * s[..., None]  # (N, G, g)
     expected = torch.einsum("mgk,ngk->mn", xq, w) + torch.einsum("mg,ng->mn", blocks.sum(-1), z)
-    got = native.gemm_int4(x, packed, torch.stack([scales, zeros], -1).half().contiguous(), group_size)
+    got = native.gemm_int4(x, packed, scales.half(), zeros.half(), group_size)
     torch.testing.assert_close(got.double(), expected, atol=1e-3, rtol=1e-4)
 
 
@@ -217,3 +217,27 @@ def test_quality_report_of_a_model_against_itself_is_perfect():
     chat = load(TINY["2.5"] / "checkpoint")
     report = compare(chat, chat, new_tokens=4)
     assert report["top1_agreement"] == 1.0 and report["mean_kl"] < 1e-6 and report["greedy_text_equal"] == 3
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="needs an AVX2 CPU")
+@pytest.mark.parametrize("march", ["haswell", "x86-64-v2"])
+def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
+    """The AVX2-only build (no VNNI, no AVX-512: vpmaddubsw, 256-bit tiles) gives the same
+    numbers as the reference; a CPU level below AVX2 refuses to build and falls back."""
+    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MINICPMV_KERNEL_MARCH", march)
+    monkeypatch.setattr(native, "_STATE", {})
+    if march == "x86-64-v2":
+        with pytest.warns(RuntimeWarning, match="unavailable"):
+            assert native.library() is None
+        return
+    assert native.library() is not None
+    torch.manual_seed(0)
+    for make, in_features, out_features in LAYERS + [(lambda i, o: Int4Linear(i, o, True, 64), 128, 19)]:
+        module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features ** 0.5)
+        for rows in (1, 6):
+            x = torch.randn(rows, in_features)
+            torch.testing.assert_close(module(x), with_kernel("reference", lambda: module(x)), atol=0.05, rtol=0.02)
+    weight = torch.randn(40, 64).to(torch.bfloat16)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(native.gemm_bf16(x, weight), x @ weight.float().t(), atol=1e-5, rtol=1e-5)

@@ -107,7 +107,8 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         elif bits == 8:
             new.qweight, new.scales = quantize_int8(module.weight)
         else:
-            new.qweight, new.scales, new.zeros = quantize_int4(module.weight, config.group_size)
+            new.qweight, scales, zeros = quantize_int4(module.weight, config.group_size)
+            new.scales, new.zeros = scales.to(torch.float16), zeros.to(torch.float16)
         if module.bias is not None:
             new.bias = module.bias.detach().float().clone()
         _replace(model, name, new.to(module.weight.device))

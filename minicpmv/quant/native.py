@@ -38,7 +38,9 @@ def _compiler() -> str | None:
 
 
 def _build(source: Path, compiler: str) -> Path:
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+    # MINICPMV_KERNEL_MARCH builds for another instruction set (the tests build the AVX2-only path)
+    march = os.environ.get("MINICPMV_KERNEL_MARCH", "native")
+    flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(cpu_flags()))
     key = hashlib.sha256("\n".join([source.read_text(), version, cpu, " ".join(flags)]).encode()).hexdigest()[:16]
@@ -64,12 +66,12 @@ def _declare(lib) -> None:
     lib.minicpmv_quantize_rows.argtypes = [p, i64, i64, i64, ctypes.c_int, p, p, p, p]
     lib.minicpmv_int4_run.argtypes = [i64]
     lib.minicpmv_int4_run.restype = ctypes.c_int
-    lib.minicpmv_gemm_int4.argtypes = [p, p, p, p, i64, p, p, i64, i64, i64, p]
+    lib.minicpmv_gemm_int4.argtypes = [p, p, p, p, i64, p, p, p, i64, i64, i64, p]
     lib.minicpmv_gemm_int8.argtypes = [p, p, i64, p, p, i64, i64, p]
     lib.minicpmv_gemm_bf16.argtypes = [p, i64, p, i64, i64, p]
-    lib.minicpmv_linear_int4.argtypes = [p, i64, p, p, i64, i64, i64, p]
+    lib.minicpmv_linear_int4.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
     lib.minicpmv_linear_int8.argtypes = [p, i64, p, p, i64, i64, p]
-    lib.minicpmv_dequantize_int4.argtypes = [p, p, i64, i64, i64, p, ctypes.c_int]
+    lib.minicpmv_dequantize_int4.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int]
     lib.minicpmv_dequantize_int8.argtypes = [p, p, i64, i64, p, ctypes.c_int]
     lib.minicpmv_dequantize_int4.restype = lib.minicpmv_dequantize_int8.restype = None
     for fn in (lib.minicpmv_quantize_rows, lib.minicpmv_gemm_int4, lib.minicpmv_gemm_int8, lib.minicpmv_gemm_bf16):
@@ -133,12 +135,13 @@ def _checked(status: int) -> None:
         raise MemoryError("native kernel: no memory for the quantized activations")
 
 
-def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, scale_zero: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x (M, K) float32 @ int4 weight^T -> (M, N) float32. `scale_zero`: (N, K/g, 2) float16."""
+def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+              group_size: int) -> torch.Tensor:
+    """x (M, K) float32 @ int4 weight^T -> (M, N) float32; scales and zeros (N, K/g) float16."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
-    _checked(library().minicpmv_linear_int4(_ptr(x), rows, _ptr(qweight), _ptr(scale_zero), qweight.shape[0],
-                                            width, group_size, _ptr(out)))
+    _checked(library().minicpmv_linear_int4(_ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros),
+                                            qweight.shape[0], width, group_size, _ptr(out)))
     return out
 
 
@@ -158,11 +161,12 @@ def gemm_bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def dequantize_int4(qweight: torch.Tensor, scale_zero: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
-    """(N, K/2) packed int4 -> (N, K) float32 or bfloat16 (float16 scale and zero, as the kernels use)."""
+def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """(N, K/2) packed int4 with float16 scales and zeros (N, K/g) -> (N, K) float32 or bfloat16."""
     rows, width = qweight.shape[0], qweight.shape[1] * 2
     out = torch.empty((rows, width), dtype=dtype)
-    library().minicpmv_dequantize_int4(_ptr(qweight), _ptr(scale_zero), rows, width, group_size, _ptr(out),
+    library().minicpmv_dequantize_int4(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(out),
                                        int(dtype == torch.bfloat16))
     return out
 

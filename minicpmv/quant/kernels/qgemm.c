@@ -102,7 +102,7 @@ static inline __m256i unpack_nibbles(const uint8_t *src) {
 
 typedef struct {
     const int8_t *xq; const float *xscales; const float *gsums; const float *qsums; /* activations: scales, sums per block */
-    const void *w; const void *wscales;                          /* weights and their scales */
+    const void *w; const void *wscales; const uint16_t *wzeros;  /* weights, scales (and int4 zeros) */
     int64_t M, N, K, group;
     float *out;
 } gemm_args;
@@ -110,10 +110,10 @@ typedef struct {
 /* sum over groups of z * sum(x) - 8 * s * sx * sum(xq): the zero and centring terms of a row */
 static inline float int4_offset(const gemm_args *a, int64_t r, int64_t n) {
     const int64_t ng = a->K / a->group;
-    const uint16_t *sm = (const uint16_t *)a->wscales + n * ng * 2;
+    const uint16_t *scales = (const uint16_t *)a->wscales + n * ng, *zeros = a->wzeros + n * ng;
     float total = 0.f;
     for (int64_t g = 0; g < ng; g++)
-        total += _cvtsh_ss(sm[2 * g + 1]) * a->gsums[r * ng + g] - 8.f * _cvtsh_ss(sm[2 * g]) * a->qsums[r * ng + g];
+        total += _cvtsh_ss(zeros[g]) * a->gsums[r * ng + g] - 8.f * _cvtsh_ss(scales[g]) * a->qsums[r * ng + g];
     return total;
 }
 
@@ -122,7 +122,7 @@ ALWAYS_INLINE void int4_tile(const gemm_args *a, const int MT, const int nt, int
      * conversion and one multiply-add per group */
     const int64_t K = a->K, ng = K / a->group, per_group = a->group / BLOCK;
     const uint8_t *w = (const uint8_t *)a->w;
-    const uint16_t *sm = (const uint16_t *)a->wscales;
+    const uint16_t *scales = (const uint16_t *)a->wscales;
     __m256 acc[4][NT];
     for (int t = 0; t < MT; t++)
         for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
@@ -146,7 +146,7 @@ ALWAYS_INLINE void int4_tile(const gemm_args *a, const int MT, const int nt, int
             }
         }
         for (int c = 0; c < nt; c++) {
-            const float s = _cvtsh_ss(sm[((n0 + c) * ng + g) * 2]);
+            const float s = _cvtsh_ss(scales[(n0 + c) * ng + g]);
             for (int t = 0; t < MT; t++) {
                 const __m256 scale = _mm256_set1_ps(s * a->xscales[(r0 + t) * ng + g]);
                 acc[t][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t][c]), scale, acc[t][c]);
@@ -171,7 +171,7 @@ static inline __m512i unpack_nibbles_512(const uint8_t *src) {
 ALWAYS_INLINE void int4_tile512(const gemm_args *a, const int MT, const int nt, int64_t r0, int64_t n0) {
     const int64_t K = a->K, ng = K / a->group, per_group = a->group / 64;
     const uint8_t *w = (const uint8_t *)a->w;
-    const uint16_t *sm = (const uint16_t *)a->wscales;
+    const uint16_t *scales = (const uint16_t *)a->wscales;
     __m512 acc[4][NT];
     for (int t = 0; t < MT; t++)
         for (int c = 0; c < nt; c++) acc[t][c] = _mm512_setzero_ps();
@@ -193,7 +193,7 @@ ALWAYS_INLINE void int4_tile512(const gemm_args *a, const int MT, const int nt, 
             }
         }
         for (int c = 0; c < nt; c++) {
-            const float s = _cvtsh_ss(sm[((n0 + c) * ng + g) * 2]);
+            const float s = _cvtsh_ss(scales[(n0 + c) * ng + g]);
             for (int t = 0; t < MT; t++) {
                 const __m512 scale = _mm512_set1_ps(s * a->xscales[(r0 + t) * ng + g]);
                 acc[t][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][c]), scale, acc[t][c]);
@@ -308,19 +308,19 @@ static void run_gemm(const gemm_args *a, int is_int4) {
     }
 }
 
-/* out (M, N) = x (M, K) @ W^T for int4 W (N, K/2) with float16 pairs (scale, zero) per group
- * (N, K/g, 2); activations quantized in blocks of one group: scales and both sums (M, K/g). */
+/* out (M, N) = x (M, K) @ W^T for int4 W (N, K/2) with float16 scales and zeros per group
+ * (N, K/g) each; activations quantized in blocks of one group: scales and both sums (M, K/g). */
 void minicpmv_gemm_int4(const int8_t *xq, const float *xscales, const float *gsums, const float *qsums, int64_t M,
-                        const uint8_t *w, const uint16_t *sm, int64_t N, int64_t K, int64_t group,
+                        const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N, int64_t K, int64_t group,
                         float *out) {
-    gemm_args a = {xq, xscales, gsums, qsums, w, sm, M, N, K, group, out};
+    gemm_args a = {xq, xscales, gsums, qsums, w, scales, zeros, M, N, K, group, out};
     run_gemm(&a, 1);
 }
 
 /* out (M, N) = x (M, K) @ W^T for int8 W (N, K) with one float32 scale per output row. */
 void minicpmv_gemm_int8(const int8_t *xq, const float *xscales, int64_t M, const int8_t *w,
                         const float *wscales, int64_t N, int64_t K, float *out) {
-    gemm_args a = {xq, xscales, NULL, NULL, w, wscales, M, N, K, BLOCK, out}; /* blocks of 32 */
+    gemm_args a = {xq, xscales, NULL, NULL, w, wscales, NULL, M, N, K, BLOCK, out}; /* blocks of 32 */
     run_gemm(&a, 0);
 }
 
@@ -394,11 +394,11 @@ static int quantize_into(act_buffers *b, const float *x, int64_t M, int64_t K, i
     return 0;
 }
 
-int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint16_t *sm, int64_t N,
+int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
                          int64_t K, int64_t group, float *out) {
     act_buffers b;
     if (quantize_into(&b, x, M, K, group, minicpmv_int4_run(group))) return -1;
-    minicpmv_gemm_int4(b.q, b.scales, b.sums, b.qsums, M, w, sm, N, K, group, out);
+    minicpmv_gemm_int4(b.q, b.scales, b.sums, b.qsums, M, w, scales, zeros, N, K, group, out);
     free(b.q), free(b.scales);
     return 0;
 }
@@ -409,7 +409,7 @@ int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float
     /* the 512-bit tile takes activation blocks of 64 (group field of gemm_args), the other 32 */
     const int64_t block = (INT4_RUN_512 && K % 64 == 0) ? 64 : BLOCK;
     if (quantize_into(&b, x, M, K, block, 0)) return -1;
-    gemm_args a = {b.q, b.scales, NULL, NULL, w, wscales, M, N, K, block, out};
+    gemm_args a = {b.q, b.scales, NULL, NULL, w, wscales, NULL, M, N, K, block, out};
     run_gemm(&a, 0);
     free(b.q), free(b.scales);
     return 0;
@@ -425,14 +425,14 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-void minicpmv_dequantize_int4(const uint8_t *w, const uint16_t *sm, int64_t N, int64_t K, int64_t group,
+void minicpmv_dequantize_int4(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N, int64_t K, int64_t group,
                               void *out, int as_bf16) {
     const int64_t ng = K / group;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         for (int64_t g = 0; g < ng; g++) {
-            const float s = _cvtsh_ss(sm[(n * ng + g) * 2]);
-            const float base = _cvtsh_ss(sm[(n * ng + g) * 2 + 1]) - 8.f * s;
+            const float s = _cvtsh_ss(scales[n * ng + g]);
+            const float base = _cvtsh_ss(zeros[n * ng + g]) - 8.f * s;
             const uint8_t *src = w + n * (K / 2) + g * (group / 2);
             const int64_t first = n * K + g * group;
             if (as_bf16) {
