@@ -23,23 +23,29 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # variance in float32 whatever the compute dtype, as all three official models do
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        # variance in float32 whatever the compute dtype, as all three official models do; one
+        # fused op instead of six (57 norms per decoded token on Qwen2-1.5B)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin of shape (B, 1, T, head_dim) for integer positions (B, T), computed in float32."""
+    """cos and signed sin of shape (B, 1, T, head_dim) for integer positions (B, T), in float32.
+
+    The sin's first half is negated so that rotating half of x is a roll (see apply_rope).
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
     freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
     angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sin = angles.sin()
+    sin[..., : head_dim // 2].neg_()
+    return angles.cos().to(dtype), sin.to(dtype)
 
 
-def apply_rope(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x, cos, signed_sin):
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] = roll(x) * [-1, 1]:
+    the same products as the official code, in 4 ops instead of 7 (twice per layer per token)."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class KVCache:
@@ -120,8 +126,10 @@ class DecoderLayer(nn.Module):
         self.residual_scale = cfg.residual_scale
 
     def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer) * self.residual_scale
-        return x + self.mlp(self.post_attention_layernorm(x)) * self.residual_scale
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        x = x + (attended if self.residual_scale == 1.0 else attended * self.residual_scale)
+        mixed = self.mlp(self.post_attention_layernorm(x))
+        return x + (mixed if self.residual_scale == 1.0 else mixed * self.residual_scale)
 
 
 class DecoderModel(nn.Module):
@@ -179,7 +187,10 @@ class LanguageModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, length)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
-        mask = attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype, inputs_embeds.device)
+        # one new token with no padding sees every cached key: nothing to mask (SDPA's fast path)
+        unmasked = length == 1 and (attention_mask is None or bool(attention_mask.all()))
+        mask = None if unmasked else attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype,
+                                                    inputs_embeds.device)
         x = inputs_embeds
         for index, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, index)
