@@ -60,7 +60,7 @@ def pick_vision_autocast(vision_dtype: str | None, model_dtype: torch.dtype, dev
     """The dtype the vision encoder and resampler compute in under autocast, or None (the model's).
 
     "auto" (default): bfloat16 for a float32 model on a CPU with native bf16 arithmetic, where it
-    is measured 2.4x faster than float32 (docs/benchmarks.md) at a 0.3% feature difference (the
+    is measured 2.2-2.4x faster than float32 (docs/benchmarks.md) at a 0.2% feature difference (the
     official checkpoints run in bf16 anyway); "float32" (the model's dtype) elsewhere.
     """
     if vision_dtype in (None, "auto"):
