@@ -96,6 +96,10 @@ def random_checkpoint(name: str, root: Path) -> Path:
     return folder
 
 
+def quantized_folder_name(bits: int) -> str:
+    return f"int4-g{INT4_GROUP}" if bits == 4 else "int8"
+
+
 def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
     """A seeded random checkpoint written directly in the int4 (group INT4_GROUP) or int8 layout,
     never holding float32 LLM weights: how a real-size 2.6 (8 B parameters) fits this machine."""
@@ -105,7 +109,7 @@ def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
     from .model.minicpmv import MiniCPMV
     from .quant import QuantConfig, prepare_quantized_layout
 
-    folder = root / name / (f"int4-g{INT4_GROUP}" if bits == 4 else "int8")
+    folder = root / name / quantized_folder_name(bits)
     if (folder / "model.safetensors").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +142,7 @@ def quantized_checkpoint(source: Path, bits: int) -> Path:
     from .model.checkpoint import load_model, save_model
     from .quant import QuantConfig, quantize_model
 
-    folder = source.parent / (f"int4-g{INT4_GROUP}" if bits == 4 else "int8")
+    folder = source.parent / quantized_folder_name(bits)
     if (folder / "config.json").exists():
         return folder
     model = quantize_model(load_model(source), QuantConfig(bits=bits, group_size=INT4_GROUP))

@@ -126,10 +126,9 @@ class DecoderLayer(nn.Module):
         self.residual_scale = cfg.residual_scale
 
     def forward(self, x, cos, sin, mask, cache, layer):
-        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
-        x = x + (attended if self.residual_scale == 1.0 else attended * self.residual_scale)
-        mixed = self.mlp(self.post_attention_layernorm(x))
-        return x + (mixed if self.residual_scale == 1.0 else mixed * self.residual_scale)
+        # add with alpha: the residual scaling costs no extra op (and none at all when it is 1)
+        x = torch.add(x, self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer), alpha=self.residual_scale)
+        return torch.add(x, self.mlp(self.post_attention_layernorm(x)), alpha=self.residual_scale)
 
 
 class DecoderModel(nn.Module):

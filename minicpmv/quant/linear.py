@@ -54,9 +54,9 @@ def _widened_linear(x: torch.Tensor, weight_bf16: torch.Tensor, out_features: in
 
 
 class DecodeCall:
-    """A native call bound to one layer's tensors for decode-sized float32 inputs: pointers are
-    resolved once, so a token costs one foreign call and one allocation per linear. (Profiled:
-    the general path spent ~20 us of Python per call, and a Qwen2-1.5B token makes 197 calls.)"""
+    """A native call bound to one layer's tensors: pointers are resolved once, so a decoded token
+    costs one foreign call and one allocation per linear. (Profiled: the general path spent
+    ~20 us of Python per call, and a Qwen2-1.5B token makes 197 calls.)"""
 
     __slots__ = ("fn", "middle", "in_features", "out_features", "bias", "source", "keep", "max_rows")
 
@@ -66,25 +66,55 @@ class DecodeCall:
         self.in_features, self.out_features = module.in_features, module.out_features
         self.bias, self.source = module.bias, tensors[0]
 
+    def bound_to(self, module: nn.Module) -> bool:
+        """Still the module's own tensors (not reassigned since binding)."""
+        return module._buffers.get("qweight", module._buffers.get("weight")) is self.source and module.bias is self.bias
+
     def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
+        """The decode fast path: small contiguous float32 CPU input, native kernels on."""
         return (x.dtype is torch.float32 and x.device.type == "cpu" and x.is_contiguous()
-                and x.numel() < self.max_rows * self.in_features and KERNEL["mode"] == "auto"
-                and module._buffers.get("qweight", module._buffers.get("weight")) is self.source
-                and module.bias is self.bias)
+                and x.numel() < self.max_rows * self.in_features and KERNEL["mode"] == "auto" and self.bound_to(module))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., K) contiguous float32 -> (..., N) float32, bias added."""
         out = torch.empty((*x.shape[:-1], self.out_features))
-        status = self.fn(x.data_ptr(), x.numel() // self.in_features, *self.middle, out.data_ptr())
-        if status:
-            raise MemoryError("native kernel: no memory for the quantized activations")
+        native.checked(self.fn(x.data_ptr(), x.numel() // self.in_features, *self.middle, out.data_ptr()))
         return out if self.bias is None else out.add_(self.bias)
 
 
-def _reset(module: nn.Module) -> None:
-    module._packed = module._scale_zero = module._decode = None
+class NativeLinear(nn.Module):
+    """What the three weight layouts share: the bound native call (and, in subclasses, other
+    tensors derived from the stored ones), dropped whenever those are moved, cast or reloaded."""
+
+    _decode: DecodeCall | None = None
+
+    def _bind(self) -> DecodeCall:
+        raise NotImplementedError
+
+    def _drop_caches(self) -> None:
+        self._decode = None
+
+    def _apply(self, fn, recurse=True):
+        self._drop_caches()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._drop_caches()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _native_product(self, x: torch.Tensor) -> torch.Tensor:
+        """Any input through the native kernels (bias included), binding the call on first use."""
+        if self._decode is None or not self._decode.bound_to(self):
+            self._decode = self._bind()
+        return self._decode(_flat_float32(x, self.in_features)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._decode is not None and self._decode.applies(self, x):
+            return self._decode(x)
+        return self._forward(x)
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(NativeLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -94,28 +124,18 @@ class Int8Linear(nn.Module):
         # torch's int8 kernel reads 16 input features at a time and crashes on other widths
         self.kernel_ok = in_features % 16 == 0
         self.native_ok = in_features % native.BLOCK == 0
-        self._decode: DecodeCall | None = None
 
-    def _apply(self, fn, recurse=True):
-        _reset(self)
-        return super()._apply(fn, recurse)
+    def _bind(self) -> DecodeCall:
+        tensors = (self.qweight.contiguous(), self.scales.float().contiguous())
+        return DecodeCall(self, native.library().minicpmv_linear_int8, tensors, (self.out_features, self.in_features),
+                          WIDEN_MIN_ROWS)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        _reset(self)
-        return super()._load_from_state_dict(*args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._decode is not None and self._decode.applies(self, x):
-            return self._decode(x)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, self.native_ok) and _widen(x, self.in_features):
-            out = _widened_linear(x, native.dequantize_int8(self.qweight, self.scales.float().contiguous(), torch.bfloat16),
+            out = _widened_linear(x, native.dequantize_int8(self.qweight, self.scales.float().contiguous()),
                                   self.out_features)
         elif _native(x, self.native_ok):
-            scales = self.scales.float().contiguous()
-            out = native.gemm_int8(_flat_float32(x, self.in_features), self.qweight, scales)
-            out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-            self._decode = DecodeCall(self, native.library().minicpmv_linear_int8, (self.qweight.contiguous(), scales),
-                                      (self.out_features, self.in_features), WIDEN_MIN_ROWS)
+            return self._native_product(x)
         elif _fused(x, self.kernel_ok):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # the kernel is fast in bf16
             out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales.to(torch.bfloat16))
@@ -125,7 +145,7 @@ class Int8Linear(nn.Module):
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(NativeLinear):
     # float16 scales and zeros, as stored: what the kernels read (llama.cpp stores its too), and a
     # float32 copy would add 0.5 bit per weight of memory (0.8 GB on 2.6) for no change in value
     stored_dtypes = {"scales": torch.float16, "zeros": torch.float16}
@@ -139,14 +159,20 @@ class Int4Linear(nn.Module):
         self.register_buffer("zeros", torch.zeros((out_features, groups), dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._packed = None  # torch kernel's own layout, built on first use (it depends on the CPU)
-        self._scale_zero = None  # float16 (scales, zeros) for the native kernels: the buffers themselves
-        self._decode: DecodeCall | None = None
         self.kernel_ok = out_features % 16 == 0  # torch's int4 packing needs it
 
+    def _drop_caches(self) -> None:
+        super()._drop_caches()
+        self._packed = None
+
     def _native_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._scale_zero is None:  # a copy only when someone stored other dtypes
-            self._scale_zero = tuple(t.to(torch.float16).contiguous() for t in (self.scales, self.zeros))
-        return self._scale_zero
+        """float16 scales and zeros: the buffers themselves, unless someone stored other dtypes."""
+        return tuple(t.to(torch.float16).contiguous() for t in (self.scales, self.zeros))
+
+    def _bind(self) -> DecodeCall:
+        tensors = (self.qweight.contiguous(), *self._native_scales())
+        return DecodeCall(self, native.library().minicpmv_linear_int4, tensors,
+                          (self.out_features, self.in_features, self.group_size), WIDEN_MIN_ROWS)
 
     def _kernel_weights(self):
         if self._packed is None:
@@ -155,26 +181,12 @@ class Int4Linear(nn.Module):
             self._packed = (packed, scales_zeros.to(torch.bfloat16).contiguous())
         return self._packed
 
-    def _apply(self, fn, recurse=True):
-        _reset(self)  # moved or cast: rebuild from the stored weights
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        _reset(self)
-        return super()._load_from_state_dict(*args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._decode is not None and self._decode.applies(self, x):
-            return self._decode(x)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, True) and _widen(x, self.in_features):
-            weight = native.dequantize_int4(self.qweight.contiguous(), *self._native_scales(), self.group_size, torch.bfloat16)
+            weight = native.dequantize_int4(self.qweight.contiguous(), *self._native_scales(), self.group_size)
             out = _widened_linear(x, weight, self.out_features)
         elif _native(x, True):  # every supported group size is a multiple of the kernel's block
-            out = native.gemm_int4(_flat_float32(x, self.in_features), self.qweight.contiguous(),
-                                   *self._native_scales(), self.group_size)
-            out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-            self._decode = DecodeCall(self, native.library().minicpmv_linear_int4, (self.qweight.contiguous(), *self._native_scales()),
-                                      (self.out_features, self.in_features, self.group_size), WIDEN_MIN_ROWS)
+            return self._native_product(x)
         elif _fused(x, self.kernel_ok):
             packed, scales_zeros = self._kernel_weights()
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
@@ -185,7 +197,7 @@ class Int4Linear(nn.Module):
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
 
-class Bf16Linear(nn.Module):
+class Bf16Linear(NativeLinear):
     """bfloat16 weights with float32 arithmetic: for a bfloat16 checkpoint (the official ones) the
     float32 model's results, at half the memory and half the bytes read per decoded token."""
 
@@ -198,25 +210,14 @@ class Bf16Linear(nn.Module):
         self.register_buffer("weight", torch.zeros((out_features, in_features), dtype=torch.bfloat16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.native_ok = in_features % 8 == 0
-        self._decode: DecodeCall | None = None
 
-    def _apply(self, fn, recurse=True):
-        self._decode = None
-        return super()._apply(fn, recurse)
+    def _bind(self) -> DecodeCall:
+        return DecodeCall(self, native.library().minicpmv_linear_bf16, (self.weight.contiguous(),),
+                          (self.out_features, self.in_features), self.NATIVE_MAX_ROWS + 1)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._decode = None
-        return super()._load_from_state_dict(*args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._decode is not None and self._decode.applies(self, x):
-            return self._decode(x)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows <= self.NATIVE_MAX_ROWS and x.dtype == torch.float32 and _native(x, self.native_ok):
-            out = native.gemm_bf16(_flat_float32(x, self.in_features), self.weight.contiguous())
-            out = out.reshape(*x.shape[:-1], self.out_features)
-            self._decode = DecodeCall(self, native.library().minicpmv_gemm_bf16, (self.weight.contiguous(),),
-                                      (self.out_features, self.in_features), self.NATIVE_MAX_ROWS + 1)
-        else:
-            out = F.linear(x, self.weight.to(x.dtype))
+            return self._native_product(x)
+        out = F.linear(x, self.weight.to(x.dtype))
         return out if self.bias is None else out + self.bias.to(out.dtype)

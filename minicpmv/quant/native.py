@@ -63,20 +63,14 @@ def _build(source: Path, compiler: str) -> Path:
 
 def _declare(lib) -> None:
     i64, p = ctypes.c_int64, ctypes.c_void_p
-    lib.minicpmv_quantize_rows.argtypes = [p, i64, i64, i64, ctypes.c_int, p, p, p, p]
-    lib.minicpmv_int4_run.argtypes = [i64]
-    lib.minicpmv_int4_run.restype = ctypes.c_int
-    lib.minicpmv_gemm_int4.argtypes = [p, p, p, p, i64, p, p, p, i64, i64, i64, p]
-    lib.minicpmv_gemm_int8.argtypes = [p, p, i64, p, p, i64, i64, p]
-    lib.minicpmv_gemm_bf16.argtypes = [p, i64, p, i64, i64, p]
     lib.minicpmv_linear_int4.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
     lib.minicpmv_linear_int8.argtypes = [p, i64, p, p, i64, i64, p]
-    lib.minicpmv_dequantize_int4.argtypes = [p, p, p, i64, i64, i64, p, ctypes.c_int]
-    lib.minicpmv_dequantize_int8.argtypes = [p, p, i64, i64, p, ctypes.c_int]
-    lib.minicpmv_dequantize_int4.restype = lib.minicpmv_dequantize_int8.restype = None
-    for fn in (lib.minicpmv_quantize_rows, lib.minicpmv_gemm_int4, lib.minicpmv_gemm_int8, lib.minicpmv_gemm_bf16):
-        fn.restype = None
-    lib.minicpmv_linear_int4.restype = lib.minicpmv_linear_int8.restype = ctypes.c_int
+    lib.minicpmv_linear_bf16.argtypes = [p, i64, p, i64, i64, p]
+    lib.minicpmv_widen_int4.argtypes = [p, p, p, i64, i64, i64, p]
+    lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
+    for fn in (lib.minicpmv_linear_int4, lib.minicpmv_linear_int8, lib.minicpmv_linear_bf16):
+        fn.restype = ctypes.c_int
+    lib.minicpmv_widen_int4.restype = lib.minicpmv_widen_int8.restype = None
 
 
 def library():
@@ -117,20 +111,8 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def quantize_activations(x: torch.Tensor, block: int, run: int = 0):
-    """(M, K) float32 -> int8 (M, K), and per block (M, K/block): scales, sums of x, scale * sums of q.
-    `run`: 0, or the length of the runs reordered as int4 weights unpack (see qgemm.c)."""
-    lib = library()
-    rows, width = x.shape
-    q = torch.empty((rows, width), dtype=torch.int8)
-    scales = torch.empty((rows, width // block))
-    sums = torch.empty((rows, width // block))
-    qsums = torch.empty((rows, width // block))
-    lib.minicpmv_quantize_rows(_ptr(x), rows, width, block, run, _ptr(q), _ptr(scales), _ptr(sums), _ptr(qsums))
-    return q, scales, sums, qsums
-
-
-def _checked(status: int) -> None:
+def checked(status: int) -> None:
+    """The entry points return -1 when they cannot allocate the quantized activations."""
     if status:
         raise MemoryError("native kernel: no memory for the quantized activations")
 
@@ -140,8 +122,8 @@ def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     """x (M, K) float32 @ int4 weight^T -> (M, N) float32; scales and zeros (N, K/g) float16."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
-    _checked(library().minicpmv_linear_int4(_ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros),
-                                            qweight.shape[0], width, group_size, _ptr(out)))
+    checked(library().minicpmv_linear_int4(_ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros),
+                                           qweight.shape[0], width, group_size, _ptr(out)))
     return out
 
 
@@ -149,7 +131,7 @@ def gemm_int8(x: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor) -> 
     """x (M, K) float32 @ int8 weight^T -> (M, N) float32, `wscales` (N,) float32."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
-    _checked(library().minicpmv_linear_int8(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out)))
+    checked(library().minicpmv_linear_int8(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out)))
     return out
 
 
@@ -157,23 +139,20 @@ def gemm_bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (M, K) float32 @ bfloat16 weight (N, K)^T -> (M, N) float32, accumulated in float32."""
     rows, width = x.shape
     out = torch.empty((rows, weight.shape[0]))
-    library().minicpmv_gemm_bf16(_ptr(x), rows, _ptr(weight), weight.shape[0], width, _ptr(out))
+    checked(library().minicpmv_linear_bf16(_ptr(x), rows, _ptr(weight), weight.shape[0], width, _ptr(out)))
     return out
 
 
-def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """(N, K/2) packed int4 with float16 scales and zeros (N, K/g) -> (N, K) float32 or bfloat16."""
+def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N, K/2) packed int4 with float16 scales and zeros (N, K/g) -> (N, K) bfloat16."""
     rows, width = qweight.shape[0], qweight.shape[1] * 2
-    out = torch.empty((rows, width), dtype=dtype)
-    library().minicpmv_dequantize_int4(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(out),
-                                       int(dtype == torch.bfloat16))
+    out = torch.empty((rows, width), dtype=torch.bfloat16)
+    library().minicpmv_widen_int4(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(out))
     return out
 
 
-def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, K) int8 with float32 scales (N,) -> (N, K) float32 or bfloat16."""
-    out = torch.empty(qweight.shape, dtype=dtype)
-    library().minicpmv_dequantize_int8(_ptr(qweight), _ptr(scales), qweight.shape[0], qweight.shape[1], _ptr(out),
-                                       int(dtype == torch.bfloat16))
+def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 with float32 scales (N,) -> (N, K) bfloat16."""
+    out = torch.empty(qweight.shape, dtype=torch.bfloat16)
+    library().minicpmv_widen_int8(_ptr(qweight), _ptr(scales), qweight.shape[0], qweight.shape[1], _ptr(out))
     return out

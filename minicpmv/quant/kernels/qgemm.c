@@ -7,8 +7,9 @@
  * instruction, so decoding stays bound by memory (the weights are read once per token) and
  * prefill gets integer throughput instead of torch's bf16 emulation on CPUs without native bf16.
  *
- * Activations are quantized per block of 32 values (symmetric, scale = absmax / 127), as in
- * llama.cpp's Q8_0; weight scales are read as float16 (converted once, see native.py).
+ * Activations are quantized symmetrically (scale = absmax / 127) per block: one weight group
+ * for int4 weights, 32 or 64 values for int8 weights (as llama.cpp's Q8_0); int4 scales and zeros
+ * are float16, as stored.
  *
  * int4 weights keep the stored layout: byte j of a row holds column 2j in its low nibble and
  * 2j+1 in its high nibble, so the 16 bytes of a 32-column block unpack into [even columns, odd
@@ -29,7 +30,6 @@
 #endif
 
 #define BLOCK 32
-#define ROW_TILE 4
 
 /* sum over 4 adjacent u8 x s8 products into each int32 lane */
 static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
@@ -55,7 +55,7 @@ static inline float hsum8(__m256 v) {
  * scales (M, K/block), block sums of x and of the dequantized block, scale * sum(q) (M, K/block).
  * With `run` (32 or 64, 0 for none), each run of that many values is stored in the order int4
  * weights unpack into: [even columns of each 32, then odd columns of each 32]. */
-void minicpmv_quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
+static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
                             int8_t *q, float *scales, float *sums, float *qsums) {
     const int64_t nb = K / block;
 #pragma omp parallel for schedule(static)
@@ -102,6 +102,7 @@ static inline __m256i unpack_nibbles(const uint8_t *src) {
 
 typedef struct {
     const int8_t *xq; const float *xscales; const float *gsums; const float *qsums; /* activations: scales, sums per block */
+    const float *xf;                                             /* float activations (bf16 weights) */
     const void *w; const void *wscales; const uint16_t *wzeros;  /* weights, scales (and int4 zeros) */
     int64_t M, N, K, group;
     float *out;
@@ -270,6 +271,31 @@ ALWAYS_INLINE void int8_tile512(const gemm_args *a, const int MT, const int nt, 
 }
 #endif
 
+/* bfloat16 weights widened in registers, float32 x and accumulation: the float32 result of a
+ * bfloat16 checkpoint at half the bytes per token (K a multiple of 8). */
+static inline __m256 bf16_to_f32(const uint16_t *src) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+ALWAYS_INLINE void bf16_tile(const gemm_args *a, const int MT, const int nt, int64_t r0, int64_t n0) {
+    const int64_t K = a->K;
+    const uint16_t *w = (const uint16_t *)a->w;
+    __m256 acc[4][NT];
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        __m256 wv[NT];
+        for (int c = 0; c < nt; c++) wv[c] = bf16_to_f32(w + (n0 + c) * K + k);
+        for (int t = 0; t < MT; t++) {
+            const __m256 xv = _mm256_loadu_ps(a->xf + (r0 + t) * K + k);
+            for (int c = 0; c < nt; c++) acc[t][c] = _mm256_fmadd_ps(wv[c], xv, acc[t][c]);
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]);
+}
+
 /* Dispatch with compile-time tile sizes so the loops above unroll into registers. */
 #define DISPATCH(tile, a, rows, nt, r0, n0)                   \
     do {                                                      \
@@ -286,7 +312,9 @@ ALWAYS_INLINE void int8_tile512(const gemm_args *a, const int MT, const int nt, 
         }                                                     \
     } while (0)
 
-static void run_gemm(const gemm_args *a, int is_int4) {
+enum weights { INT4, INT8, BF16 };
+
+static void run_gemm(const gemm_args *a, enum weights kind) {
     const int64_t tiles_n = (a->N + NT - 1) / NT;
     /* weight tiles outermost: each is read from memory once and reused for all activation rows */
 #pragma omp parallel for schedule(static)
@@ -295,90 +323,25 @@ static void run_gemm(const gemm_args *a, int is_int4) {
         const int nt = (int)(a->N - n0 < NT ? a->N - n0 : NT);
         for (int64_t r0 = 0; r0 < a->M; r0 += 4) {
             const int rows = (int)(a->M - r0 < 4 ? a->M - r0 : 4);
+            if (kind == BF16) DISPATCH(bf16_tile, a, rows, nt, r0, n0);
 #if INT4_RUN_512
-            if (is_int4 && a->group % 64 == 0) DISPATCH(int4_tile512, a, rows, nt, r0, n0);
-            else
+            else if (kind == INT4 && a->group % 64 == 0) DISPATCH(int4_tile512, a, rows, nt, r0, n0);
+            else if (kind == INT8 && a->group == 64) DISPATCH(int8_tile512, a, rows, nt, r0, n0);
 #endif
-            if (is_int4) DISPATCH(int4_tile, a, rows, nt, r0, n0);
-#if INT4_RUN_512
-            else if (a->group == 64) DISPATCH(int8_tile512, a, rows, nt, r0, n0);
-#endif
+            else if (kind == INT4) DISPATCH(int4_tile, a, rows, nt, r0, n0);
             else DISPATCH(int8_tile, a, rows, nt, r0, n0);
         }
     }
 }
 
-/* out (M, N) = x (M, K) @ W^T for int4 W (N, K/2) with float16 scales and zeros per group
- * (N, K/g) each; activations quantized in blocks of one group: scales and both sums (M, K/g). */
-void minicpmv_gemm_int4(const int8_t *xq, const float *xscales, const float *gsums, const float *qsums, int64_t M,
-                        const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N, int64_t K, int64_t group,
-                        float *out) {
-    gemm_args a = {xq, xscales, gsums, qsums, w, scales, zeros, M, N, K, group, out};
-    run_gemm(&a, 1);
-}
-
-/* out (M, N) = x (M, K) @ W^T for int8 W (N, K) with one float32 scale per output row. */
-void minicpmv_gemm_int8(const int8_t *xq, const float *xscales, int64_t M, const int8_t *w,
-                        const float *wscales, int64_t N, int64_t K, float *out) {
-    gemm_args a = {xq, xscales, NULL, NULL, w, wscales, NULL, M, N, K, BLOCK, out}; /* blocks of 32 */
-    run_gemm(&a, 0);
-}
-
-/* out (M, N) = x (M, K) @ W^T for bfloat16 W (N, K), float32 x and accumulation: the float32 result
- * of a bfloat16 checkpoint at half the bytes per token.  Tiles of up to 4 rows x 4 weight rows. */
-static inline __m256 bf16_to_f32(const uint16_t *src) {
-    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-ALWAYS_INLINE void bf16_tile(const float *x, const uint16_t *w, int64_t K, int64_t N, float *out,
-                             const int MT, const int nt, int64_t r0, int64_t n0) {
-    __m256 acc[4][NT];
-    for (int t = 0; t < MT; t++)
-        for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        __m256 wv[NT];
-        for (int c = 0; c < nt; c++) wv[c] = bf16_to_f32(w + (n0 + c) * K + k);
-        for (int t = 0; t < MT; t++) {
-            const __m256 xv = _mm256_loadu_ps(x + (r0 + t) * K + k);
-            for (int c = 0; c < nt; c++) acc[t][c] = _mm256_fmadd_ps(wv[c], xv, acc[t][c]);
-        }
-    }
-    for (int t = 0; t < MT; t++)
-        for (int c = 0; c < nt; c++) out[(r0 + t) * N + n0 + c] = hsum8(acc[t][c]);
-}
-
-/* K must be a multiple of 8 */
-void minicpmv_gemm_bf16(const float *x, int64_t M, const uint16_t *w, int64_t N, int64_t K, float *out) {
-    const int64_t tiles_n = (N + NT - 1) / NT;
-#pragma omp parallel for schedule(static)
-    for (int64_t tn = 0; tn < tiles_n; tn++) {
-        const int64_t n0 = tn * NT;
-        const int nt = (int)(N - n0 < NT ? N - n0 : NT);
-        for (int64_t r0 = 0; r0 < M; r0 += 4) {
-            const int rows = (int)(M - r0 < 4 ? M - r0 : 4);
-            if (nt == NT) {
-                switch (rows) {
-                case 4: bf16_tile(x, w, K, N, out, 4, NT, r0, n0); break;
-                case 3: bf16_tile(x, w, K, N, out, 3, NT, r0, n0); break;
-                case 2: bf16_tile(x, w, K, N, out, 2, NT, r0, n0); break;
-                default: bf16_tile(x, w, K, N, out, 1, NT, r0, n0); break;
-                }
-            } else {
-                for (int c = 0; c < nt; c++)
-                    for (int t = 0; t < rows; t++) bf16_tile(x, w, K, N, out, 1, 1, r0 + t, n0 + c);
-            }
-        }
-    }
-}
-
 /* How activations for int4 weights of this group size must be laid out (the `run` of quantize_rows). */
-int minicpmv_int4_run(int64_t group) {
+static int int4_run(int64_t group) {
     return (INT4_RUN_512 && group % 64 == 0) ? 64 : 32;
 }
 
-/* x float32 (M, K) in, out float32 (M, N): activation quantization and product in one call, so
- * that a decoded token costs one foreign call per linear.  Returns 0, or -1 if out of memory. */
+/* The entry points.  x float32 (M, K) in, out float32 (M, N) = x @ W^T: activation quantization
+ * and product in one call, so that a decoded token costs one foreign call per linear.  Return 0,
+ * or -1 if out of memory. */
 typedef struct { int8_t *q; float *scales, *sums, *qsums; } act_buffers;
 
 static int quantize_into(act_buffers *b, const float *x, int64_t M, int64_t K, int64_t block, int run) {
@@ -390,34 +353,44 @@ static int quantize_into(act_buffers *b, const float *x, int64_t M, int64_t K, i
         return -1;
     }
     b->sums = b->scales + blocks, b->qsums = b->sums + blocks;
-    minicpmv_quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
+    quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
     return 0;
 }
 
+/* int4 W (N, K/2) with float16 scales and zeros (N, K/g) each; activations in blocks of one group */
 int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
                          int64_t K, int64_t group, float *out) {
     act_buffers b;
-    if (quantize_into(&b, x, M, K, group, minicpmv_int4_run(group))) return -1;
-    minicpmv_gemm_int4(b.q, b.scales, b.sums, b.qsums, M, w, scales, zeros, N, K, group, out);
+    if (quantize_into(&b, x, M, K, group, int4_run(group))) return -1;
+    gemm_args a = {b.q, b.scales, b.sums, b.qsums, NULL, w, scales, zeros, M, N, K, group, out};
+    run_gemm(&a, INT4);
     free(b.q), free(b.scales);
     return 0;
 }
 
+/* int8 W (N, K) with one float32 scale per output row */
 int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float *wscales, int64_t N,
                          int64_t K, float *out) {
     act_buffers b;
     /* the 512-bit tile takes activation blocks of 64 (group field of gemm_args), the other 32 */
     const int64_t block = (INT4_RUN_512 && K % 64 == 0) ? 64 : BLOCK;
     if (quantize_into(&b, x, M, K, block, 0)) return -1;
-    gemm_args a = {b.q, b.scales, NULL, NULL, w, wscales, NULL, M, N, K, block, out};
-    run_gemm(&a, 0);
+    gemm_args a = {b.q, b.scales, NULL, NULL, NULL, w, wscales, NULL, M, N, K, block, out};
+    run_gemm(&a, INT8);
     free(b.q), free(b.scales);
     return 0;
 }
 
-/* Weights back to floats for prefill, where a float GEMM on the whole weight (oneDNN's, bf16 in
- * hardware where the CPU has it) beats per-group integer products: out (N, K) in float32 or, with
- * `as_bf16`, bfloat16 rounded to nearest even.  Auto-vectorised; costs one pass over the weight. */
+/* bfloat16 W (N, K), no quantization of x */
+int minicpmv_linear_bf16(const float *x, int64_t M, const uint16_t *w, int64_t N, int64_t K, float *out) {
+    gemm_args a = {NULL, NULL, NULL, NULL, x, w, NULL, NULL, M, N, K, 0, out};
+    run_gemm(&a, BF16);
+    return 0;
+}
+
+/* Weights widened to bfloat16 (rounded to nearest even) for prefill, where one oneDNN bf16 GEMM
+ * on the whole weight beats per-group integer products on CPUs with native bf16: out (N, K).
+ * Auto-vectorised; one pass over the weight. */
 static inline uint16_t to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -425,8 +398,8 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-void minicpmv_dequantize_int4(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N, int64_t K, int64_t group,
-                              void *out, int as_bf16) {
+void minicpmv_widen_int4(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N, int64_t K,
+                         int64_t group, uint16_t *out) {
     const int64_t ng = K / group;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -434,34 +407,17 @@ void minicpmv_dequantize_int4(const uint8_t *w, const uint16_t *scales, const ui
             const float s = _cvtsh_ss(scales[n * ng + g]);
             const float base = _cvtsh_ss(zeros[n * ng + g]) - 8.f * s;
             const uint8_t *src = w + n * (K / 2) + g * (group / 2);
-            const int64_t first = n * K + g * group;
-            if (as_bf16) {
-                uint16_t *dst = (uint16_t *)out + first;
-                for (int64_t j = 0; j < group / 2; j++) {
-                    dst[2 * j] = to_bf16((float)(src[j] & 15) * s + base);
-                    dst[2 * j + 1] = to_bf16((float)(src[j] >> 4) * s + base);
-                }
-            } else {
-                float *dst = (float *)out + first;
-                for (int64_t j = 0; j < group / 2; j++) {
-                    dst[2 * j] = (float)(src[j] & 15) * s + base;
-                    dst[2 * j + 1] = (float)(src[j] >> 4) * s + base;
-                }
+            uint16_t *dst = out + n * K + g * group;
+            for (int64_t j = 0; j < group / 2; j++) {
+                dst[2 * j] = to_bf16((float)(src[j] & 15) * s + base);
+                dst[2 * j + 1] = to_bf16((float)(src[j] >> 4) * s + base);
             }
         }
     }
 }
 
-void minicpmv_dequantize_int8(const int8_t *w, const float *scales, int64_t N, int64_t K, void *out, int as_bf16) {
+void minicpmv_widen_int8(const int8_t *w, const float *scales, int64_t N, int64_t K, uint16_t *out) {
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const float s = scales[n];
-        if (as_bf16) {
-            uint16_t *dst = (uint16_t *)out + n * K;
-            for (int64_t k = 0; k < K; k++) dst[k] = to_bf16((float)w[n * K + k] * s);
-        } else {
-            float *dst = (float *)out + n * K;
-            for (int64_t k = 0; k < K; k++) dst[k] = (float)w[n * K + k] * s;
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) out[n * K + k] = to_bf16((float)w[n * K + k] * scales[n]);
 }
