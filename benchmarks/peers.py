@@ -4,8 +4,9 @@
   of 64 tokens with a KV cache, for
   - ours fp32 vs HF transformers fp32 (Qwen2ForCausalLM holding the same tensors);
   - ours int4 (group 64: 4.5 bits per weight with float16 scale and zero) vs llama.cpp Q4_0
-    (4.5 bits) and ours int8 vs llama.cpp Q8_0, through llama-cpp-python on a GGUF that this
-    script writes from the same float weights with the `gguf` package (lm_head Q8_0 / int8 in both).
+    (4.5 bits) and ours int8 vs llama.cpp Q8_0, through llama-cpp-python on a GGUF that the
+    package's exporter writes from the same float weights (lm_head Q8_0 / int8 in both); and our
+    engine with the LLM in llama.cpp on that GGUF (`--llm-gguf`, backends/llamacpp.py).
 - Vision (SigLIP-400M shape, 2.6's NaViT layout): the 10 crops of a 1344x1344 image, ours vs HF
   transformers' Idefics2 vision transformer (the architecture 2.6 copies) with the same tensors,
   plus the largest difference of the outputs.
@@ -33,71 +34,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from decode_speed import SHAPES, build, run  # noqa: E402
 
 PROMPT, NEW = 128, 64
-GGUF_NAMES = {  # ours -> GGUF, per layer ("{i}") and global
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
-    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
-    "model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
-    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
-    "model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
-    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
-    "model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
-    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
-    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-}
+def write_gguf(llm, path: Path, weight_type: str) -> Path:
+    """The float LLM as a Qwen2 GGUF through the package's exporter (q4_0 / q8_0 linears, head and
+    embeddings Q8_0, norms and biases float32, a byte-level placeholder vocabulary)."""
+    from minicpmv.backends.gguf_export import write_gguf as write
 
-
-def gguf_name(name: str) -> str:
-    parts = name.split(".")
-    if parts[:2] == ["model", "layers"]:
-        return GGUF_NAMES[".".join(parts[:2] + ["{i}"] + parts[3:])].format(i=parts[2])
-    return GGUF_NAMES[name]
-
-
-def write_gguf(llm, path: Path, qtype_name: str) -> Path:
-    """The float LLM as a Qwen2 GGUF: linears in `qtype_name` (Q4_0/Q8_0), lm_head and
-    embeddings Q8_0, norms and biases float32; a byte-level vocabulary filled with placeholders."""
-    import gguf
-    from tokenizers import pre_tokenizers
-
-    if path.exists():
-        return path
-    cfg, qtype = llm.cfg, gguf.GGMLQuantizationType[qtype_name]
-    writer = gguf.GGUFWriter(str(path) + ".tmp", "qwen2")
-    writer.add_context_length(4096)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_block_count(cfg.num_layers)
-    writer.add_head_count(cfg.num_heads)
-    writer.add_head_count_kv(cfg.num_kv_heads)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if qtype_name == "Q4_0" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = alphabet + ["ĠĠ"] + [f"<t{i}>" for i in range(len(alphabet) + 1, cfg.vocab_size)]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
-    writer.add_token_merges(["Ġ Ġ"])  # llama.cpp refuses a BPE vocabulary without merges
-    writer.add_eos_token_id(0)
-    for name, tensor in llm.state_dict().items():
-        data = tensor.float().numpy()
-        if name.endswith(".weight") and data.ndim == 2:
-            kind = qtype if ".layers." in name else gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, kind), raw_dtype=kind)
-        else:
-            writer.add_tensor(gguf_name(name), data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(str(path) + ".tmp", path)
+    if not path.exists():
+        write(((f"llm.{name}", t.float().numpy()) for name, t in llm.state_dict().items()), llm.cfg, path, weight_type)
     return path
 
 
@@ -161,6 +104,13 @@ def ours_runner(llm):
     return lambda: run(llm, PROMPT, NEW)
 
 
+def ours_llama_cpp_runner(path: Path, embeddings: torch.nn.Embedding, cfg):
+    """Our engine with the LLM in llama.cpp (`--llm-gguf`): our embeddings in, logits out."""
+    from minicpmv.backends.llamacpp import LlamaCppLLM
+
+    return ours_runner(LlamaCppLLM(path, embeddings, cfg, context=PROMPT + NEW + 8))
+
+
 def alternate(contenders: dict, rounds: int) -> dict:
     """name -> (median prefill tok/s, median decode tok/s), contenders taking turns each round."""
     for once in contenders.values():
@@ -179,7 +129,8 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
     that keeps at most ~16 GB resident (four float copies at once do not fit in 24 GB)."""
     bf16 = build("qwen2-1.5b", "bf16", 64) if "fp32" in modes else None
     fp32 = build("qwen2-1.5b", "fp32", 64)  # same seed, same (bf16-representable) values
-    gguf_files = {q: write_gguf(fp32, cache / f"qwen2-1.5b-{q}.gguf", q) for q in ("Q4_0", "Q8_0")}
+    gguf_files = {q: write_gguf(fp32, cache / f"qwen2-1.5b-{q}.gguf", q.lower()) for q in ("Q4_0", "Q8_0")}
+    embeddings, cfg = copy.deepcopy(fp32.model.embed_tokens), fp32.cfg
     lines = ["| contender | prefill tok/s | decode tok/s | decode vs the group's peer |", "| --- | --- | --- | --- |"]
     groups = []
     if "fp32" in modes:
@@ -189,7 +140,9 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
                        {"HF transformers bf16": lambda: hf_runner(bf16_state(bf16), torch.bfloat16)}))
     for mode, qtype in (("int4", "Q4_0"), ("int8", "Q8_0")):
         if mode in modes:  # same seed: the same weights, quantized by each contender's own scheme
-            groups.append(({f"ours {mode}": lambda mode=mode: ours_runner(build("qwen2-1.5b", mode, 64))},
+            groups.append(({f"ours {mode}": lambda mode=mode: ours_runner(build("qwen2-1.5b", mode, 64)),
+                            f"ours, LLM in llama.cpp ({qtype} GGUF)":
+                                lambda qtype=qtype: ours_llama_cpp_runner(gguf_files[qtype], embeddings, cfg)},
                            {f"llama.cpp {qtype}": lambda qtype=qtype: llama_cpp_runner(gguf_files[qtype], threads)}))
     for index, (ours, peers) in enumerate(groups):
         if index == 1:

@@ -40,12 +40,14 @@ ARCHITECTURES = {
              "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                "num_attention_heads": 2, "patch_size": 14, "image_size": 980}},
 }
-ROWS = {  # name: (low_memory, tuned, weights, vision_dtype)
-    "no-opt": (False, False, "fp32", "float32"),
-    "+memory": (True, False, "fp32", "float32"),
-    "+config": (True, True, "fp32", "auto"),
-    "+int8": (True, True, "int8", "auto"),
-    "+int4": (True, True, "int4", "auto"),
+ROWS = {  # name: (low_memory, tuned, weights, vision_dtype, compile)
+    "no-opt": (False, False, "fp32", "float32", "off"),
+    "+memory": (True, False, "fp32", "float32", "off"),
+    "+compile": (True, False, "fp32", "float32", "on"),
+    # from here on the configuration search decides threads, crop batching and compilation
+    "+config": (True, True, "fp32", "auto", "auto"),
+    "+int8": (True, True, "int8", "auto", "auto"),
+    "+int4": (True, True, "int4", "auto", "auto"),
 }
 INT4_GROUP = 64  # 4.5 bits per weight with float16 scale and zero: llama.cpp Q4_0's size
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "</image>", "<ref>", "</ref>", "<box>",
@@ -153,7 +155,7 @@ def quantized_checkpoint(source: Path, bits: int) -> Path:
 
 
 def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_tokens: int,
-            vision_dtype: str = "auto") -> dict:
+            vision_dtype: str = "auto", compile: str = "auto") -> dict:
     """One row, in this (fresh) process."""
     from PIL import Image
 
@@ -163,8 +165,9 @@ def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_
     if not tuned:
         os.environ["MINICPMV_CACHE_DIR"] = str(Path(folder) / "no-tuning")  # an empty cache
     start = time.perf_counter()
-    chat = load(folder, dtype="float32", device="cpu", low_memory=low_memory, vision_dtype=vision_dtype)
-    load_seconds = time.perf_counter() - start
+    chat = load(folder, dtype="float32", device="cpu", low_memory=low_memory, vision_dtype=vision_dtype,
+                compile=compile)
+    load_seconds = time.perf_counter() - start - chat.compile_seconds
     image = Image.effect_noise((1344, 1344), 64).convert("RGB")
     text = "x " * max(0, prompt_tokens // 2)
     messages = [{"role": "user", "content": [image, text + "Describe the image."]}]
@@ -174,7 +177,7 @@ def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_
             "prompt_tokens": len(result.prompt_token_ids),
             "prefill_tok_s": len(result.prompt_token_ids) / result.prefill_seconds,
             "decode_tok_s": len(result.token_ids) / result.decode_seconds, "peak_rss_mib": peak_rss_mib(),
-            "tuning": chat.tuning}
+            "compile_s": chat.compile_seconds, "compiled": list(chat.compiled), "tuning": chat.tuning}
 
 
 def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache: str | None = None,
@@ -192,22 +195,24 @@ def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache
         from .cli.tune import tune
 
         for weights in sorted({ROWS[r][2] for r in wanted if ROWS[r][1]}):
-            tune(str(folders[weights]), repeat=1)
-    print(f"| {architecture} | load s | encode 1344² ms | prefill tok/s | decode tok/s | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+            tune(str(folders[weights]), repeat=1, try_compile=True)
+    print(f"| {architecture} | load s | compile s | encode 1344² ms | prefill tok/s | decode tok/s | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     results = []
     for name in wanted:
-        low_memory, tuned, weights, vision_dtype = ROWS[name]
+        low_memory, tuned, weights, vision_dtype, compile = ROWS[name]
         command = [sys.executable, "-m", "minicpmv.bench", str(folders[weights]), str(int(low_memory)),
-                   str(int(tuned)), str(prompt_tokens), str(new_tokens), vision_dtype]
+                   str(int(tuned)), str(prompt_tokens), str(new_tokens), vision_dtype, compile]
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         row = {"row": name, **json.loads(out.stdout.strip().splitlines()[-1])}
         results.append(row)
-        print(f"| {name} | {row['load_s']:.1f} | {row['encode_ms']:.0f} | {row['prefill_tok_s']:.1f} | "
+        compiled = f"{row['compile_s']:.0f} ({'+'.join(row['compiled'])})" if row["compiled"] else "-"
+        print(f"| {name} | {row['load_s']:.1f} | {compiled} | {row['encode_ms']:.0f} | {row['prefill_tok_s']:.1f} | "
               f"{row['decode_tok_s']:.2f} | {row['peak_rss_mib']:.0f} |", flush=True)
     return results
 
 
-if __name__ == "__main__":  # one row in a fresh process: folder low_memory tuned prompt_tokens new_tokens vision
-    folder_arg, low_arg, tuned_arg, prompt_arg, new_arg, vision_arg = sys.argv[1:7]
-    print(json.dumps(run_row(folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg), vision_arg)))
+if __name__ == "__main__":  # one row in a fresh process: folder low_memory tuned prompt new vision compile
+    folder_arg, low_arg, tuned_arg, prompt_arg, new_arg, vision_arg, compile_arg = sys.argv[1:8]
+    print(json.dumps(run_row(folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg), vision_arg,
+                             compile_arg)))

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from .compilation import compile_parts
 from .cpu import has_native_bf16
 from .errors import ConfigError, PromptError
 from .generation import PRESETS, GenerationConfig, GenerationOutput, generate, stream_tokens
@@ -85,11 +86,13 @@ class Generation:
     decode_seconds: float = 0.0
     load_seconds: float = 0.0
     stopped_by: str = "length"  # "stop" (terminator or stop string), "length", "cancelled"
+    compile_seconds: float = 0.0  # torch.compile at load time, when on
 
     def timing_line(self) -> str:
         prefill = len(self.prompt_token_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
         decode = len(self.token_ids) / self.decode_seconds if self.decode_seconds else 0.0
-        return (f"load {self.load_seconds:.2f} s | image encode {self.image_seconds * 1000:.0f} ms "
+        compiled = f"compile {self.compile_seconds:.1f} s | " if self.compile_seconds else ""
+        return (f"load {self.load_seconds:.2f} s | {compiled}image encode {self.image_seconds * 1000:.0f} ms "
                 f"({self.image_tokens} image tokens) | prefill {len(self.prompt_token_ids)} tok at {prefill:.1f} tok/s | "
                 f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | peak RSS {peak_rss_mib():.0f} MiB")
 
@@ -135,8 +138,12 @@ class ChatModel:
 
     def __init__(self, model: MiniCPMV, processor: MiniCPMVProcessor, load_seconds: float = 0.0,
                  feature_cache_size: int = 16, checkpoint: OpenCheckpoint | None = None,
-                 vision_autocast: torch.dtype | None = None):
+                 vision_autocast: torch.dtype | None = None, llm=None, llm_parts: tuple = LLM_PARTS):
         self.model = model
+        # what decodes: the model's own LLM, or another backend with its interface (llama.cpp),
+        # which needs only `llm_parts` (its token embeddings) of the checkpoint
+        self.llm = llm if llm is not None else model.llm
+        self.llm_parts = llm_parts
         self.vision_autocast = vision_autocast  # see pick_vision_autocast
         # low-memory mode: the checkpoint reads the vision parts or the LLM in, one at a time
         self.checkpoint = checkpoint
@@ -147,6 +154,8 @@ class ChatModel:
         self.tokenizer = processor.tokenizer
         self.version = processor.config.version
         self.load_seconds = load_seconds
+        self.compiled: tuple[str, ...] = ()  # parts compiled by `compile()`
+        self.compile_seconds = 0.0
         names = [*TERMINATORS[self.version], self.tokenizer.special_tokens.get("eos_token")]
         self.stop_ids = frozenset(i for i in (self.tokenizer.token_to_id(n) for n in names if n) if i is not None)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -191,7 +200,7 @@ class ChatModel:
             stream = TextStream(self, prepared)
             stream.text()
             return [stream.result]
-        output = generate(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
+        output = generate(self.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
                           threads=self._phase_threads())
         results = []
         for row, ids in enumerate(output.token_ids):
@@ -201,6 +210,35 @@ class ChatModel:
             ended = decoder.stopped or len(ids) < prepared.config.max_new_tokens
             results.append(self._result(prepared, row, decoder, output, "stop" if ended else "length"))
         return results
+
+    def compile(self, parts=("encode", "decode")) -> float:
+        """torch.compile the decode step and/or the vision parts ("encode") and compile them now
+        on scratch inputs, so that no request pays for it; returns (and keeps) the seconds spent."""
+        with torch.inference_mode():  # as requests run: parts read in then are inference tensors
+            self._compile(parts)
+        return self.compile_seconds
+
+    def _compile(self, parts) -> None:
+        from .compilation import compile_decode, compile_vision, warm_up_decode
+
+        start = time.perf_counter()
+        if self.llm is not self.model.llm:
+            parts = tuple(p for p in parts if p != "decode")  # another backend decodes: nothing of ours to compile
+        if "decode" in parts and "decode" not in self.compiled:
+            self._need(self.llm_parts)
+            compile_decode(self.model.llm)
+            warm_up_decode(self.model.llm)
+        if "encode" in parts and "encode" not in self.compiled:
+            compile_vision(self.model)
+            self._need(VISION_PARTS)
+            blank = self.processor([[{"role": "user", "content": [{"image": _blank_image()}, "?"]}]], max_slice_nums=2)
+            crops, sizes = blank.pixel_values[0], blank.tgt_sizes[0]
+            # the three graphs requests meet: crops of two sizes (padded, with a mask), several
+            # crops of one size (no mask), one crop (sizes of 1 get graphs of their own)
+            for first in (0, 1, 2):
+                self._encode(crops[first:], sizes[first:])
+        self.compiled = tuple(p for p in ("encode", "decode") if p in parts or p in self.compiled)
+        self.compile_seconds += time.perf_counter() - start
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -228,7 +266,7 @@ class ChatModel:
         start, swapped = time.perf_counter(), self._swap_seconds
         with torch.inference_mode():
             features = self._image_features(inputs)
-            self._need(LLM_PARTS)
+            self._need(self.llm_parts)
             embeds = self.model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
         stops = tuple([stop] if isinstance(stop, str) else stop or ())
         tokens = [len(bounds) * self.model.config.query_num for bounds in inputs.image_bound]
@@ -260,6 +298,14 @@ class ChatModel:
             self._features.move_to_end(key)
             return self._features[key]
         self._need(VISION_PARTS)
+        features = self._encode(crops, sizes)
+        self._features[key] = features
+        while len(self._features) > self._feature_cache_size:
+            self._features.popitem(last=False)
+        return features
+
+    def _encode(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+        """Crops -> features with the tuned threads and crop batching, in the vision precision."""
         # low-memory mode also keeps activations small: one crop through the vision tower at a time
         encode = (self.tuning or {}).get("encode", {})
         per_call = 1 if self.checkpoint else encode.get("crops_per_call")
@@ -269,13 +315,9 @@ class ChatModel:
             torch.set_num_threads(encode.get("threads", original))
             with torch.autocast(device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None):
                 features = self.model.get_image_features(crops, sizes, per_call)
-            features = features.to(self.model.resampler.query.dtype)
+            return features.to(self.model.resampler.query.dtype)
         finally:
             torch.set_num_threads(original)
-        self._features[key] = features
-        while len(self._features) > self._feature_cache_size:
-            self._features.popitem(last=False)
-        return features
 
     def _phase_threads(self) -> tuple[int, int] | None:
         if not self.tuning:
@@ -296,7 +338,7 @@ class ChatModel:
     def _stream_text(self, prepared: Prepared, handle: TextStream) -> Iterator[str]:
         decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
         stats = GenerationOutput([[]])
-        steps = stream_tokens(self.model.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
+        steps = stream_tokens(self.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
                               handle.cancel_event, stats, self._phase_threads())
         try:
             for step in steps:
@@ -322,7 +364,7 @@ class ChatModel:
         prompt = inputs.input_ids[row][inputs.attention_mask[row].bool()].tolist()
         return Generation(decoder.text(), list(decoder.ids), prompt, prepared.image_tokens[row], prepared.image_seconds,
                           output.prefill_seconds, output.decode_seconds, self.load_seconds + prepared.load_seconds,
-                          stopped_by)
+                          stopped_by, self.compile_seconds)
 
 
 def _check_config(config: GenerationConfig) -> None:
@@ -336,6 +378,12 @@ def _check_config(config: GenerationConfig) -> None:
         raise PromptError("temperature must be >= 0, repetition_penalty > 0 and num_beams >= 1")
 
 
+def _blank_image():
+    from PIL import Image
+
+    return Image.new("RGB", (640, 320), (128, 128, 128))  # 3 crops of 2 sizes: the padded path
+
+
 def _with_images(messages: list, image) -> list:
     """Like the official chat(image=...): images go first into the first user message."""
     if image is None:
@@ -347,7 +395,8 @@ def _with_images(messages: list, image) -> list:
 
 
 def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-         low_memory: bool = False, vision_dtype: str | None = "auto") -> ChatModel:
+         low_memory: bool = False, vision_dtype: str | None = "auto", compile: str | bool = "auto",
+         llm_gguf: str | Path | None = None, context: int | None = None) -> ChatModel:
     """Load an official MiniCPM-V 2.0 / 2.5 / 2.6 checkpoint folder (or one of ours).
 
     Args:
@@ -360,14 +409,34 @@ def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str |
             when a new image comes), so peak memory is that of the larger part, not the sum.
         vision_dtype: "auto" (bfloat16 autocast for the vision parts of a float32 model on CPUs
             with native bf16, see `pick_vision_autocast`), or "float32"/"bfloat16"/"float16".
+        compile: torch.compile the decode step and vision parts: "auto" (default: the parts that
+            `minicpmv tune --compile` measured faster on this machine, none if not tuned), "on",
+            "off", or "encode" / "decode"; compiled at load, the time is in the timing line.
+        llm_gguf: a GGUF of this checkpoint's LLM (`minicpmv export-gguf`): llama.cpp then runs the
+            decoder (needs llama-cpp-python), fed with this package's prompt embeddings; the
+            checkpoint's LLM layers are never read. One conversation at a time, no beam search.
+        context: llama.cpp's KV cache size in tokens (default 8192, capped by the model's).
     """
+    compile_parts(compile, None)  # a bad value fails before the model is read
     start = time.perf_counter()
     target = pick_device(device)
     model_dtype = pick_dtype(dtype, target)
     autocast = pick_vision_autocast(vision_dtype, model_dtype, target)
     checkpoint = OpenCheckpoint(path, model_dtype, target)
     processor = MiniCPMVProcessor.from_pretrained(path)
+    llm, llm_parts = None, LLM_PARTS
+    if llm_gguf is not None:
+        from .backends.llamacpp import EMBEDDING_PARTS, LlamaCppLLM
+
+        llm = LlamaCppLLM(llm_gguf, checkpoint.model.llm.embed, checkpoint.config.llm, context)
+        llm_parts = EMBEDDING_PARTS
+    options = dict(vision_autocast=autocast, llm=llm, llm_parts=llm_parts)
     if low_memory:
-        return ChatModel(checkpoint.model, processor, time.perf_counter() - start, checkpoint=checkpoint,
-                         vision_autocast=autocast)
-    return ChatModel(checkpoint.materialize(), processor, time.perf_counter() - start, vision_autocast=autocast)
+        chat = ChatModel(checkpoint.model, processor, time.perf_counter() - start, checkpoint=checkpoint, **options)
+    else:
+        model = checkpoint.materialize(VISION_PARTS + llm_parts)
+        chat = ChatModel(model, processor, time.perf_counter() - start, **options)
+    parts = compile_parts(compile, chat.tuning)
+    if parts:
+        chat.compile(parts)
+    return chat

@@ -1,6 +1,6 @@
 """Configuration search (paper §5: "automatic search for the best configuration on the target
-device"): thread counts measured separately for image encoding, prefill and decoding, plus how
-many crops go through the vision tower at once. The best values are cached per machine and
+device"): thread counts measured separately for image encoding, prefill and decoding, how
+many crops go through the vision tower at once, and (if asked) whether torch.compile helps. The best values are cached per machine and
 model; `load()` applies them automatically on later runs.
 """
 
@@ -77,16 +77,21 @@ def _median_seconds(run, repeat: int) -> float:
 
 @torch.inference_mode()
 def search(chat, image, thread_options: list[int], crop_options: list[int], repeat: int = 3,
-           prompt_tokens: int = 128, decode_tokens: int = 16) -> tuple[dict, list[dict]]:
-    """Measure every option per phase; returns (best settings, table rows)."""
+           prompt_tokens: int = 128, decode_tokens: int = 16, try_compile: bool = False) -> tuple[dict, list[dict]]:
+    """Measure every option per phase; returns (best settings, table rows). With try_compile, the
+    decode step and the vision tower are then compiled and measured again at their best settings."""
     model = chat.model
     inputs = chat.processor([{"role": "user", "content": [{"image": image}, "Describe the image."]}])
     crops, sizes = inputs.pixel_values[0], inputs.tgt_sizes[0]
     llm = model.llm
     prompt = llm.embed(torch.randint(0, min(1000, llm.cfg.vocab_size), (1, prompt_tokens)))
 
+    def encode(per_call):
+        with torch.autocast("cpu", dtype=chat.vision_autocast or torch.bfloat16, enabled=chat.vision_autocast is not None):
+            model.get_image_features(crops, sizes, per_call)
+
     def decode():
-        cache = llm.new_cache(1, prompt_tokens + decode_tokens)
+        cache = llm.new_cache(1, prompt_tokens + decode_tokens + 1)
         llm(prompt, cache=cache, last_only=True)
         start = time.perf_counter()
         token = torch.zeros((1, 1), dtype=torch.long)
@@ -94,24 +99,47 @@ def search(chat, image, thread_options: list[int], crop_options: list[int], repe
             llm(llm.embed(token), cache=cache)
         return time.perf_counter() - start
 
-    rows, best = [], {}
+    def measure(phase: str, threads: int, per_call: int | None = None, compiled: bool = False) -> dict:
+        torch.set_num_threads(threads)
+        row = {"phase": phase, "threads": threads, "compiled": compiled}
+        if phase == "encode":
+            row.update(crops_per_call=per_call, ms=_median_seconds(lambda: encode(per_call), repeat) * 1000)
+        elif phase == "prefill":
+            row["tok_per_s"] = prompt_tokens / _median_seconds(lambda: llm(prompt, last_only=True), repeat)
+        else:
+            decode()
+            row["tok_per_s"] = decode_tokens / statistics.median(decode() for _ in range(repeat))
+        return row
+
+    rows = []
     original = torch.get_num_threads()
     try:
         for threads in thread_options:
-            torch.set_num_threads(threads)
-            for per_call in crop_options:
-                seconds = _median_seconds(lambda: model.get_image_features(crops, sizes, per_call), repeat)
-                rows.append({"phase": "encode", "threads": threads, "crops_per_call": per_call, "ms": seconds * 1000})
-            seconds = _median_seconds(lambda: llm(prompt, last_only=True), repeat)
-            rows.append({"phase": "prefill", "threads": threads, "tok_per_s": prompt_tokens / seconds})
-            decode()
-            seconds = statistics.median(decode() for _ in range(repeat))
-            rows.append({"phase": "decode", "threads": threads, "tok_per_s": decode_tokens / seconds})
+            rows += [measure("encode", threads, per_call) for per_call in crop_options]
+            rows += [measure("prefill", threads), measure("decode", threads)]
+        best = _best(rows)
+        if try_compile:
+            rows += _compiled_rows(chat, best, measure)
+            best = _best(rows)
     finally:
         torch.set_num_threads(original)
+    return best, rows
+
+
+def _compiled_rows(chat, best: dict, measure) -> list[dict]:
+    """Compile the decode step and the vision tower, then measure them at their best settings."""
+    chat.compile(("encode", "decode"))
+    return [measure("encode", best["encode"]["threads"], best["encode"]["crops_per_call"], compiled=True),
+            measure("decode", best["decode"]["threads"], compiled=True)]
+
+
+def _best(rows: list[dict]) -> dict:
+    """The fastest row of each phase; "compile" says whether that row ran compiled."""
     encode = min((r for r in rows if r["phase"] == "encode"), key=lambda r: r["ms"])
-    best["encode"] = {"threads": encode["threads"], "crops_per_call": encode["crops_per_call"]}
+    best = {"encode": {"threads": encode["threads"], "crops_per_call": encode["crops_per_call"],
+                       "compile": encode["compiled"]}}
     for phase in ("prefill", "decode"):
         fastest = max((r for r in rows if r["phase"] == phase), key=lambda r: r["tok_per_s"])
         best[phase] = {"threads": fastest["threads"]}
-    return best, rows
+    best["decode"]["compile"] = fastest["compiled"]
+    return best

@@ -26,8 +26,11 @@ def test_all_rows_on_the_tiny_architecture(tmp_path, capsys):
         assert row["load_s"] > 0 and row["encode_ms"] > 0 and row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
         assert row["image_tokens"] == 10 * 64  # 1344x1344: overview + 3x3 slices
         assert row["peak_rss_mib"] > 100
+    compiled = {row["row"]: row["compiled"] for row in results}
+    assert compiled["+compile"] == ["encode", "decode"] and compiled["no-opt"] == compiled["+memory"] == []
+    assert [row["compile_s"] > 0 for row in results] == [bool(row["compiled"]) for row in results]
     table = capsys.readouterr().out
-    assert table.count("\n| +") == 4 and "| no-opt |" in table
+    assert table.count("\n| +") == 5 and "| no-opt |" in table
     written = sorted(p.name for p in (tmp_path / "random-init" / "tiny").iterdir())
     assert written == ["fp32", "int4-g64", "int8"]
     assert json.loads((tmp_path / "random-init" / "tiny" / "int4-g64" / "config.json").read_text())["quantization_config"]["bits"] == 4

@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from ..errors import MiniCPMVError
-from . import bench, chat, generate, info, inspect_image, quantize, tune
+from . import bench, chat, export_gguf, generate, info, inspect_image, quantize, tune
 
-COMMANDS = [bench, chat, generate, info, inspect_image, quantize, tune]
+COMMANDS = [bench, chat, export_gguf, generate, info, inspect_image, quantize, tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

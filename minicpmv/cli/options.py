@@ -14,6 +14,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="sequential loading: vision parts and LLM never in memory together")
     parser.add_argument("--vision-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                         help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's)")
+    parser.add_argument("--compile", default="auto", metavar="auto|on|off|encode|decode",
+                        help="torch.compile the decode step and vision tower (auto: where `minicpmv tune "
+                             "--compile` measured it faster)")
+    parser.add_argument("--llm-gguf", metavar="FILE",
+                        help="run the LLM in llama.cpp from this GGUF of the checkpoint (minicpmv export-gguf)")
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +46,7 @@ def load_model(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     return load(args.model, dtype=args.dtype, device=args.device, low_memory=args.low_memory,
-                vision_dtype=args.vision_dtype)
+                vision_dtype=args.vision_dtype, compile=args.compile, llm_gguf=args.llm_gguf)
 
 
 def generation_options(args: argparse.Namespace) -> dict:

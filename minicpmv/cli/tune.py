@@ -7,24 +7,31 @@ import os
 
 
 def tune(model: str, threads: list[int] | None = None, crops_per_call: list[int] | None = None,
-         repeat: int = 3, image: str | None = None) -> dict:
+         repeat: int = 3, image: str | None = None, try_compile: bool = False) -> dict:
     """Measure thread counts separately for image encoding, prefill and decoding (and how many
     crops go through the vision tower at once), print the table, and store the best settings in
     the per-machine cache (MINICPMV_CACHE_DIR, else ~/.cache/minicpmv/tune.json), which every
     later `load()` of a model with the same shapes applies automatically.
+
+    With try_compile (`--compile`), the decode step and the vision tower are also measured
+    compiled; later loads compile the parts that came out faster (`load(compile="auto")`).
     """
     from ..chat import load
     from ..quant.quality import example_image_path
     from ..tuning import cache_path, save_tuning, search
 
-    chat = load(model)
+    chat = load(model, compile="off")  # eager first, whatever an earlier tuning chose
     thread_options = threads or list(range(1, (os.cpu_count() or 1) + 1))
-    best, rows = search(chat, image or example_image_path(), thread_options, crops_per_call or [1, 4, 16], repeat)
-    print("| phase | threads | crops per call | result |")
-    print("| --- | --- | --- | --- |")
+    best, rows = search(chat, image or example_image_path(), thread_options, crops_per_call or [1, 4, 16], repeat,
+                        try_compile=try_compile)
+    print("| phase | threads | crops per call | compiled | result |")
+    print("| --- | --- | --- | --- | --- |")
     for row in rows:
         result = f"{row['ms']:.1f} ms" if "ms" in row else f"{row['tok_per_s']:.1f} tok/s"
-        print(f"| {row['phase']} | {row['threads']} | {row.get('crops_per_call', '')} | {result} |")
+        compiled = "yes" if row["compiled"] else "no"
+        print(f"| {row['phase']} | {row['threads']} | {row.get('crops_per_call', '')} | {compiled} | {result} |")
+    if try_compile:
+        print(f"compile time: {chat.compile_seconds:.1f} s")
     path = save_tuning(chat.model.config, best)
     print(f"best: {best}\nsaved to {path}")
     return best
@@ -48,4 +55,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--crops-per-call", type=_int_list, help="vision batch sizes to try (default 1,4,16)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--image", help="image to encode (default: the bundled example)")
-    parser.set_defaults(run=lambda a: tune(a.model, a.threads, a.crops_per_call, a.repeat, a.image) and 0)
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure the decode step and vision tower under torch.compile")
+    parser.set_defaults(run=lambda a: tune(a.model, a.threads, a.crops_per_call, a.repeat, a.image, a.compile) and 0)

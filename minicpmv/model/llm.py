@@ -190,11 +190,16 @@ class LanguageModel(nn.Module):
         unmasked = length == 1 and (attention_mask is None or bool(attention_mask.all()))
         mask = None if unmasked else attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype,
                                                     inputs_embeds.device)
-        x = inputs_embeds
-        for index, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, index)
+        logits = self.run_layers(inputs_embeds, cos, sin, mask, cache, last_only)
         if cache is not None:
             cache.advance(length)
+        return logits
+
+    def run_layers(self, x, cos, sin, mask, cache: KVCache | None, last_only: bool) -> torch.Tensor:
+        """The decoder stack and the head: embeddings (B, T, D) -> logits. Positions, mask and the
+        cache's bookkeeping stay outside, so that this part can be compiled as one graph."""
+        for index, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, index)
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)

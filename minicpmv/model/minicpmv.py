@@ -83,7 +83,10 @@ class MiniCPMV(nn.Module):
             # lone crop then needs no mask: a faster, leaner attention). 2.5 must keep them: its
             # unmasked positions depend on the padded length. The resampler masks padded keys.
             width = batch.shape[-1] // patch if self.config.vision.faithful_idefics2_mask else int((sizes[:, 0] * sizes[:, 1]).max())
-            hidden = self.vpm(batch[i:i + chunk, ..., : width * patch], sizes)  # (n, width, Dv)
+            # contiguous crops and their own sizes tensor: every call has the same memory layout,
+            # so a compiled tower (minicpmv.compilation) needs no second graph
+            crops_chunk = batch[i:i + chunk, ..., : width * patch].contiguous()
+            hidden = self.vpm(crops_chunk, sizes.clone())  # (n, width, Dv)
             features.append(self.resampler(hidden, sizes))  # (n, Q, D)
         return torch.cat(features)
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -82,11 +83,36 @@ class DecodeCall:
         return out if self.bias is None else out.add_(self.bias)
 
 
+# Layers a compiled graph calls by key: torch.compile cannot trace a foreign call, so each layer
+# enters the graph as one opaque op (below) instead of breaking it ~200 times per decoded token.
+_COMPILED_LAYERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("minicpmv::native_linear", mutates_args=())
+def opaque_linear(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+    """The layer registered under `key` applied to x, run eagerly (its usual kernel choice)."""
+    layer = _COMPILED_LAYERS.get(key)
+    if layer is None:
+        raise RuntimeError("a compiled graph calls a quantized layer that no longer exists; compile the model again")
+    return layer(x)
+
+
+@opaque_linear.register_fake
+def _opaque_linear_shape(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
 class NativeLinear(nn.Module):
     """What the three weight layouts share: the bound native call (and, in subclasses, other
     tensors derived from the stored ones), dropped whenever those are moved, cast or reloaded."""
 
     _decode: DecodeCall | None = None
+    compile_key: int | None = None
+
+    def prepare_for_compile(self) -> None:
+        """Let torch.compile call this layer as one opaque op (see opaque_linear)."""
+        self.compile_key = id(self)
+        _COMPILED_LAYERS[self.compile_key] = self
 
     def _bind(self) -> DecodeCall:
         raise NotImplementedError
@@ -109,6 +135,8 @@ class NativeLinear(nn.Module):
         return self._decode(_flat_float32(x, self.in_features)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compile_key is not None and torch.compiler.is_compiling():
+            return opaque_linear(x, self.compile_key, self.out_features)
         if self._decode is not None and self._decode.applies(self, x):
             return self._decode(x)
         return self._forward(x)

@@ -1,0 +1,186 @@
+"""The LLM of a checkpoint as a GGUF file for llama.cpp (the `llamacpp` extra: the `gguf` package).
+
+Only the language model goes in: the vision encoder and resampler stay with this package, which
+feeds llama.cpp the prompt embeddings with the image features written in (backends.llamacpp).
+2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp rotates Llama's query/key pairs
+interleaved where the checkpoint rotates halves, so those rows are reordered (`interleave_rope_rows`).
+Written to a temporary name, then renamed: an interrupted export never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ConfigError
+from ..model.checkpoint import weight_files
+from ..model.config import LLMConfig, MiniCPMVConfig
+from ..model.safetensors_reader import read_header, read_tensors
+
+ARCHITECTURE = {"qwen2": "qwen2", "llama": "llama"}  # our LLM family -> llama.cpp architecture
+GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
+    "llm.model.embed_tokens.weight": "token_embd.weight",
+    "llm.model.norm.weight": "output_norm.weight",
+    "llm.lm_head.weight": "output.weight",
+    "llm.model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "llm.model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "llm.model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "llm.model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
+    "llm.model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "llm.model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
+    "llm.model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "llm.model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
+    "llm.model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "llm.model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "llm.model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "llm.model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+}
+CHECKPOINT_NAMES = {gguf: ours for ours, gguf in GGUF_NAMES.items()}
+# weight types: decoder linears in the chosen type; embeddings and head at 8 bits for the
+# 4- and 8-bit types (as this package's own int4/int8 keep the head at 8 bits)
+TYPES = {"q4_0": ("Q4_0", "Q8_0"), "q8_0": ("Q8_0", "Q8_0"), "f16": ("F16", "F16"), "f32": ("F32", "F32")}
+
+
+def _layer_pattern(name: str) -> tuple[str, str | None]:
+    """("llm.model.layers.{i}.mlp.up_proj.weight", "3") for a layer tensor, (name, None) otherwise."""
+    parts = name.split(".")
+    if name.startswith("llm.model.layers."):
+        return ".".join(parts[:3] + ["{i}"] + parts[4:]), parts[3]
+    if name.startswith("blk."):
+        return ".".join(parts[:1] + ["{i}"] + parts[2:]), parts[1]
+    return name, None
+
+
+def gguf_name(name: str) -> str:
+    pattern, layer = _layer_pattern(name)
+    if pattern not in GGUF_NAMES:
+        raise CheckpointError(f"tensor {name} has no GGUF counterpart")
+    return GGUF_NAMES[pattern].format(i=layer)
+
+
+def checkpoint_name(name: str) -> str:
+    pattern, layer = _layer_pattern(name)
+    return CHECKPOINT_NAMES[pattern].format(i=layer)
+
+
+def interleave_rope_rows(weight: np.ndarray, heads: int, inverse: bool = False) -> np.ndarray:
+    """Per head, rows [x1 (first half), x2 (second half)] -> [x1[0], x2[0], x1[1], x2[1], ...]:
+    llama.cpp's Llama rotates adjacent pairs, the checkpoint rotates halves."""
+    rows, cols = weight.shape
+    half = rows // heads // 2
+    if inverse:
+        return weight.reshape(heads, half, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+    return weight.reshape(heads, 2, half, cols).transpose(0, 2, 1, 3).reshape(rows, cols)  # (H, half, 2, D)
+
+
+def llm_config(folder: Path) -> LLMConfig:
+    """The LLM config of a float checkpoint this module can export, or a ConfigError saying why not."""
+    config = MiniCPMVConfig.from_pretrained(folder)
+    if config.llm.family not in ARCHITECTURE:
+        raise ConfigError(f"{folder}: MiniCPM-V {config.version}'s {config.llm.family} LLM has no llama.cpp export "
+                          f"here (2.6 and 2.5 do)")
+    if config.raw.get("quantization_config"):
+        raise ConfigError(f"{folder}: already quantized; export from the original float checkpoint "
+                          f"(quantizing twice loses precision)")
+    return config.llm
+
+
+def _write_metadata(writer, cfg: LLMConfig) -> None:
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_head_count_kv(cfg.num_kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if cfg.family == "llama":
+        writer.add_rope_dimension_count(cfg.head_dim)
+
+
+def _write_vocabulary(writer, vocab_size: int, tokenizer_file: Path | None) -> None:
+    """The checkpoint's token strings (padded to the embedding rows), for reference: this
+    package tokenizes and feeds embeddings, so llama.cpp's tokenizer is never used here. Without
+    a tokenizer file, the byte alphabet and placeholders (llama.cpp needs a newline token)."""
+    import gguf
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    if tokenizer_file is not None:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
+        lookup = tokenizer.id_to_token
+    else:
+        alphabet, special = sorted(pre_tokenizers.ByteLevel.alphabet()), set()
+        lookup = lambda index: alphabet[index] if index < len(alphabet) else None  # noqa: E731
+    tokens, types = [], []
+    for index in range(vocab_size):
+        text = lookup(index)
+        tokens.append(text if text is not None else f"[PAD{index}]")
+        control = text is None or text in special
+        types.append(gguf.TokenType.CONTROL if control else gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(["Ġ Ġ"])  # llama.cpp refuses a BPE vocabulary without merges
+
+
+def checkpoint_tensors(folder: Path):
+    """(name, float32 numpy array) of every LLM tensor, one at a time."""
+    by_file: dict[Path, list[str]] = {}
+    for name, file in weight_files(folder).items():
+        if name.startswith("llm."):
+            by_file.setdefault(file, []).append(name)
+    for file, names in sorted(by_file.items()):
+        header, start = read_header(file)
+        for name, tensor in read_tensors(file, names, header, start):
+            yield name, tensor.to(torch.float32).numpy()
+
+
+def export_gguf(folder: str | Path, output: str | Path, weight_type: str = "q4_0") -> Path:
+    """Write the LLM of a float 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
+    folder = Path(folder)
+    tokenizer = folder / "tokenizer.json"
+    return write_gguf(checkpoint_tensors(folder), llm_config(folder), output, weight_type,
+                      tokenizer if tokenizer.exists() else None)
+
+
+def write_gguf(tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "q4_0",
+               tokenizer_file: Path | None = None) -> Path:
+    """(checkpoint name, float32 array) pairs of an LLM -> a GGUF: decoder linears in `weight_type`
+    (q4_0, q8_0, f16, f32), embeddings and head per TYPES, norms and biases in float32."""
+    import gguf
+
+    output = Path(output)
+    if weight_type not in TYPES:
+        raise ConfigError(f"weight type {weight_type!r} is not one of {', '.join(TYPES)}")
+    linear_type, outer_type = (gguf.GGMLQuantizationType[t] for t in TYPES[weight_type])
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family])
+    try:
+        _write_metadata(writer, cfg)
+        _write_vocabulary(writer, cfg.vocab_size, tokenizer_file)
+        for name, data in tensors:
+            if cfg.family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+                data = interleave_rope_rows(data, cfg.num_heads if "q_proj" in name else cfg.num_kv_heads)
+            if data.ndim == 2:
+                kind = linear_type if ".layers." in name else outer_type
+                block = gguf.GGML_QUANT_SIZES[kind][0]
+                if data.shape[1] % block:
+                    raise ConfigError(f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s "
+                                      f"block of {block}")
+                writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, kind), raw_dtype=kind)
+            else:
+                writer.add_tensor(gguf_name(name), data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return output
