@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minicpmv-installed
 
-.PHONY: install demo test clean
+.PHONY: install browser demo test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/minicpmv inspect-image minicpmv/assets/example.png
 
-test: $(STAMP)
+# The web page test drives Debian's chromium (Playwright with executable_path; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "make: chromium is not installed and this is not root: the web page test will be skipped"; \
+	  fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 clean:

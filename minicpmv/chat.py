@@ -115,6 +115,7 @@ class TextStream:
     def __init__(self, chat: "ChatModel", prepared: Prepared):
         self.cancel_event = threading.Event()
         self.result: Generation | None = None
+        self.prompt_tokens = int(prepared.inputs.attention_mask[0].sum())  # after image expansion
         self._iterator = chat._stream_text(prepared, self)
 
     def __iter__(self) -> Iterator[str]:
@@ -210,6 +211,11 @@ class ChatModel:
             ended = decoder.stopped or len(ids) < prepared.config.max_new_tokens
             results.append(self._result(prepared, row, decoder, output, "stop" if ended else "length"))
         return results
+
+    @property
+    def max_batch(self) -> int | None:
+        """Most conversations `generate_batch` decodes at once: None = no limit, 1 = llama.cpp's."""
+        return getattr(self.llm, "max_batch", None)
 
     def compile(self, parts=("encode", "decode")) -> float:
         """torch.compile the decode step and/or the vision parts ("encode") and compile them now

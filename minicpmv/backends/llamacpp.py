@@ -82,6 +82,8 @@ class LlamaCppCache:
 class LlamaCppLLM:
     """The decoder stack and head in llama.cpp; `embed` is the checkpoint's own embedding table."""
 
+    max_batch = 1  # one sequence (n_seq_max = 1)
+
     def __init__(self, gguf_path: str | Path, embed, cfg: LLMConfig, context: int | None = None):
         gguf_path = Path(gguf_path)
         check_gguf_matches(gguf_path, cfg)

@@ -1,0 +1,63 @@
+"""`minicpmv serve`: the OpenAI-compatible API and a web chat page for one model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .options import add_model_options, load_model
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Serve a model over HTTP until interrupted.
+
+    Endpoints: POST /v1/chat/completions (OpenAI format, streamed by server-sent events or not),
+    GET /v1/models, GET /health, and a chat page at /. One worker thread answers requests in
+    order; at most --max-queue are admitted at once and the next gets 429. Images come as
+    data: URLs; http(s) URLs and local paths only with --allow-remote-images /
+    --allow-local-images DIR. With --api-key, /v1/ requests need 'Authorization: Bearer KEY'.
+    """
+    try:
+        import uvicorn
+
+        from ..serving import ImagePolicy, ServerSettings, create_app
+    except ImportError as exc:
+        raise ConfigError(f"serving needs the serve extra: pip install 'minicpmv[serve]' ({exc})") from None
+    local_dir = Path(args.allow_local_images) if args.allow_local_images else None
+    if local_dir is not None and not local_dir.is_dir():
+        raise ConfigError(f"--allow-local-images: {local_dir} is not a folder")
+    if args.max_queue < 1 or args.max_batch < 1 or args.max_images < 0 or args.max_image_pixels < 1 or args.max_body_mb <= 0:
+        raise ConfigError("--max-queue, --max-batch, --max-image-pixels and --max-body-mb must be positive, --max-images >= 0")
+    chat_model = load_model(args)
+    policy = ImagePolicy(max_images=args.max_images, max_pixels=args.max_image_pixels,
+                         allow_remote=args.allow_remote_images, local_dir=local_dir)
+    settings = ServerSettings(model_name=args.model_name or Path(args.model).resolve().name, api_key=args.api_key,
+                              max_queue=args.max_queue, max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                              images=policy)
+    app = create_app(chat_model, settings)
+    print(f"minicpmv serve: {settings.model_name} at http://{args.host}:{args.port}/ "
+          f"(load {chat_model.load_seconds:.2f} s)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="OpenAI-compatible API server and web chat page",
+                                   description=serve.__doc__.split("\n\n")[0])
+    add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ requests")
+    parser.add_argument("--model-name", help="model id in the API (default: the checkpoint folder's name)")
+    parser.add_argument("--max-queue", type=int, default=16, help="requests admitted at once; more get 429 (default 16)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="greedy non-streamed requests waiting together are decoded as one batch (default 8)")
+    parser.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
+    parser.add_argument("--max-image-pixels", type=int, default=6000 * 6000,
+                        help="pixels per image, checked before decoding (default 36000000)")
+    parser.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
+    parser.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    parser.add_argument("--allow-local-images", metavar="DIR", help="read image paths, confined to DIR")
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    parser.set_defaults(run=lambda args: serve(args))

@@ -1,0 +1,10 @@
+"""OpenAI-compatible HTTP server and web chat page (`minicpmv serve`, the `serve` extra).
+
+protocol: the wire format; images: the image-URL policy; worker: the one thread that owns the
+model; app: the FastAPI routes. Depends on the chat API, never the other way round.
+"""
+
+from .app import ServerSettings, create_app
+from .images import ImagePolicy
+
+__all__ = ["ImagePolicy", "ServerSettings", "create_app"]

@@ -1,0 +1,181 @@
+"""The HTTP layer: FastAPI routes for the OpenAI chat-completions API, health, model list and
+the web chat page. Everything that can be refused is refused here, before the model's queue,
+with OpenAI's error shape; the model itself only ever sees valid, decoded input."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from . import protocol
+from .images import ImagePolicy, to_chat_messages
+from .protocol import APIError, ChatCompletionRequest
+from .worker import Job, ModelWorker
+
+DEFAULT_MAX_BODY_BYTES = 32 << 20
+
+
+@dataclass
+class ServerSettings:
+    model_name: str = "minicpmv"
+    api_key: str | None = None
+    max_queue: int = 16  # requests admitted at once (running or waiting); more get 429
+    max_batch: int = 8  # greedy non-streamed requests decoded together
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+
+
+def create_app(chat, settings: ServerSettings | None = None) -> FastAPI:
+    """The server for one loaded `ChatModel`; its worker thread starts now."""
+    settings = settings or ServerSettings()
+    worker = ModelWorker(chat, settings.max_queue, settings.max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.close()
+
+    app = FastAPI(title="minicpmv", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.worker, app.state.settings = worker, settings
+    _add_error_handlers(app)
+    started = int(time.time())
+
+    async def require_api_key(request: Request) -> None:
+        if settings.api_key:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+                raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                               code="invalid_api_key")
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    @app.get("/", response_class=HTMLResponse)
+    async def web_page():
+        return resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, **worker.status()}
+
+    @api.get("/models")
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": started,
+                                            "owned_by": "minicpmv", "context_length": worker.context}]}
+
+    @api.post("/chat/completions")
+    async def chat_completions(request: Request):
+        body = await _read_body(request, settings.max_body_bytes)
+        parsed = protocol.parse_request(body)
+        job = await _make_job(parsed, settings, worker.context)
+        worker.submit(job)
+        try:
+            kind, payload = await job.events.get()
+            if kind == "error":
+                raise payload
+            request_id = protocol.completion_id()
+            if parsed.stream:
+                include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+                events = _sse_events(job, request_id, settings.model_name, include_usage)
+                return StreamingResponse(events, media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            generation = await _wait_done(job)
+            return protocol.completion(request_id, settings.model_name, generation)
+        except BaseException:
+            job.cancel()
+            raise
+
+    app.include_router(api)
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body is {declared} bytes, over the limit of {limit} bytes", code="body_too_large")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise APIError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
+    return bytes(body)
+
+
+async def _make_job(request: ChatCompletionRequest, settings: ServerSettings, context: int) -> Job:
+    limit = request.answer_limit()
+    if limit is not None and limit >= context:
+        param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+        raise APIError(400, f"{param}: {limit} is not below the model's context of {context} tokens",
+                       param, "context_length_exceeded")
+    options = {"stop": request.stop_strings()}
+    for name, value in (("max_new_tokens", limit), ("min_new_tokens", request.min_tokens),
+                        ("temperature", request.temperature), ("top_p", request.top_p), ("top_k", request.top_k),
+                        ("repetition_penalty", request.repetition_penalty), ("seed", request.seed)):
+        if value is not None:
+            options[name] = value
+    # decoding images is slow and blocking: off the event loop
+    messages = await run_in_threadpool(to_chat_messages, request, settings.images)
+    return Job(messages, options, asyncio.get_running_loop(), limit, request.stream)
+
+
+async def _wait_done(job: Job):
+    while True:
+        kind, payload = await job.events.get()
+        if kind == "done":
+            return payload
+        if kind == "error":
+            raise payload
+
+
+async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool):
+    """OpenAI's chunk stream; leaving early (the client went away) cancels the generation."""
+    extra = {"usage": None} if include_usage else {}
+
+    def event(payload: dict) -> str:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    try:
+        yield event(protocol.chunk(request_id, model, {"role": "assistant", "content": ""}, **extra))
+        while True:
+            kind, payload = await job.events.get()
+            if kind == "delta":
+                yield event(protocol.chunk(request_id, model, {"content": payload}, **extra))
+            elif kind == "done":
+                reason = protocol.finish_reason(payload.stopped_by)
+                yield event(protocol.chunk(request_id, model, {}, reason, timings=protocol.timings(payload), **extra))
+                if include_usage:
+                    yield event(protocol.chunk(request_id, model, None, usage=protocol.usage(payload),
+                                               timings=protocol.timings(payload)))
+                yield "data: [DONE]\n\n"
+                return
+            else:
+                yield event(payload.body())
+                return
+    finally:
+        job.cancel()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        error = APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                         kind="invalid_request_error" if exc.status_code < 500 else "server_error")
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse(APIError(400, str(exc).splitlines()[0]).body(), status_code=400)

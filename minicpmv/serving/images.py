@@ -1,0 +1,93 @@
+"""Turning the `image_url` parts of a request into decoded images, under the server's policy:
+`data:` URLs always; http(s) URLs only when allowed (a server must not fetch arbitrary URLs
+for anyone who can reach it); local paths only inside one allowed folder."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ImageError
+from ..processing.image_io import load_image
+from .protocol import APIError, ChatCompletionRequest, ImageURL, TextPart
+
+DEFAULT_MAX_IMAGES = 16
+DEFAULT_MAX_PIXELS = 6000 * 6000
+FETCH_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    max_images: int = DEFAULT_MAX_IMAGES  # per request
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked from the header before decoding
+    max_bytes: int = 32 << 20  # per fetched or read file
+    allow_remote: bool = False
+    local_dir: Path | None = None
+
+
+def to_chat_messages(request: ChatCompletionRequest, policy: ImagePolicy) -> list[dict]:
+    """The request's messages in `ChatModel.chat` form, every image decoded (or a 400)."""
+    count = sum(1 for m in request.messages if isinstance(m.content, list)
+                for part in m.content if not isinstance(part, TextPart))
+    if count > policy.max_images:
+        raise APIError(400, f"messages: {count} images; the limit is {policy.max_images} per request",
+                       "messages", "too_many_images")
+    messages = []
+    for index, message in enumerate(request.messages):
+        if isinstance(message.content, str):
+            messages.append({"role": message.role, "content": message.content})
+            continue
+        content = []
+        for number, part in enumerate(message.content):
+            if isinstance(part, TextPart):
+                content.append(part.text)
+            else:
+                url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+                content.append(load_request_image(url, policy, f"messages.{index}.content.{number}.image_url"))
+        messages.append({"role": message.role, "content": content})
+    return messages
+
+
+def load_request_image(url: str, policy: ImagePolicy, param: str):
+    """Decode one image reference; every refusal is a 400 naming `param`."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    try:
+        if scheme == "data":
+            return load_image(url, policy.max_pixels)
+        if scheme in ("http", "https"):
+            if not policy.allow_remote:
+                raise APIError(400, f"{param}: remote image URLs are refused by this server "
+                                    "(start it with --allow-remote-images)", param, "remote_image_refused")
+            return load_image(_fetch(url, policy.max_bytes, param), policy.max_pixels)
+        if scheme == "file" or not scheme or len(scheme) == 1:  # a path (len 1: a Windows drive letter)
+            return load_image(_local_path(url, policy, param), policy.max_pixels)
+    except ImageError as exc:
+        raise APIError(400, f"{param}: {exc}", param, "invalid_image") from None
+    raise APIError(400, f"{param}: unsupported URL scheme {scheme!r}; use a data: URL", param, "invalid_image")
+
+
+def _local_path(url: str, policy: ImagePolicy, param: str) -> Path:
+    if policy.local_dir is None:
+        raise APIError(400, f"{param}: local image paths are refused by this server "
+                            "(start it with --allow-local-images DIR)", param, "local_image_refused")
+    root = policy.local_dir.resolve()
+    path = (root / url.removeprefix("file://")).resolve()  # an absolute path replaces root here
+    if not path.is_relative_to(root):
+        raise APIError(400, f"{param}: {url} is outside the folder this server may read images from",
+                       param, "local_image_refused")
+    if path.is_file() and path.stat().st_size > policy.max_bytes:
+        raise APIError(400, f"{param}: {url} is larger than {policy.max_bytes} bytes", param, "invalid_image")
+    return path
+
+
+def _fetch(url: str, max_bytes: int, param: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 - opt-in
+            data = response.read(max_bytes + 1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise APIError(400, f"{param}: cannot fetch {url} ({exc})", param, "invalid_image") from None
+    if len(data) > max_bytes:
+        raise APIError(400, f"{param}: {url} is larger than {max_bytes} bytes", param, "invalid_image")
+    return data

@@ -1,0 +1,155 @@
+"""The OpenAI chat-completions wire format: request models (strict types, unknown fields
+ignored, as OpenAI's own server does), response and chunk builders, and the error shape."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+STRICT = ConfigDict(extra="ignore", strict=True)
+
+
+class APIError(Exception):
+    """A request the server refuses: HTTP status plus OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class ImageURL(BaseModel):
+    model_config = STRICT
+    url: str
+    detail: str | None = None
+
+
+class TextPart(BaseModel):
+    model_config = STRICT
+    type: Literal["text"]
+    text: str
+
+
+class ImageURLPart(BaseModel):
+    model_config = STRICT
+    type: Literal["image_url"]
+    image_url: Union[ImageURL, str]  # the object form, or the bare-string form some clients send
+
+
+ContentPart = Annotated[Union[TextPart, ImageURLPart], Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = STRICT
+    role: Literal["system", "user", "assistant"]
+    content: Union[str, list[ContentPart]]
+
+
+class StreamOptions(BaseModel):
+    model_config = STRICT
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = STRICT
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    stop: Union[str, list[str], None] = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # extensions other local servers (vLLM, llama.cpp) accept too
+    min_tokens: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    def answer_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise APIError(400, "stop: at most 4 non-empty strings", "stop")
+        return stops
+
+
+_FIELDS = {name for model in (ImageURL, TextPart, ImageURLPart, ChatMessage, StreamOptions, ChatCompletionRequest)
+           for name in model.model_fields}
+
+
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    """Validate a request body; the first problem becomes a one-line 400 naming the field."""
+    try:
+        request = ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    if request.n != 1:
+        raise APIError(400, f"n: only n=1 is supported, got {request.n}", "n")
+    return request
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return APIError(400, f"the body is not valid JSON: {errors[0]['ctx'].get('error', errors[0]['msg'])}")
+    # a union reports one error per member; the deepest one is about what the client meant
+    error = max(errors, key=lambda e: len(e["loc"]))
+    path = []
+    for part in error["loc"]:  # keep field names and list indices, not union member names
+        if (isinstance(part, int) or part in _FIELDS) and (not path or path[-1] != part):
+            path.append(part)
+    param = ".".join(str(p) for p in path) or None
+    return APIError(400, f"{param or 'body'}: {error['msg']}", param)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def finish_reason(stopped_by: str) -> str:
+    return "length" if stopped_by == "length" else "stop"
+
+
+def usage(generation) -> dict:
+    prompt, completion = len(generation.prompt_token_ids), len(generation.token_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def timings(generation) -> dict:
+    """Our figures beside OpenAI's usage: image encoding, prefill and decode speed."""
+    prompt, completion = len(generation.prompt_token_ids), len(generation.token_ids)
+    return {
+        "image_encode_ms": round(generation.image_seconds * 1000, 2),
+        "image_tokens": generation.image_tokens,
+        "prefill_ms": round(generation.prefill_seconds * 1000, 2),
+        "prefill_tokens_per_second": round(prompt / generation.prefill_seconds, 2) if generation.prefill_seconds else 0.0,
+        "decode_ms": round(generation.decode_seconds * 1000, 2),
+        "decode_tokens_per_second": round(completion / generation.decode_seconds, 2) if generation.decode_seconds else 0.0,
+    }
+
+
+def completion(request_id: str, model: str, generation) -> dict:
+    return {
+        "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
+                     "logprobs": None, "finish_reason": finish_reason(generation.stopped_by)}],
+        "usage": usage(generation), "timings": timings(generation),
+    }
+
+
+def chunk(request_id: str, model: str, delta: dict | None, finish: str | None = None, **extra) -> dict:
+    """One streamed chunk; `delta=None` is the usage chunk (no choices), as OpenAI sends it."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    return {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": choices, **extra}

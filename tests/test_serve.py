@@ -1,0 +1,130 @@
+"""`minicpmv serve` driven by the official openai client: answers equal `ChatModel` with the same
+settings, streamed or not, with usage and our timings."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+from PIL import Image  # noqa: E402
+
+import minicpmv  # noqa: E402
+from conftest import TINY  # noqa: E402
+from live_server import EXAMPLE, data_url, image_part, running  # noqa: E402
+from minicpmv.serving import ServerSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return minicpmv.load(TINY["2.6"] / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def server(chat):
+    with running(chat, ServerSettings(model_name="tiny-2.6")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def question(text="What is in the image?"):
+    return [{"role": "user", "content": [image_part(data_url()), {"type": "text", "text": text}]}]
+
+
+def same_question(text="What is in the image?"):
+    return [{"role": "user", "content": [Image.open(EXAMPLE), text]}]
+
+
+def test_non_streamed_answer_equals_chat_model(client, chat):
+    response = client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=12)
+    expected = chat.generate(same_question(), max_new_tokens=12)
+    assert response.choices[0].message.content == expected.text
+    assert response.choices[0].message.role == "assistant"
+    assert response.choices[0].finish_reason == ("length" if expected.stopped_by == "length" else "stop")
+    assert response.usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert response.usage.completion_tokens == len(expected.token_ids)
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    timings = response.model_extra["timings"]
+    assert timings["image_tokens"] == expected.image_tokens > 0
+    assert timings["image_encode_ms"] > 0 and timings["prefill_tokens_per_second"] > 0
+    assert timings["decode_tokens_per_second"] > 0
+    assert response.model == "tiny-2.6" and response.id.startswith("chatcmpl-")
+
+
+def test_streamed_answer_equals_chat_model_and_ends_with_usage(client, chat):
+    stream = client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=12, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    expected = chat.generate(same_question(), max_new_tokens=12)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected.text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishing) == 1 and finishing[0].model_extra["timings"]["image_tokens"] == expected.image_tokens
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(expected.token_ids)
+    assert chunks[-1].usage.prompt_tokens == len(expected.prompt_token_ids)
+
+
+def test_sampling_settings_and_stop_strings_are_those_of_chat_model(client, chat):
+    settings = dict(temperature=0.9, top_p=0.8, seed=7)
+    response = client.chat.completions.create(model="m", messages=question("Describe it."), max_tokens=24, **settings)
+    expected = chat.generate(same_question("Describe it."), max_new_tokens=24, **settings)
+    assert response.choices[0].message.content == expected.text
+    stop = expected.text[3:5]
+    stopped = client.chat.completions.create(model="m", messages=question("Describe it."), max_tokens=24,
+                                             stop=[stop], **settings)
+    assert stopped.choices[0].message.content == chat.generate(
+        same_question("Describe it."), max_new_tokens=24, stop=[stop], **settings).text
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_multi_image_multi_turn_and_bare_string_image_url(client, chat):
+    wide = Image.new("RGB", (900, 300), (200, 30, 30))
+    path = EXAMPLE.parent / "wide-test.png"
+    try:
+        wide.save(path)
+        wide_url = data_url(path)
+    finally:
+        path.unlink(missing_ok=True)
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": [image_part(data_url()), {"type": "image_url", "image_url": wide_url},
+                                     {"type": "text", "text": "Compare the two images."}]},
+        {"role": "assistant", "content": "They differ."},
+        {"role": "user", "content": "How?"},
+    ]
+    response = client.chat.completions.create(model="m", messages=messages, max_tokens=10)
+    expected = chat.generate([
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": [Image.open(EXAMPLE), wide, "Compare the two images."]},
+        {"role": "assistant", "content": "They differ."},
+        {"role": "user", "content": "How?"},
+    ], max_new_tokens=10)
+    assert response.choices[0].message.content == expected.text
+    assert response.usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert response.model_extra["timings"]["image_tokens"] == expected.image_tokens
+
+
+def test_max_completion_tokens_and_default_length(client, chat):
+    response = client.chat.completions.create(model="m", messages=question(), max_completion_tokens=3)
+    assert response.usage.completion_tokens <= 3
+    full = client.chat.completions.create(model="m", messages=question())
+    assert full.choices[0].message.content == chat.generate(same_question()).text
+
+
+def test_models_health_and_page(client, server):
+    import httpx
+
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny-2.6"]
+    health = httpx.get(server + "/health").json()
+    assert health["status"] == "ok" and health["model"] == "tiny-2.6" and health["admitted"] == 0
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/v1/chat/completions" in page.text

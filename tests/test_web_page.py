@@ -1,0 +1,103 @@
+"""The web chat page at `/`, in headless Chromium (Debian's `chromium`, driven by Playwright):
+pick an image, ask, watch the answer stream in, ask a follow-up; a screenshot is kept as a test
+artifact (test-artifacts/, or $MINICPMV_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+from PIL import Image  # noqa: E402
+
+import minicpmv  # noqa: E402
+from conftest import TINY  # noqa: E402
+from live_server import EXAMPLE, running  # noqa: E402
+from minicpmv.serving import ServerSettings  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("MINICPMV_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+
+COUNT_UPDATES = """() => {
+  window.textUpdates = 0;
+  new MutationObserver(() => { window.textUpdates += 1; })
+    .observe(document.getElementById("log"), {subtree: true, characterData: true, childList: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return minicpmv.load(TINY["2.6"] / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def answer_texts(page) -> list[str]:
+    return page.eval_on_selector_all(".assistant .text", "nodes => nodes.map(n => n.textContent)")
+
+
+def test_upload_ask_stream_and_follow_up(chat, browser):
+    first = [Image.open(EXAMPLE), "What is in the image?"]
+    expected = chat.generate([{"role": "user", "content": first}], max_new_tokens=40)
+    follow_up = chat.generate([{"role": "user", "content": first}, {"role": "assistant", "content": expected.text},
+                               {"role": "user", "content": "And the colours?"}], max_new_tokens=40)
+    with running(chat, ServerSettings(model_name="tiny-2.6")) as url:
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        bodies = []
+        page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.method == "POST" else None)
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent === 'tiny-2.6'")
+        page.evaluate(COUNT_UPDATES)
+        page.set_input_files("#image", str(EXAMPLE))
+        page.wait_for_selector("#preview img")
+        page.fill("#max-tokens", "40")
+        page.fill("#question", "What is in the image?")
+        page.click("#send")
+        page.wait_for_selector(".assistant .timing", timeout=60_000)
+        assert answer_texts(page) == [expected.text]
+        assert page.evaluate("window.textUpdates") > 3  # the answer arrived in pieces
+        assert "decode" in page.inner_text(".assistant .timing")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
+
+        page.fill("#question", "And the colours?")
+        page.press("#question", "Enter")
+        page.wait_for_function("document.querySelectorAll('.assistant .timing').length === 2", timeout=60_000)
+        assert answer_texts(page) == [expected.text, follow_up.text]
+        history = bodies[-1]["messages"]
+        assert [m["role"] for m in history] == ["user", "assistant", "user"]
+        assert history[0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+        assert bodies[-1]["stream"] is True
+        assert page.locator(".error").count() == 0
+        page.close()
+
+
+def test_errors_are_shown_on_the_page(chat, browser):
+    with running(chat, ServerSettings(api_key="s3cret")) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.fill("#question", "hi")
+        page.click("#send")
+        page.wait_for_selector(".assistant.error")
+        assert "API key" in page.inner_text(".assistant.error")
+        page.fill("#api-key", "s3cret")
+        page.dispatch_event("#api-key", "change")
+        page.fill("#question", "hi")
+        page.click("#send")
+        page.wait_for_selector(".assistant .timing", timeout=60_000)
+        assert page.locator(".assistant.error").count() == 1  # the first failed turn only
+        page.close()
