@@ -217,6 +217,12 @@ class ChatModel:
         """Most conversations `generate_batch` decodes at once: None = no limit, 1 = llama.cpp's."""
         return getattr(self.llm, "max_batch", None)
 
+    @property
+    def independent_streams(self) -> bool:
+        """Whether several TextStreams may be stepped in turn: each keeps its own KV cache, and
+        no model part is swapped out between them (low-memory mode) or shared (llama.cpp)."""
+        return self.checkpoint is None and self.max_batch is None
+
     def compile(self, parts=("encode", "decode")) -> float:
         """torch.compile the decode step and/or the vision parts ("encode") and compile them now
         on scratch inputs, so that no request pays for it; returns (and keeps) the seconds spent."""

@@ -74,6 +74,17 @@ def test_readme_serve_curl_and_openai_client():
             process.kill()
 
 
+def test_port_in_use_exits_2(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "-m", "tests/fixtures/reference/minicpmv26_tiny/checkpoint", "--port", str(port)])
+    assert code == 2
+    assert f"minicpmv serve: error: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, words", [
     (["-m", "/no/such/checkpoint"], "/no/such/checkpoint"),
     (["-m", "tests/fixtures/reference/minicpmv26_tiny/checkpoint", "--allow-local-images", "/no/such/dir"],

@@ -131,7 +131,7 @@ def test_waiting_greedy_requests_are_batched_with_their_own_answers(chat):
         response = httpx.post(url + "/v1/chat/completions", json=ask(prompts[i]), timeout=60)
         answers[i] = response.json()["choices"][0]["message"]["content"]
 
-    with running(chat, ServerSettings(max_queue=8)) as url:
+    with running(chat, ServerSettings(max_queue=8, max_batch=8, max_streams=1)) as url:  # the long answer blocks
         sock = open_stream(url, ask("Tell me everything.", stream=True, max_tokens=20_000, min_tokens=20_000))
         threads = [threading.Thread(target=client, args=(i, url)) for i in range(len(prompts))]
         for thread in threads:
@@ -145,3 +145,32 @@ def test_waiting_greedy_requests_are_batched_with_their_own_answers(chat):
         status = health(url)
     assert [answers[i] for i in range(len(prompts))] == expected
     assert status["batches"] == 1 and status["completed"] == len(prompts) and status["cancelled"] == 1
+
+
+def test_streams_advance_together(chat):
+    expected = chat.generate([{"role": "user", "content": "hi"}], max_new_tokens=12).text
+    with running(chat, ServerSettings(max_queue=4, max_streams=2)) as url:
+        sock = open_stream(url, ask("Tell me everything.", stream=True, max_tokens=20_000, min_tokens=20_000))
+        with httpx.stream("POST", url + "/v1/chat/completions", json=ask("hi", stream=True), timeout=30) as response:
+            assert streamed_text(response) == expected  # answered while the long one still runs
+        status = health(url)
+        assert status["admitted"] == 1 and status["completed"] == 1
+        sock.close()
+
+
+def test_client_gone_before_its_answer_cancels_it(chat):
+    with running(chat, ServerSettings(max_queue=2)) as url:
+        address = urlparse(url)
+        payload = json.dumps(ask("Tell me everything.", max_tokens=20_000, min_tokens=20_000)).encode()
+        with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+            deadline = time.monotonic() + 10
+            while health(url)["admitted"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        started = time.monotonic()  # the non-streaming client hung up while its answer was generated
+        while health(url)["admitted"] and time.monotonic() - started < 20:
+            time.sleep(0.05)
+        status = health(url)
+        assert status["admitted"] == 0 and status["cancelled"] == 1 and status["completed"] == 0
+        assert time.monotonic() - started < 10

@@ -20,26 +20,29 @@ def serve(args: argparse.Namespace) -> None:
     --allow-local-images DIR. With --api-key, /v1/ requests need 'Authorization: Bearer KEY'.
     """
     try:
-        import uvicorn
-
-        from ..serving import ImagePolicy, ServerSettings, create_app
+        from ..serving import ImagePolicy, ServerSettings, serve_on_main_thread
     except ImportError as exc:
         raise ConfigError(f"serving needs the serve extra: pip install 'minicpmv[serve]' ({exc})") from None
     local_dir = Path(args.allow_local_images) if args.allow_local_images else None
     if local_dir is not None and not local_dir.is_dir():
         raise ConfigError(f"--allow-local-images: {local_dir} is not a folder")
-    if args.max_queue < 1 or args.max_batch < 1 or args.max_images < 0 or args.max_image_pixels < 1 or args.max_body_mb <= 0:
-        raise ConfigError("--max-queue, --max-batch, --max-image-pixels and --max-body-mb must be positive, --max-images >= 0")
+    for flag in ("max_queue", "max_batch", "max_streams", "max_image_pixels", "max_body_mb"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.max_images < 0:
+        raise ConfigError(f"--max-images must be 0 or more, got {args.max_images}")
     chat_model = load_model(args)
     policy = ImagePolicy(max_images=args.max_images, max_pixels=args.max_image_pixels,
                          allow_remote=args.allow_remote_images, local_dir=local_dir)
     settings = ServerSettings(model_name=args.model_name or Path(args.model).resolve().name, api_key=args.api_key,
-                              max_queue=args.max_queue, max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                              max_queue=args.max_queue, max_batch=args.max_batch,
+                              max_streams=args.max_streams, max_body_bytes=int(args.max_body_mb * (1 << 20)),
                               images=policy)
-    app = create_app(chat_model, settings)
-    print(f"minicpmv serve: {settings.model_name} at http://{args.host}:{args.port}/ "
-          f"(load {chat_model.load_seconds:.2f} s)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    def announce() -> None:
+        print(f"minicpmv serve: {settings.model_name} at http://{args.host}:{args.port}/ "
+              f"(load {chat_model.load_seconds:.2f} s)", file=sys.stderr, flush=True)
+
+    serve_on_main_thread(chat_model, settings, args.host, args.port, args.log_level, on_ready=announce)
 
 
 def add_parser(subparsers) -> None:
@@ -51,8 +54,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ requests")
     parser.add_argument("--model-name", help="model id in the API (default: the checkpoint folder's name)")
     parser.add_argument("--max-queue", type=int, default=16, help="requests admitted at once; more get 429 (default 16)")
-    parser.add_argument("--max-batch", type=int, default=8,
-                        help="greedy non-streamed requests waiting together are decoded as one batch (default 8)")
+    parser.add_argument("--max-batch", type=int, default=1,
+                        help="decode up to N waiting greedy non-streamed requests as one batch: more throughput, "
+                             "but rounding differs from one at a time and can flip near-tie tokens (default 1)")
+    parser.add_argument("--max-streams", type=int, default=4,
+                        help="answers generated at once, a token of each in turn (default 4; 1 with "
+                             "--low-memory or --llm-gguf)")
     parser.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
     parser.add_argument("--max-image-pixels", type=int, default=6000 * 6000,
                         help="pixels per image, checked before decoding (default 36000000)")

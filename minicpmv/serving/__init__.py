@@ -4,7 +4,7 @@ protocol: the wire format; images: the image-URL policy; worker: the one thread 
 model; app: the FastAPI routes. Depends on the chat API, never the other way round.
 """
 
-from .app import ServerSettings, create_app
+from .app import ServerSettings, create_app, serve_on_main_thread
 from .images import ImagePolicy
 
-__all__ = ["ImagePolicy", "ServerSettings", "create_app"]
+__all__ = ["ImagePolicy", "ServerSettings", "create_app", "serve_on_main_thread"]

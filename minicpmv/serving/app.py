@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import signal
+import socket
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,9 +18,10 @@ from importlib import resources
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..errors import ConfigError
 from . import protocol
 from .images import ImagePolicy, to_chat_messages
 from .protocol import APIError, ChatCompletionRequest
@@ -26,20 +30,28 @@ from .worker import Job, ModelWorker
 DEFAULT_MAX_BODY_BYTES = 32 << 20
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
 @dataclass
 class ServerSettings:
     model_name: str = "minicpmv"
     api_key: str | None = None
     max_queue: int = 16  # requests admitted at once (running or waiting); more get 429
-    max_batch: int = 8  # greedy non-streamed requests decoded together
+    max_batch: int = 1  # greedy non-streamed requests decoded together (1: exactly model.chat's answers)
+    max_streams: int = 4  # answers advancing in turn, a token each
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     images: ImagePolicy = field(default_factory=ImagePolicy)
 
 
-def create_app(chat, settings: ServerSettings | None = None) -> FastAPI:
-    """The server for one loaded `ChatModel`; its worker thread starts now."""
+def create_app(chat, settings: ServerSettings | None = None, start_worker: bool = True) -> FastAPI:
+    """The server for one loaded `ChatModel`. Its worker (`app.state.worker`) starts in a thread
+    now, or, with `start_worker=False`, runs wherever the caller calls `worker.run()`."""
     settings = settings or ServerSettings()
-    worker = ModelWorker(chat, settings.max_queue, settings.max_batch)
+    worker = ModelWorker(chat, settings.max_queue, settings.max_batch, settings.max_streams)
+    if start_worker:
+        worker.start()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -75,28 +87,35 @@ def create_app(chat, settings: ServerSettings | None = None) -> FastAPI:
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = await _read_body(request, settings.max_body_bytes)
-        parsed = protocol.parse_request(body)
-        job = await _make_job(parsed, settings, worker.context)
-        worker.submit(job)
-        try:
-            kind, payload = await job.events.get()
-            if kind == "error":
-                raise payload
-            request_id = protocol.completion_id()
-            if parsed.stream:
-                include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-                events = _sse_events(job, request_id, settings.model_name, include_usage)
-                return StreamingResponse(events, media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            generation = await _wait_done(job)
-            return protocol.completion(request_id, settings.model_name, generation)
-        except BaseException:
-            job.cancel()
-            raise
+        return await _answer(request, worker, settings)
 
     app.include_router(api)
     return app
+
+
+async def _answer(request: Request, worker: ModelWorker, settings: ServerSettings):
+    body = await _read_body(request, settings.max_body_bytes)
+    parsed = protocol.parse_request(body)
+    job = await _make_job(parsed, settings, worker.context)
+    worker.submit(job)
+    try:
+        kind, payload = await _next_event(job, request)
+        if kind == "error":
+            raise payload
+        request_id = protocol.completion_id()
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            events = _sse_events(job, request_id, settings.model_name, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        while kind != "done":
+            kind, payload = await _next_event(job, request)
+            if kind == "error":
+                raise payload
+        return protocol.completion(request_id, settings.model_name, payload)
+    except BaseException:  # refused, failed, or the handler itself cancelled: the job must not run on
+        job.cancel()
+        raise
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -128,13 +147,17 @@ async def _make_job(request: ChatCompletionRequest, settings: ServerSettings, co
     return Job(messages, options, asyncio.get_running_loop(), limit, request.stream)
 
 
-async def _wait_done(job: Job):
+async def _next_event(job: Job, request: Request, poll_s: float = 0.25):
+    """The job's next event; meanwhile, a client that has gone away cancels the job (Starlette
+    tells a plain endpoint nothing of a disconnect)."""
+    getter = asyncio.ensure_future(job.events.get())
     while True:
-        kind, payload = await job.events.get()
-        if kind == "done":
-            return payload
-        if kind == "error":
-            raise payload
+        done, _ = await asyncio.wait({getter}, timeout=poll_s)
+        if done:
+            return getter.result()
+        if await request.is_disconnected():
+            getter.cancel()
+            raise ClientGone()
 
 
 async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool):
@@ -170,6 +193,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: APIError):
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone):
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         error = APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
@@ -179,3 +206,38 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         return JSONResponse(APIError(400, str(exc).splitlines()[0]).body(), status_code=400)
+
+
+def serve_on_main_thread(chat, settings: ServerSettings, host: str, port: int, log_level: str = "warning",
+                         on_ready=None) -> None:
+    """Run the HTTP server in a background thread and the model worker on this (main) thread
+    until Ctrl-C or SIGTERM; raises ConfigError if the address cannot be listened on."""
+    import uvicorn
+
+    try:  # bound here, so that a taken port is a one-line error and not a dead server thread
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    app = create_app(chat, settings, start_worker=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="minicpmv-http", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise ConfigError(f"the HTTP server on {host}:{port} did not start")
+        time.sleep(0.02)
+    if on_ready is not None:
+        on_ready()
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        app.state.worker.run()  # returns when the server shuts down
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt

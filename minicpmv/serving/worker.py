@@ -1,8 +1,8 @@
 """One model, one worker thread, a bounded queue in front of it.
 
 The model is not thread-safe, so one thread owns it; HTTP handlers hand it jobs and read back
-events on their own asyncio loop. Greedy non-streamed jobs waiting together share one batched
-decode (the engine's left-padded batch path).
+events on their own asyncio loop. Several answers advance in turn, a token each; greedy
+non-streamed jobs waiting together share one batched decode (the engine's left-padded batch).
 Admission is counted (waiting + running): past `max_queue` a request is refused at once (429)
 instead of waiting without bound. A job's client can cancel it at any time: waiting, it is
 skipped; running, its stream stops at the next token.
@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from ..errors import MiniCPMVError, PromptTooLongError
 from .protocol import APIError
@@ -26,8 +27,8 @@ log = logging.getLogger("minicpmv.serve")
 class Job:
     """One chat completion: what to answer, and where its events go.
 
-    Events, in order: ("start", prompt_tokens), then ("delta", text)..., then ("done",
-    Generation); or a single ("error", APIError) at any point."""
+    Events, in order: ("start", prompt_tokens), then ("delta", text)... (streamed jobs only),
+    then ("done", Generation); or a single ("error", APIError) at any point."""
 
     messages: list
     options: dict
@@ -55,24 +56,33 @@ class Job:
 
 
 class ModelWorker:
-    """Runs jobs on `chat` (a ChatModel) in a daemon thread: streams one at a time; non-streamed
-    greedy requests with the same settings that are waiting together are decoded as one batch
-    (up to `max_batch`), which costs a CPU little more than one of them."""
+    """Runs jobs on `chat` (a ChatModel) in a daemon thread.
 
-    def __init__(self, chat, max_queue: int = 16, max_batch: int = 8):
-        if max_queue < 1 or max_batch < 1:
-            raise ValueError("max_queue and max_batch must be at least 1")
+    Up to `max_streams` answers run interleaved, one token of each in turn (each has its own KV
+    cache), so every client sees its answer progress; greedy non-streamed requests with the same
+    settings that are waiting together are decoded as one batch of up to `max_batch`."""
+
+    def __init__(self, chat, max_queue: int = 16, max_batch: int = 1, max_streams: int = 4):
+        if min(max_queue, max_batch, max_streams) < 1:
+            raise ValueError("max_queue, max_batch and max_streams must be at least 1")
         self.chat = chat
         self.context = chat.llm.cfg.max_position_embeddings
         self.max_queue = max_queue
         self.max_batch = min(max_batch, chat.max_batch or max_batch)
+        self.max_streams = max_streams if chat.independent_streams else 1
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
         self._admitted = 0
         self._closing = False
         self.counts = {"completed": 0, "cancelled": 0, "refused": 0, "failed": 0, "batches": 0}
-        self._thread = threading.Thread(target=self._run, name="minicpmv-model-worker", daemon=True)
-        self._thread.start()
+
+    def start(self) -> threading.Thread:
+        """Run the worker in a daemon thread (tests, embedding). `minicpmv serve` calls `run()` on
+        the main thread instead: OpenMP's parallel regions, which the kernels start thousands of
+        times a second, cost up to twice as much from a thread that is not the process's first."""
+        thread = threading.Thread(target=self.run, name="minicpmv-model-worker", daemon=True)
+        thread.start()
+        return thread
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise APIError 429 when `max_queue` jobs are already admitted."""
@@ -95,12 +105,15 @@ class ModelWorker:
             self._closing = True
             self._lock.notify()
 
-    def _next_jobs(self) -> list[Job]:
-        """The oldest waiting job, with the waiting jobs that can share its batch; [] when closing."""
+    def _next_jobs(self, block: bool) -> list[Job] | None:
+        """The oldest waiting job with the waiting jobs that can share its batch; [] when none
+        waits (and not `block`), None when closing."""
         with self._lock:
-            while not self._waiting and not self._closing:
+            while block and not self._waiting and not self._closing:
                 self._lock.wait()
             if self._closing:
+                return None
+            if not self._waiting:
                 return []
             first = self._waiting.popleft()
             jobs = [first]
@@ -111,67 +124,102 @@ class ModelWorker:
                         jobs.append(job)
             return jobs
 
-    def _run(self) -> None:
-        while jobs := self._next_jobs():
-            live = [job for job in jobs if not job.cancelled.is_set()]
-            outcomes = ["cancelled"] * (len(jobs) - len(live))
-            try:
-                if len(live) == 1:
-                    outcomes.append(self._serve(live[0]))
-                elif live:
-                    outcomes += self._serve_batch(live)
-            except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
-                log.exception("generation failed")
-                for job in live:
-                    job.emit("error", APIError(500, f"generation failed: {type(exc).__name__}: {exc}",
-                                               kind="server_error"))
-                outcomes += ["failed"] * len(live)
-            with self._lock:
-                self._admitted -= len(jobs)
-                self.counts["batches"] += len(live) > 1
-                for outcome in outcomes:
-                    if outcome:
-                        self.counts[outcome] += 1
+    def _finish(self, job: Job, outcome: str | None) -> None:
+        """`outcome`: the count it adds to ("completed", "cancelled", "failed"; None for a 400)."""
+        with self._lock:
+            self._admitted -= 1
+            if outcome:
+                self.counts[outcome] += 1
 
-    def _serve(self, job: Job) -> str | None:
-        """Run one job; returns the count it adds to ("completed", "cancelled" or None for a 400)."""
+    def run(self) -> None:
+        """Serve jobs until `close()`."""
+        running: list[tuple[Job, Iterator[str]]] = []
+        while True:
+            if len(running) < self.max_streams:
+                jobs = self._next_jobs(block=not running)
+                if jobs is None:
+                    return
+                for job in [job for job in jobs if job.cancelled.is_set()]:
+                    self._finish(job, "cancelled")
+                live = [job for job in jobs if not job.cancelled.is_set()]
+                if len(live) > 1:
+                    self._serve_batch(live)
+                elif live and (stream := self._start(live[0])) is not None:
+                    running.append((live[0], iter(stream)))
+            for entry in list(running):  # one piece of each running answer, in turn
+                if not self._step(*entry):
+                    running.remove(entry)
+
+    def _start(self, job: Job):
+        """Prepare a job's prompt (images encoded) and return its TextStream, or None if refused."""
         try:
             # one token of room must stay for the answer
             stream = self.chat.stream(job.messages, max_input_length=self.context - 1, **job.options)
         except PromptTooLongError as exc:
-            job.emit("error", APIError(400, f"messages: {exc}", "messages", "context_length_exceeded"))
-            return None
+            return self._refuse(job, APIError(400, f"messages: {exc}", "messages", "context_length_exceeded"))
         except MiniCPMVError as exc:
-            job.emit("error", APIError(400, str(exc), "messages"))
-            return None
+            return self._refuse(job, APIError(400, str(exc), "messages"))
+        except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
+            return self._fail(job, exc)
         if job.max_tokens is not None and stream.prompt_tokens + job.max_tokens > self.context:
-            job.emit("error", _over_context(stream.prompt_tokens, job.max_tokens, self.context))
-            return None
+            return self._refuse(job, _over_context(stream.prompt_tokens, job.max_tokens, self.context))
         job.stream = stream
         if job.cancelled.is_set():  # cancelled while the prompt was being prepared
             stream.cancel()
         job.emit("start", stream.prompt_tokens)
-        for delta in stream:
-            job.emit("delta", delta)
-        job.emit("done", stream.result)
-        return "cancelled" if stream.result.stopped_by == "cancelled" else "completed"
+        return stream
 
-    def _serve_batch(self, jobs: list[Job]) -> list[str | None]:
+    def _step(self, job: Job, pieces: Iterator[str]) -> bool:
+        """Send the job's next piece of text; False once its answer has ended."""
+        try:
+            piece = next(pieces)
+            if job.streamed:  # a plain answer is sent whole, from the result
+                job.emit("delta", piece)
+            return True
+        except StopIteration:
+            result = job.stream.result  # counted before the client hears, so /health agrees with it
+            self._finish(job, "cancelled" if result.stopped_by == "cancelled" else "completed")
+            job.emit("done", result)
+        except MiniCPMVError as exc:
+            self._refuse(job, APIError(400, str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            self._fail(job, exc)
+        return False
+
+    def _refuse(self, job: Job, error: APIError) -> None:
+        self._finish(job, None)
+        job.emit("error", error)
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        log.exception("generation failed")
+        self._finish(job, "failed")
+        job.emit("error", APIError(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error"))
+
+    def _serve_batch(self, jobs: list[Job]) -> None:
         try:
             generations = self.chat.generate_batch([job.messages for job in jobs], max_input_length=self.context - 1,
                                                    **jobs[0].options)
-        except MiniCPMVError:  # one bad conversation fails the batch: serve each alone for its own answer
-            return [self._serve(job) for job in jobs]
-        return [self._deliver(job, generation) for job, generation in zip(jobs, generations)]
-
-    def _deliver(self, job: Job, generation) -> str | None:
-        prompt = len(generation.prompt_token_ids)
-        if job.max_tokens is not None and prompt + job.max_tokens > self.context:
-            job.emit("error", _over_context(prompt, job.max_tokens, self.context))
-            return None
-        job.emit("start", prompt)
-        job.emit("done", generation)
-        return "completed"
+        except MiniCPMVError:  # one bad conversation fails the batch: each alone gets its own answer or error
+            for job in jobs:
+                if (stream := self._start(job)) is not None:
+                    pieces = iter(stream)
+                    while self._step(job, pieces):
+                        pass
+            return
+        except Exception as exc:  # noqa: BLE001
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        with self._lock:
+            self.counts["batches"] += 1
+        for job, generation in zip(jobs, generations):
+            prompt = len(generation.prompt_token_ids)
+            if job.max_tokens is not None and prompt + job.max_tokens > self.context:
+                self._refuse(job, _over_context(prompt, job.max_tokens, self.context))
+                continue
+            self._finish(job, "completed")
+            job.emit("start", prompt)
+            job.emit("done", generation)
 
 
 def _over_context(prompt_tokens: int, max_tokens: int, context: int) -> APIError:
