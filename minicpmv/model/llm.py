@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import LLMConfig
 
@@ -164,6 +165,7 @@ class LanguageModel(nn.Module):
         self.cfg = cfg
         self.model = DecoderModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.gradient_checkpointing = False  # training: trade compute for activation memory
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings, times scale_emb for MiniCPM."""
@@ -179,7 +181,8 @@ class LanguageModel(nn.Module):
         """inputs_embeds (B, T, D) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         position_ids (B, T) default to cache.length + arange(T); attention_mask (B, S) marks real
-        tokens of the whole sequence so far (S = cached + T).
+        tokens of the whole sequence so far (S = cached + T); a (B, 1, T, S) bool mask is used as
+        given (packed training rows).
         """
         batch, length, _ = inputs_embeds.shape
         past = cache.length if cache is not None else 0
@@ -188,8 +191,12 @@ class LanguageModel(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
         # one new token with no padding sees every cached key: nothing to mask (SDPA's fast path)
         unmasked = length == 1 and (attention_mask is None or bool(attention_mask.all()))
-        mask = None if unmasked else attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype,
-                                                    inputs_embeds.device)
+        if attention_mask is not None and attention_mask.dim() == 4:  # (B, 1, T, S) bool: e.g. packed samples
+            mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.bool)
+        elif unmasked:
+            mask = None
+        else:
+            mask = attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype, inputs_embeds.device)
         logits = self.run_layers(inputs_embeds, cos, sin, mask, cache, last_only)
         if cache is not None:
             cache.advance(length)
@@ -198,8 +205,12 @@ class LanguageModel(nn.Module):
     def run_layers(self, x, cos, sin, mask, cache: KVCache | None, last_only: bool) -> torch.Tensor:
         """The decoder stack and the head: embeddings (B, T, D) -> logits. Positions, mask and the
         cache's bookkeeping stay outside, so that this part can be compiled as one graph."""
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for index, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, index)
+            if recompute:  # keep only each layer's input; recompute its inside in the backward pass
+                x = checkpoint(layer, x, cos, sin, mask, cache, index, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, index)
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)

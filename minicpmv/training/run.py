@@ -1,0 +1,74 @@
+"""One training run end to end: recipe -> processor, data, model (resumed if asked), trainer,
+memory estimate, loss curve. What `minicpmv train` calls, usable from Python as well."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from ..model.checkpoint import load_model
+from ..processing.processor import MiniCPMVProcessor
+from .checkpoints import STATE, latest_checkpoint
+from .data import ChatDataset, SampleBuilder
+from .memory import describe, estimate_memory
+from .recipes import Recipe
+from .trainer import Trainer, World, seed_everything
+
+
+def processor_for(recipe: Recipe, model_path: str | Path) -> MiniCPMVProcessor:
+    """The checkpoint's processor with the recipe's resolution and slicing."""
+    processor = MiniCPMVProcessor.from_pretrained(model_path)
+    changes = {name: value for name in ("scale_resolution", "max_slice_nums")
+               if (value := getattr(recipe, name)) is not None}
+    processor.config = dataclasses.replace(processor.config, **changes)
+    return processor
+
+
+def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, output: str | Path,
+                 resume: bool = False, progress: bool = True) -> dict:
+    world = World.from_env()
+    output = Path(output)
+    seed_everything(recipe.seed)
+    resumed = latest_checkpoint(output) if resume else None
+    dataset = ChatDataset(data, SampleBuilder(processor_for(recipe, model_path), recipe.max_length,
+                                              recipe.max_slice_nums))
+    model = load_model(resumed or model_path)
+    trainer = Trainer(model, dataset, recipe, output, model_path, world, progress)
+    if resumed is not None:
+        trainer.load_state(torch.load(resumed / STATE, weights_only=False))
+    if world.rank == 0:
+        print(describe(estimate_memory(model, recipe, autocast=trainer.autocast is not None)), flush=True)
+        print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in trainer.counts.items()), flush=True)
+    history = trainer.train()
+    if world.rank == 0:
+        draw_loss_curve(output / "metrics.jsonl", output / "loss.png")
+    return {"rank": world.rank, "history": history, "checkpoint": str(latest_checkpoint(output)),
+            "skipped": dict(dataset.skipped), "trainable": trainer.counts}
+
+
+def draw_loss_curve(metrics: Path, target: Path) -> bool:
+    """Loss per step to a PNG (needs matplotlib); False when there is nothing or no matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    if not rows:
+        return False
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    tmp.replace(target)
+    return True

@@ -1,0 +1,283 @@
+"""The training loop: recipe-selected trainable parts, AdamW with warmup + cosine, gradient
+accumulation and clipping, optional bf16 autocast and gradient checkpointing, a seed, metrics to
+JSONL, atomic checkpoints with exact resume. One process, or several under `torchrun` (DDP over
+gloo/NCCL) on the same code path.
+
+Loss: sum of token cross-entropies over a step's global batch (all micro-batches of all
+processes) divided by its number of supervised tokens, so a step's loss and gradient do not
+depend on how the batch is split across processes or micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..cpu import has_native_bf16
+from .batching import Batch, length_grouped_order, pack, packed_batch, padded_batch
+from .checkpoints import restore_rng, rng_state, save_checkpoint
+from .data import IGNORE
+from .recipes import PARTS, Recipe
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_env(cls) -> "World":
+        """torchrun's RANK/WORLD_SIZE; the process group is created here when there are several."""
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), size)
+
+    def sum(self, value: float) -> float:
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return float(tensor.item())
+
+
+def set_trainable(model, recipe: Recipe) -> dict[str, int]:
+    """Freeze everything but the recipe's parts; returns trainable parameter counts per part."""
+    for part in PARTS:
+        for parameter in getattr(model, part).parameters():
+            parameter.requires_grad_(part in recipe.train)
+    return trainable_counts(model)
+
+
+def trainable_counts(model) -> dict[str, int]:
+    counts = {part: 0 for part in PARTS}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = next((p for p in PARTS if f"{p}." in name), "other")
+            counts[part] = counts.get(part, 0) + parameter.numel()
+    return counts
+
+
+def token_loss_sum(module, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy of the batch's supervised tokens (targets are pre-shifted)."""
+    logits = module(batch.input_ids, batch.pixel_values, batch.tgt_sizes, batch.image_bound,
+                    batch.attention_mask, batch.position_ids)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten().to(logits.device),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Trains `model` (a MiniCPMV) on `dataset` (a ChatDataset) following `recipe`."""
+
+    def __init__(self, model, dataset, recipe: Recipe, output: str | Path, source: str | Path,
+                 world: World | None = None, progress: bool = True):
+        self.model, self.dataset, self.recipe = model, dataset, recipe
+        self.output, self.source = Path(output), Path(source)
+        self.world = world or World()
+        self.progress = progress and self.world.rank == 0
+        self.counts = set_trainable(model, recipe)
+        model.llm.gradient_checkpointing = recipe.gradient_checkpointing
+        self.module = self._wrap(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, betas=(0.9, recipe.adam_beta2),
+                                           weight_decay=recipe.weight_decay)
+        warmup = max(1, math.ceil(recipe.warmup_ratio * recipe.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cosine_with_warmup(step, recipe.max_steps, warmup))
+        self.step, self.epoch, self.cursor = 0, 0, 0
+        self.autocast = self._autocast_dtype()
+        self._order: list[int] | None = None
+
+    def _wrap(self, model):
+        if self.world.size == 1:
+            return model
+        if self.recipe.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.llm.model.layers:
+                fully_shard(layer)
+            return fully_shard(model)
+        from torch.nn.parallel import DistributedDataParallel
+
+        # frozen parts, and a resampler a text-only batch does not use: not every parameter gets a gradient
+        return DistributedDataParallel(model, find_unused_parameters=True)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        wanted = self.recipe.precision
+        if wanted == "bfloat16":
+            return torch.bfloat16
+        if wanted == "auto":
+            on_gpu = self.model.device.type == "cuda"
+            if (on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and has_native_bf16()):
+                return torch.bfloat16
+        return None
+
+    # ---- data ------------------------------------------------------------------------------
+
+    def _epoch_order(self) -> list[int]:
+        if self._order is None:
+            seed = self.recipe.seed * 1_000_003 + self.epoch
+            if self.recipe.group_by_length:
+                lengths = [self._length_hint(i) for i in range(len(self.dataset))]
+                self._order = length_grouped_order(lengths, self.global_batch * 8, seed)
+            else:
+                self._order = list(range(len(self.dataset)))
+                random.Random(seed).shuffle(self._order)
+        return self._order
+
+    def _length_hint(self, index: int) -> int:
+        """Text length (characters) as the grouping key; negative for text-only samples."""
+        record = self.dataset.records[index]
+        text = sum(len(str(t.get("content", ""))) for t in record.get("conversations", []) if isinstance(t, dict)) \
+            if isinstance(record, dict) else 0
+        return text if isinstance(record, dict) and record.get("image") else -max(1, text)
+
+    @property
+    def global_batch(self) -> int:
+        return self.recipe.batch_size * self.recipe.grad_accum * self.world.size
+
+    def _next_indices(self) -> list[int]:
+        """The next global batch of sample indices (epochs wrap around, reshuffled)."""
+        indices = []
+        while len(indices) < self.global_batch:
+            order = self._epoch_order()
+            if self.cursor >= len(order):
+                self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+                continue
+            take = order[self.cursor:self.cursor + self.global_batch - len(indices)]
+            indices += take
+            self.cursor += len(take)
+        return indices
+
+    def _micro_batches(self, indices: list[int]) -> list[Batch]:
+        """This process's share of a global batch, as model batches (bad samples dropped)."""
+        mine = indices[self.world.rank::self.world.size]
+        size = self.recipe.batch_size
+        batches = []
+        for start in range(0, len(mine), size):
+            samples = [s for s in (self.dataset[i] for i in mine[start:start + size]) if s is not None]
+            if not samples:
+                continue
+            if self.recipe.packing:
+                batches.append(packed_batch(pack(samples, self.recipe.max_length), self.recipe.max_length))
+            else:
+                batches.append(padded_batch(samples))
+        return batches
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        start = time.perf_counter()
+        batches = self._micro_batches(self._next_indices())
+        tokens = self.world.sum(sum(b.supervised_tokens for b in batches))
+        self.module.train()
+        total = 0.0
+        for batch in batches:
+            with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                loss_sum = token_loss_sum(self.module, batch)
+            # DDP averages gradients over processes: scale so that the result is sum / global tokens
+            if loss_sum.requires_grad:  # else nothing trainable took part (stage 1 on a text-only batch)
+                (loss_sum * self.world.size / max(tokens, 1)).backward()
+            total += float(loss_sum.detach())
+        if not batches and self.world.size > 1:  # every process must join the gradient reduction
+            dummy = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
+            dummy.backward()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.recipe.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        seconds = time.perf_counter() - start
+        tokens_seen = self.world.sum(sum(int((b.targets.shape[0] * b.targets.shape[1])) for b in batches))
+        return {"step": self.step, "loss": self.world.sum(total) / max(tokens, 1), "lr": lr,
+                "grad_norm": float(grad_norm), "supervised_tokens": int(tokens),
+                "tokens_per_s": tokens_seen / seconds, "seconds": seconds, "epoch": self.epoch,
+                "skipped": dict(self.dataset.skipped)}
+
+    def train(self, max_steps: int | None = None) -> list[dict]:
+        """Run until `recipe.max_steps` (or `max_steps` more steps); saves at the end."""
+        stop = self.recipe.max_steps if max_steps is None else min(self.recipe.max_steps, self.step + max_steps)
+        history = []
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=stop, initial=self.step, desc=f"train {self.recipe.name}", unit="step")
+        while self.step < stop:
+            record = self.train_step()
+            history.append(record)
+            self._log(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                bar.update(1)
+            if self.recipe.save_every and self.step % self.recipe.save_every == 0 and self.step < stop:
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.save()
+        return history
+
+    def _log(self, record: dict) -> None:
+        if self.world.rank == 0:
+            self.output.mkdir(parents=True, exist_ok=True)
+            with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "recipe": asdict(self.recipe),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "skipped": dict(self.dataset.skipped)}
+
+    def save(self) -> Path | None:
+        if self.world.size > 1:
+            dist.barrier()
+        path = None
+        if self.world.rank == 0:
+            path = save_checkpoint(self.output, self.step, self.model, self.source, self.state())
+        if self.world.size > 1:
+            dist.barrier()
+        return path
+
+    def load_state(self, state: dict) -> None:
+        """Continue exactly where a checkpoint's run stopped (its weights are already loaded)."""
+        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        self._order = None
+        _truncate_metrics(self.output / "metrics.jsonl", self.step)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines a killed run wrote after its last checkpoint: the resumed run rewrites them."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

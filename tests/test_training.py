@@ -1,0 +1,168 @@
+"""Training toolkit on the tiny checkpoints: label masks per chat format, recipes' trainable
+parts and falling loss, packing equal to padding, bad samples skipped, checkpoints that load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("yaml")
+
+from conftest import TINY  # noqa: E402
+from training_data import make_dataset  # noqa: E402
+
+import minicpmv  # noqa: E402
+from minicpmv.cli import main  # noqa: E402
+from minicpmv.model.checkpoint import load_model  # noqa: E402
+from minicpmv.processing.processor import MiniCPMVProcessor  # noqa: E402
+from minicpmv.training.batching import length_grouped_order, pack, packed_batch, padded_batch  # noqa: E402
+from minicpmv.training.data import IGNORE, ChatDataset, SampleBuilder  # noqa: E402
+from minicpmv.training.recipes import recipe  # noqa: E402
+from minicpmv.training.run import processor_for, run_training  # noqa: E402
+from minicpmv.training.trainer import token_loss_sum  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "minicpmv" / "assets" / "example.png"
+TWO_TURNS = [{"role": "user", "content": [EXAMPLE, "What is it?"]}, {"role": "assistant", "content": "A shape."},
+             {"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), broken=True)
+
+
+def supervised(builder, sample):
+    """(position, target) pairs of the supervised targets."""
+    return [(i, t) for i, t in enumerate(sample.targets) if t != IGNORE]
+
+
+@pytest.mark.parametrize("version, expected", [
+    # each answer plus its end marker; the marker's own position learns the marker again where a
+    # turn follows (the official llama3 quirk, training.md §5.4)
+    ("2.6", "A shape.<|im_end|><|im_end|>No.<|im_end|>"),
+    ("2.5", "A shape.<|eot_id|><|eot_id|>No.<|eot_id|>"),
+    # 2.0: no marker in the text; every answer learns to end with EOS, the last one has it appended
+    ("2.0", "A shape.</s>No.</s>"),
+])
+def test_label_masks_per_chat_format(version, expected):
+    processor = MiniCPMVProcessor.from_pretrained(TINY[version] / "checkpoint")
+    builder = SampleBuilder(processor)
+    sample = builder.build(TWO_TURNS)
+    pairs = supervised(builder, sample)
+    decoded = processor.tokenizer.decode([t for _, t in pairs]).replace(" ", "")
+    assert decoded == expected.replace(" ", "")
+    # pre-shifted: a supervised target at i-1 is the input token at i, or the end token after an answer
+    for i, target in pairs:
+        assert target == sample.input_ids[i + 1] or target == builder.end_id
+    answer_ids = [processor.tokenizer.encode(text)[-1] for text in ("No.",)]
+    assert sample.targets[-1] == IGNORE  # the last token predicts nothing
+    assert answer_ids  # the tokenizer encodes answers
+    # nothing of the user turns or the image is supervised
+    first_answer = min(i for i, _ in pairs)
+    assert all(t == IGNORE for t in sample.targets[:first_answer])
+    assert sample.image_bound and all(sample.targets[s] == IGNORE for s, _ in sample.image_bound)
+
+
+def test_label_positions_by_hand_for_2_6():
+    processor = MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint")
+    builder = SampleBuilder(processor)
+    sample = builder.build([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    tokenizer = processor.tokenizer
+    ids = sample.input_ids
+    opener = tokenizer.encode("<|im_start|>assistant\n")
+    start = max(i for i in range(len(ids)) if ids[i - len(opener):i] == opener)  # first answer token
+    end = ids.index(tokenizer.token_to_id("<|im_end|>"), start)
+    expected = [IGNORE] * len(ids)
+    for i in range(start, end + 1):
+        expected[i - 1] = ids[i]
+    assert sample.targets == expected
+    assert tokenizer.decode(ids[start:end + 1]) == "Yo<|im_end|>"
+
+
+def test_bad_samples_are_skipped_and_counted(data):
+    dataset = ChatDataset(data, SampleBuilder(MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint"), 1024))
+    with pytest.warns(UserWarning):
+        samples = [dataset[i] for i in range(len(dataset))]
+    assert sum(s is None for s in samples) == 3
+    assert dict(dataset.skipped) == {"bad_image": 1, "no_assistant_turn": 1, "too_long": 1}
+    kinds = [len(s.images) for s in samples if s is not None]
+    assert {0, 1, 2} <= set(kinds)  # text-only, single and multi-image records
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("stage1", {"resampler"}), ("stage2", {"vpm"}), ("stage3", {"vpm", "resampler"}),
+    ("sft", {"vpm", "resampler", "llm"}),
+])
+def test_recipes_train_their_parts_and_the_loss_falls(name, parts, data, tmp_path):
+    chosen = recipe(name, {"learning_rate": 2e-3, "max_steps": 8, "batch_size": 4, "max_length": 1024,
+                           "precision": "float32", "warmup_ratio": 0.0})
+    before = load_model(TINY["2.6"] / "checkpoint").state_dict()
+    result = run_training(chosen, TINY["2.6"] / "checkpoint", data, tmp_path, progress=False)
+    model = load_model(TINY["2.6"] / "checkpoint")
+    expected = {part: sum(p.numel() for p in getattr(model, part).parameters()) if part in parts else 0
+                for part in ("vpm", "resampler", "llm")}
+    assert result["trainable"] == expected
+    after = load_model(result["checkpoint"]).state_dict()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == parts
+    losses = [r["loss"] for r in result["history"]]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_stage1_uses_224_pixels_without_slicing():
+    processor = processor_for(recipe("stage1"), TINY["2.6"] / "checkpoint")
+    plan = processor.plan((1344, 896))
+    assert plan.num_crops == 1 and max(plan.source_size) <= 280
+
+
+def test_packed_and_padded_batches_give_the_same_loss(data):
+    processor = MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint")
+    dataset = ChatDataset(data, SampleBuilder(processor, 1024))
+    samples = [s for s in (dataset[i] for i in range(6)) if s is not None]
+    model = load_model(TINY["2.6"] / "checkpoint").eval()
+    rows = pack(samples, 2048)
+    assert len(rows) < len(samples)  # several samples share a row
+    packed = packed_batch(rows, 2048)
+    padded = padded_batch(samples)
+    assert packed.supervised_tokens == padded.supervised_tokens
+    with torch.no_grad():
+        assert torch.allclose(token_loss_sum(model, packed), token_loss_sum(model, padded), rtol=1e-5)
+    # positions restart per sample; no attention across samples
+    first = len(rows[0][0])
+    assert packed.position_ids[0, first] == 0 and not packed.attention_mask[0, 0, first, first - 1]
+
+
+def test_length_grouped_order_is_a_grouped_permutation():
+    lengths = [5, -3, 50, 7, -40, 9, 100, -1, 60, 8, 33, -2]  # 8 image samples, 4 text-only
+    order = length_grouped_order(lengths, 4, seed=1)
+    assert sorted(order) == list(range(len(lengths)))
+    assert order == length_grouped_order(lengths, 4, seed=1)
+    assert order != length_grouped_order(lengths, 4, seed=2)
+    for start in range(0, len(order), 4):  # megabatches: one modality each, longest first
+        chunk = [lengths[i] for i in order[start:start + 4]]
+        assert len({n >= 0 for n in chunk}) == 1
+        assert [abs(n) for n in chunk] == sorted((abs(n) for n in chunk), reverse=True)
+
+
+def test_checkpoint_loads_like_an_official_folder(data, tmp_path):
+    assert main(["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
+                 "-o", str(tmp_path), "--max-steps", "2", "--max-length", "1024", "--set", "precision=float32"]) == 0
+    folder = tmp_path / (tmp_path / "latest").read_text().strip()
+    chat = minicpmv.load(folder)
+    assert chat.generate([{"role": "user", "content": "hi"}], max_new_tokens=3).token_ids
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "bogus=1"], "unknown recipe setting"),
+    (["--set", "max_steps=many"], "max_steps"),
+    (["--data", "/no/such.json"], "/no/such.json"),
+])
+def test_cli_errors_exit_2(args, words, data, tmp_path, capsys):
+    base = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data), "-o", str(tmp_path)]
+    assert main(base + args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("minicpmv train: error:") and words in error
