@@ -3,6 +3,9 @@ parts and falling loss, packing equal to padding, bad samples skipped, checkpoin
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import torch
 pytest.importorskip("yaml")
 
 from conftest import TINY  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from training_data import make_dataset  # noqa: E402
 
 import minicpmv  # noqa: E402
@@ -166,3 +170,24 @@ def test_cli_errors_exit_2(args, words, data, tmp_path, capsys):
     assert main(base + args) == 2
     error = capsys.readouterr().err
     assert error.startswith("minicpmv train: error:") and words in error
+
+
+def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
+    args = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
+            "--max-steps", "6", "--save-every", "2", "--batch-size", "2", "--lr", "1e-3", "--max-length", "1024",
+            "--set", "precision=float32", "--set", "warmup_ratio=0.3"]
+    python = [sys.executable, "-m", "minicpmv"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(python + args + ["-o", str(straight)], check=True, capture_output=True)
+    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "4",
+                            *args, "-o", str(killed)], capture_output=True)
+    assert crash.returncode == -9
+    assert (killed / "latest").read_text().strip() == "checkpoint-000002"  # never the half-written one
+    subprocess.run(python + args + ["-o", str(killed), "--resume"], check=True, capture_output=True)
+    final = "checkpoint-000006/model.safetensors"
+    expected, resumed = load_file(straight / final), load_file(killed / final)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    losses = [line for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    again = [line for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [json.loads(x)["loss"] for x in again] == [json.loads(x)["loss"] for x in losses]

@@ -189,15 +189,16 @@ def _convert(name: str, tensor: torch.Tensor, shape: tuple, dtype, device) -> to
     return tensor.to(device=device, dtype=target)
 
 
-def save_model(model: MiniCPMV, path: str | Path, max_shard_bytes: int = 4 << 30) -> None:
+def save_model(model: MiniCPMV, path: str | Path, max_shard_bytes: int = 4 << 30, state: dict | None = None) -> None:
     """Write config.json and the weights in the official layout, sharded above `max_shard_bytes`.
+    `state` replaces `model.state_dict()` (e.g. the gathered weights of a sharded model).
 
     Each file is written to a temporary name and renamed into place, so an interrupted save
     never leaves a half-written file under an official name.
     """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    state = {name: t.detach().contiguous().cpu() for name, t in (state or model.state_dict()).items()}
     if model.config.llm.tie_word_embeddings:
         state.pop("llm.lm_head.weight", None)
     shards = _shard(state, max_shard_bytes)

@@ -10,6 +10,8 @@ depend on how the batch is split across processes or micro-batches.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..cpu import has_native_bf16
+from ..errors import PromptError
 from .batching import Batch, length_grouped_order, pack, packed_batch, padded_batch
 from .checkpoints import restore_rng, rng_state, save_checkpoint
 from .data import IGNORE
@@ -104,6 +107,7 @@ class Trainer:
         self.step, self.epoch, self.cursor = 0, 0, 0
         self.autocast = self._autocast_dtype()
         self._order: list[int] | None = None
+        self._empty = None  # see _stand_in
 
     def _wrap(self, model):
         if self.world.size == 1:
@@ -167,19 +171,33 @@ class Trainer:
         return indices
 
     def _micro_batches(self, indices: list[int]) -> list[Batch]:
-        """This process's share of a global batch, as model batches (bad samples dropped)."""
+        """This process's share of a global batch: exactly `grad_accum` model batches, so every
+        process joins the same collectives; a micro-batch whose samples were all bad becomes
+        a stand-in that adds nothing (a valid sample with every target ignored)."""
         mine = indices[self.world.rank::self.world.size]
         size = self.recipe.batch_size
         batches = []
         for start in range(0, len(mine), size):
             samples = [s for s in (self.dataset[i] for i in mine[start:start + size]) if s is not None]
-            if not samples:
-                continue
+            if not samples or self.world.size > 1 and not any(s.images for s in samples):
+                # every process must run the same parts in every micro-batch (else DDP/FSDP
+                # collectives disagree): an image sample that adds no loss keeps the vision parts in
+                samples.append(self._stand_in())
             if self.recipe.packing:
                 batches.append(packed_batch(pack(samples, self.recipe.max_length), self.recipe.max_length))
             else:
                 batches.append(padded_batch(samples))
         return batches
+
+    def _stand_in(self):
+        """A sample (with images if the data has any) whose targets are all ignored."""
+        if self._empty is None:
+            usable = [s for s in (self.dataset[i] for i in range(len(self.dataset))) if s is not None]
+            sample = next((s for s in usable if s.images), usable[0] if usable else None)
+            if sample is None:
+                raise PromptError(f"{self.dataset.path}: no usable sample ({dict(self.dataset.skipped)} skipped)")
+            self._empty = dataclasses.replace(sample, targets=[IGNORE] * len(sample))
+        return self._empty
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -188,18 +206,19 @@ class Trainer:
         batches = self._micro_batches(self._next_indices())
         tokens = self.world.sum(sum(b.supervised_tokens for b in batches))
         self.module.train()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         total = 0.0
-        for batch in batches:
-            with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                loss_sum = token_loss_sum(self.module, batch)
-            # DDP averages gradients over processes: scale so that the result is sum / global tokens
-            if loss_sum.requires_grad:  # else nothing trainable took part (stage 1 on a text-only batch)
+        for number, batch in enumerate(batches, 1):
+            # DDP reduces gradients once, after the last micro-batch
+            sync = number == len(batches) or not hasattr(self.module, "no_sync")
+            with contextlib.nullcontext() if sync else self.module.no_sync():
+                with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    loss_sum = token_loss_sum(self.module, batch)
+                if not loss_sum.requires_grad:  # nothing trainable took part (stage 1, text only): still a backward
+                    loss_sum = loss_sum + sum(p.sum() for p in trainable) * 0.0
+                # DDP averages gradients over processes: scale so that the result is sum / global tokens
                 (loss_sum * self.world.size / max(tokens, 1)).backward()
             total += float(loss_sum.detach())
-        if not batches and self.world.size > 1:  # every process must join the gradient reduction
-            dummy = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
-            dummy.backward()
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.recipe.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -244,17 +263,21 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
 
-    def state(self) -> dict:
+    def state(self, optimizer_state: dict) -> dict:
         return {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "recipe": asdict(self.recipe),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(), "skipped": dict(self.dataset.skipped)}
 
     def save(self) -> Path | None:
+        weights, optimizer_state = None, self.optimizer.state_dict()
         if self.world.size > 1:
             dist.barrier()
+            if self.recipe.distributed == "fsdp":  # gather the shards (a collective: every process)
+                weights, optimizer_state = _full_state(self.model, self.optimizer)
         path = None
         if self.world.rank == 0:
-            path = save_checkpoint(self.output, self.step, self.model, self.source, self.state())
+            path = save_checkpoint(self.output, self.step, self.model, self.source, self.state(optimizer_state),
+                                   weights)
         if self.world.size > 1:
             dist.barrier()
         return path
@@ -262,11 +285,24 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         """Continue exactly where a checkpoint's run stopped (its weights are already loaded)."""
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.world.size > 1 and self.recipe.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         self._order = None
         _truncate_metrics(self.output / "metrics.jsonl", self.step)
+
+
+def _full_state(model, optimizer) -> tuple[dict, dict]:
+    """Whole model and optimizer state of a sharded (FSDP) model, on the CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
