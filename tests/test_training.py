@@ -158,6 +158,11 @@ def test_checkpoint_loads_like_an_official_folder(data, tmp_path):
     assert chat.generate([{"role": "user", "content": "hi"}], max_new_tokens=3).token_ids
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    again = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
+             "-o", str(tmp_path), "--max-steps", "1", "--max-length", "1024"]
+    assert main(again) == 2  # a finished run is not overwritten by accident
+    assert main(again + ["--overwrite"]) == 0
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, words", [
@@ -191,3 +196,33 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     losses = [line for line in (straight / "metrics.jsonl").read_text().splitlines()]
     again = [line for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [json.loads(x)["loss"] for x in again] == [json.loads(x)["loss"] for x in losses]
+
+
+def test_lora_trains_adapters_and_merge_keeps_the_logits(data, tmp_path):
+    from minicpmv.training.lora import add_lora, load_adapter
+
+    settings = {"learning_rate": 1e-2, "max_steps": 4, "batch_size": 2, "max_length": 1024, "precision": "float32",
+                "lora_rank": 4, "lora_alpha": 8, "warmup_ratio": 0.0}
+    chosen = recipe("lora", settings)
+    result = run_training(chosen, TINY["2.6"] / "checkpoint", data, tmp_path / "run", progress=False)
+    base = load_model(TINY["2.6"] / "checkpoint")
+    layers, hidden, kv = base.config.llm.num_layers, base.config.llm.hidden_size, base.config.llm.num_kv_heads
+    kv_width = kv * base.config.llm.head_dim
+    per_layer = 4 * ((hidden + hidden) * 2 + (hidden + kv_width) * 2)  # r * (in + out) for q, o, k, v
+    assert result["trainable"] == {"vpm": 0, "resampler": sum(p.numel() for p in base.resampler.parameters()),
+                                   "llm": layers * per_layer}
+    checkpoint = Path(result["checkpoint"])
+    assert main(["merge-lora", "-m", str(TINY["2.6"] / "checkpoint"), "--adapter", str(checkpoint),
+                 "-o", str(tmp_path / "merged")]) == 0
+    adapted = load_model(TINY["2.6"] / "checkpoint")
+    add_lora(adapted, chosen)
+    load_adapter(adapted, checkpoint)
+    merged = load_model(tmp_path / "merged")  # strict: no missing or unexpected tensor
+    sample = SampleBuilder(MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint")).build(TWO_TURNS)
+    batch = padded_batch([sample])
+    with torch.no_grad():
+        args = (batch.input_ids, batch.pixel_values, batch.tgt_sizes, batch.image_bound, batch.attention_mask)
+        expected, got, original = adapted.eval()(*args), merged.eval()(*args), base.eval()(*args)
+    assert not torch.allclose(expected, original, atol=1e-3)  # the adapters did learn something
+    assert torch.allclose(expected, got, atol=1e-4, rtol=1e-4)
+    assert minicpmv.load(tmp_path / "merged").generate([{"role": "user", "content": "hi"}], max_new_tokens=2)

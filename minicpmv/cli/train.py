@@ -30,7 +30,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.packing:
         overrides["packing"] = True
     chosen = recipe(args.recipe, overrides, args.config)
-    result = run_training(chosen, args.model, args.data, args.output, resume=args.resume)
+    result = run_training(chosen, args.model, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
     if result["rank"] == 0:
         last = result["history"][-1] if result["history"] else None
         summary = f"loss {last['loss']:.4f} at step {last['step']}" if last else "nothing left to train"
@@ -56,5 +56,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--packing", action="store_true", help="pack samples into rows of --max-length tokens")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="any recipe setting (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an OUTPUT that holds a run (its checkpoints may be replaced)")
     parser.set_defaults(run=lambda args: train(args) and 0)
 

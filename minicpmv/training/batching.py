@@ -29,6 +29,7 @@ class Batch:
     tgt_sizes: list  # per row: (crops, 2)
     image_bound: list  # per row: (spans, 2)
     samples: int = 0
+    real_tokens: int = 0  # tokens of samples, not padding
 
     @property
     def supervised_tokens(self) -> int:
@@ -59,7 +60,8 @@ def padded_batch(samples: list[TrainSample]) -> Batch:
         tgt_sizes.append(sizes)
         bounds.append(spans)
     positions = torch.arange(length).expand(len(samples), length).clone()
-    return Batch(ids, targets, positions, mask, pixel_values, tgt_sizes, bounds, len(samples))
+    return Batch(ids, targets, positions, mask, pixel_values, tgt_sizes, bounds, len(samples),
+                 sum(len(s) for s in samples))
 
 
 def pack(samples: list[TrainSample], length: int) -> list[list[TrainSample]]:
@@ -106,7 +108,7 @@ def packed_batch(rows: list[list[TrainSample]], length: int) -> Batch:
     # padding attends to itself only, so that no row of the softmax is empty
     allowed = (same & causal & (segments[:, :, None] > 0)) | torch.eye(length, dtype=torch.bool)
     return Batch(ids, targets, positions, allowed[:, None], pixel_values, tgt_sizes, bounds,
-                 sum(len(row) for row in rows))
+                 sum(len(row) for row in rows), sum(len(s) for row in rows for s in row))
 
 
 def length_grouped_order(lengths: list[int], group: int, seed: int) -> list[int]:

@@ -31,7 +31,8 @@ def copy_model_files(source: Path, target: Path) -> None:
             shutil.copy2(path, target / path.name)
 
 
-def save_checkpoint(output: Path, step: int, model, source: Path, state: dict, weights: dict | None = None) -> Path:
+def save_checkpoint(output: Path, step: int, model, source: Path, state: dict, weights: dict | None = None,
+                    extra_files=None) -> Path:
     """Write `output/checkpoint-STEP` whole (temporary folder, then rename) and point `latest` at it."""
     output.mkdir(parents=True, exist_ok=True)
     final = output / f"checkpoint-{step:06d}"
@@ -39,6 +40,8 @@ def save_checkpoint(output: Path, step: int, model, source: Path, state: dict, w
     try:
         save_model(model, tmp, state=weights)
         copy_model_files(source, tmp)
+        if extra_files is not None:  # e.g. a LoRA adapter beside the weights
+            extra_files(tmp)
         torch.save(state, tmp / STATE)
         if final.exists():
             shutil.rmtree(final)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
 from .checkpoints import STATE, latest_checkpoint
@@ -28,14 +29,25 @@ def processor_for(recipe: Recipe, model_path: str | Path) -> MiniCPMVProcessor:
 
 
 def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, output: str | Path,
-                 resume: bool = False, progress: bool = True) -> dict:
-    world = World.from_env()
+                 resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     output = Path(output)
+    if not resume and latest_checkpoint(output) is not None:
+        if not overwrite:
+            raise ConfigError(f"{output} already holds a training run; use --resume to continue it, "
+                              "--overwrite to start afresh, or another --output")
+        (output / "metrics.jsonl").unlink(missing_ok=True)
+    world = World.from_env()
     seed_everything(recipe.seed)
     resumed = latest_checkpoint(output) if resume else None
     dataset = ChatDataset(data, SampleBuilder(processor_for(recipe, model_path), recipe.max_length,
                                               recipe.max_slice_nums))
     model = load_model(resumed or model_path)
+    if recipe.lora:
+        from .lora import add_lora, load_adapter
+
+        add_lora(model, recipe)
+        if resumed is not None:
+            load_adapter(model, resumed)
     trainer = Trainer(model, dataset, recipe, output, model_path, world, progress)
     if resumed is not None:
         trainer.load_state(torch.load(resumed / STATE, weights_only=False))

@@ -55,10 +55,10 @@ class World:
 
 
 def set_trainable(model, recipe: Recipe) -> dict[str, int]:
-    """Freeze everything but the recipe's parts; returns trainable parameter counts per part."""
+    """Freeze everything but the recipe's parts (and LoRA adapters); trainable counts per part."""
     for part in PARTS:
-        for parameter in getattr(model, part).parameters():
-            parameter.requires_grad_(part in recipe.train)
+        for name, parameter in getattr(model, part).named_parameters():
+            parameter.requires_grad_(part in recipe.train or (recipe.lora and ".lora_" in name))
     return trainable_counts(model)
 
 
@@ -226,7 +226,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         seconds = time.perf_counter() - start
-        tokens_seen = self.world.sum(sum(int((b.targets.shape[0] * b.targets.shape[1])) for b in batches))
+        tokens_seen = self.world.sum(sum(b.real_tokens for b in batches))  # padding is not throughput
         return {"step": self.step, "loss": self.world.sum(total) / max(tokens, 1), "lr": lr,
                 "grad_norm": float(grad_norm), "supervised_tokens": int(tokens),
                 "tokens_per_s": tokens_seen / seconds, "seconds": seconds, "epoch": self.epoch,
@@ -274,10 +274,16 @@ class Trainer:
             dist.barrier()
             if self.recipe.distributed == "fsdp":  # gather the shards (a collective: every process)
                 weights, optimizer_state = _full_state(self.model, self.optimizer)
-        path = None
+        path, extra = None, None
+        if self.recipe.lora:
+            from .lora import official_state, save_adapter
+
+            weights = official_state(self.model) if weights is None else {
+                name.replace(".base_layer", ""): tensor for name, tensor in weights.items() if ".lora_" not in name}
+            extra = lambda folder: save_adapter(self.model, self.recipe, folder)  # noqa: E731
         if self.world.rank == 0:
             path = save_checkpoint(self.output, self.step, self.model, self.source, self.state(optimizer_state),
-                                   weights)
+                                   weights, extra)
         if self.world.size > 1:
             dist.barrier()
         return path
