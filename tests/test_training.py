@@ -226,3 +226,36 @@ def test_lora_trains_adapters_and_merge_keeps_the_logits(data, tmp_path):
     assert not torch.allclose(expected, original, atol=1e-3)  # the adapters did learn something
     assert torch.allclose(expected, got, atol=1e-4, rtol=1e-4)
     assert minicpmv.load(tmp_path / "merged").generate([{"role": "user", "content": "hi"}], max_new_tokens=2)
+
+
+def test_gradient_checkpointing_and_bf16_autocast(data, tmp_path):
+    """Recomputing activations changes no number; bf16 autocast trains to a nearby loss."""
+    processor = MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint")
+    dataset = ChatDataset(data, SampleBuilder(processor, 1024))
+    batch = padded_batch([s for s in (dataset[i] for i in range(3)) if s is not None])
+    grads = []
+    for recompute in (False, True):
+        model = load_model(TINY["2.6"] / "checkpoint").train()
+        model.llm.gradient_checkpointing = recompute
+        loss = token_loss_sum(model, batch)
+        loss.backward()
+        grads.append((float(loss), model.llm.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+    settings = {"max_steps": 2, "batch_size": 2, "max_length": 1024, "learning_rate": 1e-3}
+    fp32 = run_training(recipe("sft", {**settings, "precision": "float32"}), TINY["2.6"] / "checkpoint", data,
+                        tmp_path / "fp32", progress=False)
+    bf16 = run_training(recipe("sft", {**settings, "precision": "bfloat16", "gradient_checkpointing": True}),
+                        TINY["2.6"] / "checkpoint", data, tmp_path / "bf16", progress=False)
+    assert bf16["history"][0]["loss"] == pytest.approx(fp32["history"][0]["loss"], rel=0.05)
+
+
+def test_recipe_from_yaml_and_set(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("learning_rate: 0.0003\nmax_steps: 7\nlora_targets: [q_proj, v_proj]\npacking: true\n")
+    chosen = recipe("lora", {"max_steps": 9}, config)
+    assert (chosen.learning_rate, chosen.max_steps, chosen.lora_targets, chosen.packing) == \
+        (3e-4, 9, ("q_proj", "v_proj"), True)
+    assert chosen.train == ("resampler",) and chosen.lora
+    with pytest.raises(minicpmv.ConfigError, match="LoRA trains adapters on a frozen LLM"):
+        recipe("lora", {"train": ["llm"]})
