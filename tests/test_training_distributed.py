@@ -68,3 +68,19 @@ def test_fsdp_run_resumes_from_its_checkpoint(runs):
                                         "--resume"], check=True, capture_output=True, timeout=300)
     assert_close_weights(weights(root / "fsdp"), weights(resumed))
     assert losses(resumed)[-3:] == pytest.approx(losses(root / "fsdp")[-3:], rel=1e-5)
+
+
+def test_lora_under_fsdp_matches_one_process_and_merges(runs):
+    root, common, torchrun = runs
+    lora = [arg if arg != "sft" else "lora" for arg in common]
+    lora[lora.index(str(STEPS))] = "3"
+    lora += ["--set", "lora_rank=4", "--set", "lora_dropout=0"]  # dropout draws differ per process
+    subprocess.run([sys.executable, "-m", "minicpmv", *lora, "--batch-size", "4", "-o", str(root / "lora-one")],
+                   check=True, capture_output=True, timeout=300)
+    subprocess.run(torchrun + lora + ["--batch-size", "2", "--set", "distributed=fsdp", "-o", str(root / "lora-fsdp")],
+                   check=True, capture_output=True, timeout=300)
+    assert losses(root / "lora-fsdp") == pytest.approx(losses(root / "lora-one"), rel=1e-4)
+    from minicpmv.cli import main
+
+    assert main(["merge-lora", "-m", str(TINY["2.6"] / "checkpoint"), "--adapter",
+                 str(root / "lora-fsdp" / "checkpoint-000003"), "-o", str(root / "lora-merged")]) == 0

@@ -46,16 +46,16 @@ def is_lora(name: str) -> bool:
     return ".lora_" in name
 
 
-def official_state(model) -> dict[str, torch.Tensor]:
-    """The model's weights under official names, adapters left out (peft wraps a projection as
-    `<name>.base_layer`)."""
-    return {name.replace(".base_layer", ""): tensor for name, tensor in model.state_dict().items()
-            if not is_lora(name)}
+def official_state(state: dict) -> dict[str, torch.Tensor]:
+    """A LoRA model's state dict under official names, adapters left out (peft wraps a
+    projection as `<name>.base_layer`)."""
+    return {name.replace(".base_layer", ""): tensor for name, tensor in state.items() if not is_lora(name)}
 
 
-def save_adapter(model, recipe, folder: Path) -> None:
+def save_adapter(model_state: dict, recipe, folder: Path) -> None:
+    """Adapter weights and the fully trained parts from a LoRA model's (whole) state dict."""
     state = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in model_state.items():
         if is_lora(name):
             state[PEFT_PREFIX + name.replace(".default", "")] = tensor.detach().contiguous().cpu()
         elif name.split(".")[0] in recipe.train:

@@ -278,9 +278,9 @@ class Trainer:
         if self.recipe.lora:
             from .lora import official_state, save_adapter
 
-            weights = official_state(self.model) if weights is None else {
-                name.replace(".base_layer", ""): tensor for name, tensor in weights.items() if ".lora_" not in name}
-            extra = lambda folder: save_adapter(self.model, self.recipe, folder)  # noqa: E731
+            whole = weights if weights is not None else self.model.state_dict()
+            weights = official_state(whole)
+            extra = lambda folder: save_adapter(whole, self.recipe, folder)  # noqa: E731
         if self.world.rank == 0:
             path = save_checkpoint(self.output, self.step, self.model, self.source, self.state(optimizer_state),
                                    weights, extra)
