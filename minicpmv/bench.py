@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .model.config import OFFICIAL_ARCHITECTURES, SO400M
+from .processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
 
 ARCHITECTURES = {
     # 2.6 layout with the Qwen2-1.5B LLM: the size that fits this machine in float32
@@ -50,13 +51,7 @@ ROWS = {  # name: (low_memory, tuned, weights, vision_dtype, compile)
     "+int4": (True, True, "int4", "auto", "auto"),
 }
 INT4_GROUP = 64  # 4.5 bits per weight with float16 scale and zero: llama.cpp Q4_0's size
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "</image>", "<ref>", "</ref>", "<box>",
-                  "</box>", "<quad>", "</quad>", "<point>", "</point>", "<slice>", "</slice>", "<image_id>",
-                  "</image_id>", "<unk>"]
-QWEN_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-                 "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-                 "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
-                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+SPECIAL_TOKENS, QWEN_TEMPLATE = V26_SPECIAL_TOKENS, V26_CHAT_TEMPLATE
 
 
 def write_byte_tokenizer(folder: Path) -> None:

@@ -236,6 +236,9 @@ def _atomic(target: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the folder unreadable to others
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

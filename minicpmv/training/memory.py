@@ -2,12 +2,13 @@
 of memory and nobody can say beforehand how much it needs).
 
 Weights at their dtype; gradients and AdamW's two moments in float32 for trainable parameters;
-activations from the usual transformer count (per layer and token about 34 hidden-size values
-plus 5 attention scores per head and key, Korthikanti et al.), in float32 (or half with bf16
+activations from the usual transformer count (per layer and token about 34 hidden-size values,
+Korthikanti et al.), in float32 (or half with bf16
 autocast), for the LLM at the configured length and batch and for the vision tower at
-(slices + 1) crops of 1024 patches per image. Gradient checkpointing keeps one input per layer
-plus one layer's full activations. It is an estimate: allocator overhead and fragmentation
-come on top.
+(slices + 1) crops of 1024 patches per image; attention scores are not counted, as fused
+attention (SDPA) does not keep them. Gradient checkpointing keeps one input per layer plus one
+layer's full activations. It is an estimate for the configured (longest) length: allocator
+overhead comes on top, shorter batches need less.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def estimate_memory(model, recipe, images_per_sample: int = 1, autocast: bool = 
     value_bytes = 2 if autocast else 4
     llm, vision = model.config.llm, model.config.vision
     tokens = recipe.batch_size * recipe.max_length
-    per_layer = tokens * (34 * llm.hidden_size + 5 * llm.num_heads * recipe.max_length) * value_bytes
+    per_layer = tokens * 34 * llm.hidden_size * value_bytes
     if recipe.gradient_checkpointing:
         llm_activations = llm.num_layers * tokens * llm.hidden_size * value_bytes + per_layer
     else:
@@ -27,8 +28,8 @@ def estimate_memory(model, recipe, images_per_sample: int = 1, autocast: bool = 
     slices = recipe.max_slice_nums or 9
     crops = recipe.batch_size * images_per_sample * (slices + 1 if slices > 1 else 1)
     patches = ((recipe.scale_resolution or 448) // vision.patch_size) ** 2  # per crop
-    vision_activations = vision.num_layers * crops * patches * (34 * vision.hidden_size + 5 * vision.num_heads * patches) \
-        * value_bytes if any(part in recipe.train for part in ("vpm", "resampler")) else 0
+    trains_vision = any(part in recipe.train for part in ("vpm", "resampler"))
+    vision_activations = vision.num_layers * crops * patches * 34 * vision.hidden_size * value_bytes if trains_vision else 0
     logits = tokens * llm.vocab_size * 4 * 2  # float32 logits and their gradient
     parts = {"weights": weights, "gradients": trainable * 4, "optimizer": trainable * 8,
              "activations": llm_activations + vision_activations + logits}

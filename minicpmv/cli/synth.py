@@ -1,0 +1,39 @@
+"""`minicpmv synth`: generate the visual world (scenes and documents) as fine-tuning data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def synth(args: argparse.Namespace) -> dict:
+    """Write train / validation / test JSON files (official fine-tuning format, each record
+    tagged with its task) and their images under OUTPUT, deterministically from --seed; prints
+    the number of records per split and task."""
+    from collections import Counter
+
+    from ..errors import ConfigError
+    from ..synth.build import build_world
+
+    sizes = {"train": args.train, "validation": args.validation, "test": args.test}
+    if any(n < 0 for n in sizes.values()) or not 0 <= args.document_share <= 1:
+        raise ConfigError("image counts must be >= 0 and --document-share within [0, 1]")
+    paths = build_world(args.output, args.seed, {k: v for k, v in sizes.items() if v}, args.document_share)
+    summary = {}
+    for split, path in paths.items():
+        records = json.loads(path.read_text())
+        summary[split] = {"file": str(path), "records": len(records), "tasks": dict(Counter(r["task"] for r in records))}
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("synth", help="generate the visual world as fine-tuning data",
+                                   description=synth.__doc__.split("\n\n")[0])
+    parser.add_argument("--output", "-o", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
+    parser.add_argument("--validation", type=int, default=100)
+    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--document-share", type=float, default=0.5, help="share of images that are documents")
+    parser.set_defaults(run=lambda args: synth(args) and 0)

@@ -1,0 +1,87 @@
+"""The generated visual world as fine-tuning data: train / validation / test splits in the
+official JSON format (one file per split, images beside it), every record tagged with its
+`task`. Deterministic from a seed; each image belongs to one split only (its random stream is
+derived from the split's name and its index), so the splits never share an image.
+
+Tasks: `caption` (pre-training stages), scene questions (`colour`, `shape`, `count`,
+`position`), multi-turn `chat` about a scene, document questions (`total`, `price`, `line`,
+`field`, `cell`, `sign`) and `ocr` transcription.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+from .documents import document_questions, form, receipt, sign, table
+from .scenes import caption, questions, random_scene
+
+SPLITS = {"train": 2000, "validation": 100, "test": 200}
+DOCUMENT_MAKERS = (receipt, form, table, sign)
+
+
+def split_rng(seed: int, split: str, index: int) -> random.Random:
+    digest = hashlib.sha256(f"{seed}/{split}/{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def _record(name: str, image: str, task: str, turns: list[tuple[str, str]]) -> dict:
+    conversations = []
+    for number, (question, answer) in enumerate(turns):
+        conversations.append({"role": "user", "content": ("<image>\n" if number == 0 else "") + question})
+        conversations.append({"role": "assistant", "content": answer})
+    return {"id": name, "image": image, "task": task, "conversations": conversations}
+
+
+def scene_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
+    scene = random_scene(rng, *rng.choice(((448, 448), (672, 448), (448, 672))))
+    file = f"{name}.png"
+    scene.render().save(folder / file)
+    asked = questions(scene, rng)
+    records = [_record(f"{name}-caption", file, "caption", [("Describe the image.", caption(scene))])]
+    records += [_record(f"{name}-{task}-{i}", file, task, [(q, a)]) for i, (task, q, a) in enumerate(asked)]
+    chat = rng.sample(asked, min(3, len(asked)))
+    records.append(_record(f"{name}-chat", file, "chat", [(q, a) for _, q, a in chat]))
+    return records
+
+
+def document_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
+    document = rng.choices(DOCUMENT_MAKERS, weights=(4, 2, 2, 2))[0](rng)  # receipts: the demo question
+    file = f"{name}.png"
+    document.image.save(folder / file)
+    records = [_record(f"{name}-{task}-{i}", file, task, [(q, a)])
+               for i, (task, q, a) in enumerate(document_questions(document, rng))]
+    records.append(_record(f"{name}-ocr", file, "ocr", [("Read all the text.", "\n".join(document.lines))]))
+    return records
+
+
+def build_world(output: str | Path, seed: int = 0, sizes: dict[str, int] | None = None,
+                document_share: float = 0.5) -> dict[str, Path]:
+    """Write `output/SPLIT.json` and `output/images/` for each split; returns the JSON paths.
+    `sizes` gives the number of images per split (default SPLITS); about `document_share` of
+    them are documents, the rest scenes."""
+    output = Path(output)
+    images = output / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, count in (sizes or SPLITS).items():
+        records = []
+        for index in range(count):
+            rng = split_rng(seed, split, index)
+            name = f"images/{split}-{index:05d}"
+            make = document_records if rng.random() < document_share else scene_records
+            records += make(rng, name, output)
+        paths[split] = _write_json(output / f"{split}.json", records)
+    return paths
+
+
+def _write_json(path: Path, records: list[dict]) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(records, handle, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+    return path

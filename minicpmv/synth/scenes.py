@@ -1,0 +1,117 @@
+"""Scenes of coloured shapes with their exact object list (the ground truth for captions, VQA
+and, later, hallucination checks). Everything follows from a seed."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180), "yellow": (240, 200, 30),
+           "purple": (148, 103, 189), "orange": (255, 127, 14), "black": (20, 20, 20)}
+SHAPES = ("circle", "square", "triangle", "star")
+SIZES = {"small": 0.10, "large": 0.20}  # fraction of the shorter image side
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
+
+
+@dataclass(frozen=True)
+class Thing:
+    shape: str
+    colour: str
+    size: str
+    x: float  # centre, as a fraction of the width
+    y: float
+
+    @property
+    def place(self) -> str:
+        """Where it is, in words: one of nine regions."""
+        row = "top" if self.y < 1 / 3 else "bottom" if self.y > 2 / 3 else "middle"
+        column = "left" if self.x < 1 / 3 else "right" if self.x > 2 / 3 else "center"
+        return "center" if row == "middle" and column == "center" else f"{row} {column}"
+
+
+@dataclass
+class Scene:
+    things: list[Thing]
+    width: int
+    height: int
+    background: tuple[int, int, int]
+
+    def render(self) -> Image.Image:
+        image = Image.new("RGB", (self.width, self.height), self.background)
+        draw = ImageDraw.Draw(image)
+        side = min(self.width, self.height)
+        for thing in self.things:
+            _draw(draw, thing, self.width, self.height, SIZES[thing.size] * side)
+        return image
+
+
+def random_scene(rng: random.Random, width: int = 448, height: int = 448, most: int = 5) -> Scene:
+    """1..`most` shapes that do not overlap (placed by rejection), on a light background."""
+    things: list[Thing] = []
+    side = min(width, height)
+    for _ in range(200):
+        if len(things) >= rng.randint(1, most) and things:
+            break
+        size = rng.choice(list(SIZES))
+        radius = SIZES[size] * side / 2
+        x, y = rng.uniform(radius, width - radius) / width, rng.uniform(radius, height - radius) / height
+        if all(math.hypot((x - t.x) * width, (y - t.y) * height) > radius + SIZES[t.size] * side / 2 + 6
+               for t in things):
+            things.append(Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y))
+    shade = rng.randint(225, 250)
+    return Scene(things, width, height, (shade, shade, shade))
+
+
+def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diameter: float) -> None:
+    cx, cy, r = thing.x * width, thing.y * height, diameter / 2
+    fill = COLOURS[thing.colour]
+    if thing.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif thing.shape == "square":
+        draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=fill)
+    elif thing.shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+    else:  # a five-pointed star
+        points = [(cx + (r if i % 2 == 0 else r * 0.45) * math.sin(i * math.pi / 5),
+                   cy - (r if i % 2 == 0 else r * 0.45) * math.cos(i * math.pi / 5)) for i in range(10)]
+        draw.polygon(points, fill=fill)
+
+
+def plural(shape: str, count: int) -> str:
+    return shape if count == 1 else shape + "s"
+
+
+def caption(scene: Scene) -> str:
+    """Every object, in reading order: 'a large red circle at the top left, ...'."""
+    ordered = sorted(scene.things, key=lambda t: (round(t.y * 3), t.x))
+    parts = [f"a {t.size} {t.colour} {t.shape} at the {t.place}" for t in ordered]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(task, question, answer) about the scene: colour, shape, count and position questions
+    whose answers are unambiguous from the object list."""
+    result = []
+    by_shape = {shape: [t for t in scene.things if t.shape == shape] for shape in SHAPES}
+    asked = rng.choice(SHAPES)
+    result.append(("count", f"How many {plural(asked, 2)} are there?", NUMBER_WORDS[len(by_shape[asked])]))
+    unique = [t for t in scene.things if len(by_shape[t.shape]) == 1]
+    if unique:
+        thing = rng.choice(unique)
+        result.append(("colour", f"What colour is the {thing.shape}?", thing.colour))
+        result.append(("position", f"Where is the {thing.shape}?", f"at the {thing.place}"))
+    colours = {t.colour for t in scene.things}
+    single_colour = [t for t in scene.things if sum(u.colour == t.colour for u in scene.things) == 1]
+    if single_colour:
+        thing = rng.choice(single_colour)
+        result.append(("shape", f"What shape is {thing.colour}?", thing.shape))
+    absent = sorted(set(COLOURS) - colours)
+    if absent:
+        colour = rng.choice(absent)
+        result.append(("count", f"How many {colour} things are there?", "zero"))
+    result.append(("count", "How many shapes are there?", NUMBER_WORDS[len(scene.things)]))
+    return result

@@ -1,0 +1,142 @@
+"""The generated visual world: deterministic, splits disjoint, answers true to the ground truth,
+documents too fine for one 448-px view, records readable by the training data loader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from minicpmv.cli import main
+from minicpmv.processing.processor import MiniCPMVProcessor
+from minicpmv.synth.build import build_world
+from minicpmv.synth.documents import document_questions, form, receipt, sign, table
+from minicpmv.synth.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene
+from minicpmv.training.data import ChatDataset, SampleBuilder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return root, build_world(root, seed=5, sizes={"train": 16, "validation": 4, "test": 8})
+
+
+def digest(folder: Path, records: list[dict]) -> set[str]:
+    return {hashlib.sha1((folder / r["image"]).read_bytes()).hexdigest() for r in records}
+
+
+def test_same_seed_same_world(world, tmp_path):
+    root, paths = world
+    again = build_world(tmp_path, seed=5, sizes={"train": 16, "validation": 4, "test": 8})
+    for split in paths:
+        first, second = json.loads(paths[split].read_text()), json.loads(again[split].read_text())
+        assert first == second
+        assert digest(root, first) == digest(tmp_path, second)
+    other = build_world(tmp_path / "other", seed=6, sizes={"train": 16})
+    assert json.loads(other["train"].read_text()) != json.loads(paths["train"].read_text())
+
+
+def test_splits_share_no_image(world):
+    root, paths = world
+    hashes = {split: digest(root, json.loads(path.read_text())) for split, path in paths.items()}
+    assert not hashes["train"] & hashes["test"] and not hashes["train"] & hashes["validation"]
+    assert not hashes["validation"] & hashes["test"]
+
+
+def test_every_task_is_present_and_records_load(world):
+    root, paths = world
+    records = [r for path in paths.values() for r in json.loads(path.read_text())]
+    tasks = {r["task"] for r in records}
+    assert {"caption", "count", "colour", "position", "shape", "chat", "ocr"} <= tasks
+    assert tasks & {"total", "price", "line", "field", "cell", "sign"}
+    processor = MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint")
+    dataset = ChatDataset(paths["test"], SampleBuilder(processor, max_length=8192))
+    assert all(dataset[i] is not None for i in range(len(dataset)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_scene_answers_follow_the_object_list(seed):
+    rng = random.Random(seed)
+    scene = random_scene(rng)
+    for task, question, answer in questions(scene, rng):
+        if task == "count" and question == "How many shapes are there?":
+            assert answer == NUMBER_WORDS[len(scene.things)]
+        elif task == "count" and any(question == f"How many {s}s are there?" for s in SHAPES):
+            shape = question.split()[2][:-1]
+            assert answer == NUMBER_WORDS[sum(t.shape == shape for t in scene.things)]
+        elif task == "colour":
+            shape = question.split()[-1][:-1]
+            assert [t.colour for t in scene.things if t.shape == shape] == [answer]
+        elif task == "shape":
+            colour = question.split()[-1][:-1]
+            assert [t.shape for t in scene.things if t.colour == colour] == [answer]
+    assert caption(scene).count(" at the ") == len(scene.things)
+
+
+@pytest.mark.parametrize("make", [receipt, form, table, sign])
+def test_documents_are_high_resolution_and_answers_are_their_text(make):
+    rng = random.Random(1)
+    document = make(rng)
+    width, height = document.image.size
+    assert width * height >= 1_000_000  # about 5x more pixels than one 448-px view holds
+    text = "\n".join(document.lines)
+    for task, question, answer in document_questions(document, rng):
+        assert answer in text, (task, question, answer)
+
+
+def test_receipt_total_is_the_sum_and_signs_are_extreme():
+    rng = random.Random(2)
+    document = receipt(rng)
+    assert abs(sum(float(p) for p in document.facts["prices"].values()) - float(document.facts["total"])) < 0.005
+    assert sign(rng, vertical=False).image.size == (4480, 448)
+    assert sign(rng, vertical=True).image.size == (448, 4480)
+
+
+def test_cli_writes_the_splits(tmp_path, capsys):
+    assert main(["synth", "-o", str(tmp_path), "--train", "3", "--validation", "0", "--test", "2", "--seed", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"train", "test"} and summary["test"]["records"] > 0
+    first = json.loads((tmp_path / "train.json").read_text())[0]
+    assert Image.open(tmp_path / first["image"]).size[0] > 0
+    assert main(["synth", "-o", str(tmp_path), "--document-share", "2"]) == 2
+
+
+def test_demo_starting_checkpoint(world, tmp_path):
+    import minicpmv
+    from minicpmv.synth.demo import init_checkpoint
+    from minicpmv.processing.tokenizer import V26_SPECIAL_TOKENS
+
+    root, paths = world
+    folder = init_checkpoint(tmp_path / "initial", [paths["train"]], seed=0, vocab_size=600)
+    assert (folder / "model.safetensors").stat().st_size <= 25 * (1 << 20)
+    chat = minicpmv.load(folder)
+    assert all(chat.tokenizer.token_to_id(token) is not None for token in V26_SPECIAL_TOKENS)
+    assert chat.tokenizer.vocab_size == 600
+    assert len(chat.tokenizer.encode("What is the total?")) < 10  # merges learned from the world's text
+    record = json.loads(paths["test"].read_text())[0]
+    answer = chat.generate([{"role": "user", "content": [root / record["image"], "Describe the image."]}],
+                           max_new_tokens=3)
+    assert answer.image_tokens >= 64
+
+
+def test_memory_estimate_follows_the_recipe():
+    from minicpmv.model.checkpoint import load_model
+    from minicpmv.training.memory import estimate_memory
+    from minicpmv.training.recipes import recipe
+    from minicpmv.training.trainer import set_trainable
+
+    model = load_model(TINY["2.6"] / "checkpoint")
+    sft, stage1 = recipe("sft"), recipe("stage1")
+    set_trainable(model, sft)
+    full = estimate_memory(model, sft)
+    lean = estimate_memory(model, recipe("sft", {"gradient_checkpointing": True}))
+    assert lean["activations"] < full["activations"] and lean["optimizer"] == full["optimizer"]
+    set_trainable(model, stage1)
+    small = estimate_memory(model, stage1)
+    assert small["optimizer"] == 8 * sum(p.numel() for p in model.resampler.parameters())
+    assert small["total"] == sum(v for k, v in small.items() if k != "total")
