@@ -140,3 +140,32 @@ def test_memory_estimate_follows_the_recipe():
     small = estimate_memory(model, stage1)
     assert small["optimizer"] == 8 * sum(p.numel() for p in model.resampler.parameters())
     assert small["total"] == sum(v for k, v in small.items() if k != "total")
+
+
+def test_exact_match_scoring(world):
+    from minicpmv.synth.evaluate import evaluate, normalize
+
+    class Oracle:  # answers from the references: scoring must give 100%, and 0% when always wrong
+        def __init__(self, answers, wrong=False):
+            self.answers, self.wrong = answers, wrong
+
+        def generate(self, messages, **options):
+            from types import SimpleNamespace
+
+            content = messages[0]["content"]
+            key = (tuple(map(str, content)) if isinstance(content, list) else content, len(messages))
+            return SimpleNamespace(text="nope" if self.wrong else self.answers[key] + ".")
+
+    root, paths = world
+    records = json.loads(paths["test"].read_text())
+    answers = {}
+    for record in records:
+        turns = record["conversations"]
+        first = turns[0]["content"].replace("<image>", "").strip()
+        content = (str(paths["test"].parent / record["image"]), first) if record.get("image") else first
+        for index in range(0, len(turns), 2):
+            answers[(content, index + 1)] = turns[index + 1]["content"]
+    scores = evaluate(Oracle(answers), paths["test"])
+    assert scores["all"]["accuracy"] == 1.0 and scores["all"]["total"] >= len(records)
+    assert evaluate(Oracle(answers, wrong=True), paths["test"], limit=5)["all"]["accuracy"] == 0.0
+    assert normalize(" Red. ") == "red"
