@@ -19,7 +19,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/minicpmv inspect-image minicpmv/assets/example.png
+	$(VENV)/bin/minicpmv generate -p "How many shapes are there?" --image minicpmv/assets/demo-scene.png
 
 # The web page test drives Debian's chromium (Playwright with executable_path; no browser download).
 browser:

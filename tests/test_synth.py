@@ -69,6 +69,9 @@ def test_scene_answers_follow_the_object_list(seed):
         elif task == "count" and any(question == f"How many {s}s are there?" for s in SHAPES):
             shape = question.split()[2][:-1]
             assert answer == NUMBER_WORDS[sum(t.shape == shape for t in scene.things)]
+        elif task == "count" and question.endswith(" things are there?"):
+            colour = question.split()[2]
+            assert answer == NUMBER_WORDS[sum(t.colour == colour for t in scene.things)]
         elif task == "colour":
             shape = question.split()[-1][:-1]
             assert [t.colour for t in scene.things if t.shape == shape] == [answer]

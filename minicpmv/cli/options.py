@@ -6,7 +6,7 @@ import argparse
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", required=True, help="checkpoint folder")
+    parser.add_argument("-m", "--model", help="checkpoint folder (default: the bundled demo model)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
@@ -45,6 +45,10 @@ def load_model(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model is None:
+        from ..bundled import demo_model_path
+
+        args.model = str(demo_model_path())
     return load(args.model, dtype=args.dtype, device=args.device, low_memory=args.low_memory,
                 vision_dtype=args.vision_dtype, compile=args.compile, llm_gguf=args.llm_gguf)
 

@@ -38,7 +38,7 @@ def _record(name: str, image: str, task: str, turns: list[tuple[str, str]]) -> d
 
 
 def scene_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
-    scene = random_scene(rng, *rng.choice(((448, 448), (672, 448), (448, 672))))
+    scene = random_scene(rng)  # one 448-px view: scenes need no slicing, documents do
     file = f"{name}.png"
     scene.render().save(folder / file)
     asked = questions(scene, rng)

@@ -12,23 +12,26 @@ import torch
 
 from ..model.checkpoint import save_model
 from ..model.config import MiniCPMVConfig
+from ..model.initialization import initialize_for_training
 from ..model.minicpmv import MiniCPMV
 from ..processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
 
-# sized for 2 CPU cores: about 6 M parameters, ~24 MB in float32
+# Sized for 2 CPU cores: 6.35 M parameters (25.4 MB in float32, shipped in bfloat16). Patches of
+# 28 px instead of SigLIP's 14: a 448-px slice is 16x16 = 256 vision tokens, a quarter of the
+# compute, and a 22-px character still falls within one or two patches.
 DEMO_CONFIG = {
     "architectures": ["MiniCPMV"], "model_type": "minicpmv", "version": 2.6,
     "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
     "num_key_value_heads": 2, "max_position_embeddings": 8192, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
     "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
     "query_num": 64, "batch_vision_input": True, "slice_mode": True, "use_image_id": True,
-    "drop_vision_last_layer": False, "image_size": 448, "patch_size": 14, "vision_batch_size": 16,
+    "drop_vision_last_layer": False, "image_size": 448, "patch_size": 28, "vision_batch_size": 16,
     "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 192, "intermediate_size": 768,
-                      "num_hidden_layers": 4, "num_attention_heads": 4, "patch_size": 14, "image_size": 448},
+                      "num_hidden_layers": 4, "num_attention_heads": 4, "patch_size": 28, "image_size": 448},
 }
 PREPROCESSOR_CONFIG = {
     "image_processor_type": "MiniCPMVImageProcessor", "processor_class": "MiniCPMVProcessor",
-    "max_slice_nums": 9, "scale_resolution": 448, "patch_size": 14, "im_start": "<image>", "im_end": "</image>",
+    "max_slice_nums": 9, "scale_resolution": 448, "patch_size": 28, "im_start": "<image>", "im_end": "</image>",
     "slice_start": "<slice>", "slice_end": "</slice>", "unk": "<unk>", "norm_mean": [0.5, 0.5, 0.5],
     "norm_std": [0.5, 0.5, 0.5], "image_feature_size": 64, "im_id_start": "<image_id>", "im_id_end": "</image_id>",
     "slice_mode": True, "use_image_id": True, "version": 2.6,
@@ -58,8 +61,21 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024):
     return tokenizer
 
 
-def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, vocab_size: int = 1024) -> Path:
+def demo_configs(patch_size: int | None = None, query_num: int | None = None) -> tuple[dict, dict]:
+    """(model config, preprocessor config) of the demo model, with another patch size or number
+    of resampler queries per slice where given (the ablations)."""
+    config, preprocessor = json.loads(json.dumps(DEMO_CONFIG)), dict(PREPROCESSOR_CONFIG)
+    if patch_size is not None:
+        config["patch_size"] = config["vision_config"]["patch_size"] = preprocessor["patch_size"] = patch_size
+    if query_num is not None:
+        config["query_num"] = preprocessor["image_feature_size"] = query_num
+    return config, preprocessor
+
+
+def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, vocab_size: int = 1024,
+                    patch_size: int | None = None, query_num: int | None = None) -> Path:
     """Write the untrained demo checkpoint: tokenizer from the training texts, random weights."""
+    config, preprocessor = demo_configs(patch_size, query_num)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(record_texts(train_json), vocab_size)
@@ -67,10 +83,36 @@ def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, v
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": V26_CHAT_TEMPLATE, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
          "unk_token": "<unk>"}, indent=1))
-    (folder / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=1))
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.token_to_id("<|im_end|>")}))
-    config = {**DEMO_CONFIG, "vocab_size": tokenizer.get_vocab_size()}
-    torch.manual_seed(seed)
-    model = MiniCPMV(MiniCPMVConfig.from_dict(config))
+    config["vocab_size"] = tokenizer.get_vocab_size()
+    model = initialize_for_training(MiniCPMV(MiniCPMVConfig.from_dict(config)), seed=seed)
     save_model(model, folder)
     return folder
+
+
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
+
+
+def bundle_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
+    """Copy a trained demo checkpoint to `target` as the package ships it: weights in bfloat16
+    (half the size; the loader widens them to float32 on CPU), no optimizer state. Written
+    beside `target` and swapped in, so a failed copy leaves the old bundle untouched."""
+    import shutil
+    import tempfile
+
+    from ..model.checkpoint import load_model
+
+    checkpoint, target = Path(checkpoint), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    save_model(load_model(checkpoint).to(torch.bfloat16), staging)
+    for name in PROCESSOR_FILES:
+        shutil.copy(checkpoint / name, staging / name)
+    staging.chmod(0o755)
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
