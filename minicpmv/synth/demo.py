@@ -61,21 +61,19 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024):
     return tokenizer
 
 
-def demo_configs(patch_size: int | None = None, query_num: int | None = None) -> tuple[dict, dict]:
-    """(model config, preprocessor config) of the demo model, with another patch size or number
-    of resampler queries per slice where given (the ablations)."""
+def demo_configs(query_num: int | None = None) -> tuple[dict, dict]:
+    """(model config, preprocessor config) of the demo model, with another number of resampler
+    queries per slice where given (the query ablation)."""
     config, preprocessor = json.loads(json.dumps(DEMO_CONFIG)), dict(PREPROCESSOR_CONFIG)
-    if patch_size is not None:
-        config["patch_size"] = config["vision_config"]["patch_size"] = preprocessor["patch_size"] = patch_size
     if query_num is not None:
         config["query_num"] = preprocessor["image_feature_size"] = query_num
     return config, preprocessor
 
 
 def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, vocab_size: int = 1024,
-                    patch_size: int | None = None, query_num: int | None = None) -> Path:
+                    query_num: int | None = None) -> Path:
     """Write the untrained demo checkpoint: tokenizer from the training texts, random weights."""
-    config, preprocessor = demo_configs(patch_size, query_num)
+    config, preprocessor = demo_configs(query_num)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(record_texts(train_json), vocab_size)
@@ -91,9 +89,6 @@ def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, v
     return folder
 
 
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
-
-
 def bundle_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
     """Copy a trained demo checkpoint to `target` as the package ships it: weights in bfloat16
     (half the size; the loader widens them to float32 on CPU), no optimizer state. Written
@@ -102,17 +97,20 @@ def bundle_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
     import tempfile
 
     from ..model.checkpoint import load_model
+    from ..training.checkpoints import copy_model_files
 
     checkpoint, target = Path(checkpoint), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    save_model(load_model(checkpoint).to(torch.bfloat16), staging)
-    for name in PROCESSOR_FILES:
-        shutil.copy(checkpoint / name, staging / name)
-    staging.chmod(0o755)
     old = target.with_name(f".{target.name}.old")
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        save_model(load_model(checkpoint).to(torch.bfloat16), staging)
+        copy_model_files(checkpoint, staging)  # tokenizer and processor files, not trainer_state.pt
+        staging.chmod(0o755)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return target
