@@ -13,7 +13,7 @@ def test_repl_commands_and_ctrl_c(tmp_path):
     child = pexpect.spawn(
         sys.executable, ["-m", "minicpmv", "chat", "-m", str(TINY["2.6"] / "checkpoint"), "-n", "20000",
                          "--min-tokens", "20000"],
-        encoding="utf-8", timeout=60, dimensions=(40, 200))
+        encoding="utf-8", timeout=120, dimensions=(40, 200))
     child.logfile_read = open(tmp_path / "session.log", "w")
     child.expect("ready")
     child.expect("> ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,33 @@ def chat():
     return minicpmv.load(TINY["2.6"] / "checkpoint")
 
 
+class PacedStream:
+    """A TextStream whose pieces come at most every 20 ms: a tiny model on a fast machine can
+    finish within one animation frame, and the browser then shows the answer in one update."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def __iter__(self):
+        for piece in self._stream:
+            time.sleep(0.02)
+            yield piece
+
+
+class PacedChat:
+    def __init__(self, chat):
+        self._chat = chat
+
+    def __getattr__(self, name):
+        return getattr(self._chat, name)
+
+    def stream(self, *args, **kwargs):
+        return PacedStream(self._chat.stream(*args, **kwargs))
+
+
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as driver:
@@ -55,7 +83,7 @@ def test_upload_ask_stream_and_follow_up(chat, browser):
     expected = chat.generate([{"role": "user", "content": first}], max_new_tokens=40)
     follow_up = chat.generate([{"role": "user", "content": first}, {"role": "assistant", "content": expected.text},
                                {"role": "user", "content": "And the colours?"}], max_new_tokens=40)
-    with running(chat, ServerSettings(model_name="tiny-2.6")) as url:
+    with running(PacedChat(chat), ServerSettings(model_name="tiny-2.6")) as url:
         page = browser.new_page(viewport={"width": 900, "height": 700})
         bodies = []
         page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.method == "POST" else None)
