@@ -95,3 +95,23 @@ def test_fresh_weights_let_the_image_through():
     assert float(noise[0].std(0).mean()) > 0.01  # and the queries read different parts of it
     again = initialize_for_training(MiniCPMV(MiniCPMVConfig.from_dict({**DEMO_CONFIG, "vocab_size": 300})), seed=0)
     assert torch.equal(again.resampler.proj, model.resampler.proj)  # seeded
+
+
+def test_feature_probes_run_on_the_bundled_model():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from probe_demo_features import linear_probe, train_shape_head
+
+    from minicpmv.model.checkpoint import load_model
+    from minicpmv.processing.processor import MiniCPMVProcessor
+
+    processor = MiniCPMVProcessor.from_pretrained(DEMO_MODEL)
+    scores = linear_probe(load_model(DEMO_MODEL).float().eval(), processor, train=12, test=8)
+    assert set(scores) == {"shape", "column"} and all(0 <= v <= 1 for v in scores.values())
+    model = load_model(DEMO_MODEL).float().train()
+    before = model.vpm.embeddings.patch_embedding.weight.detach().clone()
+    curve = train_shape_head(model, processor, steps=2, train=8, test=4)
+    assert [step for step, _ in curve] == [2]
+    assert not torch.equal(before, model.vpm.embeddings.patch_embedding.weight)  # the encoder itself trains
