@@ -31,6 +31,7 @@ from minicpmv.synth.build import split_rng
 from minicpmv.synth.scenes import SHAPES, random_scene
 
 SEED = 7  # the probe images' own stream
+COLUMNS = ("left", "center", "right")
 
 
 def one_object_views(processor, split: str, count: int):
@@ -38,12 +39,12 @@ def one_object_views(processor, split: str, count: int):
     crops, sizes, shapes, columns = [], [], [], []
     for index in range(count):
         scene = random_scene(split_rng(SEED, f"probe-{split}", index), most=1)
-        inputs = processor([{"role": "user", "content": [scene.render(), "?"]}], max_slice_nums=1)
+        image = processor.encode_images([scene.render()], max_slice_nums=1)[0]  # pixels only: no prompt
         thing = scene.things[0]
-        crops.append(inputs.pixel_values[0][0])
-        sizes.append(inputs.tgt_sizes[0][0])
+        crops.append(image.crops[0])
+        sizes.append(image.tgt_sizes[0])
         shapes.append(SHAPES.index(thing.shape))
-        columns.append(0 if thing.x < 1 / 3 else 2 if thing.x > 2 / 3 else 1)
+        columns.append(COLUMNS.index(thing.place.split()[-1]))  # "top left" -> left; "center" -> center
     return torch.stack(crops), torch.stack(sizes), torch.tensor(shapes), torch.tensor(columns)
 
 

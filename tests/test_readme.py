@@ -25,18 +25,20 @@ def test_readme_cli_commands_run(monkeypatch, capsys):
         assert capsys.readouterr().out.strip(), command
 
 
-def test_make_demo_runs_a_readme_command():
+def make_demo_command() -> str:
+    """The `minicpmv ...` command of the Makefile's demo target (without the .venv/bin/ path)."""
     makefile = (ROOT / "Makefile").read_text()
-    demo = re.search(r"^demo:.*\n\t(.*)$", makefile, flags=re.M).group(1)
-    command = demo.split("/bin/", 1)[1]
+    return re.search(r"^demo:.*\n\t(.*)$", makefile, flags=re.M).group(1).split("/bin/", 1)[1]
+
+
+def test_make_demo_runs_a_readme_command():
+    command = make_demo_command()
     assert command in readme_commands()  # so it runs in test_readme_cli_commands_run
 
 
 def test_make_demo_answers_with_the_bundled_model(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    makefile = (ROOT / "Makefile").read_text()
-    command = re.search(r"^demo:.*\n\t(.*)$", makefile, flags=re.M).group(1).split("/bin/", 1)[1]
-    assert main(shlex.split(command)[1:]) == 0
+    assert main(shlex.split(make_demo_command())[1:]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == "two"  # the demo scene: a purple square and a green star
     assert "peak RSS" in captured.err

@@ -5,6 +5,7 @@ official folder that `minicpmv train` then takes through stage1 -> stage2 -> sta
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024):
 def demo_configs(query_num: int | None = None) -> tuple[dict, dict]:
     """(model config, preprocessor config) of the demo model, with another number of resampler
     queries per slice where given (the query ablation)."""
-    config, preprocessor = json.loads(json.dumps(DEMO_CONFIG)), dict(PREPROCESSOR_CONFIG)
+    config, preprocessor = copy.deepcopy(DEMO_CONFIG), dict(PREPROCESSOR_CONFIG)
     if query_num is not None:
         config["query_num"] = preprocessor["image_feature_size"] = query_num
     return config, preprocessor
