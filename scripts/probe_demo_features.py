@@ -28,23 +28,21 @@ from minicpmv.cpu import has_native_bf16
 from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import split_rng
-from minicpmv.synth.scenes import SHAPES, random_scene
+from minicpmv.synth.scenes import COLUMNS, SHAPES, one_object_example
 
 SEED = 7  # the probe images' own stream
-COLUMNS = ("left", "center", "right")
 
 
 def one_object_views(processor, split: str, count: int):
     """(crops, tgt_sizes, shape index, column index) of `count` one-object scenes."""
     crops, sizes, shapes, columns = [], [], [], []
     for index in range(count):
-        scene = random_scene(split_rng(SEED, f"probe-{split}", index), most=1)
-        image = processor.encode_images([scene.render()], max_slice_nums=1)[0]  # pixels only: no prompt
-        thing = scene.things[0]
-        crops.append(image.crops[0])
-        sizes.append(image.tgt_sizes[0])
-        shapes.append(SHAPES.index(thing.shape))
-        columns.append(COLUMNS.index(thing.place.split()[-1]))  # "top left" -> left; "center" -> center
+        image, labels = one_object_example(split_rng(SEED, f"probe-{split}", index))
+        encoded = processor.encode_images([image], max_slice_nums=1)[0]  # pixels only: no prompt
+        crops.append(encoded.crops[0])
+        sizes.append(encoded.tgt_sizes[0])
+        shapes.append(SHAPES.index(labels["shape"]))
+        columns.append(COLUMNS.index(labels["column"]))
     return torch.stack(crops), torch.stack(sizes), torch.tensor(shapes), torch.tensor(columns)
 
 

@@ -4,17 +4,20 @@
 
 1. `minicpmv synth`: the generated world (train / validation / test splits);
 2. the untrained checkpoint: tokenizer trained on the world's text, seeded random weights;
-3. stage0 (ours, not the paper's): the LLM alone learns the world's language from text-only
+3. vision pre-training (ours, not the paper's): the vision encoder and resampler learn each
+   object's shape, column, row and colour from one-object scenes through classifier heads, standing in
+   for the pre-trained SigLIP the paper starts from (minicpmv/training/vision_pretrain.py);
+4. stage0 (ours, not the paper's): the LLM alone learns the world's language from text-only
    samples, standing in for the pre-trained LLM the paper starts from;
-4. the paper's stage1 (224 px, scenes) -> stage2 (448 px, scenes) -> stage3 (adaptive slicing,
+5. the paper's stage1 (224 px, scenes) -> stage2 (448 px, scenes) -> stage3 (adaptive slicing,
    documents) -> sft (everything, all tasks);
-5. with --bundle: the result, in bfloat16, becomes the package's bundled demo model.
+6. with --bundle: the result, in bfloat16, becomes the package's bundled demo model.
 
 Unlike the paper, stages 1-3 train the LLM too: the paper's LLM is pre-trained and only has to
 learn to read visual tokens, ours is a few minutes old. With it frozen, a from-scratch encoder
-and resampler did not move the loss in 600 steps (measured); trained jointly, the model starts
-using the image within a few hundred steps. The stages keep the paper's schedule of
-resolution (224 px, then 448 px, then slicing) and data.
+and resampler did not move the loss in 600 steps (measured). As in the paper, stage1 keeps the
+(pre-trained) vision encoder frozen and stage2 unfreezes it. The stages keep the paper's
+schedule of resolution (224 px, then 448 px, then slicing) and data.
 
 Each stage is `minicpmv train ... --resume`, so running the script again after an interruption
 continues where it stopped; a finished stage is skipped. Every stage keeps its loss curve
@@ -32,9 +35,11 @@ from pathlib import Path
 SCENES = ("caption", "count", "colour", "shape", "position", "chat")
 DOCUMENTS = ("ocr", "total", "price", "line", "field", "cell", "sign")
 EVERYTHING = ["--set", "train=[vpm,resampler,llm]"]  # see the module docstring
+VISION = ("shape", "column", "row", "colour")  # labels of the vision pre-training, in order (see pretrain_vision)
+VISION_STEPS = 600  # per label
 STAGES = [  # name, recipe, tasks in its data (None: all), steps, extra settings
     ("stage0", "sft", "text", 300, ["--set", "train=[llm]", "--lr", "2e-3", "--batch-size", "8"]),
-    ("stage1", "stage1", SCENES, 1500, [*EVERYTHING, "--lr", "3e-4"]),
+    ("stage1", "stage1", SCENES, 1500, ["--set", "train=[resampler,llm]", "--lr", "3e-4"]),
     ("stage2", "stage2", SCENES, 1500, [*EVERYTHING, "--lr", "3e-4"]),
     ("stage3", "stage3", ("caption", *DOCUMENTS), 100, [*EVERYTHING, "--lr", "3e-4"]),
     ("sft", "sft", None, 150, ["--lr", "2e-4"]),
@@ -78,6 +83,20 @@ def write_demo_image(seed: int) -> None:
     tmp.replace(DEMO_IMAGE)
 
 
+def pretrain_vision(initial: Path, output: Path, args) -> Path:
+    from minicpmv.synth.build import split_rng
+    from minicpmv.synth.scenes import LABELS, one_object_example
+    from minicpmv.training.vision_pretrain import VisionPretraining, run_vision_pretraining
+
+    settings = VisionPretraining(VISION, steps_per_label=max(1, round(VISION_STEPS * args.scale)),
+                                 batch_size=args.batch_size, test_images=args.vision_test_images, seed=args.seed)
+
+    def examples(split: str, index: int):
+        return one_object_example(split_rng(args.seed, f"vision-{split}", index))
+
+    return run_vision_pretraining(initial, output, examples, LABELS, settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/demo")
@@ -87,6 +106,8 @@ def main() -> None:
     parser.add_argument("--validation-images", type=int, default=100)
     parser.add_argument("--test-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--vision-test-images", type=int, default=200,
+                        help="held-out images scoring the vision pre-training")
     parser.add_argument("--max-slice-nums", type=int,
                         help="slices per image from stage3 on (1: one 448-px view, the slicing ablation)")
     parser.add_argument("--queries", type=int, help="resampler queries per slice (default 64; the query ablation)")
@@ -103,7 +124,7 @@ def main() -> None:
         if args.queries:
             raise SystemExit("--reuse shares stages 0-2, which --queries changes")
         work.mkdir(parents=True, exist_ok=True)
-        for name in ("world", "initial", "stage0", "stage1", "stage2"):
+        for name in ("world", "initial", "vision", "stage0", "stage1", "stage2"):
             if not (work / name).exists():
                 (work / name).symlink_to((Path(args.reuse) / name).resolve())
     if not (world / "test.json").exists():
@@ -114,7 +135,7 @@ def main() -> None:
         from minicpmv.synth.demo import init_checkpoint
 
         init_checkpoint(initial, [world / "train.json"], seed=args.seed, query_num=args.queries)
-    model = initial
+    model = pretrain_vision(initial, work / "vision", args)
     for name, recipe, tasks, steps, extra in STAGES:
         steps = max(1, round(steps * args.scale))
         output = work / name

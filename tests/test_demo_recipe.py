@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
 STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 1, "sft": 1}  # 0.004 x the real step counts
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
-        "--batch-size", "2"]
+        "--batch-size", "2", "--vision-test-images", "4"]
+VISION_STEPS = 8  # 4 labels x 2 steps
 
 
 def run(*args: str) -> str:
@@ -45,11 +48,25 @@ def test_every_stage_ran_with_its_recipe(trained):
         assert len((trained / name / "metrics.jsonl").read_text().splitlines()) == steps
         assert (trained / name / "loss.png").stat().st_size > 0
     assert tuple(recipe_of(trained / "stage0")["train"]) == ("llm",)
-    assert tuple(recipe_of(trained / "stage1")["train"]) == ("vpm", "resampler", "llm")
+    assert tuple(recipe_of(trained / "stage1")["train"]) == ("resampler", "llm")
+    assert tuple(recipe_of(trained / "stage2")["train"]) == ("vpm", "resampler", "llm")
     assert recipe_of(trained / "stage1")["scale_resolution"] == 224
     assert recipe_of(trained / "stage3")["max_slice_nums"] == 9
     stage1 = json.loads((trained / "stage1.json").read_text())
     assert stage1 and all(r["task"] in ("caption", "count", "colour", "shape", "position", "chat") for r in stage1)
+
+
+def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
+    vision = trained / "vision"
+    assert (vision / "latest").read_text().strip() == f"checkpoint-{VISION_STEPS:06d}"
+    labels = [json.loads(line)["label"] for line in (vision / "metrics.jsonl").read_text().splitlines()]
+    assert labels == ["shape", "shape", "column", "column", "row", "row", "colour", "colour"]
+    scores = json.loads((vision / "accuracy.json").read_text())
+    assert set(scores[-1]) >= {"shape@224", "column@448", "row@448", "colour@224"}
+    start = load_file(vision / f"checkpoint-{VISION_STEPS:06d}" / "model.safetensors")
+    stage0 = load_file(trained / "stage0" / "checkpoint-000001" / "model.safetensors")
+    vision_weights = [name for name in start if name.startswith(("vpm.", "resampler."))]
+    assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
 
 
 def test_bundle_loads_in_bfloat16(trained):
@@ -62,15 +79,16 @@ def test_bundle_loads_in_bfloat16(trained):
 
 
 def test_a_second_run_skips_finished_stages(trained):
-    before = {name: (trained / name / "metrics.jsonl").read_text() for name in STAGES}
+    before = {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", *STAGES]}
     output = run("--work", str(trained), *TINY)
-    assert "minicpmv train" not in output  # no stage started again
-    assert {name: (trained / name / "metrics.jsonl").read_text() for name in STAGES} == before
+    assert "minicpmv train" not in output and "vision pre-training" not in output  # nothing started again
+    assert {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", *STAGES]} == before
 
 
 def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     work = tmp_path / "single"
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
-    assert (work / "stage2").is_symlink() and (work / "stage2").resolve() == (trained / "stage2").resolve()
+    for shared in ("vision", "stage2"):
+        assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
     assert recipe_of(work / "stage3")["max_slice_nums"] == 1
     assert recipe_of(work / "sft")["max_slice_nums"] == 1

@@ -14,6 +14,9 @@ COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180),
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": 0.22, "large": 0.36}  # fraction of the shorter image side: large enough for a small encoder to see
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+LABELS = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "row": ROWS, "column": COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,21 @@ class Thing:
     y: float
 
     @property
+    def row(self) -> str:
+        return "top" if self.y < 1 / 3 else "bottom" if self.y > 2 / 3 else "middle"
+
+    @property
+    def column(self) -> str:
+        return "left" if self.x < 1 / 3 else "right" if self.x > 2 / 3 else "center"
+
+    @property
     def place(self) -> str:
         """Where it is, in words: one of nine regions."""
-        row = "top" if self.y < 1 / 3 else "bottom" if self.y > 2 / 3 else "middle"
-        column = "left" if self.x < 1 / 3 else "right" if self.x > 2 / 3 else "center"
-        return "center" if row == "middle" and column == "center" else f"{row} {column}"
+        return "center" if (self.row, self.column) == ("middle", "center") else f"{self.row} {self.column}"
+
+    def labels(self) -> dict[str, str]:
+        """Every property, by name (the classes of each: LABELS)."""
+        return {"shape": self.shape, "colour": self.colour, "size": self.size, "row": self.row, "column": self.column}
 
 
 @dataclass
@@ -63,6 +76,12 @@ def random_scene(rng: random.Random, width: int = 448, height: int = 448, most: 
             things.append(Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y))
     shade = rng.randint(225, 250)
     return Scene(things, width, height, (shade, shade, shade))
+
+
+def one_object_example(rng: random.Random) -> tuple[Image.Image, dict[str, str]]:
+    """A one-object scene and that object's properties (LABELS): vision pre-training data."""
+    scene = random_scene(rng, most=1)
+    return scene.render(), scene.things[0].labels()
 
 
 def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diameter: float) -> None:

@@ -1,0 +1,86 @@
+"""Vision pre-training with label heads (minicpmv/training/vision_pretrain.py): the encoder and
+resampler learn labels they can only get from the pixels, the LLM is untouched, labels are added
+one after another, and a finished run is saved once and then reused."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image, ImageDraw
+
+from minicpmv.errors import ConfigError
+from minicpmv.model.checkpoint import load_model
+from minicpmv.processing.processor import MiniCPMVProcessor
+from minicpmv.synth.build import split_rng
+from minicpmv.synth.scenes import LABELS, one_object_example
+from minicpmv.training.vision_pretrain import VisionPretraining, pretrain_vision, run_vision_pretraining
+
+CHECKPOINT = TINY["2.6"] / "checkpoint"
+CLASSES = {"colour": ("red", "blue"), "side": ("left", "right")}
+
+
+def examples(split: str, index: int):
+    """A red or blue disc on the left or right half: both labels need the pixels."""
+    rng = random.Random(f"{split}/{index}")
+    colour, side = rng.choice(CLASSES["colour"]), rng.choice(CLASSES["side"])
+    image = Image.new("RGB", (112, 112), (240, 240, 240))
+    left = 4 if side == "left" else 60
+    ImageDraw.Draw(image).ellipse((left, 30, left + 48, 78), fill=(220, 30, 30) if colour == "red" else (30, 60, 220))
+    return image, {"colour": colour, "side": side}
+
+
+def settings(**changes) -> VisionPretraining:
+    values = {"labels": ("colour", "side"), "steps_per_label": 25, "batch_size": 8, "learning_rate": 2e-3,
+              "resolutions": (56, 112), "test_images": 20}
+    return VisionPretraining(**{**values, **changes})
+
+
+def test_the_vision_parts_learn_the_labels_and_the_llm_is_untouched():
+    model = load_model(CHECKPOINT).float()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    records = []
+    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                             settings(), records.append)
+    assert [r["label"] for r in records] == ["colour"] * 25 + ["side"] * 25
+    assert [s["after"] for s in scores] == ["colour", "side"]
+    assert set(scores[0]) == {"step", "after", "colour@56", "colour@112"}  # only the heads trained so far
+    final = scores[-1]
+    assert min(final[f"colour@{size}"] for size in (56, 112)) >= 0.9, final
+    assert min(final[f"side@{size}"] for size in (56, 112)) >= 0.8, final
+    changed = {name.split(".")[0] for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
+    assert changed == {"vpm", "resampler"}
+
+
+def test_unknown_labels_and_empty_settings_are_config_errors():
+    model = load_model(CHECKPOINT).float()
+    with pytest.raises(ConfigError, match="unknown label"):
+        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                        settings(labels=("shape",)))
+    with pytest.raises(ConfigError, match="at least one label"):
+        settings(labels=())
+    with pytest.raises(ConfigError, match="steps_per_label"):
+        settings(steps_per_label=0)
+
+
+def test_a_finished_run_is_saved_once_and_reused(tmp_path):
+    chosen = settings(steps_per_label=2, test_images=4)
+    first = run_vision_pretraining(CHECKPOINT, tmp_path, examples, CLASSES, chosen)
+    assert first.name == "checkpoint-000004" and (tmp_path / "latest").read_text().strip() == first.name
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
+    assert [s["after"] for s in json.loads((tmp_path / "accuracy.json").read_text())] == ["colour", "side"]
+    assert (first / "tokenizer.json").exists()  # loads like the checkpoint it started from
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert run_vision_pretraining(CHECKPOINT, tmp_path, examples, CLASSES, chosen) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_one_object_examples_carry_every_label():
+    image, labels = one_object_example(split_rng(0, "vision-train", 3))
+    assert image.size == (448, 448)
+    assert set(labels) == set(LABELS) and all(labels[name] in LABELS[name] for name in LABELS)
+    again, same = one_object_example(split_rng(0, "vision-train", 3))
+    assert same == labels and again.tobytes() == image.tobytes()
