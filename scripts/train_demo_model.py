@@ -83,7 +83,7 @@ def write_demo_image(seed: int) -> None:
     tmp.replace(DEMO_IMAGE)
 
 
-def pretrain_vision(initial: Path, output: Path, args) -> Path:
+def vision_stage(initial: Path, output: Path, args) -> Path:
     from minicpmv.synth.build import split_rng
     from minicpmv.synth.scenes import LABELS, one_object_example
     from minicpmv.training.vision_pretrain import VisionPretraining, run_vision_pretraining
@@ -135,7 +135,7 @@ def main() -> None:
         from minicpmv.synth.demo import init_checkpoint
 
         init_checkpoint(initial, [world / "train.json"], seed=args.seed, query_num=args.queries)
-    model = pretrain_vision(initial, work / "vision", args)
+    model = vision_stage(initial, work / "vision", args)
     for name, recipe, tasks, steps, extra in STAGES:
         steps = max(1, round(steps * args.scale))
         output = work / name

@@ -71,6 +71,13 @@ def trainable_counts(model) -> dict[str, int]:
     return counts
 
 
+def computes_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (where "auto" precision autocasts to it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return has_native_bf16()
+
+
 def token_loss_sum(module, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy of the batch's supervised tokens (targets are pre-shifted)."""
     logits = module(batch.input_ids, batch.pixel_values, batch.tgt_sizes, batch.image_bound,
@@ -125,12 +132,8 @@ class Trainer:
 
     def _autocast_dtype(self) -> torch.dtype | None:
         wanted = self.recipe.precision
-        if wanted == "bfloat16":
+        if wanted == "bfloat16" or wanted == "auto" and computes_bf16(self.model.device):
             return torch.bfloat16
-        if wanted == "auto":
-            on_gpu = self.model.device.type == "cuda"
-            if (on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and has_native_bf16()):
-                return torch.bfloat16
         return None
 
     # ---- data ------------------------------------------------------------------------------

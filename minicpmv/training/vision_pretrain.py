@@ -31,13 +31,12 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..cpu import has_native_bf16
 from ..errors import ConfigError
 from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
 from .checkpoints import latest_checkpoint, save_checkpoint, write_atomic
 from .run import draw_loss_curve
-from .trainer import seed_everything
+from .trainer import computes_bf16, seed_everything
 
 Examples = Callable[[str, int], tuple]  # (split, index) -> (PIL image, {label name: class name})
 
@@ -117,7 +116,7 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
     heads = LabelHeads(model, classes, settings.labels)
     data = LabelledBatches(processor, examples, {name: classes[name] for name in settings.labels},
                            settings.resolutions, settings.seed)
-    autocast = has_native_bf16() and model.device.type == "cpu" or model.device.type == "cuda"
+    autocast = computes_bf16(model.device)
     for parameter in model.llm.parameters():
         parameter.requires_grad_(False)
     scores, step, seen = [], 0, 0
@@ -179,8 +178,7 @@ def run_vision_pretraining(model_path: str | Path, output: str | Path, examples:
     model = load_model(model_path).float()
     processor = MiniCPMVProcessor.from_pretrained(model_path)
     metrics = output / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
-    with open(metrics, "a", encoding="utf-8") as handle:
+    with open(metrics, "w", encoding="utf-8") as handle:  # an interrupted run's lines are redone
         def log(record: dict) -> None:
             handle.write(json.dumps(record) + "\n")
             if record["step"] % 100 == 0:
