@@ -21,6 +21,7 @@ STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 1, "sft": 1}  # 0.004
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4"]
 VISION_STEPS = 8  # 4 labels x 2 steps
+REGION_STEPS = 10  # 0.004 x 2400, rounded
 
 
 def run(*args: str) -> str:
@@ -52,20 +53,30 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert recipe_of(trained / "stage1")["scale_resolution"] == 224
     assert recipe_of(trained / "stage3")["max_slice_nums"] == 9
     stage1 = json.loads((trained / "stage1.json").read_text())
-    assert stage1 and all(r["task"] in ("caption", "count", "colour", "shape", "position", "chat") for r in stage1)
+    scenes = {"caption", "count", "colour", "shape", "position", "chat"}
+    assert stage1 and all(r["task"] in scenes for r in stage1)
+    stage3 = {r["task"] for r in json.loads((trained / "stage3.json").read_text())}
+    assert stage3 & {"ocr", "total"} and stage3 & {"count", "colour"}  # documents, scene questions kept
+
+
+def labels_trained(stage: Path) -> list[str]:
+    return [json.loads(line)["label"] for line in (stage / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
-    vision = trained / "vision"
+    vision, regions = trained / "vision", trained / "vision-regions"
     assert (vision / "latest").read_text().strip() == f"checkpoint-{VISION_STEPS:06d}"
-    labels = [json.loads(line)["label"] for line in (vision / "metrics.jsonl").read_text().splitlines()]
-    assert labels == ["shape", "shape", "column", "column", "row", "row", "colour", "colour"]
-    scores = json.loads((vision / "accuracy.json").read_text())
-    assert set(scores[-1]) >= {"shape@224", "column@448", "row@448", "colour@224"}
-    start = load_file(vision / f"checkpoint-{VISION_STEPS:06d}" / "model.safetensors")
+    assert labels_trained(vision) == ["shape", "shape", "column", "column", "row", "row", "colour", "colour"]
+    assert set(json.loads((vision / "accuracy.json").read_text())[-1]) >= {"shape@224", "column@448", "row@448",
+                                                                            "colour@224"}
+    assert labels_trained(regions) == ["regions"] * REGION_STEPS
+    assert set(json.loads((regions / "accuracy.json").read_text())[-1]) >= {"regions@224", "regions@448"}
+    one_object = load_file(vision / f"checkpoint-{VISION_STEPS:06d}" / "model.safetensors")
+    start = load_file(regions / f"checkpoint-{REGION_STEPS:06d}" / "model.safetensors")
     stage0 = load_file(trained / "stage0" / "checkpoint-000001" / "model.safetensors")
     vision_weights = [name for name in start if name.startswith(("vpm.", "resampler."))]
     assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
+    assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions trained on it
 
 
 def test_bundle_loads_in_bfloat16(trained):
@@ -78,16 +89,16 @@ def test_bundle_loads_in_bfloat16(trained):
 
 
 def test_a_second_run_skips_finished_stages(trained):
-    before = {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", *STAGES]}
+    before = {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", "vision-regions", *STAGES]}
     output = run("--work", str(trained), *TINY)
     assert "minicpmv train" not in output and "vision pre-training" not in output  # nothing started again
-    assert {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", *STAGES]} == before
+    assert {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", "vision-regions", *STAGES]} == before
 
 
 def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     work = tmp_path / "single"
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
-    for shared in ("vision", "stage2"):
+    for shared in ("vision", "vision-regions", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
     assert recipe_of(work / "stage3")["max_slice_nums"] == 1
     assert recipe_of(work / "sft")["max_slice_nums"] == 1

@@ -17,6 +17,9 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 LABELS = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "row": ROWS, "column": COLUMNS}
+# what each of the nine regions (rows, then columns) holds: a region label has one class per region
+REGION_CONTENTS = ("none", *(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES))
+REGION_LABELS = {"regions": REGION_CONTENTS}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,32 @@ def one_object_example(rng: random.Random) -> tuple[Image.Image, dict[str, str]]
     """A one-object scene and that object's properties (LABELS): vision pre-training data."""
     scene = random_scene(rng, most=1)
     return scene.render(), scene.things[0].labels()
+
+
+def region_scene_example(rng: random.Random, width: int = 448, height: int = 448,
+                         most: int = 4) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+    """1..`most` non-overlapping shapes, at most one per region of the 3x3 grid, and what each
+    region holds ("none" or "red circle"), rows then columns: vision pre-training on several
+    objects. One per region keeps every region's answer single; a centre may lie anywhere in its
+    region, near the lines too, as in `random_scene`."""
+    side = min(width, height)
+    things: list[Thing] = []
+    wanted = rng.randint(1, most)
+    for _ in range(200):
+        if len(things) >= wanted:
+            break
+        size = rng.choice(list(SIZES))
+        radius = SIZES[size] * side / 2
+        x, y = rng.uniform(radius, width - radius) / width, rng.uniform(radius, height - radius) / height
+        thing = Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y)
+        if all((t.row, t.column) != (thing.row, thing.column)
+               and math.hypot((x - t.x) * width, (y - t.y) * height) > radius + SIZES[t.size] * side / 2 + 6
+               for t in things):
+            things.append(thing)
+    shade = rng.randint(225, 250)
+    held = {(t.row, t.column): f"{t.colour} {t.shape}" for t in things}
+    regions = tuple(held.get((row, column), "none") for row in ROWS for column in COLUMNS)
+    return Scene(things, width, height, (shade, shade, shade)).render(), {"regions": regions}
 
 
 def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diameter: float) -> None:

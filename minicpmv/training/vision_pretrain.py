@@ -13,6 +13,11 @@ all labels from the start, the easy one (colour) took over and shape stayed at a
 encoder stopped telling colours apart (the finished model answered 4 of 31 colour questions,
 against 24 without vision pre-training), so the demo recipe ends with colour.
 
+A label may also name a class per region of the image (what each of a 3x3 grid's cells holds,
+in scenes of several objects): its head reads the tokens through a learned query per region, so
+the resampler learns to keep apart what is where, which the LLM needs to say which colour the
+circle is when there are four things. A whole-image label's head reads the tokens' mean.
+
 Images come one per sample in a single view, each at a resolution drawn from `resolutions`, so
 the encoder knows the objects at stage1's 224 px as well as at 448 px. The LLM is untouched.
 """
@@ -38,7 +43,8 @@ from .checkpoints import latest_checkpoint, save_checkpoint, write_atomic
 from .run import draw_loss_curve
 from .trainer import computes_bf16, seed_everything
 
-Examples = Callable[[str, int], tuple]  # (split, index) -> (PIL image, {label name: class name})
+# (split, index) -> (PIL image, {label name: class name, or a tuple of class names: one per region})
+Examples = Callable[[str, int], tuple]
 
 
 @dataclass
@@ -63,18 +69,48 @@ class VisionPretraining:
         return self.steps_per_label * len(self.labels)
 
 
-class LabelHeads(torch.nn.Module):
-    """One linear classifier per label on the mean of the resampler's outputs for an image."""
+class MeanHead(torch.nn.Module):
+    """A linear classifier on the mean of an image's tokens: a label about the whole image."""
 
-    def __init__(self, model, classes: Mapping[str, Sequence[str]], labels: Sequence[str]):
+    def __init__(self, dim: int, classes: int):
+        super().__init__()
+        self.classify = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.classify(tokens.mean(1))  # (N, Q, D) -> (N, C)
+
+
+class RegionHead(torch.nn.Module):
+    """A label per region of the image: each region has a learned query that picks the image's
+    tokens it reads (one attention, as the LLM reads them), and one shared classifier names what
+    it found, so that a red circle looks the same to the LLM wherever it is."""
+
+    def __init__(self, dim: int, classes: int, regions: int):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(regions, dim) * dim ** -0.5)
+        self.classify = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = torch.einsum("nqd,rd->nrq", tokens, self.queries).softmax(-1)  # (N, R, Q)
+        return self.classify(weights @ tokens)  # (N, R, D) -> (N, R, C)
+
+
+class LabelHeads(torch.nn.Module):
+    """A head per label on the resampler's outputs for an image: a `MeanHead` for a label with
+    one class per image, a `RegionHead` for one with a class per region (`regions[name]`)."""
+
+    def __init__(self, model, classes: Mapping[str, Sequence[str]], labels: Sequence[str],
+                 regions: Mapping[str, int] | None = None):
         super().__init__()
         self.model = model
-        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(model.config.llm.hidden_size, len(classes[name]))
-                                          for name in labels})
+        dim, regions = model.config.llm.hidden_size, regions or {}
+        self.heads = torch.nn.ModuleDict({
+            name: RegionHead(dim, len(classes[name]), regions[name]) if name in regions
+            else MeanHead(dim, len(classes[name])) for name in labels})
 
     def forward(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = self.model.get_image_features(crops, sizes).float().mean(1)  # (N, Q, D) -> (N, D)
-        return {name: head(pooled) for name, head in self.heads.items()}
+        tokens = self.model.get_image_features(crops, sizes).float()  # (N, Q, D)
+        return {name: head(tokens) for name, head in self.heads.items()}
 
 
 class LabelledBatches:
@@ -95,7 +131,9 @@ class LabelledBatches:
             crops.append(encoded.crops[0])
             sizes.append(encoded.tgt_sizes[0])
             for name, choices in self.classes.items():
-                targets[name].append(list(choices).index(labels[name]))
+                value = labels[name]  # a class, or a tuple of them (one per region)
+                targets[name].append([list(choices).index(v) for v in value] if isinstance(value, tuple)
+                                     else list(choices).index(value))
         return crops, torch.stack(sizes), {name: torch.tensor(values) for name, values in targets.items()}
 
 
@@ -113,7 +151,9 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
     if unknown:
         raise ConfigError(f"unknown label(s) {unknown}; the examples have {sorted(classes)}")
     seed_everything(settings.seed)
-    heads = LabelHeads(model, classes, settings.labels)
+    _, first = examples("train", 0)
+    regions = {name: len(first[name]) for name in settings.labels if isinstance(first[name], tuple)}
+    heads = LabelHeads(model, classes, settings.labels, regions)
     data = LabelledBatches(processor, examples, {name: classes[name] for name in settings.labels},
                            settings.resolutions, settings.seed)
     autocast = computes_bf16(model.device)
@@ -134,7 +174,8 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
             seen += settings.batch_size
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = heads(crops, sizes)
-            loss = sum(F.cross_entropy(logits[name], targets[name].to(logits[name].device)) for name in active)
+            loss = sum(F.cross_entropy(logits[name].flatten(0, -2), targets[name].flatten().to(logits[name].device))
+                       for name in active)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
@@ -148,9 +189,11 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
 @torch.no_grad()
 def held_out_accuracy(heads: LabelHeads, data: LabelledBatches, settings: VisionPretraining,
                       labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy of the heads of `labels` on the test split, per resolution: {"shape@224": 0.9, ...}."""
+    """Accuracy of the heads of `labels` on the test split, per resolution: {"shape@224": 0.9, ...}
+    (of a region label: the share of regions named right)."""
     heads.eval()
     correct: dict[str, int] = {}
+    answers: dict[str, int] = {}
     for number, size in enumerate(settings.resolutions):
         for start in range(0, settings.test_images, 50):
             crops, sizes, targets = data.batch("test", range(start, min(start + 50, settings.test_images)), number)
@@ -158,9 +201,10 @@ def held_out_accuracy(heads: LabelHeads, data: LabelledBatches, settings: Vision
             for name in labels:
                 logits = logits_of[name]
                 key = f"{name}@{size}"
-                correct[key] = correct.get(key, 0) + int((logits.argmax(1).cpu() == targets[name]).sum())
+                correct[key] = correct.get(key, 0) + int((logits.argmax(-1).cpu() == targets[name]).sum())
+                answers[key] = answers.get(key, 0) + targets[name].numel()
     heads.train()
-    return {key: count / settings.test_images for key, count in correct.items()}
+    return {key: count / answers[key] for key, count in correct.items()}
 
 
 def run_vision_pretraining(model_path: str | Path, output: str | Path, examples: Examples,
