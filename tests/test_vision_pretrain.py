@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from minicpmv.errors import ConfigError
 from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import split_rng
+from minicpmv.synth.documents import LINE_CHARACTERS, LINE_PLACES, text_line_example
 from minicpmv.synth.scenes import COLOURS, COLUMNS, LABELS, REGION_LABELS, ROWS, one_object_example, region_scene_example
 from minicpmv.training.vision_pretrain import VisionPretraining, pretrain_vision, run_vision_pretraining
 
@@ -122,3 +127,27 @@ def test_region_examples_name_what_each_region_holds():
             row, column = divmod(number, len(COLUMNS))
             cell = [(x, y) for x in range(column * 149, (column + 1) * 149, 3) for y in range(row * 149, (row + 1) * 149, 3)]
             assert any(pixels[point] == colour for point in cell), value
+
+
+def ink_box(image) -> tuple[int, int, int, int]:
+    return image.convert("L").point(lambda value: 255 if value < 128 else 0).getbbox()
+
+
+def test_text_line_examples_spell_their_line():
+    image, labels = text_line_example(split_rng(0, "read-test", 3), anywhere=False)
+    characters = labels["characters"]
+    assert len(characters) == LINE_PLACES and all(c in LINE_CHARACTERS for c in characters)
+    assert re.fullmatch(r"[a-z]+ \d+\.\d\d", "".join(c for c in characters if c != "none"))
+    left, top, _, _ = ink_box(image)
+    assert 8 <= left <= 12 and 213 <= top <= 225  # fixed: at the left middle
+    boxes = {ink_box(text_line_example(split_rng(0, "read-test", i))[0])[:2] for i in range(5)}
+    assert len(boxes) == 5  # anywhere: each line somewhere else
+
+
+def test_reading_probe_script_runs(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "probe_demo_reading.py"
+    done = subprocess.run([sys.executable, str(script), str(CHECKPOINT), "-o", str(tmp_path), "--steps", "2",
+                           "--test", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "characters@448" in done.stdout and "most common character" in done.stdout
+    assert json.loads((tmp_path / "accuracy.json").read_text())[-1]["after"] == "characters"

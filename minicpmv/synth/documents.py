@@ -9,6 +9,7 @@ while adaptive slicing keeps it near full size."""
 from __future__ import annotations
 
 import random
+import string
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
@@ -18,6 +19,10 @@ ITEMS = ["apple", "bread", "milk", "cheese", "coffee", "rice", "tea", "butter", 
 WORDS = ["OPEN", "EXIT", "SALE", "HOTEL", "MARKET", "PARK", "NORTH", "RIVER", "CAFE", "STATION", "GARDEN",
          "BRIDGE", "LIBRARY", "MUSEUM", "HARBOR", "BAKERY"]
 NAMES = ["Ada Moreau", "Ben Okafor", "Chen Wei", "Dana Silva", "Eli Novak", "Fay Larsen", "Gus Patel", "Hana Ito"]
+
+
+LINE_PLACES = 12  # characters of a text line example, padded with "none"
+LINE_CHARACTERS = ("none", " ", ".", *string.digits, *sorted(set("".join(ITEMS))))
 
 
 @dataclass
@@ -104,3 +109,17 @@ def document_questions(document: Document, rng: random.Random) -> list[tuple[str
         cell = rng.choice(sorted(facts["cells"]))
         return [("cell", f"What number is in row {cell[0]}, column {cell[1:]}?", facts["cells"][cell])]
     return [("sign", "What does the sign say?", facts["text"])]
+
+
+def text_line_example(rng: random.Random, anywhere: bool = True,
+                      text_size: int = 22) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+    """A receipt line ("pasta 2.72") at document size on a 448-px slice, and its characters one
+    per place (LINE_PLACES, classes LINE_CHARACTERS): reading as a vision pre-training label.
+    `anywhere`: at a random place, as on a slice of a page; else always at the left middle."""
+    text = f"{rng.choice(ITEMS)} {rng.randint(50, 1999) / 100:.2f}"[:LINE_PLACES]
+    image = Image.new("RGB", (448, 448), (rng.randint(238, 255),) * 3)
+    face = font(text_size)
+    width = face.getbbox(text)[2]
+    place = (rng.randint(0, 440 - width), rng.randint(0, 410)) if anywhere else (8, 213)
+    ImageDraw.Draw(image).text(place, text, fill=(20, 20, 20), font=face)
+    return image, {"characters": tuple(text) + ("none",) * (LINE_PLACES - len(text))}
