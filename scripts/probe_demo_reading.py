@@ -1,12 +1,12 @@
 """Can the demo model's vision encoder learn to read? (docs/demo-model.md, "Reading: a probe")
 
-    python scripts/probe_demo_reading.py MODEL -o OUTPUT [--steps 1000] [--anywhere]
+    python scripts/probe_demo_reading.py MODEL -o OUTPUT [--steps 1000] [--placement fixed|grid|phase|anywhere]
 
 Vision pre-training (minicpmv/training/vision_pretrain.py) with one label: the characters of a
 receipt line ("pasta 2.72", text 22 px high as on the world's documents) on a 448-px slice, one
 class per character place, read by a region head (a learned query per place over the resampler's
-outputs). The line is at the left middle of the slice, or with `--anywhere` at a random place,
-as on a slice of a real page. Prints the held-out share of places named right and the share
+outputs). `--placement` says where the line is on the slice (text_line_example): always at the
+left middle, moved by whole patches, moved by less than a patch, or anywhere as on a real page. Prints the held-out share of places named right and the share
 that naming each place's most common character gets; OUTPUT holds the run (checkpoint,
 metrics.jsonl, loss.png, accuracy.json). The LLM is not involved.
 """
@@ -17,7 +17,7 @@ import argparse
 from collections import Counter
 
 from minicpmv.synth.build import split_rng
-from minicpmv.synth.documents import LINE_CHARACTERS, LINE_PLACES, text_line_example
+from minicpmv.synth.documents import LINE_CHARACTERS, LINE_PLACEMENTS, LINE_PLACES, text_line_example
 from minicpmv.training.vision_pretrain import VisionPretraining, run_vision_pretraining
 
 SEED = 0  # with split "read-train" / "read-test": the probe images' own stream
@@ -38,11 +38,11 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--test", type=int, default=100, help="held-out images")
-    parser.add_argument("--anywhere", action="store_true", help="the line at a random place of the slice")
+    parser.add_argument("--placement", choices=LINE_PLACEMENTS, default="fixed", help="where the line is on the slice")
     args = parser.parse_args()
 
     def examples(split: str, index: int):
-        return text_line_example(split_rng(SEED, f"read-{split}", index), anywhere=args.anywhere)
+        return text_line_example(split_rng(SEED, f"read-{split}", index), placement=args.placement)
 
     settings = VisionPretraining(("characters",), steps_per_label=args.steps, resolutions=(448,), test_images=args.test)
     run_vision_pretraining(args.model, args.output, examples, {"characters": LINE_CHARACTERS}, settings)

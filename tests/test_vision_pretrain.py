@@ -134,7 +134,7 @@ def ink_box(image) -> tuple[int, int, int, int]:
 
 
 def test_text_line_examples_spell_their_line():
-    image, labels = text_line_example(split_rng(0, "read-test", 3), anywhere=False)
+    image, labels = text_line_example(split_rng(0, "read-test", 3), placement="fixed")
     characters = labels["characters"]
     assert len(characters) == LINE_PLACES and all(c in LINE_CHARACTERS for c in characters)
     assert re.fullmatch(r"[a-z]+ \d+\.\d\d", "".join(c for c in characters if c != "none"))
@@ -144,6 +144,22 @@ def test_text_line_examples_spell_their_line():
     assert len(boxes) == 5  # anywhere: each line somewhere else
 
 
+def test_text_line_placements_move_by_whole_patches_or_by_less():
+    def offsets(placement):  # how far each line's ink moved from where "fixed" puts the same line
+        moved = set()
+        for index in range(30):  # the text is drawn before the place: the same line both times
+            box = ink_box(text_line_example(split_rng(0, "read-test", index), placement=placement)[0])
+            fixed = ink_box(text_line_example(split_rng(0, "read-test", index), placement="fixed")[0])
+            moved.add((box[0] - fixed[0], box[1] - fixed[1]))
+        return moved
+
+    grid, phase = offsets("grid"), offsets("phase")
+    assert len(grid) > 10 and all(dx % 28 == 0 and dy % 28 == 0 for dx, dy in grid)
+    assert len(phase) > 10 and all(0 <= dx < 28 and -14 <= dy < 14 for dx, dy in phase)
+    with pytest.raises(ValueError, match="placement"):
+        text_line_example(split_rng(0, "read-test", 0), placement="diagonal")
+
+
 def test_reading_probe_script_runs(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "probe_demo_reading.py"
     done = subprocess.run([sys.executable, str(script), str(CHECKPOINT), "-o", str(tmp_path), "--steps", "2",
@@ -151,3 +167,19 @@ def test_reading_probe_script_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "characters@448" in done.stdout and "most common character" in done.stdout
     assert json.loads((tmp_path / "accuracy.json").read_text())[-1]["after"] == "characters"
+
+
+def test_reading_data_script_writes_official_records(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_reading_data.py"
+    done = subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "3", "--test", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    train, test = (json.loads((tmp_path / f"{split}.json").read_text()) for split in ("train", "test"))
+    assert (len(train), len(test)) == (3, 2)
+    from minicpmv.training.data import to_messages
+    for record in train + test:
+        messages = to_messages(record, tmp_path)
+        assert messages[0]["content"][0].is_file() and messages[0]["content"][1] == "Read the text."
+        assert re.fullmatch(r"[a-z]+ \d+\.\d\d", messages[1]["content"])
+    pixels = {(tmp_path / r["image"]).read_bytes() for r in train + test}
+    assert len(pixels) == 5  # the splits share no image
