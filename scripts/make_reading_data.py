@@ -11,10 +11,9 @@ Each split draws from its own seeded stream ("lines-train", "lines-test"), so th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from minicpmv.synth.build import split_rng
+from minicpmv.synth.build import conversation_record, split_rng, write_json
 from minicpmv.synth.documents import LINE_PLACEMENTS, text_line_example
 
 SEED = 0
@@ -26,12 +25,9 @@ def write_split(output: Path, split: str, count: int, placement: str) -> Path:
         image, labels = text_line_example(split_rng(SEED, f"lines-{split}", index), placement=placement)
         name = f"images/{split}-{index:05d}.png"
         image.save(output / name)
-        records.append({"id": name, "image": name, "task": "read", "conversations": [
-            {"role": "user", "content": "<image>\nRead the text."},
-            {"role": "assistant", "content": "".join(c for c in labels["characters"] if c != "none")}]})
-    path = output / f"{split}.json"
-    path.write_text(json.dumps(records))
-    return path
+        answer = "".join(c for c in labels["characters"] if c != "none")
+        records.append(conversation_record(name, name, "read", [("Read the text.", answer)]))
+    return write_json(output / f"{split}.json", records)  # atomic: a stopped run leaves no half file
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import split_rng
 from minicpmv.synth.documents import LINE_CHARACTERS, LINE_PLACES, text_line_example
 from minicpmv.synth.scenes import COLOURS, COLUMNS, LABELS, REGION_LABELS, ROWS, one_object_example, region_scene_example
+from minicpmv.training.data import to_messages
 from minicpmv.training.vision_pretrain import VisionPretraining, pretrain_vision, run_vision_pretraining
 
 CHECKPOINT = TINY["2.6"] / "checkpoint"
@@ -176,7 +177,6 @@ def test_reading_data_script_writes_official_records(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     train, test = (json.loads((tmp_path / f"{split}.json").read_text()) for split in ("train", "test"))
     assert (len(train), len(test)) == (3, 2)
-    from minicpmv.training.data import to_messages
     for record in train + test:
         messages = to_messages(record, tmp_path)
         assert messages[0]["content"][0].is_file() and messages[0]["content"][1] == "Read the text."

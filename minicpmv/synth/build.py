@@ -29,7 +29,7 @@ def split_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
-def _record(name: str, image: str, task: str, turns: list[tuple[str, str]]) -> dict:
+def conversation_record(name: str, image: str, task: str, turns: list[tuple[str, str]]) -> dict:
     conversations = []
     for number, (question, answer) in enumerate(turns):
         conversations.append({"role": "user", "content": ("<image>\n" if number == 0 else "") + question})
@@ -42,10 +42,10 @@ def scene_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
     file = f"{name}.png"
     scene.render().save(folder / file)
     asked = questions(scene, rng)
-    records = [_record(f"{name}-caption", file, "caption", [("Describe the image.", caption(scene))])]
-    records += [_record(f"{name}-{task}-{i}", file, task, [(q, a)]) for i, (task, q, a) in enumerate(asked)]
+    records = [conversation_record(f"{name}-caption", file, "caption", [("Describe the image.", caption(scene))])]
+    records += [conversation_record(f"{name}-{task}-{i}", file, task, [(q, a)]) for i, (task, q, a) in enumerate(asked)]
     chat = rng.sample(asked, min(3, len(asked)))
-    records.append(_record(f"{name}-chat", file, "chat", [(q, a) for _, q, a in chat]))
+    records.append(conversation_record(f"{name}-chat", file, "chat", [(q, a) for _, q, a in chat]))
     return records
 
 
@@ -53,9 +53,9 @@ def document_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
     document = rng.choices(DOCUMENT_MAKERS, weights=(4, 2, 2, 2))[0](rng)  # receipts: the demo question
     file = f"{name}.png"
     document.image.save(folder / file)
-    records = [_record(f"{name}-{task}-{i}", file, task, [(q, a)])
+    records = [conversation_record(f"{name}-{task}-{i}", file, task, [(q, a)])
                for i, (task, q, a) in enumerate(document_questions(document, rng))]
-    records.append(_record(f"{name}-ocr", file, "ocr", [("Read all the text.", "\n".join(document.lines))]))
+    records.append(conversation_record(f"{name}-ocr", file, "ocr", [("Read all the text.", "\n".join(document.lines))]))
     return records
 
 
@@ -75,11 +75,11 @@ def build_world(output: str | Path, seed: int = 0, sizes: dict[str, int] | None 
             name = f"images/{split}-{index:05d}"
             make = document_records if rng.random() < document_share else scene_records
             records += make(rng, name, output)
-        paths[split] = _write_json(output / f"{split}.json", records)
+        paths[split] = write_json(output / f"{split}.json", records)
     return paths
 
 
-def _write_json(path: Path, records: list[dict]) -> Path:
+def write_json(path: Path, records: list[dict]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(records, handle, ensure_ascii=False, indent=1)
