@@ -11,23 +11,9 @@ Each split draws from its own seeded stream ("lines-train", "lines-test"), so th
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from minicpmv.synth.build import conversation_record, split_rng, write_json
-from minicpmv.synth.documents import LINE_PLACEMENTS, text_line_example
-
-SEED = 0
-
-
-def write_split(output: Path, split: str, count: int, placement: str) -> Path:
-    records = []
-    for index in range(count):
-        image, labels = text_line_example(split_rng(SEED, f"lines-{split}", index), placement=placement)
-        name = f"images/{split}-{index:05d}.png"
-        image.save(output / name)
-        answer = "".join(c for c in labels["characters"] if c != "none")
-        records.append(conversation_record(name, name, "read", [("Read the text.", answer)]))
-    return write_json(output / f"{split}.json", records)  # atomic: a stopped run leaves no half file
+from minicpmv.synth.build import build_reading_lines
+from minicpmv.synth.documents import LINE_PLACEMENTS
 
 
 def main() -> None:
@@ -37,10 +23,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--placement", choices=LINE_PLACEMENTS, default="anywhere")
     args = parser.parse_args()
-    output = Path(args.output)
-    (output / "images").mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", args.train), ("test", args.test)):
-        print(write_split(output, split, count, args.placement))
+    for path in build_reading_lines(args.output, {"train": args.train, "test": args.test}, args.placement).values():
+        print(path)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
 STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 1, "sft": 1}  # 0.004 x the real step counts
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
-        "--batch-size", "2", "--vision-test-images", "4"]
+        "--batch-size", "2", "--vision-test-images", "4", "--read-lines", "3"]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
+READING = {"vision-read-grid": 4, "vision-read-shift4": 2, "vision-read-shift12": 2, "vision-read-shift27": 10,
+           "vision-read-anywhere": 5}  # the reading curriculum, in order
+VISION_STAGES = ["vision", "vision-regions", *READING]
 
 
 def run(*args: str) -> str:
@@ -55,8 +58,13 @@ def test_every_stage_ran_with_its_recipe(trained):
     stage1 = json.loads((trained / "stage1.json").read_text())
     scenes = {"caption", "count", "colour", "shape", "position", "chat"}
     assert stage1 and all(r["task"] in scenes for r in stage1)
+    stage2 = json.loads((trained / "stage2.json").read_text())
+    read = [r for r in stage2 if r["task"] == "read"]
+    assert len(read) == 3 and {r["task"] for r in stage2} - {"read"} <= scenes  # line reading joins the scenes
+    assert all(Path(r["image"]).is_file() for r in stage2)
     stage3 = {r["task"] for r in json.loads((trained / "stage3.json").read_text())}
     assert stage3 & {"ocr", "total"} and stage3 & {"count", "colour"}  # documents, scene questions kept
+    assert "read" in stage3 and "read" in {r["task"] for r in json.loads((trained / "sft.json").read_text())}
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -64,19 +72,22 @@ def labels_trained(stage: Path) -> list[str]:
 
 
 def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
-    vision, regions = trained / "vision", trained / "vision-regions"
+    vision, regions, last = trained / "vision", trained / "vision-regions", list(READING)[-1]
     assert (vision / "latest").read_text().strip() == f"checkpoint-{VISION_STEPS:06d}"
     assert labels_trained(vision) == ["shape", "shape", "column", "column", "row", "row", "colour", "colour"]
     assert set(json.loads((vision / "accuracy.json").read_text())[-1]) >= {"shape@224", "column@448", "row@448",
                                                                             "colour@224"}
     assert labels_trained(regions) == ["regions"] * REGION_STEPS
     assert set(json.loads((regions / "accuracy.json").read_text())[-1]) >= {"regions@224", "regions@448"}
+    for name, steps in READING.items():
+        assert labels_trained(trained / name) == ["characters"] * steps
+        assert set(json.loads((trained / name / "accuracy.json").read_text())[-1]) >= {"characters@448"}
     one_object = load_file(vision / f"checkpoint-{VISION_STEPS:06d}" / "model.safetensors")
-    start = load_file(regions / f"checkpoint-{REGION_STEPS:06d}" / "model.safetensors")
+    start = load_file(trained / last / f"checkpoint-{READING[last]:06d}" / "model.safetensors")
     stage0 = load_file(trained / "stage0" / "checkpoint-000001" / "model.safetensors")
     vision_weights = [name for name in start if name.startswith(("vpm.", "resampler."))]
     assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
-    assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions trained on it
+    assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions, reading trained on it
 
 
 def test_bundle_loads_in_bfloat16(trained):
@@ -89,16 +100,16 @@ def test_bundle_loads_in_bfloat16(trained):
 
 
 def test_a_second_run_skips_finished_stages(trained):
-    before = {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", "vision-regions", *STAGES]}
+    before = {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, *STAGES]}
     output = run("--work", str(trained), *TINY)
     assert "minicpmv train" not in output and "vision pre-training" not in output  # nothing started again
-    assert {name: (trained / name / "metrics.jsonl").read_text() for name in ["vision", "vision-regions", *STAGES]} == before
+    assert {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, *STAGES]} == before
 
 
 def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     work = tmp_path / "single"
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
-    for shared in ("vision", "vision-regions", "stage2"):
+    for shared in (*VISION_STAGES, "reading", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
     assert recipe_of(work / "stage3")["max_slice_nums"] == 1
     assert recipe_of(work / "sft")["max_slice_nums"] == 1

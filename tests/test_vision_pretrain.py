@@ -75,6 +75,18 @@ def test_the_vision_parts_learn_the_labels_and_the_llm_is_untouched():
     assert changed == {"vpm", "resampler"}
 
 
+def test_a_kept_label_is_in_the_loss_from_the_first_step():
+    model = load_model(CHECKPOINT).float()
+    records = []
+    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                             settings(labels=("side",), kept=("colour",), steps_per_label=40), records.append)
+    assert [r["label"] for r in records] == ["side"] * 40 and [s["after"] for s in scores] == ["side"]
+    assert min(scores[0][f"colour@{size}"] for size in (56, 112)) >= 0.9, scores  # learnt beside "side"
+    with pytest.raises(ConfigError, match="unknown label"):
+        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                        settings(labels=("side",), kept=("shape",)))
+
+
 def test_a_region_label_is_learnt_per_region():
     model = load_model(CHECKPOINT).float()
     scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), two_halves, {"halves": HALVES},
@@ -146,10 +158,10 @@ def test_text_line_examples_spell_their_line():
 
 
 def test_text_line_placements_move_by_whole_patches_or_by_less():
-    def offsets(placement):  # how far each line's ink moved from where "fixed" puts the same line
+    def offsets(placement, **options):  # how far each line's ink moved from where "fixed" puts the same line
         moved = set()
         for index in range(30):  # the text is drawn before the place: the same line both times
-            box = ink_box(text_line_example(split_rng(0, "read-test", index), placement=placement)[0])
+            box = ink_box(text_line_example(split_rng(0, "read-test", index), placement=placement, **options)[0])
             fixed = ink_box(text_line_example(split_rng(0, "read-test", index), placement="fixed")[0])
             moved.add((box[0] - fixed[0], box[1] - fixed[1]))
         return moved
@@ -157,8 +169,13 @@ def test_text_line_placements_move_by_whole_patches_or_by_less():
     grid, phase = offsets("grid"), offsets("phase")
     assert len(grid) > 10 and all(dx % 28 == 0 and dy % 28 == 0 for dx, dy in grid)
     assert len(phase) > 10 and all(0 <= dx < 28 and -14 <= dy < 14 for dx, dy in phase)
+    small = offsets("phase", shift=4)  # the first step of the reading curriculum
+    assert len(small) > 5 and all(0 <= dx <= 4 and -2 <= dy <= 2 for dx, dy in small)
+    assert offsets("phase", shift=0) == {(0, 0)}
     with pytest.raises(ValueError, match="placement"):
         text_line_example(split_rng(0, "read-test", 0), placement="diagonal")
+    with pytest.raises(ValueError, match="shift"):
+        text_line_example(split_rng(0, "read-test", 0), placement="phase", shift=28)
 
 
 def test_reading_probe_script_runs(tmp_path):

@@ -17,7 +17,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from .documents import document_questions, form, receipt, sign, table
+from .documents import document_questions, form, receipt, sign, table, text_line_example
 from .scenes import caption, questions, random_scene
 
 SPLITS = {"train": 2000, "validation": 100, "test": 200}
@@ -76,6 +76,26 @@ def build_world(output: str | Path, seed: int = 0, sizes: dict[str, int] | None 
             make = document_records if rng.random() < document_share else scene_records
             records += make(rng, name, output)
         paths[split] = write_json(output / f"{split}.json", records)
+    return paths
+
+
+def build_reading_lines(output: str | Path, sizes: dict[str, int], placement: str = "anywhere",
+                        seed: int = 0) -> dict[str, Path]:
+    """Line reading for the LLM: "Read the text." about a 448-px slice holding one receipt line
+    (`text_line_example`), task `read`, written like a world (`output/SPLIT.json`, images beside
+    it). Each split draws from its own stream ("lines-SPLIT"), so the splits share no image."""
+    output = Path(output)
+    (output / "images").mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, count in sizes.items():
+        records = []
+        for index in range(count):
+            image, labels = text_line_example(split_rng(seed, f"lines-{split}", index), placement=placement)
+            name = f"images/{split}-{index:05d}.png"
+            image.save(output / name)
+            answer = "".join(c for c in labels["characters"] if c != "none")
+            records.append(conversation_record(name, name, "read", [("Read the text.", answer)]))
+        paths[split] = write_json(output / f"{split}.json", records)  # atomic: a stopped run leaves no half file
     return paths
 
 

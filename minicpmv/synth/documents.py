@@ -113,18 +113,23 @@ def document_questions(document: Document, rng: random.Random) -> list[tuple[str
 
 LINE_PLACEMENTS = ("fixed", "grid", "phase", "anywhere")
 FIXED_PLACE = (8, 213)  # left middle of the slice
+PATCH = 28  # the demo vision encoder's patch size: the grid "grid" moves by and "phase" moves within
 
 
-def text_line_example(rng: random.Random, placement: str = "anywhere",
-                      text_size: int = 22) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+def text_line_example(rng: random.Random, placement: str = "anywhere", text_size: int = 22,
+                      shift: int = PATCH - 1) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
     """A receipt line ("pasta 2.72") at document size on a 448-px slice, and its characters one
     per place (LINE_PLACES, classes LINE_CHARACTERS): reading as a vision pre-training label.
     `placement` (LINE_PLACEMENTS) separates the two things a reader of a page's slices must cope
     with: "fixed" always at the left middle; "grid" anywhere, but moved by whole 28-px patches, so
     every letter meets the patch grid the same way; "phase" at the left middle moved by less than
-    a patch, so the letters meet the grid differently each time; "anywhere" both, as on a page."""
+    a patch, so the letters meet the grid differently each time; "anywhere" both, as on a page.
+    `shift` (0 to 27 px) bounds the "phase" move: raised step by step, it is the curriculum that
+    teaches a from-scratch encoder to read lines that do not sit on its grid (docs/demo-model.md)."""
     if placement not in LINE_PLACEMENTS:
         raise ValueError(f"placement must be one of {LINE_PLACEMENTS}, not {placement!r}")
+    if not 0 <= shift < PATCH:
+        raise ValueError(f"shift must be 0 to {PATCH - 1} pixels, not {shift}")
     text = f"{rng.choice(ITEMS)} {rng.randint(50, 1999) / 100:.2f}"[:LINE_PLACES]
     image = Image.new("RGB", (448, 448), (rng.randint(238, 255),) * 3)
     face = font(text_size)
@@ -133,8 +138,8 @@ def text_line_example(rng: random.Random, placement: str = "anywhere",
     if placement == "anywhere":
         left, top = rng.randint(0, 440 - width), rng.randint(0, 410)
     elif placement == "grid":
-        left, top = left + 28 * rng.randint(0, (432 - width) // 28), top % 28 + 28 * rng.randint(0, 14)
+        left, top = left + PATCH * rng.randint(0, (432 - width) // PATCH), top % PATCH + PATCH * rng.randint(0, 14)
     elif placement == "phase":
-        left, top = left + rng.randint(0, 27), top + rng.randint(-14, 13)
+        left, top = left + rng.randint(0, shift), top + rng.randint(-((shift + 1) // 2), shift // 2)
     ImageDraw.Draw(image).text((left, top), text, fill=(20, 20, 20), font=face)
     return image, {"characters": tuple(text) + ("none",) * (LINE_PLACES - len(text))}

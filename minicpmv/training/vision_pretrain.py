@@ -56,6 +56,7 @@ class VisionPretraining:
     resolutions: tuple[int, ...] = (224, 448)
     test_images: int = 200  # held out ("test" split of `examples`), scored after each label
     seed: int = 0
+    kept: tuple[str, ...] = ()  # labels learnt by an earlier run, in the loss from the first step so they stay
 
     def __post_init__(self):
         if not self.labels:
@@ -147,21 +148,22 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
                     settings: VisionPretraining, log: Callable[[dict], None] = lambda record: None) -> list[dict]:
     """Train `model.vpm` and `model.resampler` in place; returns the held-out accuracies measured
     after each label (every label's head so far, at every resolution). `log` gets each step."""
-    unknown = [name for name in settings.labels if name not in classes]
+    every = (*settings.kept, *settings.labels)
+    unknown = [name for name in every if name not in classes]
     if unknown:
         raise ConfigError(f"unknown label(s) {unknown}; the examples have {sorted(classes)}")
     seed_everything(settings.seed)
     _, first = examples("train", 0)
-    regions = {name: len(first[name]) for name in settings.labels if isinstance(first[name], tuple)}
-    heads = LabelHeads(model, classes, settings.labels, regions)
-    data = LabelledBatches(processor, examples, {name: classes[name] for name in settings.labels},
+    regions = {name: len(first[name]) for name in every if isinstance(first[name], tuple)}
+    heads = LabelHeads(model, classes, every, regions)
+    data = LabelledBatches(processor, examples, {name: classes[name] for name in every},
                            settings.resolutions, settings.seed)
     autocast = computes_bf16(model.device)
     for parameter in model.llm.parameters():
         parameter.requires_grad_(False)
     scores, step, seen = [], 0, 0
     for number, label in enumerate(settings.labels):
-        active = settings.labels[:number + 1]  # the labels before stay in the loss: nothing learnt is lost
+        active = (*settings.kept, *settings.labels[:number + 1])  # the labels before stay in the loss: nothing learnt is lost
         trained = [*model.vpm.parameters(), *model.resampler.parameters(),
                    *(p for name in active for p in heads.heads[name].parameters())]
         for parameter in trained:
