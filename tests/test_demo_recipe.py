@@ -4,6 +4,7 @@ bundle, and the slicing ablation that reuses stages 0-2."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
 STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 1, "sft": 1}  # 0.004 x the real step counts
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
-        "--batch-size", "2", "--vision-test-images", "4", "--read-lines", "3"]
+        "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3"]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
 READING = {"vision-read-grid": 4, "vision-read-shift4": 2, "vision-read-shift12": 2, "vision-read-shift27": 10,
@@ -113,3 +114,26 @@ def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
     assert recipe_of(work / "stage3")["max_slice_nums"] == 1
     assert recipe_of(work / "sft")["max_slice_nums"] == 1
+
+
+def test_without_reading_no_stage_sees_the_lines(tmp_path):
+    """The default recipe (the bundled model's) has no reading: stage data comes from the world alone."""
+    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    (tmp_path / "world").mkdir()
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "world" / "train.json").write_text(json.dumps([
+        {"id": "a", "image": "a.png", "task": "colour", "conversations": []}]))
+    (tmp_path / "lines" / "train.json").write_text(json.dumps([
+        {"id": "b", "image": "b.png", "task": "read", "conversations": []}]))
+    train, lines = tmp_path / "world" / "train.json", tmp_path / "lines" / "train.json"
+
+    def tasks_of(tasks, reading):
+        return [r["task"] for r in json.loads(recipe.stage_data(train, tasks, tmp_path / "out.json", reading).read_text())]
+
+    assert tasks_of(("colour", "read"), None) == ["colour"] and tasks_of(None, None) == ["colour"]
+    assert tasks_of(("colour", "read"), lines) == ["colour", "read"] and tasks_of(None, lines) == ["colour", "read"]
+    assert tasks_of(("colour",), lines) == ["colour"]
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data[0]["image"] == str((tmp_path / "world" / "a.png").resolve())
