@@ -73,9 +73,7 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None) ->
             {"role": "user", "content": "Write a sentence from the world."},
             {"role": "assistant", "content": r["conversations"][1]["content"]}]} for r in records]
     else:
-        sources = [(train, records)]
-        if reading is not None and (tasks is None or "read" in tasks):
-            sources.append((reading, json.loads(reading.read_text())))
+        sources = [(train, records)] + ([(reading, json.loads(reading.read_text()))] if reading else [])
         chosen = []
         for source, rows in sources:
             for record in rows:
