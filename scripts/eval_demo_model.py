@@ -2,6 +2,10 @@
 
     python scripts/eval_demo_model.py MODEL [--split runs/demo/world/test.json] [--limit N]
         [--tasks colour,shape,count] [--max-slice-nums K] [--json-out FILE]
+
+With --json-out the file also lists every answer next to its reference, and, per task, the share
+of answer characters right by place (how near the wrong answers are: a number with one wrong
+digit scores high, an answer of the wrong form low).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 from pathlib import Path
 
 import minicpmv
-from minicpmv.synth.evaluate import evaluate
+from minicpmv.synth.evaluate import character_places, evaluate
 
 
 def main() -> None:
@@ -25,14 +29,19 @@ def main() -> None:
     args = parser.parse_args()
     options = {"max_slice_nums": args.max_slice_nums} if args.max_slice_nums else {}
     tasks = set(args.tasks.split(",")) if args.tasks else None
-    scores = evaluate(minicpmv.load(args.model), args.split, args.limit, tasks=tasks, **options)
+    answers: list[dict] = []
+    scores = evaluate(minicpmv.load(args.model), args.split, args.limit, tasks=tasks, answers=answers, **options)
     print("| task | correct | total | exact match |")
     print("| --- | --- | --- | --- |")
     for task, score in scores.items():
         print(f"| {task} | {score['correct']} | {score['total']} | {score['accuracy']:.1%} |")
     print(json.dumps(scores))
+    places = character_places(answers)
+    print("characters right by place: " + ", ".join(f"{task} {share:.1%}" for task, share in places.items()))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"model": args.model, "options": options, "scores": scores}, indent=1))
+        Path(args.json_out).write_text(json.dumps({"model": args.model, "split": args.split, "options": options,
+                                                   "scores": scores, "character_places": places,
+                                                   "answers": answers}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Line-reading data for the LLM: "Read the text." about a 448-px slice holding one receipt line
-(docs/demo-model.md, "Reading: a probe"), in the official fine-tuning JSON format.
+"""Reading data for the LLM: "Read the text." about one 448-px slice of a page, as the processor
+cuts it, or, with --placement, about a slice holding one receipt line (docs/demo-model.md,
+"Reading: a probe"), in the official fine-tuning JSON format.
 
     python scripts/make_reading_data.py -o OUTPUT [--train 12000] [--test 200] [--placement anywhere]
 
@@ -11,8 +12,9 @@ Each split draws from its own seeded stream ("lines-train", "lines-test"), so th
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
-from minicpmv.synth.build import build_reading_lines
+from minicpmv.synth.build import build_reading, read_line, read_page_slice
 from minicpmv.synth.documents import LINE_PLACEMENTS
 
 
@@ -21,9 +23,10 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--train", type=int, default=12000)
     parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--placement", choices=LINE_PLACEMENTS, default="anywhere")
+    parser.add_argument("--placement", choices=LINE_PLACEMENTS, help="one line placed so, instead of a page's slice")
     args = parser.parse_args()
-    for path in build_reading_lines(args.output, {"train": args.train, "test": args.test}, args.placement).values():
+    reader = partial(read_line, placement=args.placement) if args.placement else read_page_slice
+    for path in build_reading(args.output, {"train": args.train, "test": args.test}, reader).values():
         print(path)
 
 

@@ -41,14 +41,9 @@ EVERYTHING = ["--set", "train=[vpm,resampler,llm]"]  # see the module docstring
 VISION = ("shape", "column", "row", "colour")  # labels of the vision pre-training, in order (see pretrain_vision)
 VISION_STEPS = 600  # per label
 REGION_STEPS = 2400  # what each region holds, after VISION
-READING = [  # reading a line of a page (text_line_example): stage, placement, largest sub-patch shift, steps
-    ("vision-read-grid", "grid", 0, 1000),  # anywhere on the patch grid first
-    ("vision-read-shift4", "phase", 4, 400),  # then moved off the grid, a little more each stage:
-    ("vision-read-shift12", "phase", 12, 400),  # straight to any shift, the loss stays at chance
-    ("vision-read-shift27", "phase", 27, 2400),  # (docs/demo-model.md, "Reading: a probe")
-    ("vision-read-anywhere", "anywhere", 27, 1200),
-]
-READ_SHARE = 2 / 3  # of the reading stages' images; the rest are region scenes (line_or_scene_example)
+READ_STEPS = 1200  # --reading: what each cell of a page's slice holds (page_slice_or_scene_example)
+READ_SHARE = 2 / 3  # of the reading stage's images; the rest are region scenes
+READ_STAGE3_STEPS = 400  # --reading: stage3, the first stage with whole pages, gets time to learn them
 STAGES = [  # name, recipe, tasks in its data (None: all), steps, extra settings
     ("stage0", "sft", "text", 300, ["--set", "train=[llm]", "--lr", "2e-3", "--batch-size", "8"]),
     ("stage1", "stage1", SCENES, 1500, ["--set", "train=[resampler,llm]", "--lr", "3e-4"]),
@@ -104,37 +99,61 @@ def write_demo_image(seed: int) -> None:
 
 def vision_stages(initial: Path, work: Path, args) -> Path:
     """Vision pre-training: each object's labels from one-object scenes (WORK/vision), then what
-    each region of scenes of several objects holds (WORK/vision-regions), then reading a line of
-    a page with --reading (READING, WORK/vision-read-*); returns the checkpoint."""
-    from functools import partial
-
-    from minicpmv.synth.documents import LINE_CHARACTERS
+    each region of scenes of several objects holds (WORK/vision-regions), then with --reading the
+    character in each cell of a page's slices (WORK/vision-read); returns the checkpoint. With
+    --reading every vision stage starts from queries pointed at their blocks (localized_start):
+    pointed just before the reading stage, they lost the region stage's training (the region
+    head's share of filled regions fell from 93.5% to 58.4%, runs/demo-v7)."""
+    from minicpmv.synth.documents import CELL_CHARACTERS
     from minicpmv.synth.scenes import LABELS, REGION_LABELS, one_object_example, region_scene_example
 
-    model = _pretrain_vision(initial, work / "vision", VISION, VISION_STEPS, LABELS, one_object_example, args)
+    start = localized_start(initial, work / "initial-localized") if args.reading else initial
+    model = _pretrain_vision(start, work / "vision", VISION, VISION_STEPS, LABELS, one_object_example, args)
     model = _pretrain_vision(model, work / "vision-regions", ("regions",), REGION_STEPS, REGION_LABELS,
                              region_scene_example, args)
-    classes = {"characters": LINE_CHARACTERS, **REGION_LABELS}
-    for name, placement, shift, steps in READING if args.reading else []:
-        example = partial(line_or_scene_example, placement=placement, shift=shift)
-        model = _pretrain_vision(model, work / name, ("characters",), steps, classes, example, args,
-                                 resolutions=(448,), kept=("regions",))  # a page's slices are 448 px
+    if args.reading:
+        model = _pretrain_vision(model, work / "vision-read", ("cells",), READ_STEPS,
+                                 {"cells": CELL_CHARACTERS, **REGION_LABELS}, page_slice_or_scene_example, args,
+                                 resolutions=(448,), kept=("regions",),  # a page's slices are 448 px
+                                 none_weight={"cells": 0.05}, per_token=("cells",))  # see TokenGridHead
     return model
 
 
-def line_or_scene_example(rng, placement: str, shift: int):
-    """Reading, with what each region holds kept in the loss: READ_SHARE of the images are text
-    lines (no shapes: every region "none"), the rest region scenes (no text: every character
-    place "none"). Without the scenes the reading stages cost the finished model 16 points of
+def localized_start(model: Path, folder: Path) -> Path:
+    """`model` with each resampler query pointed at its own 2x2-patch block of a 448-px slice
+    (minicpmv.model.initialization.localize_queries), in FOLDER. From the region stage's
+    resampler as it was, the reading head named 54% of a page's inked cells after 3000 steps;
+    with the queries pointed first, 80% after 400 (measured, docs/demo-model.md)."""
+    import shutil
+
+    from minicpmv.model.checkpoint import load_model, save_model
+    from minicpmv.model.initialization import localize_queries
+    from minicpmv.training.checkpoints import copy_model_files
+
+    if not (folder / "model.safetensors").exists():
+        loaded = load_model(model).float()
+        localize_queries(loaded.resampler, 448 // loaded.config.vision.patch_size)
+        staging = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(loaded, staging)
+        copy_model_files(model, staging)
+        staging.rename(folder)  # whole or absent: a stopped run makes it again
+    return folder
+
+
+def page_slice_or_scene_example(rng):
+    """Reading, with what each region holds kept in the loss: READ_SHARE of the images are slices
+    of pages (no shapes: every region "none"), the rest region scenes (no text: every cell
+    "none"). Without the scenes, line-reading stages cost the finished model 16 points of
     held-out scene questions (86.0% -> 70.5%, shape 100% -> 64%; measured, runs/demo-v5)."""
-    from minicpmv.synth.documents import LINE_PLACES, text_line_example
+    from minicpmv.synth.documents import page_slice_example
     from minicpmv.synth.scenes import COLUMNS, ROWS, region_scene_example
 
     if rng.random() < READ_SHARE:
-        image, labels = text_line_example(rng, placement=placement, shift=shift)
+        image, labels, _ = page_slice_example(rng)
         return image, {**labels, "regions": ("none",) * (len(ROWS) * len(COLUMNS))}
     image, labels = region_scene_example(rng)
-    return image, {**labels, "characters": ("none",) * LINE_PLACES}
+    return image, {**labels, "cells": ("none",) * 256}  # 16 x 16 cells of a 448-px slice
 
 
 def _pretrain_vision(start: Path, output: Path, labels, steps: int, classes, example, args, **options) -> Path:
@@ -159,10 +178,10 @@ def main() -> None:
     parser.add_argument("--validation-images", type=int, default=100)
     parser.add_argument("--test-images", type=int, default=200)
     parser.add_argument("--reading", action="store_true",
-                        help="the reading curriculum (READING vision stages, lines in stage2 on): not yet in the "
-                             "bundled model, it costs scene questions (docs/demo-model.md, \"Reading in the recipe\")")
+                        help="reading pages: a vision stage on the characters of page slices, page slices to "
+                             "read in stage2 on, a longer stage3 (docs/demo-model.md, \"Reading in the recipe\")")
     parser.add_argument("--read-lines", type=int, default=6000,
-                        help='"Read the text." records for the LLM, in stage2\'s data beside the scenes')
+                        help='"Read the text." records about page slices for the LLM, in stage2\'s data on')
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--vision-test-images", type=int, default=200,
                         help="held-out images scoring the vision pre-training")
@@ -182,7 +201,7 @@ def main() -> None:
         if args.queries:
             raise SystemExit("--reuse shares stages 0-2, which --queries changes")
         work.mkdir(parents=True, exist_ok=True)
-        for name in ("world", "initial", "vision", "vision-regions", *(r[0] for r in READING), "reading",
+        for name in ("world", "initial", "initial-localized", "vision", "vision-regions", "vision-read", "reading",
                      "stage0", "stage1", "stage2"):
             if not (work / name).exists() and (Path(args.reuse) / name).exists():
                 (work / name).symlink_to((Path(args.reuse) / name).resolve())
@@ -197,10 +216,11 @@ def main() -> None:
     model = vision_stages(initial, work, args)
     reading = work / "reading" / "train.json" if args.reading else None
     if reading is not None and not reading.exists():
-        from minicpmv.synth.build import build_reading_lines
+        from minicpmv.synth.build import build_reading
 
-        build_reading_lines(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
+        build_reading(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
     for name, recipe, tasks, steps, extra in STAGES:
+        steps = READ_STAGE3_STEPS if args.reading and name == "stage3" else steps
         steps = max(1, round(steps * args.scale))
         output = work / name
         if args.max_slice_nums and name in ("stage3", "sft"):

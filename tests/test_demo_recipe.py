@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 1, "sft": 1}  # 0.004 x the real step counts
+STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 2, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3"]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
-READING = {"vision-read-grid": 4, "vision-read-shift4": 2, "vision-read-shift12": 2, "vision-read-shift27": 10,
-           "vision-read-anywhere": 5}  # the reading curriculum, in order
+READING = {"vision-read": 5}  # what each cell of a page's slice holds
 VISION_STAGES = ["vision", "vision-regions", *READING]
 
 
@@ -61,7 +61,8 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert stage1 and all(r["task"] in scenes for r in stage1)
     stage2 = json.loads((trained / "stage2.json").read_text())
     read = [r for r in stage2 if r["task"] == "read"]
-    assert len(read) == 3 and {r["task"] for r in stage2} - {"read"} <= scenes  # line reading joins the scenes
+    assert len(read) == 3 and {r["task"] for r in stage2} - {"read"} <= scenes  # page-slice reading joins the scenes
+    assert all(Image.open(r["image"]).size == (448, 448) and r["conversations"][1]["content"] for r in read)
     assert all(Path(r["image"]).is_file() for r in stage2)
     stage3 = {r["task"] for r in json.loads((trained / "stage3.json").read_text())}
     assert stage3 & {"ocr", "total"} and stage3 & {"count", "colour"}  # documents, scene questions kept
@@ -81,9 +82,16 @@ def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     assert labels_trained(regions) == ["regions"] * REGION_STEPS
     assert set(json.loads((regions / "accuracy.json").read_text())[-1]) >= {"regions@224", "regions@448"}
     for name, steps in READING.items():
-        assert labels_trained(trained / name) == ["characters"] * steps
-        assert set(json.loads((trained / name / "accuracy.json").read_text())[-1]) >= {"characters@448"}
+        assert labels_trained(trained / name) == ["cells"] * steps
+        assert set(json.loads((trained / name / "accuracy.json").read_text())[-1]) >= {"cells@448", "cells@448-marked",
+                                                                                       "regions@448"}
+    initial = load_file(trained / "initial" / "model.safetensors")
+    localized = load_file(trained / "initial-localized" / "model.safetensors")  # queries pointed at their blocks
+    assert all(torch.equal(localized[name], initial[name]) for name in localized if not name.startswith("resampler."))
+    assert not torch.equal(localized["resampler.query"], initial["resampler.query"])
     one_object = load_file(vision / f"checkpoint-{VISION_STEPS:06d}" / "model.safetensors")
+    query = one_object["resampler.query"].float()  # the vision stage started from the pointed queries
+    assert (query - localized["resampler.query"].float()).norm() < (query - initial["resampler.query"].float()).norm()
     start = load_file(trained / last / f"checkpoint-{READING[last]:06d}" / "model.safetensors")
     stage0 = load_file(trained / "stage0" / "checkpoint-000001" / "model.safetensors")
     vision_weights = [name for name in start if name.startswith(("vpm.", "resampler."))]
@@ -110,7 +118,7 @@ def test_a_second_run_skips_finished_stages(trained):
 def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     work = tmp_path / "single"
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
-    for shared in (*VISION_STAGES, "reading", "stage2"):
+    for shared in (*VISION_STAGES, "initial-localized", "reading", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
     assert recipe_of(work / "stage3")["max_slice_nums"] == 1
     assert recipe_of(work / "sft")["max_slice_nums"] == 1

@@ -20,10 +20,10 @@ from minicpmv.errors import ConfigError
 from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import split_rng
-from minicpmv.synth.documents import LINE_CHARACTERS, LINE_PLACES, text_line_example
+from minicpmv.synth.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
 from minicpmv.synth.scenes import COLOURS, COLUMNS, LABELS, REGION_LABELS, ROWS, one_object_example, region_scene_example
 from minicpmv.training.data import to_messages
-from minicpmv.training.vision_pretrain import VisionPretraining, pretrain_vision, run_vision_pretraining
+from minicpmv.training.vision_pretrain import TokenGridHead, VisionPretraining, pretrain_vision, run_vision_pretraining
 
 CHECKPOINT = TINY["2.6"] / "checkpoint"
 CLASSES = {"colour": ("red", "blue"), "side": ("left", "right")}
@@ -93,6 +93,50 @@ def test_a_region_label_is_learnt_per_region():
                              settings(labels=("halves",), steps_per_label=40), lambda record: None)
     # each class holds a third of the regions: naming 70% right takes telling the halves apart
     assert min(scores[-1][f"halves@{size}"] for size in (56, 112)) >= 0.7, scores
+    assert {"halves@56-marked", "halves@112-marked"} <= set(scores[-1])  # the regions not "none", on their own
+
+
+def test_a_token_grid_head_names_each_cell_from_its_own_token():
+    """Token (row, column) of an 8x8 grid of queries names the 2x2 cells of its block; the
+    logits come back cell by cell, row by row, over the 16x16 cells."""
+    head = TokenGridHead(dim=4, classes=1, regions=256, queries=64)
+    with torch.no_grad():
+        head.classify.weight.copy_(torch.eye(4))
+        head.classify.bias.zero_()
+    tokens = torch.zeros(1, 64, 4)
+    for row in range(16):
+        for column in range(16):
+            tokens[0, (row // 2) * 8 + column // 2, (row % 2) * 2 + column % 2] = row * 16 + column
+    assert torch.equal(head(tokens)[0, :, 0], torch.arange(256.0))
+    with pytest.raises(ConfigError, match="blocks"):
+        TokenGridHead(dim=4, classes=3, regions=100, queries=64)
+
+
+def test_a_lighter_none_class_makes_the_head_name_the_marked_cells():
+    """Cells of a 112-px image (8x8 patches, one token each, read by a TokenGridHead), a quarter
+    of them red, the rest blank: at full weight the blank class wins the start of training and
+    the head names few red cells; with "none" weighted down it names them. A weight needs a
+    "none" class."""
+    def cells(split: str, index: int):
+        rng = random.Random(f"cells/{split}/{index}")
+        held = tuple(rng.choice(("none", "none", "none", "red")) for _ in range(64))
+        image = Image.new("RGB", (112, 112), (240, 240, 240))
+        for number, what in enumerate(held):
+            if what == "red":
+                left, top = 14 * (number % 8), 14 * (number // 8)
+                ImageDraw.Draw(image).rectangle((left, top, left + 13, top + 13), fill=(220, 30, 30))
+        return image, {"cells": held}
+
+    processor = MiniCPMVProcessor.from_pretrained(CHECKPOINT)
+    marked = {}
+    for weight in (1.0, 0.1):
+        scores = pretrain_vision(load_model(CHECKPOINT).float(), processor, cells, {"cells": ("none", "red")},
+                                 settings(labels=("cells",), steps_per_label=30, resolutions=(112,),
+                                          none_weight={"cells": weight}, per_token=("cells",)), lambda record: None)
+        marked[weight] = scores[-1]["cells@112-marked"]
+    assert marked[0.1] >= marked[1.0] + 0.3, marked
+    with pytest.raises(ConfigError, match="none"):
+        pretrain_vision(load_model(CHECKPOINT).float(), processor, examples, CLASSES, settings(none_weight={"colour": 0.1}))
 
 
 def test_unknown_labels_and_empty_settings_are_config_errors():
@@ -187,16 +231,23 @@ def test_reading_probe_script_runs(tmp_path):
     assert json.loads((tmp_path / "accuracy.json").read_text())[-1]["after"] == "characters"
 
 
-def test_reading_data_script_writes_official_records(tmp_path):
+@pytest.mark.parametrize("placement", [None, "anywhere"])
+def test_reading_data_script_writes_official_records(tmp_path, placement):
+    """Slices of pages by default, one line per slice with --placement."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_reading_data.py"
-    done = subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "3", "--test", "2"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "3", "--test", "2",
+                           *(["--placement", placement] if placement else [])], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     train, test = (json.loads((tmp_path / f"{split}.json").read_text()) for split in ("train", "test"))
     assert (len(train), len(test)) == (3, 2)
     for record in train + test:
         messages = to_messages(record, tmp_path)
         assert messages[0]["content"][0].is_file() and messages[0]["content"][1] == "Read the text."
-        assert re.fullmatch(r"[a-z]+ \d+\.\d\d", messages[1]["content"])
+        assert Image.open(messages[0]["content"][0]).size == (448, 448)
+        text = messages[1]["content"]
+        if placement:
+            assert re.fullmatch(r"[a-z]+ \d+\.\d\d", text)
+        else:
+            assert text and set(text) <= set(CELL_CHARACTERS) | {" ", "\n"}
     pixels = {(tmp_path / r["image"]).read_bytes() for r in train + test}
     assert len(pixels) == 5  # the splits share no image

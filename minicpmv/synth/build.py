@@ -17,11 +17,10 @@ import random
 import tempfile
 from pathlib import Path
 
-from .documents import document_questions, form, receipt, sign, table, text_line_example
+from .documents import document_questions, page_slice_example, random_document, text_line_example
 from .scenes import caption, questions, random_scene
 
 SPLITS = {"train": 2000, "validation": 100, "test": 200}
-DOCUMENT_MAKERS = (receipt, form, table, sign)
 
 
 def split_rng(seed: int, split: str, index: int) -> random.Random:
@@ -50,7 +49,7 @@ def scene_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
 
 
 def document_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
-    document = rng.choices(DOCUMENT_MAKERS, weights=(4, 2, 2, 2))[0](rng)  # receipts: the demo question
+    document = random_document(rng)
     file = f"{name}.png"
     document.image.save(folder / file)
     records = [conversation_record(f"{name}-{task}-{i}", file, task, [(q, a)])
@@ -79,10 +78,21 @@ def build_world(output: str | Path, seed: int = 0, sizes: dict[str, int] | None 
     return paths
 
 
-def build_reading_lines(output: str | Path, sizes: dict[str, int], placement: str = "anywhere",
-                        seed: int = 0) -> dict[str, Path]:
-    """Line reading for the LLM: "Read the text." about a 448-px slice holding one receipt line
-    (`text_line_example`), task `read`, written like a world (`output/SPLIT.json`, images beside
+def read_line(rng: random.Random, placement: str = "anywhere"):
+    """A 448-px slice holding one receipt line (`text_line_example`) and its text."""
+    image, labels = text_line_example(rng, placement=placement)
+    return image, "".join(c for c in labels["characters"] if c != "none")
+
+
+def read_page_slice(rng: random.Random):
+    """One slice of a page as the processor cuts it (`page_slice_example`) and its text."""
+    image, _, text = page_slice_example(rng)
+    return image, text
+
+
+def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_slice, seed: int = 0) -> dict[str, Path]:
+    """Reading for the LLM: "Read the text." about an image and text from `reader(rng)` (a page's
+    slice, or one line), task `read`, written like a world (`output/SPLIT.json`, images beside
     it). Each split draws from its own stream ("lines-SPLIT"), so the splits share no image."""
     output = Path(output)
     (output / "images").mkdir(parents=True, exist_ok=True)
@@ -90,10 +100,9 @@ def build_reading_lines(output: str | Path, sizes: dict[str, int], placement: st
     for split, count in sizes.items():
         records = []
         for index in range(count):
-            image, labels = text_line_example(split_rng(seed, f"lines-{split}", index), placement=placement)
+            image, answer = reader(split_rng(seed, f"lines-{split}", index))
             name = f"images/{split}-{index:05d}.png"
             image.save(output / name)
-            answer = "".join(c for c in labels["characters"] if c != "none")
             records.append(conversation_record(name, name, "read", [("Read the text.", answer)]))
         paths[split] = write_json(output / f"{split}.json", records)  # atomic: a stopped run leaves no half file
     return paths

@@ -50,11 +50,14 @@ def record_texts(paths: list[Path]) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024):
-    """Byte-level BPE (every byte representable) with the 2.6 special tokens added."""
+    """Byte-level BPE (every byte representable) with the 2.6 special tokens added. Numbers
+    split into single digits first, as Qwen2's tokenizer does: a page's digits are one per cell
+    (minicpmv.synth.documents), so each digit the LLM writes is one character it read."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=V26_SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

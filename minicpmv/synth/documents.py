@@ -1,10 +1,17 @@
 """High-resolution documents whose text is too small to read from one 448-px view: receipts,
-forms, tables, and signs or banners of extreme aspect ratio (up to 10:1 and 1:10). Each comes
-with the exact text it shows. Text uses Pillow's built-in scalable font (no font files needed).
+forms, tables, and signs or banners of extreme aspect ratio (9:1 and 1:9). Each comes with the
+exact text it shows and where each character is. Text uses Pillow's built-in scalable font (no
+font files needed).
 
-Sizes follow the paper's regime: pages of about 1.2-2 megapixels with text about 22 px high, so
-that one 448-px view (about 200k pixels: a 3x or larger downscale) leaves it 7 px high or less,
-while adaptive slicing keeps it near full size."""
+Sizes follow the paper's regime: pages of 0.8-1.8 megapixels with text about 22 px high, so that
+one 448-px view (about 200k pixels: a 2.5x or larger downscale) leaves it 9 px high or less,
+while adaptive slicing keeps it at full size.
+
+Pages are monospaced (a till printer's or a typewriter's): one character per 28-px cell of a
+grid that is the demo encoder's patch grid, on pages made of whole 448-px slices, which the
+processor's slicing cuts without resizing (tested). So every character falls in one patch of
+one slice. Text that meets the patches at any phase, two characters to a patch, was not learnt
+by the from-scratch encoder within the CPU budget (docs/demo-model.md, "Reading: a probe")."""
 
 from __future__ import annotations
 
@@ -23,6 +30,9 @@ NAMES = ["Ada Moreau", "Ben Okafor", "Chen Wei", "Dana Silva", "Eli Novak", "Fay
 
 LINE_PLACES = 12  # characters of a text line example, padded with "none"
 LINE_CHARACTERS = ("none", " ", ".", *string.digits, *sorted(set("".join(ITEMS))))
+CELL = 28  # px: one character per cell; the demo encoder's patch size
+CELL_TEXT_SIZE = 26  # capitals 18 px, with descenders 23 px: inside the cell
+CELL_CHARACTERS = ("none", ".", ":", *string.digits, *string.ascii_uppercase, *string.ascii_lowercase)
 
 
 @dataclass
@@ -31,66 +41,78 @@ class Document:
     image: Image.Image
     lines: list[str]  # the text, line by line, top to bottom
     facts: dict = field(default_factory=dict)  # answers: total, prices, fields, cells, sign text
+    cells: dict[tuple[int, int], str] = field(default_factory=dict)  # (column, row) -> character shown there
 
 
 def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _page(lines: list[str], size: tuple[int, int], text_size: int, rng: random.Random) -> Image.Image:
-    """Lines of text, evenly spread down a page of `size` (width, height)."""
-    face = font(text_size)
+def write_cells(image: Image.Image, text: str, column: int, row: int, down: bool = False) -> dict:
+    """Write `text` one character per cell from cell (column, row), rightwards (or downwards:
+    a vertical sign's stacked letters); returns {(column, row): character} of the inked cells."""
+    face, draw, cells = font(CELL_TEXT_SIZE), ImageDraw.Draw(image), {}
+    for offset, character in enumerate(text):
+        place = (column, row + offset) if down else (column + offset, row)
+        if character != " ":
+            left = place[0] * CELL + (CELL - round(face.getlength(character))) // 2
+            draw.text((left, place[1] * CELL - 5), character, fill=(20, 20, 20), font=face)  # capitals at 3-21 px
+            cells[place] = character
+    return cells
+
+
+def _page(lines: list[str], size: tuple[int, int], rng: random.Random) -> tuple[Image.Image, dict]:
+    """Lines of text, one every other cell row, at a random cell of a page of `size` (width,
+    height: whole slices); returns the page and its inked cells."""
     image = Image.new("RGB", size, (rng.randint(238, 255),) * 3)
-    draw = ImageDraw.Draw(image)
-    step = min(int(text_size * 2.4), (size[1] - 2 * text_size) // max(1, len(lines)))
-    top = (size[1] - step * len(lines)) // 2
-    left = rng.randint(size[0] // 12, size[0] // 5)
-    for row, line in enumerate(lines):
-        draw.text((left, top + row * step), line, fill=(20, 20, 20), font=face)
-    return image
+    columns, rows = size[0] // CELL, size[1] // CELL
+    width = max(len(line) for line in lines)
+    left, top = rng.randint(1, columns - width - 1), rng.randint(1, rows - 2 * len(lines))
+    cells = {}
+    for number, line in enumerate(lines):
+        cells.update(write_cells(image, line, left, top + 2 * number))
+    return image, cells
 
 
-def receipt(rng: random.Random, text_size: int = 22) -> Document:
+def receipt(rng: random.Random) -> Document:
     count = rng.randint(3, 7)
     chosen = rng.sample(ITEMS, count)
     prices = {item: rng.randint(50, 1999) / 100 for item in chosen}
     total = round(sum(prices.values()), 2)
     lines = [f"SHOP {rng.randint(10, 99)}"] + [f"{item}  {price:.2f}" for item, price in prices.items()]
     lines.append(f"TOTAL  {total:.2f}")
-    image = _page(lines, (896, rng.choice((1344, 1568))), text_size, rng)  # portrait, like a till slip
+    image, cells = _page(lines, (896, rng.choice((1344, 1792))), rng)  # portrait, like a till slip
     return Document("receipt", image, lines, {"total": f"{total:.2f}",
-                                              "prices": {item: f"{price:.2f}" for item, price in prices.items()}})
+                                              "prices": {item: f"{price:.2f}" for item, price in prices.items()}}, cells)
 
 
-def form(rng: random.Random, text_size: int = 22) -> Document:
+def form(rng: random.Random) -> Document:
     fields = {"name": rng.choice(NAMES), "date": f"{rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.20{rng.randint(10, 30)}",
               "amount": f"{rng.randint(10, 9999)}", "code": f"{rng.choice('ABCDEFGH')}{rng.randint(100, 999)}"}
     lines = ["APPLICATION FORM"] + [f"{key.upper()}: {value}" for key, value in fields.items()]
-    image = _page(lines, (1344, 896), text_size, rng)
-    return Document("form", image, lines, {"fields": fields})
+    image, cells = _page(lines, (1344, 896), rng)
+    return Document("form", image, lines, {"fields": fields}, cells)
 
 
-def table(rng: random.Random, text_size: int = 22) -> Document:
+def table(rng: random.Random) -> Document:
     rows, columns = rng.randint(2, 4), rng.randint(2, 4)
     cells = {(r, c): str(rng.randint(1, 99)) for r in range(rows) for c in range(columns)}
     header = "    " + "".join(f"{c + 1:>6}" for c in range(columns))
     lines = [header] + [f"{'ABCD'[r]:<4}" + "".join(f"{cells[r, c]:>6}" for c in range(columns)) for r in range(rows)]
-    image = _page(lines, (1344, 1008), text_size, rng)
-    return Document("table", image, lines, {"cells": {f"{'ABCD'[r]}{c + 1}": v for (r, c), v in cells.items()}})
+    image, inked = _page(lines, (1344, rng.choice((896, 1344))), rng)
+    return Document("table", image, lines, {"cells": {f"{'ABCD'[r]}{c + 1}": v for (r, c), v in cells.items()}}, inked)
 
 
-def sign(rng: random.Random, vertical: bool | None = None, text_size: int = 26) -> Document:
-    """A banner of 10:1 (or a vertical sign of 1:10 when `vertical`), 4480 x 448 pixels, with a
-    word and a number written small in its middle."""
+def sign(rng: random.Random, vertical: bool | None = None) -> Document:
+    """A banner of 9:1, 4032 x 448 pixels (or, when `vertical`, a 1:9 sign with the letters
+    stacked downwards), with a word and a number written small in its middle."""
     vertical = rng.random() < 0.5 if vertical is None else vertical
     text = f"{rng.choice(WORDS)} {rng.randint(10, 999)}"
-    face = font(text_size)
-    left, top, right, bottom = face.getbbox(text)
-    banner = Image.new("RGB", (4480, 448), (rng.randint(180, 255), rng.randint(180, 255), 200))
-    x = rng.randint(200, 4480 - 200 - (right - left))
-    ImageDraw.Draw(banner).text((x, (448 - (bottom - top)) // 2 - top), text, fill=(10, 10, 60), font=face)
-    image = banner.rotate(90, expand=True) if vertical else banner
-    return Document("sign", image, [text], {"text": text})
+    image = Image.new("RGB", (448, 4032) if vertical else (4032, 448), (rng.randint(180, 255), rng.randint(180, 255), 200))
+    along = rng.randint(7, 4032 // CELL - 7 - len(text))  # the cell the text starts at, along the sign
+    across = rng.randint(6, 448 // CELL - 7)
+    cells = write_cells(image, text, across, along, down=True) if vertical else write_cells(image, text, along, across)
+    return Document("sign", image, [text], {"text": text}, cells)
 
 
 def document_questions(document: Document, rng: random.Random) -> list[tuple[str, str, str]]:
@@ -109,6 +131,46 @@ def document_questions(document: Document, rng: random.Random) -> list[tuple[str
         cell = rng.choice(sorted(facts["cells"]))
         return [("cell", f"What number is in row {cell[0]}, column {cell[1:]}?", facts["cells"][cell])]
     return [("sign", "What does the sign say?", facts["text"])]
+
+
+DOCUMENT_MAKERS = (receipt, form, table, sign)
+DOCUMENT_WEIGHTS = (4, 2, 2, 2)  # receipts: the demo question
+SLICE = 448  # px: pages are whole slices of this side (module docstring)
+
+
+def random_document(rng: random.Random) -> Document:
+    return rng.choices(DOCUMENT_MAKERS, weights=DOCUMENT_WEIGHTS)[0](rng)
+
+
+def page_slices(document: Document) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of the 448-px slices the processor cuts the page into,
+    row by row: the page is made of them, so no resize comes first (tested against the slicing)."""
+    width, height = document.image.size
+    return [(x, y, x + SLICE, y + SLICE) for y in range(0, height, SLICE) for x in range(0, width, SLICE)]
+
+
+def slice_cells(document: Document, box: tuple[int, int, int, int]) -> tuple[str, ...]:
+    """The character in each cell of a slice, row by row ("none" where blank): 16 x 16 places."""
+    left, top, right, bottom = (edge // CELL for edge in box)
+    return tuple(document.cells.get((column, row), "none") for row in range(top, bottom) for column in range(left, right))
+
+
+def slice_text(document: Document, box: tuple[int, int, int, int]) -> str:
+    """What a slice shows, as text: its non-blank cell rows, top to bottom (blank cells inside a
+    row become spaces)."""
+    per_row = SLICE // CELL
+    cells = slice_cells(document, box)
+    rows = ["".join(" " if c == "none" else c for c in cells[start:start + per_row]).strip()
+            for start in range(0, len(cells), per_row)]
+    return "\n".join(row for row in rows if row)
+
+
+def page_slice_example(rng: random.Random) -> tuple[Image.Image, dict[str, tuple[str, ...]], str]:
+    """One slice of a random document, as the processor cuts it, among those with text: the
+    slice, its characters per cell (label "cells", classes CELL_CHARACTERS) and its text."""
+    document = random_document(rng)
+    box = rng.choice([box for box in page_slices(document) if any(c != "none" for c in slice_cells(document, box))])
+    return document.image.crop(box), {"cells": slice_cells(document, box)}, slice_text(document, box)
 
 
 LINE_PLACEMENTS = ("fixed", "grid", "phase", "anywhere")

@@ -17,9 +17,10 @@ def normalize(text: str) -> str:
 
 
 def evaluate(chat, split_json: str | Path, limit: int | None = None, max_new_tokens: int = 96,
-             tasks: set[str] | None = None, **options) -> dict[str, dict]:
+             tasks: set[str] | None = None, answers: list | None = None, **options) -> dict[str, dict]:
     """{task: {"correct", "total", "accuracy"}} plus "all"; `options` go to `chat.generate`
-    (e.g. max_slice_nums=1 for the single-view ablation)."""
+    (e.g. max_slice_nums=1 for the single-view ablation). Each turn's {"id", "task", "question",
+    "reference", "answer", "correct"} is appended to `answers` when given (to see what it got wrong)."""
     path = Path(split_json)
     records = [r for r in json.loads(path.read_text()) if tasks is None or r["task"] in tasks]
     scores: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -32,8 +33,25 @@ def evaluate(chat, split_json: str | Path, limit: int | None = None, max_new_tok
                 text = first["content"].replace("<image>", "").strip()
                 first["content"] = [path.parent / record["image"], text]
             answer = chat.generate(messages, max_new_tokens=max_new_tokens, **options).text
-            correct = normalize(answer) == normalize(turns[index + 1]["content"])
+            reference = turns[index + 1]["content"]
+            correct = normalize(answer) == normalize(reference)
+            if answers is not None:
+                answers.append({"id": record.get("id"), "task": record["task"], "question": turns[index]["content"],
+                                "reference": reference, "answer": answer, "correct": correct})
             for key in (record["task"], "all"):
                 scores[key][0] += correct
                 scores[key][1] += 1
     return {task: {"correct": c, "total": n, "accuracy": c / n} for task, (c, n) in sorted(scores.items())}
+
+
+def character_places(answers: list[dict]) -> dict[str, float]:
+    """Per task (and "all"), the share of reference characters that the answer has at the same
+    place, after normalizing; characters the answer lacks count as wrong, extra ones are ignored."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for row in answers:
+        reference, answer = normalize(row["reference"]), normalize(row["answer"])
+        right = sum(a == b for a, b in zip(reference, answer))
+        for key in (row["task"], "all"):
+            totals[key][0] += right
+            totals[key][1] += len(reference)
+    return {task: right / count for task, (right, count) in sorted(totals.items()) if count}
