@@ -75,6 +75,18 @@ def test_the_vision_parts_learn_the_labels_and_the_llm_is_untouched():
     assert changed == {"vpm", "resampler"}
 
 
+def test_a_probe_trains_only_the_heads():
+    model = load_model(CHECKPOINT).float()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    records = []
+    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                             settings(labels=("colour",), probe=True), records.append)
+    losses = [r["loss"] for r in records]
+    assert len(losses) == 25 and sum(losses[-5:]) < sum(losses[:5])  # the head learns
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert "colour@112" in scores[-1]
+
+
 def test_a_kept_label_is_in_the_loss_from_the_first_step():
     model = load_model(CHECKPOINT).float()
     records = []

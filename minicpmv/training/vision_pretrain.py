@@ -62,6 +62,7 @@ class VisionPretraining:
     # and at weight 1 the head learnt to call every cell blank (0.0% of the inked cells named)
     none_weight: Mapping[str, float] = dataclasses.field(default_factory=dict)
     per_token: tuple[str, ...] = ()  # region labels read by a TokenGridHead: cell by cell, each from its own token
+    probe: bool = False  # only the heads train: what the frozen encoder and resampler already hold
 
     def __post_init__(self):
         if not self.labels:
@@ -190,13 +191,15 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
                            settings.resolutions, settings.seed)
     autocast = computes_bf16(model.device)
     weights = {name: _none_weighted(classes[name], weight, model.device) for name, weight in settings.none_weight.items()}
-    for parameter in model.llm.parameters():
+    frozen = [*model.llm.parameters(), *(() if not settings.probe else
+                                         (*model.vpm.parameters(), *model.resampler.parameters()))]
+    for parameter in frozen:
         parameter.requires_grad_(False)
     scores, step, seen = [], 0, 0
     for number, label in enumerate(settings.labels):
         active = (*settings.kept, *settings.labels[:number + 1])  # the labels before stay in the loss: nothing learnt is lost
-        trained = [*model.vpm.parameters(), *model.resampler.parameters(),
-                   *(p for name in active for p in heads.heads[name].parameters())]
+        vision = [] if settings.probe else [*model.vpm.parameters(), *model.resampler.parameters()]
+        trained = [*vision, *(p for name in active for p in heads.heads[name].parameters())]
         for parameter in trained:
             parameter.requires_grad_(True)
         optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
