@@ -124,20 +124,14 @@ def localized_start(model: Path, folder: Path) -> Path:
     (minicpmv.model.initialization.localize_queries), in FOLDER. From the region stage's
     resampler as it was, the reading head named 54% of a page's inked cells after 3000 steps;
     with the queries pointed first, 80% after 400 (measured, docs/demo-model.md)."""
-    import shutil
-
-    from minicpmv.model.checkpoint import load_model, save_model
+    from minicpmv.model.checkpoint import load_model
     from minicpmv.model.initialization import localize_queries
-    from minicpmv.training.checkpoints import copy_model_files
+    from minicpmv.synth.demo import save_model_folder
 
-    if not (folder / "model.safetensors").exists():
+    if not (folder / "model.safetensors").exists():  # whole or absent: a stopped run makes it again
         loaded = load_model(model).float()
         localize_queries(loaded.resampler, 448 // loaded.config.vision.patch_size)
-        staging = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model(loaded, staging)
-        copy_model_files(model, staging)
-        staging.rename(folder)  # whole or absent: a stopped run makes it again
+        save_model_folder(loaded, model, folder)
     return folder
 
 
@@ -146,14 +140,14 @@ def page_slice_or_scene_example(rng):
     of pages (no shapes: every region "none"), the rest region scenes (no text: every cell
     "none"). Without the scenes, line-reading stages cost the finished model 16 points of
     held-out scene questions (86.0% -> 70.5%, shape 100% -> 64%; measured, runs/demo-v5)."""
-    from minicpmv.synth.documents import page_slice_example
+    from minicpmv.synth.documents import CELL, SLICE, page_slice_example
     from minicpmv.synth.scenes import COLUMNS, ROWS, region_scene_example
 
     if rng.random() < READ_SHARE:
         image, labels, _ = page_slice_example(rng)
         return image, {**labels, "regions": ("none",) * (len(ROWS) * len(COLUMNS))}
     image, labels = region_scene_example(rng)
-    return image, {**labels, "cells": ("none",) * 256}  # 16 x 16 cells of a 448-px slice
+    return image, {**labels, "cells": ("none",) * (SLICE // CELL) ** 2}  # 16 x 16 cells of a 448-px slice
 
 
 def _pretrain_vision(start: Path, output: Path, labels, steps: int, classes, example, args, **options) -> Path:

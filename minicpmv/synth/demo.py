@@ -95,21 +95,28 @@ def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, v
 
 def bundle_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
     """Copy a trained demo checkpoint to `target` as the package ships it: weights in bfloat16
-    (half the size; the loader widens them to float32 on CPU), no optimizer state. Written
-    beside `target` and swapped in, so a failed copy leaves the old bundle untouched."""
+    (half the size; the loader widens them to float32 on CPU), no optimizer state."""
+    from ..model.checkpoint import load_model
+
+    return save_model_folder(load_model(checkpoint).to(torch.bfloat16), checkpoint, target)
+
+
+def save_model_folder(model, source: str | Path, target: str | Path) -> Path:
+    """`model` as a model folder at `target`, with the tokenizer and processor files of `source`
+    (not trainer_state.pt). Written beside `target` and swapped in, so a failed write leaves what
+    was there untouched, and a stopped one leaves no half folder."""
     import shutil
     import tempfile
 
-    from ..model.checkpoint import load_model
     from ..training.checkpoints import copy_model_files
 
-    checkpoint, target = Path(checkpoint), Path(target)
+    source, target = Path(source), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     old = target.with_name(f".{target.name}.old")
     try:
-        save_model(load_model(checkpoint).to(torch.bfloat16), staging)
-        copy_model_files(checkpoint, staging)  # tokenizer and processor files, not trainer_state.pt
+        save_model(model, staging)
+        copy_model_files(source, staging)
         staging.chmod(0o755)
         if target.exists():
             target.rename(old)

@@ -191,14 +191,12 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
                            settings.resolutions, settings.seed)
     autocast = computes_bf16(model.device)
     weights = {name: _none_weighted(classes[name], weight, model.device) for name, weight in settings.none_weight.items()}
-    frozen = [*model.llm.parameters(), *(() if not settings.probe else
-                                         (*model.vpm.parameters(), *model.resampler.parameters()))]
-    for parameter in frozen:
+    vision = [] if settings.probe else [*model.vpm.parameters(), *model.resampler.parameters()]
+    for parameter in model.parameters():  # the LLM never trains here; vision and heads are switched on below
         parameter.requires_grad_(False)
     scores, step, seen = [], 0, 0
     for number, label in enumerate(settings.labels):
         active = (*settings.kept, *settings.labels[:number + 1])  # the labels before stay in the loss: nothing learnt is lost
-        vision = [] if settings.probe else [*model.vpm.parameters(), *model.resampler.parameters()]
         trained = [*vision, *(p for name in active for p in heads.heads[name].parameters())]
         for parameter in trained:
             parameter.requires_grad_(True)
