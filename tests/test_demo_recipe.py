@@ -19,7 +19,7 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "stage1": 6, "stage2": 6, "stage3": 2, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
+STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3"]
 VISION_STEPS = 8  # 4 labels x 2 steps
@@ -41,6 +41,14 @@ def trained(tmp_path_factory):
     return work
 
 
+def load_recipe():
+    """The script as a module (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
 def recipe_of(stage: Path) -> dict:
     latest = stage / (stage / "latest").read_text().strip()
     return torch.load(latest / "trainer_state.pt", weights_only=False)["recipe"]
@@ -51,9 +59,9 @@ def test_every_stage_ran_with_its_recipe(trained):
         assert (trained / name / "latest").read_text().strip() == f"checkpoint-{steps:06d}"
         assert len((trained / name / "metrics.jsonl").read_text().splitlines()) == steps
         assert (trained / name / "loss.png").stat().st_size > 0
-    assert tuple(recipe_of(trained / "stage0")["train"]) == ("llm",)
-    assert tuple(recipe_of(trained / "stage1")["train"]) == ("resampler", "llm")
-    assert tuple(recipe_of(trained / "stage2")["train"]) == ("vpm", "resampler", "llm")
+    for name in STAGES:  # --reading: the encoder and resampler stay as the reading stage left them
+        assert tuple(recipe_of(trained / name)["train"]) == ("llm",)
+    assert {r["task"] for r in json.loads((trained / "read.json").read_text())} == {"read"}
     assert recipe_of(trained / "stage1")["scale_resolution"] == 224
     assert recipe_of(trained / "stage3")["max_slice_nums"] == 9
     stage1 = json.loads((trained / "stage1.json").read_text())
@@ -96,6 +104,9 @@ def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     stage0 = load_file(trained / "stage0" / "checkpoint-000001" / "model.safetensors")
     vision_weights = [name for name in start if name.startswith(("vpm.", "resampler."))]
     assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
+    final = load_file(trained / "sft" / "checkpoint-000001" / "model.safetensors")
+    assert all(torch.equal(start[name], final[name]) for name in vision_weights)  # --reading keeps them
+    assert not all(torch.equal(stage0[name], final[name]) for name in final if name.startswith("llm."))
     assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions, reading trained on it
 
 
@@ -126,9 +137,7 @@ def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
 
 def test_without_reading_no_stage_sees_the_lines(tmp_path):
     """The default recipe (the bundled model's) has no reading: stage data comes from the world alone."""
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe()
     (tmp_path / "world").mkdir()
     (tmp_path / "lines").mkdir()
     (tmp_path / "world" / "train.json").write_text(json.dumps([
@@ -145,3 +154,11 @@ def test_without_reading_no_stage_sees_the_lines(tmp_path):
     assert tasks_of(("colour",), lines) == ["colour"]
     data = json.loads((tmp_path / "out.json").read_text())
     assert data[0]["image"] == str((tmp_path / "world" / "a.png").resolve())
+
+
+def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
+    recipe = load_recipe()
+    settings = {name: extra for name, _, _, _, extra in recipe.stages(False)}
+    assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
+    assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
+    assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "sft"]

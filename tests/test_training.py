@@ -25,7 +25,7 @@ from minicpmv.training.batching import length_grouped_order, pack, packed_batch,
 from minicpmv.training.data import IGNORE, ChatDataset, SampleBuilder  # noqa: E402
 from minicpmv.training.recipes import recipe  # noqa: E402
 from minicpmv.training.run import processor_for, run_training  # noqa: E402
-from minicpmv.training.trainer import token_loss_sum  # noqa: E402
+from minicpmv.training.trainer import parameter_groups, token_loss_sum  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "minicpmv" / "assets" / "example.png"
 TWO_TURNS = [{"role": "user", "content": [EXAMPLE, "What is it?"]}, {"role": "assistant", "content": "A shape."},
@@ -113,6 +113,21 @@ def test_recipes_train_their_parts_and_the_loss_falls(name, parts, data, tmp_pat
     assert changed == parts
     losses = [r["loss"] for r in result["history"]]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_a_part_at_a_learning_rate_of_its_own(data, tmp_path):
+    """`vpm_learning_rate=0` keeps the encoder as it was while the other parts train; without
+    per-part rates the optimizer has one group, as before the setting existed."""
+    model = load_model(TINY["2.6"] / "checkpoint")
+    assert len(parameter_groups(model, recipe("sft"))) == 1
+    chosen = recipe("sft", {"learning_rate": 2e-3, "vpm_learning_rate": "0", "resampler_learning_rate": "1e-3",
+                            "max_steps": 3, "batch_size": 2, "max_length": 1024, "precision": "float32"})
+    assert [group["lr"] for group in parameter_groups(model, chosen)] == [0.0, 1e-3, 2e-3]
+    before = model.state_dict()
+    result = run_training(chosen, TINY["2.6"] / "checkpoint", data, tmp_path, progress=False)
+    after = load_model(result["checkpoint"]).state_dict()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"resampler", "llm"}
 
 
 def test_stage1_uses_224_pixels_without_slicing():
@@ -259,3 +274,6 @@ def test_recipe_from_yaml_and_set(tmp_path):
     assert chosen.train == ("resampler",) and chosen.lora
     with pytest.raises(minicpmv.ConfigError, match="LoRA trains adapters on a frozen LLM"):
         recipe("lora", {"train": ["llm"]})
+    with pytest.raises(minicpmv.ConfigError, match="vpm_learning_rate: expected a number"):
+        recipe("sft", {"vpm_learning_rate": "slow"})
+    assert recipe("sft", {"learning_rate": "3e-5"}).learning_rate == 3e-5  # YAML leaves "3e-5" a string

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TINY
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
 from minicpmv.errors import ConfigError
 from minicpmv.model.checkpoint import load_model
@@ -241,6 +242,17 @@ def test_reading_probe_script_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "characters@448" in done.stdout and "most common character" in done.stdout
     assert json.loads((tmp_path / "accuracy.json").read_text())[-1]["after"] == "characters"
+
+
+def test_reading_probe_of_a_frozen_checkpoint_trains_only_its_head(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "probe_demo_reading.py"
+    done = subprocess.run([sys.executable, str(script), str(CHECKPOINT), "-o", str(tmp_path), "--frozen-cells",
+                           "--steps", "2", "--test", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"cells@448", "cells@448-marked"} <= set(json.loads((tmp_path / "accuracy.json").read_text())[-1])
+    probed = load_file(tmp_path / "checkpoint-000002" / "model.safetensors")
+    original = load_file(CHECKPOINT / "model.safetensors")
+    assert all(torch.equal(probed[name].float(), original[name].float()) for name in original)  # frozen
 
 
 @pytest.mark.parametrize("placement", [None, "anywhere"])

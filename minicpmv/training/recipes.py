@@ -12,6 +12,8 @@ from ..errors import ConfigError
 
 PARTS = ("vpm", "resampler", "llm")
 
+OPTIONAL_RATES = ("vpm_learning_rate", "resampler_learning_rate")
+
 
 @dataclass
 class Recipe:
@@ -25,6 +27,8 @@ class Recipe:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     learning_rate: float = 1e-5
+    vpm_learning_rate: float | None = None  # None: learning_rate (as LLaVA-NeXT's mm_vision_tower_lr)
+    resampler_learning_rate: float | None = None  # None: learning_rate
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
     warmup_ratio: float = 0.01
@@ -121,8 +125,15 @@ def _coerce(key: str, value, default):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return tuple(value)
+    if key in OPTIONAL_RATES and value is not None:
+        default = 0.0  # checked as a float
     if default is None:
         return value
+    if isinstance(default, float) and isinstance(value, str):
+        try:  # YAML reads "3e-5" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, bool) and isinstance(value, bool) or isinstance(default, str) and isinstance(value, str):
         return value

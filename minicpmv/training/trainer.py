@@ -62,6 +62,20 @@ def set_trainable(model, recipe: Recipe) -> dict[str, int]:
     return trainable_counts(model)
 
 
+def parameter_groups(model, recipe: Recipe) -> list[dict]:
+    """The trainable parameters, in model order, grouped by learning rate: one group unless the
+    recipe gives the encoder or resampler a rate of its own (e.g. a small one, so that what an
+    earlier stage taught them is not trained away)."""
+    own = {"vpm": recipe.vpm_learning_rate, "resampler": recipe.resampler_learning_rate}
+    rates = {part: recipe.learning_rate if own.get(part) is None else own[part] for part in PARTS}
+    groups: dict[float, list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = next((p for p in PARTS if name.startswith(f"{p}.")), None)
+            groups.setdefault(rates.get(part, recipe.learning_rate), []).append(parameter)
+    return [{"params": parameters, "lr": rate} for rate, parameters in groups.items()]
+
+
 def trainable_counts(model) -> dict[str, int]:
     counts = {part: 0 for part in PARTS}
     for name, parameter in model.named_parameters():
@@ -105,9 +119,8 @@ class Trainer:
         self.counts = set_trainable(model, recipe)
         model.llm.gradient_checkpointing = recipe.gradient_checkpointing
         self.module = self._wrap(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, betas=(0.9, recipe.adam_beta2),
-                                           weight_decay=recipe.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.learning_rate,
+                                           betas=(0.9, recipe.adam_beta2), weight_decay=recipe.weight_decay)
         warmup = max(1, math.ceil(recipe.warmup_ratio * recipe.max_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: cosine_with_warmup(step, recipe.max_steps, warmup))
