@@ -60,10 +60,12 @@ READ_STAGE = ("read", "stage2", ("read",), 800, [*LLM_ONLY, "--lr", "1e-3"])  # 
 def stages(reading: bool) -> list:
     """STAGES, or with --reading: a stage where the LLM alone learns to read page slices
     (READ_STAGE), and every stage after it training the LLM alone (lr 1e-3 up to stage3, SFT's
-    2e-4), so that the reading the encoder learnt is kept. Stage2 training every part undid it: a
-    probe on its frozen encoder named 41% of a page's inked cells, against 98% after the reading
-    stage; with the encoder kept, the LLM read 72% of a slice's characters in 800 steps, against
-    37% after stage2 (runs/demo-v8, docs/demo-model.md)."""
+    2e-4), so that the reading the encoder learnt is kept. Stage2 training every part at 3e-4
+    undid it: a probe on its frozen encoder named 41% of a page's inked cells, against 98% after
+    the reading stage; with the encoder frozen the LLM read 85.7% of a slice's characters after
+    stage2, against 37% (runs/demo-v8, runs/demo-v9). Training the encoder and resampler at 3e-5
+    instead kept the reading too, but the final model was no better and stages 3 and SFT took
+    half as long again (runs/demo-v10; docs/demo-model.md, "Keeping the reading")."""
     if not reading:
         return STAGES
     kept = [(name, recipe, tasks, READ_STAGE3_STEPS if name == "stage3" else steps,
