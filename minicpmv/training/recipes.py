@@ -12,7 +12,7 @@ from ..errors import ConfigError
 
 PARTS = ("vpm", "resampler", "llm")
 
-OPTIONAL_RATES = ("vpm_learning_rate", "resampler_learning_rate")
+OPTIONAL_TYPES = {"int | None": 0, "float | None": 0.0}  # an unset optional setting is checked as its type
 
 
 @dataclass
@@ -88,8 +88,19 @@ def recipe(name: str, overrides: dict | None = None, config_file: str | Path | N
     if unknown:
         raise ConfigError(f"unknown recipe setting(s): {', '.join(sorted(unknown))}")
     base = RECIPES[name]
-    changed = {key: _coerce(key, value, getattr(base, key)) for key, value in values.items()}
+    changed = {key: _checked(key, value, fields[key], getattr(base, key)) for key, value in values.items()}
     return dataclasses.replace(base, **changed)
+
+
+def _checked(key: str, value, setting: dataclasses.Field, default):
+    """`value` checked against the recipe's own value; an optional setting the recipe leaves unset
+    (None) is checked against its annotated type, so that `--set vpm_learning_rate=3e-5` is read
+    like `learning_rate`, and may be set back to None."""
+    if default is None:
+        if value is None or setting.type not in OPTIONAL_TYPES:
+            return value
+        default = OPTIONAL_TYPES[setting.type]
+    return _coerce(key, value, default)
 
 
 def parse_assignments(pairs: list[str]) -> dict:
@@ -125,10 +136,6 @@ def _coerce(key: str, value, default):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return tuple(value)
-    if key in OPTIONAL_RATES and value is not None:
-        default = 0.0  # checked as a float
-    if default is None:
-        return value
     if isinstance(default, float) and isinstance(value, str):
         try:  # YAML reads "3e-5" (no dot) as a string
             value = float(value)

@@ -66,13 +66,12 @@ def parameter_groups(model, recipe: Recipe) -> list[dict]:
     """The trainable parameters, in model order, grouped by learning rate: one group unless the
     recipe gives the encoder or resampler a rate of its own (e.g. a small one, so that what an
     earlier stage taught them is not trained away)."""
-    own = {"vpm": recipe.vpm_learning_rate, "resampler": recipe.resampler_learning_rate}
-    rates = {part: recipe.learning_rate if own.get(part) is None else own[part] for part in PARTS}
+    own = {"vpm.": recipe.vpm_learning_rate, "resampler.": recipe.resampler_learning_rate}
     groups: dict[float, list] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            part = next((p for p in PARTS if name.startswith(f"{p}.")), None)
-            groups.setdefault(rates.get(part, recipe.learning_rate), []).append(parameter)
+            rate = next((r for prefix, r in own.items() if r is not None and name.startswith(prefix)), None)
+            groups.setdefault(recipe.learning_rate if rate is None else rate, []).append(parameter)
     return [{"params": parameters, "lr": rate} for rate, parameters in groups.items()]
 
 
