@@ -109,8 +109,10 @@ class MiniCPMV(nn.Module):
         return list(features.split([len(sample) for sample in pixel_values]))
 
     def forward(self, input_ids, pixel_values, tgt_sizes, image_bound, attention_mask=None,
-                position_ids=None, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
-        """Full multimodal forward: logits (B, T, V)."""
-        features = self.features_per_sample(pixel_values, tgt_sizes)
+                position_ids=None, cache: KVCache | None = None, last_only: bool = False,
+                image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Full multimodal forward: logits (B, T, V). `image_features`, per row (crops, Q, D) as
+        get_image_features gives them, stand in for the crops when the caller already has them."""
+        features = image_features if image_features is not None else self.features_per_sample(pixel_values, tgt_sizes)
         embeds = self.embed_inputs(input_ids, features, image_bound)
         return self.llm(embeds, position_ids, attention_mask, cache, last_only)

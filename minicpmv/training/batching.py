@@ -30,6 +30,7 @@ class Batch:
     image_bound: list  # per row: (spans, 2)
     samples: int = 0
     real_tokens: int = 0  # tokens of samples, not padding
+    image_features: list | None = None  # per row: (crops, Q, D), when the samples carry them instead of pixels
 
     @property
     def supervised_tokens(self) -> int:
@@ -40,8 +41,15 @@ def _images(samples: list[TrainSample], offsets: list[int]):
     crops = [crop for s in samples for image in s.images for crop in image.crops]
     sizes = [image.tgt_sizes for s in samples for image in s.images]
     bounds = [[start + offset, end + offset] for s, offset in zip(samples, offsets) for start, end in s.image_bound]
+    features = [s.image_features for s in samples if s.image_features is not None]
     return (crops, torch.cat(sizes) if sizes else torch.zeros((0, 2), dtype=torch.int32),
-            torch.tensor(bounds, dtype=torch.long).reshape(-1, 2))
+            torch.tensor(bounds, dtype=torch.long).reshape(-1, 2), torch.cat(features) if features else None)
+
+
+def _cached_features(rows: list[list[TrainSample]], features: list) -> list | None:
+    """Per row features when the samples carry them (a row without images: None), else None."""
+    cached = any(s.image_features is not None for row in rows for s in row)
+    return features if cached else None
 
 
 def padded_batch(samples: list[TrainSample]) -> Batch:
@@ -50,18 +58,19 @@ def padded_batch(samples: list[TrainSample]) -> Batch:
     ids = torch.full((len(samples), length), PAD_ID, dtype=torch.long)
     targets = torch.full((len(samples), length), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(samples), length), dtype=torch.long)
-    pixel_values, tgt_sizes, bounds = [], [], []
+    pixel_values, tgt_sizes, bounds, features = [], [], [], []
     for row, sample in enumerate(samples):
         ids[row, :len(sample)] = torch.tensor(sample.input_ids)
         targets[row, :len(sample)] = torch.tensor(sample.targets)
         mask[row, :len(sample)] = 1
-        crops, sizes, spans = _images([sample], [0])
+        crops, sizes, spans, cached = _images([sample], [0])
         pixel_values.append(crops)
         tgt_sizes.append(sizes)
         bounds.append(spans)
+        features.append(cached)
     positions = torch.arange(length).expand(len(samples), length).clone()
     return Batch(ids, targets, positions, mask, pixel_values, tgt_sizes, bounds, len(samples),
-                 sum(len(s) for s in samples))
+                 sum(len(s) for s in samples), _cached_features([[s] for s in samples], features))
 
 
 def pack(samples: list[TrainSample], length: int) -> list[list[TrainSample]]:
@@ -88,7 +97,7 @@ def packed_batch(rows: list[list[TrainSample]], length: int) -> Batch:
     targets = torch.full((count, length), IGNORE, dtype=torch.long)
     positions = torch.zeros((count, length), dtype=torch.long)
     segments = torch.zeros((count, length), dtype=torch.long)  # 0 = padding, k = k-th sample
-    pixel_values, tgt_sizes, bounds = [], [], []
+    pixel_values, tgt_sizes, bounds, features = [], [], [], []
     for r, row in enumerate(rows):
         offsets, at = [], 0
         for k, sample in enumerate(row, 1):
@@ -99,16 +108,18 @@ def packed_batch(rows: list[list[TrainSample]], length: int) -> Batch:
             segments[r, at:end] = k
             offsets.append(at)
             at = end
-        crops, sizes, spans = _images(row, offsets)
+        crops, sizes, spans, cached = _images(row, offsets)
         pixel_values.append(crops)
         tgt_sizes.append(sizes)
         bounds.append(spans)
+        features.append(cached)
     causal = torch.ones((length, length), dtype=torch.bool).tril()
     same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
     # padding attends to itself only, so that no row of the softmax is empty
     allowed = (same & causal & (segments[:, :, None] > 0)) | torch.eye(length, dtype=torch.bool)
     return Batch(ids, targets, positions, allowed[:, None], pixel_values, tgt_sizes, bounds,
-                 sum(len(row) for row in rows), sum(len(s) for row in rows for s in row))
+                 sum(len(row) for row in rows), sum(len(s) for row in rows for s in row),
+                 _cached_features(rows, features))
 
 
 def length_grouped_order(lengths: list[int], group: int, seed: int) -> list[int]:

@@ -37,6 +37,7 @@ class TrainSample:
     targets: list[int]  # pre-shifted, IGNORE where not supervised
     images: list = field(default_factory=list)  # EncodedImage, in placeholder order
     image_bound: list = field(default_factory=list)  # [start, end) of each crop's feature span
+    image_features: object = None  # (crops, Q, D) tensor in place of the crops' pixels (feature_cache.py)
 
     def __len__(self) -> int:
         return len(self.input_ids)

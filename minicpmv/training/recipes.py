@@ -41,6 +41,7 @@ class Recipe:
     group_by_length: bool = False  # the alternative: batches of similar lengths
     precision: str = "auto"  # auto (bf16 autocast where the device computes bf16 natively), float32, bfloat16
     gradient_checkpointing: bool = False
+    cache_image_features: bool = False  # frozen vision parts: encode each image once (training/feature_cache.py)
     save_every: int = 0  # steps between checkpoints (0: only at the end)
     seed: int = 0
     distributed: str = "ddp"  # under torchrun: ddp, or fsdp for models that do not fit one device
@@ -56,6 +57,9 @@ class Recipe:
             raise ConfigError(f"precision: {self.precision!r} is not auto, float32 or bfloat16")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError(f"distributed: {self.distributed!r} is not ddp or fsdp")
+        if self.cache_image_features and {"vpm", "resampler"} & set(self.train):
+            raise ConfigError(f"recipe {self.name}: cache_image_features needs the vision encoder and resampler "
+                              f"frozen, but train has {sorted({'vpm', 'resampler'} & set(self.train))}")
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -30,6 +30,7 @@ from ..errors import PromptError
 from .batching import Batch, length_grouped_order, pack, packed_batch, padded_batch
 from .checkpoints import restore_rng, rng_state, save_checkpoint
 from .data import IGNORE
+from .feature_cache import FeatureCache
 from .recipes import PARTS, Recipe
 
 
@@ -94,7 +95,7 @@ def computes_bf16(device: torch.device) -> bool:
 def token_loss_sum(module, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy of the batch's supervised tokens (targets are pre-shifted)."""
     logits = module(batch.input_ids, batch.pixel_values, batch.tgt_sizes, batch.image_bound,
-                    batch.attention_mask, batch.position_ids)  # (B, T, V)
+                    batch.attention_mask, batch.position_ids, image_features=batch.image_features)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten().to(logits.device),
                            ignore_index=IGNORE, reduction="sum")
 
@@ -125,6 +126,8 @@ class Trainer:
             self.optimizer, lambda step: cosine_with_warmup(step, recipe.max_steps, warmup))
         self.step, self.epoch, self.cursor = 0, 0, 0
         self.autocast = self._autocast_dtype()
+        # where samples come from: the dataset, or its samples with their images already encoded
+        self.samples = FeatureCache(model, dataset, self.autocast) if recipe.cache_image_features else dataset
         self._order: list[int] | None = None
         self._empty = None  # see _stand_in
 
@@ -193,7 +196,7 @@ class Trainer:
         size = self.recipe.batch_size
         batches = []
         for start in range(0, len(mine), size):
-            samples = [s for s in (self.dataset[i] for i in mine[start:start + size]) if s is not None]
+            samples = [s for s in (self.samples[i] for i in mine[start:start + size]) if s is not None]
             if not samples or self.world.size > 1 and not any(s.images for s in samples):
                 # every process must run the same parts in every micro-batch (else DDP/FSDP
                 # collectives disagree): an image sample that adds no loss keeps the vision parts in
@@ -207,7 +210,7 @@ class Trainer:
     def _stand_in(self):
         """A sample (with images if the data has any) whose targets are all ignored."""
         if self._empty is None:
-            usable = [s for s in (self.dataset[i] for i in range(len(self.dataset))) if s is not None]
+            usable = [s for s in (self.samples[i] for i in range(len(self.dataset))) if s is not None]
             sample = next((s for s in usable if s.images), usable[0] if usable else None)
             if sample is None:
                 raise PromptError(f"{self.dataset.path}: no usable sample ({dict(self.dataset.skipped)} skipped)")
