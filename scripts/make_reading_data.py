@@ -1,8 +1,9 @@
 """Reading data for the LLM: "Read the text." about one 448-px slice of a page, as the processor
 cuts it, or, with --placement, about a slice holding one receipt line (docs/demo-model.md,
-"Reading: a probe"), in the official fine-tuning JSON format.
+"Reading: a probe"), or, with --find, a document question (a price, the total, a field) about a
+slice holding that line whole (task "find"), in the official fine-tuning JSON format.
 
-    python scripts/make_reading_data.py -o OUTPUT [--train 12000] [--test 200] [--placement anywhere]
+    python scripts/make_reading_data.py -o OUTPUT [--train 12000] [--test 200] [--placement anywhere | --find]
 
 Writes OUTPUT/train.json and OUTPUT/test.json (task "read", images under OUTPUT/images), ready
 for `minicpmv train --data OUTPUT/train.json` and `scripts/eval_demo_model.py --split OUTPUT/test.json`.
@@ -15,7 +16,7 @@ import argparse
 from functools import partial
 
 from minicpmv.synth.build import build_reading, read_line, read_page_slice
-from minicpmv.synth.documents import LINE_PLACEMENTS
+from minicpmv.synth.documents import LINE_PLACEMENTS, slice_question_example
 
 
 def main() -> None:
@@ -23,10 +24,15 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--train", type=int, default=12000)
     parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--placement", choices=LINE_PLACEMENTS, help="one line placed so, instead of a page's slice")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--placement", choices=LINE_PLACEMENTS, help="one line placed so, instead of a page's slice")
+    chosen.add_argument("--find", action="store_true", help="a question about a line of the slice, instead of reading it")
     args = parser.parse_args()
     reader = partial(read_line, placement=args.placement) if args.placement else read_page_slice
-    for path in build_reading(args.output, {"train": args.train, "test": args.test}, reader).values():
+    if args.find:
+        reader = slice_question_example
+    sizes = {"train": args.train, "test": args.test}
+    for path in build_reading(args.output, sizes, reader, task="find" if args.find else "read").values():
         print(path)
 
 

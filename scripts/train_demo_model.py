@@ -21,8 +21,9 @@ and resampler did not move the loss in 600 steps (measured). As in the paper, st
 schedule of resolution (224 px, then 448 px, then slicing) and data, except that stage3 keeps
 the scene questions: on captions and documents alone it cost them 7 points (88.5% -> 81.5% of
 held-out scene questions, colour 90% -> 81%), which SFT did not bring back (measured).
-With --reading, the encoder and resampler stay as the reading stage left them, and a stage of
-page-slice reading for the LLM alone comes after stage0 (see `stages`).
+With --reading, the encoder and resampler stay as the reading stage left them, a stage of
+page-slice reading for the LLM alone comes after stage0, and a stage of documents (from a world
+of document images of its own, WORK/pages) after stage3 (see `stages`).
 
 Each stage is `minicpmv train ... --resume`, so running the script again after an interruption
 continues where it stopped; a finished stage is skipped. Every stage keeps its loss curve
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +47,7 @@ VISION_STEPS = 600  # per label
 REGION_STEPS = 2400  # what each region holds, after VISION
 READ_STEPS = 1200  # --reading: what each cell of a page's slice holds (page_slice_or_scene_example)
 READ_SHARE = 2 / 3  # of the reading stage's images; the rest are region scenes
-READ_STAGE3_STEPS = 400  # --reading: stage3, the first stage with whole pages, gets time to learn them
+READ_STAGE3_STEPS = 600  # --reading: stage3, the first stage with whole pages, gets time to learn them (400: 7/40 documents, 600: 9/40)
 STAGES = [  # name, recipe, tasks in its data (None: all), steps, extra settings
     ("stage0", "sft", "text", 300, ["--set", "train=[llm]", "--lr", "2e-3", "--batch-size", "8"]),
     ("stage1", "stage1", SCENES, 1500, ["--set", "train=[resampler,llm]", "--lr", "3e-4"]),
@@ -53,8 +55,12 @@ STAGES = [  # name, recipe, tasks in its data (None: all), steps, extra settings
     ("stage3", "stage3", (*SCENES, *DOCUMENTS, "read"), 100, [*EVERYTHING, "--lr", "3e-4"]),  # scenes kept: see above
     ("sft", "sft", None, 150, ["--lr", "2e-4"]),
 ]
-LLM_ONLY = ["--set", "train=[llm]"]
+LLM_ONLY = ["--set", "train=[llm]", "--set", "cache_image_features=true"]  # vision frozen: encode each image once
 READ_STAGE = ("read", "stage2", ("read",), 800, [*LLM_ONLY, "--lr", "1e-3"])  # --reading, after stage0
+# --reading, after stage3: the world's and the pages world's documents, the page slices and
+# DOCUMENT_STAGE_SCENES scene records (see `stages`)
+DOCUMENT_STAGE = ("documents", "stage3", (*DOCUMENTS, "read", *SCENES), 800, [*LLM_ONLY, "--lr", "1e-3"])
+DOCUMENT_STAGE_SCENES = 3000  # of the world's ~11,600 scene records: kept in the loss, the pages come first
 
 
 def stages(reading: bool) -> list:
@@ -65,37 +71,47 @@ def stages(reading: bool) -> list:
     the reading stage; with the encoder frozen the LLM read 85.7% of a slice's characters after
     stage2, against 37% (runs/demo-v8, runs/demo-v9). Training the encoder and resampler at 3e-5
     instead kept the reading too, but the final model was no better and stages 3 and SFT took
-    half as long again (runs/demo-v10; docs/demo-model.md, "Keeping the reading")."""
+    half as long again (runs/demo-v10; docs/demo-model.md, "Keeping the reading").
+    After stage3 comes a stage of documents (DOCUMENT_STAGE): in stage3 they are 15% of the
+    records, and 400-600 steps of it answered 7-9 of 40 held-out document questions; 200 steps
+    with documents the most of the data 17, 400 and 800 steps 19 (docs/demo-model.md, "A
+    documents stage")."""
     if not reading:
         return STAGES
     kept = [(name, recipe, tasks, READ_STAGE3_STEPS if name == "stage3" else steps,
              [*LLM_ONLY, "--lr", "2e-4" if name == "sft" else "1e-3"])
             for name, recipe, tasks, steps, _ in STAGES[1:]]
-    return [STAGES[0], READ_STAGE, *kept]
+    return [STAGES[0], READ_STAGE, *kept[:-1], DOCUMENT_STAGE, kept[-1]]
 
 
 def minicpmv(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "minicpmv", *args], check=True)
 
 
-def stage_data(train: Path, tasks, target: Path, reading: Path | None = None) -> Path:
+def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pages: Path | None = None,
+               scene_records: int | None = None, seed: int = 0) -> Path:
     """The records of `tasks` ("text": every answer as a text-only sample) in a JSON of its own;
     task "read" comes from `reading` (line reading: not part of the world). Every stage from
     stage2 on keeps the lines: without them stage3 and SFT halved the characters read right
-    (72.5% -> 38.2% of held-out line places, runs/demo-v5)."""
+    (72.5% -> 38.2% of held-out line places, runs/demo-v5). `pages`: a world of documents whose
+    records join; `scene_records`: at most that many scene records, drawn with `seed`."""
     records = json.loads(train.read_text())
     if tasks == "text":
         chosen = [{"id": r["id"] + "-text", "conversations": [
             {"role": "user", "content": "Write a sentence from the world."},
             {"role": "assistant", "content": r["conversations"][1]["content"]}]} for r in records]
     else:
-        sources = [(train, records)] + ([(reading, json.loads(reading.read_text()))] if reading else [])
+        sources = [(train, records)] + [(extra, json.loads(extra.read_text())) for extra in (reading, pages) if extra]
         chosen = []
         for source, rows in sources:
             for record in rows:
                 if tasks is None or record["task"] in tasks:
                     record["image"] = str((source.parent / record["image"]).resolve())
                     chosen.append(record)
+        if scene_records is not None:
+            scenes = [number for number, record in enumerate(chosen) if record["task"] in SCENES]
+            dropped = set(scenes) - set(random.Random(seed).sample(scenes, min(scene_records, len(scenes))))
+            chosen = [record for number, record in enumerate(chosen) if number not in dropped]
     target.write_text(json.dumps(chosen))
     return target
 
@@ -197,6 +213,8 @@ def main() -> None:
                              "read in stage2 on, a longer stage3 (docs/demo-model.md, \"Reading in the recipe\")")
     parser.add_argument("--read-lines", type=int, default=6000,
                         help='"Read the text." records about page slices for the LLM, in stage2\'s data on')
+    parser.add_argument("--pages", type=int, default=3000,
+                        help="--reading: document images of a world of their own (WORK/pages) for the documents stage")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--vision-test-images", type=int, default=200,
                         help="held-out images scoring the vision pre-training")
@@ -217,7 +235,7 @@ def main() -> None:
             raise SystemExit("--reuse shares stages 0-2, which --queries changes")
         work.mkdir(parents=True, exist_ok=True)
         for name in ("world", "initial", "initial-localized", "vision", "vision-regions", "vision-read", "reading",
-                     "stage0", "read", "stage1", "stage2"):
+                     "stage0", "read", "stage1", "stage2", "pages"):
             if not (work / name).exists() and (Path(args.reuse) / name).exists():
                 (work / name).symlink_to((Path(args.reuse) / name).resolve())
     if not (world / "test.json").exists():
@@ -234,13 +252,19 @@ def main() -> None:
         from minicpmv.synth.build import build_reading
 
         build_reading(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
+    pages = work / "pages" / "train.json"
+    if args.reading and not pages.exists():
+        minicpmv("synth", "-o", str(pages.parent), "--seed", str(args.seed + 1), "--train", str(args.pages),
+                 "--validation", "0", "--test", "0", "--document-share", "1.0")
     for name, recipe, tasks, steps, extra in stages(args.reading):
         steps = max(1, round(steps * args.scale))
         output = work / name
-        if args.max_slice_nums and name in ("stage3", "sft"):
+        if args.max_slice_nums and name in ("stage3", "documents", "sft"):
             extra = [*extra, "--set", f"max_slice_nums={args.max_slice_nums}"]
         if not finished(output, steps):
-            data = stage_data(world / "train.json", tasks, work / f"{name}.json", reading)
+            documents = name == DOCUMENT_STAGE[0]
+            data = stage_data(world / "train.json", tasks, work / f"{name}.json", reading, pages if documents else None,
+                              DOCUMENT_STAGE_SCENES if documents else None, args.seed)
             minicpmv("train", "--recipe", recipe, "-m", str(model), "--data", str(data), "-o", str(output),
                      "--max-steps", str(steps), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
                      "--save-every", str(max(25, steps // 6)), "--max-length", "4096", "--resume", *extra)

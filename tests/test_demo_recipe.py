@@ -19,9 +19,9 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
+STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
-        "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3"]
+        "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2"]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
 READING = {"vision-read": 5}  # what each cell of a page's slice holds
@@ -75,6 +75,11 @@ def test_every_stage_ran_with_its_recipe(trained):
     stage3 = {r["task"] for r in json.loads((trained / "stage3.json").read_text())}
     assert stage3 & {"ocr", "total"} and stage3 & {"count", "colour"}  # documents, scene questions kept
     assert "read" in stage3 and "read" in {r["task"] for r in json.loads((trained / "sft.json").read_text())}
+    documents = json.loads((trained / "documents.json").read_text())
+    pages = [r for r in documents if Path(r["image"]).is_relative_to((trained / "pages").resolve())]
+    assert pages and {r["task"] for r in pages} <= {"ocr", "total", "price", "line", "field", "cell", "sign"}
+    assert {r["task"] for r in documents} & scenes and "read" in {r["task"] for r in documents}
+    assert all(Path(r["image"]).is_file() for r in documents)
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -161,4 +166,23 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     settings = {name: extra for name, _, _, _, extra in recipe.stages(False)}
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
-    assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "sft"]
+    assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
+                                                         "sft"]
+
+
+def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
+    recipe = load_recipe()
+    for folder, records in {"world": [("colour", 5), ("total", 2)], "pages": [("price", 1), ("colour", 1)]}.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "train.json").write_text(json.dumps([
+            {"id": f"{task}{i}", "image": f"{task}{i}.png", "task": task, "conversations": []}
+            for task, count in records for i in range(count)]))
+
+    def chosen(seed):
+        target = recipe.stage_data(tmp_path / "world" / "train.json", ("colour", "total", "price"), tmp_path / "out.json",
+                                   None, tmp_path / "pages" / "train.json", scene_records=2, seed=seed)
+        return [(r["task"], Path(r["image"]).parent.name) for r in json.loads(target.read_text())]
+
+    tasks = [task for task, _ in chosen(0)]
+    assert tasks.count("colour") == 2 and tasks.count("total") == 2 and ("price", "pages") in chosen(0)
+    assert chosen(0) == chosen(0) and any(chosen(seed) != chosen(0) for seed in range(1, 6))

@@ -18,7 +18,7 @@ from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import build_world
 from minicpmv.processing.slicing import plan_slices
 from minicpmv.synth.documents import (CELL, CELL_CHARACTERS, document_questions, form, page_slice_example, page_slices,
-                                      receipt, sign, slice_text, table)
+                                      receipt, sign, slice_question_example, slice_questions, slice_text, table)
 from minicpmv.synth.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene
 from minicpmv.training.data import ChatDataset, SampleBuilder
 
@@ -127,6 +127,35 @@ def test_a_page_slice_example_names_each_cell_and_reads_its_rows():
     document = receipt(random.Random(0))
     shown = "".join(slice_text(document, box) for box in page_slices(document)).replace("\n", "").replace(" ", "")
     assert sorted(shown) == sorted("".join(document.lines).replace(" ", ""))  # every character in one slice
+
+
+def test_slice_questions_ask_about_a_whole_line_of_their_slice():
+    asked = 0
+    for seed in range(6):
+        for make in (receipt, form):
+            document = make(random.Random(seed))
+            for box, (task, question, answer) in slice_questions(document):
+                rows = slice_text(document, box).split("\n")
+                line = next(row for row in rows if row.endswith(answer) and len(row) > len(answer))
+                assert line in document.lines  # whole: as the page has it
+                word = question.split(" ")[-1 if task == "price" else 3].rstrip("?")
+                assert line.lower().startswith(word.lower()) and (task, question, answer) in [
+                    *document_questions_all(document)]
+                asked += 1
+    assert asked > 10
+    image, question, answer = slice_question_example(random.Random(1))
+    assert image.size == (448, 448) and question.endswith("?") and answer
+
+
+def document_questions_all(document):
+    """Every question the world may ask about a receipt or form, whichever it drew."""
+    if document.kind == "receipt":
+        yield "total", "What is the total?", document.facts["total"]
+        for item, price in document.facts["prices"].items():
+            yield "price", f"How much is the {item}?", price
+    else:
+        for key, value in document.facts["fields"].items():
+            yield "field", f"What is the {key} on the form?", value
 
 
 def test_cli_writes_the_splits(tmp_path, capsys):

@@ -275,3 +275,15 @@ def test_reading_data_script_writes_official_records(tmp_path, placement):
             assert text and set(text) <= set(CELL_CHARACTERS) | {" ", "\n"}
     pixels = {(tmp_path / r["image"]).read_bytes() for r in train + test}
     assert len(pixels) == 5  # the splits share no image
+
+
+def test_find_data_asks_document_questions_about_slices(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_reading_data.py"
+    done = subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "4", "--test", "2", "--find"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [r for split in ("train", "test") for r in json.loads((tmp_path / f"{split}.json").read_text())]
+    assert len(records) == 6 and {r["task"] for r in records} == {"find"}
+    for record in records:
+        question = to_messages(record, tmp_path)[0]["content"][1]
+        assert re.fullmatch(r"How much is the [a-z]+\?|What is the total\?|What is the [a-z]+ on the form\?", question)

@@ -78,32 +78,38 @@ def build_world(output: str | Path, seed: int = 0, sizes: dict[str, int] | None 
     return paths
 
 
+READ = "Read the text."
+
+
 def read_line(rng: random.Random, placement: str = "anywhere"):
-    """A 448-px slice holding one receipt line (`text_line_example`) and its text."""
+    """A 448-px slice holding one receipt line (`text_line_example`), READ and its text."""
     image, labels = text_line_example(rng, placement=placement)
-    return image, "".join(c for c in labels["characters"] if c != "none")
+    return image, READ, "".join(c for c in labels["characters"] if c != "none")
 
 
 def read_page_slice(rng: random.Random):
-    """One slice of a page as the processor cuts it (`page_slice_example`) and its text."""
+    """One slice of a page as the processor cuts it (`page_slice_example`), READ and its text."""
     image, _, text = page_slice_example(rng)
-    return image, text
+    return image, READ, text
 
 
-def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_slice, seed: int = 0) -> dict[str, Path]:
-    """Reading for the LLM: "Read the text." about an image and text from `reader(rng)` (a page's
-    slice, or one line), task `read`, written like a world (`output/SPLIT.json`, images beside
-    it). Each split draws from its own stream ("lines-SPLIT"), so the splits share no image."""
+def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_slice, seed: int = 0,
+                  task: str = "read") -> dict[str, Path]:
+    """Reading for the LLM: an image, question and answer from `reader(rng)` (a page's slice or
+    one line to read; a line of a slice to find), tagged `task`, written like a world
+    (`output/SPLIT.json`, images beside it). Each split draws from its own stream
+    ("lines-SPLIT", or "TASK-SPLIT" for another task), so the splits share no image."""
     output = Path(output)
     (output / "images").mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, count in sizes.items():
         records = []
+        stream = f"lines-{split}" if task == "read" else f"{task}-{split}"
         for index in range(count):
-            image, answer = reader(split_rng(seed, f"lines-{split}", index))
+            image, question, answer = reader(split_rng(seed, stream, index))
             name = f"images/{split}-{index:05d}.png"
             image.save(output / name)
-            records.append(conversation_record(name, name, "read", [("Read the text.", answer)]))
+            records.append(conversation_record(name, name, task, [(question, answer)]))
         paths[split] = write_json(output / f"{split}.json", records)  # atomic: a stopped run leaves no half file
     return paths
 

@@ -173,6 +173,46 @@ def page_slice_example(rng: random.Random) -> tuple[Image.Image, dict[str, tuple
     return document.image.crop(box), {"cells": slice_cells(document, box)}, slice_text(document, box)
 
 
+def line_questions(document: Document) -> list[tuple[int, tuple[str, str, str]]]:
+    """(line number, (task, question, answer)) for each line of a receipt or form whose value
+    the world asks for by its word: an item's price, the total, a field."""
+    facts = document.facts
+    if document.kind == "receipt":
+        asked = {f"{item}  {price}": ("price", f"How much is the {item}?", price) for item, price in facts["prices"].items()}
+        asked[f"TOTAL  {facts['total']}"] = ("total", "What is the total?", facts["total"])
+    elif document.kind == "form":
+        asked = {f"{key.upper()}: {value}": ("field", f"What is the {key} on the form?", value)
+                 for key, value in facts["fields"].items()}
+    else:
+        return []
+    return [(number, asked[line]) for number, line in enumerate(document.lines) if line in asked]
+
+
+def slice_questions(document: Document) -> list[tuple[tuple[int, int, int, int], tuple[str, str, str]]]:
+    """(slice box, (task, question, answer)) for each line of `line_questions` that lies whole
+    inside one of the page's slices."""
+    left = min(column for column, _ in document.cells)  # every line starts at the page's left cell
+    top = min(row for _, row in document.cells)  # line k is on cell row top + 2k (_page)
+    found = []
+    for box in page_slices(document):
+        first, upper, last, lower = (edge // CELL for edge in box)
+        found += [(box, asked) for number, asked in line_questions(document)
+                  if first <= left and left + len(document.lines[number]) <= last and upper <= top + 2 * number < lower]
+    return found
+
+
+def slice_question_example(rng: random.Random) -> tuple[Image.Image, str, str]:
+    """A slice of a receipt or form holding a whole line the world asks about, that line's
+    question and its answer: the lookup of a document question (a line found by its word, its
+    value copied) on one slice, where it is cheap to train."""
+    while True:  # a page whose lines all cross a slice's edge has none: draw another
+        document = rng.choices((receipt, form), weights=DOCUMENT_WEIGHTS[:2])[0](rng)
+        found = slice_questions(document)
+        if found:
+            box, (_, question, answer) = rng.choice(found)
+            return document.image.crop(box), question, answer
+
+
 LINE_PLACEMENTS = ("fixed", "grid", "phase", "anywhere")
 FIXED_PLACE = (8, 213)  # left middle of the slice
 PATCH = 28  # the demo vision encoder's patch size: the grid "grid" moves by and "phase" moves within
