@@ -28,9 +28,10 @@ def main() -> None:
     chosen.add_argument("--placement", choices=LINE_PLACEMENTS, help="one line placed so, instead of a page's slice")
     chosen.add_argument("--find", action="store_true", help="a question about a line of the slice, instead of reading it")
     args = parser.parse_args()
-    reader = partial(read_line, placement=args.placement) if args.placement else read_page_slice
     if args.find:
         reader = slice_question_example
+    else:
+        reader = partial(read_line, placement=args.placement) if args.placement else read_page_slice
     sizes = {"train": args.train, "test": args.test}
     for path in build_reading(args.output, sizes, reader, task="find" if args.find else "read").values():
         print(path)

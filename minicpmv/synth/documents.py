@@ -115,22 +115,27 @@ def sign(rng: random.Random, vertical: bool | None = None) -> Document:
     return Document("sign", image, [text], {"text": text}, cells)
 
 
+QUESTIONS = {"total": "What is the total?", "price": "How much is the {}?", "line": "What is written on line {}?",
+             "field": "What is the {} on the form?", "cell": "What number is in row {}, column {}?",
+             "sign": "What does the sign say?"}  # per task; the slots take the item, line, key or cell
+
+
 def document_questions(document: Document, rng: random.Random) -> list[tuple[str, str, str]]:
     """(task, question, answer) about a document; answers are copied text, so exact match applies."""
     facts = document.facts
     if document.kind == "receipt":
         item = rng.choice(sorted(facts["prices"]))
         line = rng.randint(2, len(document.lines))
-        return [("total", "What is the total?", facts["total"]),
-                ("price", f"How much is the {item}?", facts["prices"][item]),
-                ("line", f"What is written on line {line}?", document.lines[line - 1])]
+        return [("total", QUESTIONS["total"], facts["total"]),
+                ("price", QUESTIONS["price"].format(item), facts["prices"][item]),
+                ("line", QUESTIONS["line"].format(line), document.lines[line - 1])]
     if document.kind == "form":
         key = rng.choice(sorted(facts["fields"]))
-        return [("field", f"What is the {key} on the form?", facts["fields"][key])]
+        return [("field", QUESTIONS["field"].format(key), facts["fields"][key])]
     if document.kind == "table":
         cell = rng.choice(sorted(facts["cells"]))
-        return [("cell", f"What number is in row {cell[0]}, column {cell[1:]}?", facts["cells"][cell])]
-    return [("sign", "What does the sign say?", facts["text"])]
+        return [("cell", QUESTIONS["cell"].format(cell[0], cell[1:]), facts["cells"][cell])]
+    return [("sign", QUESTIONS["sign"], facts["text"])]
 
 
 DOCUMENT_MAKERS = (receipt, form, table, sign)
@@ -178,10 +183,11 @@ def line_questions(document: Document) -> list[tuple[int, tuple[str, str, str]]]
     the world asks for by its word: an item's price, the total, a field."""
     facts = document.facts
     if document.kind == "receipt":
-        asked = {f"{item}  {price}": ("price", f"How much is the {item}?", price) for item, price in facts["prices"].items()}
-        asked[f"TOTAL  {facts['total']}"] = ("total", "What is the total?", facts["total"])
+        asked = {f"{item}  {price}": ("price", QUESTIONS["price"].format(item), price)
+                 for item, price in facts["prices"].items()}
+        asked[f"TOTAL  {facts['total']}"] = ("total", QUESTIONS["total"], facts["total"])
     elif document.kind == "form":
-        asked = {f"{key.upper()}: {value}": ("field", f"What is the {key} on the form?", value)
+        asked = {f"{key.upper()}: {value}": ("field", QUESTIONS["field"].format(key), value)
                  for key, value in facts["fields"].items()}
     else:
         return []
@@ -193,10 +199,11 @@ def slice_questions(document: Document) -> list[tuple[tuple[int, int, int, int],
     inside one of the page's slices."""
     left = min(column for column, _ in document.cells)  # every line starts at the page's left cell
     top = min(row for _, row in document.cells)  # line k is on cell row top + 2k (_page)
+    asked = line_questions(document)
     found = []
     for box in page_slices(document):
         first, upper, last, lower = (edge // CELL for edge in box)
-        found += [(box, asked) for number, asked in line_questions(document)
+        found += [(box, question) for number, question in asked
                   if first <= left and left + len(document.lines[number]) <= last and upper <= top + 2 * number < lower]
     return found
 

@@ -46,10 +46,9 @@ def _images(samples: list[TrainSample], offsets: list[int]):
             torch.tensor(bounds, dtype=torch.long).reshape(-1, 2), torch.cat(features) if features else None)
 
 
-def _cached_features(rows: list[list[TrainSample]], features: list) -> list | None:
-    """Per row features when the samples carry them (a row without images: None), else None."""
-    cached = any(s.image_features is not None for row in rows for s in row)
-    return features if cached else None
+def _cached_features(features: list) -> list | None:
+    """The rows' features when the samples carry them (a row without images: None), else None."""
+    return features if any(f is not None for f in features) else None
 
 
 def padded_batch(samples: list[TrainSample]) -> Batch:
@@ -70,7 +69,7 @@ def padded_batch(samples: list[TrainSample]) -> Batch:
         features.append(cached)
     positions = torch.arange(length).expand(len(samples), length).clone()
     return Batch(ids, targets, positions, mask, pixel_values, tgt_sizes, bounds, len(samples),
-                 sum(len(s) for s in samples), _cached_features([[s] for s in samples], features))
+                 sum(len(s) for s in samples), _cached_features(features))
 
 
 def pack(samples: list[TrainSample], length: int) -> list[list[TrainSample]]:
@@ -119,7 +118,7 @@ def packed_batch(rows: list[list[TrainSample]], length: int) -> Batch:
     allowed = (same & causal & (segments[:, :, None] > 0)) | torch.eye(length, dtype=torch.bool)
     return Batch(ids, targets, positions, allowed[:, None], pixel_values, tgt_sizes, bounds,
                  sum(len(row) for row in rows), sum(len(s) for row in rows for s in row),
-                 _cached_features(rows, features))
+                 _cached_features(features))
 
 
 def length_grouped_order(lengths: list[int], group: int, seed: int) -> list[int]:
