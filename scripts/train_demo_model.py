@@ -22,8 +22,8 @@ schedule of resolution (224 px, then 448 px, then slicing) and data, except that
 the scene questions: on captions and documents alone it cost them 7 points (88.5% -> 81.5% of
 held-out scene questions, colour 90% -> 81%), which SFT did not bring back (measured).
 With --reading, the encoder and resampler stay as the reading stage left them, a stage of
-page-slice reading for the LLM alone comes after stage0, and a stage of documents (from a world
-of document images of its own, WORK/pages) after stage3 (see `stages`).
+page-slice reading for the LLM alone comes after stage0, and stages of documents (from a world
+of document images of its own, WORK/pages), then of their every fact, after stage3 (see `stages`).
 
 Each stage is `minicpmv train ... --resume`, so running the script again after an interruption
 continues where it stopped; a finished stage is skipped. Every stage keeps its loss curve
@@ -61,6 +61,11 @@ READ_STAGE = ("read", "stage2", ("read",), 800, [*LLM_ONLY, "--lr", "1e-3"])  # 
 # DOCUMENT_STAGE_SCENES scene records (see `stages`)
 DOCUMENT_STAGE = ("documents", "stage3", (*DOCUMENTS, "read", *SCENES), 800, [*LLM_ONLY, "--lr", "1e-3"])
 DOCUMENT_STAGE_SCENES = 3000  # of the world's ~11,600 scene records: kept in the loss, the pages come first
+# --reading, after the documents stage: the same data plus every document's facts asked in one
+# conversation (task "lookup"), twice over: the answers of the fields, cells and prices found by
+# their word or place, five or more per encoded page (docs/demo-model.md, "Lookup")
+LOOKUP_STAGE = ("lookup", "stage3", (*DOCUMENTS, "read", *SCENES, "lookup"), 400, [*LLM_ONLY, "--lr", "1e-3"])
+LOOKUP_REPEATS = {"lookup": 2}
 
 
 def stages(reading: bool) -> list:
@@ -75,13 +80,15 @@ def stages(reading: bool) -> list:
     After stage3 comes a stage of documents (DOCUMENT_STAGE): in stage3 they are 15% of the
     records, and 400-600 steps of it answered 7-9 of 40 held-out document questions; 200 steps
     with documents the most of the data 17, 400 and 800 steps 19 (docs/demo-model.md, "A
-    documents stage")."""
+    documents stage"). Then the lookup stage (LOOKUP_STAGE): 400 more steps with every fact of
+    each document asked in one conversation took the held-out documents from 19 to 24 of 40
+    (fields 3/4, cells 3/5, signs 5/5; docs/demo-model.md, "Lookup")."""
     if not reading:
         return STAGES
     kept = [(name, recipe, tasks, READ_STAGE3_STEPS if name == "stage3" else steps,
              [*LLM_ONLY, "--lr", "2e-4" if name == "sft" else "1e-3"])
             for name, recipe, tasks, steps, _ in STAGES[1:]]
-    return [STAGES[0], READ_STAGE, *kept[:-1], DOCUMENT_STAGE, kept[-1]]
+    return [STAGES[0], READ_STAGE, *kept[:-1], DOCUMENT_STAGE, LOOKUP_STAGE, kept[-1]]
 
 
 def minicpmv(*args: str) -> None:
@@ -89,12 +96,13 @@ def minicpmv(*args: str) -> None:
 
 
 def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pages: Path | None = None,
-               scene_records: int | None = None, seed: int = 0) -> Path:
+               scene_records: int | None = None, seed: int = 0, repeats: dict[str, int] | None = None) -> Path:
     """The records of `tasks` ("text": every answer as a text-only sample) in a JSON of its own;
     task "read" comes from `reading` (line reading: not part of the world). Every stage from
     stage2 on keeps the lines: without them stage3 and SFT halved the characters read right
     (72.5% -> 38.2% of held-out line places, runs/demo-v5). `pages`: a world of documents whose
-    records join; `scene_records`: at most that many scene records, drawn with `seed`."""
+    records join; `scene_records`: at most that many scene records, drawn with `seed`; `repeats`:
+    {task: n}, that task's records n times over (each a task the world must have)."""
     records = json.loads(train.read_text())
     if tasks == "text":
         chosen = [{"id": r["id"] + "-text", "conversations": [
@@ -112,6 +120,11 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pa
             scenes = [number for number, record in enumerate(chosen) if record["task"] in SCENES]
             dropped = set(scenes) - set(random.Random(seed).sample(scenes, min(scene_records, len(scenes))))
             chosen = [record for number, record in enumerate(chosen) if number not in dropped]
+        for task, times in (repeats or {}).items():
+            repeated = [record for record in chosen if record["task"] == task]
+            if not repeated:
+                raise SystemExit(f"no {task!r} records in {train}: a world made before the task existed; make it again")
+            chosen += repeated * (times - 1)
     target.write_text(json.dumps(chosen))
     return target
 
@@ -259,12 +272,13 @@ def main() -> None:
     for name, recipe, tasks, steps, extra in stages(args.reading):
         steps = max(1, round(steps * args.scale))
         output = work / name
-        if args.max_slice_nums and name in ("stage3", "documents", "sft"):
+        if args.max_slice_nums and name in ("stage3", "documents", "lookup", "sft"):
             extra = [*extra, "--set", f"max_slice_nums={args.max_slice_nums}"]
         if not finished(output, steps):
-            documents = name == DOCUMENT_STAGE[0]
+            documents = name in (DOCUMENT_STAGE[0], LOOKUP_STAGE[0])
             data = stage_data(world / "train.json", tasks, work / f"{name}.json", reading, pages if documents else None,
-                              DOCUMENT_STAGE_SCENES if documents else None, args.seed)
+                              DOCUMENT_STAGE_SCENES if documents else None, args.seed,
+                              LOOKUP_REPEATS if name == LOOKUP_STAGE[0] else None)
             minicpmv("train", "--recipe", recipe, "-m", str(model), "--data", str(data), "-o", str(output),
                      "--max-steps", str(steps), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
                      "--save-every", str(max(25, steps // 6)), "--max-length", "4096", "--resume", *extra)

@@ -19,7 +19,7 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
+STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2"]
 VISION_STEPS = 8  # 4 labels x 2 steps
@@ -80,6 +80,10 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert pages and {r["task"] for r in pages} <= {"ocr", "total", "price", "line", "field", "cell", "sign"}
     assert {r["task"] for r in documents} & scenes and "read" in {r["task"] for r in documents}
     assert all(Path(r["image"]).is_file() for r in documents)
+    lookup = json.loads((trained / "lookup.json").read_text())
+    asked = [r for r in lookup if r["task"] == "lookup"]  # every fact of a page, twice over
+    assert asked and len(asked) == 2 * len({(r["id"], r["image"]) for r in asked})
+    assert {r["task"] for r in lookup} - {"lookup"} == {r["task"] for r in documents}
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -136,8 +140,8 @@ def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
     for shared in (*VISION_STAGES, "initial-localized", "reading", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
-    assert recipe_of(work / "stage3")["max_slice_nums"] == 1
-    assert recipe_of(work / "sft")["max_slice_nums"] == 1
+    for stage in ("stage3", "documents", "lookup", "sft"):
+        assert recipe_of(work / stage)["max_slice_nums"] == 1
 
 
 def test_without_reading_no_stage_sees_the_lines(tmp_path):
@@ -167,7 +171,7 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
-                                                         "sft"]
+                                                         "lookup", "sft"]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
@@ -186,3 +190,15 @@ def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
     tasks = [task for task, _ in chosen(0)]
     assert tasks.count("colour") == 2 and tasks.count("total") == 2 and ("price", "pages") in chosen(0)
     assert chosen(0) == chosen(0) and any(chosen(seed) != chosen(0) for seed in range(1, 6))
+
+
+def test_repeats_multiply_a_task_and_refuse_a_world_without_it(tmp_path):
+    recipe = load_recipe()
+    (tmp_path / "train.json").write_text(json.dumps([
+        {"id": f"{task}{i}", "image": f"{task}{i}.png", "task": task, "conversations": []}
+        for task, count in (("lookup", 2), ("total", 3)) for i in range(count)]))
+    target = recipe.stage_data(tmp_path / "train.json", ("lookup", "total"), tmp_path / "out.json", repeats={"lookup": 3})
+    ids = [r["id"] for r in json.loads(target.read_text())]
+    assert sorted(ids) == sorted(["lookup0", "lookup1"] * 3 + ["total0", "total1", "total2"])
+    with pytest.raises(SystemExit, match="no 'lookup' records"):
+        recipe.stage_data(tmp_path / "train.json", ("total",), tmp_path / "out.json", repeats={"lookup": 2})

@@ -147,6 +147,44 @@ def test_slice_questions_ask_about_a_whole_line_of_their_slice():
     assert image.size == (448, 448) and question.endswith("?") and answer
 
 
+def test_lookup_asks_every_fact_of_a_document_once_in_shuffled_order(tmp_path):
+    build_world(tmp_path, seed=3, sizes={"train": 12}, document_share=1.0)
+    records = json.loads((tmp_path / "train.json").read_text())
+    lookups = [r for r in records if r["task"] == "lookup"]
+    assert lookups and all(r["id"].endswith("-lookup") for r in lookups)
+    for record in lookups:
+        image = record["image"]
+        ocr = next(r for r in records if r["image"] == image and r["task"] == "ocr")["conversations"][1]["content"]
+        turns = record["conversations"]
+        questions = [t["content"].replace("<image>\n", "") for t in turns[::2]]
+        answers = [t["content"] for t in turns[1::2]]
+        assert turns[0]["content"].startswith("<image>\n") and "<image>" not in "".join(questions)
+        assert len(set(questions)) == len(questions) > 1
+        for question, answer in zip(questions, answers):  # each answer is on the line its question names
+            word = question.split()[-1].rstrip("?") if question.startswith("How much") else None
+            if word:
+                assert f"{word}  {answer}" in ocr
+            assert answer in ocr
+        singles = [r for r in records if r["image"] == image and r["task"] in ("price", "total", "field", "cell")]
+        for single in singles:  # the world's one-question records are among the lookup's turns
+            asked = single["conversations"][0]["content"].replace("<image>\n", "")
+            assert answers[questions.index(asked)] == single["conversations"][1]["content"]
+        kind_total = sum(q.startswith("How much") for q in questions) + ("What is the total?" in questions)
+        assert kind_total in (0, ocr.count("\n"))  # a receipt: every item and the total; else none
+    in_page_order = [answers_of(r) == sorted(answers_of(r), key=ocr_place(records, r))
+                     for r in lookups]
+    assert not all(in_page_order)
+
+
+def answers_of(record):
+    return [t["content"] for t in record["conversations"][1::2]]
+
+
+def ocr_place(records, record):
+    ocr = next(r for r in records if r["image"] == record["image"] and r["task"] == "ocr")["conversations"][1]["content"]
+    return lambda answer: ocr.index(answer)
+
+
 def document_questions_all(document):
     """Every question the world may ask about a receipt or form, whichever it drew."""
     if document.kind == "receipt":

@@ -5,7 +5,8 @@ derived from the split's name and its index), so the splits never share an image
 
 Tasks: `caption` (pre-training stages), scene questions (`colour`, `shape`, `count`,
 `position`), multi-turn `chat` about a scene, document questions (`total`, `price`, `line`,
-`field`, `cell`, `sign`) and `ocr` transcription.
+`field`, `cell`, `sign`), `ocr` transcription and `lookup` (every fact of a receipt, form or
+table asked in one conversation, in shuffled order).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from .documents import document_questions, page_slice_example, random_document, text_line_example
+from .documents import document_questions, fact_questions, page_slice_example, random_document, text_line_example
 from .scenes import caption, questions, random_scene
 
 SPLITS = {"train": 2000, "validation": 100, "test": 200}
@@ -55,6 +56,10 @@ def document_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
     records = [conversation_record(f"{name}-{task}-{i}", file, task, [(q, a)])
                for i, (task, q, a) in enumerate(document_questions(document, rng))]
     records.append(conversation_record(f"{name}-ocr", file, "ocr", [("Read all the text.", "\n".join(document.lines))]))
+    facts = fact_questions(document)
+    rng.shuffle(facts)  # drawn last: the records above stay as they were before this one existed
+    if len(facts) > 1:  # every fact in one conversation, in no page order (docs/demo-model.md, "Lookup")
+        records.append(conversation_record(f"{name}-lookup", file, "lookup", [(q, a) for _, q, a in facts]))
     return records
 
 

@@ -194,6 +194,18 @@ def line_questions(document: Document) -> list[tuple[int, tuple[str, str, str]]]
     return [(number, asked[line]) for number, line in enumerate(document.lines) if line in asked]
 
 
+def fact_questions(document: Document) -> list[tuple[str, str, str]]:
+    """(task, question, answer) for every fact a document question may ask about: each item's
+    price and the total, each field, each cell (a sign has one fact, its text). One image asked
+    all of them in one conversation gives the lookup by word many examples per encoded page."""
+    if document.kind == "table":
+        return [("cell", QUESTIONS["cell"].format(cell[0], cell[1:]), value)
+                for cell, value in document.facts["cells"].items()]
+    if document.kind == "sign":
+        return [("sign", QUESTIONS["sign"], document.facts["text"])]
+    return [question for _, question in line_questions(document)]
+
+
 def slice_questions(document: Document) -> list[tuple[tuple[int, int, int, int], tuple[str, str, str]]]:
     """(slice box, (task, question, answer)) for each line of `line_questions` that lies whole
     inside one of the page's slices."""
