@@ -3,7 +3,7 @@
     python scripts/eval_demo_model.py MODEL [--split runs/demo/world/test.json] [--limit N]
         [--tasks colour,shape,count] [--max-slice-nums K] [--json-out FILE]
 
-With --json-out the file also lists every answer next to its reference, and, per task, the share
+Each task's score comes with its 95% (Wilson) interval. With --json-out the file also lists every answer next to its reference, and, per task, the share
 of answer characters right by place (how near the wrong answers are: a number with one wrong
 digit scores high, an answer of the wrong form low).
 """
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import minicpmv
-from minicpmv.synth.evaluate import character_places, evaluate
+from minicpmv.synth.evaluate import character_places, evaluate, wilson_interval
 
 
 def main() -> None:
@@ -31,10 +31,11 @@ def main() -> None:
     tasks = set(args.tasks.split(",")) if args.tasks else None
     answers: list[dict] = []
     scores = evaluate(minicpmv.load(args.model), args.split, args.limit, tasks=tasks, answers=answers, **options)
-    print("| task | correct | total | exact match |")
-    print("| --- | --- | --- | --- |")
+    print("| task | correct | total | exact match | 95% interval |")
+    print("| --- | --- | --- | --- | --- |")
     for task, score in scores.items():
-        print(f"| {task} | {score['correct']} | {score['total']} | {score['accuracy']:.1%} |")
+        low, high = wilson_interval(score["correct"], score["total"])
+        print(f"| {task} | {score['correct']} | {score['total']} | {score['accuracy']:.1%} | {low:.0%}-{high:.0%} |")
     print(json.dumps(scores))
     places = character_places(answers)
     print("characters right by place: " + ", ".join(f"{task} {share:.1%}" for task, share in places.items()))

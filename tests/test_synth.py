@@ -274,6 +274,17 @@ def test_exact_match_scoring(world):
     assert normalize(" Red. ") == "red"
 
 
+def test_wilson_interval_brackets_the_score_and_narrows_with_more_questions():
+    from minicpmv.synth.evaluate import wilson_interval
+    low, high = wilson_interval(24, 40)
+    assert low < 0.6 < high and abs(low - 0.446) < 0.002 and abs(high - 0.737) < 0.002
+    wide, narrow = wilson_interval(24, 40), wilson_interval(240, 400)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert wilson_interval(0, 13)[0] == 0.0 < wilson_interval(0, 13)[1] and wilson_interval(13, 13)[1] == 1.0
+    with pytest.raises(ValueError, match="at least one question"):
+        wilson_interval(0, 0)
+
+
 def test_character_places_count_reference_characters_at_their_place():
     from minicpmv.synth.evaluate import character_places
 

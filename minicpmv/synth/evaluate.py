@@ -8,6 +8,7 @@ dropping a final period. Captions and transcriptions are scored the same strict 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -55,3 +56,15 @@ def character_places(answers: list[dict]) -> dict[str, float]:
             totals[key][0] += right
             totals[key][1] += len(reference)
     return {task: right / count for task, (right, count) in sorted(totals.items()) if count}
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% (Wilson score) interval of an accuracy of `correct` out of `total`: how far a
+    score on a few dozen questions may be from the model's true rate. Unlike the normal
+    approximation it stays inside [0, 1] and is not empty at 0 or `total` correct."""
+    if total <= 0:
+        raise ValueError(f"an interval needs at least one question, not {total}")
+    rate = correct / total
+    centre = (rate + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
