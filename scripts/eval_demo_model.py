@@ -3,9 +3,10 @@
     python scripts/eval_demo_model.py MODEL [--split runs/demo/world/test.json] [--limit N]
         [--tasks colour,shape,count] [--max-slice-nums K] [--json-out FILE]
 
-Each task's score comes with its 95% (Wilson) interval. With --json-out the file also lists every answer next to its reference, and, per task, the share
-of answer characters right by place (how near the wrong answers are: a number with one wrong
-digit scores high, an answer of the wrong form low).
+Each task's score comes with its 95% (Wilson) interval. With --json-out the file also lists
+every answer next to its reference, and, per task, the share of answer characters right by place
+(how near the wrong answers are: a number with one wrong digit scores high, an answer of the
+wrong form low).
 """
 
 from __future__ import annotations

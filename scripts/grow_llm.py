@@ -13,15 +13,16 @@ word (docs/demo-model.md, "Lookup"). The vision encoder and resampler are copied
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from minicpmv.model.checkpoint import load_model
+from minicpmv.model.checkpoint import load_model, save_model
+from minicpmv.model.config import MiniCPMVConfig
+from minicpmv.model.minicpmv import MiniCPMV
+from minicpmv.training.checkpoints import copy_model_files
 
 LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.(.+)$")
 SILENT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # zeroed in a new layer: its output is nothing
@@ -48,9 +49,16 @@ def grown_weights(weights: dict[str, torch.Tensor], layers: int, every: int) -> 
     return grown, position
 
 
-def same_logits(old_folder: Path, new_folder: Path) -> float:
-    """Largest logit difference between the two checkpoints on a random text batch."""
-    old, new = load_model(old_folder), load_model(new_folder)
+def grown_model(model: MiniCPMV, every: int) -> MiniCPMV:
+    """A new model whose LLM has the silent layers (`grown_weights`); the rest is the same."""
+    weights, layers = grown_weights(model.state_dict(), model.config.llm.num_layers, every)
+    grown = MiniCPMV(MiniCPMVConfig.from_dict({**model.config.raw, "num_hidden_layers": layers}))
+    grown.load_state_dict(weights)
+    return grown.eval()
+
+
+def largest_logit_difference(old: MiniCPMV, new: MiniCPMV) -> float:
+    """Largest logit difference between two models' LLMs on a random text batch."""
     tokens = torch.randint(0, old.config.llm.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return (old.llm(old.llm.embed(tokens)) - new.llm(new.llm.embed(tokens))).abs().max().item()
@@ -66,19 +74,18 @@ def main() -> None:
         parser.error(f"--every must be 1 or more, not {args.every}")
     if args.output.exists():
         parser.error(f"{args.output} exists; grow_llm writes a new folder")
-    config = json.loads((args.checkpoint / "config.json").read_text())
-    weights, layers = grown_weights(load_file(args.checkpoint / "model.safetensors"), config["num_hidden_layers"], args.every)
-    partial = args.output.with_name(args.output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(args.checkpoint, partial, ignore=shutil.ignore_patterns("trainer_state.pt", "model.safetensors"))
-    config["num_hidden_layers"] = layers
-    (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(weights, partial / "model.safetensors", metadata={"format": "pt"})
-    difference = same_logits(args.checkpoint, partial)
+    model = load_model(args.checkpoint).eval()
+    grown = grown_model(model, args.every)
+    difference = largest_logit_difference(model, grown)
     if difference > 1e-4:
         raise SystemExit(f"grow_llm: the grown model's logits differ by {difference:.2e}; not saved")
+    partial = args.output.with_name(args.output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_model(grown, partial)
+    copy_model_files(args.checkpoint, partial)
     partial.rename(args.output)  # whole or not at all
-    print(f"grow_llm: {config['num_hidden_layers']} LLM layers, same logits (largest difference {difference:.1e}): {args.output}")
+    print(f"grow_llm: {grown.config.llm.num_layers} LLM layers, same logits "
+          f"(largest difference {difference:.1e}): {args.output}")
 
 
 if __name__ == "__main__":

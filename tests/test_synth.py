@@ -150,11 +150,12 @@ def test_slice_questions_ask_about_a_whole_line_of_their_slice():
 def test_lookup_asks_every_fact_of_a_document_once_in_shuffled_order(tmp_path):
     build_world(tmp_path, seed=3, sizes={"train": 12}, document_share=1.0)
     records = json.loads((tmp_path / "train.json").read_text())
+    transcripts = {r["image"]: r["conversations"][1]["content"] for r in records if r["task"] == "ocr"}
     lookups = [r for r in records if r["task"] == "lookup"]
     assert lookups and all(r["id"].endswith("-lookup") for r in lookups)
+    in_page_order = []
     for record in lookups:
-        image = record["image"]
-        ocr = next(r for r in records if r["image"] == image and r["task"] == "ocr")["conversations"][1]["content"]
+        image, ocr = record["image"], transcripts[record["image"]]
         turns = record["conversations"]
         questions = [t["content"].replace("<image>\n", "") for t in turns[::2]]
         answers = [t["content"] for t in turns[1::2]]
@@ -171,18 +172,8 @@ def test_lookup_asks_every_fact_of_a_document_once_in_shuffled_order(tmp_path):
             assert answers[questions.index(asked)] == single["conversations"][1]["content"]
         kind_total = sum(q.startswith("How much") for q in questions) + ("What is the total?" in questions)
         assert kind_total in (0, ocr.count("\n"))  # a receipt: every item and the total; else none
-    in_page_order = [answers_of(r) == sorted(answers_of(r), key=ocr_place(records, r))
-                     for r in lookups]
+        in_page_order.append(answers == sorted(answers, key=ocr.index))
     assert not all(in_page_order)
-
-
-def answers_of(record):
-    return [t["content"] for t in record["conversations"][1::2]]
-
-
-def ocr_place(records, record):
-    ocr = next(r for r in records if r["image"] == record["image"] and r["task"] == "ocr")["conversations"][1]["content"]
-    return lambda answer: ocr.index(answer)
 
 
 def document_questions_all(document):
