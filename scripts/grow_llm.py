@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
-from minicpmv.model.checkpoint import load_model, save_model
+from minicpmv.model.checkpoint import load_model
 from minicpmv.model.config import MiniCPMVConfig
 from minicpmv.model.minicpmv import MiniCPMV
-from minicpmv.training.checkpoints import copy_model_files
+from minicpmv.synth.demo import save_model_folder
 
 LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.(.+)$")
 SILENT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # zeroed in a new layer: its output is nothing
@@ -79,11 +78,7 @@ def main() -> None:
     difference = largest_logit_difference(model, grown)
     if difference > 1e-4:
         raise SystemExit(f"grow_llm: the grown model's logits differ by {difference:.2e}; not saved")
-    partial = args.output.with_name(args.output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_model(grown, partial)
-    copy_model_files(args.checkpoint, partial)
-    partial.rename(args.output)  # whole or not at all
+    save_model_folder(grown, args.checkpoint, args.output)  # whole or not at all
     print(f"grow_llm: {grown.config.llm.num_layers} LLM layers, same logits "
           f"(largest difference {difference:.1e}): {args.output}")
 

@@ -24,7 +24,7 @@ from minicpmv.synth.build import split_rng
 from minicpmv.synth.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
 from minicpmv.synth.scenes import COLOURS, COLUMNS, LABELS, REGION_LABELS, ROWS, one_object_example, region_scene_example
 from minicpmv.training.data import to_messages
-from minicpmv.training.vision_pretrain import TokenGridHead, VisionPretraining, pretrain_vision, run_vision_pretraining
+from minicpmv.training.vision_pretrain import KEPT, TokenGridHead, VisionPretraining, pretrain_vision, run_vision_pretraining
 
 CHECKPOINT = TINY["2.6"] / "checkpoint"
 CLASSES = {"colour": ("red", "blue"), "side": ("left", "right")}
@@ -287,3 +287,48 @@ def test_find_data_asks_document_questions_about_slices(tmp_path):
     for record in records:
         question = to_messages(record, tmp_path)[0]["content"][1]
         assert re.fullmatch(r"How much is the [a-z]+\?|What is the total\?|What is the [a-z]+ on the form\?", question)
+
+
+def test_free_queries_alone_train_and_the_first_tokens_stay():
+    model = load_model(CHECKPOINT).float()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    queries = model.config.query_num
+    records = []
+    pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                    settings(labels=("colour",), free_queries=queries // 4), records.append)
+    after = model.state_dict()
+    changed = {name for name, value in after.items() if not torch.equal(before[name], value)}
+    assert changed == {"resampler.query"}
+    fixed = queries - queries // 4
+    assert torch.equal(after["resampler.query"][:fixed], before["resampler.query"][:fixed])
+    assert not torch.equal(after["resampler.query"][fixed:], before["resampler.query"][fixed:])
+    assert not model.resampler.query._backward_hooks  # the gradient mask is gone: later training moves every row
+    with pytest.raises(ConfigError, match="fewer than"):
+        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                        settings(labels=("colour",), free_queries=queries))
+
+
+def test_kept_tokens_drift_less_than_free_ones():
+    drift = {}
+    for weight in (0.0, 100.0):  # 0: measured, not in the loss
+        model = load_model(CHECKPOINT).float()
+        records = []
+        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                        settings(labels=("colour",), kept_tokens=model.config.query_num // 2,
+                                 kept_tokens_weight=weight), records.append)
+        assert all("kept_tokens_drift" in record for record in records)
+        drift[weight] = sum(record["kept_tokens_drift"] for record in records[-5:]) / 5
+    assert drift[100.0] < drift[0.0] / 3, drift
+    records = []
+
+    def free_on_the_right(split: str, index: int):
+        image, labels = examples(split, index)
+        return image, {**labels, KEPT: labels["side"] == "left"}
+
+    pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), free_on_the_right, CLASSES,
+                    settings(labels=("colour",), kept_tokens=2, batch_size=1), records.append)
+    held = [record["kept_tokens_drift"] for record in records if "kept_tokens_drift" in record]
+    assert 0 < len(held) < len(records)  # a right-hand disc alone in its batch holds nothing
+    with pytest.raises(ConfigError, match="kept_tokens"):
+        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
+                        settings(labels=("colour",), kept_tokens=model.config.query_num + 1))

@@ -101,10 +101,12 @@ def bundle_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:
     return save_model_folder(load_model(checkpoint).to(torch.bfloat16), checkpoint, target)
 
 
-def save_model_folder(model, source: str | Path, target: str | Path) -> Path:
+def save_model_folder(model, source: str | Path, target: str | Path, processor_changes: dict | None = None) -> Path:
     """`model` as a model folder at `target`, with the tokenizer and processor files of `source`
-    (not trainer_state.pt). Written beside `target` and swapped in, so a failed write leaves what
-    was there untouched, and a stopped one leaves no half folder."""
+    (not trainer_state.pt; `processor_changes` overrides keys of its preprocessor_config.json).
+    Written beside `target` and swapped in, so a failed write leaves what was there untouched,
+    and a stopped one leaves no half folder."""
+    import json
     import shutil
     import tempfile
 
@@ -117,6 +119,9 @@ def save_model_folder(model, source: str | Path, target: str | Path) -> Path:
     try:
         save_model(model, staging)
         copy_model_files(source, staging)
+        processor = staging / "preprocessor_config.json"
+        if processor_changes and processor.exists():
+            processor.write_text(json.dumps({**json.loads(processor.read_text()), **processor_changes}, indent=1))
         staging.chmod(0o755)
         if target.exists():
             target.rename(old)

@@ -20,6 +20,11 @@ circle is when there are four things. A whole-image label's head reads the token
 
 Images come one per sample in a single view, each at a resolution drawn from `resolutions`, so
 the encoder knows the objects at stage1's 224 px as well as at 448 px. The LLM is untouched.
+
+For a model whose LLM already reads some of the tokens (the demo's pointed queries), two
+settings leave those tokens usable: `free_queries` trains only the last resampler queries
+(added by scripts/grow_queries.py), and `kept_tokens` trains everything while holding the first
+tokens of chosen images to a frozen copy's.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from .trainer import computes_bf16, seed_everything
 
 # (split, index) -> (PIL image, {label name: class name, or a tuple of class names: one per region})
 Examples = Callable[[str, int], tuple]
+# an example's labels may say {KEPT: False}: with kept_tokens, its tokens are free to change
+KEPT = "kept tokens"
 
 
 @dataclass
@@ -63,6 +70,14 @@ class VisionPretraining:
     none_weight: Mapping[str, float] = dataclasses.field(default_factory=dict)
     per_token: tuple[str, ...] = ()  # region labels read by a TokenGridHead: cell by cell, each from its own token
     probe: bool = False  # only the heads train: what the frozen encoder and resampler already hold
+    # > 0: only the last N resampler queries train (scripts/grow_queries.py adds them); the encoder,
+    # the rest of the resampler and the first queries stay, so the first tokens of a slice are unchanged
+    free_queries: int = 0
+    # > 0: the first N tokens of every image (but those labelled {KEPT: False}) are held to what the
+    # model gave at the start (a frozen copy), by their squared error relative to the start's (times
+    # kept_tokens_weight): an LLM that learnt to read those tokens still can, while the rest learn the labels
+    kept_tokens: int = 0
+    kept_tokens_weight: float = 10.0
 
     def __post_init__(self):
         if not self.labels:
@@ -70,6 +85,9 @@ class VisionPretraining:
         for name in ("steps_per_label", "batch_size", "test_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.free_queries < 0 or self.kept_tokens < 0:
+            raise ConfigError(f"free_queries and kept_tokens must be 0 or more, got {self.free_queries}, "
+                              f"{self.kept_tokens}")
 
     @property
     def total_steps(self) -> int:
@@ -141,7 +159,9 @@ class LabelHeads(torch.nn.Module):
             else MeanHead(dim, len(classes[name])) for name in labels})
 
     def forward(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> dict[str, torch.Tensor]:
-        tokens = self.model.get_image_features(crops, sizes).float()  # (N, Q, D)
+        return self.read(self.model.get_image_features(crops, sizes).float())  # tokens (N, Q, D)
+
+    def read(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(tokens) for name, head in self.heads.items()}
 
 
@@ -156,8 +176,10 @@ class LabelledBatches:
 
     def batch(self, split: str, indices: Sequence[int], processor_index: int | None = None):
         crops, sizes, targets = [], [], {name: [] for name in self.classes}
+        targets[KEPT] = []
         for index in indices:
             image, labels = self.examples(split, index)
+            targets[KEPT].append(bool(labels.get(KEPT, True)))
             chosen = self.draw.randrange(len(self.processors)) if processor_index is None else processor_index
             encoded = self.processors[chosen].encode_images([image], max_slice_nums=1)[0]
             crops.append(encoded.crops[0])
@@ -191,7 +213,8 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
                            settings.resolutions, settings.seed)
     autocast = computes_bf16(model.device)
     weights = {name: _none_weighted(classes[name], weight, model.device) for name, weight in settings.none_weight.items()}
-    vision = [] if settings.probe else [*model.vpm.parameters(), *model.resampler.parameters()]
+    keeper = TokenKeeper(model, settings.kept_tokens, autocast) if settings.kept_tokens else None
+    vision, hooks = ([], []) if settings.probe else _vision_parameters(model, settings.free_queries)
     for parameter in model.parameters():  # the LLM never trains here; vision and heads are switched on below
         parameter.requires_grad_(False)
     scores, step, seen = [], 0, 0
@@ -207,17 +230,66 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
             crops, sizes, targets = data.batch("train", range(seen, seen + settings.batch_size))
             seen += settings.batch_size
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = heads(crops, sizes)
+                tokens = model.get_image_features(crops, sizes).float()  # (N, Q, D)
+                logits = heads.read(tokens)
             loss = sum(F.cross_entropy(logits[name].flatten(0, -2), targets[name].flatten().to(logits[name].device),
                                        weight=_as(weights.get(name), logits[name])) for name in active)
+            drift = keeper(crops, sizes, tokens, targets[KEPT]) if keeper else None
+            if drift is not None:
+                loss = loss + settings.kept_tokens_weight * drift
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            log({"step": step, "label": label, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
+            log({"step": step, "label": label, "loss": float(loss.detach()), "seconds": time.perf_counter() - start,
+                 **({"kept_tokens_drift": float(drift.detach())} if drift is not None else {})})
         scores.append({"step": step, "after": label, **held_out_accuracy(heads, data, settings, active)})
+    for hook in hooks:
+        hook.remove()
     return scores
+
+
+class TokenKeeper:
+    """The first `count` tokens of an image as a frozen copy of the model's vision parts gives
+    them, and how far the model's have drifted: their mean squared difference over the copy's
+    mean square (0 = unchanged)."""
+
+    def __init__(self, model, count: int, autocast: bool):
+        if count > model.config.query_num:
+            raise ConfigError(f"kept_tokens {count} is more than the resampler's {model.config.query_num} queries")
+        self.frozen = copy.deepcopy(model, memo={id(model.llm): None}).eval()  # vision parts only: no LLM copied
+        self.count, self.autocast, self.device = count, autocast, model.device
+
+    @torch.no_grad()
+    def start_tokens(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.frozen.get_image_features(crops, sizes).float()[:, : self.count]  # (N, count, D)
+
+    def __call__(self, crops: list[torch.Tensor], sizes: torch.Tensor, tokens: torch.Tensor,
+                 kept: torch.Tensor) -> torch.Tensor | None:
+        """The drift over the images marked in `kept` (bools); None when there are none."""
+        chosen = kept.nonzero().flatten().tolist()
+        if not chosen:
+            return None
+        start = self.start_tokens([crops[i] for i in chosen], sizes[chosen])
+        moved = tokens[chosen, : self.count] - start
+        return moved.pow(2).mean() / start.pow(2).mean().clamp_min(1e-12)
+
+
+def _vision_parameters(model, free_queries: int) -> tuple[list[torch.nn.Parameter], list]:
+    """What the vision pre-training trains: the encoder and resampler, or with `free_queries`
+    only the query matrix, whose first rows get no gradient (AdamW then leaves them as they are);
+    and the gradient hooks to remove afterwards."""
+    if not free_queries:
+        return [*model.vpm.parameters(), *model.resampler.parameters()], []
+    query = model.resampler.query
+    if free_queries >= query.shape[0]:
+        raise ConfigError(f"free_queries {free_queries} must be fewer than the resampler's {query.shape[0]} "
+                          "queries (add some with scripts/grow_queries.py)")
+    trained_rows = torch.zeros((query.shape[0], 1), device=query.device)
+    trained_rows[-free_queries:] = 1.0
+    return [query], [query.register_hook(lambda grad: grad * trained_rows.to(grad.dtype))]
 
 
 def _as(weight: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:

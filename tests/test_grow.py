@@ -1,4 +1,5 @@
-"""`scripts/grow_llm.py`: a deeper LLM that starts out computing what the old one did."""
+"""`scripts/grow_llm.py` and `scripts/grow_queries.py`: a bigger model that starts out computing
+what the old one did."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY
+from PIL import Image
 from minicpmv.model.checkpoint import load_model
+from minicpmv.processing.processor import MiniCPMVProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = TINY["2.6"] / "checkpoint"
 
 
-def grow(output: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "grow_llm.py"), str(CHECKPOINT), str(output), *args],
+def grow(output: Path, *args: str, script: str = "grow_llm.py") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(CHECKPOINT), str(output), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -38,7 +41,7 @@ def test_a_grown_llm_has_twice_the_layers_and_the_same_answers(tmp_path):
     tokens = torch.randint(0, small.config.llm.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(small.llm(small.llm.embed(tokens)), big.llm(big.llm.embed(tokens)), atol=1e-5)
-    assert not (tmp_path / "grown.partial").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["grown"]  # no half-written folder beside it
 
 
 def test_every_second_layer_grows_by_half(tmp_path):
@@ -47,3 +50,26 @@ def test_every_second_layer_grows_by_half(tmp_path):
     assert json.loads((tmp_path / "grown" / "config.json").read_text())["num_hidden_layers"] == 3
     weights = load_file(tmp_path / "grown" / "model.safetensors")
     assert not weights["llm.model.layers.2.self_attn.o_proj.weight"].any()  # the new one: after layer 1 of 2
+
+
+def test_new_queries_follow_the_old_ones_whose_tokens_stay(tmp_path):
+    done = grow(tmp_path / "grown", "--extra", "8", script="grow_queries.py")
+    assert done.returncode == 0, done.stderr[-2000:]
+    old_queries = json.loads((CHECKPOINT / "config.json").read_text())["query_num"]
+    assert json.loads((tmp_path / "grown" / "config.json").read_text())["query_num"] == old_queries + 8
+    processor = MiniCPMVProcessor.from_pretrained(tmp_path / "grown")  # both files agree, or this raises
+    assert processor.config.query_num == old_queries + 8
+    old, new = load_model(CHECKPOINT).eval(), load_model(tmp_path / "grown").eval()
+    image = processor.encode_images([Image.new("RGB", (300, 200), (200, 40, 40))])[0]
+    with torch.no_grad():
+        before = old.get_image_features(image.crops, image.tgt_sizes)
+        after = new.get_image_features(image.crops, image.tgt_sizes)
+    assert after.shape == (before.shape[0], old_queries + 8, before.shape[2])
+    assert torch.equal(after[:, :old_queries], before)
+    assert [path.name for path in tmp_path.iterdir()] == ["grown"]
+
+
+def test_growing_into_an_existing_folder_or_by_nothing_is_refused(tmp_path):
+    (tmp_path / "taken").mkdir()
+    assert grow(tmp_path / "taken", script="grow_queries.py").returncode == 2
+    assert grow(tmp_path / "new", "--extra", "0", script="grow_queries.py").returncode == 2 and not (tmp_path / "new").exists()
