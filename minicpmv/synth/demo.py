@@ -106,7 +106,6 @@ def save_model_folder(model, source: str | Path, target: str | Path, processor_c
     (not trainer_state.pt; `processor_changes` overrides keys of its preprocessor_config.json).
     Written beside `target` and swapped in, so a failed write leaves what was there untouched,
     and a stopped one leaves no half folder."""
-    import json
     import shutil
     import tempfile
 
