@@ -19,9 +19,11 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
+STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "scenes": 4,
+          "scenes-vision": 4, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
-        "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2"]
+        "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2",
+        "--survey-images", "3"]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
 READING = {"vision-read": 5}  # what each cell of a page's slice holds
@@ -59,8 +61,9 @@ def test_every_stage_ran_with_its_recipe(trained):
         assert (trained / name / "latest").read_text().strip() == f"checkpoint-{steps:06d}"
         assert len((trained / name / "metrics.jsonl").read_text().splitlines()) == steps
         assert (trained / name / "loss.png").stat().st_size > 0
-    for name in STAGES:  # --reading: the encoder and resampler stay as the reading stage left them
-        assert tuple(recipe_of(trained / name)["train"]) == ("llm",)
+    for name in STAGES:  # --reading: the encoder and resampler stay as the reading stage left them, but for
+        trains = ("vpm", "resampler", "llm") if name == "scenes-vision" else ("llm",)  # the scenes at the end
+        assert tuple(recipe_of(trained / name)["train"]) == trains
     assert {r["task"] for r in json.loads((trained / "read.json").read_text())} == {"read"}
     assert recipe_of(trained / "stage1")["scale_resolution"] == 224
     assert recipe_of(trained / "stage3")["max_slice_nums"] == 9
@@ -84,6 +87,13 @@ def test_every_stage_ran_with_its_recipe(trained):
     asked = [r for r in lookup if r["task"] == "lookup"]  # every fact of a page, twice over
     assert asked and len(asked) == 2 * len({(r["id"], r["image"]) for r in asked})
     assert {r["task"] for r in lookup} - {"lookup"} == {r["task"] for r in documents}
+    scene_stage = json.loads((trained / "scenes.json").read_text())  # the world's scenes and the surveys
+    surveyed = [r for r in scene_stage if r["task"] == "survey"]
+    assert len(surveyed) == 3 and all(Path(r["image"]).is_relative_to((trained / "survey").resolve()) for r in surveyed)
+    assert {r["task"] for r in scene_stage} - {"survey"} <= scenes and len(scene_stage) > len(surveyed)
+    scene_vision = {r["task"] for r in json.loads((trained / "scenes-vision.json").read_text())}
+    assert "survey" in scene_vision and "read" in scene_vision and scene_vision - {"survey", "read"} <= scenes
+    assert "survey" not in {r["task"] for r in json.loads((trained / "sft.json").read_text())}
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -113,8 +123,13 @@ def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     stage0 = load_file(trained / "stage0" / "checkpoint-000001" / "model.safetensors")
     vision_weights = [name for name in start if name.startswith(("vpm.", "resampler."))]
     assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
+    last_frozen = load_file(trained / "scenes" / f"checkpoint-{STAGES['scenes']:06d}" / "model.safetensors")
+    assert all(torch.equal(start[name], last_frozen[name]) for name in vision_weights)  # --reading keeps them
+    scene_vision = load_file(trained / "scenes-vision" / f"checkpoint-{STAGES['scenes-vision']:06d}"
+                             / "model.safetensors")
+    assert not all(torch.equal(start[name], scene_vision[name]) for name in vision_weights)  # but the last scenes
     final = load_file(trained / "sft" / "checkpoint-000001" / "model.safetensors")
-    assert all(torch.equal(start[name], final[name]) for name in vision_weights)  # --reading keeps them
+    assert all(torch.equal(scene_vision[name], final[name]) for name in vision_weights)
     assert not all(torch.equal(stage0[name], final[name]) for name in final if name.startswith("llm."))
     assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions, reading trained on it
 
@@ -140,7 +155,7 @@ def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
     for shared in (*VISION_STAGES, "initial-localized", "reading", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
-    for stage in ("stage3", "documents", "lookup", "sft"):
+    for stage in ("stage3", "documents", "lookup", "scenes", "scenes-vision", "sft"):
         assert recipe_of(work / stage)["max_slice_nums"] == 1
 
 
@@ -171,7 +186,7 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
-                                                         "lookup", "sft"]
+                                                         "lookup", "scenes", "scenes-vision", "sft"]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):

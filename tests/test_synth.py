@@ -15,11 +15,11 @@ from PIL import Image
 from conftest import TINY
 from minicpmv.cli import main
 from minicpmv.processing.processor import MiniCPMVProcessor
-from minicpmv.synth.build import build_world
+from minicpmv.synth.build import build_reading, build_world, split_rng, survey_scene
 from minicpmv.processing.slicing import plan_slices
 from minicpmv.synth.documents import (CELL, CELL_CHARACTERS, document_questions, form, page_slice_example, page_slices,
                                       receipt, sign, slice_question_example, slice_questions, slice_text, table)
-from minicpmv.synth.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene
+from minicpmv.synth.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene, survey_questions
 from minicpmv.training.data import ChatDataset, SampleBuilder
 
 
@@ -62,26 +62,73 @@ def test_every_task_is_present_and_records_load(world):
     assert all(dataset[i] is not None for i in range(len(dataset)))
 
 
+def assert_true_of(scene, task: str, question: str, answer: str) -> None:
+    """The answer follows from the scene's object list."""
+    if task == "count" and question == "How many shapes are there?":
+        assert answer == NUMBER_WORDS[len(scene.things)]
+    elif task == "count" and any(question == f"How many {s}s are there?" for s in SHAPES):
+        shape = question.split()[2][:-1]
+        assert answer == NUMBER_WORDS[sum(t.shape == shape for t in scene.things)]
+    elif task == "count" and question.endswith(" things are there?"):
+        colour = question.split()[2]
+        assert answer == NUMBER_WORDS[sum(t.colour == colour for t in scene.things)]
+    elif task == "colour":
+        shape = question.split()[-1][:-1]
+        assert [t.colour for t in scene.things if t.shape == shape] == [answer]
+    elif task == "shape":
+        colour = question.split()[-1][:-1]
+        assert [t.shape for t in scene.things if t.colour == colour] == [answer]
+    elif task == "position":
+        shape = question.split()[-1][:-1]
+        assert [f"at the {t.place}" for t in scene.things if t.shape == shape] == [answer]
+    else:
+        raise AssertionError(f"unexpected question {task}: {question}")
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_scene_answers_follow_the_object_list(seed):
     rng = random.Random(seed)
     scene = random_scene(rng)
     for task, question, answer in questions(scene, rng):
-        if task == "count" and question == "How many shapes are there?":
-            assert answer == NUMBER_WORDS[len(scene.things)]
-        elif task == "count" and any(question == f"How many {s}s are there?" for s in SHAPES):
-            shape = question.split()[2][:-1]
-            assert answer == NUMBER_WORDS[sum(t.shape == shape for t in scene.things)]
-        elif task == "count" and question.endswith(" things are there?"):
-            colour = question.split()[2]
-            assert answer == NUMBER_WORDS[sum(t.colour == colour for t in scene.things)]
-        elif task == "colour":
-            shape = question.split()[-1][:-1]
-            assert [t.colour for t in scene.things if t.shape == shape] == [answer]
-        elif task == "shape":
-            colour = question.split()[-1][:-1]
-            assert [t.shape for t in scene.things if t.colour == colour] == [answer]
+        assert_true_of(scene, task, question, answer)
     assert caption(scene).count(" at the ") == len(scene.things)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_survey_asks_every_question_once_and_each_answer_is_true(seed):
+    scene = random_scene(random.Random(seed))
+    survey = survey_questions(scene)
+    for task, question, answer in survey:
+        assert_true_of(scene, task, question, answer)
+    asked = [question for _, question, _ in survey]
+    assert len(asked) == len(set(asked))
+    once = [t.shape for t in scene.things if sum(u.shape == t.shape for u in scene.things) == 1]
+    assert {q for q in asked if q.startswith("What colour")} == {f"What colour is the {s}?" for s in once}
+    # whatever `questions` asks of a scene, the survey asks too (but for its one random absent colour)
+    drawn = [q for _, q, a in questions(scene, random.Random(seed))
+             if not (q.endswith("things are there?") and a == "zero")]
+    assert set(drawn) <= set(asked)
+
+
+def test_survey_records_are_shuffled_conversations_the_loader_reads(tmp_path):
+    paths = build_reading(tmp_path, {"train": 6}, survey_scene, seed=3, task="survey")
+    records = json.loads(paths["train"].read_text())
+    assert len(records) == 6 and all(r["task"] == "survey" for r in records)
+    in_order = 0
+    for index, record in enumerate(records):  # the same scene again from the record's own stream
+        scene = random_scene(split_rng(3, "survey-train", index))
+        asked = [t["content"].removeprefix("<image>\n") for t in record["conversations"][::2]]
+        survey = [question for _, question, _ in survey_questions(scene)]
+        assert sorted(asked) == sorted(survey)
+        in_order += asked == survey
+    assert in_order < len(records)  # shuffled: not the survey's own order
+    for record in records:
+        turns = record["conversations"]
+        assert turns[0]["content"].startswith("<image>\n") and sum("<image>" in t["content"] for t in turns) == 1
+        assert len(turns) >= 2 * 7  # four shape counts, a colour, an absent colour, all shapes at least
+    processor = MiniCPMVProcessor.from_pretrained(TINY["2.6"] / "checkpoint")
+    dataset = ChatDataset(paths["train"], SampleBuilder(processor, max_length=8192))
+    assert all(dataset[i] is not None for i in range(len(dataset)))
 
 
 @pytest.mark.parametrize("make", [receipt, form, table, sign])

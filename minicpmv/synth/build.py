@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .documents import document_questions, fact_questions, page_slice_example, random_document, text_line_example
-from .scenes import caption, questions, random_scene
+from .scenes import caption, questions, random_scene, survey_questions
 
 SPLITS = {"train": 2000, "validation": 100, "test": 200}
 
@@ -98,10 +98,20 @@ def read_page_slice(rng: random.Random):
     return image, READ, text
 
 
+def survey_scene(rng: random.Random):
+    """A scene and every question about it (`survey_questions`) as one conversation, in shuffled
+    order so that each kind is sometimes asked first, with nothing before it but the image."""
+    scene = random_scene(rng)
+    asked = survey_questions(scene)
+    rng.shuffle(asked)
+    return scene.render(), [(question, answer) for _, question, answer in asked]
+
+
 def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_slice, seed: int = 0,
                   task: str = "read") -> dict[str, Path]:
     """Reading for the LLM: an image, question and answer from `reader(rng)` (a page's slice or
-    one line to read; a line of a slice to find), tagged `task`, written like a world
+    one line to read; a line of a slice to find), or an image and a conversation (a scene's
+    survey), tagged `task`, written like a world
     (`output/SPLIT.json`, images beside it). Each split draws from its own stream
     ("lines-SPLIT", or "TASK-SPLIT" for another task), so the splits share no image."""
     output = Path(output)
@@ -111,10 +121,11 @@ def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_sl
         records = []
         stream = f"lines-{split}" if task == "read" else f"{task}-{split}"
         for index in range(count):
-            image, question, answer = reader(split_rng(seed, stream, index))
+            image, *asked = reader(split_rng(seed, stream, index))
+            turns = asked[0] if len(asked) == 1 else [tuple(asked)]  # a conversation, or one question
             name = f"images/{split}-{index:05d}.png"
             image.save(output / name)
-            records.append(conversation_record(name, name, task, [(question, answer)]))
+            records.append(conversation_record(name, name, task, turns))
         paths[split] = write_json(output / f"{split}.json", records)  # atomic: a stopped run leaves no half file
     return paths
 

@@ -162,3 +162,29 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
                    NUMBER_WORDS[sum(t.colour == colour for t in scene.things)]))
     result.append(("count", "How many shapes are there?", NUMBER_WORDS[len(scene.things)]))
     return result
+
+
+def survey_questions(scene: Scene) -> list[tuple[str, str, str]]:
+    """Every question `questions` could ask of the scene, not one drawn of each kind: the colour
+    and place of each shape the scene holds once, the shape of each colour it holds once, the
+    count of each shape, of each colour present and of one absent colour, and of all shapes.
+    More binding per image for the small LLM (which colour belongs to which shape) than the
+    one colour question of `questions`."""
+    result = []
+    for shape in SHAPES:
+        holding = [t for t in scene.things if t.shape == shape]
+        result.append(("count", f"How many {plural(shape, 2)} are there?", NUMBER_WORDS[len(holding)]))
+        if len(holding) == 1:
+            result.append(("colour", f"What colour is the {shape}?", holding[0].colour))
+            result.append(("position", f"Where is the {shape}?", f"at the {holding[0].place}"))
+    present = sorted({t.colour for t in scene.things})
+    for colour in present:
+        holding = [t for t in scene.things if t.colour == colour]
+        if len(holding) == 1:
+            result.append(("shape", f"What shape is {colour}?", holding[0].shape))
+        result.append(("count", f"How many {colour} things are there?", NUMBER_WORDS[len(holding)]))
+    absent = [colour for colour in COLOURS if colour not in present]
+    if absent:
+        result.append(("count", f"How many {absent[len(scene.things) % len(absent)]} things are there?", "zero"))
+    result.append(("count", "How many shapes are there?", NUMBER_WORDS[len(scene.things)]))
+    return result
