@@ -20,7 +20,7 @@ import minicpmv
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
 STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "scenes": 4,
-          "scenes-vision": 4, "sft": 1}  # 0.004 x the real step counts (stage3: --reading's)
+          "scenes-vision": 4, "sft": 1, "lookup-again": 1}  # 0.004 x the real step counts (stage3: --reading's)
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2",
         "--survey-images", "3"]
@@ -94,6 +94,7 @@ def test_every_stage_ran_with_its_recipe(trained):
     scene_vision = {r["task"] for r in json.loads((trained / "scenes-vision.json").read_text())}
     assert "survey" in scene_vision and "read" in scene_vision and scene_vision - {"survey", "read"} <= scenes
     assert "survey" not in {r["task"] for r in json.loads((trained / "sft.json").read_text())}
+    assert json.loads((trained / "lookup-again.json").read_text()) == lookup  # the lookup stage's data, after SFT
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -155,7 +156,7 @@ def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
     for shared in (*VISION_STAGES, "initial-localized", "reading", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
-    for stage in ("stage3", "documents", "lookup", "scenes", "scenes-vision", "sft"):
+    for stage in ("stage3", "documents", "lookup", "scenes", "scenes-vision", "sft", "lookup-again"):
         assert recipe_of(work / stage)["max_slice_nums"] == 1
 
 
@@ -186,7 +187,8 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
-                                                         "lookup", "scenes", "scenes-vision", "sft"]
+                                                         "lookup", "scenes", "scenes-vision", "sft",
+                                                         "lookup-again"]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
