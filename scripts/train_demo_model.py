@@ -78,6 +78,7 @@ SURVEYED = (SCENE_STAGE[0], SCENE_VISION_STAGE[0])
 # lookup stage after it gives them back (19 -> 26 of 40 documents; docs/demo-model.md, "Surveys")
 LOOKUP_AGAIN_STAGE = ("lookup-again", "stage3", LOOKUP_STAGE[2], 150, [*LLM_ONLY, "--lr", "5e-4"])
 LOOKUPS = (LOOKUP_STAGE[0], LOOKUP_AGAIN_STAGE[0])
+UNSLICED = ("stage0", READ_STAGE[0], "stage1", "stage2")  # every later stage slices (--max-slice-nums applies)
 
 
 def stages(reading: bool) -> list:
@@ -120,15 +121,17 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pa
     task "read" comes from `reading` (line reading: not part of the world). Every stage from
     stage2 on keeps the lines: without them stage3 and SFT halved the characters read right
     (72.5% -> 38.2% of held-out line places, runs/demo-v5). `pages`: a world of documents whose
-    records join, and so do those of `survey` (scene surveys); `scene_records`: at most that many scene records, drawn with `seed`; `repeats`:
-    {task: n}, that task's records n times over (each a task the world must have)."""
+    records join, and so do those of `survey` (scene surveys); `scene_records`: at most that many
+    scene records, drawn with `seed`; `repeats`: {task: n}, that task's records n times over (each
+    a task the world must have)."""
     records = json.loads(train.read_text())
     if tasks == "text":
         chosen = [{"id": r["id"] + "-text", "conversations": [
             {"role": "user", "content": "Write a sentence from the world."},
             {"role": "assistant", "content": r["conversations"][1]["content"]}]} for r in records]
     else:
-        sources = [(train, records)] + [(extra, json.loads(extra.read_text())) for extra in (reading, pages, survey) if extra]
+        extras = (reading, pages, survey)
+        sources = [(train, records)] + [(extra, json.loads(extra.read_text())) for extra in extras if extra]
         chosen = []
         for source, rows in sources:
             for record in rows:
@@ -281,24 +284,23 @@ def main() -> None:
 
         init_checkpoint(initial, [world / "train.json"], seed=args.seed, query_num=args.queries)
     model = vision_stages(initial, work, args)
-    reading = work / "reading" / "train.json" if args.reading else None
-    if reading is not None and not reading.exists():
-        from minicpmv.synth.build import build_reading
-
-        build_reading(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
-    survey = work / "survey" / "train.json" if args.reading else None
-    if survey is not None and not survey.exists():
+    reading, survey, pages = (work / folder / "train.json" for folder in ("reading", "survey", "pages"))
+    if args.reading:
         from minicpmv.synth.build import build_reading, survey_scene
 
-        build_reading(survey.parent, {"train": args.survey_images}, survey_scene, seed=args.seed, task="survey")
-    pages = work / "pages" / "train.json"
-    if args.reading and not pages.exists():
-        minicpmv("synth", "-o", str(pages.parent), "--seed", str(args.seed + 1), "--train", str(args.pages),
-                 "--validation", "0", "--test", "0", "--document-share", "1.0")
+        if not reading.exists():
+            build_reading(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
+        if not survey.exists():
+            build_reading(survey.parent, {"train": args.survey_images}, survey_scene, seed=args.seed, task="survey")
+        if not pages.exists():
+            minicpmv("synth", "-o", str(pages.parent), "--seed", str(args.seed + 1), "--train", str(args.pages),
+                     "--validation", "0", "--test", "0", "--document-share", "1.0")
+    else:
+        reading = survey = None  # the default recipe reads nothing: no stage gets their records
     for name, recipe, tasks, steps, extra in stages(args.reading):
         steps = max(1, round(steps * args.scale))
         output = work / name
-        if args.max_slice_nums and name in ("stage3", "documents", *LOOKUPS, *SURVEYED, "sft"):
+        if args.max_slice_nums and name not in UNSLICED:
             extra = [*extra, "--set", f"max_slice_nums={args.max_slice_nums}"]
         if not finished(output, steps):
             documents = name in (DOCUMENT_STAGE[0], *LOOKUPS)
