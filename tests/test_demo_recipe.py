@@ -20,10 +20,12 @@ import minicpmv
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
 STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "scenes": 4,
-          "scenes-vision": 4, "sft": 1, "lookup-again": 1}  # 0.004 x the real step counts (stage3: --reading's)
+          "scenes-vision": 4, "objects-align": 2, "drill-mix": 2, "drill": 1, "sft": 1,
+          "lookup-again": 1}  # 0.004 x the real step counts (stage3: --reading's)
+OBJECT_STEPS = 2  # the object stage (vision pre-training after scenes-vision): 0.004 x 600, rounded
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2",
-        "--survey-images", "3"]
+        "--survey-images", "3", "--drill-images", "3"]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
 READING = {"vision-read": 5}  # what each cell of a page's slice holds
@@ -93,8 +95,15 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert {r["task"] for r in scene_stage} - {"survey"} <= scenes and len(scene_stage) > len(surveyed)
     scene_vision = {r["task"] for r in json.loads((trained / "scenes-vision.json").read_text())}
     assert "survey" in scene_vision and "read" in scene_vision and scene_vision - {"survey", "read"} <= scenes
-    assert "survey" not in {r["task"] for r in json.loads((trained / "sft.json").read_text())}
-    assert json.loads((trained / "lookup-again.json").read_text()) == lookup  # the lookup stage's data, after SFT
+    sft = {r["task"] for r in json.loads((trained / "sft.json").read_text())}
+    assert "survey" not in sft and "drill" in sft
+    drills = [r for r in json.loads((trained / "drill.json").read_text())]
+    assert len(drills) == 3 and {r["task"] for r in drills} == {"drill"}
+    assert all(Path(r["image"]).is_relative_to((trained / "drill").resolve()) for r in drills)
+    drill_mix = {r["task"] for r in json.loads((trained / "drill-mix.json").read_text())}
+    assert {"drill", "survey", "read"} <= drill_mix and drill_mix - {"drill", "survey", "read"} <= scenes
+    again = json.loads((trained / "lookup-again.json").read_text())  # the lookup stage's data and the drills, after SFT
+    assert [r for r in again if r["task"] != "drill"] == lookup and [r for r in again if r["task"] == "drill"] == drills
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -129,8 +138,13 @@ def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     scene_vision = load_file(trained / "scenes-vision" / f"checkpoint-{STAGES['scenes-vision']:06d}"
                              / "model.safetensors")
     assert not all(torch.equal(start[name], scene_vision[name]) for name in vision_weights)  # but the last scenes
+    objects = load_file(trained / "objects" / f"checkpoint-{OBJECT_STEPS:06d}" / "model.safetensors")
+    assert labels_trained(trained / "objects") == ["objects"] * OBJECT_STEPS
+    assert set(json.loads((trained / "objects" / "accuracy.json").read_text())[-1]) >= {"objects@448"}
+    assert not all(torch.equal(scene_vision[name], objects[name]) for name in vision_weights)  # told each block's object
+    assert all(torch.equal(scene_vision[name], objects[name]) for name in objects if name.startswith("llm."))
     final = load_file(trained / "sft" / "checkpoint-000001" / "model.safetensors")
-    assert all(torch.equal(scene_vision[name], final[name]) for name in vision_weights)
+    assert all(torch.equal(objects[name], final[name]) for name in vision_weights)  # frozen again after it
     assert not all(torch.equal(stage0[name], final[name]) for name in final if name.startswith("llm."))
     assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions, reading trained on it
 
@@ -145,10 +159,10 @@ def test_bundle_loads_in_bfloat16(trained):
 
 
 def test_a_second_run_skips_finished_stages(trained):
-    before = {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, *STAGES]}
+    before = {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, "objects", *STAGES]}
     output = run("--work", str(trained), *TINY)
     assert "minicpmv train" not in output and "vision pre-training" not in output  # nothing started again
-    assert {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, *STAGES]} == before
+    assert {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, "objects", *STAGES]} == before
 
 
 def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
@@ -187,8 +201,8 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
-                                                         "lookup", "scenes", "scenes-vision", "sft",
-                                                         "lookup-again"]
+                                                         "lookup", "scenes", "scenes-vision", "objects",
+                                                         "objects-align", "drill-mix", "drill", "sft", "lookup-again"]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import TINY
 from minicpmv.cli import main
 from minicpmv.processing.processor import MiniCPMVProcessor
-from minicpmv.synth.build import build_reading, build_world, split_rng, survey_scene
+from minicpmv.synth.build import build_reading, build_world, colour_drill, split_rng, survey_scene
 from minicpmv.processing.slicing import plan_slices
 from minicpmv.synth.documents import (CELL, CELL_CHARACTERS, document_questions, form, page_slice_example, page_slices,
                                       receipt, sign, slice_question_example, slice_questions, slice_text, table)
@@ -131,6 +131,23 @@ def test_survey_records_are_shuffled_conversations_the_loader_reads(tmp_path):
     assert all(dataset[i] is not None for i in range(len(dataset)))
 
 
+def test_a_drill_asks_colours_by_shape_and_shapes_by_colour_of_several_objects():
+    lengths = set()
+    for index in range(20):
+        image, turns = colour_drill(split_rng(4, "drill-train", index))
+        replay = split_rng(4, "drill-train", index)  # the scenes it drew, skipped ones first
+        scene = random_scene(replay)
+        while scene.render().tobytes() != image.tobytes():
+            scene = random_scene(replay)
+        assert len(scene.things) > 1
+        bound = [(q, a) for task, q, a in survey_questions(scene) if task in ("colour", "shape")]
+        assert sorted(turns) == sorted(bound) and any(q.startswith("What colour") for q, _ in turns)
+        for question, answer in turns:
+            assert_true_of(scene, "colour" if question.startswith("What colour") else "shape", question, answer)
+        lengths.add(len(turns))
+    assert len(lengths) > 1
+
+
 @pytest.mark.parametrize("make", [receipt, form, table, sign])
 def test_documents_are_high_resolution_and_answers_are_their_text(make):
     rng = random.Random(1)
@@ -148,6 +165,22 @@ def test_receipt_total_is_the_sum_and_signs_are_extreme():
     assert abs(sum(float(p) for p in document.facts["prices"].values()) - float(document.facts["total"])) < 0.005
     assert sign(rng, vertical=False).image.size == (4032, 448)
     assert sign(rng, vertical=True).image.size == (448, 4032)
+
+
+def test_a_drill_asks_colours_by_shape_and_shapes_by_colour_of_several_objects():
+    kinds = set()
+    for index in range(20):
+        rng = split_rng(4, "drill-train", index)
+        _, turns = colour_drill(rng)
+        scene = random_scene(split_rng(4, "drill-train", index))  # the first scene drawn: the drill's, or one it skipped
+        asked = [question for question, _ in turns]
+        assert any(q.startswith("What colour") for q in asked) and len(asked) == len(set(asked))
+        assert all(q.startswith(("What colour is the ", "What shape is ")) for q in asked)
+        kinds |= {len(asked)}
+        if len(scene.things) > 1 and len(asked) == len([t for t, *_ in survey_questions(scene) if t in ("colour", "shape")]):
+            for question, answer in turns:
+                assert_true_of(scene, "colour" if question.startswith("What colour") else "shape", question, answer)
+    assert len(kinds) > 1
 
 
 @pytest.mark.parametrize("make", [receipt, form, table, sign])

@@ -22,7 +22,8 @@ from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import split_rng
 from minicpmv.synth.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
-from minicpmv.synth.scenes import COLOURS, COLUMNS, LABELS, REGION_LABELS, ROWS, one_object_example, region_scene_example
+from minicpmv.synth.scenes import (COLOURS, COLUMNS, LABELS, OBJECT_LABELS, REGION_LABELS, ROWS, object_grid_example,
+                                   one_object_example, region_scene_example)
 from minicpmv.training.data import to_messages
 from minicpmv.training.vision_pretrain import KEPT, TokenGridHead, VisionPretraining, pretrain_vision, run_vision_pretraining
 
@@ -197,6 +198,25 @@ def test_region_examples_name_what_each_region_holds():
             row, column = divmod(number, len(COLUMNS))
             cell = [(x, y) for x in range(column * 149, (column + 1) * 149, 3) for y in range(row * 149, (row + 1) * 149, 3)]
             assert any(pixels[point] == colour for point in cell), value
+
+
+def test_object_grids_name_the_object_covering_each_block():
+    named = set()
+    for index in range(30):
+        image, labels = object_grid_example(split_rng(0, "objects-train", index))
+        assert len(labels["objects"]) == 64 and all(value in OBJECT_LABELS["objects"] for value in labels["objects"])
+        pixels = image.convert("RGB").load()
+        for number, value in enumerate(labels["objects"]):
+            row, column = divmod(number, 8)
+            block = [pixels[x, y] for x in range(column * 56, column * 56 + 56, 2) for y in range(row * 56, row * 56 + 56, 2)]
+            if value == "none":  # no object covers as much as 15% of it (two of one colour may, together)
+                assert max(block.count(colour) for colour in COLOURS.values()) < 0.2 * len(block), (index, number)
+            else:  # the named colour covers at least about 15% of the block
+                assert block.count(COLOURS[value.split()[0]]) >= 0.12 * len(block), (index, number, value)
+                named.add(value.split()[1])
+    assert named == {"circle", "square", "triangle", "star"}
+    again, same = object_grid_example(split_rng(0, "objects-train", 29))
+    assert same == labels and again.tobytes() == image.tobytes()
 
 
 def ink_box(image) -> tuple[int, int, int, int]:

@@ -20,6 +20,7 @@ LABELS = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "row"
 # what each of the nine regions (rows, then columns) holds: a region label has one class per region
 REGION_CONTENTS = ("none", *(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES))
 REGION_LABELS = {"regions": REGION_CONTENTS}
+OBJECT_LABELS = {"objects": REGION_CONTENTS}  # what each block of an 8x8 grid holds: object_grid_example
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,34 @@ def region_scene_example(rng: random.Random, width: int = 448, height: int = 448
     return Scene(things, width, height, (shade, shade, shade)).render(), {"regions": regions}
 
 
-def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diameter: float) -> None:
+def object_grid_example(rng: random.Random, side: int = 448, grid: int = 8,
+                        least: float = 0.15) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+    """A scene as `random_scene` draws them and what each block of a `grid` x `grid` split holds,
+    rows then columns: the object ("green star") covering the most of the block if it covers at
+    least `least` of it, else "none". Read token by token (one block per resampler query), it
+    asks every token of an object to carry the object's shape as well as its colour: colour is
+    in every patch, shape only in the outline, and the model asked "what colour is the star?"
+    named another object's colour in one multi-object scene in five (docs/demo-model.md)."""
+    scene = random_scene(rng, side, side)
+    masks = Image.new("L", (side, side), 0)  # each object drawn in its own index, 1 up
+    draw = ImageDraw.Draw(masks)
+    for index, thing in enumerate(scene.things, start=1):
+        _draw(draw, thing, side, side, SIZES[thing.size] * side, fill=index)
+    block = side // grid
+    held = []
+    for row in range(grid):
+        for column in range(grid):
+            counts = masks.crop((column * block, row * block, (column + 1) * block, (row + 1) * block)).histogram()
+            index = max(range(1, len(scene.things) + 1), key=counts.__getitem__)
+            covered = counts[index] >= least * block * block
+            held.append(f"{scene.things[index - 1].colour} {scene.things[index - 1].shape}" if covered else "none")
+    return scene.render(), {"objects": tuple(held)}
+
+
+def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diameter: float,
+          fill: int | tuple[int, int, int] | None = None) -> None:
     cx, cy, r = thing.x * width, thing.y * height, diameter / 2
-    fill = COLOURS[thing.colour]
+    fill = COLOURS[thing.colour] if fill is None else fill
     if thing.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif thing.shape == "square":
