@@ -74,7 +74,6 @@ LOOKUP_REPEATS = {"lookup": 2}
 # alone, then for every part with the page slices kept in (docs/demo-model.md, "Surveys")
 SCENE_STAGE = ("scenes", "sft", (*SCENES, "survey"), 1000, [*LLM_ONLY, "--lr", "1e-3"])
 SCENE_VISION_STAGE = ("scenes-vision", "sft", (*SCENES, "survey", "read"), 1000, [*EVERYTHING, "--lr", "3e-4"])
-SURVEYED = (SCENE_STAGE[0], SCENE_VISION_STAGE[0], "objects-align", "drill-mix")
 # --reading, last: SFT loses the lookups the lookup stage taught (prices, fields, cells), a short
 # lookup stage after it gives them back (19 -> 26 of 40 documents; docs/demo-model.md, "Surveys")
 LOOKUP_AGAIN_STAGE = ("lookup-again", "stage3", (*LOOKUP_STAGE[2], "drill"), 150, [*LLM_ONLY, "--lr", "5e-4"])
@@ -91,6 +90,7 @@ OBJECT_PAGE_SHARE = 0.33  # of the object stage's images: page slices, all block
 OBJECT_ALIGN_STAGE = ("objects-align", "sft", (*SCENES, "survey", "read"), 500, [*LLM_ONLY, "--lr", "5e-4"])
 DRILL_MIX_STAGE = ("drill-mix", "sft", (*SCENES, "survey", "read", "drill"), 500, [*LLM_ONLY, "--lr", "5e-4"])
 DRILL_STAGE = ("drill", "sft", ("drill",), 300, [*LLM_ONLY, "--lr", "1e-3"])
+SURVEYED = (SCENE_STAGE[0], SCENE_VISION_STAGE[0], OBJECT_ALIGN_STAGE[0], DRILL_MIX_STAGE[0])
 DRILLED = (DRILL_MIX_STAGE[0], DRILL_STAGE[0], "sft", LOOKUP_AGAIN_STAGE[0])
 UNSLICED = ("stage0", READ_STAGE[0], "stage1", "stage2")  # every later stage slices (--max-slice-nums applies)
 
@@ -138,9 +138,9 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pa
     task "read" comes from `reading` (line reading: not part of the world). Every stage from
     stage2 on keeps the lines: without them stage3 and SFT halved the characters read right
     (72.5% -> 38.2% of held-out line places, runs/demo-v5). `pages`: a world of documents whose
-    records join, and so do those of `survey` (scene surveys) and `drill`; `scene_records`: at most that many
-    scene records, drawn with `seed`; `repeats`: {task: n}, that task's records n times over (each
-    a task the world must have)."""
+    records join, and so do those of `survey` (scene surveys) and `drill`; `scene_records`: at
+    most that many scene records, drawn with `seed`; `repeats`: {task: n}, that task's records n
+    times over (each a task the world must have)."""
     records = json.loads(train.read_text())
     if tasks == "text":
         chosen = [{"id": r["id"] + "-text", "conversations": [
@@ -244,12 +244,12 @@ def object_or_page_example(rng):
     OBJECT_PAGE_SHARE of the images, a page's slice with every block "none" and its tokens held
     (kept_tokens): the LLM, frozen since the reading stage, reads those tokens."""
     from minicpmv.synth.documents import page_slice_example
-    from minicpmv.synth.scenes import object_grid_example
+    from minicpmv.synth.scenes import OBJECT_GRID, object_grid_example
     from minicpmv.training.vision_pretrain import KEPT
 
     if rng.random() < OBJECT_PAGE_SHARE:
         image, _, _ = page_slice_example(rng)
-        return image, {"objects": ("none",) * 64}  # object_grid_example's 8 x 8 blocks
+        return image, {"objects": ("none",) * OBJECT_GRID ** 2}
     image, labels = object_grid_example(rng)
     return image, {**labels, KEPT: False}
 
@@ -346,13 +346,13 @@ def main() -> None:
     else:
         reading = survey = drill = None  # the default recipe reads nothing: no stage gets their records
     for name, recipe, tasks, steps, extra in stages(args.reading):
-        steps = max(1, round(steps * args.scale))
         output = work / name
-        if args.max_slice_nums and name not in UNSLICED:
-            extra = [*extra, "--set", f"max_slice_nums={args.max_slice_nums}"]
-        if recipe == "vision":
+        if recipe == "vision":  # the object stage: one view per image, scaled in _pretrain_vision
             model = object_stage(model, output, args)
             continue
+        steps = max(1, round(steps * args.scale))
+        if args.max_slice_nums and name not in UNSLICED:
+            extra = [*extra, "--set", f"max_slice_nums={args.max_slice_nums}"]
         if not finished(output, steps):
             documents = name in (DOCUMENT_STAGE[0], *LOOKUPS)
             data = stage_data(world / "train.json", tasks, work / f"{name}.json", reading, pages if documents else None,

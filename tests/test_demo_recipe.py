@@ -97,7 +97,7 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert "survey" in scene_vision and "read" in scene_vision and scene_vision - {"survey", "read"} <= scenes
     sft = {r["task"] for r in json.loads((trained / "sft.json").read_text())}
     assert "survey" not in sft and "drill" in sft
-    drills = [r for r in json.loads((trained / "drill.json").read_text())]
+    drills = json.loads((trained / "drill.json").read_text())
     assert len(drills) == 3 and {r["task"] for r in drills} == {"drill"}
     assert all(Path(r["image"]).is_relative_to((trained / "drill").resolve()) for r in drills)
     drill_mix = {r["task"] for r in json.loads((trained / "drill-mix.json").read_text())}

@@ -167,22 +167,6 @@ def test_receipt_total_is_the_sum_and_signs_are_extreme():
     assert sign(rng, vertical=True).image.size == (448, 4032)
 
 
-def test_a_drill_asks_colours_by_shape_and_shapes_by_colour_of_several_objects():
-    kinds = set()
-    for index in range(20):
-        rng = split_rng(4, "drill-train", index)
-        _, turns = colour_drill(rng)
-        scene = random_scene(split_rng(4, "drill-train", index))  # the first scene drawn: the drill's, or one it skipped
-        asked = [question for question, _ in turns]
-        assert any(q.startswith("What colour") for q in asked) and len(asked) == len(set(asked))
-        assert all(q.startswith(("What colour is the ", "What shape is ")) for q in asked)
-        kinds |= {len(asked)}
-        if len(scene.things) > 1 and len(asked) == len([t for t, *_ in survey_questions(scene) if t in ("colour", "shape")]):
-            for question, answer in turns:
-                assert_true_of(scene, "colour" if question.startswith("What colour") else "shape", question, answer)
-    assert len(kinds) > 1
-
-
 @pytest.mark.parametrize("make", [receipt, form, table, sign])
 def test_pages_are_whole_slices_and_each_character_sits_in_its_cell(make):
     """The processor cuts a page into its 448-px slices without resizing it, and all ink lies in

@@ -20,7 +20,8 @@ LABELS = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "row"
 # what each of the nine regions (rows, then columns) holds: a region label has one class per region
 REGION_CONTENTS = ("none", *(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES))
 REGION_LABELS = {"regions": REGION_CONTENTS}
-OBJECT_LABELS = {"objects": REGION_CONTENTS}  # what each block of an 8x8 grid holds: object_grid_example
+OBJECT_GRID = 8  # blocks a side: one per resampler query of 64 (object_grid_example)
+OBJECT_LABELS = {"objects": REGION_CONTENTS}  # what each block of the grid holds
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def region_scene_example(rng: random.Random, width: int = 448, height: int = 448
     return Scene(things, width, height, (shade, shade, shade)).render(), {"regions": regions}
 
 
-def object_grid_example(rng: random.Random, side: int = 448, grid: int = 8,
+def object_grid_example(rng: random.Random, side: int = 448, grid: int = OBJECT_GRID,
                         least: float = 0.15) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
     """A scene as `random_scene` draws them and what each block of a `grid` x `grid` split holds,
     rows then columns: the object ("green star") covering the most of the block if it covers at
