@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
 STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "scenes": 4,
           "scenes-vision": 4, "objects-align": 2, "drill-mix": 2, "drill": 1, "sft": 1,
-          "lookup-again": 1}  # 0.004 x the real step counts (stage3: --reading's)
+          "lookup-again": 1, "price-drill": 2, "price-keep": 1}  # 0.004 x the real step counts (stage3: --reading's)
 OBJECT_STEPS = 2  # the object stage (vision pre-training after scenes-vision): 0.004 x 600, rounded
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2",
@@ -104,6 +104,14 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert {"drill", "survey", "read"} <= drill_mix and drill_mix - {"drill", "survey", "read"} <= scenes
     again = json.loads((trained / "lookup-again.json").read_text())  # the lookup stage's data and the drills, after SFT
     assert [r for r in again if r["task"] != "drill"] == lookup and [r for r in again if r["task"] == "drill"] == drills
+    price_drill = json.loads((trained / "price-drill.json").read_text())  # price questions alone, lookups twice
+    assert price_drill and all(r["conversations"][0]["content"].startswith("<image>\nHow much is") for r in price_drill)
+    assert {r["task"] for r in price_drill} == {"price", "lookup"}
+    assert [r for r in price_drill if r["task"] == "price"] == [r for r in lookup if r["task"] == "price"]
+    kept = json.loads((trained / "price-keep.json").read_text())
+    assert kept[:len(again) + len(price_drill)] == again + price_drill
+    added = kept[len(again) + len(price_drill):]  # the scenes' counts and surveys kept by the last stage
+    assert {r["task"] for r in added} == {"count", "survey"} and all(Path(r["image"]).is_file() for r in added)
 
 
 def labels_trained(stage: Path) -> list[str]:
@@ -202,7 +210,8 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
                                                          "lookup", "scenes", "scenes-vision", "objects",
-                                                         "objects-align", "drill-mix", "drill", "sft", "lookup-again"]
+                                                         "objects-align", "drill-mix", "drill", "sft", "lookup-again",
+                                                         "price-drill", "price-keep"]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
