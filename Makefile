@@ -20,6 +20,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/minicpmv generate -p "How many shapes are there?" --image minicpmv/assets/demo-scene.png
+	$(VENV)/bin/minicpmv generate -p "What is the total?" --image minicpmv/assets/demo-receipt.png
 
 # The web page test drives Debian's chromium (Playwright with executable_path; no browser download).
 browser:

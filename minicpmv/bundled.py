@@ -10,6 +10,7 @@ from .errors import ConfigError
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "demo-model"
 DEMO_IMAGE = Path(__file__).parent / "assets" / "demo-scene.png"
+DEMO_RECEIPT = Path(__file__).parent / "assets" / "demo-receipt.png"  # a high-resolution page: slicing reads it
 
 
 def demo_model_path() -> Path:

@@ -205,16 +205,20 @@ def finished(output: Path, steps: int) -> bool:
 
 
 def write_demo_image(seed: int) -> None:
-    """The example image `make demo` asks about: a scene of its own split ("demo"), so it is in
-    neither the training data nor the test split. Scene 1 of that split, not 0: the first bundled
-    model miscounted scene 0 (docs/demo-model.md reports its held-out accuracy per task)."""
-    from minicpmv.bundled import DEMO_IMAGE
+    """The example images `make demo` asks about, each from a split of its own, so in neither the
+    training data nor the test split: a scene ("demo"; scene 1, not 0: the first bundled model
+    miscounted scene 0) and a receipt ("demo-receipt", the first). docs/demo-model.md reports the
+    held-out accuracy per task."""
+    from minicpmv.bundled import DEMO_IMAGE, DEMO_RECEIPT
     from minicpmv.synth.build import split_rng
+    from minicpmv.synth.documents import receipt
     from minicpmv.synth.scenes import random_scene
 
-    tmp = DEMO_IMAGE.with_name(f".{DEMO_IMAGE.name}.tmp.png")
-    random_scene(split_rng(seed, "demo", 1)).render().save(tmp)
-    tmp.replace(DEMO_IMAGE)
+    for target, image in ((DEMO_IMAGE, random_scene(split_rng(seed, "demo", 1)).render()),
+                          (DEMO_RECEIPT, receipt(split_rng(seed, "demo-receipt", 0)).image)):
+        tmp = target.with_name(f".{target.name}.tmp.png")
+        image.save(tmp)
+        tmp.replace(target)
 
 
 def vision_stages(initial: Path, work: Path, args) -> Path:

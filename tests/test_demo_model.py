@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import minicpmv
-from minicpmv.bundled import DEMO_IMAGE, DEMO_MODEL, demo_model_path
+from minicpmv.bundled import DEMO_IMAGE, DEMO_MODEL, DEMO_RECEIPT, demo_model_path
 from minicpmv.cli import main
 from minicpmv.errors import ConfigError
 from minicpmv.synth.build import build_world
@@ -38,6 +38,19 @@ def test_bundle_is_small_and_in_the_official_layout():
 def test_answers_the_demo_question(demo):
     answer = demo.generate([{"role": "user", "content": [DEMO_IMAGE, DEMO_QUESTION]}], max_new_tokens=8)
     assert answer.text.strip().rstrip(".") == DEMO_ANSWER
+
+
+def test_reads_the_demo_receipt_total(demo):
+    # the second question of `make demo`: a receipt of a split of its own, generated again here
+    from PIL import Image
+
+    from minicpmv.synth.build import split_rng
+    from minicpmv.synth.documents import receipt
+
+    page = receipt(split_rng(0, "demo-receipt", 0))
+    assert list(Image.open(DEMO_RECEIPT).convert("RGB").getdata()) == list(page.image.convert("RGB").getdata())
+    answer = demo.generate([{"role": "user", "content": [DEMO_RECEIPT, "What is the total?"]}], max_new_tokens=10)
+    assert answer.text.strip() == page.facts["total"] == "54.05"
 
 
 def test_answers_fixed_held_out_scene_questions(demo, tmp_path):

@@ -25,20 +25,24 @@ def test_readme_cli_commands_run(monkeypatch, capsys):
         assert capsys.readouterr().out.strip(), command
 
 
-def make_demo_command() -> str:
-    """The `minicpmv ...` command of the Makefile's demo target (without the .venv/bin/ path)."""
+def make_demo_commands() -> list[str]:
+    """The `minicpmv ...` commands of the Makefile's demo target (without the .venv/bin/ path)."""
     makefile = (ROOT / "Makefile").read_text()
-    return re.search(r"^demo:.*\n\t(.*)$", makefile, flags=re.M).group(1).split("/bin/", 1)[1]
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
+    return [line.strip().split("/bin/", 1)[1] for line in recipe.splitlines()]
 
 
-def test_make_demo_runs_a_readme_command():
-    command = make_demo_command()
-    assert command in readme_commands()  # so it runs in test_readme_cli_commands_run
+def test_make_demo_runs_readme_commands():
+    commands = make_demo_commands()
+    assert len(commands) == 2 and all(command in readme_commands() for command in commands)  # so they run above
 
 
 def test_make_demo_answers_with_the_bundled_model(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    assert main(shlex.split(make_demo_command())[1:]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.strip() == "two"  # the demo scene: a purple square and a green star
-    assert "peak RSS" in captured.err
+    answers = []
+    for command in make_demo_commands():
+        assert main(shlex.split(command)[1:]) == 0
+        captured = capsys.readouterr()
+        answers.append(captured.out.strip())
+        assert "peak RSS" in captured.err
+    assert answers == ["two", "54.05"]  # a purple square and a green star; the receipt's TOTAL line
