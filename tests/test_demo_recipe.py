@@ -242,3 +242,16 @@ def test_repeats_multiply_a_task_and_refuse_a_world_without_it(tmp_path):
     assert sorted(ids) == sorted(["lookup0", "lookup1"] * 3 + ["total0", "total1", "total2"])
     with pytest.raises(SystemExit, match="no 'lookup' records"):
         recipe.stage_data(tmp_path / "train.json", ("total",), tmp_path / "out.json", repeats={"lookup": 2})
+
+
+def test_demo_images_are_the_bundled_ones(tmp_path, monkeypatch):
+    import minicpmv.bundled as bundled
+
+    recipe = load_recipe()
+    for name in ("DEMO_IMAGE", "DEMO_RECEIPT"):
+        monkeypatch.setattr(bundled, name, tmp_path / getattr(bundled, name).name)
+    recipe.write_demo_image(0)
+    for written in tmp_path.iterdir():  # what --bundle writes is what the package ships
+        shipped = Path(minicpmv.__file__).parent / "assets" / written.name
+        assert list(Image.open(written).getdata()) == list(Image.open(shipped).getdata()), written.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-receipt.png", "demo-scene.png"]
