@@ -314,7 +314,7 @@ def _pretrain_vision(start: Path, output: Path, labels, steps: int, classes, exa
     return run_vision_pretraining(start, output, examples, classes, settings)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
@@ -345,8 +345,11 @@ def main() -> None:
     parser.add_argument("--bundle", nargs="?", const="package", metavar="FOLDER",
                         help="copy the result, in bfloat16, to FOLDER (default: into the package, as the "
                              "bundled demo model, with its example image)")
-    args = parser.parse_args()
-    work = Path(args.work)
+    return parser.parse_args()
+
+
+def starting_checkpoint(work: Path, args) -> Path:
+    """The world, the untrained checkpoint and the vision pre-training (or their links, --reuse)."""
     world = work / "world"
     if args.reuse:
         if args.queries:
@@ -364,22 +367,33 @@ def main() -> None:
         from minicpmv.synth.demo import init_checkpoint
 
         init_checkpoint(initial, [world / "train.json"], seed=args.seed, query_num=args.queries)
-    model = vision_stages(initial, work, args)
-    reading, survey, pages, drill = (work / folder / "train.json" for folder in ("reading", "survey", "pages", "drill"))
-    if args.reading:
-        from minicpmv.synth.build import build_reading, colour_drill, survey_scene
+    return vision_stages(initial, work, args)
 
-        if not reading.exists():
-            build_reading(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
-        if not survey.exists():
-            build_reading(survey.parent, {"train": args.survey_images}, survey_scene, seed=args.seed, task="survey")
-        if not drill.exists():
-            build_reading(drill.parent, {"train": args.drill_images}, colour_drill, seed=args.seed, task="drill")
-        if not pages.exists():
-            minicpmv("synth", "-o", str(pages.parent), "--seed", str(args.seed + 1), "--train", str(args.pages),
-                     "--validation", "0", "--test", "0", "--document-share", "1.0")
-    else:
-        reading = survey = drill = None  # the default recipe reads nothing: no stage gets their records
+
+def reading_data(work: Path, args) -> tuple:
+    """--reading's extra records, made once: WORK/reading, survey, pages and drill's train.json
+    (None each without --reading: the default recipe reads nothing, no stage gets them)."""
+    reading, survey, pages, drill = (work / folder / "train.json" for folder in ("reading", "survey", "pages", "drill"))
+    if not args.reading:
+        return None, None, pages, None
+    from minicpmv.synth.build import build_reading, colour_drill, survey_scene
+
+    if not reading.exists():
+        build_reading(reading.parent, {"train": args.read_lines, "test": args.test_images}, seed=args.seed)
+    if not survey.exists():
+        build_reading(survey.parent, {"train": args.survey_images}, survey_scene, seed=args.seed, task="survey")
+    if not drill.exists():
+        build_reading(drill.parent, {"train": args.drill_images}, colour_drill, seed=args.seed, task="drill")
+    if not pages.exists():
+        minicpmv("synth", "-o", str(pages.parent), "--seed", str(args.seed + 1), "--train", str(args.pages),
+                 "--validation", "0", "--test", "0", "--document-share", "1.0")
+    return reading, survey, pages, drill
+
+
+def run_stages(model: Path, work: Path, args) -> Path:
+    """Every stage of `stages` in order, each skipped when finished; the last checkpoint."""
+    world = work / "world"
+    reading, survey, pages, drill = reading_data(work, args)
     for name, recipe, tasks, steps, extra in stages(args.reading):
         output = work / name
         if recipe == "vision":  # the object stage: one view per image, scaled in _pretrain_vision
@@ -402,6 +416,13 @@ def main() -> None:
                      "--max-steps", str(steps), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
                      "--save-every", str(max(25, steps // 6)), "--max-length", "4096", "--resume", *extra)
         model = output / (output / "latest").read_text().strip()
+    return model
+
+
+def main() -> None:
+    args = parse_args()
+    work = Path(args.work)
+    model = run_stages(starting_checkpoint(work, args), work, args)
     print(f"demo model: {model}")
     if args.bundle:
         from minicpmv.bundled import DEMO_MODEL
