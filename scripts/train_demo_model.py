@@ -145,6 +145,15 @@ def minicpmv(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "minicpmv", *args], check=True)
 
 
+def records_of(source: Path) -> list[dict]:
+    """A split's records with their image paths made absolute (stage data joins several worlds)."""
+    records = json.loads(source.read_text())
+    for record in records:
+        if "image" in record:
+            record["image"] = str((source.parent / record["image"]).resolve())
+    return records
+
+
 def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pages: Path | None = None,
                scene_records: int | None = None, seed: int = 0, repeats: dict[str, int] | None = None,
                survey: Path | None = None, drill: Path | None = None, asking: str | None = None) -> Path:
@@ -156,21 +165,15 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pa
     most that many scene records, drawn with `seed`; `repeats`: {task: n}, that task's records n
     times over (each a task the world must have); `asking`: only records whose first question
     holds it."""
-    records = json.loads(train.read_text())
     if tasks == "text":
         chosen = [{"id": r["id"] + "-text", "conversations": [
             {"role": "user", "content": "Write a sentence from the world."},
-            {"role": "assistant", "content": r["conversations"][1]["content"]}]} for r in records]
+            {"role": "assistant", "content": r["conversations"][1]["content"]}]} for r in json.loads(train.read_text())]
     else:
-        extras = (reading, pages, survey, drill)
-        sources = [(train, records)] + [(extra, json.loads(extra.read_text())) for extra in extras if extra]
-        chosen = []
-        for source, rows in sources:
-            for record in rows:
-                wanted = tasks is None or record["task"] in tasks
-                if wanted and (asking is None or asking in record["conversations"][0]["content"]):
-                    record["image"] = str((source.parent / record["image"]).resolve())
-                    chosen.append(record)
+        chosen = [record for source in (train, reading, pages, survey, drill) if source
+                  for record in records_of(source)
+                  if (tasks is None or record["task"] in tasks)
+                  and (asking is None or asking in record["conversations"][0]["content"])]
         if scene_records is not None:
             scenes = [number for number, record in enumerate(chosen) if record["task"] in SCENES]
             dropped = set(scenes) - set(random.Random(seed).sample(scenes, min(scene_records, len(scenes))))
@@ -191,9 +194,7 @@ def with_prices_kept(data: Path, price_drill: Path, train: Path, survey: Path, s
     records = json.loads(data.read_text()) + json.loads(price_drill.read_text())
     rng = random.Random(seed)
     for source, task, wanted in ((train, "count", PRICE_KEEP_COUNTS), (survey, "survey", PRICE_KEEP_SURVEYS)):
-        rows = [record for record in json.loads(source.read_text()) if record["task"] == task]
-        for record in rows:
-            record["image"] = str((source.parent / record["image"]).resolve())
+        rows = [record for record in records_of(source) if record["task"] == task]
         records += rng.sample(rows, min(wanted, len(rows)))
     data.write_text(json.dumps(records))
     return data
@@ -372,7 +373,8 @@ def starting_checkpoint(work: Path, args) -> Path:
 
 def reading_data(work: Path, args) -> tuple:
     """--reading's extra records, made once: WORK/reading, survey, pages and drill's train.json
-    (None each without --reading: the default recipe reads nothing, no stage gets them)."""
+    (without --reading reading, survey and drill are None: the default recipe reads nothing, and
+    pages, which only its document stages take, is never made)."""
     reading, survey, pages, drill = (work / folder / "train.json" for folder in ("reading", "survey", "pages", "drill"))
     if not args.reading:
         return None, None, pages, None
