@@ -169,15 +169,14 @@ def bf16_state(llm):
     return View
 
 
-def vision_table(rounds: int) -> list[str]:
+def paired_vision_towers(cfg):
+    """Our NaViT SigLIP with seeded random weights and HF transformers' Idefics2 vision
+    transformer holding the same tensors."""
     from transformers.models.idefics2.configuration_idefics2 import Idefics2VisionConfig
     from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
-    from minicpmv.bench import ARCHITECTURES
-    from minicpmv.model.config import MiniCPMVConfig
     from minicpmv.model.vision import NavitSiglip
 
-    cfg = MiniCPMVConfig.from_dict(ARCHITECTURES["qwen2-1.5b"]).vision
     torch.manual_seed(0)
     ours = NavitSiglip(cfg).eval()
     with torch.no_grad():
@@ -188,6 +187,15 @@ def vision_table(rounds: int) -> list[str]:
         num_attention_heads=cfg.num_heads, image_size=cfg.num_positions_per_side * cfg.patch_size,
         patch_size=cfg.patch_size, layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu_pytorch_tanh")).eval()
     hf.load_state_dict(ours.state_dict())
+    return ours, hf
+
+
+def vision_table(rounds: int) -> list[str]:
+    from minicpmv.bench import ARCHITECTURES
+    from minicpmv.model.config import MiniCPMVConfig
+
+    cfg = MiniCPMVConfig.from_dict(ARCHITECTURES["qwen2-1.5b"]).vision
+    ours, hf = paired_vision_towers(cfg)
     crops, side = 10, 448  # 1344x1344: 9 slices and the overview, 32x32 patches each
     images = torch.randn(crops, 3, side, side)
     patches = side // cfg.patch_size
