@@ -19,8 +19,8 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "scenes": 4,
-          "scenes-vision": 4, "objects-align": 2, "drill-mix": 2, "drill": 1, "sft": 1,
+STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "lookup-sft": 1,
+          "scenes": 4, "scenes-vision": 2, "scenes-vision2": 2, "objects-align": 2, "drill-mix": 2, "drill": 1, "sft": 1,
           "lookup-again": 1, "price-drill": 2, "price-keep": 1}  # 0.004 x the real step counts (stage3: --reading's)
 OBJECT_STEPS = 2  # the object stage (vision pre-training after scenes-vision): 0.004 x 600, rounded
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
@@ -64,7 +64,7 @@ def test_every_stage_ran_with_its_recipe(trained):
         assert len((trained / name / "metrics.jsonl").read_text().splitlines()) == steps
         assert (trained / name / "loss.png").stat().st_size > 0
     for name in STAGES:  # --reading: the encoder and resampler stay as the reading stage left them, but for
-        trains = ("vpm", "resampler", "llm") if name == "scenes-vision" else ("llm",)  # the scenes at the end
+        trains = ("vpm", "resampler", "llm") if name.startswith("scenes-vision") else ("llm",)  # the scenes at the end
         assert tuple(recipe_of(trained / name)["train"]) == trains
     assert {r["task"] for r in json.loads((trained / "read.json").read_text())} == {"read"}
     assert recipe_of(trained / "stage1")["scale_resolution"] == 224
@@ -95,6 +95,10 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert {r["task"] for r in scene_stage} - {"survey"} <= scenes and len(scene_stage) > len(surveyed)
     scene_vision = {r["task"] for r in json.loads((trained / "scenes-vision.json").read_text())}
     assert "survey" in scene_vision and "read" in scene_vision and scene_vision - {"survey", "read"} <= scenes
+    assert (trained / "scenes-vision2.json").read_text() == (trained / "scenes-vision.json").read_text()
+    assert recipe_of(trained / "scenes-vision2")["seed"] == recipe_of(trained / "scenes-vision")["seed"] + 1
+    lookup_sft = {r["task"] for r in json.loads((trained / "lookup-sft.json").read_text())}  # SFT before the scenes
+    assert {"lookup", "read", "colour"} <= lookup_sft and not lookup_sft & {"survey", "drill"}
     sft = {r["task"] for r in json.loads((trained / "sft.json").read_text())}
     assert "survey" not in sft and "drill" in sft
     drills = json.loads((trained / "drill.json").read_text())
@@ -143,7 +147,7 @@ def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
     last_frozen = load_file(trained / "scenes" / f"checkpoint-{STAGES['scenes']:06d}" / "model.safetensors")
     assert all(torch.equal(start[name], last_frozen[name]) for name in vision_weights)  # --reading keeps them
-    scene_vision = load_file(trained / "scenes-vision" / f"checkpoint-{STAGES['scenes-vision']:06d}"
+    scene_vision = load_file(trained / "scenes-vision2" / f"checkpoint-{STAGES['scenes-vision2']:06d}"
                              / "model.safetensors")
     assert not all(torch.equal(start[name], scene_vision[name]) for name in vision_weights)  # but the last scenes
     objects = load_file(trained / "objects" / f"checkpoint-{OBJECT_STEPS:06d}" / "model.safetensors")
@@ -178,7 +182,7 @@ def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
     for shared in (*VISION_STAGES, "initial-localized", "reading", "stage2"):
         assert (work / shared).is_symlink() and (work / shared).resolve() == (trained / shared).resolve()
-    for stage in ("stage3", "documents", "lookup", "scenes", "scenes-vision", "sft", "lookup-again"):
+    for stage in ("stage3", "documents", "lookup", "scenes", "scenes-vision2", "sft", "lookup-again"):
         assert recipe_of(work / stage)["max_slice_nums"] == 1
 
 
@@ -209,8 +213,8 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
-                                                         "lookup", "scenes", "scenes-vision", "objects",
-                                                         "objects-align", "drill-mix", "drill", "sft", "lookup-again",
+                                                         "lookup", "lookup-sft", "scenes", "scenes-vision",
+                                                         "scenes-vision2", "objects", "objects-align", "drill-mix", "drill", "sft", "lookup-again",
                                                          "price-drill", "price-keep"]
 
 
