@@ -131,8 +131,8 @@ def stages(reading: bool) -> list:
     (LOOKUP_SFT_STAGE to SCENE_VISION_AGAIN_STAGE): after the lookup stage and SFT the scenes
     were at colour 72%, count 82%, shape 76% of the whole test split; 1000 LLM steps with the
     surveys took them to 84/94/98%, 500 + 500 steps of every part at 3e-4 (page slices kept in
-    the data) and SFT to 90.6/94.3/98.1%, with 19 of 40 documents (25 before); 150 lookup steps after SFT
-    (LOOKUP_AGAIN_STAGE) 89.6/92.9/99.1% and 26 of 40 (by hand: docs/demo-model.md, "Surveys").
+    the data) and SFT to 90.6/94.3/98.1%, with 19 of 40 documents (25 before); 150 lookup steps
+    after SFT (LOOKUP_AGAIN_STAGE) 89.6/92.9/99.1% and 26 of 40 (by hand: docs/demo-model.md, "Surveys").
     Colour was 87% of 604 fresh scenes all the same; the object stage and the drills before SFT
     (OBJECT_STAGE to DRILL_STAGE) took it to 96.9% of the test split, count 91.1%, shape 100%,
     documents 69/120 (by hand: docs/demo-model.md, "Drills"). The price drill and the mixed stage
@@ -144,8 +144,8 @@ def stages(reading: bool) -> list:
              [*LLM_ONLY, "--lr", "2e-4" if name == "sft" else "1e-3"])
             for name, recipe, tasks, steps, _ in STAGES[1:]]
     return [STAGES[0], READ_STAGE, *kept[:-1], DOCUMENT_STAGE, LOOKUP_STAGE, LOOKUP_SFT_STAGE, SCENE_STAGE,
-            SCENE_VISION_STAGE, SCENE_VISION_AGAIN_STAGE, OBJECT_STAGE, OBJECT_ALIGN_STAGE, DRILL_MIX_STAGE, DRILL_STAGE, kept[-1], LOOKUP_AGAIN_STAGE,
-            PRICE_DRILL_STAGE, PRICE_KEEP_STAGE]
+            SCENE_VISION_STAGE, SCENE_VISION_AGAIN_STAGE, OBJECT_STAGE, OBJECT_ALIGN_STAGE, DRILL_MIX_STAGE,
+            DRILL_STAGE, kept[-1], LOOKUP_AGAIN_STAGE, PRICE_DRILL_STAGE, PRICE_KEEP_STAGE]
 
 
 def minicpmv(*args: str) -> None:

@@ -19,10 +19,10 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2, "lookup-sft": 1,
-          "scenes": 4, "scenes-vision": 2, "scenes-vision2": 2, "objects-align": 2, "drill-mix": 2, "drill": 1, "sft": 1,
-          "lookup-again": 1, "price-drill": 2, "price-keep": 1}  # 0.004 x the real step counts (stage3: --reading's)
-OBJECT_STEPS = 2  # the object stage (vision pre-training after scenes-vision): 0.004 x 600, rounded
+STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2,
+          "lookup-sft": 1, "scenes": 4, "scenes-vision": 2, "scenes-vision2": 2, "objects-align": 2, "drill-mix": 2,
+          "drill": 1, "sft": 1, "lookup-again": 1, "price-drill": 2, "price-keep": 1}  # 0.004 x the real step counts (stage3: --reading's)
+OBJECT_STEPS = 2  # the object stage (vision pre-training after scenes-vision2): 0.004 x 600, rounded
 TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
         "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2",
         "--survey-images", "3", "--drill-images", "3"]
@@ -214,8 +214,8 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
     assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
                                                          "lookup", "lookup-sft", "scenes", "scenes-vision",
-                                                         "scenes-vision2", "objects", "objects-align", "drill-mix", "drill", "sft", "lookup-again",
-                                                         "price-drill", "price-keep"]
+                                                         "scenes-vision2", "objects", "objects-align", "drill-mix",
+                                                         "drill", "sft", "lookup-again", "price-drill", "price-keep"]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
