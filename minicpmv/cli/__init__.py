@@ -7,9 +7,10 @@ import argparse
 import sys
 
 from ..errors import MiniCPMVError
-from . import bench, chat, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth, train, tune
+from . import (bench, chat, eval as eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve,
+               synth, train, tune)
 
-COMMANDS = [bench, chat, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth,
+COMMANDS = [bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth,
             train, tune]
 
 
