@@ -58,8 +58,8 @@ BENCHMARKS = {b.name: b for b in [
     Benchmark("demo_yorn", "Y/N", "yes_no", _ANSWER, "Overall", "demo world: yes/no about objects (POPE-style)"),
     Benchmark("demo_mcq", "MCQ", "mcq", _ANSWER + ("A", "B"), "split=none|Overall",
               "demo world: colour, shape and count as 4-option MCQ"),
-    Benchmark("demo_vqa", "VQA", "textvqa", _ANSWER, "Overall",
-              "demo world: short answers about its documents (VQA accuracy)"),
+    Benchmark("demo_vqa", "VQA", "docvqa", _ANSWER, "Overall",
+              "demo world: short answers about its documents (ANLS)"),
     Benchmark("demo_caption", "Caption", "chair", ("question", "objects"), "CHAIRi",
               "demo world: describe the image; CHAIR hallucination against its object list"),
 ]}

@@ -50,8 +50,8 @@ def _column_values(cells: list[str]) -> list:
     return [NA if c in NA_STRINGS else c for c in cells]
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
-    """(columns, rows) of a VLMEvalKit TSV; each row maps column -> typed value."""
+def read_cells(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """(header, records) of a TSV as the strings in the file; TableError if it is not one."""
     csv.field_size_limit(sys.maxsize)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -68,6 +68,12 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
     for number, record in enumerate(body, start=2):
         if len(record) != len(header):
             raise TableError(f"{path}: line {number} has {len(record)} fields, the header {len(header)}")
+    return header, body
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a VLMEvalKit TSV; each row maps column -> typed value."""
+    header, body = read_cells(path)
     columns = [_column_values([record[i] for record in body]) for i in range(len(header))]
     rows = [{name: columns[i][r] for i, name in enumerate(header)} for r in range(len(body))]
     return header, rows
