@@ -57,6 +57,8 @@ def add_parser(subparsers) -> None:
     p = commands.add_parser("list", help="the benchmarks the harness knows")
     p.set_defaults(run=lambda a: list_benchmarks())
     add_run_parser(commands)
+    add_compare_parser(commands)
+    add_download_parser(commands)
 
 
 def _data_files(benchmark: str, data: str | None, output: Path) -> list[tuple[str, Path]]:
@@ -149,3 +151,58 @@ def add_run_parser(commands) -> None:
                    help="whose VLMEvalKit prompts to send to an endpoint (default 2.6)")
     add_model_options(p)
     p.set_defaults(run=lambda a: run(a) and 0)
+
+
+def compare(dir_a: str, dir_b: str, png: str | None = None, as_json: bool = False, show: int = 10) -> dict:
+    """Metric deltas of two runs (B - A) with a paired bootstrap 95% interval of the per-row score
+    difference, and the rows whose answer changed; --png draws per-category bars."""
+    from ..evaluation.compare import compare_runs, draw_bars
+
+    report = compare_runs(dir_a, dir_b)
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        for name, entry in report.items():
+            boot = entry["bootstrap"]
+            print(f"{name}: per-row score {boot['mean_a']:.4f} -> {boot['mean_b']:.4f}, difference "
+                  f"{boot['difference']:+.4f} (95% CI {boot['low']:+.4f} .. {boot['high']:+.4f}, {boot['rows']} rows); "
+                  f"{len(entry['changed'])} of {entry['rows']} answers changed")
+            for key, (a, b, delta) in sorted(entry["metrics"].items()):
+                print(f"  {key:<40} {_number(a):>10} {_number(b):>10} {delta:+.4f}")
+            for row in entry["changed"][:show]:
+                print(f"  row {row['index']}: {row['a'][:50]!r} -> {row['b'][:50]!r}")
+    if png:
+        try:
+            draw_bars(report, png, (Path(dir_a).name, Path(dir_b).name))
+        except ImportError:
+            from ..errors import ConfigError
+            raise ConfigError("--png needs matplotlib: pip install 'minicpmv[eval]'") from None
+    return report
+
+
+def add_compare_parser(commands) -> None:
+    p = commands.add_parser("compare", help="compare two runs", description=compare.__doc__.split("\n\n")[0])
+    p.add_argument("dir_a", help="output folder of the first run (the reference)")
+    p.add_argument("dir_b", help="output folder of the second run")
+    p.add_argument("--png", help="write per-category bars to this PNG (matplotlib)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--show", type=int, default=10, help="changed rows to print per benchmark (default 10)")
+    p.set_defaults(run=lambda a: compare(a.dir_a, a.dir_b, a.png, a.json, a.show) and 0)
+
+
+def download(name: str, output: str, url: str | None = None, md5: str | None = None) -> Path:
+    """Fetch a benchmark's public TSV (VLMEvalKit's URL) into OUTPUT and check its md5."""
+    from ..evaluation.download import download_benchmark
+
+    path = download_benchmark(name, output, url, md5)
+    print(path)
+    return path
+
+
+def add_download_parser(commands) -> None:
+    p = commands.add_parser("download", help="fetch a benchmark's public TSV", description=download.__doc__)
+    p.add_argument("name", help="benchmark name (minicpmv eval list)")
+    p.add_argument("-o", "--output", required=True, help="folder to write NAME.tsv into")
+    p.add_argument("--url", help="fetch from this URL instead (a mirror)")
+    p.add_argument("--md5", help="expected md5 instead of the published one ('' skips the check)")
+    p.set_defaults(run=lambda a: download(a.name, a.output, a.url, a.md5) and 0)

@@ -1,0 +1,112 @@
+"""`minicpmv eval run`: end to end on the demo sets with the bundled model, resuming after a
+SIGKILL, an endpoint (our server on loopback) against the local model, and torchrun shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minicpmv.evaluation.answerers import EndpointAnswerer, LocalAnswerer
+from minicpmv.evaluation.benchmarks import get_benchmark
+from minicpmv.evaluation.runner import run_benchmark
+from minicpmv.evaluation.scoring import score
+from minicpmv.evaluation.tsv import read_cells
+
+TINY26 = Path(__file__).parent / "fixtures" / "reference" / "minicpmv26_tiny" / "checkpoint"
+CLI = [sys.executable, "-m", "minicpmv", "eval"]
+
+
+@pytest.fixture(scope="module")
+def demo_sets(tmp_path_factory):
+    from minicpmv.synth.benchmark_sets import write_demo_benchmarks
+
+    return write_demo_benchmarks(tmp_path_factory.mktemp("demo-sets"), images=24)
+
+
+def test_demo_run_scores_the_bundled_model_with_no_model_flag(tmp_path):
+    run = subprocess.run(CLI + ["run", "-b", "demo", "--limit", "5", "--preset", "greedy", "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for name in ("demo_yorn", "demo_mcq", "demo_vqa", "demo_caption"):
+        header, records = read_cells(tmp_path / f"{name}.tsv")
+        assert header[-1] == "prediction" and len(records) == 5 and all(r[-1] for r in records)
+        saved = json.loads((tmp_path / f"{name}.scores.json").read_text())
+        again = score(name, tmp_path / f"{name}.tsv")
+        assert saved["metrics"] == pytest.approx(again["metrics"]) and saved["settings"]["rows"] == 5
+        assert f"{name}:" in run.stdout
+    assert not list(tmp_path.glob("*.part*.jsonl"))  # partial answers go once the TSV is written
+
+
+def _run_vqa(out: Path, data: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen(CLI + ["run", "-b", "demo_vqa", "--data", str(data), "--limit", "14", "--batch-size", "2",
+                                   "--preset", "greedy", "-o", str(out), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_prediction_file(tmp_path, demo_sets):
+    whole = _run_vqa(tmp_path / "whole", demo_sets["demo_vqa"])
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    killed = _run_vqa(tmp_path / "killed", demo_sets["demo_vqa"])
+    partial = tmp_path / "killed" / "demo_vqa.part0.jsonl"
+    deadline = time.monotonic() + 300
+    while not (partial.exists() and len(partial.read_text().splitlines()) >= 4):
+        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    kept = len(partial.read_text().splitlines())
+    assert 4 <= kept < 14 and not (tmp_path / "killed" / "demo_vqa.tsv").exists()
+    again = _run_vqa(tmp_path / "killed", demo_sets["demo_vqa"])  # without --resume: refused
+    assert again.wait(timeout=600) == 2 and "--resume" in again.stderr.read()
+    resumed = _run_vqa(tmp_path / "killed", demo_sets["demo_vqa"], "--resume")
+    assert resumed.wait(timeout=600) == 0
+    assert (tmp_path / "killed" / "demo_vqa.tsv").read_bytes() == (tmp_path / "whole" / "demo_vqa.tsv").read_bytes()
+
+
+def test_endpoint_gives_the_local_predictions(tmp_path, demo_sets):
+    pytest.importorskip("uvicorn")
+    import minicpmv
+    from live_server import running
+
+    chat = minicpmv.load(TINY26, vision_dtype="float32")
+    for name in ("demo_mcq", "demo_caption"):
+        run_benchmark(LocalAnswerer(chat, "greedy"), get_benchmark(name), demo_sets[name], tmp_path / "local",
+                      limit=4, max_new_tokens=6, show_progress=False)
+        with running(chat) as url:
+            endpoint = EndpointAnswerer(url + "/v1", concurrency=2, version=chat.version)
+            run_benchmark(endpoint, get_benchmark(name), demo_sets[name], tmp_path / "endpoint", limit=4,
+                          max_new_tokens=6, show_progress=False)
+        local = read_cells(tmp_path / "local" / f"{name}.tsv")[1]
+        remote = read_cells(tmp_path / "endpoint" / f"{name}.tsv")[1]
+        assert [r[-1] for r in local] == [r[-1] for r in remote] and any(r[-1] for r in local)
+
+
+def test_torchrun_two_processes_give_the_one_process_predictions(tmp_path, demo_sets):
+    base = ["run", "-b", "demo_caption", "--data", str(demo_sets["demo_caption"]), "--limit", "7",
+            "--preset", "greedy", "--max-new-tokens", "24"]
+    one = subprocess.run(CLI + base + ["-o", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "minicpmv",
+                          "eval"] + base + ["-o", str(tmp_path / "two")], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "two" / "demo_caption.tsv").read_bytes() == (tmp_path / "one" / "demo_caption.tsv").read_bytes()
+    assert json.loads((tmp_path / "two" / "demo_caption.scores.json").read_text())["settings"]["processes"] == 2
+
+
+@pytest.mark.parametrize("args,text", [
+    (["-b", "MME"], "--data FILE.tsv is needed"),
+    (["-b", "MME", "--data", "/nonexistent.tsv"], "no such file"),
+    (["-b", "demo", "--batch-size", "0"], "--batch-size"),
+])
+def test_run_bad_input_is_one_line_and_exit_2(tmp_path, args, text):
+    run = subprocess.run(CLI + ["run", *args, "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
