@@ -110,3 +110,25 @@ def test_torchrun_two_processes_give_the_one_process_predictions(tmp_path, demo_
 def test_run_bad_input_is_one_line_and_exit_2(tmp_path, args, text):
     run = subprocess.run(CLI + ["run", *args, "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_every_model_path_runs_the_same_rows(tmp_path, demo_sets):
+    """Float, a quantized folder, --low-memory and --llm-gguf (f32: the same answers as our LLM)."""
+    from minicpmv.backends.gguf_export import export_gguf
+    from minicpmv.cli import main
+
+    pytest.importorskip("llama_cpp")
+    gguf = export_gguf(TINY26, tmp_path / "tiny.gguf", "f32")
+    assert main(["quantize", "-m", str(TINY26), "-o", str(tmp_path / "int8"), "--bits", "8"]) == 0
+    base = ["eval", "run", "-b", "demo_mcq", "--data", str(demo_sets["demo_mcq"]), "--limit", "3",
+            "--max-new-tokens", "5", "--vision-dtype", "float32"]
+    runs = {"float": ["-m", str(TINY26), "--preset", "greedy"],
+            "low-memory": ["-m", str(TINY26), "--preset", "greedy", "--low-memory"],
+            "gguf": ["-m", str(TINY26), "--llm-gguf", str(gguf)],
+            "int8": ["-m", str(tmp_path / "int8"), "--preset", "greedy"]}
+    answers = {}
+    for name, extra in runs.items():
+        assert main(base + extra + ["-o", str(tmp_path / name)]) == 0, name
+        answers[name] = [r[-1] for r in read_cells(tmp_path / name / "demo_mcq.tsv")[1]]
+    assert answers["low-memory"] == answers["float"] == answers["gguf"]
+    assert len(answers["int8"]) == 3

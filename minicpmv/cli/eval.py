@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -92,6 +93,9 @@ def _answerer(args: argparse.Namespace):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not args.threads:  # processes share the cores
         args.threads = max(1, (os.cpu_count() or 1) // world)
+    if args.llm_gguf and args.preset == "precise":  # llama.cpp decodes one sequence: no beam search
+        print("minicpmv eval: --llm-gguf decodes greedily; using --preset greedy", file=sys.stderr)
+        args.preset = "greedy"
     chat = load_model(args)
     return LocalAnswerer(chat, args.preset, args.max_slice_nums), \
         {"model": str(args.model), "version": chat.version, "preset": args.preset,

@@ -9,16 +9,25 @@ import json
 def synth(args: argparse.Namespace) -> dict:
     """Write train / validation / test JSON files (official fine-tuning format, each record
     tagged with its task) and their images under OUTPUT, deterministically from --seed; prints
-    the number of records per split and task."""
+    the number of records per split and task. With --benchmarks, writes the test split's images
+    as the demo benchmark TSVs instead (demo_yorn, demo_mcq, demo_vqa, demo_caption)."""
     from collections import Counter
 
     from ..errors import ConfigError
     from ..synth.build import build_world
 
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
-    if any(n < 0 for n in sizes.values()) or not 0 <= args.document_share <= 1:
+    share = args.document_share if args.document_share is not None else 0.4 if args.benchmarks else 0.5
+    if any(n < 0 for n in sizes.values()) or not 0 <= share <= 1:
         raise ConfigError("image counts must be >= 0 and --document-share within [0, 1]")
-    paths = build_world(args.output, args.seed, {k: v for k, v in sizes.items() if v}, args.document_share)
+    if args.benchmarks:
+        from ..synth.benchmark_sets import write_demo_benchmarks
+
+        paths = write_demo_benchmarks(args.output, args.seed, args.test, share)
+        summary = {name: {"file": str(path)} for name, path in paths.items()}
+        print(json.dumps(summary, indent=1))
+        return summary
+    paths = build_world(args.output, args.seed, {k: v for k, v in sizes.items() if v}, share)
     summary = {}
     for split, path in paths.items():
         records = json.loads(path.read_text())
@@ -35,5 +44,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     parser.add_argument("--validation", type=int, default=100)
     parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--document-share", type=float, default=0.5, help="share of images that are documents")
+    parser.add_argument("--document-share", type=float, default=None,
+                        help="share of images that are documents (default 0.5; 0.4 with --benchmarks)")
+    parser.add_argument("--benchmarks", action="store_true",
+                        help="write the test split as VLMEvalKit-format demo benchmark TSVs (minicpmv eval run -b demo)")
     parser.set_defaults(run=lambda args: synth(args) and 0)
