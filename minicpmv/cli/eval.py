@@ -25,11 +25,14 @@ def score(predictions: str, benchmark: str, as_json: bool = False) -> dict:
 
 
 def metrics_table(result: dict) -> str:
+    from ..evaluation.compare import bootstrap_mean, row_scores
     from ..evaluation.scoring import headline
 
     name, value = headline(result)
     width = max(len(k) for k in result["metrics"])
-    lines = [f"{result['benchmark']}: {len(result['per_row'])} rows, {name} = {_number(value)}"]
+    mean, low, high = bootstrap_mean(list(row_scores(result).values()), samples=1000)
+    lines = [f"{result['benchmark']}: {len(result['per_row'])} rows, {name} = {_number(value)}; "
+             f"per-row score {mean:.4f} (95% CI {low:.4f}-{high:.4f})"]
     lines += [f"  {k:<{width}}  {_number(v)}" for k, v in sorted(result["metrics"].items())]
     return "\n".join(lines)
 

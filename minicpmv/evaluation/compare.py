@@ -28,6 +28,15 @@ def row_scores(result: dict) -> dict[str, float]:
     return values
 
 
+def bootstrap_mean(values: list[float], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5th, 97.5th percentile of the mean over `samples` resamplings with replacement)."""
+    if not values:
+        raise TableError("no rows to resample")
+    rng, n = random.Random(seed), len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return sum(values) / n, means[int(0.025 * samples)], means[min(samples - 1, int(0.975 * samples))]
+
+
 def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int = BOOTSTRAP_SAMPLES,
                      seed: int = 0) -> dict:
     """Mean of b - a over the shared rows, and the 2.5/97.5 percentiles of that mean over
@@ -35,13 +44,10 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int = BO
     shared = sorted(set(a) & set(b))
     if not shared:
         raise TableError("the two runs share no rows")
-    diffs = [b[i] - a[i] for i in shared]
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    difference, low, high = bootstrap_mean([b[i] - a[i] for i in shared], samples, seed)
+    n = len(shared)
     return {"rows": n, "mean_a": sum(a[i] for i in shared) / n, "mean_b": sum(b[i] for i in shared) / n,
-            "difference": sum(diffs) / n, "low": means[int(0.025 * samples)],
-            "high": means[min(samples - 1, int(0.975 * samples))]}
+            "difference": difference, "low": low, "high": high}
 
 
 def _predictions(path: Path) -> dict[str, str]:
