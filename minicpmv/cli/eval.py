@@ -34,6 +34,8 @@ def metrics_table(result: dict) -> str:
     lines = [f"{result['benchmark']}: {len(result['per_row'])} rows, {name} = {_number(value)}; "
              f"per-row score {mean:.4f} (95% CI {low:.4f}-{high:.4f})"]
     lines += [f"  {k:<{width}}  {_number(v)}" for k, v in sorted(result["metrics"].items())]
+    if result["benchmark"].startswith("MathVista"):
+        lines.append("  (rule-based part only: published MathVista numbers also use a GPT judge)")
     return "\n".join(lines)
 
 
