@@ -132,3 +132,40 @@ def test_every_model_path_runs_the_same_rows(tmp_path, demo_sets):
         answers[name] = [r[-1] for r in read_cells(tmp_path / name / "demo_mcq.tsv")[1]]
     assert answers["low-memory"] == answers["float"] == answers["gguf"]
     assert len(answers["int8"]) == 3
+
+
+class Recorder:
+    """Answers "A" and keeps what it was asked (the runner's plumbing, without a model)."""
+    version = "2.6"
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, contents, max_new_tokens):
+        self.asked += contents
+        return ["A"] * len(contents)
+
+
+def test_circular_copy_takes_the_image_of_its_base_row(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from minicpmv.evaluation.tsv import write_table
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 12), (200, 10, 10)).save(buffer, format="PNG")
+    picture = base64.b64encode(buffer.getvalue()).decode()
+    base = {"question": "Which?", "A": "cat", "B": "dog", "answer": "A", "category": "c", "l2-category": "l",
+            "split": "dev"}
+    rows = [dict(base, index=1000000, image="0"), dict(base, index=0, image=picture), dict(base, index=2000000, image="0")]
+    write_table(tmp_path / "mmb.tsv", ["index", "image", "question", "A", "B", "answer", "category", "l2-category",
+                                       "split"], rows)
+    recorder = Recorder()
+    recorder.version = "2.5"  # 2.6 would enlarge MMBench images at random
+    result = run_benchmark(recorder, get_benchmark("MMBench_DEV_EN"), tmp_path / "mmb.tsv", tmp_path / "out", limit=2,
+                           show_progress=False)
+    assert [c[1].size for c in recorder.asked] == [(10, 12), (10, 12)]  # the copy read row 0's picture
+    assert recorder.asked[0][2] == "Question: Which?\nOptions:\nA. cat\nB. dog\n"
+    assert result["per_row"]["1000000"]["group"] == "0" and result["metrics"]["split=dev|Overall"] == 1.0

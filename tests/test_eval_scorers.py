@@ -200,3 +200,17 @@ def test_table_error_on_ragged_rows(tmp_path):
     path.write_text('"index"\t"prediction"\n"1"\n')
     with pytest.raises(TableError, match="line 2"):
         read_table(path)
+
+
+def test_chair_coco_table_merges_two_word_names_first():
+    """Two-word names win over their last word (teddy bear is not a bear, hot dog not a dog)."""
+    table = chair.synonym_table("coco")
+    text = "Two men ride bikes past a hot dog stand; a teddy bear sits near the wine glasses."
+    assert chair.mentioned_objects(text, table) == ["person", "bicycle", "hot dog", "teddy bear", "wine glass"]
+
+
+def test_chair_coloured_table_counts_a_wrong_colour():
+    """At colour + shape level a description's wrong colour is a hallucinated object."""
+    rows = [{"index": 1, "objects": "['blue circle']", "prediction": "A large red circle at the center."}]
+    assert chair.chair_metrics(rows, "demo")[0]["CHAIRs"] == 0
+    assert chair.chair_metrics([dict(rows[0])], "demo_coloured")[1]["1"]["hallucinated"] == ["red circle"]

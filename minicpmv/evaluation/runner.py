@@ -140,6 +140,8 @@ def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Pa
     columns, rows = read_table(data)
     if "index" not in columns or "question" not in columns or "image" not in columns:
         raise TableError(f"{data}: a benchmark file needs index, image and question columns")
+    # copies may share the image of a row past --limit (MMBench's circular copies)
+    images_by_index = {str(r["index"]): str(r["image"]) for r in rows if len(str(r.get("image", ""))) > 64}
     cells, rows = cells[:limit], rows[:limit]
     partial = output / f"{bench.name}.part{rank}.jsonl"
     if partial.exists() and partial.stat().st_size and not resume:
@@ -148,7 +150,6 @@ def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Pa
     if resume and not partial.exists() and final.exists():  # a finished run: its answers stand
         _seed_partial(partial, *read_cells(final))
     (output / f"{bench.name}.done{rank}").unlink(missing_ok=True)
-    images_by_index = {str(r["index"]): str(r["image"]) for r in rows if len(str(r.get("image", ""))) > 64}
     limit_tokens = max_new_tokens or wrapper_max_tokens(bench, answerer.version)
     answered, seconds = _answer_shard(answerer, bench, rows[rank::world], images_by_index, partial,
                                       max(1, batch_size), limit_tokens, show_progress and rank == 0)
