@@ -1,4 +1,5 @@
-"""`minicpmv train`: the paper's pre-training stages, SFT and LoRA on the official JSON format."""
+"""`minicpmv train`: the paper's pre-training stages, SFT and LoRA on the official JSON format, and DPO
+on preference pairs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from ..errors import ConfigError
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Train a checkpoint with a recipe (stage1, stage2, stage3, sft, lora) on a fine-tuning JSON.
+    """Train a checkpoint with a recipe (stage1, stage2, stage3, sft, lora) on a fine-tuning JSON,
+    or (dpo, dpo-lora) on preference pairs (JSON or JSONL of image, question, chosen, rejected).
 
     One process, or `torchrun --nproc-per-node N -m minicpmv train ...` (DDP; `--set
     distributed=fsdp` to shard). Prints a memory estimate, shows progress with loss and
@@ -41,9 +43,10 @@ def train(args: argparse.Namespace) -> dict:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("train", help="pre-training stages, SFT or LoRA on a fine-tuning JSON",
                                    description=train.__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", required=True, choices=["stage1", "stage2", "stage3", "sft", "lora"])
+    parser.add_argument("--recipe", required=True, choices=["stage1", "stage2", "stage3", "sft", "lora", "dpo", "dpo-lora"])
     parser.add_argument("--model", "-m", required=True, help="checkpoint folder to start from")
-    parser.add_argument("--data", required=True, help="training JSON in the official fine-tuning format")
+    parser.add_argument("--data", required=True,
+                        help="training JSON in the official fine-tuning format (dpo: preference pairs)")
     parser.add_argument("--output", "-o", required=True, help="folder for checkpoints and metrics")
     parser.add_argument("--config", help="YAML file of recipe settings")
     parser.add_argument("--max-steps", type=int)

@@ -45,6 +45,9 @@ class Recipe:
     save_every: int = 0  # steps between checkpoints (0: only at the end)
     seed: int = 0
     distributed: str = "ddp"  # under torchrun: ddp, or fsdp for models that do not fit one device
+    objective: str = "sft"  # sft: next-token loss on the answers; dpo: preference pairs (training/dpo.py)
+    dpo_beta: float = 0.1  # DPO's beta (RLAIF-V's training scripts)
+    sft_weight: float = 0.0  # DPO only: minus this times the chosen answers' summed log-prob
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -57,6 +60,10 @@ class Recipe:
             raise ConfigError(f"precision: {self.precision!r} is not auto, float32 or bfloat16")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError(f"distributed: {self.distributed!r} is not ddp or fsdp")
+        if self.objective not in ("sft", "dpo"):
+            raise ConfigError(f"objective: {self.objective!r} is not sft or dpo")
+        if self.objective == "dpo" and (self.packing or self.cache_image_features):
+            raise ConfigError(f"recipe {self.name}: DPO takes pairs as they are: no packing, no cached image features")
         if self.cache_image_features and {"vpm", "resampler"} & set(self.train):
             raise ConfigError(f"recipe {self.name}: cache_image_features needs the vision encoder and resampler "
                               f"frozen, but train has {sorted({'vpm', 'resampler'} & set(self.train))}")
@@ -76,6 +83,12 @@ RECIPES = {
     "sft": Recipe("sft", ("vpm", "resampler", "llm")),
     # LoRA (official finetune_lora.sh): adapters on q/k/v/o, resampler trained in full
     "lora": Recipe("lora", ("resampler",), lora=True),
+    # RLAIF-V's DPO (rlaifv.md §4): every part, lr 5e-7, cosine with 5% warm-up, weight decay 0.01
+    "dpo": Recipe("dpo", ("vpm", "resampler", "llm"), objective="dpo", learning_rate=5e-7, warmup_ratio=0.05,
+                  weight_decay=0.01),
+    # the same with LoRA adapters on the LLM (lr 1e-5), everything else frozen
+    "dpo-lora": Recipe("dpo-lora", (), lora=True, objective="dpo", learning_rate=1e-5, warmup_ratio=0.05,
+                       weight_decay=0.01),
 }
 
 

@@ -14,6 +14,7 @@ from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
 from .checkpoints import STATE, latest_checkpoint
 from .data import ChatDataset, SampleBuilder
+from .dpo import PreferenceDataset, make_dpo_trainer
 from .memory import describe, estimate_memory
 from .recipes import Recipe
 from .trainer import Trainer, World, seed_everything
@@ -39,8 +40,8 @@ def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, outpu
     world = World.from_env()
     seed_everything(recipe.seed)
     resumed = latest_checkpoint(output) if resume else None
-    dataset = ChatDataset(data, SampleBuilder(processor_for(recipe, model_path), recipe.max_length,
-                                              recipe.max_slice_nums))
+    builder = SampleBuilder(processor_for(recipe, model_path), recipe.max_length, recipe.max_slice_nums)
+    dataset = PreferenceDataset(data, builder) if recipe.objective == "dpo" else ChatDataset(data, builder)
     model = load_model(resumed or model_path)
     if recipe.lora:
         from .lora import add_lora, load_adapter
@@ -48,7 +49,10 @@ def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, outpu
         add_lora(model, recipe)
         if resumed is not None:
             load_adapter(model, resumed)
-    trainer = Trainer(model, dataset, recipe, output, model_path, world, progress)
+    if recipe.objective == "dpo":  # the reference pass runs here, on the start model (LoRA adapters start at 0)
+        trainer = make_dpo_trainer(model, dataset, recipe, output, model_path, world, progress)
+    else:
+        trainer = Trainer(model, dataset, recipe, output, model_path, world, progress)
     if resumed is not None:
         trainer.load_state(torch.load(resumed / STATE, weights_only=False))
     if world.rank == 0:

@@ -221,22 +221,9 @@ class Trainer:
 
     def train_step(self) -> dict:
         start = time.perf_counter()
-        batches = self._micro_batches(self._next_indices())
-        tokens = self.world.sum(sum(b.supervised_tokens for b in batches))
         self.module.train()
+        record, tokens_seen = self._accumulate_gradients()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        total = 0.0
-        for number, batch in enumerate(batches, 1):
-            # DDP reduces gradients once, after the last micro-batch
-            sync = number == len(batches) or not hasattr(self.module, "no_sync")
-            with contextlib.nullcontext() if sync else self.module.no_sync():
-                with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                    loss_sum = token_loss_sum(self.module, batch)
-                if not loss_sum.requires_grad:  # nothing trainable took part (stage 1, text only): still a backward
-                    loss_sum = loss_sum + sum(p.sum() for p in trainable) * 0.0
-                # DDP averages gradients over processes: scale so that the result is sum / global tokens
-                (loss_sum * self.world.size / max(tokens, 1)).backward()
-            total += float(loss_sum.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.recipe.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -244,11 +231,32 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         seconds = time.perf_counter() - start
-        tokens_seen = self.world.sum(sum(b.real_tokens for b in batches))  # padding is not throughput
-        return {"step": self.step, "loss": self.world.sum(total) / max(tokens, 1), "lr": lr,
-                "grad_norm": float(grad_norm), "supervised_tokens": int(tokens),
+        return {"step": self.step, **record, "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": tokens_seen / seconds, "seconds": seconds, "epoch": self.epoch,
                 "skipped": dict(self.dataset.skipped)}
+
+    def _sync(self, number: int, count: int):
+        """DDP reduces gradients once, after the last micro-batch: no_sync before it."""
+        sync = number == count or not hasattr(self.module, "no_sync")
+        return contextlib.nullcontext() if sync else self.module.no_sync()
+
+    def _accumulate_gradients(self) -> tuple[dict, int]:
+        """Backward over this step's micro-batches; (metrics, real tokens seen by all processes)."""
+        batches = self._micro_batches(self._next_indices())
+        tokens = self.world.sum(sum(b.supervised_tokens for b in batches))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        total = 0.0
+        for number, batch in enumerate(batches, 1):
+            with self._sync(number, len(batches)):
+                with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    loss_sum = token_loss_sum(self.module, batch)
+                if not loss_sum.requires_grad:  # nothing trainable took part (stage 1, text only): still a backward
+                    loss_sum = loss_sum + sum(p.sum() for p in trainable) * 0.0
+                # DDP averages gradients over processes: scale so that the result is sum / global tokens
+                (loss_sum * self.world.size / max(tokens, 1)).backward()
+            total += float(loss_sum.detach())
+        tokens_seen = self.world.sum(sum(b.real_tokens for b in batches))  # padding is not throughput
+        return {"loss": self.world.sum(total) / max(tokens, 1), "supervised_tokens": int(tokens)}, tokens_seen
 
     def train(self, max_steps: int | None = None) -> list[dict]:
         """Run until `recipe.max_steps` (or `max_steps` more steps); saves at the end."""

@@ -1,0 +1,78 @@
+"""Divide and conquer: a response -> atomic claims -> yes/no questions -> a labeler's verdict
+per claim -> the response's score (minus the number of rejected claims).
+
+The claim splitter and question rewriter are any instruct model prompted with SPLIT_PROMPT and
+QUESTION_PROMPT (their outputs parsed by `parse_bullets`); `demo_claims` is a rule-based
+splitter for the demo world's own description sentences, a splitter only: its claims are still
+verified by the labeler."""
+
+from __future__ import annotations
+
+import re
+
+PROMPT_WORDS = 300  # the whole splitting prompt is cut to its first 300 words
+YES_WORDS, NO_WORDS = ("yes", "Yes"), ("no", "No")
+QUESTION_SUFFIX = " Please answer yes or no."
+
+SPLIT_PROMPT = (
+    "You are an expert at extracting facts from a question and its answer about an image. Rewrite the facts the "
+    "answer states as self-contained sentences, one fact each; leave out opinions and subjective statements.\n"
+    "Write them in this format:\n### Facts:\n- first fact\n- second fact\n\n"
+    "Question: {question}\nAnswer: {answer}")
+QUESTION_PROMPT = (
+    "You are an expert at turning declarative sentences into general (yes/no) questions. Turn the sentences below "
+    "into questions one by one, without changing their tense or adding anything. If a sentence contains not, no or "
+    "another negative word, its question must keep that negation.\n"
+    "Write them in this format:\n### Modified sentences:\n- first question\n- second question\n\n"
+    "Sentences:\n{facts}")
+
+
+def first_words(text: str, count: int = PROMPT_WORDS) -> str:
+    return " ".join(text.split()[:count])
+
+
+def split_prompt(question: str, answer: str) -> str:
+    return first_words(SPLIT_PROMPT.format(question=question, answer=answer))
+
+
+def question_prompt(facts: list[str]) -> str:
+    return QUESTION_PROMPT.format(facts="\n".join(f"- {fact}" for fact in facts))
+
+
+def parse_bullets(text: str) -> list[str]:
+    """The bullet items of a splitter's output: every non-empty line without '###', its first
+    character (the bullet) dropped, stripped."""
+    return [line[1:].strip() for line in text.split("\n") if line.strip() and "###" not in line]
+
+
+def verification_question(question: str) -> str:
+    return question + QUESTION_SUFFIX
+
+
+def claim_label(probabilities: dict[str, float]) -> int:
+    """1 (the claim holds) if P(yes) + P(Yes) > P(no) + P(No), else 0; a tie rejects."""
+    yes = sum(probabilities.get(w, 0.0) for w in YES_WORDS)
+    no = sum(probabilities.get(w, 0.0) for w in NO_WORDS)
+    return int(yes > no)
+
+
+def response_score(labels: list[int]) -> int | None:
+    """sum(labels) - len(labels) = -(rejected claims); None for a response with no claims."""
+    return sum(labels) - len(labels) if labels else None
+
+
+# The demo world's descriptions: "A large red circle at the top left, a small blue star at the
+# center and a small green square at the bottom right."
+_OBJECT = re.compile(r"\b(?:an?|the)\s+(?:(small|large)\s+)?(\w+)\s+(circle|square|triangle|star)s?"
+                     r"(?:\s+at\s+the\s+((?:top|middle|bottom)\s+(?:left|center|right)|center))?", re.I)
+
+
+def demo_claims(answer: str) -> list[tuple[str, str]]:
+    """(claim, yes/no question) per object a demo-world description names (rule-based splitter
+    for the demo world's sentence forms; the labeler still judges each claim)."""
+    claims = []
+    for size, colour, shape, place in _OBJECT.findall(answer):
+        thing = " ".join(w for w in (size.lower(), colour.lower(), shape.lower()) if w)
+        where = f" at the {place.lower()}" if place else ""
+        claims.append((f"There is a {thing}{where}.", f"Is there a {thing}{where}?"))
+    return claims
