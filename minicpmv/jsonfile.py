@@ -19,3 +19,15 @@ def read_json_object(path: Path, missing_hint: str = "") -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
+
+
+def open_for_append(path: Path):
+    """Open a JSON-lines file to append to, first cutting a last line that a kill left without
+    its newline (it would otherwise run into the next record)."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+    return open(path, "a", encoding="utf-8")

@@ -28,7 +28,9 @@ QUESTION_PROMPT = (
 
 
 def first_words(text: str, count: int = PROMPT_WORDS) -> str:
-    return " ".join(text.split()[:count])
+    """The text up to the end of its `count`-th whitespace-separated word (line breaks kept)."""
+    words = list(re.finditer(r"\S+", text))
+    return text if len(words) <= count else text[:words[count - 1].end()]
 
 
 def split_prompt(question: str, answer: str) -> str:

@@ -7,10 +7,10 @@ import argparse
 import sys
 
 from ..errors import MiniCPMVError
-from . import (bench, chat, eval as eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve,
+from . import (align, bench, chat, eval as eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve,
                synth, train, tune)
 
-COMMANDS = [bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth,
+COMMANDS = [align, bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth,
             train, tune]
 
 

@@ -47,17 +47,19 @@ def openai_content(content: list) -> list[dict]:
 
 class EndpointAnswerer:
     """POST /chat/completions under `api_base` (e.g. http://127.0.0.1:8080/v1), greedy
-    (temperature 0): the OpenAI API has no beam search. `concurrency` requests at once."""
+    (temperature 0) unless `sampling` says otherwise: the OpenAI API has no beam search.
+    `concurrency` requests at once."""
 
     def __init__(self, api_base: str, api_key: str | None = None, concurrency: int = 1, model: str | None = None,
-                 version: str = "2.6", timeout: float = 600.0):
+                 version: str = "2.6", timeout: float = 600.0, sampling: dict | None = None):
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.api_key, self.model, self.version, self.timeout = api_key, model, version, timeout
+        self.sampling = sampling or {"temperature": 0}  # e.g. {"temperature": 0.2, "top_p": 0.9}
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
 
     def _one(self, content: list, max_new_tokens: int) -> str:
         body = {"messages": [{"role": "user", "content": openai_content(content)}], "max_tokens": max_new_tokens,
-                "temperature": 0}
+                **self.sampling}
         if self.model:
             body["model"] = self.model
         headers = {"Content-Type": "application/json"}

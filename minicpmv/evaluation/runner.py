@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import MiniCPMVError
+from ..jsonfile import open_for_append
 from .benchmarks import Benchmark
 from .prompts import build_prompt, max_new_tokens as wrapper_max_tokens, message_content, upsize
 from .scoring import score
@@ -77,7 +78,7 @@ def _answer_shard(answerer, bench, rows, images_by_index, partial: Path, batch_s
     done = _read_partial(partial)
     todo = [r for r in rows if str(r["index"]) not in done]
     start = time.perf_counter()
-    with open(partial, "a", encoding="utf-8") as out, \
+    with open_for_append(partial) as out, \
             tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", disable=not show_progress,
                  desc=bench.name) as bar:
         for first in range(0, len(todo), batch_size):

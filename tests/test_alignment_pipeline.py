@@ -1,0 +1,95 @@
+"""`minicpmv align`: the stages on the bundled demo model (its descriptions, the demo-world rule
+splitter, the model as its own labeler), resumable files, and the labeler's token choice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from minicpmv.alignment.labeler import answer_token_ids
+from minicpmv.alignment.pipeline import ModelSplitter, read_jsonl, read_instructions, sample_responses
+
+pytest.importorskip("yaml")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from minicpmv.synth.build import split_rng
+    from minicpmv.synth.scenes import random_scene
+
+    folder = tmp_path_factory.mktemp("scenes")
+    for i in range(4):
+        random_scene(split_rng(5, "align", i)).render().save(folder / f"s{i}.png")
+    path = folder / "instructions.jsonl"
+    path.write_text("".join(json.dumps({"image_path": f"s{i}.png", "question": "Describe the image."}) + "\n"
+                            for i in range(4)))
+    return path
+
+
+def test_align_run_end_to_end_and_again_resumes(scenes, tmp_path):
+    command = [sys.executable, "-m", "minicpmv", "align", "run", "--instructions", str(scenes), "-o", str(tmp_path),
+               "--n", "4", "--temperature", "1.0", "--max-new-tokens", "48", "--splitter", "demo-rules",
+               "--max-steps", "2", "--set", "precision=float32"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    round_ = tmp_path / "iteration-1"
+    summary = json.loads((round_ / "pairs-summary.json").read_text())
+    pairs = read_jsonl(round_ / "pairs.jsonl")
+    assert summary["kept"] == len(pairs) >= 1 and summary["instructions"] == 4 and summary["responses"] == 16
+    for pair in pairs:
+        chosen, rejected = pair["org_infos"]["chosen"], pair["org_infos"]["rejected"]
+        assert chosen["score"] - rejected["score"] >= 1 and pair["chosen"] != pair["rejected"]
+        assert chosen["score"] == -chosen["labels"].count(0)
+    feedback = read_jsonl(round_ / "feedback.jsonl")
+    judged = feedback[0]["responses"][0]
+    assert feedback[0]["splitter"] == "demo-rules" and len(judged["labels"]) == len(judged["claims"])
+    assert set(judged["probabilities"][0]) == {"yes", "Yes", "no", "No"}
+    assert (round_ / "dpo" / "checkpoint-000002" / "model.safetensors").exists()
+    before = {p.name: p.read_text() for p in round_.glob("*.jsonl")}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every stage already done
+    assert again.returncode == 0 and {p.name: p.read_text() for p in round_.glob("*.jsonl")} == before
+
+
+def test_sampling_resumes_to_the_same_file(scenes, tmp_path):
+    import minicpmv
+    from minicpmv.bundled import demo_model_path
+
+    chat = minicpmv.load(demo_model_path())
+    items = read_instructions(scenes)[:3]
+    whole = sample_responses(chat, items, tmp_path / "whole", n=3, max_new_tokens=24, progress=False)
+    lines = whole.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "responses.jsonl").write_text(lines[0] + lines[1][:20])  # killed while writing the second
+    sample_responses(chat, items, cut, n=3, max_new_tokens=24, progress=False)
+    assert read_jsonl(cut / "responses.jsonl") == read_jsonl(whole)
+
+
+class FakeTokenizer:
+    def __init__(self, vocabulary, bos=None):
+        self.vocabulary, self.bos = vocabulary, bos
+
+    def encode(self, text):
+        return ([self.bos] if self.bos is not None else []) + [self.vocabulary[p] for p in text.split("|") if p]
+
+
+def test_labeler_asks_for_each_word_s_first_token():
+    """One-token words: RLAIF-V's last id of BOS + word; split words: their first piece."""
+    single = FakeTokenizer({"yes": 5, "Yes": 6, "no": 7, "No": 8}, bos=1)
+    assert answer_token_ids(single) == {"yes": 5, "Yes": 6, "no": 7, "No": 8}
+    split = FakeTokenizer({"y|es": 0, "y": 2, "es": 3, "Y": 4, "n": 9, "o": 10, "N": 11})
+    split.encode = lambda text: {"yes": [2, 3], "Yes": [4, 3], "no": [9, 10], "No": [11, 10], "": []}[text]
+    assert answer_token_ids(split) == {"yes": 2, "Yes": 4, "no": 9, "No": 11}
+
+
+def test_model_splitter_parses_both_prompts():
+    replies = iter(["### Facts:\n- There is a cat.\n- The cat is black.", "### Modified sentences:\n- Is there a cat?\n"
+                    "- Is the cat black?"])
+    asked = []
+    splitter = ModelSplitter(lambda prompt: asked.append(prompt) or next(replies))
+    assert splitter("Describe.", "A black cat.") == (["There is a cat.", "The cat is black."],
+                                                      ["Is there a cat?", "Is the cat black?"])
+    assert "Question: Describe.\nAnswer: A black cat." in asked[0] and "- The cat is black." in asked[1]
