@@ -214,3 +214,15 @@ def test_chair_coloured_table_counts_a_wrong_colour():
     rows = [{"index": 1, "objects": "['blue circle']", "prediction": "A large red circle at the center."}]
     assert chair.chair_metrics(rows, "demo")[0]["CHAIRs"] == 0
     assert chair.chair_metrics([dict(rows[0])], "demo_coloured")[1]["1"]["hallucinated"] == ["red circle"]
+
+
+def test_attribute_hallucination_counts_a_wrong_size_or_place():
+    """Demo descriptions with every attribute counted: a right shape at the wrong place is wrong."""
+    assert chair.demo_objects("A large red circle at the top left and a star.") == [
+        "large red circle at the top left"]  # "a star" names no colour: not an object sentence
+    rows = [{"index": 1, "objects": "['small red circle at the top left']",
+             "prediction": "A large red circle at the top left."},
+            {"index": 2, "objects": "['small blue star at the center']", "prediction": "A small blue star at the center."}]
+    metrics, per_row = chair.chair_metrics(rows, "demo_coloured")
+    assert metrics["CHAIRs"] == 0 and metrics["attribute_response_rate"] == 50
+    assert per_row["1"]["wrong_attributes"] == ["large red circle at the top left"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from ..evaluation.chair import demo_objects
+
 PROMPT_WORDS = 300  # the whole splitting prompt is cut to its first 300 words
 YES_WORDS, NO_WORDS = ("yes", "Yes"), ("no", "No")
 QUESTION_SUFFIX = " Please answer yes or no."
@@ -63,18 +65,7 @@ def response_score(labels: list[int]) -> int | None:
     return sum(labels) - len(labels) if labels else None
 
 
-# The demo world's descriptions: "A large red circle at the top left, a small blue star at the
-# center and a small green square at the bottom right."
-_OBJECT = re.compile(r"\b(?:an?|the)\s+(?:(small|large)\s+)?(\w+)\s+(circle|square|triangle|star)s?"
-                     r"(?:\s+at\s+the\s+((?:top|middle|bottom)\s+(?:left|center|right)|center))?", re.I)
-
-
 def demo_claims(answer: str) -> list[tuple[str, str]]:
     """(claim, yes/no question) per object a demo-world description names (rule-based splitter
     for the demo world's sentence forms; the labeler still judges each claim)."""
-    claims = []
-    for size, colour, shape, place in _OBJECT.findall(answer):
-        thing = " ".join(w for w in (size.lower(), colour.lower(), shape.lower()) if w)
-        where = f" at the {place.lower()}" if place else ""
-        claims.append((f"There is a {thing}{where}.", f"Is there a {thing}{where}?"))
-    return claims
+    return [(f"There is a {thing}.", f"Is there a {thing}?") for thing in demo_objects(answer)]

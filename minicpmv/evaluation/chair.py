@@ -82,6 +82,36 @@ def ground_truth(value, table: dict[str, str]) -> set[str]:
     return truth
 
 
+# The demo world's descriptions name objects as "a large red circle at the top left"
+_DEMO_OBJECT = re.compile(r"\b(?:an?|the)\s+(?:(small|large)\s+)?(\w+)\s+(circle|square|triangle|star)s?"
+                          r"(?:\s+at\s+the\s+((?:top|middle|bottom)\s+(?:left|center|right)|center))?", re.I)
+
+
+def demo_objects(text: str) -> list[str]:
+    """Each object a demo-world description names, with every attribute it gives:
+    'large red circle at the top left' (size and place only when stated)."""
+    found = []
+    for size, colour, shape, place in _DEMO_OBJECT.findall(text):
+        thing = " ".join(w for w in (size.lower(), colour.lower(), shape.lower()) if w)
+        found.append(thing + (f" at the {place.lower()}" if place else ""))
+    return found
+
+
+def attribute_hallucination(rows: list[dict]) -> tuple[dict, dict]:
+    """Hallucination with every attribute counted (demo world): an object named with a size,
+    colour, shape or place that no object of the image has is wrong. Percentages of responses
+    with a wrong object and of named objects that are wrong."""
+    per_row, named, wrong, bad = {}, 0, 0, 0
+    for row in rows:
+        truth = set(ast.literal_eval(str(row["objects"])))
+        objects = demo_objects(str(row["prediction"]))
+        mistaken = [o for o in objects if o not in truth]
+        named, wrong, bad = named + len(objects), wrong + len(mistaken), bad + bool(mistaken)
+        per_row[str(row["index"])] = {"objects": objects, "wrong": mistaken}
+    return {"attribute_response_rate": 100 * bad / len(rows),
+            "attribute_mention_rate": 100 * wrong / named if named else 0.0}, per_row
+
+
 def chair_metrics(rows: list[dict], table_name: str = "demo") -> tuple[dict, dict]:
     """CHAIRs (responses with a hallucinated object), the response hallucination rate among
     responses naming any object, CHAIRi = the mention hallucination rate, and object recall; all
@@ -109,4 +139,9 @@ def chair_metrics(rows: list[dict], table_name: str = "demo") -> tuple[dict, dic
         "responses": len(rows), "mentions": mentions,
     }
     metrics["mention_hallucination_rate"] = metrics["CHAIRi"]
+    if table_name.startswith("demo") and all(" at the " in str(row["objects"]) for row in rows):
+        extra, attribute_rows = attribute_hallucination(rows)
+        metrics.update(extra)
+        for index, fields in attribute_rows.items():
+            per_row[index]["wrong_attributes"] = fields["wrong"]
     return metrics, per_row

@@ -7,7 +7,8 @@ image by image from their own random streams.
   the scene holds and ones it does not (answers Yes/No; category says which kind);
 - demo_mcq: colour, shape and count questions as 4-option MCQs (category = task);
 - demo_vqa: the documents' short-answer questions (total, price, line, field, cell, sign), ANLS;
-- demo_caption: "Describe the image." with the scene's object list, for CHAIR.
+- demo_caption: "Describe the image." with the scene's objects ("small red circle at the top
+  left"), for CHAIR and for hallucination with every attribute counted.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def demo_rows(seed: int = DEMO_SEED, images: int = DEMO_IMAGES,
         own = random.Random(f"{seed}/benchmarks/{number}")  # the sets' own draws: the world's stay as they were
         sets["demo_yorn"] += [dict(row, image=image) for row in _yes_no(scene, own)]
         sets["demo_mcq"] += [dict(row, image=image) for row in _choices(scene, asked, own)]
-        objects = [f"{t.colour} {t.shape}" for t in scene.things]
+        objects = [f"{t.size} {t.colour} {t.shape} at the {t.place}" for t in scene.things]
         sets["demo_caption"].append({"image": image, "question": "Describe the image.", "objects": repr(objects)})
     for rows in sets.values():
         for index, row in enumerate(rows):

@@ -215,3 +215,31 @@ def survey_questions(scene: Scene) -> list[tuple[str, str, str]]:
         result.append(("count", f"How many {absent[len(scene.things) % len(absent)]} things are there?", "zero"))
     result.append(("count", "How many shapes are there?", NUMBER_WORDS[len(scene.things)]))
     return result
+
+
+PLACES = ("center", *(f"{row} {column}" for row in ROWS for column in COLUMNS if (row, column) != ("middle", "center")))
+
+
+def claim_text(size: str, colour: str, shape: str, place: str) -> str:
+    """The yes/no question a description's object becomes (`minicpmv.alignment.feedback.demo_claims`)."""
+    return f"Is there a {size} {colour} {shape} at the {place}?"
+
+
+def verify_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """(question, "Yes"/"No") about each object: its own claim, and the claim with one of size,
+    colour, shape or place changed so that no object of the scene fits it. What a labeler is
+    asked in the alignment loop (RLAIF-V's verification questions, + " Please answer yes or no.")."""
+    held = {(t.size, t.colour, t.shape, t.place) for t in scene.things}
+    result = []
+    for thing in scene.things:
+        true = (thing.size, thing.colour, thing.shape, thing.place)
+        result.append((claim_text(*true) + " Please answer yes or no.", "Yes"))
+        for _ in range(20):
+            changed = list(true)
+            slot = rng.randrange(4)
+            changed[slot] = rng.choice([v for v in (tuple(SIZES), tuple(COLOURS), SHAPES, PLACES)[slot] if v != true[slot]])
+            if tuple(changed) not in held:
+                result.append((claim_text(*changed) + " Please answer yes or no.", "No"))
+                break
+    rng.shuffle(result)
+    return result

@@ -1,0 +1,157 @@
+"""The paper's hallucination claim in miniature: RLAIF-V on the bundled demo model.
+
+    python scripts/align_demo_model.py --work runs/al [--steps verify,align,eval]
+
+1. verify: the bundled model never learnt yes/no, so it cannot label its own claims. A stage of
+   verification questions about the training scenes ("Is there a small red circle at the top
+   left? Please answer yes or no.", each object's own claim and one with an attribute changed),
+   mixed with the world's training records so nothing else is forgotten, teaches it (LLM only).
+2. align: `minicpmv align run` with that model as policy and labeler (self-feedback), the
+   demo-world rule splitter, on "Describe the image." about training scenes only.
+3. eval: the demo benchmark sets (the bundled model's test split) and a held-out caption set of
+   a world never trained on (seed 23), before and after, with `minicpmv eval run`.
+Every step is skipped when its output exists; each command is printed as it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from minicpmv.bundled import demo_model_path  # noqa: E402
+from minicpmv.synth.build import split_rng  # noqa: E402
+from minicpmv.synth.scenes import random_scene, verify_questions  # noqa: E402
+
+SEED, TRAIN_IMAGES, DOCUMENT_SHARE = 0, 2000, 0.4  # the bundled model's world
+VERIFY_REPEATS = 3
+HELDOUT_SEED, HELDOUT_IMAGES = 23, 600
+
+
+def run(*args: str) -> None:
+    print("+ " + " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+
+
+def minicpmv(*args: str) -> None:
+    run(sys.executable, "-m", "minicpmv", *args)
+
+
+def train_scenes() -> list[tuple[int, object]]:
+    """(index, scene) of the world's training scenes, regenerated from their random streams."""
+    scenes = []
+    for index in range(TRAIN_IMAGES):
+        rng = split_rng(SEED, "train", index)
+        if rng.random() >= DOCUMENT_SHARE:
+            scenes.append((index, random_scene(rng)))
+    return scenes
+
+
+def verify_stage(work: Path, args) -> Path:
+    world = work / "world"
+    if not (world / "train.json").exists():
+        minicpmv("synth", "-o", str(world), "--seed", str(SEED), "--train", str(TRAIN_IMAGES), "--validation", "0",
+                 "--test", "0", "--document-share", str(DOCUMENT_SHARE))
+    data = work / "verify" / "stage.json"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        records = json.loads((world / "train.json").read_text())
+        for record in records:
+            record["image"] = str((world / record["image"]).resolve())
+        for index, scene in train_scenes():
+            turns = verify_questions(scene, random.Random(f"verify/{index}"))
+            conversation = []
+            for number, (question, answer) in enumerate(turns):
+                conversation += [{"role": "user", "content": ("<image>\n" if number == 0 else "") + question},
+                                 {"role": "assistant", "content": answer}]
+            record = {"id": f"verify-{index}", "image": str((world / f"images/train-{index:05d}.png").resolve()),
+                      "task": "verify", "conversations": conversation}
+            records += [record] * VERIFY_REPEATS
+        data.write_text(json.dumps(records))
+    model = work / "verify-sft"
+    if not (model / "latest").exists():
+        minicpmv("train", "--recipe", "sft", "-m", str(demo_model_path()), "--data", str(data), "-o", str(model),
+                 "--max-steps", str(args.verify_steps), "--batch-size", "16", "--lr", "5e-4",
+                 "--set", "train=[llm]", "--set", "cache_image_features=true")
+    return model / (model / "latest").read_text().strip()
+
+
+def align_stage(work: Path, policy: Path, args) -> Path:
+    instructions = work / "instructions.jsonl"
+    if not instructions.exists():
+        world = (work / "world").resolve()
+        chosen = train_scenes()[:args.instructions]
+        instructions.write_text("".join(json.dumps({"image_path": str(world / f"images/train-{i:05d}.png"),
+                                                    "question": "Describe the image."}) + "\n" for i, _ in chosen))
+    out = work / "align"
+    minicpmv("align", "run", "-m", str(policy), "--instructions", str(instructions), "-o", str(out),
+             "--n", str(args.n), "--temperature", "0.7", "--max-new-tokens", "96", "--splitter", "demo-rules",
+             "--max-steps", str(args.dpo_steps), "--set", "train=[llm]", "--set", f"learning_rate={args.dpo_lr}",
+             "--set", "batch_size=8", "--set", f"dpo_beta={args.beta}")
+    dpo = out / "iteration-1" / "dpo"
+    return dpo / (dpo / "latest").read_text().strip()
+
+
+def eval_stage(work: Path, models: dict[str, Path]) -> None:
+    heldout = work / "heldout"
+    if not (heldout / "demo_caption.tsv").exists():
+        minicpmv("synth", "--benchmarks", "-o", str(heldout), "--seed", str(HELDOUT_SEED),
+                 "--test", str(HELDOUT_IMAGES), "--document-share", "0")
+    for name, model in models.items():
+        minicpmv("eval", "run", "-b", "demo", "-m", str(model), "-o", str(work / "eval" / name), "--resume")
+        minicpmv("eval", "run", "-b", "demo_caption", "--data", str(heldout / "demo_caption.tsv"), "-m", str(model),
+                 "-o", str(work / "eval-heldout" / name), "--resume")
+
+
+def verify_accuracy(model: Path, scenes: int = 120) -> dict:
+    """The labeler's accuracy on verification questions about the test split's scenes (never
+    trained on): each object's own claim and one changed, judged as the alignment loop judges."""
+    import minicpmv
+    from minicpmv.alignment.feedback import claim_label
+    from minicpmv.alignment.labeler import yes_no_probabilities
+
+    chat = minicpmv.load(model)
+    right = {"Yes": [0, 0], "No": [0, 0]}
+    for index in range(scenes * 2):
+        rng = split_rng(SEED, "test", index)
+        if rng.random() < DOCUMENT_SHARE:
+            continue
+        scene = random_scene(rng)
+        for question, answer in verify_questions(scene, random.Random(f"check/{index}")):
+            label = claim_label(yes_no_probabilities(chat, scene.render(), question))
+            right[answer][0] += label == (answer == "Yes")
+            right[answer][1] += 1
+    return {k: {"right": r, "of": n, "rate": r / n} for k, (r, n) in right.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/al")
+    parser.add_argument("--steps", default="verify,align,eval")
+    parser.add_argument("--verify-steps", type=int, default=400)
+    parser.add_argument("--instructions", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--dpo-steps", type=int, default=250)
+    parser.add_argument("--dpo-lr", default="1e-5")
+    parser.add_argument("--beta", default="0.1")
+    args = parser.parse_args()
+    work, steps = Path(args.work), args.steps.split(",")
+    policy = verify_stage(work, args)
+    if "check" in steps:
+        for name, model in (("bundled", demo_model_path()), ("verify", policy)):
+            print(name, json.dumps(verify_accuracy(model)), flush=True)
+    models = {"bundled": demo_model_path(), "verify": policy}
+    if "align" in steps:
+        models["aligned"] = align_stage(work, policy, args)
+    if "eval" in steps:
+        eval_stage(work, models)
+
+
+if __name__ == "__main__":
+    main()
