@@ -2,12 +2,13 @@
 
     python scripts/align_demo_model.py --work runs/al [--steps verify,align,eval]
 
-1. verify: the bundled model never learnt yes/no, so it cannot label its own claims. A stage of
+1. verify: the bundled model never learnt yes/no, so it cannot label claims. A stage of
    verification questions about the training scenes ("Is there a small red circle at the top
-   left? Please answer yes or no.", each object's own claim and one with an attribute changed),
-   mixed with the world's training records so nothing else is forgotten, teaches it (LLM only).
-2. align: `minicpmv align run` with that model as policy and labeler (self-feedback), the
-   demo-world rule splitter, on "Describe the image." about training scenes only.
+   left? Please answer yes or no.", each object's own claim and one with an attribute changed)
+   mixed with the world's training records, then one of them alone, makes a labeler of it (LLM
+   only); it no longer describes scenes, so it labels and the bundled model stays the policy.
+2. align: `minicpmv align run` with the bundled model as policy, that labeler, the demo-world
+   rule splitter, on "Describe the image." about training scenes only.
 3. eval: the demo benchmark sets (the bundled model's test split) and a held-out caption set of
    a world never trained on (seed 23), before and after, with `minicpmv eval run`.
 Every step is skipped when its output exists; each command is printed as it runs.
@@ -79,10 +80,22 @@ def verify_stage(work: Path, args) -> Path:
         minicpmv("train", "--recipe", "sft", "-m", str(demo_model_path()), "--data", str(data), "-o", str(model),
                  "--max-steps", str(args.verify_steps), "--batch-size", "16", "--lr", "5e-4",
                  "--set", "train=[llm]", "--set", "cache_image_features=true")
-    return model / (model / "latest").read_text().strip()
+    mixed = model / (model / "latest").read_text().strip()
+    only, drill = work / "verify" / "verify-only.json", work / "verify-drill"
+    if not only.exists():
+        seen = {}
+        for record in json.loads(data.read_text()):
+            if record.get("task") == "verify":
+                seen.setdefault(record["id"], record)
+        only.write_text(json.dumps(list(seen.values())))
+    if not (drill / "latest").exists():
+        minicpmv("train", "--recipe", "sft", "-m", str(mixed), "--data", str(only), "-o", str(drill),
+                 "--max-steps", str(args.drill_steps), "--batch-size", "16", "--lr", "1e-3",
+                 "--set", "train=[llm]", "--set", "cache_image_features=true")
+    return drill / (drill / "latest").read_text().strip()
 
 
-def align_stage(work: Path, policy: Path, args) -> Path:
+def align_stage(work: Path, policy: Path, labeler: Path, args) -> Path:
     instructions = work / "instructions.jsonl"
     if not instructions.exists():
         world = (work / "world").resolve()
@@ -90,7 +103,8 @@ def align_stage(work: Path, policy: Path, args) -> Path:
         instructions.write_text("".join(json.dumps({"image_path": str(world / f"images/train-{i:05d}.png"),
                                                     "question": "Describe the image."}) + "\n" for i, _ in chosen))
     out = work / "align"
-    minicpmv("align", "run", "-m", str(policy), "--instructions", str(instructions), "-o", str(out),
+    minicpmv("align", "run", "-m", str(policy), "--labeler", str(labeler), "--instructions", str(instructions),
+             "-o", str(out),
              "--n", str(args.n), "--temperature", "0.7", "--max-new-tokens", "96", "--splitter", "demo-rules",
              "--max-steps", str(args.dpo_steps), "--set", "train=[llm]", "--set", f"learning_rate={args.dpo_lr}",
              "--set", "batch_size=8", "--set", f"dpo_beta={args.beta}")
@@ -107,6 +121,32 @@ def eval_stage(work: Path, models: dict[str, Path]) -> None:
         minicpmv("eval", "run", "-b", "demo", "-m", str(model), "-o", str(work / "eval" / name), "--resume")
         minicpmv("eval", "run", "-b", "demo_caption", "--data", str(heldout / "demo_caption.tsv"), "-m", str(model),
                  "-o", str(work / "eval-heldout" / name), "--resume")
+
+
+def report(work: Path, names: list[str]) -> dict:
+    """Held-out hallucination (responses with a wrong object, every attribute counted; Wilson
+    95% intervals) and the demo benchmark's headline scores, per model."""
+    from minicpmv.evaluation.chair import chair_metrics
+    from minicpmv.evaluation.tsv import read_table
+    from minicpmv.synth.evaluate import wilson_interval
+
+    table = {}
+    for name in names:
+        _, rows = read_table(work / "eval-heldout" / name / "demo_caption.tsv")
+        metrics, per_row = chair_metrics(rows, "demo_coloured")
+        bad = sum(bool(r["wrong_attributes"]) for r in per_row.values())
+        low, high = wilson_interval(bad, len(rows))
+        entry = {"heldout_descriptions": len(rows), "attribute_response_rate": 100 * bad / len(rows),
+                 "interval": [100 * low, 100 * high], "attribute_mention_rate": metrics["attribute_mention_rate"],
+                 "CHAIRs_coloured": metrics["CHAIRs"], "CHAIRi_coloured": metrics["CHAIRi"], "recall": metrics["recall"]}
+        for bench in ("demo_yorn", "demo_mcq", "demo_vqa", "demo_caption"):
+            scores = json.loads((work / "eval" / name / f"{bench}.scores.json").read_text())["metrics"]
+            key = {"demo_mcq": "split=none|Overall", "demo_caption": "attribute_response_rate"}.get(bench, "Overall")
+            entry[bench] = scores[key] * (100 if bench == "demo_mcq" else 1)
+        table[name] = entry
+    (work / "report.json").write_text(json.dumps(table, indent=1))
+    print(json.dumps(table, indent=1))
+    return table
 
 
 def verify_accuracy(model: Path, scenes: int = 120) -> dict:
@@ -140,17 +180,22 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=250)
     parser.add_argument("--dpo-lr", default="1e-5")
     parser.add_argument("--beta", default="0.1")
+    parser.add_argument("--drill-steps", type=int, default=300,
+                        help="then verification questions alone, lr 1e-3 (the mixed stage alone left them at chance)")
     args = parser.parse_args()
     work, steps = Path(args.work), args.steps.split(",")
-    policy = verify_stage(work, args)
+    labeler = verify_stage(work, args)
     if "check" in steps:
-        for name, model in (("bundled", demo_model_path()), ("verify", policy)):
+        for name, model in (("bundled", demo_model_path()), ("labeler", labeler)):
             print(name, json.dumps(verify_accuracy(model)), flush=True)
-    models = {"bundled": demo_model_path(), "verify": policy}
+    # the verification stages cost the labeler its descriptions (it answers "Yes" to "Describe
+    # the image."): the bundled model stays the policy, the verifier labels its claims
+    models = {"bundled": demo_model_path()}
     if "align" in steps:
-        models["aligned"] = align_stage(work, policy, args)
+        models["aligned"] = align_stage(work, demo_model_path(), labeler, args)
     if "eval" in steps:
         eval_stage(work, models)
+        report(work, list(models))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ def iteration(model: str | None, instructions: str, output: Path, args: argparse
     overrides = {"max_steps": args.max_steps, **parse_assignments(args.set or [])}
     train_dir = output / "dpo"
     chosen = recipe(args.recipe, overrides)
-    source = model or str(__import__("minicpmv.bundled", fromlist=["x"]).demo_model_path())
+    from ..bundled import demo_model_path
+
+    source = model or str(demo_model_path())
     result = run_training(chosen, source, pairs, train_dir, resume=latest_checkpoint(train_dir) is not None)
     return {"pairs": summary, "checkpoint": result["checkpoint"]}
 
