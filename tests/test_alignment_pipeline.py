@@ -31,14 +31,14 @@ def scenes(tmp_path_factory):
 
 def test_align_run_end_to_end_and_again_resumes(scenes, tmp_path):
     command = [sys.executable, "-m", "minicpmv", "align", "run", "--instructions", str(scenes), "-o", str(tmp_path),
-               "--n", "4", "--temperature", "1.0", "--max-new-tokens", "48", "--splitter", "demo-rules",
+               "--n", "6", "--temperature", "1.0", "--max-new-tokens", "48", "--splitter", "demo-rules",
                "--max-steps", "2", "--set", "precision=float32"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     round_ = tmp_path / "iteration-1"
     summary = json.loads((round_ / "pairs-summary.json").read_text())
     pairs = read_jsonl(round_ / "pairs.jsonl")
-    assert summary["kept"] == len(pairs) >= 1 and summary["instructions"] == 4 and summary["responses"] == 16
+    assert summary["kept"] == len(pairs) >= 1 and summary["instructions"] == 4 and summary["responses"] == 24
     for pair in pairs:
         chosen, rejected = pair["org_infos"]["chosen"], pair["org_infos"]["rejected"]
         assert chosen["score"] - rejected["score"] >= 1 and pair["chosen"] != pair["rejected"]
@@ -93,3 +93,18 @@ def test_model_splitter_parses_both_prompts():
     assert splitter("Describe.", "A black cat.") == (["There is a cat.", "The cat is black."],
                                                       ["Is there a cat?", "Is the cat black?"])
     assert "Question: Describe.\nAnswer: A black cat." in asked[0] and "- The cat is black." in asked[1]
+
+
+def test_stages_as_separate_commands(scenes, tmp_path):
+    """align sample, feedback and pairs one after another give the files align run makes."""
+    from minicpmv.cli import main
+
+    assert main(["align", "sample", "--instructions", str(scenes), "-o", str(tmp_path), "--n", "3",
+                 "--max-new-tokens", "40", "--temperature", "1.0"]) == 0
+    assert len(read_jsonl(tmp_path / "responses.jsonl")) == 4
+    assert main(["align", "feedback", "-o", str(tmp_path), "--splitter", "demo-rules"]) == 0
+    assert all(len(r["responses"]) == 3 for r in read_jsonl(tmp_path / "feedback.jsonl"))
+    assert main(["align", "pairs", "-o", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "pairs-summary.json").read_text())
+    assert summary["responses"] == 12 and summary["kept"] == len(read_jsonl(tmp_path / "pairs.jsonl"))
+    assert main(["align", "pairs", "-o", str(tmp_path / "empty")]) == 2  # no feedback yet: one-line error

@@ -42,7 +42,7 @@ def _check(args: argparse.Namespace) -> None:
     for flag in ("n", "k", "iterations"):
         if getattr(args, flag, 1) < 1:
             raise ConfigError(f"--{flag} must be at least 1")
-    if args.splitter == "model" and args.splitter_model is None and not args.splitter_api_base:
+    if getattr(args, "splitter", None) == "model" and args.splitter_model is None and not args.splitter_api_base:
         print("minicpmv align: the policy itself splits claims (--splitter-model or --splitter-api-base to use "
               "an instruct model)", file=sys.stderr)
 
@@ -72,6 +72,46 @@ def iteration(model: str | None, instructions: str, output: Path, args: argparse
     source = model or str(demo_model_path())
     result = run_training(chosen, source, pairs, train_dir, resume=latest_checkpoint(train_dir) is not None)
     return {"pairs": summary, "checkpoint": result["checkpoint"]}
+
+
+def sample(args: argparse.Namespace) -> str:
+    """N sampled answers per instruction from the policy into OUTPUT/responses.jsonl (resumable)."""
+    from ..alignment.pipeline import read_instructions, sample_responses
+
+    _check(args)
+    path = sample_responses(_load(args.model, args), read_instructions(args.instructions), Path(args.output),
+                            args.n, args.temperature, args.max_new_tokens, args.seed)
+    print(path)
+    return str(path)
+
+
+def feedback(args: argparse.Namespace) -> str:
+    """Claims, yes/no questions and the labeler's verdicts for OUTPUT/responses.jsonl, into
+    OUTPUT/feedback.jsonl (resumable)."""
+    from ..alignment.pipeline import give_feedback
+
+    _check(args)
+    output = Path(args.output)
+    if not (output / "responses.jsonl").exists():
+        raise ConfigError(f"{output / 'responses.jsonl'}: missing (run `minicpmv align sample` first)")
+    policy = None if args.splitter == "demo-rules" and args.labeler else _load(args.model, args)
+    labeler = policy if args.labeler is None else _load(args.labeler, args)
+    path = give_feedback(labeler, _splitter(args, policy), output / "responses.jsonl", output,
+                         args.labeler_repetition_penalty)
+    print(path)
+    return str(path)
+
+
+def pairs(args: argparse.Namespace) -> dict:
+    """DPO pairs from OUTPUT/feedback.jsonl into OUTPUT/pairs.jsonl, with a summary."""
+    from ..alignment.pipeline import make_pairs
+
+    output = Path(args.output)
+    if not (output / "feedback.jsonl").exists():
+        raise ConfigError(f"{output / 'feedback.jsonl'}: missing (run `minicpmv align feedback` first)")
+    _, summary = make_pairs(output / "feedback.jsonl", output, args.k, args.gap, args.seed)
+    print(json.dumps(summary, indent=1))
+    return summary
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -108,20 +148,35 @@ def _feedback_flags(p) -> None:
     p.add_argument("--splitter-api-model")
 
 
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("align", help="RLAIF-V: sampled answers, AI feedback, pairs, DPO",
-                                   description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="align_command", metavar="COMMAND", required=True)
-    p = commands.add_parser("run", help="sample, judge, pair and train DPO, for --iterations rounds",
-                            description=run.__doc__)
-    _common(p)
-    _feedback_flags(p)
+def _sample_flags(p) -> None:
     p.add_argument("--instructions", required=True, help="JSONL: question, image_path[, ds_question_id]")
     p.add_argument("--n", type=int, default=10, help="answers per instruction (default 10)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max-new-tokens", type=int, default=512)
+
+
+def _pair_flags(p) -> None:
     p.add_argument("--k", type=int, default=2, help="pairs per instruction at most (default 2)")
     p.add_argument("--gap", type=int, default=1, help="score gap a pair needs (default 1)")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("align", help="RLAIF-V: sampled answers, AI feedback, pairs, DPO",
+                                   description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="align_command", metavar="COMMAND", required=True)
+    for name, function, flags in (("sample", sample, (_sample_flags,)), ("feedback", feedback, (_feedback_flags,)),
+                                  ("pairs", pairs, (_pair_flags,))):
+        p = commands.add_parser(name, help=function.__doc__.split("\n")[0], description=function.__doc__)
+        _common(p)
+        for add in flags:
+            add(p)
+        p.set_defaults(run=lambda a, f=function: f(a) and 0)
+    p = commands.add_parser("run", help="sample, judge, pair and train DPO, for --iterations rounds",
+                            description=run.__doc__)
+    _common(p)
+    _feedback_flags(p)
+    _sample_flags(p)
+    _pair_flags(p)
     p.add_argument("--iterations", type=int, default=1)
     p.add_argument("--recipe", choices=["dpo", "dpo-lora"], default="dpo")
     p.add_argument("--max-steps", type=int, default=100, help="DPO steps per iteration (default 100)")
