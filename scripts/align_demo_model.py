@@ -102,7 +102,7 @@ def align_stage(work: Path, policy: Path, labeler: Path, args) -> Path:
         chosen = train_scenes()[:args.instructions]
         instructions.write_text("".join(json.dumps({"image_path": str(world / f"images/train-{i:05d}.png"),
                                                     "question": "Describe the image."}) + "\n" for i, _ in chosen))
-    out = work / "align"
+    out = work / f"align{args.tag}"
     minicpmv("align", "run", "-m", str(policy), "--labeler", str(labeler), "--instructions", str(instructions),
              "-o", str(out),
              "--n", str(args.n), "--temperature", "0.7", "--max-new-tokens", "96", "--splitter", "demo-rules",
@@ -149,25 +149,37 @@ def report(work: Path, names: list[str]) -> dict:
     return table
 
 
-def verify_accuracy(model: Path, scenes: int = 120) -> dict:
-    """The labeler's accuracy on verification questions about the test split's scenes (never
-    trained on): each object's own claim and one changed, judged as the alignment loop judges."""
+def verify_accuracy(model: Path, images: int = 160) -> dict:
+    """The labeler on the test split's scenes (never trained on), judged as the alignment loop
+    judges: each object's own claim (should hold) and, for each attribute, the claim with that
+    attribute changed so that no object fits (should be rejected). Share right per kind."""
     import minicpmv
     from minicpmv.alignment.feedback import claim_label
     from minicpmv.alignment.labeler import yes_no_probabilities
+    from minicpmv.synth.scenes import COLOURS, PLACES, SHAPES, SIZES, claim_text
 
     chat = minicpmv.load(model)
-    right = {"Yes": [0, 0], "No": [0, 0]}
-    for index in range(scenes * 2):
+    right, total = {}, {}
+    for index in range(images):
         rng = split_rng(SEED, "test", index)
         if rng.random() < DOCUMENT_SHARE:
             continue
-        scene = random_scene(rng)
-        for question, answer in verify_questions(scene, random.Random(f"check/{index}")):
-            label = claim_label(yes_no_probabilities(chat, scene.render(), question))
-            right[answer][0] += label == (answer == "Yes")
-            right[answer][1] += 1
-    return {k: {"right": r, "of": n, "rate": r / n} for k, (r, n) in right.items()}
+        scene, draw = random_scene(rng), random.Random(index)
+        image, held = scene.render(), {(t.size, t.colour, t.shape, t.place) for t in scene.things}
+        for thing in scene.things:
+            true = (thing.size, thing.colour, thing.shape, thing.place)
+            asked = [("true", true, 1)]
+            for slot, kind, values in ((0, "size", tuple(SIZES)), (1, "colour", tuple(COLOURS)), (2, "shape", SHAPES),
+                                       (3, "place", PLACES)):
+                changed = list(true)
+                changed[slot] = draw.choice([v for v in values if v != true[slot]])
+                if tuple(changed) not in held:
+                    asked.append((kind, tuple(changed), 0))
+            for kind, claim, expected in asked:
+                label = claim_label(yes_no_probabilities(chat, image, claim_text(*claim) + " Please answer yes or no."))
+                right[kind] = right.get(kind, 0) + (label == expected)
+                total[kind] = total.get(kind, 0) + 1
+    return {kind: {"right": right[kind], "of": total[kind], "rate": right[kind] / total[kind]} for kind in total}
 
 
 def main() -> None:
@@ -180,11 +192,13 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=250)
     parser.add_argument("--dpo-lr", default="1e-5")
     parser.add_argument("--beta", default="0.1")
+    parser.add_argument("--labeler", help="a labeler checkpoint instead of the verification stages' result")
+    parser.add_argument("--tag", default="", help="suffix of the align folder and the aligned model's name")
     parser.add_argument("--drill-steps", type=int, default=300,
                         help="then verification questions alone, lr 1e-3 (the mixed stage alone left them at chance)")
     args = parser.parse_args()
     work, steps = Path(args.work), args.steps.split(",")
-    labeler = verify_stage(work, args)
+    labeler = Path(args.labeler) if args.labeler else verify_stage(work, args)
     if "check" in steps:
         for name, model in (("bundled", demo_model_path()), ("labeler", labeler)):
             print(name, json.dumps(verify_accuracy(model)), flush=True)
@@ -192,7 +206,7 @@ def main() -> None:
     # the image."): the bundled model stays the policy, the verifier labels its claims
     models = {"bundled": demo_model_path()}
     if "align" in steps:
-        models["aligned"] = align_stage(work, demo_model_path(), labeler, args)
+        models["aligned" + args.tag] = align_stage(work, demo_model_path(), labeler, args)
     if "eval" in steps:
         eval_stage(work, models)
         report(work, list(models))

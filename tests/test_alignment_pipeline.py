@@ -108,3 +108,25 @@ def test_stages_as_separate_commands(scenes, tmp_path):
     summary = json.loads((tmp_path / "pairs-summary.json").read_text())
     assert summary["responses"] == 12 and summary["kept"] == len(read_jsonl(tmp_path / "pairs.jsonl"))
     assert main(["align", "pairs", "-o", str(tmp_path / "empty")]) == 2  # no feedback yet: one-line error
+
+
+def test_the_image_reaches_policy_and_labeler_as_an_image(scenes, tmp_path, monkeypatch):
+    """A str in a message's content is text: the stages must hand the image over as a Path."""
+    from pathlib import Path
+
+    from minicpmv.alignment import pipeline
+
+    class Policy:
+        def generate_batch(self, conversations, **options):
+            self.content = conversations[0][0]["content"]
+            return [type("G", (), {"text": "A small red circle at the center."})()] * len(conversations)
+
+    policy = Policy()
+    items = read_instructions(scenes)[:1]
+    responses = sample_responses(policy, items, tmp_path, n=2, progress=False)
+    assert isinstance(policy.content[0], Path) and policy.content[0].exists()
+    seen = []
+    monkeypatch.setattr(pipeline, "yes_no_probabilities",
+                        lambda labeler, image, question, penalty: seen.append(image) or {"yes": 1.0})
+    pipeline.give_feedback(None, pipeline.DemoSplitter(), responses, tmp_path, progress=False)
+    assert seen and all(isinstance(image, Path) and image.exists() for image in seen)

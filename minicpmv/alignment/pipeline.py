@@ -86,7 +86,8 @@ def sample_responses(chat, instructions: list[dict], output: Path, n: int = SAMP
     todo, bar = _todo(instructions, path, progress, "sample")
     with open_for_append(path) as handle, bar:
         for item in todo:
-            content = [item["image_path"], item["question"]] if item["image_path"] else item["question"]
+            # a str in a message's content is text: the image goes in as a Path
+            content = [Path(item["image_path"]), item["question"]] if item["image_path"] else item["question"]
             conversation = [{"role": "user", "content": content}]
             generations = chat.generate_batch([conversation] * n, preset="sampling", temperature=temperature,
                                               max_new_tokens=max_new_tokens,
@@ -145,7 +146,8 @@ def give_feedback(labeler, splitter, responses: Path, output: Path,
     todo, bar = _todo(items, path, progress, "feedback")
     with open_for_append(path) as handle, bar:
         for item in todo:
-            judged = [judge_answer(labeler, splitter, item["image_path"], item["question"], a, penalty)
+            image = Path(item["image_path"]) if item["image_path"] else None
+            judged = [judge_answer(labeler, splitter, image, item["question"], a, penalty)
                       for a in item["answers"]]
             _append(handle, {k: v for k, v in item.items() if k != "answers"} | {"responses": judged,
                                                                                   "splitter": splitter.name})
