@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
@@ -31,3 +33,29 @@ def open_for_append(path: Path):
             with open(path, "r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
     return open(path, "a", encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file (none if it does not exist); a last line cut by a kill is
+    ignored."""
+    records = []
+    if Path(path).exists():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

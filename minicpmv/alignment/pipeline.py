@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import PromptError
-from ..jsonfile import open_for_append
+from ..jsonfile import open_for_append, read_jsonl, write_text_atomic
 from .feedback import demo_claims, parse_bullets, question_prompt, response_score, split_prompt, \
     verification_question, claim_label
 from .labeler import LABELER_REPETITION_PENALTY, yes_no_probabilities
@@ -24,18 +24,6 @@ from .pairs import build_pairs
 SAMPLING_TEMPERATURE, SAMPLES, ANSWER_TOKENS = 0.7, 10, 512
 SPLITTER_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
 SPLITTER_TOKENS = 256
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a last line cut by a kill is ignored."""
-    records = []
-    if Path(path).exists():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def _append(handle, record: dict) -> None:
@@ -161,8 +149,6 @@ def make_pairs(feedback: Path, output: Path, k: int = 2, gap: int = 1, seed: int
                  for item in read_jsonl(feedback) for judged in item["responses"]]
     pairs, summary = build_pairs(responses, k=k, gap=gap, seed=seed)
     path = output / "pairs.jsonl"
-    tmp = path.with_name(".pairs.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
-    os.replace(tmp, path)
-    (output / "pairs-summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    write_text_atomic(output / "pairs-summary.json", json.dumps(summary, indent=1))
     return path, summary

@@ -8,7 +8,6 @@ import ast
 import string
 
 from .mcq import can_infer
-from .tsv import isna
 
 
 def _choices(row: dict) -> dict:
@@ -58,7 +57,7 @@ def mathvista(rows: list[dict]) -> tuple[dict, dict]:
         stored = prefetch(row)
         hit = is_right(row, stored)
         for key in ["Overall", *_skills(row), row["task"]]:
-            counts = totals.setdefault(str(key) if not isna(key) else "nan", [0, 0, 0])
+            counts = totals.setdefault(str(key), [0, 0, 0])
             counts[0] += 1
             counts[1] += stored is not None
             counts[2] += hit

@@ -21,11 +21,11 @@ import zlib
 from pathlib import Path
 
 from ..errors import MiniCPMVError
-from ..jsonfile import open_for_append
+from ..jsonfile import open_for_append, read_jsonl, write_text_atomic
 from .benchmarks import Benchmark
 from .prompts import build_prompt, max_new_tokens as wrapper_max_tokens, message_content, upsize
 from .scoring import score
-from .tsv import TableError, read_cells, read_table, write_table
+from .tsv import TableError, read_cells, typed_rows, write_table
 
 MERGE_WAIT_SECONDS = 24 * 3600
 
@@ -58,16 +58,8 @@ def request_of(row: dict, bench: Benchmark, version: str, images_by_index: dict)
 
 
 def _read_partial(path: Path) -> dict[str, str]:
-    """Answers in a partial file; a last line cut by a kill is ignored."""
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[record["index"]] = record["prediction"]
-    return done
+    """Answers in a partial file, by index."""
+    return {record["index"]: record["prediction"] for record in read_jsonl(path)}
 
 
 def _answer_shard(answerer, bench, rows, images_by_index, partial: Path, batch_size: int, limit_tokens: int,
@@ -124,12 +116,6 @@ def _seed_partial(partial: Path, header: list[str], records: list[list[str]]) ->
         partial.write_text("".join(lines), encoding="utf-8")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Path, *, limit: int | None = None,
                   batch_size: int = 1, resume: bool = False, max_new_tokens: int | None = None,
                   rank: int = 0, world: int = 1, settings: dict | None = None, show_progress: bool = True):
@@ -137,8 +123,8 @@ def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Pa
     `output` and return the scores (None on ranks other than 0)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    header, cells = read_cells(data)
-    columns, rows = read_table(data)
+    header, cells = read_cells(data)  # the strings, written back as they are; typed rows build the prompts
+    columns, rows = header, typed_rows(header, cells)
     if "index" not in columns or "question" not in columns or "image" not in columns:
         raise TableError(f"{data}: a benchmark file needs index, image and question columns")
     # copies may share the image of a row past --limit (MMBench's circular copies)
@@ -164,7 +150,7 @@ def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Pa
                           "batch_size": batch_size, "max_new_tokens": limit_tokens, "processes": world,
                           "answered_now": answered, "seconds": seconds,
                           "rows_per_second": answered / seconds if seconds > 0 and answered else None}
-    _write_json(output / f"{bench.name}.scores.json", result)
+    write_text_atomic(output / f"{bench.name}.scores.json", json.dumps(result, ensure_ascii=False, indent=1))
     for r in range(world):
         (output / f"{bench.name}.part{r}.jsonl").unlink(missing_ok=True)
         (output / f"{bench.name}.done{r}").unlink(missing_ok=True)

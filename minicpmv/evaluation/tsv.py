@@ -74,9 +74,13 @@ def read_cells(path: str | Path) -> tuple[list[str], list[list[str]]]:
 def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
     """(columns, rows) of a VLMEvalKit TSV; each row maps column -> typed value."""
     header, body = read_cells(path)
+    return header, typed_rows(header, body)
+
+
+def typed_rows(header: list[str], body: list[list[str]]) -> list[dict]:
+    """Rows of column -> typed value from a TSV's strings, each column typed as pandas types it."""
     columns = [_column_values([record[i] for record in body]) for i in range(len(header))]
-    rows = [{name: columns[i][r] for i, name in enumerate(header)} for r in range(len(body))]
-    return header, rows
+    return [{name: columns[i][r] for i, name in enumerate(header)} for r in range(len(body))]
 
 
 def cell_text(value) -> str:
