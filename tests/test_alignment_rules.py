@@ -93,14 +93,54 @@ def test_dpo_loss_by_hand():
     assert chosen.item() == pytest.approx(0.1) and rejected.item() == pytest.approx(0.05)
 
 
-def test_dpo_loss_equals_trl_sigmoid_loss():
-    trl = pytest.importorskip("trl")  # a test-only cross-check when TRL is installed
-    from trl import DPOConfig, DPOTrainer  # noqa: F401
+def _toy_trl_trainer(tmp_path):
+    """A two-pair text-only batch through TRL's own DPOTrainer: a 1-layer Llama over a word-level
+    vocabulary, and a reference that differs from the policy so the margins are not zero."""
+    import copy
 
-    pc, pr, rc, rr = (torch.randn(5) for _ in range(4))
-    ours = dpo_loss(pc, pr, rc, rr, beta=0.1)[0]
-    theirs = -torch.nn.functional.logsigmoid(0.1 * ((pc - pr) - (rc - rr)))
-    assert torch.allclose(ours, theirs, atol=1e-6), trl.__version__
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from trl import DPOConfig, DPOTrainer
+
+    words = ["<pad>", "<eos>", *"a red blue green circle square is the left right big small".split()]
+    vocabulary = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    vocabulary.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=vocabulary, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    pairs_ = Dataset.from_dict({"prompt": ["the circle is", "a square is"], "chosen": [" red", " big blue"],
+                                "rejected": [" green left", " small"]})
+    config = DPOConfig(output_dir=str(tmp_path), beta=0.1, per_device_train_batch_size=2, report_to=[], use_cpu=True)
+    return DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=pairs_,
+                      processing_class=tokenizer), policy, reference
+
+
+def test_dpo_loss_equals_trl_sigmoid_loss(tmp_path):
+    """The spec's loss: TRL's sigmoid DPO loss (summed completion log-probs, beta 0.1) on the same
+    batch, from our sequence_logps and dpo_loss over the same two models."""
+    pytest.importorskip("trl")  # a test-only dependency (the dev set installs it)
+    trainer, policy, reference = _toy_trl_trainer(tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))  # rows: chosen..., rejected...
+    with torch.no_grad():
+        theirs = trainer.compute_loss(trainer.model, batch)
+    ids, completion = batch["input_ids"], batch["completion_mask"]
+    targets = ids[:, 1:].masked_fill(completion[:, 1:] == 0, IGNORE)  # position t predicts token t + 1
+
+    def logps(model):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
+        return sequence_logps(logits, targets)
+
+    mine, frozen = logps(policy), logps(reference)
+    ours = dpo_loss(mine[:2], mine[2:], frozen[:2], frozen[2:], beta=0.1)[0].mean()
+    assert abs(ours.item() - math.log(2)) > 1e-3  # the margins are not all zero
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
 
 
 def test_sequence_logps_sum_supervised_preshifted_targets():
