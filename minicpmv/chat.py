@@ -263,9 +263,9 @@ class ChatModel:
         if preset not in PRESETS:
             raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
         config = PRESETS[preset].with_options(stop_ids=self.stop_ids, **sampling)
+        _check_config(config)
         if "temperature" in sampling and sampling["temperature"] is not None:
             config = config.with_options(do_sample=sampling["temperature"] > 0)
-        _check_config(config)
         if video is not None:  # the 2.6 video recipe: frames without <image_id>, few slices each
             frames = video if isinstance(video, list) else load_video_frames(video, fps, max_frames)
             image = [*frames, *(image if isinstance(image, list) else [image] if image is not None else [])]
@@ -380,14 +380,9 @@ class ChatModel:
 
 
 def _check_config(config: GenerationConfig) -> None:
-    if config.max_new_tokens < 1:
-        raise PromptError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
-    if config.min_new_tokens < 0 or config.min_new_tokens > config.max_new_tokens:
-        raise PromptError(f"min_new_tokens must be between 0 and max_new_tokens, got {config.min_new_tokens}")
-    if not 0.0 < config.top_p <= 1.0 or config.top_k < 0 or not 0.0 <= config.min_p <= 1.0:
-        raise PromptError("top_p must be in (0, 1], top_k >= 0 and min_p in [0, 1]")
-    if config.temperature < 0 or config.repetition_penalty <= 0 or config.num_beams < 1:
-        raise PromptError("temperature must be >= 0, repetition_penalty > 0 and num_beams >= 1")
+    problems = config.problems()
+    if problems:
+        raise PromptError("; ".join(problems))
 
 
 def _blank_image():

@@ -24,3 +24,8 @@ class ConfigError(MiniCPMVError, ValueError):
 
 class CheckpointError(MiniCPMVError, ValueError):
     """A checkpoint folder is not a MiniCPM-V checkpoint, or its files are missing or broken."""
+
+
+class OutputError(MiniCPMVError, OSError):
+    """An output cannot be written: its folder is a file, missing and not creatable, read-only,
+    or the disk is full."""

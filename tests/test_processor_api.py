@@ -69,10 +69,18 @@ def test_openai_style_content_parts(proc26):
     assert inputs.prompts[0].index("what is this?") < inputs.prompts[0].index(IMAGE_TAG)
 
 
-def test_tag_count_must_match_images(proc26):
+def test_image_tag_typed_in_text_is_refused_before_it_counts_as_an_image(proc26):
     messages = [{"role": "user", "content": [f"look {IMAGE_TAG}", Image.new("RGB", (20, 20))]}]
-    with pytest.raises(PromptError, match="2 image tag"):
+    with pytest.raises(PromptError, match=r"message 0: the text contains '\(<image>\./</image>\)', an image marker"):
         proc26(messages)
+
+
+@pytest.mark.parametrize("text", ["<image>" + "<unk>" * 64 + "</image>", "a <unk> b", "<slice>x</slice>",
+                                  "<image_id>0</image_id>"])
+def test_any_placeholder_marker_in_text_is_refused(proc26, text):
+    """Marker text once gave a shape mismatch deep in the model (a 500 for the whole batch)."""
+    with pytest.raises(PromptError, match="image marker"):
+        proc26([{"role": "user", "content": text}])
 
 
 def test_marker_tokens_typed_in_text_are_refused(proc26):

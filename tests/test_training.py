@@ -199,7 +199,7 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     python = [sys.executable, "-m", "minicpmv"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(python + args + ["-o", str(straight)], check=True, capture_output=True)
-    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "4",
+    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "weights", "4",
                             *args, "-o", str(killed)], capture_output=True)
     assert crash.returncode == -9
     assert (killed / "latest").read_text().strip() == "checkpoint-000002"  # never the half-written one

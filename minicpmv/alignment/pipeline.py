@@ -15,7 +15,8 @@ import zlib
 from pathlib import Path
 
 from ..errors import PromptError
-from ..jsonfile import open_for_append, read_jsonl, write_text_atomic
+from ..files import write_text_atomic
+from ..jsonfile import open_for_append, read_jsonl
 from .feedback import demo_claims, parse_bullets, question_prompt, response_score, split_prompt, \
     verification_question, claim_label
 from .labeler import LABELER_REPETITION_PENALTY, yes_no_probabilities

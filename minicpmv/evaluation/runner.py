@@ -21,7 +21,8 @@ import zlib
 from pathlib import Path
 
 from ..errors import MiniCPMVError
-from ..jsonfile import open_for_append, read_jsonl, write_text_atomic
+from ..files import write_text_atomic
+from ..jsonfile import open_for_append, read_jsonl
 from .benchmarks import Benchmark
 from .prompts import build_prompt, max_new_tokens as wrapper_max_tokens, message_content, upsize
 from .scoring import score

@@ -7,9 +7,17 @@ generated; top-k, top-p and min-p remove tokens by setting them to -inf.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
+
+# Bounds that keep the float32 arithmetic of sampling finite: scores are divided by the temperature
+# and by the repetition penalty, so values near 0 (or inf/NaN) turn logits into inf and the
+# softmax into NaN. A torch generator takes a seed below 2**64.
+LIMITS = {"temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "repetition_penalty": (0.01, 100.0)}
+MAX_SEED = 2 ** 64 - 1
+MAX_BEAMS = 64
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,23 @@ class GenerationConfig:
     def with_options(self, **options) -> "GenerationConfig":
         """A copy with the given fields changed; None values leave a field as it is."""
         return replace(self, **{k: v for k, v in options.items() if v is not None})
+
+    def problems(self) -> list[str]:
+        """What is out of range, one phrase per field (empty when every field is usable)."""
+        found = []
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or not low <= value <= high or (name == "top_p" and value == 0):
+                found.append(f"{name} must be a number in {'(' if name == 'top_p' else '['}{low}, {high}], got {value!r}")
+        for name, low, high in (("max_new_tokens", 1, 1 << 31), ("min_new_tokens", 0, self.max_new_tokens),
+                                ("top_k", 0, 1 << 31), ("num_beams", 1, MAX_BEAMS)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                found.append(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
+            found.append(f"seed must be an integer in [0, 2**64 - 1], got {self.seed!r}")
+        return found
 
 
 # The official chat() presets (reference-spec §5): sampling=True and sampling=False.

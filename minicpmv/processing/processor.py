@@ -14,7 +14,7 @@ from .chat_format import message_images, normalize_messages, render_prompt
 from .config import ProcessorConfig
 from .image_io import DEFAULT_MAX_PIXELS, load_image
 from .pixels import EncodedImage, encode_image
-from .placeholders import expand_image_tags, find_image_bounds, image_placeholder
+from .placeholders import expand_image_tags, find_image_bounds, image_placeholder, refuse_marker_text
 from .slicing import SlicePlan, plan_slices
 from .tokenizer import TextTokenizer, load_tokenizer
 
@@ -88,11 +88,17 @@ class MiniCPMVProcessor:
     def build_prompt(self, messages: list, system_prompt: str | None = None, add_generation_prompt: bool = True):
         """(prompt text with image tags, image sources in tag order)."""
         normalized = normalize_messages(messages, system_prompt)
+        self.check_text(normalized)
         prompt = render_prompt(
             normalized, self.config.version, self.tokenizer.chat_template,
             self.tokenizer.special_tokens, add_generation_prompt,
         )
         return prompt, message_images(normalized)
+
+    def check_text(self, normalized: list) -> None:
+        """PromptError if a message's text holds an image-marker string (normalized messages)."""
+        refuse_marker_text(((i, part) for i, m in enumerate(normalized) for part in m.parts if isinstance(part, str)),
+                           self.config)
 
     def encode_images(self, sources: list, max_slice_nums: int | None = None) -> list[EncodedImage]:
         """Load, plan and encode images; raises ImageError naming the bad one."""

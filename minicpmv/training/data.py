@@ -59,6 +59,8 @@ def read_records(path: str | Path) -> list[dict]:
         raise PromptError(f"{path}: cannot read the training data ({exc})") from None
     if not isinstance(records, list):
         raise PromptError(f"{path}: expected a JSON list of samples")
+    if not records:
+        raise PromptError(f"{path}: no samples (an empty list)")
     return records
 
 
@@ -74,11 +76,15 @@ def to_messages(record: dict, root: Path) -> list[dict]:
     if not all(isinstance(m["content"], str) for m in messages):
         raise SkippedSample("malformed", "a turn's content is not a string")
     if isinstance(images, str):
-        user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+        if user is None:
+            raise SkippedSample("malformed", "an image but no user turn to put it in")
         text = messages[user]["content"]
         parts = _split_tags(text, {"<image>": root / images}) if "<image>" in text else [root / images, text]
         messages[user] = {"role": "user", "content": parts}
     elif isinstance(images, dict):
+        if not all(isinstance(value, str) and value for value in images.values()):
+            raise SkippedSample("malformed", "'image' maps a tag to something that is not a path")
         paths = {tag: root / value for tag, value in images.items()}
         for message in messages:
             if MULTI_IMAGE_TAG.search(message["content"]):
@@ -149,6 +155,10 @@ class SampleBuilder:
         """The rendered conversation cut into (text, is_supervised) pieces: each assistant
         answer (with its end marker) is a piece of its own, so it tokenizes on its own."""
         normalized = normalize_messages(messages)
+        try:
+            self.processor.check_text(normalized)
+        except PromptError as exc:
+            raise SkippedSample("image_marker_text", str(exc)) from None
         template, specials = self.tokenizer.chat_template, self.tokenizer.special_tokens
         full = render_prompt(normalized, self.version, template, specials, add_generation_prompt=False)
         pieces, done = [], 0

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PromptError
+from ..files import write_text_atomic
 from .batching import padded_batch
-from .checkpoints import write_atomic
 from .data import IGNORE, SkippedSample
 
 REFERENCE_FILE = "reference_logps.json"
@@ -140,7 +140,7 @@ def reference_logps(model, dataset: PreferenceDataset, output: Path, autocast, w
         mine = {k: v for part in gathered for k, v in part.items()}
     if world.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(mine))
+        write_text_atomic(path, json.dumps(mine))
     return mine
 
 

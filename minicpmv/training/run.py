@@ -4,15 +4,14 @@ memory estimate, loss curve. What `minicpmv train` calls, usable from Python as 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
+from ..files import recover, staged_path
+from ..jsonfile import read_jsonl
 from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
-from .checkpoints import STATE, latest_checkpoint
+from .checkpoints import latest_checkpoint, load_state
 from .data import ChatDataset, SampleBuilder
 from .dpo import PreferenceDataset, make_dpo_trainer
 from .memory import describe, estimate_memory
@@ -32,14 +31,20 @@ def processor_for(recipe: Recipe, model_path: str | Path) -> MiniCPMVProcessor:
 def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, output: str | Path,
                  resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     output = Path(output)
-    if not resume and latest_checkpoint(output) is not None:
-        if not overwrite:
-            raise ConfigError(f"{output} already holds a training run; use --resume to continue it, "
-                              "--overwrite to start afresh, or another --output")
-        (output / "metrics.jsonl").unlink(missing_ok=True)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: is a file, expected a folder")
+    if not resume and not overwrite and latest_checkpoint(output) is not None:
+        raise ConfigError(f"{output} already holds a training run; use --resume to continue it, "
+                          "--overwrite to start afresh, or another --output")
     world = World.from_env()
+    if world.rank == 0:
+        recover(output)  # staging folders and files a killed save left behind
+        if overwrite and not resume:  # the old run is given up: a kill before our first save must not resume it
+            (output / "latest").unlink(missing_ok=True)
     seed_everything(recipe.seed)
     resumed = latest_checkpoint(output) if resume else None
+    if resumed is None and world.rank == 0:  # a fresh start: lines of an earlier attempt are not this run's
+        (output / "metrics.jsonl").unlink(missing_ok=True)
     builder = SampleBuilder(processor_for(recipe, model_path), recipe.max_length, recipe.max_slice_nums)
     dataset = PreferenceDataset(data, builder) if recipe.objective == "dpo" else ChatDataset(data, builder)
     model = load_model(resumed or model_path)
@@ -54,7 +59,7 @@ def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, outpu
     else:
         trainer = Trainer(model, dataset, recipe, output, model_path, world, progress)
     if resumed is not None:
-        trainer.load_state(torch.load(resumed / STATE, weights_only=False))
+        trainer.load_state(load_state(resumed))
     if world.rank == 0:
         print(describe(estimate_memory(model, recipe, autocast=trainer.autocast is not None)), flush=True)
         print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in trainer.counts.items()), flush=True)
@@ -74,7 +79,7 @@ def draw_loss_curve(metrics: Path, target: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    rows = [row for row in read_jsonl(metrics) if "loss" in row]
     if not rows:
         return False
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -83,8 +88,7 @@ def draw_loss_curve(metrics: Path, target: Path) -> bool:
     axis.set_ylabel("loss")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
+    with staged_path(target, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100)
     plt.close(figure)
-    tmp.replace(target)
     return True

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from ..cpu import has_native_bf16
 from ..errors import PromptError
+from ..files import write_text_atomic
+from ..jsonfile import read_jsonl
 from .batching import Batch, length_grouped_order, pack, packed_batch, padded_batch
 from .checkpoints import restore_rng, rng_state, save_checkpoint
 from .data import IGNORE
@@ -177,6 +179,8 @@ class Trainer:
 
     def _next_indices(self) -> list[int]:
         """The next global batch of sample indices (epochs wrap around, reshuffled)."""
+        if not len(self.dataset):  # nothing to cycle through: the loop below would never end
+            raise PromptError(f"{self.dataset.path}: no samples")
         indices = []
         while len(indices) < self.global_batch:
             order = self._epoch_order()
@@ -339,10 +343,10 @@ def _full_state(model, optimizer) -> tuple[dict, dict]:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the lines a killed run wrote after its last checkpoint: the resumed run rewrites them."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = [json.dumps(record) + "\n" for record in read_jsonl(path)
+            if isinstance(record, dict) and record.get("step", 0) <= step]
+    if path.exists():
+        write_text_atomic(path, "".join(kept))
 
 
 def seed_everything(seed: int) -> None:

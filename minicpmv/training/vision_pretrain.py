@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..files import write_text_atomic
 from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
-from .checkpoints import latest_checkpoint, save_checkpoint, write_atomic
+from .checkpoints import latest_checkpoint, save_checkpoint
 from .run import draw_loss_curve
 from .trainer import computes_bf16, seed_everything
 
@@ -358,7 +359,7 @@ def run_vision_pretraining(model_path: str | Path, output: str | Path, examples:
     for score in scores:
         print("held-out accuracy after " + score["after"] + ": " +
               ", ".join(f"{key} {value:.1%}" for key, value in score.items() if "@" in key), flush=True)
-    write_atomic(output / "accuracy.json", json.dumps(scores, indent=1))
+    write_text_atomic(output / "accuracy.json", json.dumps(scores, indent=1))
     draw_loss_curve(metrics, output / "loss.png")
     state = {"step": settings.total_steps, "vision_pretraining": dataclasses.asdict(settings), "accuracy": scores}
     return save_checkpoint(output, settings.total_steps, model, Path(model_path), state)
