@@ -164,6 +164,17 @@ class ChatModel:
 
     # ---- public API ------------------------------------------------------------------------
 
+    @property
+    def feature_cache_size(self) -> int:
+        """Images whose features are kept for reuse (0: none kept, every image encoded anew)."""
+        return self._feature_cache_size
+
+    @feature_cache_size.setter
+    def feature_cache_size(self, size: int) -> None:
+        self._feature_cache_size = size
+        while len(self._features) > size:
+            self._features.popitem(last=False)
+
     def chat(self, messages: list, *, stream: bool = False, **options):
         """The answer text (a list for a batch of conversations), or a TextStream of deltas.
 

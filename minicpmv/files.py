@@ -128,6 +128,22 @@ def staged_folder(target: str | Path):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def check_output_folder(output: str | Path, force: bool, inputs: dict) -> Path:
+    """`output` as a folder a command may replace: not a file, not one of `inputs` (name -> path)
+    nor holding one (the swap would delete it), and empty unless `force`. OutputError otherwise."""
+    output = Path(output)
+    where = output.resolve()
+    for name, path in inputs.items():
+        source = Path(path).resolve()
+        if source == where or source.is_relative_to(where):
+            raise OutputError(f"{output}: is or holds {name} ({path}); write to another folder")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: is a file, expected a folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise OutputError(f"{output}: folder exists and is not empty (use --force to replace it)")
+    return output
+
+
 def _swap_in(stage: Path, target: Path) -> None:
     aside = target.with_name(f".{target.name}{REPLACED}")
     if target.exists():

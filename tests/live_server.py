@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from minicpmv.serving import ServerSettings, create_app
+from minicpmv.serving import ServerSettings, create_app, uvicorn_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "minicpmv" / "assets" / "example.png"
 
@@ -19,8 +19,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "minicpmv" / "assets" / "example
 @contextlib.contextmanager
 def running(chat, settings: ServerSettings | None = None):
     """Yield the base URL of a server for `chat`; stopped (and its worker ended) on exit."""
+    settings = settings or ServerSettings()
     app = create_app(chat, settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

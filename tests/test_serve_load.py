@@ -96,11 +96,13 @@ def open_stream(url: str, body: dict) -> socket.socket:
     address = urlparse(url)
     sock = socket.create_connection((address.hostname, address.port), timeout=30)
     payload = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
     received = b""
     while b"data: " not in received:
-        received += sock.recv(65536)
+        piece = sock.recv(65536)
+        assert piece, received  # the server closed the connection without streaming
+        received += piece
     assert received.startswith(b"HTTP/1.1 200")
     return sock
 
@@ -163,7 +165,7 @@ def test_client_gone_before_its_answer_cancels_it(chat):
         address = urlparse(url)
         payload = json.dumps(ask("Tell me everything.", max_tokens=20_000, min_tokens=20_000)).encode()
         with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
             deadline = time.monotonic() + 10
             while health(url)["admitted"] == 0 and time.monotonic() < deadline:

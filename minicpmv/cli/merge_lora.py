@@ -12,7 +12,7 @@ def merge_lora(args: argparse.Namespace) -> str:
     official layout (loads with `minicpmv.load` like any checkpoint)."""
     from ..training.lora import merge_lora as merge
 
-    folder = merge(args.model, args.adapter, args.output)
+    folder = merge(args.model, args.adapter, args.output, force=args.force)
     print(f"minicpmv merge-lora: wrote {folder}", file=sys.stderr)
     print(folder)
     return str(folder)
@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
                                    description=merge_lora.__doc__.split("\n\n")[0])
     parser.add_argument("--model", "-m", required=True, help="base checkpoint folder")
     parser.add_argument("--adapter", required=True, help="folder with adapter_config.json and adapter_model.safetensors "
-                                                         "(a LoRA training checkpoint)")
-    parser.add_argument("--output", "-o", required=True, help="folder to write")
+                                                         "(a LoRA training checkpoint, or the run's folder: its newest)")
+    parser.add_argument("--output", "-o", required=True, help="folder to write (not the base's or the adapter's)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(run=lambda args: merge_lora(args) and 0)

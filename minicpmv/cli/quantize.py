@@ -25,22 +25,26 @@ def quantize(model: str, output: str, bits: int = 4, group_size: int = 64, visio
     """
     from ..chat import load
     from ..errors import CheckpointError
+    from ..files import check_output_folder, staged_folder
+    from ..jsonfile import read_json_object
     from ..model.checkpoint import load_model, save_model
     from ..quant import QuantConfig, quantize_model
     from ..quant.quality import compare
 
-    source, target = Path(model), Path(output)
-    if target.resolve() == source.resolve():
-        raise CheckpointError(f"{target}: the output folder must differ from the input")
-    if target.exists() and any(target.iterdir()) and not force:
-        raise CheckpointError(f"{target}: folder exists and is not empty (use --force to overwrite)")
+    source = Path(model)
+    target = check_output_folder(output, force, {"the input checkpoint": source})
+    held = read_json_object(source / "config.json").get("quantization_config")
+    if held is not None:  # quantizing dequantized weights again would compound the rounding
+        raise CheckpointError(f"{source}: already quantized ({held.get('bits') if isinstance(held, dict) else held} "
+                              "bits); quantize the original checkpoint instead")
     config = QuantConfig(bits=bits, group_size=group_size, vision_bits=8 if vision == "int8" else None)
     start = time.perf_counter()
     quantized = quantize_model(load_model(source), config)
-    save_model(quantized, target)
-    for path in source.iterdir():
-        if path.is_file() and path.name not in WEIGHT_FILES and not path.name.endswith((".safetensors", ".py")):
-            shutil.copy2(path, target / path.name)
+    with staged_folder(target) as stage:
+        save_model(quantized, stage)
+        for path in source.iterdir():
+            if path.is_file() and path.name not in WEIGHT_FILES and not path.name.endswith((".safetensors", ".py")):
+                shutil.copy2(path, stage / path.name)
     report = {"output": str(target), "quantization_config": config.to_dict(), "seconds": time.perf_counter() - start,
               "input_bytes": _weight_bytes(source), "output_bytes": _weight_bytes(target)}
     print(f"wrote {target}: {report['input_bytes'] / 2**20:.1f} MiB -> {report['output_bytes'] / 2**20:.1f} MiB "
@@ -71,6 +75,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--vision", choices=["int8"], help="also quantize the vision tower and resampler input")
     parser.add_argument("--check", action="store_true", help="report quality against the original")
     parser.add_argument("--check-tokens", type=int, default=32, help="answer length for --check")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(run=lambda a: quantize(a.model, a.output, a.bits, a.group_size, a.vision, a.check,
                                                a.check_tokens, a.force) and 0)

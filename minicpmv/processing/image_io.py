@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -45,11 +46,17 @@ def describe_source(source: object) -> str:
         return f"PIL image {source.width}x{source.height} ({source.mode})"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"image bytes ({len(source)} bytes)"
-    if isinstance(source, str) and source.startswith("data:"):
+    if isinstance(source, str) and source[:5].lower() == "data:":
         return f"data URL ({len(source)} chars)"
     if isinstance(source, (str, os.PathLike)):
-        return str(source)
+        return shorten(str(source))
     return type(source).__name__
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """`text`, or its start and length when longer than `limit` (a message must stay one line)."""
+    text = text.replace("\n", " ").replace("\0", "\\0")
+    return text if len(text) <= limit else f"{text[:limit - 40]}... ({len(text)} chars)"
 
 
 def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -68,12 +75,21 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         ImageError: the input is missing, empty, truncated, corrupt, of an unknown format or type,
             or larger than `max_pixels`.
     """
+    return decode_image(open_image(source, max_pixels), describe_source(source))
+
+
+def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image with only its header read (`.size` known, pixels not decoded), so that a caller
+    can budget pixels across several images before decoding any. ImageError as load_image."""
     name = describe_source(source)
     if isinstance(source, Image.Image):
-        image = source
-        _check_size(image.size, max_pixels, name)
-    else:
-        image = _open(source, name, max_pixels)
+        _check_size(source.size, max_pixels, name)
+        return source
+    return _open(source, name, max_pixels)
+
+
+def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
+    """An opened image decoded to RGB, EXIF orientation applied (see load_image)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency and bomb warnings: handled here
@@ -103,7 +119,7 @@ def _open(source: ImageSource, name: str, max_pixels: int | None) -> Image.Image
 def _as_stream(source: ImageSource, name: str) -> BinaryIO:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(_non_empty(bytes(source), name))
-    if isinstance(source, str) and source.startswith("data:"):
+    if isinstance(source, str) and source[:5].lower() == "data:":  # schemes are case-insensitive
         return io.BytesIO(_non_empty(decode_data_url(source), name))
     if isinstance(source, str) and source.split(":", 1)[0].lower() in ("http", "https", "ftp"):
         raise ImageError(f"{name}: remote image URLs are not fetched; download the file first")
@@ -118,14 +134,27 @@ def _as_stream(source: ImageSource, name: str) -> BinaryIO:
 
 
 def _read_file(path: Path, name: str) -> bytes:
+    """A regular file's bytes; a FIFO or device is refused, not read (a read could block forever)."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{name}: is a directory, not an image file") from None
+    except ValueError:  # a NUL byte in the name
+        raise ImageError(f"{name}: not a valid file name") from None
     except OSError as exc:
         raise ImageError(f"{name}: cannot read file ({_reason(exc)})") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise ImageError(f"{name}: is a directory, not an image file" if stat.S_ISDIR(kind) else
+                         f"{name}: not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read file ({_reason(exc)})") from None
 
 
 def decode_data_url(url: str) -> bytes:
@@ -134,7 +163,7 @@ def decode_data_url(url: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep:
         raise ImageError(f"{name}: malformed data URL (no ',' before the payload)")
-    params = header[len("data:"):].split(";")
+    params = header[len("data:"):].split(";")  # the scheme is "data:" in any case
     mime = params[0].strip().lower()
     if mime and not mime.startswith("image/"):
         raise ImageError(f"{name}: data URL has media type {mime!r}, expected image/*")

@@ -118,7 +118,13 @@ class MiniCPMVProcessor:
     ) -> EncodedPrompt:
         """Expand image tags in a rendered prompt, tokenise it and locate the image spans."""
         placeholders = [self.placeholder(image.plan, i, use_image_id) for i, image in enumerate(images)]
-        ids = self.tokenizer.encode(expand_image_tags(prompt, placeholders))
+        text = expand_image_tags(prompt, placeholders)
+        if max_length is not None and len(text) // self.tokenizer.max_token_chars > max_length:
+            # refused before tokenizing: megabytes of text take a minute and gigabytes to tokenize
+            raise PromptTooLongError(
+                f"the prompt is {len(text)} characters long, at least {len(text) // self.tokenizer.max_token_chars} "
+                f"tokens, more than the limit of {max_length}; use a shorter text")
+        ids = self.tokenizer.encode(text)
         if max_length is not None and len(ids) > max_length:
             raise PromptTooLongError(
                 f"the prompt is {len(ids)} tokens long after image expansion, more than the limit of "

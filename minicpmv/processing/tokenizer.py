@@ -10,6 +10,7 @@ Special-token ids are always looked up by their strings.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -51,6 +52,15 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         raise NotImplementedError
 
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (its longest vocabulary entry): a text of
+        N characters is at least N / max_token_chars tokens, known without tokenizing it."""
+        return max(1, max(len(piece) for piece in self._pieces()))
+
+    def _pieces(self):
+        raise NotImplementedError
+
     def require_id(self, token: str) -> int:
         """Id of a token that must exist (image markers, terminators)."""
         token_id = self.token_to_id(token)
@@ -83,6 +93,9 @@ class HFTokenizer(TextTokenizer):
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def _pieces(self):
+        return self.backend.get_vocab(with_added_tokens=True)
 
 
 class SentencePieceTokenizer(TextTokenizer):
@@ -138,6 +151,9 @@ class SentencePieceTokenizer(TextTokenizer):
     @property
     def vocab_size(self) -> int:
         return self.backend.get_piece_size()
+
+    def _pieces(self):
+        return [*map(self.backend.id_to_piece, range(self.backend.get_piece_size())), *self.added_tokens]
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:

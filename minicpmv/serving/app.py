@@ -22,12 +22,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from ..errors import ConfigError
+from ..processing.image_io import shorten
 from . import protocol
 from .images import ImagePolicy, to_chat_messages
 from .protocol import APIError, ChatCompletionRequest
 from .worker import Job, ModelWorker
 
 DEFAULT_MAX_BODY_BYTES = 32 << 20
+# decoded images held by all admitted requests together (3 bytes a pixel: about 800 MB)
+DEFAULT_MAX_SERVER_PIXELS = 256_000_000
+# the names a server on this machine is reached by; any other Host is a page in the user's browser
+# that resolved its own name to 127.0.0.1 (DNS rebinding)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ClientGone(Exception):
@@ -43,13 +49,24 @@ class ServerSettings:
     max_streams: int = 4  # answers advancing in turn, a token each
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     images: ImagePolicy = field(default_factory=ImagePolicy)
+    max_server_pixels: int | None = DEFAULT_MAX_SERVER_PIXELS
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS  # None: any Host header
+    head_timeout_s: float = 10.0  # to send a whole request head (and idle keep-alive)
+    body_timeout_s: float = 60.0  # to send a whole request body
+    max_connections: int = 256
+    # image features reused across requests: faster repeated turns, but one client could time
+    # another's images (a hit is 30x faster), so off unless every client is trusted
+    share_feature_cache: bool = False
 
 
 def create_app(chat, settings: ServerSettings | None = None, start_worker: bool = True) -> FastAPI:
     """The server for one loaded `ChatModel`. Its worker (`app.state.worker`) starts in a thread
     now, or, with `start_worker=False`, runs wherever the caller calls `worker.run()`."""
     settings = settings or ServerSettings()
-    worker = ModelWorker(chat, settings.max_queue, settings.max_batch, settings.max_streams)
+    worker = ModelWorker(chat, settings.max_queue, settings.max_batch, settings.max_streams,
+                         settings.max_server_pixels)
+    if not settings.share_feature_cache:
+        chat.feature_cache_size = 0
     if start_worker:
         worker.start()
 
@@ -61,6 +78,7 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     app = FastAPI(title="minicpmv", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.worker, app.state.settings = worker, settings
     _add_error_handlers(app)
+    _add_request_checks(app, settings)
     started = int(time.time())
 
     async def require_api_key(request: Request) -> None:
@@ -94,9 +112,18 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
 
 
 async def _answer(request: Request, worker: ModelWorker, settings: ServerSettings):
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     parsed = protocol.parse_request(body)
-    job = await _make_job(parsed, settings, worker.context)
+    options, limit = _options(parsed, worker.context)
+    ticket = worker.admit()  # before any image is decoded: a full server answers 429 at once
+    try:
+        # decoding images is slow and blocking: off the event loop
+        messages = await run_in_threadpool(to_chat_messages, parsed, settings.images,
+                                           lambda pixels: worker.reserve_pixels(ticket, pixels))
+    except BaseException:
+        worker.release(ticket)
+        raise
+    job = Job(messages, options, asyncio.get_running_loop(), limit, parsed.stream, ticket=ticket)
     worker.submit(job)
     try:
         kind, payload = await _next_event(job, request)
@@ -118,19 +145,28 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
         raise
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body is {declared} bytes, over the limit of {limit} bytes", code="body_too_large")
     body = bytearray()
-    async for piece in request.stream():
+    deadline = time.monotonic() + timeout_s
+    pieces = request.stream().__aiter__()
+    while True:
+        try:  # a client sending a byte now and then must not hold a connection for ever
+            piece = await asyncio.wait_for(pieces.__anext__(), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout") \
+                from None
         body += piece
         if len(body) > limit:
             raise APIError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
-    return bytes(body)
 
 
-async def _make_job(request: ChatCompletionRequest, settings: ServerSettings, context: int) -> Job:
+def _options(request: ChatCompletionRequest, context: int) -> tuple[dict, int | None]:
+    """The generation options of a request, and its answer limit (checked against the context)."""
     limit = request.answer_limit()
     if limit is not None and limit >= context:
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
@@ -142,9 +178,7 @@ async def _make_job(request: ChatCompletionRequest, settings: ServerSettings, co
                         ("repetition_penalty", request.repetition_penalty), ("seed", request.seed)):
         if value is not None:
             options[name] = value
-    # decoding images is slow and blocking: off the event loop
-    messages = await run_in_threadpool(to_chat_messages, request, settings.images)
-    return Job(messages, options, asyncio.get_running_loop(), limit, request.stream)
+    return options, limit
 
 
 async def _next_event(job: Job, request: Request, poll_s: float = 0.25):
@@ -188,6 +222,49 @@ async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool
         job.cancel()
 
 
+def _add_request_checks(app: FastAPI, settings: ServerSettings) -> None:
+    """Refused before any route runs: a Host this server is not known by (a web page that pointed
+    its own name at 127.0.0.1), and a POST body that is not declared JSON (a browser sends a
+    cross-site text/plain or form POST without asking first; application/json it must ask for).
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from
+    the routes, which cancel abandoned generations by them."""
+    allowed = None if settings.allowed_hosts is None else {h.lower().strip("[]") for h in settings.allowed_hosts}
+
+    def refusal(scope) -> APIError | None:
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if allowed is not None and "*" not in allowed:
+            host = _host_name(headers.get("host", ""))
+            if host not in allowed:
+                return APIError(400, f"Host {shorten(host, 80)!r} is not one this server answers to; start it "
+                                     "with --allowed-hosts NAME to add a name", code="host_not_allowed")
+        if scope["method"] == "POST":
+            media = headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                return APIError(415, f"Content-Type {shorten(media, 80) or '(none)'!r}: send the body as "
+                                     "application/json", code="unsupported_media_type")
+        return None
+
+    class RequestChecks:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            error = refusal(scope) if scope["type"] == "http" else None
+            if error is None:
+                return await self.inner(scope, receive, send)
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+
+    app.add_middleware(RequestChecks)
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header without its port ("[::1]:8080" -> "::1")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -214,12 +291,14 @@ def serve_on_main_thread(chat, settings: ServerSettings, host: str, port: int, l
     until Ctrl-C or SIGTERM; raises ConfigError if the address cannot be listened on."""
     import uvicorn
 
+    from .connections import uvicorn_config
+
     try:  # bound here, so that a taken port is a one-line error and not a dead server thread
         listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     app = create_app(chat, settings, start_worker=False)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=log_level))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="minicpmv-http", daemon=True)
     thread.start()
     while not server.started:

@@ -3,8 +3,9 @@
 The model is not thread-safe, so one thread owns it; HTTP handlers hand it jobs and read back
 events on their own asyncio loop. Several answers advance in turn, a token each; greedy
 non-streamed jobs waiting together share one batched decode (the engine's left-padded batch).
-Admission is counted (waiting + running): past `max_queue` a request is refused at once (429)
-instead of waiting without bound. A job's client can cancel it at any time: waiting, it is
+Admission is counted (waiting + running) and happens before a request's images are decoded: past
+`max_queue` a request is refused at once (429) instead of waiting without bound, and the decoded
+pixels of all admitted requests stay under `max_pixels` (more: 429) however small the files were. A job's client can cancel it at any time: waiting, it is
 skipped; running, its stream stops at the next token.
 """
 
@@ -24,6 +25,14 @@ log = logging.getLogger("minicpmv.serve")
 
 
 @dataclass
+class Ticket:
+    """One admitted request's place: a queue slot and the pixels it holds, given back once."""
+
+    pixels: int = 0
+    released: bool = False
+
+
+@dataclass
 class Job:
     """One chat completion: what to answer, and where its events go.
 
@@ -38,6 +47,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     stream: object = None  # the TextStream once running
+    ticket: Ticket | None = None  # from ModelWorker.admit(); submit() takes one if None
 
     def emit(self, kind: str, payload=None) -> None:
         try:
@@ -62,9 +72,12 @@ class ModelWorker:
     cache), so every client sees its answer progress; greedy non-streamed requests with the same
     settings that are waiting together are decoded as one batch of up to `max_batch`."""
 
-    def __init__(self, chat, max_queue: int = 16, max_batch: int = 1, max_streams: int = 4):
+    def __init__(self, chat, max_queue: int = 16, max_batch: int = 1, max_streams: int = 4,
+                 max_pixels: int | None = None):
         if min(max_queue, max_batch, max_streams) < 1:
             raise ValueError("max_queue, max_batch and max_streams must be at least 1")
+        self.max_pixels = max_pixels
+        self._pixels = 0
         self.chat = chat
         self.context = chat.llm.cfg.max_position_embeddings
         self.max_queue = max_queue
@@ -84,8 +97,9 @@ class ModelWorker:
         thread.start()
         return thread
 
-    def submit(self, job: Job) -> None:
-        """Queue a job, or raise APIError 429 when `max_queue` jobs are already admitted."""
+    def admit(self) -> Ticket:
+        """A queue slot for a request about to be prepared, or APIError 429 when `max_queue`
+        requests are already admitted. Give it back with `release` unless a job takes it."""
         with self._lock:
             if self._admitted >= self.max_queue:
                 self.counts["refused"] += 1
@@ -93,12 +107,38 @@ class ModelWorker:
                                     f"(limit {self.max_queue}); retry later", code="queue_full",
                                kind="rate_limit_error")
             self._admitted += 1
+            return Ticket()
+
+    def reserve_pixels(self, ticket: Ticket, pixels: int) -> None:
+        """Count `pixels` (about to be decoded) against the server's budget, or APIError 429."""
+        with self._lock:
+            if self.max_pixels is not None and self._pixels + pixels > self.max_pixels:
+                self.counts["refused"] += 1
+                raise APIError(429, f"the server is busy: the requests it holds have {self._pixels} pixels of "
+                                    f"images; {pixels} more would pass its limit of {self.max_pixels}; retry later",
+                               code="images_busy", kind="rate_limit_error")
+            self._pixels += pixels
+            ticket.pixels += pixels
+
+    def release(self, ticket: Ticket) -> None:
+        with self._lock:
+            if not ticket.released:
+                ticket.released = True
+                self._admitted -= 1
+                self._pixels -= ticket.pixels
+
+    def submit(self, job: Job) -> None:
+        """Queue a job under its ticket (admitted now if it has none: 429 when full)."""
+        if job.ticket is None:
+            job.ticket = self.admit()
+        with self._lock:
             self._waiting.append(job)
             self._lock.notify()
 
     def status(self) -> dict:
         with self._lock:
-            return {"admitted": self._admitted, "max_queue": self.max_queue, **self.counts}
+            return {"admitted": self._admitted, "max_queue": self.max_queue, "image_pixels": self._pixels,
+                    **self.counts}
 
     def close(self) -> None:
         with self._lock:
@@ -126,8 +166,8 @@ class ModelWorker:
 
     def _finish(self, job: Job, outcome: str | None) -> None:
         """`outcome`: the count it adds to ("completed", "cancelled", "failed"; None for a 400)."""
+        self.release(job.ticket)
         with self._lock:
-            self._admitted -= 1
             if outcome:
                 self.counts[outcome] += 1
 

@@ -11,12 +11,15 @@ checkpoint: W + (alpha / r) * B @ A for every adapted projection.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
+from ..files import check_output_folder, staged_folder
+from ..jsonfile import read_json_object
 from ..model.checkpoint import load_model, save_model
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -80,19 +83,33 @@ def load_adapter(model, folder: Path) -> None:
 
 
 def _read_adapter(folder: Path) -> tuple[dict, dict]:
+    """An adapter's config and tensors; a training run's folder stands for its newest checkpoint."""
+    from .checkpoints import latest_checkpoint
+
     folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).exists() and (folder / "latest").exists():
+        folder = latest_checkpoint(folder)
+    config = read_json_object(folder / ADAPTER_CONFIG, " (not a LoRA adapter folder)")
     try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text())
         state = load_file(str(folder / ADAPTER_WEIGHTS))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{folder}: not a LoRA adapter folder ({exc})") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder / ADAPTER_WEIGHTS}: missing (not a LoRA adapter folder)") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a broken file
+        raise CheckpointError(f"{folder / ADAPTER_WEIGHTS}: unreadable ({str(exc).splitlines()[0][:120]})") from None
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG}: r must be a positive integer, got {rank!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
     return config, state
 
 
-def merge_lora(model_path: str | Path, adapter: str | Path, output: str | Path) -> Path:
-    """Base checkpoint + adapter folder -> an official-layout folder with the adapters folded in."""
+def merge_lora(model_path: str | Path, adapter: str | Path, output: str | Path, force: bool = False) -> Path:
+    """Base checkpoint + adapter folder -> an official-layout folder with the adapters folded in,
+    staged and renamed into place (the base and the adapter are never written to)."""
     from .checkpoints import copy_model_files
 
+    output = check_output_folder(output, force, {"the base checkpoint": model_path, "the adapter": adapter})
     config, state = _read_adapter(Path(adapter))
     scale = config["lora_alpha"] / config["r"]
     model = load_model(model_path)
@@ -112,7 +129,7 @@ def merge_lora(model_path: str | Path, adapter: str | Path, output: str | Path) 
             raise CheckpointError(f"{adapter}: adapter for {module} does not match the base model")
         # (out, in) += scale * (out, r) @ (r, in), in the weight's own dtype
         weight += (scale * pair["B"].float() @ pair["A"].float()).to(weight.dtype)
-    output = Path(output)
-    save_model(model, output)
-    copy_model_files(Path(model_path), output)
+    with staged_folder(output) as stage:
+        save_model(model, stage)
+        copy_model_files(Path(model_path), stage)
     return output
