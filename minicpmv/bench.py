@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .files import staged_folder
 from .model.config import OFFICIAL_ARCHITECTURES, SO400M
 from .processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
 
@@ -80,16 +81,15 @@ def random_checkpoint(name: str, root: Path) -> Path:
     folder = root / name / "fp32"
     if (folder / "model.safetensors").exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
     config = ARCHITECTURES[name]
     with torch.device("meta"):
         model = MiniCPMV(MiniCPMVConfig.from_dict(config))
     generator = torch.Generator().manual_seed(0)
     tensors = {n: torch.randn(t.shape, generator=generator) * 0.02 for n, t in model.state_dict().items()}
-    save_file(tensors, folder / ".model.safetensors.tmp", metadata={"format": "pt"})
-    os.replace(folder / ".model.safetensors.tmp", folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    write_byte_tokenizer(folder)
+    with staged_folder(folder) as stage:  # whole or absent: the check above trusts its weights file
+        save_file(tensors, stage / "model.safetensors", metadata={"format": "pt"})
+        (stage / "config.json").write_text(json.dumps(config, indent=2))
+        write_byte_tokenizer(stage)
     return folder
 
 
@@ -109,7 +109,6 @@ def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
     folder = root / name / quantized_folder_name(bits)
     if (folder / "model.safetensors").exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
     config = dict(ARCHITECTURES[name])
     quant = QuantConfig(bits=bits, group_size=INT4_GROUP)
     with torch.device("meta"):
@@ -125,10 +124,10 @@ def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
             tensors[tensor_name] = torch.full(meta.shape, 0.02 / (4 if bits == 4 else 64), dtype=meta.dtype)
         else:
             tensors[tensor_name] = (torch.randn(meta.shape, generator=generator) * 0.02).to(meta.dtype)
-    save_file(tensors, folder / ".model.safetensors.tmp", metadata={"format": "pt"})
-    os.replace(folder / ".model.safetensors.tmp", folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": quant.to_dict()}, indent=2))
-    write_byte_tokenizer(folder)
+    with staged_folder(folder) as stage:
+        save_file(tensors, stage / "model.safetensors", metadata={"format": "pt"})
+        (stage / "config.json").write_text(json.dumps({**config, "quantization_config": quant.to_dict()}, indent=2))
+        write_byte_tokenizer(stage)
     return folder
 
 

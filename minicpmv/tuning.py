@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .files import write_text_atomic
+
 PHASES = ("encode", "prefill", "decode")
 
 
@@ -59,9 +61,7 @@ def save_tuning(config, settings: dict) -> Path:
     except (OSError, json.JSONDecodeError):
         entries = {}
     entries.setdefault(machine_key(), {})[model_key(config)] = settings
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(entries, indent=2))
     return path
 
 

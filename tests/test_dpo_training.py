@@ -84,8 +84,8 @@ def test_two_processes_match_one(pairs, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(pairs, tmp_path):
     args = _args(pairs, steps=6) + ["--save-every", "2", "--batch-size", "2"]
     subprocess.run(PYTHON + args + ["-o", str(tmp_path / "straight")], check=True, capture_output=True, timeout=600)
-    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "4", *args,
-                            "-o", str(tmp_path / "killed")], capture_output=True, timeout=600)
+    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "weights", "4",
+                            *args, "-o", str(tmp_path / "killed")], capture_output=True, timeout=600)
     assert crash.returncode == -9 and (tmp_path / "killed" / "latest").read_text().strip() == "checkpoint-000002"
     subprocess.run(PYTHON + args + ["-o", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True,
                    timeout=600)

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import PromptError
-from ..files import write_text_atomic
+from ..files import recover, write_text_atomic
 from ..jsonfile import open_for_append, read_jsonl
 from .feedback import demo_claims, parse_bullets, question_prompt, response_score, split_prompt, \
     verification_question, claim_label
@@ -71,6 +71,7 @@ def sample_responses(chat, instructions: list[dict], output: Path, n: int = SAMP
     """N answers per instruction from the policy: one prompt, one set of settings, sampled as
     one batch from a seed of the instruction's own (so a resumed run draws the same)."""
     output.mkdir(parents=True, exist_ok=True)
+    recover(output)  # staged files a killed run left
     path = output / "responses.jsonl"
     todo, bar = _todo(instructions, path, progress, "sample")
     with open_for_append(path) as handle, bar:

@@ -9,13 +9,13 @@ Written to a temporary name, then renamed: an interrupted export never leaves a 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..files import staged_path
 from ..model.checkpoint import weight_files
 from ..model.config import LLMConfig, MiniCPMVConfig
 from ..model.safetensors_reader import read_header, read_tensors
@@ -158,9 +158,8 @@ def write_gguf(tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "
     if weight_type not in TYPES:
         raise ConfigError(f"weight type {weight_type!r} is not one of {', '.join(TYPES)}")
     linear_type, outer_type = (gguf.GGMLQuantizationType[t] for t in TYPES[weight_type])
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family])
-    try:
+    with staged_path(output) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family])
         _write_metadata(writer, cfg)
         _write_vocabulary(writer, cfg.vocab_size, tokenizer_file)
         for name, data in tensors:
@@ -179,8 +178,4 @@ def write_gguf(tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return output

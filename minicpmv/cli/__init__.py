@@ -25,13 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the chosen subcommand; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
     except MiniCPMVError as exc:
-        print(f"minicpmv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"minicpmv {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the command was given, or the disk (full, read-only)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"minicpmv {args.command}: error: {one_line(exc.strerror or str(exc))}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minicpmv {args.command}: interrupted", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
+
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", help="checkpoint folder (default: the bundled demo model)")
@@ -43,6 +45,16 @@ def load_model(args: argparse.Namespace):
 
     from ..chat import load
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    if args.device is not None:
+        try:
+            kind = torch.device(args.device).type
+        except RuntimeError:
+            raise ConfigError(f"--device {args.device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+        backend = getattr(torch, kind, None)  # torch.cuda, torch.mps, ...
+        if kind != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+            raise ConfigError(f"--device {args.device!r}: no {kind} device here (this torch sees none)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is None:

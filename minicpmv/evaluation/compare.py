@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+from ..files import staged_path
 from .tsv import TableError, read_cells
 
 BOOTSTRAP_SAMPLES = 2000
@@ -99,7 +100,6 @@ def draw_bars(report: dict, path: str | Path, labels: tuple[str, str] = ("A", "B
         axis.set_title(name)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
+    with staged_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100)
     plt.close(figure)
-    tmp.replace(path)

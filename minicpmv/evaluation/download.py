@@ -4,13 +4,12 @@ the harness downloads at run time; this is the one explicit step that does."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..errors import MiniCPMVError
+from ..files import staged_path
 from .benchmarks import get_benchmark
 
 CHUNK = 1 << 20
@@ -34,26 +33,22 @@ def download_benchmark(name: str, output: str | Path, url: str | None = None, md
     target = Path(output) / f"{bench.name}.tsv"
     if target.exists() and md5 and _md5(target) == md5:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     digest = hashlib.md5()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with staged_path(target) as tmp, open(tmp, "wb") as out, \
+                urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=bench.name, disable=not show_progress) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        if md5 and digest.hexdigest() != md5:
-            raise DownloadError(f"{url}: md5 {digest.hexdigest()} is not the published {md5}; file not kept")
-        os.replace(tmp, target)
+            if md5 and digest.hexdigest() != md5:  # raised inside: the staged file is not kept
+                raise DownloadError(f"{url}: md5 {digest.hexdigest()} is not the published {md5}; file not kept")
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return target
 
 

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import MiniCPMVError
-from ..files import write_text_atomic
+from ..files import recover, write_text_atomic
 from ..jsonfile import open_for_append, read_jsonl
 from .benchmarks import Benchmark
 from .prompts import build_prompt, max_new_tokens as wrapper_max_tokens, message_content, upsize
@@ -124,6 +124,8 @@ def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Pa
     `output` and return the scores (None on ranks other than 0)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        recover(output)  # staged files a killed run left
     header, cells = read_cells(data)  # the strings, written back as they are; typed rows build the prompts
     columns, rows = header, typed_rows(header, cells)
     if "index" not in columns or "question" not in columns or "image" not in columns:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from ..errors import MiniCPMVError
+from ..files import staged_path
 
 NA = float("nan")
 # pandas' default na_values (pandas >= 2.0), matched on the whole field
@@ -93,19 +92,11 @@ def cell_text(value) -> str:
 def write_table(path: str | Path, columns: list[str], rows: list[dict]) -> None:
     """Write rows as VLMEvalKit's dump() does (every field quoted), atomically: a temporary file in
     the same folder, then a rename, so a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([cell_text(row.get(c)) for c in columns])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([cell_text(row.get(c)) for c in columns])
 
 
 def require_columns(path, columns: list[str], needed: tuple[str, ...]) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
+from ..files import staged_path
 from .config import MiniCPMVConfig
 from .minicpmv import MiniCPMV
 from .safetensors_reader import SafetensorsFormatError, read_header, read_tensors
@@ -103,6 +102,7 @@ class OpenCheckpoint:
 
             prepare_quantized_layout(self.model, QuantConfig.from_dict(quantization))
         self.expected = {name: (tuple(t.shape), t.numel() * t.element_size()) for name, t in self.model.state_dict().items()}
+        self.floating = {name: t.is_floating_point() for name, t in self.model.state_dict().items()}
         # tensors whose dtype is part of a quantized layout, not the model's compute dtype
         self.stored_dtypes = {f"{module_name}.{key}": dtype for module_name, module in self.model.named_modules()
                               for key, dtype in getattr(module, "stored_dtypes", {}).items()}
@@ -137,7 +137,8 @@ class OpenCheckpoint:
             try:
                 for name, tensor in read_tensors(file, file_names, header, data_start):
                     dtype = self.stored_dtypes.get(name, self.dtype)
-                    state[name] = _convert(name, tensor, self.expected[name][0], dtype, self.device)
+                    state[name] = _convert(name, tensor, self.expected[name][0], self.floating[name], dtype,
+                                           self.device)
                     bar.update(self.expected[name][1])
             except (SafetensorsFormatError, OSError) as exc:
                 raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
@@ -182,9 +183,14 @@ def _check_names(expected: dict, files: dict) -> None:
                               + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
 
 
-def _convert(name: str, tensor: torch.Tensor, shape: tuple, dtype, device) -> torch.Tensor:
+def _convert(name: str, tensor: torch.Tensor, shape: tuple, floating: bool, dtype, device) -> torch.Tensor:
+    """The stored tensor in its place: the model's shape, floating point where the model has
+    floats (the compute `dtype`), integers where a quantized layout has them."""
     if tuple(tensor.shape) != shape:
         raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {shape}")
+    if tensor.is_floating_point() != floating:
+        raise CheckpointError(f"tensor {name} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
+                              f"expected {'floating point' if floating else 'integers'}")
     target = dtype if tensor.is_floating_point() else tensor.dtype
     return tensor.to(device=device, dtype=target)
 
@@ -232,14 +238,5 @@ def _shard(state: dict, max_bytes: int) -> list[dict]:
 
 
 def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with staged_path(target) as tmp:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the folder unreadable to others
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

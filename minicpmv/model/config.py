@@ -124,7 +124,10 @@ def _vision_config(config: dict, version: str, drop_last: bool) -> VisionConfig:
         depth = timm["depth"] - (1 if drop_last else 0)
         return VisionConfig("timm", width, int(width * timm["mlp_ratio"]), depth, timm["num_heads"],
                             timm.get("patch_size", 14), timm.get("img_size", 384), 1e-6, gelu_tanh=False)
-    values = {**SO400M, **(config.get("vision_config") or {})}
+    given = config.get("vision_config") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"vision_config: expected an object, got {type(given).__name__}")
+    values = {**SO400M, **given}
     layers = _int(values, "num_hidden_layers", 27) - (1 if drop_last else 0)
     return VisionConfig(
         "navit", _int(values, "hidden_size", 1152), _int(values, "intermediate_size", 4304), layers,

@@ -10,6 +10,7 @@ length, a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {...}
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -41,15 +42,31 @@ def read_header(path: Path) -> tuple[dict, int]:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SafetensorsFormatError(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsFormatError("header is not a JSON object")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
     for name, entry in header.items():
-        begin, end = entry["data_offsets"]
-        if entry["dtype"] not in DTYPES:
-            raise SafetensorsFormatError(f"tensor {name} has unsupported dtype {entry['dtype']}")
-        if data_start + end > size:
-            raise SafetensorsFormatError(f"tensor {name} ends at byte {data_start + end}, past the end of the file ({size})")
+        _check_entry(name, entry, size - data_start)
     return header, data_start
+
+
+def _check_entry(name: str, entry, data_bytes: int) -> None:
+    """A header entry that describes a tensor inside the data section, its byte count equal to
+    its shape times its element size (checked in integers: a huge shape never reaches torch)."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
+        raise SafetensorsFormatError(f"tensor {name}: no supported dtype in {str(entry)[:80]}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise SafetensorsFormatError(f"tensor {name}: shape {str(shape)[:80]} is not a list of sizes >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise SafetensorsFormatError(f"tensor {name}: data_offsets {str(offsets)[:80]} are not [begin, end]")
+    if offsets[1] > data_bytes:
+        raise SafetensorsFormatError(f"tensor {name} ends at byte {offsets[1]} of the data, past its end ({data_bytes})")
+    expected = math.prod(shape) * torch.empty((), dtype=DTYPES[entry["dtype"]]).element_size()
+    if offsets[1] - offsets[0] != expected:
+        raise SafetensorsFormatError(f"tensor {name}: {offsets[1] - offsets[0]} bytes for shape {shape}")
 
 
 def read_tensors(path: Path, names: list[str], header: dict, data_start: int):

@@ -113,11 +113,21 @@ def render_prompt(
     rendered = [{"role": m.role, "content": join_parts(m.parts)} for m in messages]
     try:
         template = _compile_template(chat_template)
-        return template.render(
-            messages=rendered, add_generation_prompt=add_generation_prompt, **special_tokens
-        )
-    except TemplateError as exc:
-        raise PromptError(f"chat_template failed to render: {exc}") from None
+        pieces, size = [], 0
+        # a template is code from the checkpoint: its output is capped, and whatever it raises
+        # (the sandbox's OverflowError for a huge range, a TypeError) is the template's failure
+        for piece in template.generate(messages=rendered, add_generation_prompt=add_generation_prompt,
+                                       **special_tokens):
+            size += len(piece)
+            if size > MAX_RENDERED_CHARS + sum(len(m["content"]) for m in rendered):
+                raise TemplateError(f"its output passed {MAX_RENDERED_CHARS} characters beyond the messages")
+            pieces.append(piece)
+        return "".join(pieces)
+    except (TemplateError, ArithmeticError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise PromptError(f"chat_template failed to render: {' '.join(str(exc).split())[:200]}") from None
+
+
+MAX_RENDERED_CHARS = 1 << 20
 
 
 def _render_minicpm2(messages: list[Message], add_generation_prompt: bool) -> str:

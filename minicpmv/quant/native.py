@@ -16,7 +16,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from importlib import resources
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..cpu import cpu_flags, is_x86_64
+from ..files import staged_path
 from ..tuning import cache_path
 
 SOURCE = "qgemm.c"
@@ -48,16 +48,11 @@ def _build(source: Path, compiler: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run([compiler, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
+    # staged: a concurrent process sees no library or a whole one
+    with staged_path(target, suffix=".so") as tmp:
+        result = subprocess.run([compiler, *flags, str(source), "-o", str(tmp), "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
-        os.replace(tmp, target)  # atomic: a concurrent process sees the old state or a whole library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .documents import document_questions, fact_questions, page_slice_example, random_document, text_line_example
 from .scenes import caption, questions, random_scene, survey_questions
 
@@ -148,8 +147,5 @@ def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_sl
 
 
 def write_json(path: Path, records: list[dict]) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(records, handle, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(records, ensure_ascii=False, indent=1))
     return path

@@ -106,26 +106,14 @@ def save_model_folder(model, source: str | Path, target: str | Path, processor_c
     (not trainer_state.pt; `processor_changes` overrides keys of its preprocessor_config.json).
     Written beside `target` and swapped in, so a failed write leaves what was there untouched,
     and a stopped one leaves no half folder."""
-    import shutil
-    import tempfile
-
+    from ..files import staged_folder
     from ..training.checkpoints import copy_model_files
 
     source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = target.with_name(f".{target.name}.old")
-    try:
+    with staged_folder(target) as staging:
         save_model(model, staging)
         copy_model_files(source, staging)
         processor = staging / "preprocessor_config.json"
         if processor_changes and processor.exists():
             processor.write_text(json.dumps({**json.loads(processor.read_text()), **processor_changes}, indent=1))
-        staging.chmod(0o755)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return target

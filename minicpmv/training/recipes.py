@@ -5,6 +5,7 @@ file or command-line `key=value` pairs override any field."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,19 @@ class Recipe:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, low, high in RANGES:  # what torch would otherwise refuse mid-run with a traceback
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+        if self.lora_dropout >= 1:
+            raise ConfigError(f"lora_dropout must be below 1, got {self.lora_dropout}")
+
+
+# (setting, lowest, highest) of the float settings
+RANGES = (("learning_rate", 0.0, 1.0), ("vpm_learning_rate", 0.0, 1.0), ("resampler_learning_rate", 0.0, 1.0),
+          ("weight_decay", 0.0, 10.0), ("adam_beta2", 0.0, 0.999999), ("warmup_ratio", 0.0, 1.0),
+          ("max_grad_norm", 0.0, 1e9), ("lora_dropout", 0.0, 1.0), ("lora_alpha", 1e-9, 1e9), ("dpo_beta", 1e-9, 1e3),
+          ("sft_weight", 0.0, 1e3))
 
 
 RECIPES = {
