@@ -23,12 +23,10 @@ from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
 from .model.minicpmv import MiniCPMV
 from .processing import MiniCPMVProcessor, ModelInputs
 from .processing.detokenize import IncrementalDecoder
-from .tuning import load_tuning
 from .processing.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VIDEO_MAX_SLICE_NUMS, load_video_frames
+from .tuning import load_tuning
+from .versions import facts
 
-# Token strings that end an answer, per version (looked up in the tokenizer, never hard-coded ids).
-TERMINATORS = {"2.6": ("<|im_end|>", "<|endoftext|>"), "2.5": ("<|end_of_text|>", "<|eot_id|>"), "2.0": ("</s>",)}
-MAX_INPUT_LENGTH = {"2.6": 8192, "2.5": 2048, "2.0": 2048}  # the official max_inp_length
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 SAMPLING_OPTIONS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p",
@@ -157,7 +155,7 @@ class ChatModel:
         self.load_seconds = load_seconds
         self.compiled: tuple[str, ...] = ()  # parts compiled by `compile()`
         self.compile_seconds = 0.0
-        names = [*TERMINATORS[self.version], self.tokenizer.special_tokens.get("eos_token")]
+        names = [*facts(self.version).terminators, self.tokenizer.special_tokens.get("eos_token")]
         self.stop_ids = frozenset(i for i in (self.tokenizer.token_to_id(n) for n in names if n) if i is not None)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._feature_cache_size = feature_cache_size
@@ -283,7 +281,7 @@ class ChatModel:
             use_image_id = False if use_image_id is None else use_image_id
             max_slice_nums = max_slice_nums or VIDEO_MAX_SLICE_NUMS
         conversations = [_with_images(conversation, image) for conversation in conversations]
-        limit = max_input_length or MAX_INPUT_LENGTH[self.version]
+        limit = max_input_length or facts(self.version).max_input_length
         inputs = self.processor(conversations, max_slice_nums=max_slice_nums, use_image_id=use_image_id,
                                 system_prompt=system_prompt, max_length=limit)
         start, swapped = time.perf_counter(), self._swap_seconds

@@ -1,10 +1,52 @@
-"""Which MiniCPM-V generation a config.json describes. Shared by the processor and the model."""
+"""What differs between MiniCPM-V generations, as data: one row of facts per version, read by the
+processor, the model, chat, training and evaluation (none of them tests a version string); and
+which generation a config.json describes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import ConfigError
 
-SUPPORTED_VERSIONS = ("2.0", "2.5", "2.6")
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """The facts of one generation that code branches on. A new version is a new row."""
+
+    llm_family: str  # the decoder's architecture: "minicpm", "llama", "qwen2"
+    query_num: int  # resampler queries per crop (the official checkpoints' image_feature_size)
+    # placeholders: "ids" (2.6: [<image_id>i</image_id>] <image>..</image> then rows of
+    # <slice>..</slice>, each slice its own image span) or "nested" (2.5, 2.0: <image>..</image>
+    # then <slice> rows of <image>..</image> </slice>, only <image> bounds a span)
+    placeholder_schema: str
+    newline_after_image: bool  # 2.0 writes "\n" after a placeholder, as part of it
+    chat_format: str  # "template": the tokenizer's jinja chat_template; "minicpm2": <用户>/<AI> turns
+    terminators: tuple[str, ...]  # tokens that end an answer (besides the tokenizer's EOS)
+    end_marker: str | None  # the token that closes an answer in training text; None: EOS appended
+    max_input_length: int  # the official chat()'s max_inp_length
+    vision_tower: str  # "navit" (SigLIP with per-crop sizes) or "timm" (2.0's ViT)
+    drop_vision_last_layer: bool  # the default when config.json does not say
+    faithful_idefics2_mask: bool  # 2.5: vision output depends on the longest crop of a call
+    query_pos_embed: bool  # 2.0's resampler adds a position embedding to its queries
+
+    @property
+    def use_image_id(self) -> bool:
+        return self.placeholder_schema == "ids"
+
+
+VERSIONS = {
+    "2.0": VersionFacts("minicpm", 64, "nested", True, "minicpm2", ("</s>",), None, 2048, "timm", True, False, True),
+    "2.5": VersionFacts("llama", 96, "nested", False, "template", ("<|end_of_text|>", "<|eot_id|>"), "<|eot_id|>", 2048,
+                        "navit", False, True, False),
+    "2.6": VersionFacts("qwen2", 64, "ids", False, "template", ("<|im_end|>", "<|endoftext|>"), "<|im_end|>", 8192,
+                        "navit", True, False, False),
+}
+SUPPORTED_VERSIONS = tuple(VERSIONS)
+
+
+def facts(version: str) -> VersionFacts:
+    """The row of a (normalized) version."""
+    return VERSIONS[normalize_version(version)]
 
 
 def normalize_version(value: object) -> str:

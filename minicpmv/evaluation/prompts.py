@@ -37,15 +37,25 @@ class Wrapper:
     upsize: tuple = ()         # name parts whose small images are upscaled at random toward 1344^2 (2.6)
     yes_or_no: tuple = ("HallusionBench",)  # name parts that get " Yes or No?" appended
     one_image: bool = False    # 2.0: one image, texts joined with newlines
+    # multiple choice: "dataset" (VLMEvalKit's own prompt), "instruction" (MCQ_25 as an instruction
+    # before the images) or "suffix" (MCQ_26_SUFFIX after the options)
+    mcq: str = "dataset"
+    custom_names: tuple = ()   # name parts that get the wrapper's prompt whatever their type (2.5)
 
 
 WRAPPERS = {
     "2.0": Wrapper(custom_types=(), max_new_tokens={"MCQ": 20, "Y/N": 100, "*": 1024}, one_image=True),
-    "2.5": Wrapper(custom_types=("MCQ", "VQA"), max_new_tokens={"MCQ": 200, "Y/N": 3, "*": 1024}),
+    "2.5": Wrapper(custom_types=("MCQ", "VQA"), max_new_tokens={"MCQ": 200, "Y/N": 3, "*": 1024},
+                   mcq="instruction", custom_names=("HallusionBench",)),
     "2.6": Wrapper(custom_types=("MCQ", "VQA", "Y/N"), max_new_tokens={"*": 2048},
                    cot=("MMMU", "HallusionBench", "OCRBench", "ChartQA"),
-                   upsize=("MMVet", "MMBench", "MMStar", "AI2D", "OCRBench")),
+                   upsize=("MMVet", "MMBench", "MMStar", "AI2D", "OCRBench"), mcq="suffix"),
 }
+DATASET = Wrapper(custom_types=(), max_new_tokens={"*": 1024})  # VLMEvalKit's dataset-side prompts
+
+
+def wrapper_of(version: str) -> Wrapper:
+    return WRAPPERS.get(version, WRAPPERS["2.6"])
 PRESET = "precise"  # the wrappers call chat(sampling=False, num_beams=3): the official 3-beam preset
 
 
@@ -58,20 +68,20 @@ def _hint(row: dict) -> str:
     return "" if hint is None or isna(hint) else f"Hint: {hint}\n"
 
 
-def _mcq(row: dict, version: str, name: str, cot: bool) -> tuple[str, str]:
+def _mcq(row: dict, wrapper: Wrapper, name: str, cot: bool) -> tuple[str, str]:
     """(instruction, prompt) of a multiple-choice row."""
     options = _options(row)
     listed = "".join(f"{k}. {v}\n" for k, v in options.items())
-    if version == "2.6" and cot:
+    if cot:
         prompt = _hint(row) + f"{row['question']}\n" + listed
         return "", (COT_MCQ if options else COT_SHORT) + prompt
     prompt = _hint(row) + f"Question: {row['question']}\n"
-    if version == "2.0" or version not in WRAPPERS:
+    if wrapper.mcq == "dataset":
         return "", prompt + ("Options:\n" + listed + MCQ_DATASET_SUFFIX if options else "")
     if options:
         prompt += "Options:\n" + listed
-        instruction = MCQ_25 if version == "2.5" else ""
-        prompt += MCQ_26_SUFFIX if version == "2.6" else ""
+        instruction = MCQ_25 if wrapper.mcq == "instruction" else ""
+        prompt += MCQ_26_SUFFIX if wrapper.mcq == "suffix" else ""
     else:
         instruction = NO_OPTIONS
     if "MMMU" in name and instruction:  # the wrappers' corner case: the instruction goes into the prompt
@@ -82,7 +92,7 @@ def _mcq(row: dict, version: str, name: str, cot: bool) -> tuple[str, str]:
 def _default(row: dict, bench: Benchmark) -> tuple[str, str]:
     """VLMEvalKit's dataset-side prompt, used where a wrapper builds none."""
     if bench.kind == "MCQ":
-        return _mcq(row, "2.0", bench.name, False)
+        return _mcq(row, DATASET, bench.name, False)
     if bench.kind == "VQA" and bench.scorer in ("textvqa", "docvqa"):
         return "", f"{row['question']}\n{VQA_INSTRUCTION}"
     return "", str(row["question"])
@@ -90,13 +100,13 @@ def _default(row: dict, bench: Benchmark) -> tuple[str, str]:
 
 def build_prompt(row: dict, bench: Benchmark, version: str) -> tuple[str, str]:
     """(instruction, prompt text) for a row; the instruction is '' when there is none."""
-    wrapper = WRAPPERS.get(version, WRAPPERS["2.6"])
-    if bench.kind not in wrapper.custom_types and not (version == "2.5" and "HallusionBench" in bench.name):
+    wrapper = wrapper_of(version)
+    if bench.kind not in wrapper.custom_types and not any(part in bench.name for part in wrapper.custom_names):
         return _default(row, bench)
     cot = any(part in bench.name for part in wrapper.cot)
     question = str(row["question"])
     if bench.kind == "MCQ":
-        return _mcq(row, version, bench.name, cot)
+        return _mcq(row, wrapper, bench.name, cot)
     if cot:
         return "", COT_SHORT + question
     if any(part in bench.name for part in wrapper.yes_or_no):
@@ -107,7 +117,7 @@ def build_prompt(row: dict, bench: Benchmark, version: str) -> tuple[str, str]:
 
 
 def max_new_tokens(bench: Benchmark, version: str) -> int:
-    table = WRAPPERS.get(version, WRAPPERS["2.6"]).max_new_tokens
+    table = wrapper_of(version).max_new_tokens
     return table.get(bench.kind, table["*"])
 
 
@@ -116,7 +126,7 @@ def upsize(image, bench: Benchmark, version: str, seed: int):
     (width uniform between its own and the one that reaches 1344^2). VLMEvalKit draws from one
     global stream seeded 0; here each row has its own seed, so a resumed or sharded run draws
     the same sizes."""
-    wrapper = WRAPPERS.get(version, WRAPPERS["2.6"])
+    wrapper = wrapper_of(version)
     if not any(part in bench.name for part in wrapper.upsize):
         return image
     width, height = image.size
@@ -129,7 +139,7 @@ def upsize(image, bench: Benchmark, version: str, seed: int):
 
 def message_content(instruction: str, images: list, prompt: str, version: str) -> list:
     """The user message's content items in the wrappers' order."""
-    if WRAPPERS.get(version, WRAPPERS["2.6"]).one_image:
+    if wrapper_of(version).one_image:
         text = "\n".join(t for t in (instruction, prompt) if t)
         return [*images[:1], text]
     return [*([instruction] if instruction else []), *images, prompt]

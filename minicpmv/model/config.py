@@ -12,10 +12,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..jsonfile import read_json_object
-from ..versions import detect_version
+from ..versions import detect_version, facts
 
-LLM_FAMILY = {"2.6": "qwen2", "2.5": "llama", "2.0": "minicpm"}
-QUERY_NUM = {"2.6": 64, "2.5": 96, "2.0": 64}
 
 # SigLIP-so400m: the vision tower of every released MiniCPM-V 2.x
 SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
@@ -94,10 +92,10 @@ class MiniCPMVConfig:
     @classmethod
     def from_dict(cls, config: dict) -> "MiniCPMVConfig":
         version = detect_version(config)
-        drop_last = bool(config.get("drop_vision_last_layer", version != "2.5"))
+        drop_last = bool(config.get("drop_vision_last_layer", facts(version).drop_vision_last_layer))
         vision = _vision_config(config, version, drop_last)
         llm = _llm_config(config, version)
-        query_num = _int(config, "query_num", QUERY_NUM[version])
+        query_num = _int(config, "query_num", facts(version).query_num)
         if llm.hidden_size < 128 or llm.hidden_size % 128:
             raise ConfigError(f"hidden_size: {llm.hidden_size} gives no whole number of 128-wide resampler heads")
         return cls(version, vision, llm, query_num, _int(config, "vision_batch_size", 16), drop_last,
@@ -116,7 +114,7 @@ def _int(config: dict, key: str, default: int) -> int:
 
 
 def _vision_config(config: dict, version: str, drop_last: bool) -> VisionConfig:
-    if version == "2.0":
+    if facts(version).vision_tower == "timm":
         # timm's vit_so400m_patch14_siglip_384; the tiny test models spell their timm args out.
         timm = config.get("tiny_vision_encoder_timm_args") or {
             "embed_dim": 1152, "depth": 27, "num_heads": 16, "mlp_ratio": 3.7362, "img_size": 384, "patch_size": 14}
@@ -132,12 +130,13 @@ def _vision_config(config: dict, version: str, drop_last: bool) -> VisionConfig:
     return VisionConfig(
         "navit", _int(values, "hidden_size", 1152), _int(values, "intermediate_size", 4304), layers,
         _int(values, "num_attention_heads", 16), _int(values, "patch_size", 14), _int(values, "image_size", 980),
-        float(values.get("layer_norm_eps", 1e-6)), gelu_tanh=True, faithful_idefics2_mask=version == "2.5",
+        float(values.get("layer_norm_eps", 1e-6)), gelu_tanh=True,
+        faithful_idefics2_mask=facts(version).faithful_idefics2_mask,
     )
 
 
 def _llm_config(config: dict, version: str) -> LLMConfig:
-    family = LLM_FAMILY[version]
+    family = facts(version).llm_family
     heads = _int(config, "num_attention_heads", 28)
     llm = LLMConfig(
         family=family,

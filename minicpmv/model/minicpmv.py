@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..versions import facts
 from .config import MiniCPMVConfig
 from .llm import KVCache, LanguageModel
 from .resampler import Resampler
@@ -39,7 +40,7 @@ class MiniCPMV(nn.Module):
         self.vpm = NavitSiglip(vision) if vision.kind == "navit" else TimmSiglip(vision)
         self.resampler = Resampler(
             config.query_num, config.llm.hidden_size, config.resampler_heads, vision.hidden_size,
-            query_pos_embed=config.version == "2.0",
+            query_pos_embed=facts(config.version).query_pos_embed,
         )
         self.llm = LanguageModel(config.llm)
         if config.llm.tie_word_embeddings:

@@ -17,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
 
 from ..errors import PromptError
+from ..versions import facts
 from .placeholders import IMAGE_TAG
 
 ROLES = ("system", "user", "assistant")
@@ -106,7 +107,7 @@ def render_prompt(
     add_generation_prompt: bool = True,
 ) -> str:
     """Prompt text with image tags, before placeholder expansion and tokenisation."""
-    if version == "2.0":
+    if facts(version).chat_format == "minicpm2":
         return _render_minicpm2(messages, add_generation_prompt)
     if not chat_template:
         raise PromptError("the tokenizer has no chat_template; cannot build a chat prompt")

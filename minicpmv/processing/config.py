@@ -8,10 +8,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..jsonfile import read_json_object
-from ..versions import detect_version, normalize_version
+from ..versions import detect_version, facts, normalize_version
 from .slicing import MAX_SLICE_NUMS, PATCH_SIZE, SCALE_RESOLUTION
 
-QUERY_NUM = {"2.0": 64, "2.5": 96, "2.6": 64}
 
 
 @dataclass
@@ -37,8 +36,8 @@ class ProcessorConfig:
 
     def __post_init__(self):
         self.version = normalize_version(self.version)
-        if self.version != "2.6":
-            self.use_image_id = False  # only the 2.6 format has <image_id> tags
+        if not facts(self.version).use_image_id:
+            self.use_image_id = False  # only a schema with <image_id> tags can use them
         for name in ("query_num", "max_slice_nums", "scale_resolution", "patch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -49,7 +48,7 @@ class ProcessorConfig:
     def defaults(cls, version: str = "2.6") -> "ProcessorConfig":
         """The official settings of a released checkpoint of `version`."""
         version = normalize_version(version)
-        return cls(version=version, query_num=QUERY_NUM[version], use_image_id=version == "2.6")
+        return cls(version=version, query_num=facts(version).query_num, use_image_id=facts(version).use_image_id)
 
     @classmethod
     def from_dict(cls, data: dict, version: str) -> "ProcessorConfig":

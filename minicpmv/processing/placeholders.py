@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from ..errors import PromptError
+from ..versions import facts
 from .config import ProcessorConfig
 from .slicing import SlicePlan
 
@@ -49,7 +50,8 @@ def image_placeholder(
     """
     unk_run = config.unk * config.query_num
     image_span = f"{config.im_start}{unk_run}{config.im_end}"
-    if config.version == "2.6":
+    schema = facts(config.version)
+    if schema.placeholder_schema == "ids":
         slice_span = f"{config.slice_start}{unk_run}{config.slice_end}"
         text = image_span + _grid_text(plan, slice_span)
         with_id = config.use_image_id if use_image_id is None else bool(use_image_id)
@@ -59,7 +61,7 @@ def image_placeholder(
     text = image_span
     if plan.grid is not None:
         text += config.slice_start + _grid_text(plan, image_span) + config.slice_end
-    return text + "\n" if config.version == "2.0" else text
+    return text + "\n" if schema.newline_after_image else text
 
 
 def _grid_text(plan: SlicePlan, span: str) -> str:

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PromptError, PromptTooLongError
+from ..errors import PromptTooLongError
+from ..versions import facts
 from .chat_format import message_images, normalize_messages, render_prompt
 from .config import ProcessorConfig
 from .image_io import DEFAULT_MAX_PIXELS, load_image
 from .pixels import EncodedImage, encode_image
 from .placeholders import expand_image_tags, find_image_bounds, image_placeholder, refuse_marker_text
-from .slicing import SlicePlan, plan_slices
+from .slicing import SlicePlan, plan_slices, slice_limit
 from .tokenizer import TextTokenizer, load_tokenizer
 
 PAD_TOKEN_ID = 0  # the official processor and generate() pad with id 0
@@ -63,7 +64,7 @@ class MiniCPMVProcessor:
         self.tokenizer = tokenizer
         self.max_pixels = max_pixels
         start_tokens, end_tokens = [config.im_start], [config.im_end]
-        if config.version == "2.6":  # 2.6 slices have their own markers; 2.5/2.0 nest <image> in <slice>
+        if facts(config.version).placeholder_schema == "ids":  # slices are spans of their own (else nested)
             start_tokens.append(config.slice_start)
             end_tokens.append(config.slice_end)
         self.start_ids = {tokenizer.require_id(t) for t in start_tokens}
@@ -77,9 +78,7 @@ class MiniCPMVProcessor:
     def plan(self, size: tuple[int, int], max_slice_nums: int | None = None) -> SlicePlan:
         """Slice plan of an image of `size` (width, height) under this checkpoint's settings."""
         cfg = self.config
-        limit = cfg.max_slice_nums if max_slice_nums is None else max_slice_nums
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise PromptError(f"max_slice_nums must be a positive integer, got {limit!r}")
+        limit = slice_limit(max_slice_nums, cfg.max_slice_nums)
         return plan_slices(size, limit, cfg.scale_resolution, cfg.patch_size)
 
     def placeholder(self, plan: SlicePlan, image_index: int = 0, use_image_id: bool | None = None) -> str:

@@ -5,6 +5,7 @@ compare any port's decisions with the official ones."""
 
 from __future__ import annotations
 
+from ..versions import facts
 from .config import ProcessorConfig
 from .placeholders import compact_placeholder, image_placeholder
 from .slicing import SlicePlan
@@ -28,7 +29,7 @@ def image_report(plan: SlicePlan, config: ProcessorConfig, image_index: int = 0,
         "placeholder_compact": compact_placeholder(placeholder, config.unk),
         "unk_count": placeholder.count(config.unk),
     }
-    if config.version == "2.6":
+    if facts(config.version).use_image_id:
         report["image_idx"] = image_index
         report["use_image_id"] = config.use_image_id if use_image_id is None else bool(use_image_id)
     return report

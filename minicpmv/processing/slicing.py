@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..errors import PromptError
+
 Size = tuple[int, int]  # (width, height)
 Grid = tuple[int, int]  # (cols, rows)
 
@@ -68,6 +70,16 @@ def candidate_grids(max_slice_nums: int, multiple: int) -> list[Grid]:
     return grids
 
 
+def slice_limit(value, default: int = MAX_SLICE_NUMS) -> int:
+    """`max_slice_nums` as given, or `default` when None: the one place it is checked
+    (PromptError unless a positive integer)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PromptError(f"max_slice_nums must be a positive integer, got {value!r}")
+    return value
+
+
 def choose_grid(
     size: Size, max_slice_nums: int = MAX_SLICE_NUMS, scale_resolution: int = SCALE_RESOLUTION
 ) -> Grid | None:
@@ -78,8 +90,7 @@ def choose_grid(
     log aspect ratio is closest to the image's wins, the first one listed on ties.
     """
     width, height = size
-    if max_slice_nums < 1:
-        raise ValueError(f"max_slice_nums must be at least 1, got {max_slice_nums}")
+    max_slice_nums = slice_limit(max_slice_nums)
     log_ratio = math.log(width / height)
     area_ratio = width * height / (scale_resolution * scale_resolution)
     multiple = min(math.ceil(area_ratio), max_slice_nums)

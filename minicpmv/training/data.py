@@ -25,9 +25,9 @@ from pathlib import Path
 from ..errors import ImageError, MiniCPMVError, PromptError
 from ..processing.chat_format import ImagePart, normalize_messages, render_prompt
 from ..processing.placeholders import IMAGE_TAG, expand_image_tags, find_image_bounds
+from ..versions import facts
 
 IGNORE = -100
-END_MARKERS = {"2.6": "<|im_end|>", "2.5": "<|eot_id|>"}  # 2.0: the tokenizer's EOS, appended
 MULTI_IMAGE_TAG = re.compile(r"<image_\d+>")
 
 
@@ -114,7 +114,7 @@ class SampleBuilder:
         self.version = processor.config.version
         self.max_length = max_length
         self.max_slice_nums = max_slice_nums
-        marker = END_MARKERS.get(self.version)
+        marker = facts(self.version).end_marker  # None: the tokenizer's EOS, appended
         self.marker = marker
         self.end_id = self.tokenizer.require_id(marker or self.tokenizer.special_tokens["eos_token"])
         self.bos = self.tokenizer.encode("")[:1]  # what encode() adds by itself, stripped from later pieces

@@ -13,6 +13,8 @@ overhead comes on top, shorter batches need less.
 
 from __future__ import annotations
 
+from ..processing.slicing import SCALE_RESOLUTION, slice_limit
+
 
 def estimate_memory(model, recipe, images_per_sample: int = 1, autocast: bool = False) -> dict[str, int]:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -25,9 +27,9 @@ def estimate_memory(model, recipe, images_per_sample: int = 1, autocast: bool = 
         llm_activations = llm.num_layers * tokens * llm.hidden_size * value_bytes + per_layer
     else:
         llm_activations = llm.num_layers * per_layer
-    slices = recipe.max_slice_nums or 9
+    slices = slice_limit(recipe.max_slice_nums)
     crops = recipe.batch_size * images_per_sample * (slices + 1 if slices > 1 else 1)
-    patches = ((recipe.scale_resolution or 448) // vision.patch_size) ** 2  # per crop
+    patches = ((recipe.scale_resolution or SCALE_RESOLUTION) // vision.patch_size) ** 2  # per crop
     trains_vision = any(part in recipe.train for part in ("vpm", "resampler"))
     vision_activations = vision.num_layers * crops * patches * 34 * vision.hidden_size * value_bytes if trains_vision else 0
     logits = tokens * llm.vocab_size * 4 * 2  # float32 logits and their gradient
