@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minicpmv-installed
 
-.PHONY: install browser demo test clean
+.PHONY: install browser demo test check lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ browser:
 	    echo "make: chromium is not installed and this is not root: the web page test will be skipped"; \
 	  fi; }
 
-test: $(STAMP) browser
+# The whole suite, after the linter: what CI runs (.ci/run).
+test: $(STAMP) browser lint
 	$(PY) -m pytest
+
+# The fast tier for everyday work: every test not marked slow (under 3 minutes on 2 cores).
+check: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check minicpmv tests scripts benchmarks
+	$(VENV)/bin/ruff format --check minicpmv tests scripts benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix minicpmv tests scripts benchmarks
+	$(VENV)/bin/ruff format minicpmv tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -16,15 +16,19 @@ import time
 import torch
 
 SHAPES = {
-    "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2, vocab_size=151936),
-    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2, vocab_size=151936),
+    "qwen2-1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2, vocab_size=151936
+    ),
+    "qwen2-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2, vocab_size=151936
+    ),
 }
 
 
 def build(shape: str, mode: str, group_size: int):
     from minicpmv.model.llm import LanguageModel, LLMConfig
     from minicpmv.quant import QuantConfig
-    from minicpmv.quant.apply import layer_bits, quantize_model
+    from minicpmv.quant.apply import quantize_model
 
     cfg = LLMConfig(family="qwen2", **SHAPES[shape])
     torch.manual_seed(0)

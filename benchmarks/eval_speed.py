@@ -58,17 +58,26 @@ def main() -> None:
         for batch in batches:  # alternate the contenders within each repeat
             out = work / f"b{batch}-r{repeat}"
             start = time.perf_counter()
-            run_benchmark(answerer, get_benchmark(args.set), data, out, limit=args.rows, batch_size=batch,
-                          show_progress=False)
+            run_benchmark(
+                answerer, get_benchmark(args.set), data, out, limit=args.rows, batch_size=batch, show_progress=False
+            )
             speeds[batch].append(args.rows / (time.perf_counter() - start))
             answers[batch] = (out / f"{args.set}.tsv").read_text()
     base = statistics.median(speeds[batches[0]])
-    print(f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}, set {args.set}, {args.rows} rows, "
-          f"preset {args.preset}, {args.repeats} repeats")
+    print(
+        f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}, set {args.set}, {args.rows} rows, "
+        f"preset {args.preset}, {args.repeats} repeats"
+    )
     for batch in batches:
         median = statistics.median(speeds[batch])
-        same = "same predictions as batch 1" if answers[batch] == answers[batches[0]] else "predictions differ from batch 1"
-        print(f"  batch {batch:>2}: {median:6.2f} rows/s (x{median / base:.2f})  runs {['%.2f' % s for s in speeds[batch]]}  {same}")
+        same = (
+            "same predictions as batch 1"
+            if answers[batch] == answers[batches[0]]
+            else "predictions differ from batch 1"
+        )
+        print(
+            f"  batch {batch:>2}: {median:6.2f} rows/s (x{median / base:.2f})  runs {[f'{s:.2f}' for s in speeds[batch]]}  {same}"
+        )
 
 
 if __name__ == "__main__":

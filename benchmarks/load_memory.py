@@ -35,8 +35,17 @@ def measure(folder: str) -> None:
         checksum = sum(float(p.float().sum()) for p in model.parameters())  # page every weight in
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     peak_mib = peak_rss_mib()
-    print(json.dumps({"weights_mib": weights_bytes / 2**20, "peak_rss_mib": peak_mib, "baseline_rss_mib": baseline_mib,
-                      "load_seconds": load_seconds, "checksum_finite": checksum == checksum}))
+    print(
+        json.dumps(
+            {
+                "weights_mib": weights_bytes / 2**20,
+                "peak_rss_mib": peak_mib,
+                "baseline_rss_mib": baseline_mib,
+                "load_seconds": load_seconds,
+                "checksum_finite": checksum == checksum,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -49,13 +58,16 @@ def main() -> None:
     from minicpmv.bench import random_checkpoint
 
     folder = random_checkpoint("qwen2-1.5b-4layers", Path(args.cache_dir) / "random-init")
-    out = subprocess.run([sys.executable, __file__, "--measure", str(folder)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", str(folder)], capture_output=True, text=True, check=True
+    )
     result = json.loads(out.stdout)
     ratio = result["peak_rss_mib"] / result["weights_mib"]
-    print(f"weights {result['weights_mib']:.0f} MiB | peak RSS {result['peak_rss_mib']:.0f} MiB "
-          f"(python+torch alone {result['baseline_rss_mib']:.0f} MiB) | ratio {ratio:.3f} | "
-          f"load {result['load_seconds']:.2f}s")
+    print(
+        f"weights {result['weights_mib']:.0f} MiB | peak RSS {result['peak_rss_mib']:.0f} MiB "
+        f"(python+torch alone {result['baseline_rss_mib']:.0f} MiB) | ratio {ratio:.3f} | "
+        f"load {result['load_seconds']:.2f}s"
+    )
 
 
 if __name__ == "__main__":

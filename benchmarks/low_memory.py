@@ -19,25 +19,36 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 def measure(folder: str, low_memory: bool) -> None:
     """Runs in a fresh process: prints one JSON line."""
     from minicpmv import load
     from minicpmv.memory import peak_rss_mib
     from minicpmv.model.checkpoint import LLM_PARTS, VISION_PARTS
-    from minicpmv.quant.quality import example_image_path
-
     from minicpmv.processing import MiniCPMVProcessor
+    from minicpmv.quant.quality import example_image_path
 
     MiniCPMVProcessor.from_pretrained(folder)  # libraries and tokenizer in memory, no weights yet
     base = peak_rss_mib()
     chat = load(folder, low_memory=low_memory)
-    result = chat.generate([{"role": "user", "content": "What is in the image?"}], image=example_image_path(), max_new_tokens=8)
+    result = chat.generate(
+        [{"role": "user", "content": "What is in the image?"}], image=example_image_path(), max_new_tokens=8
+    )
     llm = chat.model.config.llm
     kv_bytes = 2 * llm.num_layers * llm.num_kv_heads * llm.head_dim * 4 * (len(result.prompt_token_ids) + 8)
     opened = chat.checkpoint
     sizes = {"vision": opened.nbytes(VISION_PARTS), "llm": opened.nbytes(LLM_PARTS)} if opened else {}
-    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": base, "kv_cache_mib": kv_bytes / 2**20,
-                      "part_mib": {k: v / 2**20 for k, v in sizes.items()}, "tokens": result.token_ids}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mib": peak_rss_mib(),
+                "baseline_rss_mib": base,
+                "kv_cache_mib": kv_bytes / 2**20,
+                "part_mib": {k: v / 2**20 for k, v in sizes.items()},
+                "tokens": result.token_ids,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -58,19 +69,27 @@ def main() -> None:
         folder = random_checkpoint(args.architecture, root)
     results = {}
     for mode in ("normal", "low"):
-        out = subprocess.run([sys.executable, __file__, "--measure", mode, "--folder", str(folder)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure", mode, "--folder", str(folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     low = results["low"]
     larger = max(low["part_mib"].values())
-    print(f"parts: vision {low['part_mib']['vision']:.0f} MiB, llm {low['part_mib']['llm']:.0f} MiB; "
-          f"KV cache {low['kv_cache_mib']:.1f} MiB")
+    print(
+        f"parts: vision {low['part_mib']['vision']:.0f} MiB, llm {low['part_mib']['llm']:.0f} MiB; "
+        f"KV cache {low['kv_cache_mib']:.1f} MiB"
+    )
     print(f"normal: peak RSS {results['normal']['peak_rss_mib']:.0f} MiB")
     budget = larger + low["kv_cache_mib"]
-    print(f"low-memory: peak RSS {low['peak_rss_mib']:.0f} MiB = {low['peak_rss_mib'] / budget:.3f}x (larger part + KV cache); "
-          f"without the {low['baseline_rss_mib']:.0f} MiB of python, torch and the package before any weight: "
-          f"{(low['peak_rss_mib'] - low['baseline_rss_mib']) / budget:.3f}x; "
-          f"same tokens: {results['normal']['tokens'] == low['tokens']}")
+    print(
+        f"low-memory: peak RSS {low['peak_rss_mib']:.0f} MiB = {low['peak_rss_mib'] / budget:.3f}x (larger part + KV cache); "
+        f"without the {low['baseline_rss_mib']:.0f} MiB of python, torch and the package before any weight: "
+        f"{(low['peak_rss_mib'] - low['baseline_rss_mib']) / budget:.3f}x; "
+        f"same tokens: {results['normal']['tokens'] == low['tokens']}"
+    )
 
 
 if __name__ == "__main__":

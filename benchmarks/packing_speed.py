@@ -40,13 +40,24 @@ def main() -> None:
     print("| batching | real tokens/s (median) | loss after the last step |")
     print("| --- | --- | --- |")
     for packing in (False, True):
-        chosen = recipe("sft", {"max_steps": args.steps, "batch_size": args.batch_size, "packing": packing,
-                                "max_length": args.max_length, "precision": "float32", "learning_rate": 1e-4})
+        chosen = recipe(
+            "sft",
+            {
+                "max_steps": args.steps,
+                "batch_size": args.batch_size,
+                "packing": packing,
+                "max_length": args.max_length,
+                "precision": "float32",
+                "learning_rate": 1e-4,
+            },
+        )
         result = run_training(chosen, args.model, data, work / f"packing-{packing}", progress=False)
         speeds = [r["tokens_per_s"] for r in result["history"][1:]]
         rows = json.loads((work / f"packing-{packing}" / "metrics.jsonl").read_text().splitlines()[-1])
-        print(f"| {'packed' if packing else 'padded'} | {statistics.median(speeds):.0f} | {rows['loss']:.4f} |",
-              flush=True)
+        print(
+            f"| {'packed' if packing else 'padded'} | {statistics.median(speeds):.0f} | {rows['loss']:.4f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

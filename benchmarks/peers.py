@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decode_speed import SHAPES, build, run  # noqa: E402
+from decode_speed import build, run  # noqa: E402
 
 PROMPT, NEW = 128, 64
+
+
 def write_gguf(llm, path: Path, weight_type: str) -> Path:
     """The float LLM as a Qwen2 GGUF through the package's exporter (q4_0 / q8_0 linears, head and
     embeddings Q8_0, norms and biases float32, a byte-level placeholder vocabulary)."""
@@ -47,8 +49,9 @@ def write_gguf(llm, path: Path, weight_type: str) -> Path:
 def llama_cpp_runner(path: Path, threads: int):
     from llama_cpp import Llama
 
-    model = Llama(str(path), n_ctx=PROMPT + NEW + 8, n_batch=PROMPT, n_threads=threads,
-                  n_threads_batch=threads, verbose=False)
+    model = Llama(
+        str(path), n_ctx=PROMPT + NEW + 8, n_batch=PROMPT, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
 
     def next_token() -> int:  # greedy, from the last position's logits, as ours does
         logits = np.ctypeslib.as_array(model._ctx.get_logits_ith(-1), shape=(model.n_vocab(),))
@@ -66,6 +69,7 @@ def llama_cpp_runner(path: Path, threads: int):
             model.eval([token])
             token = next_token()
         return PROMPT / prefill, NEW / (time.perf_counter() - start)
+
     return once
 
 
@@ -73,10 +77,17 @@ def hf_runner(llm, dtype: torch.dtype = torch.float32):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = llm.cfg
-    hf_cfg = Qwen2Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                         num_key_value_heads=cfg.num_kv_heads, rms_norm_eps=cfg.rms_norm_eps,
-                         rope_theta=cfg.rope_theta, tie_word_embeddings=False)
+    hf_cfg = Qwen2Config(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=False,
+    )
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built directly in the peer's dtype: no second float32 copy
     try:
@@ -97,6 +108,7 @@ def hf_runner(llm, dtype: torch.dtype = torch.float32):
             out = model(token, past_key_values=past, use_cache=True)
             token, past = out.logits[:, -1:].argmax(-1), out.past_key_values
         return PROMPT / prefill, NEW / (time.perf_counter() - start)
+
     return once
 
 
@@ -119,8 +131,10 @@ def alternate(contenders: dict, rounds: int) -> dict:
     for _ in range(rounds):
         for name, once in contenders.items():
             results[name].append(once())
-    return {name: (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
-            for name, rows in results.items()}
+    return {
+        name: (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
+        for name, rows in results.items()
+    }
 
 
 def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[str]:
@@ -134,16 +148,34 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
     lines = ["| contender | prefill tok/s | decode tok/s | decode vs the group's peer |", "| --- | --- | --- | --- |"]
     groups = []
     if "fp32" in modes:
-        groups.append(({"ours fp32": lambda: ours_runner(fp32), "ours bf16 weights, fp32 arithmetic": lambda: ours_runner(bf16)},
-                       {"HF transformers fp32": lambda: hf_runner(fp32)}))
-        groups.append(({"ours bf16 weights, fp32 arithmetic ": lambda: ours_runner(bf16)},
-                       {"HF transformers bf16": lambda: hf_runner(bf16_state(bf16), torch.bfloat16)}))
+        groups.append(
+            (
+                {
+                    "ours fp32": lambda: ours_runner(fp32),
+                    "ours bf16 weights, fp32 arithmetic": lambda: ours_runner(bf16),
+                },
+                {"HF transformers fp32": lambda: hf_runner(fp32)},
+            )
+        )
+        groups.append(
+            (
+                {"ours bf16 weights, fp32 arithmetic ": lambda: ours_runner(bf16)},
+                {"HF transformers bf16": lambda: hf_runner(bf16_state(bf16), torch.bfloat16)},
+            )
+        )
     for mode, qtype in (("int4", "Q4_0"), ("int8", "Q8_0")):
         if mode in modes:  # same seed: the same weights, quantized by each contender's own scheme
-            groups.append(({f"ours {mode}": lambda mode=mode: ours_runner(build("qwen2-1.5b", mode, 64)),
-                            f"ours, LLM in llama.cpp ({qtype} GGUF)":
-                                lambda qtype=qtype: ours_llama_cpp_runner(gguf_files[qtype], embeddings, cfg)},
-                           {f"llama.cpp {qtype}": lambda qtype=qtype: llama_cpp_runner(gguf_files[qtype], threads)}))
+            groups.append(
+                (
+                    {
+                        f"ours {mode}": lambda mode=mode: ours_runner(build("qwen2-1.5b", mode, 64)),
+                        f"ours, LLM in llama.cpp ({qtype} GGUF)": lambda qtype=qtype: ours_llama_cpp_runner(
+                            gguf_files[qtype], embeddings, cfg
+                        ),
+                    },
+                    {f"llama.cpp {qtype}": lambda qtype=qtype: llama_cpp_runner(gguf_files[qtype], threads)},
+                )
+            )
     for index, (ours, peers) in enumerate(groups):
         if index == 1:
             fp32 = None  # float32 copies done with: room for the next groups
@@ -153,19 +185,21 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
         for name, (prefill, decode) in figures.items():
             ratio = f"{decode / reference:.2f}x" if name in ours else ""
             lines.append(f"| {name.strip()} | {prefill:.1f} | {decode:.2f} | {ratio} |")
-        print("\n".join(lines[-len(figures):]), flush=True)
+        print("\n".join(lines[-len(figures) :]), flush=True)
         del contenders, figures
     return lines
 
 
 def bf16_state(llm):
     """A stand-in exposing `cfg` and a bf16 `state_dict` of our bf16-weight LLM, for hf_runner."""
+
     class View:
         cfg = llm.cfg
 
         @staticmethod
         def state_dict():
             return {name: tensor.to(torch.bfloat16) for name, tensor in llm.state_dict().items()}
+
     return View
 
 
@@ -182,10 +216,18 @@ def paired_vision_towers(cfg):
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.02)
-    hf = Idefics2VisionTransformer(Idefics2VisionConfig(
-        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, image_size=cfg.num_positions_per_side * cfg.patch_size,
-        patch_size=cfg.patch_size, layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu_pytorch_tanh")).eval()
+    hf = Idefics2VisionTransformer(
+        Idefics2VisionConfig(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            image_size=cfg.num_positions_per_side * cfg.patch_size,
+            patch_size=cfg.patch_size,
+            layer_norm_eps=cfg.layer_norm_eps,
+            hidden_act="gelu_pytorch_tanh",
+        )
+    ).eval()
     hf.load_state_dict(ours.state_dict())
     return ours, hf
 
@@ -213,6 +255,7 @@ def vision_table(rounds: int) -> list[str]:
         def run():
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 return ours(strips, sizes).float()
+
         return run
 
     def hf_in(dtype):
@@ -221,11 +264,15 @@ def vision_table(rounds: int) -> list[str]:
         @torch.inference_mode()
         def run():
             return model(pixel_values=images.to(dtype), patch_attention_mask=mask).last_hidden_state.float()
+
         return run
 
-    contenders = {f"ours, default (vision_dtype=auto: {'bf16' if autocast else 'fp32'} here)": ours_in(autocast),
-                  "ours fp32": ours_in(None), "HF transformers fp32 (Idefics2 vision)": hf_in(torch.float32),
-                  "HF transformers bf16": hf_in(torch.bfloat16)}
+    contenders = {
+        f"ours, default (vision_dtype=auto: {'bf16' if autocast else 'fp32'} here)": ours_in(autocast),
+        "ours fp32": ours_in(None),
+        "HF transformers fp32 (Idefics2 vision)": hf_in(torch.float32),
+        "HF transformers bf16": hf_in(torch.bfloat16),
+    }
     outputs = {name: fn() for name, fn in contenders.items()}  # also the warm-up
     exact = outputs["HF transformers fp32 (Idefics2 vision)"]
     times = {name: [] for name in contenders}
@@ -235,8 +282,10 @@ def vision_table(rounds: int) -> list[str]:
             fn()
             times[name].append(time.perf_counter() - start)
     peer = statistics.median(times["HF transformers fp32 (Idefics2 vision)"])
-    lines = ["| contender | encode 10 crops ms | vs HF fp32 | max abs diff to HF fp32 | relative L2 diff |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| contender | encode 10 crops ms | vs HF fp32 | max abs diff to HF fp32 | relative L2 diff |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, out in outputs.items():
         median = statistics.median(times[name])
         diff = (out - exact).abs().max().item()
@@ -256,8 +305,11 @@ def main():
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    lines = [f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, torch {torch.__version__}, "
-             f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --parts {args.parts}`", ""]
+    lines = [
+        f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, torch {torch.__version__}, "
+        f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --parts {args.parts}`",
+        "",
+    ]
     modes = [m for m in args.parts.split(",") if m in ("fp32", "int4", "int8")]
     if modes:
         lines += llm_table(args.threads, args.rounds, cache, modes) + [""]

@@ -24,11 +24,16 @@ def main() -> None:
     from minicpmv.quant.quality import compare
 
     # float32 vision in both: the report is about the LLM's weights, not the vision precision
-    report = compare(load(args.original, vision_dtype="float32", low_memory=True),
-                     load(args.quantized, vision_dtype="float32", low_memory=True), new_tokens=args.tokens)
+    report = compare(
+        load(args.original, vision_dtype="float32", low_memory=True),
+        load(args.quantized, vision_dtype="float32", low_memory=True),
+        new_tokens=args.tokens,
+    )
     for row in report["samples"]:
-        print(f"{row['question'][:40]:<40} top-1 {row['top1_agreement']:.3f}  KL {row['mean_kl']:.4f}  "
-              f"same text {'yes' if row['greedy_text_equal'] else 'no'}")
+        print(
+            f"{row['question'][:40]:<40} top-1 {row['top1_agreement']:.3f}  KL {row['mean_kl']:.4f}  "
+            f"same text {'yes' if row['greedy_text_equal'] else 'no'}"
+        )
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
 
 

@@ -23,8 +23,12 @@ import httpx
 
 
 def one_client(url: str, index: int, tokens: int, stream: bool, latencies: list) -> None:
-    body = {"messages": [{"role": "user", "content": f"Question {index}: tell me about number {index}."}],
-            "max_tokens": tokens, "min_tokens": tokens, "stream": stream}
+    body = {
+        "messages": [{"role": "user", "content": f"Question {index}: tell me about number {index}."}],
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "stream": stream,
+    }
     start = time.perf_counter()
     if stream:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
@@ -40,8 +44,9 @@ def start_server(model: str, threads: int, flags: list[str]) -> tuple[subprocess
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "minicpmv", "serve", "-m", model, "--port", str(port),
-                                "-t", str(threads), *flags])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minicpmv", "serve", "-m", model, "--port", str(port), "-t", str(threads), *flags]
+    )
     url = f"http://127.0.0.1:{port}"
     while True:
         assert process.poll() is None, "the server exited"
@@ -55,11 +60,15 @@ def start_server(model: str, threads: int, flags: list[str]) -> tuple[subprocess
 def run(model: str, threads: int, flags: list[str], clients: int, tokens: int, stream: bool) -> dict:
     process, url = start_server(model, threads, flags + ["--max-queue", str(clients + 1)])
     try:
-        httpx.post(url + "/v1/chat/completions", timeout=600,
-                   json={"messages": [{"role": "user", "content": "warm up"}], "max_tokens": 2})
+        httpx.post(
+            url + "/v1/chat/completions",
+            timeout=600,
+            json={"messages": [{"role": "user", "content": "warm up"}], "max_tokens": 2},
+        )
         latencies: list = [None] * clients
-        workers = [threading.Thread(target=one_client, args=(url, i, tokens, stream, latencies))
-                   for i in range(clients)]
+        workers = [
+            threading.Thread(target=one_client, args=(url, i, tokens, stream, latencies)) for i in range(clients)
+        ]
         start = time.perf_counter()
         for worker in workers:
             worker.start()
@@ -70,8 +79,13 @@ def run(model: str, threads: int, flags: list[str], clients: int, tokens: int, s
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"wall_s": wall, "tokens_per_s": clients * tokens / wall, "median_s": statistics.median(latencies),
-            "max_s": max(latencies), "batches": batches}
+    return {
+        "wall_s": wall,
+        "tokens_per_s": clients * tokens / wall,
+        "median_s": statistics.median(latencies),
+        "max_s": max(latencies),
+        "batches": batches,
+    }
 
 
 def main() -> None:
@@ -83,7 +97,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = [
         ("plain, one at a time (--max-batch 1 --max-streams 1)", ["--max-batch", "1", "--max-streams", "1"], False),
-        (f"plain, batched (--max-batch {args.clients})", ["--max-batch", str(args.clients), "--max-streams", "1"], False),
+        (
+            f"plain, batched (--max-batch {args.clients})",
+            ["--max-batch", str(args.clients), "--max-streams", "1"],
+            False,
+        ),
         ("streamed, one at a time (--max-streams 1)", ["--max-streams", "1"], True),
         ("streamed, interleaved (--max-streams 4, the default)", ["--max-streams", "4"], True),
     ]
@@ -92,8 +110,11 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for name, flags, stream in rows:
         result = run(args.model, args.threads, flags, args.clients, args.tokens, stream)
-        print(f"| {name} | {result['wall_s']:.1f} | {result['tokens_per_s']:.1f} | {result['median_s']:.1f} | "
-              f"{result['max_s']:.1f} | {result['batches']} |", flush=True)
+        print(
+            f"| {name} | {result['wall_s']:.1f} | {result['tokens_per_s']:.1f} | {result['median_s']:.1f} | "
+            f"{result['max_s']:.1f} | {result['batches']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

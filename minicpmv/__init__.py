@@ -6,9 +6,16 @@ __version__ = "0.1.0"
 
 # The model API is imported on first use, so that torch-free parts (the evaluation scorers,
 # `minicpmv eval score`) import nothing heavy.
-_LAZY = {"ChatModel": "chat", "load": "chat", "MiniCPMVProcessor": "processing", "ModelInputs": "processing",
-         "ProcessorConfig": "processing", "SlicePlan": "processing", "load_image": "processing",
-         "plan_slices": "processing"}
+_LAZY = {
+    "ChatModel": "chat",
+    "load": "chat",
+    "MiniCPMVProcessor": "processing",
+    "ModelInputs": "processing",
+    "ProcessorConfig": "processing",
+    "SlicePlan": "processing",
+    "load_image": "processing",
+    "plan_slices": "processing",
+}
 
 
 def __getattr__(name: str):
@@ -22,7 +29,19 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ChatModel", "CheckpointError", "ConfigError", "ImageError", "MiniCPMVError", "MiniCPMVProcessor",
-    "ModelInputs", "ProcessorConfig", "PromptError", "PromptTooLongError", "SlicePlan",
-    "load", "load_image", "plan_slices", "__version__",
+    "ChatModel",
+    "CheckpointError",
+    "ConfigError",
+    "ImageError",
+    "MiniCPMVError",
+    "MiniCPMVProcessor",
+    "ModelInputs",
+    "ProcessorConfig",
+    "PromptError",
+    "PromptTooLongError",
+    "SlicePlan",
+    "load",
+    "load_image",
+    "plan_slices",
+    "__version__",
 ]

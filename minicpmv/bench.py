@@ -25,22 +25,55 @@ from .processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
 
 ARCHITECTURES = {
     # 2.6 layout with the Qwen2-1.5B LLM: the size that fits this machine in float32
-    "qwen2-1.5b": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 1536, "intermediate_size": 8960,
-                   "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-                   "vocab_size": 151936, "query_num": 64, "drop_vision_last_layer": False,
-                   "vision_config": dict(SO400M)},
+    "qwen2-1.5b": {
+        "model_type": "minicpmv",
+        "version": 2.6,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "query_num": 64,
+        "drop_vision_last_layer": False,
+        "vision_config": dict(SO400M),
+    },
     "2.6": OFFICIAL_ARCHITECTURES["2.6"],
     # 2.7 GB: the real vision tower with a 4-layer Qwen2-1.5B-wide LLM (the memory benchmarks)
-    "qwen2-1.5b-4layers": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 1536, "intermediate_size": 8960,
-                           "num_hidden_layers": 4, "num_attention_heads": 12, "num_key_value_heads": 2,
-                           "vocab_size": 32000, "query_num": 64, "drop_vision_last_layer": False,
-                           "vision_config": dict(SO400M)},
+    "qwen2-1.5b-4layers": {
+        "model_type": "minicpmv",
+        "version": 2.6,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 32000,
+        "query_num": 64,
+        "drop_vision_last_layer": False,
+        "vision_config": dict(SO400M),
+    },
     # for tests: every code path of the bench in seconds
-    "tiny": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 128, "intermediate_size": 256,
-             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400,
-             "query_num": 64, "drop_vision_last_layer": False,
-             "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                               "num_attention_heads": 2, "patch_size": 14, "image_size": 980}},
+    "tiny": {
+        "model_type": "minicpmv",
+        "version": 2.6,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 400,
+        "query_num": 64,
+        "drop_vision_last_layer": False,
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 14,
+            "image_size": 980,
+        },
+    },
 }
 ROWS = {  # name: (low_memory, tuned, weights, vision_dtype, compile)
     "no-opt": (False, False, "fp32", "float32", "off"),
@@ -67,8 +100,16 @@ def write_byte_tokenizer(folder: Path) -> None:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": QWEN_TEMPLATE, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": QWEN_TEMPLATE,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
 
 
 def random_checkpoint(name: str, root: Path) -> Path:
@@ -148,8 +189,15 @@ def quantized_checkpoint(source: Path, bits: int) -> Path:
     return folder
 
 
-def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_tokens: int,
-            vision_dtype: str = "auto", compile: str = "auto") -> dict:
+def run_row(
+    folder: str,
+    low_memory: bool,
+    tuned: bool,
+    prompt_tokens: int,
+    new_tokens: int,
+    vision_dtype: str = "auto",
+    compile: str = "auto",
+) -> dict:
     """One row, in this (fresh) process."""
     from PIL import Image
 
@@ -159,23 +207,36 @@ def run_row(folder: str, low_memory: bool, tuned: bool, prompt_tokens: int, new_
     if not tuned:
         os.environ["MINICPMV_CACHE_DIR"] = str(Path(folder) / "no-tuning")  # an empty cache
     start = time.perf_counter()
-    chat = load(folder, dtype="float32", device="cpu", low_memory=low_memory, vision_dtype=vision_dtype,
-                compile=compile)
+    chat = load(
+        folder, dtype="float32", device="cpu", low_memory=low_memory, vision_dtype=vision_dtype, compile=compile
+    )
     load_seconds = time.perf_counter() - start - chat.compile_seconds
     image = Image.effect_noise((1344, 1344), 64).convert("RGB")
     text = "x " * max(0, prompt_tokens // 2)
     messages = [{"role": "user", "content": [image, text + "Describe the image."]}]
     result = chat.generate(messages, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    return {"load_s": load_seconds + result.load_seconds - chat.load_seconds,
-            "encode_ms": result.image_seconds * 1000, "image_tokens": result.image_tokens,
-            "prompt_tokens": len(result.prompt_token_ids),
-            "prefill_tok_s": len(result.prompt_token_ids) / result.prefill_seconds,
-            "decode_tok_s": len(result.token_ids) / result.decode_seconds, "peak_rss_mib": peak_rss_mib(),
-            "compile_s": chat.compile_seconds, "compiled": list(chat.compiled), "tuning": chat.tuning}
+    return {
+        "load_s": load_seconds + result.load_seconds - chat.load_seconds,
+        "encode_ms": result.image_seconds * 1000,
+        "image_tokens": result.image_tokens,
+        "prompt_tokens": len(result.prompt_token_ids),
+        "prefill_tok_s": len(result.prompt_token_ids) / result.prefill_seconds,
+        "decode_tok_s": len(result.token_ids) / result.decode_seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "compile_s": chat.compile_seconds,
+        "compiled": list(chat.compiled),
+        "tuning": chat.tuning,
+    }
 
 
-def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache: str | None = None,
-          prompt_tokens: int = 64, new_tokens: int = 32, tune_first: bool = True) -> list[dict]:
+def bench(
+    architecture: str = "qwen2-1.5b",
+    rows: list[str] | None = None,
+    cache: str | None = None,
+    prompt_tokens: int = 64,
+    new_tokens: int = 32,
+    tune_first: bool = True,
+) -> list[dict]:
     """Build (once) the random-weight checkpoints, tune them if asked, run each row in a fresh
     process and print a markdown table."""
     root = Path(cache or os.environ.get("MINICPMV_CACHE_DIR") or Path.home() / ".cache" / "minicpmv") / "random-init"
@@ -186,27 +247,45 @@ def bench(architecture: str = "qwen2-1.5b", rows: list[str] | None = None, cache
         if any(ROWS[r][2] == f"int{bits}" for r in wanted):
             folders[f"int{bits}"] = quantized_checkpoint(base, bits)
     if tune_first and any(ROWS[r][1] for r in wanted):
-        from .cli.tune import tune
+        from .tuning import tune_model
 
         for weights in sorted({ROWS[r][2] for r in wanted if ROWS[r][1]}):
-            tune(str(folders[weights]), repeat=1, try_compile=True)
+            print(f"tuned {weights}: {tune_model(str(folders[weights]), repeat=1, try_compile=True)['best']}")
     print(f"| {architecture} | load s | compile s | encode 1344² ms | prefill tok/s | decode tok/s | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     results = []
     for name in wanted:
         low_memory, tuned, weights, vision_dtype, compile = ROWS[name]
-        command = [sys.executable, "-m", "minicpmv.bench", str(folders[weights]), str(int(low_memory)),
-                   str(int(tuned)), str(prompt_tokens), str(new_tokens), vision_dtype, compile]
+        command = [
+            sys.executable,
+            "-m",
+            "minicpmv.bench",
+            str(folders[weights]),
+            str(int(low_memory)),
+            str(int(tuned)),
+            str(prompt_tokens),
+            str(new_tokens),
+            vision_dtype,
+            compile,
+        ]
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         row = {"row": name, **json.loads(out.stdout.strip().splitlines()[-1])}
         results.append(row)
         compiled = f"{row['compile_s']:.0f} ({'+'.join(row['compiled'])})" if row["compiled"] else "-"
-        print(f"| {name} | {row['load_s']:.1f} | {compiled} | {row['encode_ms']:.0f} | {row['prefill_tok_s']:.1f} | "
-              f"{row['decode_tok_s']:.2f} | {row['peak_rss_mib']:.0f} |", flush=True)
+        print(
+            f"| {name} | {row['load_s']:.1f} | {compiled} | {row['encode_ms']:.0f} | {row['prefill_tok_s']:.1f} | "
+            f"{row['decode_tok_s']:.2f} | {row['peak_rss_mib']:.0f} |",
+            flush=True,
+        )
     return results
 
 
 if __name__ == "__main__":  # one row in a fresh process: folder low_memory tuned prompt new vision compile
     folder_arg, low_arg, tuned_arg, prompt_arg, new_arg, vision_arg, compile_arg = sys.argv[1:8]
-    print(json.dumps(run_row(folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg), vision_arg,
-                             compile_arg)))
+    print(
+        json.dumps(
+            run_row(
+                folder_arg, low_arg == "1", tuned_arg == "1", int(prompt_arg), int(new_arg), vision_arg, compile_arg
+            )
+        )
+    )

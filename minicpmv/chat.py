@@ -8,9 +8,9 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -27,10 +27,25 @@ from .processing.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VIDEO_MAX_SLICE_N
 from .tuning import load_tuning
 from .versions import facts
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-SAMPLING_OPTIONS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p",
-                    "repetition_penalty", "num_beams", "seed")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+SAMPLING_OPTIONS = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "num_beams",
+    "seed",
+)
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -55,7 +70,9 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return DTYPES[dtype]
 
 
-def pick_vision_autocast(vision_dtype: str | None, model_dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
+def pick_vision_autocast(
+    vision_dtype: str | None, model_dtype: torch.dtype, device: torch.device
+) -> torch.dtype | None:
     """The dtype the vision encoder and resampler compute in under autocast, or None (the model's).
 
     "auto" (default): bfloat16 for a float32 model on a CPU with native bf16 arithmetic, where it
@@ -90,9 +107,11 @@ class Generation:
         prefill = len(self.prompt_token_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
         decode = len(self.token_ids) / self.decode_seconds if self.decode_seconds else 0.0
         compiled = f"compile {self.compile_seconds:.1f} s | " if self.compile_seconds else ""
-        return (f"load {self.load_seconds:.2f} s | {compiled}image encode {self.image_seconds * 1000:.0f} ms "
-                f"({self.image_tokens} image tokens) | prefill {len(self.prompt_token_ids)} tok at {prefill:.1f} tok/s | "
-                f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | peak RSS {peak_rss_mib():.0f} MiB")
+        return (
+            f"load {self.load_seconds:.2f} s | {compiled}image encode {self.image_seconds * 1000:.0f} ms "
+            f"({self.image_tokens} image tokens) | prefill {len(self.prompt_token_ids)} tok at {prefill:.1f} tok/s | "
+            f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | peak RSS {peak_rss_mib():.0f} MiB"
+        )
 
 
 @dataclass
@@ -110,7 +129,7 @@ class TextStream:
     """Iterator of text deltas of one streamed answer; `cancel()` stops it promptly (also from
     another thread), `result` holds the full Generation once the stream has ended."""
 
-    def __init__(self, chat: "ChatModel", prepared: Prepared):
+    def __init__(self, chat: ChatModel, prepared: Prepared):
         self.cancel_event = threading.Event()
         self.result: Generation | None = None
         self.prompt_tokens = int(prepared.inputs.attention_mask[0].sum())  # after image expansion
@@ -135,9 +154,17 @@ class TextStream:
 class ChatModel:
     """A loaded checkpoint: model, processor and tokenizer together."""
 
-    def __init__(self, model: MiniCPMV, processor: MiniCPMVProcessor, load_seconds: float = 0.0,
-                 feature_cache_size: int = 16, checkpoint: OpenCheckpoint | None = None,
-                 vision_autocast: torch.dtype | None = None, llm=None, llm_parts: tuple = LLM_PARTS):
+    def __init__(
+        self,
+        model: MiniCPMV,
+        processor: MiniCPMVProcessor,
+        load_seconds: float = 0.0,
+        feature_cache_size: int = 16,
+        checkpoint: OpenCheckpoint | None = None,
+        vision_autocast: torch.dtype | None = None,
+        llm=None,
+        llm_parts: tuple = LLM_PARTS,
+    ):
         self.model = model
         # what decodes: the model's own LLM, or another backend with its interface (llama.cpp),
         # which needs only `llm_parts` (its token embeddings) of the checkpoint
@@ -210,8 +237,9 @@ class ChatModel:
             stream = TextStream(self, prepared)
             stream.text()
             return [stream.result]
-        output = generate(self.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
-                          threads=self._phase_threads())
+        output = generate(
+            self.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config, threads=self._phase_threads()
+        )
         results = []
         for row, ids in enumerate(output.token_ids):
             decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
@@ -263,9 +291,22 @@ class ChatModel:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _prepare(self, conversations: list[list], *, image=None, video=None, fps: float = DEFAULT_FPS,
-                 max_frames: int = DEFAULT_MAX_FRAMES, preset: str = "greedy", stop=None, system_prompt=None,
-                 max_slice_nums=None, use_image_id=None, max_input_length=None, **sampling) -> Prepared:
+    def _prepare(
+        self,
+        conversations: list[list],
+        *,
+        image=None,
+        video=None,
+        fps: float = DEFAULT_FPS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        preset: str = "greedy",
+        stop=None,
+        system_prompt=None,
+        max_slice_nums=None,
+        use_image_id=None,
+        max_input_length=None,
+        **sampling,
+    ) -> Prepared:
         unknown = set(sampling) - set(SAMPLING_OPTIONS)
         if unknown:
             raise PromptError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
@@ -282,8 +323,13 @@ class ChatModel:
             max_slice_nums = max_slice_nums or VIDEO_MAX_SLICE_NUMS
         conversations = [_with_images(conversation, image) for conversation in conversations]
         limit = max_input_length or facts(self.version).max_input_length
-        inputs = self.processor(conversations, max_slice_nums=max_slice_nums, use_image_id=use_image_id,
-                                system_prompt=system_prompt, max_length=limit)
+        inputs = self.processor(
+            conversations,
+            max_slice_nums=max_slice_nums,
+            use_image_id=use_image_id,
+            system_prompt=system_prompt,
+            max_length=limit,
+        )
         start, swapped = time.perf_counter(), self._swap_seconds
         with torch.inference_mode():
             features = self._image_features(inputs)
@@ -300,11 +346,14 @@ class ChatModel:
         for crops, plans, sizes in zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes):
             # 2.5's vision output depends on the longest crop of the call (official quirk), so
             # its unit of encoding is the whole sample; elsewhere each image is independent.
-            groups = [sum(p.num_crops for p in plans)] if self.model.config.vision.faithful_idefics2_mask else \
-                [p.num_crops for p in plans]
+            groups = (
+                [sum(p.num_crops for p in plans)]
+                if self.model.config.vision.faithful_idefics2_mask
+                else [p.num_crops for p in plans]
+            )
             features, offset = [], 0
             for count in groups:
-                features.append(self._cached_features(crops[offset:offset + count], sizes[offset:offset + count]))
+                features.append(self._cached_features(crops[offset : offset + count], sizes[offset : offset + count]))
                 offset += count
             empty = torch.zeros((0, self.model.config.query_num, self.model.config.llm.hidden_size))
             per_sample.append(torch.cat(features) if features else empty)
@@ -334,7 +383,9 @@ class ChatModel:
         device = self.model.resampler.query.device.type
         try:
             torch.set_num_threads(encode.get("threads", original))
-            with torch.autocast(device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None):
+            with torch.autocast(
+                device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
+            ):
                 features = self.model.get_image_features(crops, sizes, per_call)
             return features.to(self.model.resampler.query.dtype)
         finally:
@@ -359,8 +410,15 @@ class ChatModel:
     def _stream_text(self, prepared: Prepared, handle: TextStream) -> Iterator[str]:
         decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)
         stats = GenerationOutput([[]])
-        steps = stream_tokens(self.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config,
-                              handle.cancel_event, stats, self._phase_threads())
+        steps = stream_tokens(
+            self.llm,
+            prepared.embeds,
+            prepared.inputs.attention_mask,
+            prepared.config,
+            handle.cancel_event,
+            stats,
+            self._phase_threads(),
+        )
         try:
             for step in steps:
                 delta = decoder.push(step[0])
@@ -379,13 +437,23 @@ class ChatModel:
                 reason = "length"
             handle.result = self._result(prepared, 0, decoder, stats, reason)
 
-    def _result(self, prepared: Prepared, row: int, decoder: IncrementalDecoder, output: GenerationOutput,
-                stopped_by: str) -> Generation:
+    def _result(
+        self, prepared: Prepared, row: int, decoder: IncrementalDecoder, output: GenerationOutput, stopped_by: str
+    ) -> Generation:
         inputs = prepared.inputs
         prompt = inputs.input_ids[row][inputs.attention_mask[row].bool()].tolist()
-        return Generation(decoder.text(), list(decoder.ids), prompt, prepared.image_tokens[row], prepared.image_seconds,
-                          output.prefill_seconds, output.decode_seconds, self.load_seconds + prepared.load_seconds,
-                          stopped_by, self.compile_seconds)
+        return Generation(
+            decoder.text(),
+            list(decoder.ids),
+            prompt,
+            prepared.image_tokens[row],
+            prepared.image_seconds,
+            output.prefill_seconds,
+            output.decode_seconds,
+            self.load_seconds + prepared.load_seconds,
+            stopped_by,
+            self.compile_seconds,
+        )
 
 
 def _check_config(config: GenerationConfig) -> None:
@@ -410,9 +478,16 @@ def _with_images(messages: list, image) -> list:
     return [{**first, "content": [*images, *content]}, *rest]
 
 
-def load(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-         low_memory: bool = False, vision_dtype: str | None = "auto", compile: str | bool = "auto",
-         llm_gguf: str | Path | None = None, context: int | None = None) -> ChatModel:
+def load(
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    low_memory: bool = False,
+    vision_dtype: str | None = "auto",
+    compile: str | bool = "auto",
+    llm_gguf: str | Path | None = None,
+    context: int | None = None,
+) -> ChatModel:
     """Load an official MiniCPM-V 2.0 / 2.5 / 2.6 checkpoint folder (or one of ours).
 
     Args:

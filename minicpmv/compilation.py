@@ -75,8 +75,11 @@ def warm_up_decode(llm, steps: int = 3) -> float:
     """Seconds to compile the decode step: a few steps on a scratch cache (the first ones compile)."""
     start = time.perf_counter()
     cache = llm.new_cache(1, 2 + steps + 1)  # never full, like the engine's: no special case compiled
-    llm(llm.embed(torch.zeros((1, 2), dtype=torch.long, device=llm.model.embed_tokens.weight.device)),
-        cache=cache, last_only=True)
+    llm(
+        llm.embed(torch.zeros((1, 2), dtype=torch.long, device=llm.model.embed_tokens.weight.device)),
+        cache=cache,
+        last_only=True,
+    )
     token = torch.zeros((1, 1), dtype=torch.long, device=cache.keys[0].device)
     for _ in range(steps):
         llm(llm.embed(token), cache=cache)

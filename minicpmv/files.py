@@ -178,7 +178,7 @@ def recover(folder: str | Path) -> list[str]:
     for path in sorted(folder.iterdir()):
         name = path.name
         if name.startswith(".") and name.endswith(REPLACED):
-            if not restore_aside(folder / name[1:-len(REPLACED)]):
+            if not restore_aside(folder / name[1 : -len(REPLACED)]):
                 _remove(path)
         elif name.startswith(".") and (STAGING in name or _LEGACY.match(name)):
             _remove(path)

@@ -23,7 +23,8 @@ PHASES = ("encode", "prefill", "decode")
 
 def cache_path() -> Path:
     root = os.environ.get("MINICPMV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv"
+    )
     return Path(root) / "tune.json"
 
 
@@ -76,8 +77,16 @@ def _median_seconds(run, repeat: int) -> float:
 
 
 @torch.inference_mode()
-def search(chat, image, thread_options: list[int], crop_options: list[int], repeat: int = 3,
-           prompt_tokens: int = 128, decode_tokens: int = 16, try_compile: bool = False) -> tuple[dict, list[dict]]:
+def search(
+    chat,
+    image,
+    thread_options: list[int],
+    crop_options: list[int],
+    repeat: int = 3,
+    prompt_tokens: int = 128,
+    decode_tokens: int = 16,
+    try_compile: bool = False,
+) -> tuple[dict, list[dict]]:
     """Measure every option per phase; returns (best settings, table rows). With try_compile, the
     decode step and the vision tower are then compiled and measured again at their best settings."""
     model = chat.model
@@ -87,7 +96,9 @@ def search(chat, image, thread_options: list[int], crop_options: list[int], repe
     prompt = llm.embed(torch.randint(0, min(1000, llm.cfg.vocab_size), (1, prompt_tokens)))
 
     def encode(per_call):
-        with torch.autocast("cpu", dtype=chat.vision_autocast or torch.bfloat16, enabled=chat.vision_autocast is not None):
+        with torch.autocast(
+            "cpu", dtype=chat.vision_autocast or torch.bfloat16, enabled=chat.vision_autocast is not None
+        ):
             model.get_image_features(crops, sizes, per_call)
 
     def decode():
@@ -129,17 +140,55 @@ def search(chat, image, thread_options: list[int], crop_options: list[int], repe
 def _compiled_rows(chat, best: dict, measure) -> list[dict]:
     """Compile the decode step and the vision tower, then measure them at their best settings."""
     chat.compile(("encode", "decode"))
-    return [measure("encode", best["encode"]["threads"], best["encode"]["crops_per_call"], compiled=True),
-            measure("decode", best["decode"]["threads"], compiled=True)]
+    return [
+        measure("encode", best["encode"]["threads"], best["encode"]["crops_per_call"], compiled=True),
+        measure("decode", best["decode"]["threads"], compiled=True),
+    ]
 
 
 def _best(rows: list[dict]) -> dict:
     """The fastest row of each phase; "compile" says whether that row ran compiled."""
     encode = min((r for r in rows if r["phase"] == "encode"), key=lambda r: r["ms"])
-    best = {"encode": {"threads": encode["threads"], "crops_per_call": encode["crops_per_call"],
-                       "compile": encode["compiled"]}}
+    best = {
+        "encode": {
+            "threads": encode["threads"],
+            "crops_per_call": encode["crops_per_call"],
+            "compile": encode["compiled"],
+        }
+    }
     for phase in ("prefill", "decode"):
         fastest = max((r for r in rows if r["phase"] == phase), key=lambda r: r["tok_per_s"])
         best[phase] = {"threads": fastest["threads"]}
     best["decode"]["compile"] = fastest["compiled"]
     return best
+
+
+def tune_model(
+    model: str,
+    threads: list[int] | None = None,
+    crops_per_call: list[int] | None = None,
+    repeat: int = 3,
+    image: str | None = None,
+    try_compile: bool = False,
+) -> dict:
+    """Load `model` eagerly, measure it (`search`) and store the best settings in the per-machine
+    cache. Returns {"best", "rows", "path", "compile_seconds"}."""
+    from .chat import load
+    from .quant.quality import example_image_path
+
+    chat = load(model, compile="off")  # eager first, whatever an earlier tuning chose
+    thread_options = threads or list(range(1, (os.cpu_count() or 1) + 1))
+    best, rows = search(
+        chat,
+        image or example_image_path(),
+        thread_options,
+        crops_per_call or [1, 4, 16],
+        repeat,
+        try_compile=try_compile,
+    )
+    return {
+        "best": best,
+        "rows": rows,
+        "path": save_tuning(chat.model.config, best),
+        "compile_seconds": chat.compile_seconds,
+    }

@@ -36,10 +36,34 @@ class VersionFacts:
 
 VERSIONS = {
     "2.0": VersionFacts("minicpm", 64, "nested", True, "minicpm2", ("</s>",), None, 2048, "timm", True, False, True),
-    "2.5": VersionFacts("llama", 96, "nested", False, "template", ("<|end_of_text|>", "<|eot_id|>"), "<|eot_id|>", 2048,
-                        "navit", False, True, False),
-    "2.6": VersionFacts("qwen2", 64, "ids", False, "template", ("<|im_end|>", "<|endoftext|>"), "<|im_end|>", 8192,
-                        "navit", True, False, False),
+    "2.5": VersionFacts(
+        "llama",
+        96,
+        "nested",
+        False,
+        "template",
+        ("<|end_of_text|>", "<|eot_id|>"),
+        "<|eot_id|>",
+        2048,
+        "navit",
+        False,
+        True,
+        False,
+    ),
+    "2.6": VersionFacts(
+        "qwen2",
+        64,
+        "ids",
+        False,
+        "template",
+        ("<|im_end|>", "<|endoftext|>"),
+        "<|im_end|>",
+        8192,
+        "navit",
+        True,
+        False,
+        False,
+    ),
 }
 SUPPORTED_VERSIONS = tuple(VERSIONS)
 

@@ -57,8 +57,21 @@ def train_scenes() -> list[tuple[int, object]]:
 def verify_stage(work: Path, args) -> Path:
     world = work / "world"
     if not (world / "train.json").exists():
-        minicpmv("synth", "-o", str(world), "--seed", str(SEED), "--train", str(TRAIN_IMAGES), "--validation", "0",
-                 "--test", "0", "--document-share", str(DOCUMENT_SHARE))
+        minicpmv(
+            "synth",
+            "-o",
+            str(world),
+            "--seed",
+            str(SEED),
+            "--train",
+            str(TRAIN_IMAGES),
+            "--validation",
+            "0",
+            "--test",
+            "0",
+            "--document-share",
+            str(DOCUMENT_SHARE),
+        )
     data = work / "verify" / "stage.json"
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
@@ -69,17 +82,41 @@ def verify_stage(work: Path, args) -> Path:
             turns = verify_questions(scene, random.Random(f"verify/{index}"))
             conversation = []
             for number, (question, answer) in enumerate(turns):
-                conversation += [{"role": "user", "content": ("<image>\n" if number == 0 else "") + question},
-                                 {"role": "assistant", "content": answer}]
-            record = {"id": f"verify-{index}", "image": str((world / f"images/train-{index:05d}.png").resolve()),
-                      "task": "verify", "conversations": conversation}
+                conversation += [
+                    {"role": "user", "content": ("<image>\n" if number == 0 else "") + question},
+                    {"role": "assistant", "content": answer},
+                ]
+            record = {
+                "id": f"verify-{index}",
+                "image": str((world / f"images/train-{index:05d}.png").resolve()),
+                "task": "verify",
+                "conversations": conversation,
+            }
             records += [record] * VERIFY_REPEATS
         data.write_text(json.dumps(records))
     model = work / "verify-sft"
     if not (model / "latest").exists():
-        minicpmv("train", "--recipe", "sft", "-m", str(demo_model_path()), "--data", str(data), "-o", str(model),
-                 "--max-steps", str(args.verify_steps), "--batch-size", "16", "--lr", "5e-4",
-                 "--set", "train=[llm]", "--set", "cache_image_features=true")
+        minicpmv(
+            "train",
+            "--recipe",
+            "sft",
+            "-m",
+            str(demo_model_path()),
+            "--data",
+            str(data),
+            "-o",
+            str(model),
+            "--max-steps",
+            str(args.verify_steps),
+            "--batch-size",
+            "16",
+            "--lr",
+            "5e-4",
+            "--set",
+            "train=[llm]",
+            "--set",
+            "cache_image_features=true",
+        )
     mixed = model / (model / "latest").read_text().strip()
     only, drill = work / "verify" / "verify-only.json", work / "verify-drill"
     if not only.exists():
@@ -89,9 +126,27 @@ def verify_stage(work: Path, args) -> Path:
                 seen.setdefault(record["id"], record)
         only.write_text(json.dumps(list(seen.values())))
     if not (drill / "latest").exists():
-        minicpmv("train", "--recipe", "sft", "-m", str(mixed), "--data", str(only), "-o", str(drill),
-                 "--max-steps", str(args.drill_steps), "--batch-size", "16", "--lr", "1e-3",
-                 "--set", "train=[llm]", "--set", "cache_image_features=true")
+        minicpmv(
+            "train",
+            "--recipe",
+            "sft",
+            "-m",
+            str(mixed),
+            "--data",
+            str(only),
+            "-o",
+            str(drill),
+            "--max-steps",
+            str(args.drill_steps),
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--set",
+            "train=[llm]",
+            "--set",
+            "cache_image_features=true",
+        )
     return drill / (drill / "latest").read_text().strip()
 
 
@@ -99,15 +154,45 @@ def align_stage(work: Path, policy: Path, labeler: Path, args) -> Path:
     instructions = work / "instructions.jsonl"
     if not instructions.exists():
         world = (work / "world").resolve()
-        chosen = train_scenes()[:args.instructions]
-        instructions.write_text("".join(json.dumps({"image_path": str(world / f"images/train-{i:05d}.png"),
-                                                    "question": "Describe the image."}) + "\n" for i, _ in chosen))
+        chosen = train_scenes()[: args.instructions]
+        instructions.write_text(
+            "".join(
+                json.dumps({"image_path": str(world / f"images/train-{i:05d}.png"), "question": "Describe the image."})
+                + "\n"
+                for i, _ in chosen
+            )
+        )
     out = work / f"align{args.tag}"
-    minicpmv("align", "run", "-m", str(policy), "--labeler", str(labeler), "--instructions", str(instructions),
-             "-o", str(out),
-             "--n", str(args.n), "--temperature", "0.7", "--max-new-tokens", "96", "--splitter", "demo-rules",
-             "--max-steps", str(args.dpo_steps), "--set", "train=[llm]", "--set", f"learning_rate={args.dpo_lr}",
-             "--set", "batch_size=8", "--set", f"dpo_beta={args.beta}")
+    minicpmv(
+        "align",
+        "run",
+        "-m",
+        str(policy),
+        "--labeler",
+        str(labeler),
+        "--instructions",
+        str(instructions),
+        "-o",
+        str(out),
+        "--n",
+        str(args.n),
+        "--temperature",
+        "0.7",
+        "--max-new-tokens",
+        "96",
+        "--splitter",
+        "demo-rules",
+        "--max-steps",
+        str(args.dpo_steps),
+        "--set",
+        "train=[llm]",
+        "--set",
+        f"learning_rate={args.dpo_lr}",
+        "--set",
+        "batch_size=8",
+        "--set",
+        f"dpo_beta={args.beta}",
+    )
     dpo = out / "iteration-1" / "dpo"
     return dpo / (dpo / "latest").read_text().strip()
 
@@ -115,12 +200,33 @@ def align_stage(work: Path, policy: Path, labeler: Path, args) -> Path:
 def eval_stage(work: Path, models: dict[str, Path]) -> None:
     heldout = work / "heldout"
     if not (heldout / "demo_caption.tsv").exists():
-        minicpmv("synth", "--benchmarks", "-o", str(heldout), "--seed", str(HELDOUT_SEED),
-                 "--test", str(HELDOUT_IMAGES), "--document-share", "0")
+        minicpmv(
+            "synth",
+            "--benchmarks",
+            "-o",
+            str(heldout),
+            "--seed",
+            str(HELDOUT_SEED),
+            "--test",
+            str(HELDOUT_IMAGES),
+            "--document-share",
+            "0",
+        )
     for name, model in models.items():
         minicpmv("eval", "run", "-b", "demo", "-m", str(model), "-o", str(work / "eval" / name), "--resume")
-        minicpmv("eval", "run", "-b", "demo_caption", "--data", str(heldout / "demo_caption.tsv"), "-m", str(model),
-                 "-o", str(work / "eval-heldout" / name), "--resume")
+        minicpmv(
+            "eval",
+            "run",
+            "-b",
+            "demo_caption",
+            "--data",
+            str(heldout / "demo_caption.tsv"),
+            "-m",
+            str(model),
+            "-o",
+            str(work / "eval-heldout" / name),
+            "--resume",
+        )
 
 
 def report(work: Path, names: list[str]) -> dict:
@@ -136,9 +242,15 @@ def report(work: Path, names: list[str]) -> dict:
         metrics, per_row = chair_metrics(rows, "demo_coloured")
         bad = sum(bool(r["wrong_attributes"]) for r in per_row.values())
         low, high = wilson_interval(bad, len(rows))
-        entry = {"heldout_descriptions": len(rows), "attribute_response_rate": 100 * bad / len(rows),
-                 "interval": [100 * low, 100 * high], "attribute_mention_rate": metrics["attribute_mention_rate"],
-                 "CHAIRs_coloured": metrics["CHAIRs"], "CHAIRi_coloured": metrics["CHAIRi"], "recall": metrics["recall"]}
+        entry = {
+            "heldout_descriptions": len(rows),
+            "attribute_response_rate": 100 * bad / len(rows),
+            "interval": [100 * low, 100 * high],
+            "attribute_mention_rate": metrics["attribute_mention_rate"],
+            "CHAIRs_coloured": metrics["CHAIRs"],
+            "CHAIRi_coloured": metrics["CHAIRi"],
+            "recall": metrics["recall"],
+        }
         for bench in ("demo_yorn", "demo_mcq", "demo_vqa", "demo_caption"):
             scores = json.loads((work / "eval" / name / f"{bench}.scores.json").read_text())["metrics"]
             key = {"demo_mcq": "split=none|Overall", "demo_caption": "attribute_response_rate"}.get(bench, "Overall")
@@ -169,8 +281,12 @@ def verify_accuracy(model: Path, images: int = 160) -> dict:
         for thing in scene.things:
             true = (thing.size, thing.colour, thing.shape, thing.place)
             asked = [("true", true, 1)]
-            for slot, kind, values in ((0, "size", tuple(SIZES)), (1, "colour", tuple(COLOURS)), (2, "shape", SHAPES),
-                                       (3, "place", PLACES)):
+            for slot, kind, values in (
+                (0, "size", tuple(SIZES)),
+                (1, "colour", tuple(COLOURS)),
+                (2, "shape", SHAPES),
+                (3, "place", PLACES),
+            ):
                 changed = list(true)
                 changed[slot] = draw.choice([v for v in values if v != true[slot]])
                 if tuple(changed) not in held:
@@ -194,8 +310,12 @@ def main() -> None:
     parser.add_argument("--beta", default="0.1")
     parser.add_argument("--labeler", help="a labeler checkpoint instead of the verification stages' result")
     parser.add_argument("--tag", default="", help="suffix of the align folder and the aligned model's name")
-    parser.add_argument("--drill-steps", type=int, default=300,
-                        help="then verification questions alone, lr 1e-3 (the mixed stage alone left them at chance)")
+    parser.add_argument(
+        "--drill-steps",
+        type=int,
+        default=300,
+        help="then verification questions alone, lr 1e-3 (the mixed stage alone left them at chance)",
+    )
     args = parser.parse_args()
     work, steps = Path(args.work), args.steps.split(",")
     labeler = Path(args.labeler) if args.labeler else verify_stage(work, args)

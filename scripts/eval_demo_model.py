@@ -41,9 +41,19 @@ def main() -> None:
     places = character_places(answers)
     print("characters right by place: " + ", ".join(f"{task} {share:.1%}" for task, share in places.items()))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"model": args.model, "split": args.split, "options": options,
-                                                   "scores": scores, "character_places": places,
-                                                   "answers": answers}, indent=1))
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "split": args.split,
+                    "options": options,
+                    "scores": scores,
+                    "character_places": places,
+                    "answers": answers,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

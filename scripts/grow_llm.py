@@ -7,7 +7,7 @@ whose two output projections (attention's o_proj, the MLP's down_proj) are zero,
 layer adds nothing to the residual stream and the grown model gives the same logits as the old
 one (checked on a random batch before saving). Training then starts from what the model knows,
 with more layers to learn what it could not: the demo model's lookup of a receipt line by its
-word (docs/demo-model.md, "Lookup"). The vision encoder and resampler are copied unchanged.
+word (research/demo-model-log.md, "Lookup"). The vision encoder and resampler are copied unchanged.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("output", type=Path)
-    parser.add_argument("--every", type=int, default=1, help="insert a layer after every N layers (1: double the depth)")
+    parser.add_argument(
+        "--every", type=int, default=1, help="insert a layer after every N layers (1: double the depth)"
+    )
     args = parser.parse_args()
     if args.every < 1:
         parser.error(f"--every must be 1 or more, not {args.every}")
@@ -79,8 +81,10 @@ def main() -> None:
     if difference > 1e-4:
         raise SystemExit(f"grow_llm: the grown model's logits differ by {difference:.2e}; not saved")
     save_model_folder(grown, args.checkpoint, args.output)  # whole or not at all
-    print(f"grow_llm: {grown.config.llm.num_layers} LLM layers, same logits "
-          f"(largest difference {difference:.1e}): {args.output}")
+    print(
+        f"grow_llm: {grown.config.llm.num_layers} LLM layers, same logits "
+        f"(largest difference {difference:.1e}): {args.output}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ MiniCPM-Llama3-V 2.5's count. config.json's query_num and preprocessor_config.js
 image_feature_size say the new count. Why: the reading demo model's 64 queries are pointed at
 their blocks of a slice, which reads text and binds a scene's colours to its shapes poorly; the
 new, free queries can learn whole objects (train them alone with
-`VisionPretraining(free_queries=...)`) while the pointed ones keep reading (docs/demo-model.md).
+`VisionPretraining(free_queries=...)`) while the pointed ones keep reading (research/demo-model-log.md).
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--extra", type=int, default=32, help="queries to add (64 + 32 = 2.5's 96)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new queries' random start")
     args = parser.parse_args()
-    problem = (f"--extra must be 1 or more, not {args.extra}" if args.extra < 1 else
-               f"{args.output} exists; grow_queries writes a new folder" if args.output.exists() else None)
+    problem = (
+        f"--extra must be 1 or more, not {args.extra}"
+        if args.extra < 1
+        else f"{args.output} exists; grow_queries writes a new folder"
+        if args.output.exists()
+        else None
+    )
     if problem:
         parser.error(problem)
     return args
@@ -68,9 +73,13 @@ def main() -> None:
     difference = largest_feature_difference(model, grown)
     if difference > 1e-5:
         raise SystemExit(f"grow_queries: the old queries' outputs differ by {difference:.2e}; not saved")
-    save_model_folder(grown, args.checkpoint, args.output, {"image_feature_size": grown.config.query_num})  # whole or not at all
-    print(f"grow_queries: {grown.config.query_num} queries per slice, the first {model.config.query_num} "
-          f"unchanged (largest difference {difference:.1e}): {args.output}")
+    save_model_folder(
+        grown, args.checkpoint, args.output, {"image_feature_size": grown.config.query_num}
+    )  # whole or not at all
+    print(
+        f"grow_queries: {grown.config.query_num} queries per slice, the first {model.config.query_num} "
+        f"unchanged (largest difference {difference:.1e}): {args.output}"
+    )
 
 
 if __name__ == "__main__":

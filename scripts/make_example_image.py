@@ -20,8 +20,13 @@ def draw() -> Image.Image:
     receipt = (420, 500, 924, 860)
     pen.rectangle(receipt, fill=(255, 255, 255), outline=(90, 90, 90), width=3)
     font = ImageFont.load_default(size=26)
-    lines = ["CORNER SHOP", "apples      2 x 1.20   2.40", "bread       1 x 2.10   2.10",
-             "milk        1 x 0.95   0.95", "TOTAL                  5.45"]
+    lines = [
+        "CORNER SHOP",
+        "apples      2 x 1.20   2.40",
+        "bread       1 x 2.10   2.10",
+        "milk        1 x 0.95   0.95",
+        "TOTAL                  5.45",
+    ]
     for row, text in enumerate(lines):
         pen.text((450, 520 + 62 * row), text, fill=(20, 20, 20), font=font)
     return image

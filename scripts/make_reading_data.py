@@ -1,5 +1,5 @@
 """Reading data for the LLM: "Read the text." about one 448-px slice of a page, as the processor
-cuts it, or, with --placement, about a slice holding one receipt line (docs/demo-model.md,
+cuts it, or, with --placement, about a slice holding one receipt line (research/demo-model-log.md,
 "Reading: a probe"), or, with --find, a document question (a price, the total, a field) about a
 slice holding that line whole (task "find"), in the official fine-tuning JSON format.
 
@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=200)
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--placement", choices=LINE_PLACEMENTS, help="one line placed so, instead of a page's slice")
-    chosen.add_argument("--find", action="store_true", help="a question about a line of the slice, instead of reading it")
+    chosen.add_argument(
+        "--find", action="store_true", help="a question about a line of the slice, instead of reading it"
+    )
     args = parser.parse_args()
     if args.find:
         reader = slice_question_example

@@ -1,4 +1,4 @@
-"""What the demo model's image features hold, measured outside the LLM (docs/demo-model.md,
+"""What the demo model's image features hold, measured outside the LLM (research/demo-model-log.md,
 "Why shape and position are not learnt").
 
     python scripts/probe_demo_features.py linear MODEL [--train 600] [--test 200]
@@ -69,8 +69,10 @@ def linear_probe(model, processor, train: int, test: int) -> dict[str, float]:
     test_x, test_shape, test_column = features("test", test)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    return {"shape": ridge_accuracy(train_x, train_shape, test_x, test_shape, len(SHAPES)),
-            "column": ridge_accuracy(train_x, train_column, test_x, test_column, 3)}
+    return {
+        "shape": ridge_accuracy(train_x, train_shape, test_x, test_shape, len(SHAPES)),
+        "column": ridge_accuracy(train_x, train_column, test_x, test_column, 3),
+    }
 
 
 def train_shape_head(model, processor, steps: int, train: int, test: int, seed: int = 0) -> list[tuple[int, float]]:
@@ -88,7 +90,9 @@ def train_shape_head(model, processor, steps: int, train: int, test: int, seed: 
     for step in range(1, steps + 1):
         batch = torch.randint(0, train, (16,))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_native_bf16()):
-            loss = torch.nn.functional.cross_entropy(logits(train_crops[batch], train_sizes[batch]), train_shapes[batch])
+            loss = torch.nn.functional.cross_entropy(
+                logits(train_crops[batch], train_sizes[batch]), train_shapes[batch]
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -97,8 +101,11 @@ def train_shape_head(model, processor, steps: int, train: int, test: int, seed: 
             with torch.no_grad():
                 accuracy = (logits(test_crops, test_sizes).argmax(1) == test_shapes).double().mean().item()
             curve.append((step, accuracy))
-            print(f"step {step}: loss {loss.item():.3f}, held-out shape accuracy {accuracy:.1%} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"step {step}: loss {loss.item():.3f}, held-out shape accuracy {accuracy:.1%} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     return curve
 
 

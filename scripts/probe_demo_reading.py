@@ -1,4 +1,4 @@
-"""Can the demo model's vision encoder learn to read? (docs/demo-model.md, "Reading: a probe")
+"""Can the demo model's vision encoder learn to read? (research/demo-model-log.md, "Reading: a probe")
 
     python scripts/probe_demo_reading.py MODEL -o OUTPUT [--steps 1000] [--placement fixed|grid|phase|anywhere]
     python scripts/probe_demo_reading.py MODEL -o OUTPUT --frozen-cells [--steps 300]
@@ -14,7 +14,7 @@ metrics.jsonl, loss.png, accuracy.json). The LLM is not involved.
 `--frozen-cells` asks what a trained checkpoint still holds instead: the encoder and resampler
 stay frozen and only a fresh per-token head learns the character in each 28-px cell of a page's
 448-px slices (page_slice_example; blank cells weigh 0.05, as in the recipe's reading stage).
-"cells@448-marked" is the share of inked cells named right (docs/demo-model.md, "Queries
+"cells@448-marked" is the share of inked cells named right (research/demo-model-log.md, "Queries
 pointed from the start").
 """
 
@@ -24,8 +24,14 @@ import argparse
 from collections import Counter
 
 from minicpmv.synth.build import split_rng
-from minicpmv.synth.documents import (CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACEMENTS, LINE_PLACES,
-                                      page_slice_example, text_line_example)
+from minicpmv.synth.documents import (
+    CELL_CHARACTERS,
+    LINE_CHARACTERS,
+    LINE_PLACEMENTS,
+    LINE_PLACES,
+    page_slice_example,
+    text_line_example,
+)
 from minicpmv.training.vision_pretrain import VisionPretraining, run_vision_pretraining
 
 SEED = 0  # with split "read-train" / "read-test": the probe images' own stream
@@ -45,8 +51,15 @@ def probe_cells(model: str, output: str, steps: int, test: int) -> None:
         image, labels, _ = page_slice_example(split_rng(SEED, f"probe-{split}", index))
         return image, labels
 
-    settings = VisionPretraining(("cells",), steps_per_label=steps, resolutions=(448,), test_images=test,
-                                 none_weight={"cells": 0.05}, per_token=("cells",), probe=True)
+    settings = VisionPretraining(
+        ("cells",),
+        steps_per_label=steps,
+        resolutions=(448,),
+        test_images=test,
+        none_weight={"cells": 0.05},
+        per_token=("cells",),
+        probe=True,
+    )
     run_vision_pretraining(model, output, examples, {"cells": CELL_CHARACTERS}, settings)
 
 
@@ -57,8 +70,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--test", type=int, default=100, help="held-out images")
     parser.add_argument("--placement", choices=LINE_PLACEMENTS, default="fixed", help="where the line is on the slice")
-    parser.add_argument("--frozen-cells", action="store_true",
-                        help="probe a trained checkpoint: only a head learns each cell of page slices")
+    parser.add_argument(
+        "--frozen-cells",
+        action="store_true",
+        help="probe a trained checkpoint: only a head learns each cell of page slices",
+    )
     args = parser.parse_args()
     if args.frozen_cells:
         probe_cells(args.model, args.output, args.steps, args.test)

@@ -50,7 +50,7 @@ VISION_STEPS = 600  # per label
 REGION_STEPS = 2400  # what each region holds, after VISION
 READ_STEPS = 1200  # --reading: what each cell of a page's slice holds (page_slice_or_scene_example)
 READ_SHARE = 2 / 3  # of the reading stage's images; the rest are region scenes
-READ_STAGE3_STEPS = 600  # --reading: stage3, the first with whole pages, gets time for them (400: 7/40 documents, 600: 9/40)
+READ_STAGE3_STEPS = 600  # --reading: stage3, the first with whole pages, gets more time for them
 STAGES = [  # name, recipe, tasks in its data (None: all), steps, extra settings
     ("stage0", "sft", "text", 300, ["--set", "train=[llm]", "--lr", "2e-3", "--batch-size", "8"]),
     ("stage1", "stage1", SCENES, 1500, ["--set", "train=[resampler,llm]", "--lr", "3e-4"]),
@@ -65,89 +65,92 @@ READ_STAGE = ("read", "stage2", ("read",), 800, [*LLM_ONLY, "--lr", "1e-3"])  # 
 DOCUMENT_STAGE = ("documents", "stage3", (*DOCUMENTS, "read", *SCENES), 800, [*LLM_ONLY, "--lr", "1e-3"])
 DOCUMENT_STAGE_SCENES = 3000  # of the world's ~11,600 scene records: kept in the loss, the pages come first
 # --reading, after the documents stage: the same data plus every document's facts asked in one
-# conversation (task "lookup"), twice over: the answers of the fields, cells and prices found by
-# their word or place, five or more per encoded page (docs/demo-model.md, "Lookup")
+# conversation (task "lookup"), twice over, so that fields, cells and prices are found by their
+# word or place (research/demo-model-log.md, "Lookup")
 LOOKUP_STAGE = ("lookup", "stage3", (*DOCUMENTS, "read", *SCENES, "lookup"), 400, [*LLM_ONLY, "--lr", "1e-3"])
 LOOKUP_REPEATS = {"lookup": 2}
 # --reading, after the lookup stage: the scenes again, the world's scene records and a survey of
 # each of WORK/survey's scenes (every question about it in one conversation), first for the LLM
-# alone, then for every part with the page slices kept in (docs/demo-model.md, "Surveys"). As on
-# session 14's hand path (bundled then): from the lookup stage after an SFT (LOOKUP_SFT_STAGE), every
-# part as two runs of 500 steps, each with its warm-up and cosine, the second with seed + 1.
-# Colour of the test split after them: 78% either way (one run of 1000 straight after the lookup
-# stage, runs/demo-v16, or this; the hand path 87-91%); the drills took this one to 96.9%, v16 to 87.5%
+# alone, then for every part with the page slices kept in, as two runs of 500 steps with the
+# second's data order from seed + 1 (research/demo-model-log.md, "Surveys")
 LOOKUP_SFT_STAGE = ("lookup-sft", "sft", None, 150, [*LLM_ONLY, "--lr", "2e-4"])
 SCENE_STAGE = ("scenes", "sft", (*SCENES, "survey"), 1000, [*LLM_ONLY, "--lr", "1e-3"])
 SCENE_VISION_STAGE = ("scenes-vision", "sft", (*SCENES, "survey", "read"), 500, [*EVERYTHING, "--lr", "3e-4"])
 SCENE_VISION_AGAIN_STAGE = ("scenes-vision2", *SCENE_VISION_STAGE[1:])
 SEED_OFFSETS = {SCENE_VISION_AGAIN_STAGE[0]: 1}  # added to --seed: that stage's data order
-# --reading, last: SFT loses the lookups the lookup stage taught (prices, fields, cells), a short
-# lookup stage after it gives them back (19 -> 26 of 40 documents; docs/demo-model.md, "Surveys")
+# --reading, last: SFT loses the lookups the lookup stage taught (prices, fields, cells); a short
+# lookup stage after it gives them back (research/demo-model-log.md, "Surveys")
 LOOKUP_AGAIN_STAGE = ("lookup-again", "stage3", (*LOOKUP_STAGE[2], "drill"), 150, [*LLM_ONLY, "--lr", "5e-4"])
-# --reading, after scenes-vision: the small LLM still named another object's colour in one
-# multi-object scene in five (colour 87% of 604 fresh scenes). First every resampler token of a
-# scene learns what object covers its block, colour and shape (OBJECT_STAGE: vision pre-training,
-# object_or_page_example, the page slices' tokens held as they were), the LLM reads the new
-# tokens (OBJECT_ALIGN_STAGE), then drills on colour by shape (WORK/drill, colour_drill): mixed
-# in, then alone, then in SFT's and lookup-again's data. Neither the object tokens nor the drills
-# alone moved colour; together 94.7% (docs/demo-model.md, "Drills").
+# --reading, after scenes-vision: the small LLM named another object's colour in multi-object
+# scenes. First every resampler token of a scene learns what object covers its block, colour and
+# shape (OBJECT_STAGE: vision pre-training, object_or_page_example, the page slices' tokens held
+# as they were), the LLM reads the new tokens (OBJECT_ALIGN_STAGE), then drills on colour by
+# shape (WORK/drill, colour_drill): mixed in, then alone, then in SFT's and lookup-again's data;
+# only the two together fixed it (research/demo-model-log.md, "Drills").
 OBJECT_STAGE = ("objects", "vision", None, 600, [])
 OBJECT_PAGE_SHARE = 0.33  # of the object stage's images: page slices, all blocks "none", tokens held
 OBJECT_ALIGN_STAGE = ("objects-align", "sft", (*SCENES, "survey", "read"), 500, [*LLM_ONLY, "--lr", "5e-4"])
 DRILL_MIX_STAGE = ("drill-mix", "sft", (*SCENES, "survey", "read", "drill"), 500, [*LLM_ONLY, "--lr", "5e-4"])
 DRILL_STAGE = ("drill", "sft", ("drill",), 300, [*LLM_ONLY, "--lr", "1e-3"])
-# --reading, last: prices (a third of the receipts' questions) were 1 of 36 held-out after every
-# stage above: a price is found by its item's word, and mostly read from the next slice. A stage of
-# price questions alone (PRICE_DRILL_STAGE: the world's and the pages' receipt lookups, twice, and
-# price records) took them to 37.7% of 122 fresh ones after 600 steps (15.6% after 400: it comes
-# late); PRICE_KEEP_STAGE, lookup-again's data with the price drill's, PRICE_KEEP_COUNTS count
-# questions and PRICE_KEEP_SURVEYS surveys, gives the other answers back (docs/demo-model.md,
-# "Prices").
+# --reading, last: a price is found by its item's word and was mostly read from the next slice.
+# A stage of price questions alone (PRICE_DRILL_STAGE: the world's and the pages' receipt lookups,
+# twice, and price records), then PRICE_KEEP_STAGE (lookup-again's data with the price drill's,
+# PRICE_KEEP_COUNTS count questions and PRICE_KEEP_SURVEYS surveys) to give the other answers
+# back (research/demo-model-log.md, "Prices").
 PRICE_QUESTION = "How much is"  # a price record's and a receipt lookup's first question
 PRICE_DRILL_STAGE = ("price-drill", "stage3", ("price", "lookup"), 600, [*LLM_ONLY, "--lr", "1e-3"])
 PRICE_KEEP_STAGE = ("price-keep", "stage3", LOOKUP_AGAIN_STAGE[2], 200, [*LLM_ONLY, "--lr", "5e-4"])
 PRICE_KEEP_COUNTS, PRICE_KEEP_SURVEYS = 4000, 2000
 LOOKUPS = (LOOKUP_STAGE[0], LOOKUP_AGAIN_STAGE[0], PRICE_DRILL_STAGE[0], PRICE_KEEP_STAGE[0])  # pages, lookups twice
-SURVEYED = (SCENE_STAGE[0], SCENE_VISION_STAGE[0], SCENE_VISION_AGAIN_STAGE[0], OBJECT_ALIGN_STAGE[0],
-            DRILL_MIX_STAGE[0])
+SURVEYED = (
+    SCENE_STAGE[0],
+    SCENE_VISION_STAGE[0],
+    SCENE_VISION_AGAIN_STAGE[0],
+    OBJECT_ALIGN_STAGE[0],
+    DRILL_MIX_STAGE[0],
+)
 DRILLED = (DRILL_MIX_STAGE[0], DRILL_STAGE[0], "sft", LOOKUP_AGAIN_STAGE[0], PRICE_KEEP_STAGE[0])
 UNSLICED = ("stage0", READ_STAGE[0], "stage1", "stage2")  # every later stage slices (--max-slice-nums applies)
 
 
 def stages(reading: bool) -> list:
-    """STAGES, or with --reading: a stage where the LLM alone learns to read page slices
-    (READ_STAGE), and every stage after it training the LLM alone (lr 1e-3 up to stage3, SFT's
-    2e-4), so that the reading the encoder learnt is kept. Stage2 training every part at 3e-4
-    undid it: a probe on its frozen encoder named 41% of a page's inked cells, against 98% after
-    the reading stage; with the encoder frozen the LLM read 85.7% of a slice's characters after
-    stage2, against 37% (runs/demo-v8, runs/demo-v9). Training the encoder and resampler at 3e-5
-    instead kept the reading too, but the final model was no better and stages 3 and SFT took
-    half as long again (runs/demo-v10; docs/demo-model.md, "Keeping the reading").
-    After stage3 comes a stage of documents (DOCUMENT_STAGE): in stage3 they are 15% of the
-    records, and 400-600 steps of it answered 7-9 of 40 held-out document questions; 200 steps
-    with documents the most of the data 17, 400 and 800 steps 19 (docs/demo-model.md, "A
-    documents stage"). Then the lookup stage (LOOKUP_STAGE): 400 more steps with every fact of
-    each document asked in one conversation took the held-out documents from 19 to 24 of 40
-    (fields 3/4, cells 3/5, signs 5/5; docs/demo-model.md, "Lookup"). The scenes stages last
-    (LOOKUP_SFT_STAGE to SCENE_VISION_AGAIN_STAGE): after the lookup stage and SFT the scenes
-    were at colour 72%, count 82%, shape 76% of the whole test split; 1000 LLM steps with the
-    surveys took them to 84/94/98%, 500 + 500 steps of every part at 3e-4 (page slices kept in
-    the data) and SFT to 90.6/94.3/98.1%, with 19 of 40 documents (25 before); 150 lookup steps
-    after SFT (LOOKUP_AGAIN_STAGE) 89.6/92.9/99.1% and 26 of 40 (by hand: docs/demo-model.md, "Surveys").
-    Colour was 87% of 604 fresh scenes all the same; the object stage and the drills before SFT
-    (OBJECT_STAGE to DRILL_STAGE) took it to 96.9% of the test split, count 91.1%, shape 100%,
-    documents 69/120 (by hand: docs/demo-model.md, "Drills"). The price drill and the mixed stage
-    after it (PRICE_DRILL_STAGE, PRICE_KEEP_STAGE) took the documents to 81/126 = 64.3% with
-    colour/count/shape 95.8/91.1/100% (by hand: docs/demo-model.md, "Prices"). This script, run
-    from nothing, made the bundled model: 95.8/91.7/100%, documents 81/126 ("Reproducibility")."""
+    """STAGES, or with --reading the reading recipe: the LLM alone learns to read page slices
+    (READ_STAGE) and every later stage trains the LLM alone unless it says otherwise, because
+    training the encoder with the LLM undoes the reading it learnt; after stage3 come stages of
+    documents, of every fact of a page in one conversation (lookups), of scenes with surveys, the
+    object stage and colour drills, SFT, lookups again, and prices. Why each stage is there, with
+    its measured effect: research/demo-model-log.md (one section per stage)."""
     if not reading:
         return STAGES
-    kept = [(name, recipe, tasks, READ_STAGE3_STEPS if name == "stage3" else steps,
-             [*LLM_ONLY, "--lr", "2e-4" if name == "sft" else "1e-3"])
-            for name, recipe, tasks, steps, _ in STAGES[1:]]
-    return [STAGES[0], READ_STAGE, *kept[:-1], DOCUMENT_STAGE, LOOKUP_STAGE, LOOKUP_SFT_STAGE, SCENE_STAGE,
-            SCENE_VISION_STAGE, SCENE_VISION_AGAIN_STAGE, OBJECT_STAGE, OBJECT_ALIGN_STAGE, DRILL_MIX_STAGE,
-            DRILL_STAGE, kept[-1], LOOKUP_AGAIN_STAGE, PRICE_DRILL_STAGE, PRICE_KEEP_STAGE]
+    kept = [
+        (
+            name,
+            recipe,
+            tasks,
+            READ_STAGE3_STEPS if name == "stage3" else steps,
+            [*LLM_ONLY, "--lr", "2e-4" if name == "sft" else "1e-3"],
+        )
+        for name, recipe, tasks, steps, _ in STAGES[1:]
+    ]
+    return [
+        STAGES[0],
+        READ_STAGE,
+        *kept[:-1],
+        DOCUMENT_STAGE,
+        LOOKUP_STAGE,
+        LOOKUP_SFT_STAGE,
+        SCENE_STAGE,
+        SCENE_VISION_STAGE,
+        SCENE_VISION_AGAIN_STAGE,
+        OBJECT_STAGE,
+        OBJECT_ALIGN_STAGE,
+        DRILL_MIX_STAGE,
+        DRILL_STAGE,
+        kept[-1],
+        LOOKUP_AGAIN_STAGE,
+        PRICE_DRILL_STAGE,
+        PRICE_KEEP_STAGE,
+    ]
 
 
 def minicpmv(*args: str) -> None:
@@ -163,9 +166,19 @@ def records_of(source: Path) -> list[dict]:
     return records
 
 
-def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pages: Path | None = None,
-               scene_records: int | None = None, seed: int = 0, repeats: dict[str, int] | None = None,
-               survey: Path | None = None, drill: Path | None = None, asking: str | None = None) -> Path:
+def stage_data(
+    train: Path,
+    tasks,
+    target: Path,
+    reading: Path | None = None,
+    pages: Path | None = None,
+    scene_records: int | None = None,
+    seed: int = 0,
+    repeats: dict[str, int] | None = None,
+    survey: Path | None = None,
+    drill: Path | None = None,
+    asking: str | None = None,
+) -> Path:
     """The records of `tasks` ("text": every answer as a text-only sample) in a JSON of its own;
     task "read" comes from `reading` (line reading: not part of the world). Every stage from
     stage2 on keeps the lines: without them stage3 and SFT halved the characters read right
@@ -175,14 +188,25 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pa
     times over (each a task the world must have); `asking`: only records whose first question
     holds it."""
     if tasks == "text":
-        chosen = [{"id": r["id"] + "-text", "conversations": [
-            {"role": "user", "content": "Write a sentence from the world."},
-            {"role": "assistant", "content": r["conversations"][1]["content"]}]} for r in json.loads(train.read_text())]
+        chosen = [
+            {
+                "id": r["id"] + "-text",
+                "conversations": [
+                    {"role": "user", "content": "Write a sentence from the world."},
+                    {"role": "assistant", "content": r["conversations"][1]["content"]},
+                ],
+            }
+            for r in json.loads(train.read_text())
+        ]
     else:
-        chosen = [record for source in (train, reading, pages, survey, drill) if source
-                  for record in records_of(source)
-                  if (tasks is None or record["task"] in tasks)
-                  and (asking is None or asking in record["conversations"][0]["content"])]
+        chosen = [
+            record
+            for source in (train, reading, pages, survey, drill)
+            if source
+            for record in records_of(source)
+            if (tasks is None or record["task"] in tasks)
+            and (asking is None or asking in record["conversations"][0]["content"])
+        ]
         if scene_records is not None:
             scenes = [number for number, record in enumerate(chosen) if record["task"] in SCENES]
             dropped = set(scenes) - set(random.Random(seed).sample(scenes, min(scene_records, len(scenes))))
@@ -199,7 +223,7 @@ def stage_data(train: Path, tasks, target: Path, reading: Path | None = None, pa
 def with_prices_kept(data: Path, price_drill: Path, train: Path, survey: Path, seed: int) -> Path:
     """`data` (lookup-again's records) joined by the price drill's records and by PRICE_KEEP_COUNTS
     count questions of the world and PRICE_KEEP_SURVEYS surveys, drawn with `seed`: after the
-    price drill, the same mix without them cost count 2.7 points (docs/demo-model.md, "Prices")."""
+    price drill, the same mix without them cost count 2.7 points (research/demo-model-log.md, "Prices")."""
     records = json.loads(data.read_text()) + json.loads(price_drill.read_text())
     rng = random.Random(seed)
     for source, task, wanted in ((train, "count", PRICE_KEEP_COUNTS), (survey, "survey", PRICE_KEEP_SURVEYS)):
@@ -217,15 +241,17 @@ def finished(output: Path, steps: int) -> bool:
 def write_demo_image(seed: int) -> None:
     """The example images `make demo` asks about, each from a split of its own, so in neither the
     training data nor the test split: a scene ("demo"; scene 1, not 0: the first bundled model
-    miscounted scene 0) and a receipt ("demo-receipt", the first). docs/demo-model.md reports the
+    miscounted scene 0) and a receipt ("demo-receipt", the first). research/demo-model-log.md reports the
     held-out accuracy per task."""
     from minicpmv.bundled import DEMO_IMAGE, DEMO_RECEIPT
     from minicpmv.synth.build import split_rng
     from minicpmv.synth.documents import receipt
     from minicpmv.synth.scenes import random_scene
 
-    for target, image in ((DEMO_IMAGE, random_scene(split_rng(seed, "demo", 1)).render()),
-                          (DEMO_RECEIPT, receipt(split_rng(seed, "demo-receipt", 0)).image)):
+    for target, image in (
+        (DEMO_IMAGE, random_scene(split_rng(seed, "demo", 1)).render()),
+        (DEMO_RECEIPT, receipt(split_rng(seed, "demo-receipt", 0)).image),
+    ):
         tmp = target.with_name(f".{target.name}.tmp.png")
         image.save(tmp)
         tmp.replace(target)
@@ -243,13 +269,23 @@ def vision_stages(initial: Path, work: Path, args) -> Path:
 
     start = localized_start(initial, work / "initial-localized") if args.reading else initial
     model = _pretrain_vision(start, work / "vision", VISION, VISION_STEPS, LABELS, one_object_example, args)
-    model = _pretrain_vision(model, work / "vision-regions", ("regions",), REGION_STEPS, REGION_LABELS,
-                             region_scene_example, args)
+    model = _pretrain_vision(
+        model, work / "vision-regions", ("regions",), REGION_STEPS, REGION_LABELS, region_scene_example, args
+    )
     if args.reading:
-        model = _pretrain_vision(model, work / "vision-read", ("cells",), READ_STEPS,
-                                 {"cells": CELL_CHARACTERS, **REGION_LABELS}, page_slice_or_scene_example, args,
-                                 resolutions=(448,), kept=("regions",),  # a page's slices are 448 px
-                                 none_weight={"cells": 0.05}, per_token=("cells",))  # see TokenGridHead
+        model = _pretrain_vision(
+            model,
+            work / "vision-read",
+            ("cells",),
+            READ_STEPS,
+            {"cells": CELL_CHARACTERS, **REGION_LABELS},
+            page_slice_or_scene_example,
+            args,
+            resolutions=(448,),
+            kept=("regions",),  # a page's slices are 448 px
+            none_weight={"cells": 0.05},
+            per_token=("cells",),
+        )  # see TokenGridHead
     return model
 
 
@@ -257,7 +293,7 @@ def localized_start(model: Path, folder: Path) -> Path:
     """`model` with each resampler query pointed at its own 2x2-patch block of a 448-px slice
     (minicpmv.model.initialization.localize_queries), in FOLDER. From the region stage's
     resampler as it was, the reading head named 54% of a page's inked cells after 3000 steps;
-    with the queries pointed first, 80% after 400 (measured, docs/demo-model.md)."""
+    with the queries pointed first, 80% after 400 (measured, research/demo-model-log.md)."""
     from minicpmv.model.checkpoint import load_model
     from minicpmv.model.initialization import localize_queries
     from minicpmv.synth.demo import save_model_folder
@@ -294,7 +330,7 @@ def object_or_page_example(rng):
 
     if rng.random() < OBJECT_PAGE_SHARE:
         image, _, _ = page_slice_example(rng)
-        return image, {"objects": ("none",) * OBJECT_GRID ** 2}
+        return image, {"objects": ("none",) * OBJECT_GRID**2}
     image, labels = object_grid_example(rng)
     return image, {**labels, KEPT: False}
 
@@ -306,17 +342,33 @@ def object_stage(model: Path, output: Path, args) -> Path:
     from minicpmv.synth.scenes import OBJECT_LABELS
 
     queries = json.loads((model / "config.json").read_text())["query_num"]
-    return _pretrain_vision(model, output, ("objects",), OBJECT_STAGE[3], OBJECT_LABELS, object_or_page_example, args,
-                            resolutions=(448,), per_token=("objects",), none_weight={"objects": 0.2},
-                            kept_tokens=queries)
+    return _pretrain_vision(
+        model,
+        output,
+        ("objects",),
+        OBJECT_STAGE[3],
+        OBJECT_LABELS,
+        object_or_page_example,
+        args,
+        resolutions=(448,),
+        per_token=("objects",),
+        none_weight={"objects": 0.2},
+        kept_tokens=queries,
+    )
 
 
 def _pretrain_vision(start: Path, output: Path, labels, steps: int, classes, example, args, **options) -> Path:
     from minicpmv.synth.build import split_rng
     from minicpmv.training.vision_pretrain import VisionPretraining, run_vision_pretraining
 
-    settings = VisionPretraining(labels, steps_per_label=max(1, round(steps * args.scale)), batch_size=args.batch_size,
-                                 test_images=args.vision_test_images, seed=args.seed, **options)
+    settings = VisionPretraining(
+        labels,
+        steps_per_label=max(1, round(steps * args.scale)),
+        batch_size=args.batch_size,
+        test_images=args.vision_test_images,
+        seed=args.seed,
+        **options,
+    )
 
     def examples(split: str, index: int):
         return example(split_rng(args.seed, f"{output.name}-{split}", index))
@@ -332,29 +384,58 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--validation-images", type=int, default=100)
     parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--reading", action="store_true",
-                        help="reading pages: a vision stage on the characters of page slices, page slices to "
-                             "read in stage2 on, a longer stage3 (docs/demo-model.md, \"Reading in the recipe\")")
-    parser.add_argument("--read-lines", type=int, default=6000,
-                        help='"Read the text." records about page slices for the LLM, in stage2\'s data on')
-    parser.add_argument("--pages", type=int, default=3000,
-                        help="--reading: document images of a world of their own (WORK/pages) for the documents stage")
-    parser.add_argument("--survey-images", type=int, default=4000,
-                        help="--reading: scenes of WORK/survey, each surveyed in one conversation, for the scenes stage")
-    parser.add_argument("--drill-images", type=int, default=6000,
-                        help="--reading: scenes of WORK/drill, each asked its colours by shape, for the drill stages")
+    parser.add_argument(
+        "--reading",
+        action="store_true",
+        help="reading pages: a vision stage on the characters of page slices, page slices to "
+        'read in stage2 on, a longer stage3 (research/demo-model-log.md, "Reading in the recipe")',
+    )
+    parser.add_argument(
+        "--read-lines",
+        type=int,
+        default=6000,
+        help='"Read the text." records about page slices for the LLM, in stage2\'s data on',
+    )
+    parser.add_argument(
+        "--pages",
+        type=int,
+        default=3000,
+        help="--reading: document images of a world of their own (WORK/pages) for the documents stage",
+    )
+    parser.add_argument(
+        "--survey-images",
+        type=int,
+        default=4000,
+        help="--reading: scenes of WORK/survey, each surveyed in one conversation, for the scenes stage",
+    )
+    parser.add_argument(
+        "--drill-images",
+        type=int,
+        default=6000,
+        help="--reading: scenes of WORK/drill, each asked its colours by shape, for the drill stages",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--vision-test-images", type=int, default=200,
-                        help="held-out images scoring the vision pre-training")
-    parser.add_argument("--max-slice-nums", type=int,
-                        help="slices per image from stage3 on (1: one 448-px view, the slicing ablation)")
+    parser.add_argument(
+        "--vision-test-images", type=int, default=200, help="held-out images scoring the vision pre-training"
+    )
+    parser.add_argument(
+        "--max-slice-nums", type=int, help="slices per image from stage3 on (1: one 448-px view, the slicing ablation)"
+    )
     parser.add_argument("--queries", type=int, help="resampler queries per slice (default 64; the query ablation)")
-    parser.add_argument("--reuse", metavar="WORK",
-                        help="link the world and stages 0-2 of another run (they never slice: identical for "
-                             "a --max-slice-nums ablation)")
-    parser.add_argument("--bundle", nargs="?", const="package", metavar="FOLDER",
-                        help="copy the result, in bfloat16, to FOLDER (default: into the package, as the "
-                             "bundled demo model, with its example image)")
+    parser.add_argument(
+        "--reuse",
+        metavar="WORK",
+        help="link the world and stages 0-2 of another run (they never slice: identical for "
+        "a --max-slice-nums ablation)",
+    )
+    parser.add_argument(
+        "--bundle",
+        nargs="?",
+        const="package",
+        metavar="FOLDER",
+        help="copy the result, in bfloat16, to FOLDER (default: into the package, as the "
+        "bundled demo model, with its example image)",
+    )
     return parser.parse_args()
 
 
@@ -365,13 +446,38 @@ def starting_checkpoint(work: Path, args) -> Path:
         if args.queries:
             raise SystemExit("--reuse shares stages 0-2, which --queries changes")
         work.mkdir(parents=True, exist_ok=True)
-        for name in ("world", "initial", "initial-localized", "vision", "vision-regions", "vision-read", "reading",
-                     "stage0", "read", "stage1", "stage2", "pages"):
+        for name in (
+            "world",
+            "initial",
+            "initial-localized",
+            "vision",
+            "vision-regions",
+            "vision-read",
+            "reading",
+            "stage0",
+            "read",
+            "stage1",
+            "stage2",
+            "pages",
+        ):
             if not (work / name).exists() and (Path(args.reuse) / name).exists():
                 (work / name).symlink_to((Path(args.reuse) / name).resolve())
     if not (world / "test.json").exists():
-        minicpmv("synth", "-o", str(world), "--seed", str(args.seed), "--train", str(args.train_images),
-                 "--validation", str(args.validation_images), "--test", str(args.test_images), "--document-share", "0.4")
+        minicpmv(
+            "synth",
+            "-o",
+            str(world),
+            "--seed",
+            str(args.seed),
+            "--train",
+            str(args.train_images),
+            "--validation",
+            str(args.validation_images),
+            "--test",
+            str(args.test_images),
+            "--document-share",
+            "0.4",
+        )
     initial = work / "initial"
     if not (initial / "model.safetensors").exists():
         from minicpmv.synth.demo import init_checkpoint
@@ -396,8 +502,21 @@ def reading_data(work: Path, args) -> tuple:
     if not drill.exists():
         build_reading(drill.parent, {"train": args.drill_images}, colour_drill, seed=args.seed, task="drill")
     if not pages.exists():
-        minicpmv("synth", "-o", str(pages.parent), "--seed", str(args.seed + 1), "--train", str(args.pages),
-                 "--validation", "0", "--test", "0", "--document-share", "1.0")
+        minicpmv(
+            "synth",
+            "-o",
+            str(pages.parent),
+            "--seed",
+            str(args.seed + 1),
+            "--train",
+            str(args.pages),
+            "--validation",
+            "0",
+            "--test",
+            "0",
+            "--document-share",
+            "1.0",
+        )
     return reading, survey, pages, drill
 
 
@@ -415,18 +534,46 @@ def run_stages(model: Path, work: Path, args) -> Path:
             extra = [*extra, "--set", f"max_slice_nums={args.max_slice_nums}"]
         if not finished(output, steps):
             documents = name in (DOCUMENT_STAGE[0], *LOOKUPS)
-            data = stage_data(world / "train.json", tasks, work / f"{name}.json", reading, pages if documents else None,
-                              DOCUMENT_STAGE_SCENES if documents else None, args.seed,
-                              LOOKUP_REPEATS if name in LOOKUPS else None,
-                              survey if name in SURVEYED else None, drill if name in DRILLED else None,
-                              PRICE_QUESTION if name == PRICE_DRILL_STAGE[0] else None)
+            data = stage_data(
+                world / "train.json",
+                tasks,
+                work / f"{name}.json",
+                reading,
+                pages if documents else None,
+                DOCUMENT_STAGE_SCENES if documents else None,
+                args.seed,
+                LOOKUP_REPEATS if name in LOOKUPS else None,
+                survey if name in SURVEYED else None,
+                drill if name in DRILLED else None,
+                PRICE_QUESTION if name == PRICE_DRILL_STAGE[0] else None,
+            )
             if name == PRICE_KEEP_STAGE[0]:
-                data = with_prices_kept(data, work / f"{PRICE_DRILL_STAGE[0]}.json", world / "train.json", survey,
-                                        args.seed)
-            minicpmv("train", "--recipe", recipe, "-m", str(model), "--data", str(data), "-o", str(output),
-                     "--max-steps", str(steps), "--batch-size", str(args.batch_size),
-                     "--seed", str(args.seed + SEED_OFFSETS.get(name, 0)),
-                     "--save-every", str(max(25, steps // 6)), "--max-length", "4096", "--resume", *extra)
+                data = with_prices_kept(
+                    data, work / f"{PRICE_DRILL_STAGE[0]}.json", world / "train.json", survey, args.seed
+                )
+            minicpmv(
+                "train",
+                "--recipe",
+                recipe,
+                "-m",
+                str(model),
+                "--data",
+                str(data),
+                "-o",
+                str(output),
+                "--max-steps",
+                str(steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--seed",
+                str(args.seed + SEED_OFFSETS.get(name, 0)),
+                "--save-every",
+                str(max(25, steps // 6)),
+                "--max-length",
+                "4096",
+                "--resume",
+                *extra,
+            )
         model = output / (output / "latest").read_text().strip()
     return model
 

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
-TINY = {"2.6": REFERENCE / "minicpmv26_tiny", "2.5": REFERENCE / "minicpmv25_tiny", "2.0": REFERENCE / "minicpmv20_tiny"}
+TINY = {
+    "2.6": REFERENCE / "minicpmv26_tiny",
+    "2.5": REFERENCE / "minicpmv25_tiny",
+    "2.0": REFERENCE / "minicpmv20_tiny",
+}
 
 
 def load_json(path: Path):

@@ -21,8 +21,12 @@ from minicpmv.cli import main
 
 phase, kill_step = sys.argv[1], int(sys.argv[2])
 saving = {"now": False}
-real_save, real_model, real_fsync, real_replace = (trainer.save_checkpoint, checkpoints.save_model,
-                                                    files.fsync_tree, os.replace)
+real_save, real_model, real_fsync, real_replace = (
+    trainer.save_checkpoint,
+    checkpoints.save_model,
+    files.fsync_tree,
+    os.replace,
+)
 
 
 def die() -> None:
@@ -57,6 +61,10 @@ def replace(source, target, *args, **kwargs):
         die()
 
 
-trainer.save_checkpoint, checkpoints.save_model, files.fsync_tree, os.replace = (save_checkpoint, save_model,
-                                                                              fsync_tree, replace)
+trainer.save_checkpoint, checkpoints.save_model, files.fsync_tree, os.replace = (
+    save_checkpoint,
+    save_model,
+    fsync_tree,
+    replace,
+)
 sys.exit(main(sys.argv[3:]))

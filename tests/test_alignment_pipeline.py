@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from minicpmv.alignment.labeler import answer_token_ids
-from minicpmv.alignment.pipeline import ModelSplitter, read_jsonl, read_instructions, sample_responses
+from minicpmv.alignment.pipeline import ModelSplitter, read_instructions, read_jsonl, sample_responses
 
 pytest.importorskip("yaml")
 
@@ -24,15 +24,36 @@ def scenes(tmp_path_factory):
     for i in range(4):
         random_scene(split_rng(5, "align", i)).render().save(folder / f"s{i}.png")
     path = folder / "instructions.jsonl"
-    path.write_text("".join(json.dumps({"image_path": f"s{i}.png", "question": "Describe the image."}) + "\n"
-                            for i in range(4)))
+    path.write_text(
+        "".join(json.dumps({"image_path": f"s{i}.png", "question": "Describe the image."}) + "\n" for i in range(4))
+    )
     return path
 
 
 def test_align_run_end_to_end_and_again_resumes(scenes, tmp_path):
-    command = [sys.executable, "-m", "minicpmv", "align", "run", "--instructions", str(scenes), "-o", str(tmp_path),
-               "--n", "6", "--temperature", "1.0", "--max-new-tokens", "48", "--splitter", "demo-rules",
-               "--max-steps", "2", "--set", "precision=float32"]
+    command = [
+        sys.executable,
+        "-m",
+        "minicpmv",
+        "align",
+        "run",
+        "--instructions",
+        str(scenes),
+        "-o",
+        str(tmp_path),
+        "--n",
+        "6",
+        "--temperature",
+        "1.0",
+        "--max-new-tokens",
+        "48",
+        "--splitter",
+        "demo-rules",
+        "--max-steps",
+        "2",
+        "--set",
+        "precision=float32",
+    ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     round_ = tmp_path / "iteration-1"
@@ -86,12 +107,18 @@ def test_labeler_asks_for_each_word_s_first_token():
 
 
 def test_model_splitter_parses_both_prompts():
-    replies = iter(["### Facts:\n- There is a cat.\n- The cat is black.", "### Modified sentences:\n- Is there a cat?\n"
-                    "- Is the cat black?"])
+    replies = iter(
+        [
+            "### Facts:\n- There is a cat.\n- The cat is black.",
+            "### Modified sentences:\n- Is there a cat?\n- Is the cat black?",
+        ]
+    )
     asked = []
     splitter = ModelSplitter(lambda prompt: asked.append(prompt) or next(replies))
-    assert splitter("Describe.", "A black cat.") == (["There is a cat.", "The cat is black."],
-                                                      ["Is there a cat?", "Is the cat black?"])
+    assert splitter("Describe.", "A black cat.") == (
+        ["There is a cat.", "The cat is black."],
+        ["Is there a cat?", "Is the cat black?"],
+    )
     assert "Question: Describe.\nAnswer: A black cat." in asked[0] and "- The cat is black." in asked[1]
 
 
@@ -99,8 +126,25 @@ def test_stages_as_separate_commands(scenes, tmp_path):
     """align sample, feedback and pairs one after another give the files align run makes."""
     from minicpmv.cli import main
 
-    assert main(["align", "sample", "--instructions", str(scenes), "-o", str(tmp_path), "--n", "3",
-                 "--max-new-tokens", "40", "--temperature", "1.0"]) == 0
+    assert (
+        main(
+            [
+                "align",
+                "sample",
+                "--instructions",
+                str(scenes),
+                "-o",
+                str(tmp_path),
+                "--n",
+                "3",
+                "--max-new-tokens",
+                "40",
+                "--temperature",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     assert len(read_jsonl(tmp_path / "responses.jsonl")) == 4
     assert main(["align", "feedback", "-o", str(tmp_path), "--splitter", "demo-rules"]) == 0
     assert all(len(r["responses"]) == 3 for r in read_jsonl(tmp_path / "feedback.jsonl"))
@@ -126,7 +170,8 @@ def test_the_image_reaches_policy_and_labeler_as_an_image(scenes, tmp_path, monk
     responses = sample_responses(policy, items, tmp_path, n=2, progress=False)
     assert isinstance(policy.content[0], Path) and policy.content[0].exists()
     seen = []
-    monkeypatch.setattr(pipeline, "yes_no_probabilities",
-                        lambda labeler, image, question, penalty: seen.append(image) or {"yes": 1.0})
+    monkeypatch.setattr(
+        pipeline, "yes_no_probabilities", lambda labeler, image, question, penalty: seen.append(image) or {"yes": 1.0}
+    )
     pipeline.give_feedback(None, pipeline.DemoSplitter(), responses, tmp_path, progress=False)
     assert seen and all(isinstance(image, Path) and image.exists() for image in seen)

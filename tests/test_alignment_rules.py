@@ -38,13 +38,22 @@ def test_score_is_minus_rejected_claims():
 
 def test_demo_splitter_reads_every_object_of_a_description():
     claims = feedback.demo_claims("A large red circle at the top left and a small blue star at the center.")
-    assert claims == [("There is a large red circle at the top left.", "Is there a large red circle at the top left?"),
-                      ("There is a small blue star at the center.", "Is there a small blue star at the center?")]
+    assert claims == [
+        ("There is a large red circle at the top left.", "Is there a large red circle at the top left?"),
+        ("There is a small blue star at the center.", "Is there a small blue star at the center?"),
+    ]
 
 
 def _response(name, score, words=4):
-    return {"ds_question_id": "img", "question": "q", "image_path": "x.png", "answer": " ".join([name] * words),
-            "score": score, "claims": ["c"] * (-score + 1), "labels": [1] + [0] * -score}
+    return {
+        "ds_question_id": "img",
+        "question": "q",
+        "image_path": "x.png",
+        "answer": " ".join([name] * words),
+        "score": score,
+        "claims": ["c"] * (-score + 1),
+        "labels": [1] + [0] * -score,
+    }
 
 
 def test_pairs_need_a_score_gap_of_one_and_never_ties():
@@ -87,8 +96,9 @@ def test_dpo_loss_is_log_2_when_everything_is_equal():
 
 def test_dpo_loss_by_hand():
     """beta 0.1, policy margin 3 - 1 = 2, reference margin 0.5: loss = -log sigmoid(0.15)."""
-    losses, chosen, rejected = dpo_loss(torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-4.0]),
-                                        torch.tensor([-5.5]), beta=0.1)
+    losses, chosen, rejected = dpo_loss(
+        torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-4.0]), torch.tensor([-5.5]), beta=0.1
+    )
     assert losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.1 * (2 - 1.5)))), abs=1e-6)
     assert chosen.item() == pytest.approx(0.1) and rejected.item() == pytest.approx(0.05)
 
@@ -108,17 +118,33 @@ def _toy_trl_trainer(tmp_path):
     vocabulary.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=vocabulary, pad_token="<pad>", eos_token="<eos>")
     torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
-                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    policy = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     reference = copy.deepcopy(policy)
     with torch.no_grad():
         for parameter in reference.parameters():
             parameter.add_(0.5 * torch.randn_like(parameter))
-    pairs_ = Dataset.from_dict({"prompt": ["the circle is", "a square is"], "chosen": [" red", " big blue"],
-                                "rejected": [" green left", " small"]})
+    pairs_ = Dataset.from_dict(
+        {
+            "prompt": ["the circle is", "a square is"],
+            "chosen": [" red", " big blue"],
+            "rejected": [" green left", " small"],
+        }
+    )
     config = DPOConfig(output_dir=str(tmp_path), beta=0.1, per_device_train_batch_size=2, report_to=[], use_cpu=True)
-    return DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=pairs_,
-                      processing_class=tokenizer), policy, reference
+    return (
+        DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=pairs_, processing_class=tokenizer),
+        policy,
+        reference,
+    )
 
 
 def test_dpo_loss_equals_trl_sigmoid_loss(tmp_path):

@@ -19,6 +19,7 @@ def test_byte_tokenizer_round_trips_text_and_knows_the_markers(tmp_path):
     assert max(tokenizer.encode("any text at all")) < 256
 
 
+@pytest.mark.slow  # faster: test_random_checkpoint_written_directly_in_the_quantized_layout_loads_and_answers
 def test_all_rows_on_the_tiny_architecture(tmp_path, capsys):
     results = bench("tiny", cache=str(tmp_path), new_tokens=3, prompt_tokens=8, tune_first=False)
     assert [r["row"] for r in results] == list(ROWS)
@@ -33,7 +34,12 @@ def test_all_rows_on_the_tiny_architecture(tmp_path, capsys):
     assert table.count("\n| +") == 5 and "| no-opt |" in table
     written = sorted(p.name for p in (tmp_path / "random-init" / "tiny").iterdir())
     assert written == ["fp32", "int4-g64", "int8"]
-    assert json.loads((tmp_path / "random-init" / "tiny" / "int4-g64" / "config.json").read_text())["quantization_config"]["bits"] == 4
+    assert (
+        json.loads((tmp_path / "random-init" / "tiny" / "int4-g64" / "config.json").read_text())["quantization_config"][
+            "bits"
+        ]
+        == 4
+    )
 
 
 def test_unknown_row_is_refused(capsys):

@@ -4,16 +4,18 @@ image, Ctrl-C during an answer (the session stays), /quit."""
 import sys
 
 import pexpect
-
 from conftest import REFERENCE, TINY
 
 
 def test_repl_commands_and_ctrl_c(tmp_path):
     # --min-tokens keeps the tiny model talking long enough to be interrupted.
     child = pexpect.spawn(
-        sys.executable, ["-m", "minicpmv", "chat", "-m", str(TINY["2.6"] / "checkpoint"), "-n", "20000",
-                         "--min-tokens", "20000"],
-        encoding="utf-8", timeout=120, dimensions=(40, 200))
+        sys.executable,
+        ["-m", "minicpmv", "chat", "-m", str(TINY["2.6"] / "checkpoint"), "-n", "20000", "--min-tokens", "20000"],
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 200),
+    )
     child.logfile_read = open(tmp_path / "session.log", "w")
     child.expect("ready")
     child.expect("> ")

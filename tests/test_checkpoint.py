@@ -6,17 +6,16 @@ import shutil
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from minicpmv import CheckpointError, ConfigError
 from minicpmv.cli import main
-from minicpmv.model.checkpoint import load_model, save_model
 from minicpmv.cli.info import info
+from minicpmv.model.checkpoint import load_model, save_model
 from minicpmv.model.config import OFFICIAL_ARCHITECTURES, MiniCPMVConfig
 from minicpmv.model.minicpmv import MiniCPMV
-
-from conftest import TINY
 
 VERSIONS = ["2.0", "2.5", "2.6"]
 
@@ -50,8 +49,9 @@ def test_bfloat16_load():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("version,tensors,low,high", [
-    ("2.6", 789, 8.0e9, 8.2e9), ("2.5", 741, 8.4e9, 8.6e9), ("2.0", 694, 3.3e9, 3.5e9)])
+@pytest.mark.parametrize(
+    "version,tensors,low,high", [("2.6", 789, 8.0e9, 8.2e9), ("2.5", 741, 8.4e9, 8.6e9), ("2.0", 694, 3.3e9, 3.5e9)]
+)
 def test_real_size_architectures_on_meta_device(version, tensors, low, high, capsys):
     """The released shapes build without allocating memory; tensor counts are the spec's (§4.4)."""
     report = info(architecture=version, as_json=True)
@@ -89,29 +89,68 @@ def bad_checkpoints(tmp_path):
         make(folder)
         cases.append((label, folder, error, fragment))
 
-    case("missing tensor", CheckpointError, "missing tensor llm.model.norm.weight",
-         lambda f: edit_weights(f, lambda t: t.pop("llm.model.norm.weight")))
-    case("unexpected tensor", CheckpointError, "unexpected tensor llm.extra.weight",
-         lambda f: edit_weights(f, lambda t: t.update({"llm.extra.weight": torch.zeros(2)})))
-    case("wrong shape", CheckpointError, "tensor resampler.query has shape (32, 128)",
-         lambda f: edit_weights(f, lambda t: t.update({"resampler.query": torch.zeros(32, 128)})))
-    case("truncated file", CheckpointError, "model.safetensors",
-         lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100_000]))
-    case("no weights", CheckpointError, "no model.safetensors",
-         lambda f: (f / "model.safetensors").unlink())
-    case("missing shard", CheckpointError, "shard listed in model.safetensors.index.json is missing",
-         lambda f: ((f / "model.safetensors").unlink(), (f / "model.safetensors.index.json").write_text(
-             json.dumps({"weight_map": {"llm.lm_head.weight": "model-00001-of-00002.safetensors"}}))))
+    case(
+        "missing tensor",
+        CheckpointError,
+        "missing tensor llm.model.norm.weight",
+        lambda f: edit_weights(f, lambda t: t.pop("llm.model.norm.weight")),
+    )
+    case(
+        "unexpected tensor",
+        CheckpointError,
+        "unexpected tensor llm.extra.weight",
+        lambda f: edit_weights(f, lambda t: t.update({"llm.extra.weight": torch.zeros(2)})),
+    )
+    case(
+        "wrong shape",
+        CheckpointError,
+        "tensor resampler.query has shape (32, 128)",
+        lambda f: edit_weights(f, lambda t: t.update({"resampler.query": torch.zeros(32, 128)})),
+    )
+    case(
+        "truncated file",
+        CheckpointError,
+        "model.safetensors",
+        lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100_000]),
+    )
+    case("no weights", CheckpointError, "no model.safetensors", lambda f: (f / "model.safetensors").unlink())
+    case(
+        "missing shard",
+        CheckpointError,
+        "shard listed in model.safetensors.index.json is missing",
+        lambda f: (
+            (f / "model.safetensors").unlink(),
+            (f / "model.safetensors.index.json").write_text(
+                json.dumps({"weight_map": {"llm.lm_head.weight": "model-00001-of-00002.safetensors"}})
+            ),
+        ),
+    )
     case("missing config", ConfigError, "config.json: missing", lambda f: (f / "config.json").unlink())
     case("broken config", ConfigError, "config.json: not valid JSON", lambda f: (f / "config.json").write_text("{oops"))
-    case("not minicpmv", ConfigError, "model_type: 'llama' is not a MiniCPM-V model",
-         lambda f: edit_config(f, lambda c: (c.pop("version"), c.update(model_type="llama"))))
-    case("unsupported version", ConfigError, "MiniCPM-V 4.0 is not supported",
-         lambda f: edit_config(f, lambda c: c.update(version=4.0)))
-    case("vision depth mismatch", ConfigError, "drop_vision_last_layer: config.json (True) implies 1 vision layers but the weights have 2",
-         lambda f: edit_config(f, lambda c: c.update(drop_vision_last_layer=True)))
-    case("bad field", ConfigError, "num_hidden_layers: must be a positive integer",
-         lambda f: edit_config(f, lambda c: c.update(num_hidden_layers="two")))
+    case(
+        "not minicpmv",
+        ConfigError,
+        "model_type: 'llama' is not a MiniCPM-V model",
+        lambda f: edit_config(f, lambda c: (c.pop("version"), c.update(model_type="llama"))),
+    )
+    case(
+        "unsupported version",
+        ConfigError,
+        "MiniCPM-V 4.0 is not supported",
+        lambda f: edit_config(f, lambda c: c.update(version=4.0)),
+    )
+    case(
+        "vision depth mismatch",
+        ConfigError,
+        "drop_vision_last_layer: config.json (True) implies 1 vision layers but the weights have 2",
+        lambda f: edit_config(f, lambda c: c.update(drop_vision_last_layer=True)),
+    )
+    case(
+        "bad field",
+        ConfigError,
+        "num_hidden_layers: must be a positive integer",
+        lambda f: edit_config(f, lambda c: c.update(num_hidden_layers="two")),
+    )
     return cases
 
 

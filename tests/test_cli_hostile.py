@@ -10,9 +10,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from safetensors.torch import load_file
 
-from conftest import TINY
 from minicpmv.cli import main
 
 CHECKPOINT = TINY["2.6"] / "checkpoint"
@@ -30,17 +30,20 @@ def edit_json(name: str, **fields):
     def change(folder: Path) -> None:
         data = json.loads((folder / name).read_text())
         (folder / name).write_text(json.dumps({**data, **fields}))
+
     return change
 
 
 def edit_header(edit):
     """Rewrite model.safetensors' JSON header with `edit(header)`, the data left as it is."""
+
     def change(folder: Path) -> None:
         path = folder / "model.safetensors"
         raw = path.read_bytes()
         length = struct.unpack("<Q", raw[:8])[0]
-        header = json.dumps(edit(json.loads(raw[8:8 + length]))).encode()
-        path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + length:])
+        header = json.dumps(edit(json.loads(raw[8 : 8 + length]))).encode()
+        path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + length :])
+
     return change
 
 
@@ -49,6 +52,7 @@ def first_tensor(**fields):
         name = next(key for key in header if key != "__metadata__")
         header[name].update(fields)
         return header
+
     return edit
 
 
@@ -61,32 +65,44 @@ def fails(capsys, argv: list[str], *words: str) -> str:
     return error
 
 
-@pytest.mark.parametrize("change, words", [
-    (edit_json("config.json", hidden_size="64"), ["hidden_size", "positive integer"]),
-    (edit_json("config.json", num_hidden_layers=2.5), ["num_hidden_layers"]),
-    (edit_json("config.json", vision_config=[1, 2]), ["vision_config: expected an object"]),
-    (edit_header(lambda header: [1, 2]), ["header is not a JSON object"]),
-    (edit_header(first_tensor(shape=[-1, 4])), ["is not a list of sizes >= 0"]),
-    (edit_header(first_tensor(shape=[2 ** 40, 2 ** 40])), ["bytes for shape [1099511627776"]),
-    (edit_header(first_tensor(dtype="I32")), ["stored as int32, expected floating point"]),  # float32 bytes
-    (edit_header(first_tensor(data_offsets=[0, 10 ** 12])), ["past its end"]),
-    (edit_json("tokenizer_config.json", chat_template="{% for i in range(10**9) %}x{% endfor %}"),
-     ["chat_template failed to render"]),
-    (edit_json("tokenizer_config.json", chat_template="{% for i in range(99999) %}" + "x" * 100 + "{% endfor %}"),
-     ["chat_template failed to render", "characters"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (edit_json("config.json", hidden_size="64"), ["hidden_size", "positive integer"]),
+        (edit_json("config.json", num_hidden_layers=2.5), ["num_hidden_layers"]),
+        (edit_json("config.json", vision_config=[1, 2]), ["vision_config: expected an object"]),
+        (edit_header(lambda header: [1, 2]), ["header is not a JSON object"]),
+        (edit_header(first_tensor(shape=[-1, 4])), ["is not a list of sizes >= 0"]),
+        (edit_header(first_tensor(shape=[2**40, 2**40])), ["bytes for shape [1099511627776"]),
+        (edit_header(first_tensor(dtype="I32")), ["stored as int32, expected floating point"]),  # float32 bytes
+        (edit_header(first_tensor(data_offsets=[0, 10**12])), ["past its end"]),
+        (
+            edit_json("tokenizer_config.json", chat_template="{% for i in range(10**9) %}x{% endfor %}"),
+            ["chat_template failed to render"],
+        ),
+        (
+            edit_json(
+                "tokenizer_config.json", chat_template="{% for i in range(99999) %}" + "x" * 100 + "{% endfor %}"
+            ),
+            ["chat_template failed to render", "characters"],
+        ),
+    ],
+)
 def test_broken_checkpoints_are_one_line_errors(change, words, tmp_path, capsys):
     fails(capsys, ["generate", "-m", str(variant(tmp_path, change)), *ASK], *words)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["generate", "-m", str(CHECKPOINT), *ASK, "-t", "-1"], ["--threads must be at least 1"]),
-    (["generate", "-m", str(CHECKPOINT), *ASK, "--device", "bogus"], ["--device 'bogus' is not a device name"]),
-    (["generate", "-m", str(CHECKPOINT), *ASK, "--temperature", "nan"], ["temperature"]),
-    (["generate", "-m", str(CHECKPOINT), *ASK, "--seed", str(2 ** 64)], ["seed"]),
-    (["serve", "-m", str(CHECKPOINT), "--port", "99999"], ["--port must be between 0 and 65535"]),
-    (["serve", "-m", str(CHECKPOINT), "--max-body-mb", "nan"], ["--max-body-mb must be positive"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["generate", "-m", str(CHECKPOINT), *ASK, "-t", "-1"], ["--threads must be at least 1"]),
+        (["generate", "-m", str(CHECKPOINT), *ASK, "--device", "bogus"], ["--device 'bogus' is not a device name"]),
+        (["generate", "-m", str(CHECKPOINT), *ASK, "--temperature", "nan"], ["temperature"]),
+        (["generate", "-m", str(CHECKPOINT), *ASK, "--seed", str(2**64)], ["seed"]),
+        (["serve", "-m", str(CHECKPOINT), "--port", "99999"], ["--port must be between 0 and 65535"]),
+        (["serve", "-m", str(CHECKPOINT), "--max-body-mb", "nan"], ["--max-body-mb must be positive"]),
+    ],
+)
 def test_bad_flags_are_one_line_errors(argv, words, capsys):
     fails(capsys, argv, *words)
 
@@ -97,11 +113,14 @@ def train_args(tmp_path):
     return ["train", "--recipe", "sft", "-m", str(CHECKPOINT), "--data", str(data), "--max-steps", "1"]
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--lr", "nan"], ["learning_rate must be a number"]),
-    (["--set", "lora_dropout=2"], ["lora_dropout"]),
-    (["--set", "warmup_ratio=-1"], ["warmup_ratio"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--lr", "nan"], ["learning_rate must be a number"]),
+        (["--set", "lora_dropout=2"], ["lora_dropout"]),
+        (["--set", "warmup_ratio=-1"], ["warmup_ratio"]),
+    ],
+)
 def test_bad_training_settings_are_refused_before_training(extra, words, train_args, tmp_path, capsys):
     fails(capsys, train_args + ["-o", str(tmp_path / "run"), *extra], *words)
     assert not (tmp_path / "run" / "latest").exists()
@@ -113,14 +132,28 @@ def test_a_binary_recipe_file_is_one_line(train_args, tmp_path, capsys):
     fails(capsys, train_args + ["-o", str(tmp_path / "run"), "--config", str(config)], "recipe file")
 
 
-@pytest.mark.parametrize("command", [
-    lambda out: ["train", "--recipe", "sft", "-m", str(CHECKPOINT), "--data",
-                 str(Path(__file__).resolve().parents[1] / "examples" / "train.json"), "--max-steps", "1", "-o", out],
-    lambda out: ["synth", "-o", out, "--train", "2", "--validation", "0", "--test", "0"],
-    lambda out: ["quantize", "-m", str(CHECKPOINT), "-o", out],
-    lambda out: ["export-gguf", "-m", str(CHECKPOINT), "-o", out + "/model.gguf"],
-    lambda out: ["eval", "run", "--benchmark", "demo", "--limit", "1", "-o", out],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda out: [
+            "train",
+            "--recipe",
+            "sft",
+            "-m",
+            str(CHECKPOINT),
+            "--data",
+            str(Path(__file__).resolve().parents[1] / "examples" / "train.json"),
+            "--max-steps",
+            "1",
+            "-o",
+            out,
+        ],
+        lambda out: ["synth", "-o", out, "--train", "2", "--validation", "0", "--test", "0"],
+        lambda out: ["quantize", "-m", str(CHECKPOINT), "-o", out],
+        lambda out: ["export-gguf", "-m", str(CHECKPOINT), "-o", out + "/model.gguf"],
+        lambda out: ["eval", "run", "--benchmark", "demo", "--limit", "1", "-o", out],
+    ],
+)
 def test_an_output_that_is_a_file_is_one_line_before_any_work(command, tmp_path, capsys):
     target = tmp_path / "a-file"
     target.write_text("mine")
@@ -140,6 +173,7 @@ def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 # ---- commands that write never damage their inputs ---------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
@@ -174,10 +208,13 @@ def test_merge_lora_needs_force_for_a_non_empty_output(adapter, tmp_path, capsys
     assert (output / "model.safetensors").exists() and not (output / "notes.txt").exists()
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda config: config.pop("lora_alpha"), ["lora_alpha must be a number"]),
-    (lambda config: config.update(r=0), ["r must be a positive integer"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda config: config.pop("lora_alpha"), ["lora_alpha must be a number"]),
+        (lambda config: config.update(r=0), ["r must be a positive integer"]),
+    ],
+)
 def test_broken_adapters_are_one_line(change, words, adapter, tmp_path, capsys):
     broken = tmp_path / "adapter"
     shutil.copytree(adapter / (adapter / "latest").read_text().strip(), broken)
@@ -192,12 +229,17 @@ def test_a_truncated_adapter_is_one_line(adapter, tmp_path, capsys):
     shutil.copytree(adapter / (adapter / "latest").read_text().strip(), broken)
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    fails(capsys, ["merge-lora", "-m", str(CHECKPOINT), "--adapter", str(broken), "-o", str(tmp_path / "m")],
-          "adapter_model.safetensors: unreadable")
+    fails(
+        capsys,
+        ["merge-lora", "-m", str(CHECKPOINT), "--adapter", str(broken), "-o", str(tmp_path / "m")],
+        "adapter_model.safetensors: unreadable",
+    )
 
 
 def test_quantizing_a_quantized_folder_is_refused(tmp_path, capsys):
     """int8 -> int4 once exited 0 and wrote a folder that did not load."""
     assert main(["quantize", "-m", str(CHECKPOINT), "-o", str(tmp_path / "int8"), "--bits", "8"]) == 0
-    fails(capsys, ["quantize", "-m", str(tmp_path / "int8"), "-o", str(tmp_path / "int4")], "already quantized (8 bits)")
+    fails(
+        capsys, ["quantize", "-m", str(tmp_path / "int8"), "-o", str(tmp_path / "int4")], "already quantized (8 bits)"
+    )
     assert not (tmp_path / "int4").exists()

@@ -4,6 +4,7 @@ answering), chosen by the option or by `minicpmv tune --compile`."""
 
 import pytest
 import torch
+from conftest import REFERENCE, TINY
 from PIL import Image
 
 from minicpmv import load
@@ -11,16 +12,16 @@ from minicpmv.compilation import compile_parts
 from minicpmv.errors import ConfigError
 from minicpmv.quant import QuantConfig, quantize_model
 
-from conftest import REFERENCE, TINY
-
 CHECKPOINT = TINY["2.6"] / "checkpoint"
 
 
 def questions():
     wide = Image.open(REFERENCE / "images" / "img_b_640x448.png").convert("RGB").resize((1344, 700))
-    return [[{"role": "user", "content": [wide, "Describe the image."]}],
-            [{"role": "user", "content": [Image.open(REFERENCE / "images" / "img_b_640x448.png"), "What?"]}],
-            [{"role": "user", "content": "A longer question without any image at all, to change the length."}]]
+    return [
+        [{"role": "user", "content": [wide, "Describe the image."]}],
+        [{"role": "user", "content": [Image.open(REFERENCE / "images" / "img_b_640x448.png"), "What?"]}],
+        [{"role": "user", "content": "A longer question without any image at all, to change the length."}],
+    ]
 
 
 def graphs_built() -> int:

@@ -19,13 +19,50 @@ import minicpmv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"
-STAGES = {"stage0": 1, "read": 3, "stage1": 6, "stage2": 6, "stage3": 2, "documents": 3, "lookup": 2,
-          "lookup-sft": 1, "scenes": 4, "scenes-vision": 2, "scenes-vision2": 2, "objects-align": 2, "drill-mix": 2,
-          "drill": 1, "sft": 1, "lookup-again": 1, "price-drill": 2, "price-keep": 1}  # 0.004 x the real step counts (stage3: --reading's)
+STAGES = {
+    "stage0": 1,
+    "read": 3,
+    "stage1": 6,
+    "stage2": 6,
+    "stage3": 2,
+    "documents": 3,
+    "lookup": 2,
+    "lookup-sft": 1,
+    "scenes": 4,
+    "scenes-vision": 2,
+    "scenes-vision2": 2,
+    "objects-align": 2,
+    "drill-mix": 2,
+    "drill": 1,
+    "sft": 1,
+    "lookup-again": 1,
+    "price-drill": 2,
+    "price-keep": 1,
+}  # 0.004 x the real step counts (stage3: --reading's)
 OBJECT_STEPS = 2  # the object stage (vision pre-training after scenes-vision2): 0.004 x 600, rounded
-TINY = ["--scale", "0.004", "--train-images", "6", "--validation-images", "1", "--test-images", "1",
-        "--batch-size", "2", "--vision-test-images", "4", "--reading", "--read-lines", "3", "--pages", "2",
-        "--survey-images", "3", "--drill-images", "3"]
+TINY = [
+    "--scale",
+    "0.004",
+    "--train-images",
+    "6",
+    "--validation-images",
+    "1",
+    "--test-images",
+    "1",
+    "--batch-size",
+    "2",
+    "--vision-test-images",
+    "4",
+    "--reading",
+    "--read-lines",
+    "3",
+    "--pages",
+    "2",
+    "--survey-images",
+    "3",
+    "--drill-images",
+    "3",
+]
 VISION_STEPS = 8  # 4 labels x 2 steps
 REGION_STEPS = 10  # 0.004 x 2400, rounded
 READING = {"vision-read": 5}  # what each cell of a page's slice holds
@@ -58,6 +95,7 @@ def recipe_of(stage: Path) -> dict:
     return torch.load(latest / "trainer_state.pt", weights_only=False)["recipe"]
 
 
+@pytest.mark.slow  # faster: test_demo_recipe.py's stage-data tests, test_training.py::test_recipes_train_their_parts_and_the_loss_falls
 def test_every_stage_ran_with_its_recipe(trained):
     for name, steps in STAGES.items():
         assert (trained / name / "latest").read_text().strip() == f"checkpoint-{steps:06d}"
@@ -113,8 +151,8 @@ def test_every_stage_ran_with_its_recipe(trained):
     assert {r["task"] for r in price_drill} == {"price", "lookup"}
     assert [r for r in price_drill if r["task"] == "price"] == [r for r in lookup if r["task"] == "price"]
     kept = json.loads((trained / "price-keep.json").read_text())
-    assert kept[:len(again) + len(price_drill)] == again + price_drill
-    added = kept[len(again) + len(price_drill):]  # the scenes' counts and surveys kept by the last stage
+    assert kept[: len(again) + len(price_drill)] == again + price_drill
+    added = kept[len(again) + len(price_drill) :]  # the scenes' counts and surveys kept by the last stage
     assert {r["task"] for r in added} == {"count", "survey"} and all(Path(r["image"]).is_file() for r in added)
 
 
@@ -122,18 +160,26 @@ def labels_trained(stage: Path) -> list[str]:
     return [json.loads(line)["label"] for line in (stage / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # faster: test_demo_recipe.py's stage-data tests, test_training.py::test_recipes_train_their_parts_and_the_loss_falls
 def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     vision, regions, last = trained / "vision", trained / "vision-regions", list(READING)[-1]
     assert (vision / "latest").read_text().strip() == f"checkpoint-{VISION_STEPS:06d}"
     assert labels_trained(vision) == ["shape", "shape", "column", "column", "row", "row", "colour", "colour"]
-    assert set(json.loads((vision / "accuracy.json").read_text())[-1]) >= {"shape@224", "column@448", "row@448",
-                                                                            "colour@224"}
+    assert set(json.loads((vision / "accuracy.json").read_text())[-1]) >= {
+        "shape@224",
+        "column@448",
+        "row@448",
+        "colour@224",
+    }
     assert labels_trained(regions) == ["regions"] * REGION_STEPS
     assert set(json.loads((regions / "accuracy.json").read_text())[-1]) >= {"regions@224", "regions@448"}
     for name, steps in READING.items():
         assert labels_trained(trained / name) == ["cells"] * steps
-        assert set(json.loads((trained / name / "accuracy.json").read_text())[-1]) >= {"cells@448", "cells@448-marked",
-                                                                                       "regions@448"}
+        assert set(json.loads((trained / name / "accuracy.json").read_text())[-1]) >= {
+            "cells@448",
+            "cells@448-marked",
+            "regions@448",
+        }
     initial = load_file(trained / "initial" / "model.safetensors")
     localized = load_file(trained / "initial-localized" / "model.safetensors")  # queries pointed at their blocks
     assert all(torch.equal(localized[name], initial[name]) for name in localized if not name.startswith("resampler."))
@@ -147,36 +193,47 @@ def test_vision_pretraining_comes_first_and_stage0_starts_from_it(trained):
     assert vision_weights and all(torch.equal(start[name], stage0[name]) for name in vision_weights)
     last_frozen = load_file(trained / "scenes" / f"checkpoint-{STAGES['scenes']:06d}" / "model.safetensors")
     assert all(torch.equal(start[name], last_frozen[name]) for name in vision_weights)  # --reading keeps them
-    scene_vision = load_file(trained / "scenes-vision2" / f"checkpoint-{STAGES['scenes-vision2']:06d}"
-                             / "model.safetensors")
+    scene_vision = load_file(
+        trained / "scenes-vision2" / f"checkpoint-{STAGES['scenes-vision2']:06d}" / "model.safetensors"
+    )
     assert not all(torch.equal(start[name], scene_vision[name]) for name in vision_weights)  # but the last scenes
     objects = load_file(trained / "objects" / f"checkpoint-{OBJECT_STEPS:06d}" / "model.safetensors")
     assert labels_trained(trained / "objects") == ["objects"] * OBJECT_STEPS
     assert set(json.loads((trained / "objects" / "accuracy.json").read_text())[-1]) >= {"objects@448"}
-    assert not all(torch.equal(scene_vision[name], objects[name]) for name in vision_weights)  # told each block's object
+    assert not all(
+        torch.equal(scene_vision[name], objects[name]) for name in vision_weights
+    )  # told each block's object
     assert all(torch.equal(scene_vision[name], objects[name]) for name in objects if name.startswith("llm."))
     final = load_file(trained / "sft" / "checkpoint-000001" / "model.safetensors")
     assert all(torch.equal(objects[name], final[name]) for name in vision_weights)  # frozen again after it
     assert not all(torch.equal(stage0[name], final[name]) for name in final if name.startswith("llm."))
-    assert not all(torch.equal(start[name], one_object[name]) for name in vision_weights)  # regions, reading trained on it
+    assert not all(
+        torch.equal(start[name], one_object[name]) for name in vision_weights
+    )  # regions, reading trained on it
 
 
+@pytest.mark.slow  # faster: test_demo_recipe.py's stage-data tests, test_training.py::test_recipes_train_their_parts_and_the_loss_falls
 def test_bundle_loads_in_bfloat16(trained):
     config = json.loads((trained / "bundle" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
     assert not (trained / "bundle" / "trainer_state.pt").exists()
-    answer = minicpmv.load(trained / "bundle").generate([{"role": "user", "content": "Write a sentence from the world."}],
-                                                        max_new_tokens=2)
+    answer = minicpmv.load(trained / "bundle").generate(
+        [{"role": "user", "content": "Write a sentence from the world."}], max_new_tokens=2
+    )
     assert answer.token_ids
 
 
+@pytest.mark.slow  # faster: test_demo_recipe.py's stage-data tests, test_training.py::test_recipes_train_their_parts_and_the_loss_falls
 def test_a_second_run_skips_finished_stages(trained):
     before = {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, "objects", *STAGES]}
     output = run("--work", str(trained), *TINY)
     assert "minicpmv train" not in output and "vision pre-training" not in output  # nothing started again
-    assert {name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, "objects", *STAGES]} == before
+    assert {
+        name: (trained / name / "metrics.jsonl").read_text() for name in [*VISION_STAGES, "objects", *STAGES]
+    } == before
 
 
+@pytest.mark.slow  # faster: test_demo_recipe.py's stage-data tests, test_training.py::test_recipes_train_their_parts_and_the_loss_falls
 def test_single_view_ablation_reuses_stages_0_to_2(trained, tmp_path):
     work = tmp_path / "single"
     run("--work", str(work), *TINY, "--reuse", str(trained), "--max-slice-nums", "1")
@@ -191,14 +248,18 @@ def test_without_reading_no_stage_sees_the_lines(tmp_path):
     recipe = load_recipe()
     (tmp_path / "world").mkdir()
     (tmp_path / "lines").mkdir()
-    (tmp_path / "world" / "train.json").write_text(json.dumps([
-        {"id": "a", "image": "a.png", "task": "colour", "conversations": []}]))
-    (tmp_path / "lines" / "train.json").write_text(json.dumps([
-        {"id": "b", "image": "b.png", "task": "read", "conversations": []}]))
+    (tmp_path / "world" / "train.json").write_text(
+        json.dumps([{"id": "a", "image": "a.png", "task": "colour", "conversations": []}])
+    )
+    (tmp_path / "lines" / "train.json").write_text(
+        json.dumps([{"id": "b", "image": "b.png", "task": "read", "conversations": []}])
+    )
     train, lines = tmp_path / "world" / "train.json", tmp_path / "lines" / "train.json"
 
     def tasks_of(tasks, reading):
-        return [r["task"] for r in json.loads(recipe.stage_data(train, tasks, tmp_path / "out.json", reading).read_text())]
+        return [
+            r["task"] for r in json.loads(recipe.stage_data(train, tasks, tmp_path / "out.json", reading).read_text())
+        ]
 
     assert tasks_of(("colour", "read"), None) == ["colour"] and tasks_of(None, None) == ["colour"]
     assert tasks_of(("colour", "read"), lines) == ["colour", "read"] and tasks_of(None, lines) == ["colour", "read"]
@@ -212,23 +273,53 @@ def test_without_reading_stages_1_to_3_train_the_vision_parts_too():
     settings = {name: extra for name, _, _, _, extra in recipe.stages(False)}
     assert list(settings) == ["stage0", "stage1", "stage2", "stage3", "sft"]
     assert "train=[resampler,llm]" in settings["stage1"] and "train=[vpm,resampler,llm]" in settings["stage2"]
-    assert [name for name, *_ in recipe.stages(True)] == ["stage0", "read", "stage1", "stage2", "stage3", "documents",
-                                                         "lookup", "lookup-sft", "scenes", "scenes-vision",
-                                                         "scenes-vision2", "objects", "objects-align", "drill-mix",
-                                                         "drill", "sft", "lookup-again", "price-drill", "price-keep"]
+    assert [name for name, *_ in recipe.stages(True)] == [
+        "stage0",
+        "read",
+        "stage1",
+        "stage2",
+        "stage3",
+        "documents",
+        "lookup",
+        "lookup-sft",
+        "scenes",
+        "scenes-vision",
+        "scenes-vision2",
+        "objects",
+        "objects-align",
+        "drill-mix",
+        "drill",
+        "sft",
+        "lookup-again",
+        "price-drill",
+        "price-keep",
+    ]
 
 
 def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
     recipe = load_recipe()
     for folder, records in {"world": [("colour", 5), ("total", 2)], "pages": [("price", 1), ("colour", 1)]}.items():
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "train.json").write_text(json.dumps([
-            {"id": f"{task}{i}", "image": f"{task}{i}.png", "task": task, "conversations": []}
-            for task, count in records for i in range(count)]))
+        (tmp_path / folder / "train.json").write_text(
+            json.dumps(
+                [
+                    {"id": f"{task}{i}", "image": f"{task}{i}.png", "task": task, "conversations": []}
+                    for task, count in records
+                    for i in range(count)
+                ]
+            )
+        )
 
     def chosen(seed):
-        target = recipe.stage_data(tmp_path / "world" / "train.json", ("colour", "total", "price"), tmp_path / "out.json",
-                                   None, tmp_path / "pages" / "train.json", scene_records=2, seed=seed)
+        target = recipe.stage_data(
+            tmp_path / "world" / "train.json",
+            ("colour", "total", "price"),
+            tmp_path / "out.json",
+            None,
+            tmp_path / "pages" / "train.json",
+            scene_records=2,
+            seed=seed,
+        )
         return [(r["task"], Path(r["image"]).parent.name) for r in json.loads(target.read_text())]
 
     tasks = [task for task, _ in chosen(0)]
@@ -238,10 +329,18 @@ def test_the_documents_stage_adds_the_pages_and_keeps_some_scenes(tmp_path):
 
 def test_repeats_multiply_a_task_and_refuse_a_world_without_it(tmp_path):
     recipe = load_recipe()
-    (tmp_path / "train.json").write_text(json.dumps([
-        {"id": f"{task}{i}", "image": f"{task}{i}.png", "task": task, "conversations": []}
-        for task, count in (("lookup", 2), ("total", 3)) for i in range(count)]))
-    target = recipe.stage_data(tmp_path / "train.json", ("lookup", "total"), tmp_path / "out.json", repeats={"lookup": 3})
+    (tmp_path / "train.json").write_text(
+        json.dumps(
+            [
+                {"id": f"{task}{i}", "image": f"{task}{i}.png", "task": task, "conversations": []}
+                for task, count in (("lookup", 2), ("total", 3))
+                for i in range(count)
+            ]
+        )
+    )
+    target = recipe.stage_data(
+        tmp_path / "train.json", ("lookup", "total"), tmp_path / "out.json", repeats={"lookup": 3}
+    )
     ids = [r["id"] for r in json.loads(target.read_text())]
     assert sorted(ids) == sorted(["lookup0", "lookup1"] * 3 + ["total0", "total1", "total2"])
     with pytest.raises(SystemExit, match="no 'lookup' records"):

@@ -28,16 +28,38 @@ def pairs(tmp_path_factory):
     path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
     rows = []
     for n, image in enumerate(["example.png", "demo-scene.png"] * 3):
-        rows.append({"image_path": str(ASSETS / image), "question": f"Describe the image ({n}).",
-                     "chosen": "A red circle and a blue square." if n % 2 else "Two shapes.",
-                     "rejected": "A green star." if n % 2 else "Five purple triangles in a row."})
+        rows.append(
+            {
+                "image_path": str(ASSETS / image),
+                "question": f"Describe the image ({n}).",
+                "chosen": "A red circle and a blue square." if n % 2 else "Two shapes.",
+                "rejected": "A green star." if n % 2 else "Five purple triangles in a row.",
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _args(pairs, steps=4, recipe="dpo"):
-    return ["train", "--recipe", recipe, "-m", str(CHECKPOINT), "--data", str(pairs), "--max-steps", str(steps),
-            "--lr", "1e-3", "--max-length", "1024", "--set", "precision=float32", "--set", "warmup_ratio=0.3"]
+    return [
+        "train",
+        "--recipe",
+        recipe,
+        "-m",
+        str(CHECKPOINT),
+        "--data",
+        str(pairs),
+        "--max-steps",
+        str(steps),
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "1024",
+        "--set",
+        "precision=float32",
+        "--set",
+        "warmup_ratio=0.3",
+    ]
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -69,10 +91,24 @@ def test_first_step_is_log_2_then_the_chosen_side_wins(pairs, tmp_path):
     assert (tmp_path / "checkpoint-000008" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # faster: test_training_distributed.py::test_two_processes_match_one (the same trainer under torchrun)
 def test_two_processes_match_one(pairs, tmp_path):
     one = PYTHON + _args(pairs) + ["--batch-size", "2", "-o", str(tmp_path / "one")]
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minicpmv",
-           *_args(pairs), "--batch-size", "1", "-o", str(tmp_path / "two")]
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "minicpmv",
+        *_args(pairs),
+        "--batch-size",
+        "1",
+        "-o",
+        str(tmp_path / "two"),
+    ]
     for command in (one, two):
         subprocess.run(command, check=True, capture_output=True, timeout=600)
     losses = [[r["loss"] for r in _metrics(tmp_path / name)] for name in ("one", "two")]
@@ -81,14 +117,27 @@ def test_two_processes_match_one(pairs, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
 
 
+@pytest.mark.slow  # faster: test_training.py::test_killed_run_resumes_to_the_same_weights (the same trainer and checkpoints)
 def test_killed_run_resumes_to_the_same_weights(pairs, tmp_path):
     args = _args(pairs, steps=6) + ["--save-every", "2", "--batch-size", "2"]
     subprocess.run(PYTHON + args + ["-o", str(tmp_path / "straight")], check=True, capture_output=True, timeout=600)
-    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "weights", "4",
-                            *args, "-o", str(tmp_path / "killed")], capture_output=True, timeout=600)
+    crash = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "kill_during_save.py"),
+            "weights",
+            "4",
+            *args,
+            "-o",
+            str(tmp_path / "killed"),
+        ],
+        capture_output=True,
+        timeout=600,
+    )
     assert crash.returncode == -9 and (tmp_path / "killed" / "latest").read_text().strip() == "checkpoint-000002"
-    subprocess.run(PYTHON + args + ["-o", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        PYTHON + args + ["-o", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True, timeout=600
+    )
     a, b = (load_file(tmp_path / name / "checkpoint-000006" / "model.safetensors") for name in ("straight", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in _metrics(tmp_path / "killed")] == [r["loss"] for r in _metrics(tmp_path / "straight")]
@@ -96,8 +145,12 @@ def test_killed_run_resumes_to_the_same_weights(pairs, tmp_path):
 
 def test_dpo_lora_trains_only_adapters(pairs, tmp_path):
     pytest.importorskip("peft")
-    run = subprocess.run(PYTHON + _args(pairs, steps=2, recipe="dpo-lora") + ["-o", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        PYTHON + _args(pairs, steps=2, recipe="dpo-lora") + ["-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "vpm 0" in run.stdout and "llm 0" not in run.stdout
     assert _metrics(tmp_path)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)

@@ -5,14 +5,13 @@ import threading
 
 import pytest
 import torch
+from conftest import REFERENCE, TINY
 from PIL import Image
 
 from minicpmv import PromptError, PromptTooLongError, load
 from minicpmv.generation import GenerationConfig, generate
 from minicpmv.processing.detokenize import IncrementalDecoder
 from minicpmv.processing.video import frame_indices, load_video_frames
-
-from conftest import REFERENCE, TINY
 
 IMAGE = REFERENCE / "images" / "img_b_640x448.png"
 QUESTION = [{"role": "user", "content": "What is in the image?"}]
@@ -29,7 +28,9 @@ def test_kv_cache_decoding_equals_full_recomputation(chat26):
     with torch.inference_mode():
         features = model.features_per_sample(inputs.pixel_values, inputs.tgt_sizes)
         embeds = model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
-        out = generate(model.llm, embeds, inputs.attention_mask, GenerationConfig(max_new_tokens=6), keep_step_logits=True)
+        out = generate(
+            model.llm, embeds, inputs.attention_mask, GenerationConfig(max_new_tokens=6), keep_step_logits=True
+        )
         tokens = out.token_ids[0]
         for step in range(len(tokens)):
             prefix = torch.cat([embeds, model.llm.embed(torch.tensor([tokens[:step]], dtype=torch.long))], dim=1)
@@ -41,8 +42,11 @@ def test_batched_generation_equals_one_at_a_time(chat26):
     conversations = [
         [{"role": "user", "content": [{"image": IMAGE}, "Describe."]}],
         [{"role": "user", "content": "a short one"}],
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-         {"role": "user", "content": [Image.new("RGB", (300, 900), "blue"), "and this, a longer question?"]}],
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": [Image.new("RGB", (300, 900), "blue"), "and this, a longer question?"]},
+        ],
     ]
     batch = chat26.generate_batch(conversations, max_new_tokens=6)
     singles = [chat26.generate(c, max_new_tokens=6) for c in conversations]
@@ -161,7 +165,9 @@ def test_image_features_are_reused_across_turns(chat26, monkeypatch):
     image = Image.new("RGB", (500, 300), "purple")
     first = [{"role": "user", "content": [image, "What?"]}]
     answer = chat26.chat(first, max_new_tokens=3)
-    chat26.chat([*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "More?"}], max_new_tokens=3)
+    chat26.chat(
+        [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "More?"}], max_new_tokens=3
+    )
     assert len(calls) == 1
 
 
@@ -178,9 +184,14 @@ def test_low_memory_mode_gives_the_same_answers_with_one_half_resident(version):
     assert sequential._resident == LLM_PARTS
     assert all(p.is_meta for p in sequential.model.vpm.parameters())
     assert not any(p.is_meta for p in sequential.model.llm.parameters())
-    second = [*first, {"role": "assistant", "content": answer.text},
-              {"role": "user", "content": [Image.new("RGB", (90, 300), "red"), "And this?"]}]
-    assert sequential.generate(second, max_new_tokens=6).token_ids == normal.generate(second, max_new_tokens=6).token_ids
+    second = [
+        *first,
+        {"role": "assistant", "content": answer.text},
+        {"role": "user", "content": [Image.new("RGB", (90, 300), "red"), "And this?"]},
+    ]
+    assert (
+        sequential.generate(second, max_new_tokens=6).token_ids == normal.generate(second, max_new_tokens=6).token_ids
+    )
 
 
 def test_crops_per_call_does_not_change_features(chat26):

@@ -5,8 +5,18 @@ from __future__ import annotations
 from PIL import Image
 
 from minicpmv.evaluation.benchmarks import get_benchmark
-from minicpmv.evaluation.prompts import (COT_MCQ, COT_SHORT, MCQ_25, MCQ_DATASET_SUFFIX, NO_OPTIONS, VQA_INSTRUCTION,
-                                         build_prompt, max_new_tokens, message_content, upsize)
+from minicpmv.evaluation.prompts import (
+    COT_MCQ,
+    COT_SHORT,
+    MCQ_25,
+    MCQ_DATASET_SUFFIX,
+    NO_OPTIONS,
+    VQA_INSTRUCTION,
+    build_prompt,
+    max_new_tokens,
+    message_content,
+    upsize,
+)
 
 MCQ_ROW = {"index": 1, "question": "What is it?", "hint": float("nan"), "A": "cat", "B": "dog", "C": float("nan")}
 OPEN_ROW = {"index": 2, "question": "How far?", "A": float("nan"), "B": float("nan")}
@@ -15,7 +25,10 @@ OPEN_ROW = {"index": 2, "question": "How far?", "A": float("nan"), "B": float("n
 def test_26_mcq_options_block_and_letter_suffix():
     instruction, prompt = build_prompt(MCQ_ROW, get_benchmark("AI2D_TEST"), "2.6")
     assert instruction == ""
-    assert prompt == "Question: What is it?\nOptions:\nA. cat\nB. dog\n\nAnswer with the option's letter from the given choices directly."
+    assert (
+        prompt
+        == "Question: What is it?\nOptions:\nA. cat\nB. dog\n\nAnswer with the option's letter from the given choices directly."
+    )
 
 
 def test_25_mcq_instruction_is_a_separate_text_before_the_image():

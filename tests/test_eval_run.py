@@ -31,8 +31,12 @@ def demo_sets(tmp_path_factory):
 
 
 def test_demo_run_scores_the_bundled_model_with_no_model_flag(tmp_path):
-    run = subprocess.run(CLI + ["run", "-b", "demo", "--limit", "5", "--preset", "greedy", "-o", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        CLI + ["run", "-b", "demo", "--limit", "5", "--preset", "greedy", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     for name in ("demo_yorn", "demo_mcq", "demo_vqa", "demo_caption"):
         header, records = read_cells(tmp_path / f"{name}.tsv")
@@ -45,9 +49,28 @@ def test_demo_run_scores_the_bundled_model_with_no_model_flag(tmp_path):
 
 
 def _run_vqa(out: Path, data: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen(CLI + ["run", "-b", "demo_vqa", "--data", str(data), "--limit", "14", "--batch-size", "2",
-                                   "--preset", "greedy", "-o", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        CLI
+        + [
+            "run",
+            "-b",
+            "demo_vqa",
+            "--data",
+            str(data),
+            "--limit",
+            "14",
+            "--batch-size",
+            "2",
+            "--preset",
+            "greedy",
+            "-o",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_run_resumes_to_the_same_prediction_file(tmp_path, demo_sets):
@@ -72,41 +95,76 @@ def test_killed_run_resumes_to_the_same_prediction_file(tmp_path, demo_sets):
 
 def test_endpoint_gives_the_local_predictions(tmp_path, demo_sets):
     pytest.importorskip("uvicorn")
-    import minicpmv
     from live_server import running
+
+    import minicpmv
 
     chat = minicpmv.load(TINY26, vision_dtype="float32")
     for name in ("demo_mcq", "demo_caption"):
-        run_benchmark(LocalAnswerer(chat, "greedy"), get_benchmark(name), demo_sets[name], tmp_path / "local",
-                      limit=4, max_new_tokens=6, show_progress=False)
+        run_benchmark(
+            LocalAnswerer(chat, "greedy"),
+            get_benchmark(name),
+            demo_sets[name],
+            tmp_path / "local",
+            limit=4,
+            max_new_tokens=6,
+            show_progress=False,
+        )
         with running(chat) as url:
             endpoint = EndpointAnswerer(url + "/v1", concurrency=2, version=chat.version)
-            run_benchmark(endpoint, get_benchmark(name), demo_sets[name], tmp_path / "endpoint", limit=4,
-                          max_new_tokens=6, show_progress=False)
+            run_benchmark(
+                endpoint,
+                get_benchmark(name),
+                demo_sets[name],
+                tmp_path / "endpoint",
+                limit=4,
+                max_new_tokens=6,
+                show_progress=False,
+            )
         local = read_cells(tmp_path / "local" / f"{name}.tsv")[1]
         remote = read_cells(tmp_path / "endpoint" / f"{name}.tsv")[1]
         assert [r[-1] for r in local] == [r[-1] for r in remote] and any(r[-1] for r in local)
 
 
 def test_torchrun_two_processes_give_the_one_process_predictions(tmp_path, demo_sets):
-    base = ["run", "-b", "demo_caption", "--data", str(demo_sets["demo_caption"]), "--limit", "7",
-            "--preset", "greedy", "--max-new-tokens", "24"]
+    base = [
+        "run",
+        "-b",
+        "demo_caption",
+        "--data",
+        str(demo_sets["demo_caption"]),
+        "--limit",
+        "7",
+        "--preset",
+        "greedy",
+        "--max-new-tokens",
+        "24",
+    ]
     one = subprocess.run(CLI + base + ["-o", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "minicpmv",
-                          "eval"] + base + ["-o", str(tmp_path / "two")], capture_output=True, text=True,
-                         timeout=600, env=env)
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "minicpmv", "eval"]
+        + base
+        + ["-o", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert (tmp_path / "two" / "demo_caption.tsv").read_bytes() == (tmp_path / "one" / "demo_caption.tsv").read_bytes()
     assert json.loads((tmp_path / "two" / "demo_caption.scores.json").read_text())["settings"]["processes"] == 2
 
 
-@pytest.mark.parametrize("args,text", [
-    (["-b", "MME"], "--data FILE.tsv is needed"),
-    (["-b", "MME", "--data", "/nonexistent.tsv"], "no such file"),
-    (["-b", "demo", "--batch-size", "0"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["-b", "MME"], "--data FILE.tsv is needed"),
+        (["-b", "MME", "--data", "/nonexistent.tsv"], "no such file"),
+        (["-b", "demo", "--batch-size", "0"], "--batch-size"),
+    ],
+)
 def test_run_bad_input_is_one_line_and_exit_2(tmp_path, args, text):
     run = subprocess.run(CLI + ["run", *args, "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
@@ -120,12 +178,26 @@ def test_every_model_path_runs_the_same_rows(tmp_path, demo_sets):
     pytest.importorskip("llama_cpp")
     gguf = export_gguf(TINY26, tmp_path / "tiny.gguf", "f32")
     assert main(["quantize", "-m", str(TINY26), "-o", str(tmp_path / "int8"), "--bits", "8"]) == 0
-    base = ["eval", "run", "-b", "demo_mcq", "--data", str(demo_sets["demo_mcq"]), "--limit", "3",
-            "--max-new-tokens", "5", "--vision-dtype", "float32"]
-    runs = {"float": ["-m", str(TINY26), "--preset", "greedy"],
-            "low-memory": ["-m", str(TINY26), "--preset", "greedy", "--low-memory"],
-            "gguf": ["-m", str(TINY26), "--llm-gguf", str(gguf)],
-            "int8": ["-m", str(tmp_path / "int8"), "--preset", "greedy"]}
+    base = [
+        "eval",
+        "run",
+        "-b",
+        "demo_mcq",
+        "--data",
+        str(demo_sets["demo_mcq"]),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "5",
+        "--vision-dtype",
+        "float32",
+    ]
+    runs = {
+        "float": ["-m", str(TINY26), "--preset", "greedy"],
+        "low-memory": ["-m", str(TINY26), "--preset", "greedy", "--low-memory"],
+        "gguf": ["-m", str(TINY26), "--llm-gguf", str(gguf)],
+        "int8": ["-m", str(tmp_path / "int8"), "--preset", "greedy"],
+    }
     answers = {}
     for name, extra in runs.items():
         assert main(base + extra + ["-o", str(tmp_path / name)]) == 0, name
@@ -136,6 +208,7 @@ def test_every_model_path_runs_the_same_rows(tmp_path, demo_sets):
 
 class Recorder:
     """Answers "A" and keeps what it was asked (the runner's plumbing, without a model)."""
+
     version = "2.6"
 
     def __init__(self):
@@ -157,15 +230,30 @@ def test_circular_copy_takes_the_image_of_its_base_row(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (10, 12), (200, 10, 10)).save(buffer, format="PNG")
     picture = base64.b64encode(buffer.getvalue()).decode()
-    base = {"question": "Which?", "A": "cat", "B": "dog", "answer": "A", "category": "c", "l2-category": "l",
-            "split": "dev"}
-    rows = [dict(base, index=1000000, image="0"), dict(base, index=0, image=picture), dict(base, index=2000000, image="0")]
-    write_table(tmp_path / "mmb.tsv", ["index", "image", "question", "A", "B", "answer", "category", "l2-category",
-                                       "split"], rows)
+    base = {
+        "question": "Which?",
+        "A": "cat",
+        "B": "dog",
+        "answer": "A",
+        "category": "c",
+        "l2-category": "l",
+        "split": "dev",
+    }
+    rows = [
+        dict(base, index=1000000, image="0"),
+        dict(base, index=0, image=picture),
+        dict(base, index=2000000, image="0"),
+    ]
+    write_table(
+        tmp_path / "mmb.tsv",
+        ["index", "image", "question", "A", "B", "answer", "category", "l2-category", "split"],
+        rows,
+    )
     recorder = Recorder()
     recorder.version = "2.5"  # 2.6 would enlarge MMBench images at random
-    result = run_benchmark(recorder, get_benchmark("MMBench_DEV_EN"), tmp_path / "mmb.tsv", tmp_path / "out", limit=2,
-                           show_progress=False)
+    result = run_benchmark(
+        recorder, get_benchmark("MMBench_DEV_EN"), tmp_path / "mmb.tsv", tmp_path / "out", limit=2, show_progress=False
+    )
     assert [c[1].size for c in recorder.asked] == [(10, 12), (10, 12)]  # the copy read row 0's picture
     assert recorder.asked[0][2] == "Question: Which?\nOptions:\nA. cat\nB. dog\n"
     assert result["per_row"]["1000000"]["group"] == "0" and result["metrics"]["split=dev|Overall"] == 1.0

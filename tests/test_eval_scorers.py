@@ -58,8 +58,11 @@ def test_pandas_na_strings_read_as_nan():
 def test_numeric_option_columns_are_typed_as_pandas_does(tmp_path):
     """A numeric column with a missing cell becomes float: option 12 is '12.0' to can_infer_text."""
     path = tmp_path / "t.tsv"
-    write_table(path, ["index", "A", "B", "prediction"],
-                [{"index": 1, "A": "12", "B": "3", "prediction": "x"}, {"index": 2, "A": "", "B": "4", "prediction": "y"}])
+    write_table(
+        path,
+        ["index", "A", "B", "prediction"],
+        [{"index": 1, "A": "12", "B": "3", "prediction": "x"}, {"index": 2, "A": "", "B": "4", "prediction": "y"}],
+    )
     _, rows = read_table(path)
     assert rows[0]["A"] == 12.0 and isinstance(rows[0]["A"], float) and rows[0]["B"] == 3
     assert isinstance(rows[1]["prediction"], str)
@@ -68,7 +71,9 @@ def test_numeric_option_columns_are_typed_as_pandas_does(tmp_path):
 def test_yes_no_punctuation_rule():
     """`*`, `:` and `'` are not punctuation to YOrN_Extraction; `!`, `.` and `"` are."""
     assert [yorn.extract_yes_no(t) for t in ("**Yes**", "Yes: definitely", "'yes'", "Nope", "Y")] == ["Unknown"] * 5
-    assert [yorn.extract_yes_no(t) for t in ('"Yes"', "Yes!", "yes...", "Yes, although it is not obvious.")] == ["Yes"] * 4
+    assert [yorn.extract_yes_no(t) for t in ('"Yes"', "Yes!", "yes...", "Yes, although it is not obvious.")] == [
+        "Yes"
+    ] * 4
     assert yorn.extract_yes_no("No.") == "No"
 
 
@@ -79,8 +84,10 @@ def test_digit_comma_deletes_every_mark():
 
 
 def test_pope_unknown_is_negative_for_f1_but_wrong_for_acc():
-    rows = [{"index": 1, "answer": "No", "prediction": "maybe", "category": "random"},
-            {"index": 2, "answer": "Yes", "prediction": "yes", "category": "random"}]
+    rows = [
+        {"index": 1, "answer": "No", "prediction": "maybe", "category": "random"},
+        {"index": 2, "answer": "Yes", "prediction": "yes", "category": "random"},
+    ]
     yorn.score_rows(rows)
     metrics = yorn.pope_metrics(rows)
     assert metrics["split=random|precision"] == 100 and metrics["split=random|acc"] == 50
@@ -154,35 +161,58 @@ def test_mathvista_integer_zero_is_a_failed_prefetch():
 def test_chair_counts_hallucinated_mentions():
     table = chair.synonym_table("demo")
     assert chair.mentioned_objects("Two red circles and a blue box.", table) == ["circle", "square"]
-    rows = [{"index": 1, "objects": "['red circle']", "prediction": "A red circle and a star."},
-            {"index": 2, "objects": "['blue square']", "prediction": "A blue square."}]
+    rows = [
+        {"index": 1, "objects": "['red circle']", "prediction": "A red circle and a star."},
+        {"index": 2, "objects": "['blue square']", "prediction": "A blue square."},
+    ]
     metrics, per_row = chair.chair_metrics(rows)
     assert per_row["1"]["hallucinated"] == ["star"] and metrics["CHAIRs"] == 50
     assert metrics["CHAIRi"] == pytest.approx(100 / 3) and metrics["recall"] == 100
 
 
-@pytest.mark.parametrize("file,problem,text", [
-    ("MME.tsv", ["--benchmark", "NOPE"], "unknown benchmark"),
-    ("RealWorldQA.tsv", ["--benchmark", "OCRBench"], "missing column category"),
-    ("MME.tsv", ["--benchmark", "OCRBench"], "must be a list literal"),
-])
+@pytest.mark.parametrize(
+    "file,problem,text",
+    [
+        ("MME.tsv", ["--benchmark", "NOPE"], "unknown benchmark"),
+        ("RealWorldQA.tsv", ["--benchmark", "OCRBench"], "missing column category"),
+        ("MME.tsv", ["--benchmark", "OCRBench"], "must be a list literal"),
+    ],
+)
 def test_score_cli_bad_input_is_one_line_and_exit_2(file, problem, text):
-    run = subprocess.run([sys.executable, "-m", "minicpmv", "eval", "score", str(FIXTURES / file), *problem],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "minicpmv", "eval", "score", str(FIXTURES / file), *problem],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1
 
 
 def test_score_cli_not_a_tsv(tmp_path):
     path = tmp_path / "x.tsv"
     path.write_bytes(b"\xff\xfe garbage")
-    run = subprocess.run([sys.executable, "-m", "minicpmv", "eval", "score", str(path), "-b", "MME"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "minicpmv", "eval", "score", str(path), "-b", "MME"], capture_output=True, text=True
+    )
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
 
 
 def test_score_cli_json_contract():
-    run = subprocess.run([sys.executable, "-m", "minicpmv", "eval", "score", str(FIXTURES / "POPE.tsv"),
-                          "--benchmark", "POPE", "--json"], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minicpmv",
+            "eval",
+            "score",
+            str(FIXTURES / "POPE.tsv"),
+            "--benchmark",
+            "POPE",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(run.stdout)
     reference = json.loads((FIXTURES / "POPE.scores.json").read_text())
     assert result["benchmark"] == "POPE" and result["metrics"] == pytest.approx(reference["metrics"])
@@ -219,10 +249,16 @@ def test_chair_coloured_table_counts_a_wrong_colour():
 def test_attribute_hallucination_counts_a_wrong_size_or_place():
     """Demo descriptions with every attribute counted: a right shape at the wrong place is wrong."""
     assert chair.demo_objects("A large red circle at the top left and a star.") == [
-        "large red circle at the top left"]  # "a star" names no colour: not an object sentence
-    rows = [{"index": 1, "objects": "['small red circle at the top left']",
-             "prediction": "A large red circle at the top left."},
-            {"index": 2, "objects": "['small blue star at the center']", "prediction": "A small blue star at the center."}]
+        "large red circle at the top left"
+    ]  # "a star" names no colour: not an object sentence
+    rows = [
+        {
+            "index": 1,
+            "objects": "['small red circle at the top left']",
+            "prediction": "A large red circle at the top left.",
+        },
+        {"index": 2, "objects": "['small blue star at the center']", "prediction": "A small blue star at the center."},
+    ]
     metrics, per_row = chair.chair_metrics(rows, "demo_coloured")
     assert metrics["CHAIRs"] == 0 and metrics["attribute_response_rate"] == 50
     assert per_row["1"]["wrong_attributes"] == ["large red circle at the top left"]

@@ -53,8 +53,21 @@ def test_compare_reports_deltas_and_changed_rows(tmp_path):
     assert [c["index"] for c in report["changed"]] == ["0", "1"]
     before, after, delta = report["metrics"]["split=none|Overall"]
     assert delta == pytest.approx(after - before) and report["bootstrap"]["difference"] == pytest.approx(delta)
-    run = subprocess.run([sys.executable, "-m", "minicpmv", "eval", "compare", str(tmp_path / "a"),
-                          str(tmp_path / "b"), "--png", str(tmp_path / "bars.png")], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minicpmv",
+            "eval",
+            "compare",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--png",
+            str(tmp_path / "bars.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0 and "2 of 84 answers changed" in run.stdout
     assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -84,6 +97,21 @@ def test_download_checks_md5_and_writes_atomically(tmp_path, file_server):
 
 def test_download_cli_bad_url_is_one_line_exit_2(tmp_path, file_server):
     _, base = file_server
-    run = subprocess.run([sys.executable, "-m", "minicpmv", "eval", "download", "POPE", "-o", str(tmp_path),
-                          "--url", f"{base}/missing.tsv"], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minicpmv",
+            "eval",
+            "download",
+            "POPE",
+            "-o",
+            str(tmp_path),
+            "--url",
+            f"{base}/missing.tsv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "404" in run.stderr and len(run.stderr.strip().splitlines()) == 1

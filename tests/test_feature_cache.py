@@ -31,23 +31,32 @@ def asked_twice(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("packing", [False, pytest.param(True, marks=pytest.mark.slow)])  # faster: [False]
 def test_cached_features_train_exactly_as_pixels_do(asked_twice, tmp_path, packing):
-    settings = {"train": ["llm"], "max_steps": 3, "batch_size": 4, "max_length": 1024, "learning_rate": 1e-3,
-                "precision": "float32", "packing": packing}
+    settings = {
+        "train": ["llm"],
+        "max_steps": 3,
+        "batch_size": 4,
+        "max_length": 1024,
+        "learning_rate": 1e-3,
+        "precision": "float32",
+        "packing": packing,
+    }
     results = {}
     for cached in (False, True):
         chosen = recipe("sft", {**settings, "cache_image_features": cached})
-        results[cached] = run_training(chosen, TINY["2.6"] / "checkpoint", asked_twice, tmp_path / str(cached),
-                                       progress=False)
+        results[cached] = run_training(
+            chosen, TINY["2.6"] / "checkpoint", asked_twice, tmp_path / str(cached), progress=False
+        )
     losses = [[step["loss"] for step in results[c]["history"]] for c in (False, True)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     plain, cached = (load_model(results[c]["checkpoint"]).state_dict() for c in (False, True))
     # features encoded per image rather than per batch differ in the last bits; Adam's first steps
     # (update ~ lr * sign) carry that into ~1e-5 of a weight
     assert all(torch.allclose(plain[name], cached[name], atol=1e-4) for name in plain)
-    assert not torch.equal(plain["llm.lm_head.weight"],
-                           load_model(TINY["2.6"] / "checkpoint").state_dict()["llm.lm_head.weight"])
+    assert not torch.equal(
+        plain["llm.lm_head.weight"], load_model(TINY["2.6"] / "checkpoint").state_dict()["llm.lm_head.weight"]
+    )
 
 
 def test_each_image_is_encoded_once(asked_twice):

@@ -63,10 +63,13 @@ def test_recover_drops_an_aside_copy_once_its_replacement_is_in(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000008"]
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda root: (root / "file").write_text("x") and root / "file" / "out.txt", "is a file, not a folder"),
-    (lambda root: (root / "dir" / "out.txt").mkdir(parents=True) or root / "dir" / "out.txt", "is a folder"),
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda root: (root / "file").write_text("x") and root / "file" / "out.txt", "is a file, not a folder"),
+        (lambda root: (root / "dir" / "out.txt").mkdir(parents=True) or root / "dir" / "out.txt", "is a folder"),
+    ],
+)
 def test_unusable_targets_are_one_line_output_errors(make, words, tmp_path):
     with pytest.raises(OutputError, match=words):
         write_text_atomic(make(tmp_path), "x")

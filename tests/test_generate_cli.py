@@ -4,19 +4,33 @@ import json
 import subprocess
 import sys
 
+from conftest import REFERENCE, TINY
 from safetensors.torch import load_file
 
 from minicpmv.cli import main
-
-from conftest import REFERENCE, TINY
 
 IMAGE = str(REFERENCE / "images" / "img_b_640x448.png")
 
 
 def test_generate_json_matches_official_greedy_ids(capsys):
     for version in ("2.0", "2.5", "2.6"):
-        assert main(["generate", "-m", str(TINY[version] / "checkpoint"), "--image", IMAGE,
-                     "-p", "What is in the image?", "-n", "8", "--json"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "-m",
+                    str(TINY[version] / "checkpoint"),
+                    "--image",
+                    IMAGE,
+                    "-p",
+                    "What is in the image?",
+                    "-n",
+                    "8",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         captured = capsys.readouterr()
         record = json.loads(captured.out)
         expected = load_file(TINY[version] / "case_single" / "expected.safetensors")
@@ -39,9 +53,25 @@ def test_generate_refusals_exit_2(tmp_path):
 
 
 def test_console_script_text_output():
-    out = subprocess.run([sys.executable, "-m", "minicpmv", "generate", "-m", str(TINY["2.0"] / "checkpoint"),
-                          "--image", IMAGE, "-p", "What is in the image?", "-n", "8"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minicpmv",
+            "generate",
+            "-m",
+            str(TINY["2.0"] / "checkpoint"),
+            "--image",
+            IMAGE,
+            "-p",
+            "What is in the image?",
+            "-n",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "here述\x7f��ڭ�".strip()
 

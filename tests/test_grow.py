@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import TINY
 from PIL import Image
+from safetensors.torch import load_file
+
 from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
 
@@ -21,8 +21,13 @@ CHECKPOINT = TINY["2.6"] / "checkpoint"
 
 
 def grow(output: Path, *args: str, script: str = "grow_llm.py") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), str(CHECKPOINT), str(output), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), str(CHECKPOINT), str(output), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_grown_llm_has_twice_the_layers_and_the_same_answers(tmp_path):
@@ -72,4 +77,7 @@ def test_new_queries_follow_the_old_ones_whose_tokens_stay(tmp_path):
 def test_growing_into_an_existing_folder_or_by_nothing_is_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     assert grow(tmp_path / "taken", script="grow_queries.py").returncode == 2
-    assert grow(tmp_path / "new", "--extra", "0", script="grow_queries.py").returncode == 2 and not (tmp_path / "new").exists()
+    assert (
+        grow(tmp_path / "new", "--extra", "0", script="grow_queries.py").returncode == 2
+        and not (tmp_path / "new").exists()
+    )

@@ -47,6 +47,7 @@ def corrupt_png() -> bytes:
 
 # ---- accepted inputs ---------------------------------------------------------------------------
 
+
 def test_path_bytes_data_url_file_object_and_pil(tmp_path):
     data = png_bytes((30, 20))
     path = tmp_path / "a.png"
@@ -84,6 +85,7 @@ def test_first_frame_of_animated_gif():
 
 
 # ---- refused inputs ----------------------------------------------------------------------------
+
 
 def bad_inputs(tmp_path):
     empty = tmp_path / "empty.png"

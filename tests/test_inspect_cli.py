@@ -7,11 +7,10 @@ import sys
 from collections import defaultdict
 
 import pytest
+from conftest import REFERENCE, slicing_records
 from PIL import Image
 
 from minicpmv.cli import main
-
-from conftest import REFERENCE, slicing_records
 
 RECORDS = slicing_records()
 SKIPPED_KEYS = {"placeholder_sha256", "checked_with_real_image"}
@@ -75,14 +74,26 @@ def test_checkpoint_settings_with_model_flag(capsys):
 
 def test_python_dash_m_entry_point_and_bad_flag_exit_codes(tmp_path):
     image = str(REFERENCE / "images" / "img_a_60x40.png")
-    ok = subprocess.run([sys.executable, "-m", "minicpmv", "inspect-image", "--json", image],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "minicpmv", "inspect-image", "--json", image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["tgt_sizes"] == [[26, 39]]
-    bad = subprocess.run([sys.executable, "-m", "minicpmv", "inspect-image", "--max-slice-nums", "0", image],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "minicpmv", "inspect-image", "--max-slice-nums", "0", image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "minicpmv", "inspect-image", str(tmp_path / "x.png")],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "minicpmv", "inspect-image", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"minicpmv inspect-image: error: {tmp_path / 'x.png'}: no such file"

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE, TINY
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -14,13 +15,16 @@ from minicpmv import load
 from minicpmv.cli import main
 from minicpmv.errors import ConfigError
 
-from conftest import REFERENCE, TINY
-
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
 from minicpmv.backends.gguf_export import (  # noqa: E402
-    GGUF_NAMES, checkpoint_name, export_gguf, gguf_name, interleave_rope_rows)
+    GGUF_NAMES,
+    checkpoint_name,
+    export_gguf,
+    gguf_name,
+    interleave_rope_rows,
+)
 
 IMAGE = REFERENCE / "images" / "img_b_640x448.png"
 
@@ -32,8 +36,11 @@ def question():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
-    return {(version, kind): export_gguf(TINY[version] / "checkpoint", folder / f"{version}-{kind}.gguf", kind)
-            for version in ("2.6", "2.5") for kind in ("f32", "q4_0")}
+    return {
+        (version, kind): export_gguf(TINY[version] / "checkpoint", folder / f"{version}-{kind}.gguf", kind)
+        for version in ("2.6", "2.5")
+        for kind in ("f32", "q4_0")
+    }
 
 
 def test_name_table_round_trips():
@@ -45,8 +52,9 @@ def test_name_table_round_trips():
 
 @pytest.mark.parametrize("version", ["2.6", "2.5"])
 def test_exported_tensors_round_trip_to_the_checkpoint(exported, version):
-    original = {k: v for k, v in load_file(TINY[version] / "checkpoint" / "model.safetensors").items()
-                if k.startswith("llm.")}
+    original = {
+        k: v for k, v in load_file(TINY[version] / "checkpoint" / "model.safetensors").items() if k.startswith("llm.")
+    }
     config = json.loads((TINY[version] / "checkpoint" / "config.json").read_text())
     reader = gguf.GGUFReader(str(exported[version, "f32"]))
     back = {}
@@ -123,8 +131,18 @@ def _other_model(tmp_path):
 
 
 def test_cli_generate_with_the_backend(exported, capsys):
-    argv = ["generate", "-m", str(TINY["2.6"] / "checkpoint"), "--image", str(IMAGE), "-p", "What is in the image?",
-            "-n", "8", "--json"]
+    argv = [
+        "generate",
+        "-m",
+        str(TINY["2.6"] / "checkpoint"),
+        "--image",
+        str(IMAGE),
+        "-p",
+        "What is in the image?",
+        "-n",
+        "8",
+        "--json",
+    ]
     assert main(argv) == 0
     expected = json.loads(capsys.readouterr().out)
     assert main(argv + ["--llm-gguf", str(exported["2.6", "f32"])]) == 0

@@ -1,5 +1,5 @@
 """`localize_queries`: each resampler query starts looking at its own block of the patch grid,
-which is what lets a token hold the characters of its cells (docs/demo-model.md)."""
+which is what lets a token hold the characters of its cells (research/demo-model-log.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from minicpmv.model.resampler import Resampler, _key_positions
 def own_block_attention(resampler: Resampler, patch_side: int = 16) -> float:
     """Mean share of each query's attention on its own block, for random patch features."""
     torch.manual_seed(0)
-    features = resampler.ln_kv(resampler.kv_proj(torch.randn(1, patch_side ** 2, 192)))
+    features = resampler.ln_kv(resampler.kv_proj(torch.randn(1, patch_side**2, 192)))
     keys = features + _key_positions(resampler.embed_dim, patch_side, patch_side)
     queries = resampler.ln_q(resampler.query).unsqueeze(0)
     weights = resampler.attn(queries, keys, features, need_weights=True)[1][0]  # (queries, patches)

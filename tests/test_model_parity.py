@@ -4,14 +4,13 @@ in float32; greedy ids identical, per-step logits within 1e-4 with the KV cache.
 
 import pytest
 import torch
+from conftest import golden_cases
 from safetensors.torch import load_file
+from test_processor_golden import load_case
 
 from minicpmv import load
 from minicpmv.generation import GenerationConfig, generate, padded_position_ids
 from minicpmv.model.minicpmv import pad_strips, strip_to_image
-
-from conftest import golden_cases
-from test_processor_golden import load_case
 
 ATOL = 1e-4
 CASES = golden_cases()
@@ -61,8 +60,9 @@ def test_activations_match_official(version, case_dir):
         assert torch.equal(padded_position_ids(inputs.attention_mask), position_ids)
     logits = model.llm(embeds, position_ids, inputs.attention_mask)
     close(logits[valid], expected["logits"][valid])
-    one_call = model(inputs.input_ids, inputs.pixel_values, inputs.tgt_sizes, inputs.image_bound,
-                     inputs.attention_mask, position_ids)
+    one_call = model(
+        inputs.input_ids, inputs.pixel_values, inputs.tgt_sizes, inputs.image_bound, inputs.attention_mask, position_ids
+    )
     close(one_call[valid], expected["logits"][valid])
 
 
@@ -93,7 +93,8 @@ def test_precise_preset_beam_search_matches_official(version, case_dir):
 
 
 def test_chat_api_answers_like_the_official_chat():
-    from conftest import TINY, REFERENCE
+    from conftest import REFERENCE, TINY
+
     chat = chat_model(TINY["2.6"] / "checkpoint")
     question = [{"role": "user", "content": "What is in the image?"}]
     result = chat.generate(question, image=REFERENCE / "images" / "img_b_640x448.png", max_new_tokens=8)

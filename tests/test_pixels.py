@@ -6,11 +6,10 @@ import hashlib
 
 import pytest
 import torch
+from conftest import REFERENCE, load_json
 
 from minicpmv.model.positions import navit_position_buckets, navit_position_ids
 from minicpmv.processing import ProcessorConfig, encode_image, load_image, plan_slices
-
-from conftest import REFERENCE, load_json
 
 PIXELS = load_json(REFERENCE / "pixels" / "pixels.json")["images"]
 
@@ -41,8 +40,8 @@ def test_patch_layout_is_row_major_patches_side_by_side():
 
     chw = torch.from_numpy(normalize(crop_images(image, plan)[0]))
     r, c = 5, 7
-    patch = overview[:, :, 14 * (r * cols + c): 14 * (r * cols + c) + 14]
-    assert torch.equal(patch, chw[:, 14 * r: 14 * r + 14, 14 * c: 14 * c + 14])
+    patch = overview[:, :, 14 * (r * cols + c) : 14 * (r * cols + c) + 14]
+    assert torch.equal(patch, chw[:, 14 * r : 14 * r + 14, 14 * c : 14 * c + 14])
 
 
 def navit_cases():

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
-from minicpmv import ImageError, MiniCPMVProcessor, PromptError, PromptTooLongError, ProcessorConfig
+from minicpmv import ImageError, MiniCPMVProcessor, ProcessorConfig, PromptError, PromptTooLongError
 from minicpmv.errors import ConfigError
 from minicpmv.processing.placeholders import IMAGE_TAG
-
-from conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +57,18 @@ def test_text_only_conversation_has_no_images(proc26):
 
 
 def test_openai_style_content_parts(proc26):
-    import base64, io
+    import base64
+    import io
+
     buffer = io.BytesIO()
     Image.new("RGB", (50, 50), "red").save(buffer, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}],
+        }
+    ]
     inputs = proc26(messages)
     assert inputs.prompts[0].count(IMAGE_TAG) == 1
     assert inputs.prompts[0].index("what is this?") < inputs.prompts[0].index(IMAGE_TAG)
@@ -75,8 +80,9 @@ def test_image_tag_typed_in_text_is_refused_before_it_counts_as_an_image(proc26)
         proc26(messages)
 
 
-@pytest.mark.parametrize("text", ["<image>" + "<unk>" * 64 + "</image>", "a <unk> b", "<slice>x</slice>",
-                                  "<image_id>0</image_id>"])
+@pytest.mark.parametrize(
+    "text", ["<image>" + "<unk>" * 64 + "</image>", "a <unk> b", "<slice>x</slice>", "<image_id>0</image_id>"]
+)
 def test_any_placeholder_marker_in_text_is_refused(proc26, text):
     """Marker text once gave a shape mismatch deep in the model (a 500 for the whole batch)."""
     with pytest.raises(PromptError, match="image marker"):
@@ -96,13 +102,16 @@ def test_too_long_prompt_is_an_error_not_a_cut(proc26):
         proc26(messages, max_length=length - 1)
 
 
-@pytest.mark.parametrize("messages,fragment", [
-    ([], "non-empty list"),
-    ([{"role": "user"}], "'role' and 'content'"),
-    ([{"role": "robot", "content": "hi"}], "unknown role"),
-    ([{"role": "assistant", "content": "hi"}], "first non-system message"),
-    ([{"role": "user", "content": [3.5]}], "unsupported content item"),
-])
+@pytest.mark.parametrize(
+    "messages,fragment",
+    [
+        ([], "non-empty list"),
+        ([{"role": "user"}], "'role' and 'content'"),
+        ([{"role": "robot", "content": "hi"}], "unknown role"),
+        ([{"role": "assistant", "content": "hi"}], "first non-system message"),
+        ([{"role": "user", "content": [3.5]}], "unsupported content item"),
+    ],
+)
 def test_malformed_messages(proc26, messages, fragment):
     with pytest.raises(PromptError, match=fragment):
         proc26(messages)
@@ -136,7 +145,9 @@ def test_batch_of_three_left_padded(proc26):
 
 
 def test_config_disagreement_is_reported(tmp_path):
-    import json, shutil
+    import json
+    import shutil
+
     folder = tmp_path / "ckpt"
     shutil.copytree(TINY["2.6"] / "checkpoint", folder)
     pre = json.loads((folder / "preprocessor_config.json").read_text())

@@ -3,18 +3,19 @@ image_bound and tgt_sizes equal the official processor's output exactly."""
 
 import pytest
 import torch
+from conftest import REFERENCE, golden_cases, load_json
 
 from minicpmv.processing import MiniCPMVProcessor
-
-from conftest import REFERENCE, golden_cases, load_json
 
 CASES = golden_cases()
 
 
 def to_messages(raw):
     """messages.json stands {"image": path} for PIL images; paths are relative to the reference dir."""
+
     def item(x):
         return {"image": REFERENCE / x["image"]} if isinstance(x, dict) else x
+
     return [{"role": m["role"], "content": [item(x) for x in m["content"]]} for m in raw]
 
 
@@ -35,8 +36,10 @@ def test_processor_matches_official(version, case_dir):
     if "prompts_after_chat_template" in expected:
         assert inputs.prompts == expected["prompts_after_chat_template"]
     if "decoded_input_with_specials" in expected:
-        decoded = [processor.tokenizer.decode(row[mask.bool()].tolist())
-                   for row, mask in zip(inputs.input_ids, inputs.attention_mask)]
+        decoded = [
+            processor.tokenizer.decode(row[mask.bool()].tolist())
+            for row, mask in zip(inputs.input_ids, inputs.attention_mask)
+        ]
         assert decoded == [text.lstrip("!") for text in expected["decoded_input_with_specials"]]
     for bounds, row in zip(inputs.image_bound, inputs.input_ids):
         unk = processor.tokenizer.require_id(processor.config.unk)
@@ -50,6 +53,7 @@ def test_2_0_prompt_text_matches_official_chat():
         prompt, images = processor.build_prompt(batch[0])
         encoded = processor.encode_images(images)
         from minicpmv.processing.placeholders import expand_image_tags
+
         text = expand_image_tags(prompt, [processor.placeholder(e.plan, i) for i, e in enumerate(encoded)])
         assert text == expected["prompt_before_tokenization"]
 

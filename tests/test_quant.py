@@ -5,18 +5,16 @@ import json
 
 import pytest
 import torch
+from conftest import TINY
 
 from minicpmv import CheckpointError, ConfigError
 from minicpmv.cli import main
-from minicpmv.model.checkpoint import load_model, save_model
-from minicpmv.quant import QuantConfig, layer_bits, quantize_model
-from minicpmv.quant import linear as qlinear
 from minicpmv.cpu import cpu_flags
-from minicpmv.quant import native
+from minicpmv.model.checkpoint import load_model, save_model
+from minicpmv.quant import QuantConfig, layer_bits, native, quantize_model
+from minicpmv.quant import linear as qlinear
 from minicpmv.quant.linear import Bf16Linear, Int4Linear, Int8Linear
 from minicpmv.quant.schemes import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8, unpack_int4
-
-from conftest import TINY
 
 
 def test_int8_error_is_within_half_a_step():
@@ -69,8 +67,13 @@ def with_kernel(mode, fn):
 @pytest.mark.parametrize("mode", ["auto", "torch"])
 @pytest.mark.parametrize("make,in_features,out_features", LAYERS)
 def test_kernels_agree_with_the_reference_path(mode, make, in_features, out_features):
-    module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features ** 0.5)
-    for shape in [(2, 7, in_features), (1, 1, in_features), (5, in_features), (1, 40, in_features)]:  # + widened prefill
+    module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features**0.5)
+    for shape in [
+        (2, 7, in_features),
+        (1, 1, in_features),
+        (5, in_features),
+        (1, 40, in_features),
+    ]:  # + widened prefill
         x = torch.randn(*shape)
         fast = with_kernel(mode, lambda: module(x))
         reference = with_kernel("reference", lambda: module(x))
@@ -104,7 +107,7 @@ def test_native_int4_matches_its_own_arithmetic_exactly_enough(group_size):
 @needs_native
 def test_native_int8_error_is_that_of_int8_activations():
     torch.manual_seed(0)
-    weight = torch.randn(64, 512) / 512 ** 0.5
+    weight = torch.randn(64, 512) / 512**0.5
     q, scale = quantize_int8(weight)
     x = torch.randn(9, 512)
     exact = x @ dequantize_int8(q, scale).t()
@@ -162,10 +165,16 @@ def test_layer_choice():
         QuantConfig(bits=3)
 
 
-@pytest.mark.parametrize("version,config", [
-    ("2.6", QuantConfig(bits=8)), ("2.6", QuantConfig(bits=4, group_size=32, vision_bits=8)),
-    ("2.0", QuantConfig(bits=4, group_size=64, vision_bits=8)), ("2.5", QuantConfig(bits=4, group_size=128)),
-    ("2.6", QuantConfig(bits=16))])
+@pytest.mark.parametrize(
+    "version,config",
+    [
+        ("2.6", QuantConfig(bits=8)),
+        ("2.6", QuantConfig(bits=4, group_size=32, vision_bits=8)),
+        ("2.0", QuantConfig(bits=4, group_size=64, vision_bits=8)),
+        ("2.5", QuantConfig(bits=4, group_size=128)),
+        ("2.6", QuantConfig(bits=16)),
+    ],
+)
 def test_quantize_save_load_gives_the_same_outputs(version, config, tmp_path):
     quantized = quantize_model(load_model(TINY[version] / "checkpoint"), config)
     save_model(quantized, tmp_path)
@@ -198,8 +207,25 @@ def test_bad_quantization_config_in_a_folder(tmp_path):
 
 def test_quantize_cli_with_check_and_generate_on_the_result(tmp_path, capsys):
     out = tmp_path / "int4"
-    assert main(["quantize", "-m", str(TINY["2.6"] / "checkpoint"), "-o", str(out), "--bits", "4",
-                 "--group-size", "32", "--check", "--check-tokens", "6"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "-m",
+                str(TINY["2.6"] / "checkpoint"),
+                "-o",
+                str(out),
+                "--bits",
+                "4",
+                "--group-size",
+                "32",
+                "--check",
+                "--check-tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["num_samples"] == 3 and 0.0 <= summary["top1_agreement"] <= 1.0 and summary["mean_kl"] >= 0.0
@@ -234,7 +260,7 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
     assert native.library() is not None
     torch.manual_seed(0)
     for make, in_features, out_features in LAYERS + [(lambda i, o: Int4Linear(i, o, True, 64), 128, 19)]:
-        module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features ** 0.5)
+        module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features**0.5)
         for rows in (1, 6):
             x = torch.randn(rows, in_features)
             torch.testing.assert_close(module(x), with_kernel("reference", lambda: module(x)), atol=0.05, rtol=0.02)

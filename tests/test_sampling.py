@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from minicpmv.generation.sampling import (
-    PRESETS, GenerationConfig, apply_repetition_penalty, min_p_filter, next_tokens, suppress_stop_tokens,
-    top_k_filter, top_p_filter,
+    PRESETS,
+    GenerationConfig,
+    apply_repetition_penalty,
+    min_p_filter,
+    next_tokens,
+    suppress_stop_tokens,
+    top_k_filter,
+    top_p_filter,
 )
 
 INF = float("-inf")
@@ -72,8 +78,13 @@ def test_low_temperature_concentrates_on_the_best_token():
 
 def test_presets_are_the_official_chat_defaults():
     sampling = PRESETS["sampling"]
-    assert (sampling.do_sample, sampling.top_p, sampling.top_k, sampling.temperature, sampling.repetition_penalty) == \
-        (True, 0.8, 100, 0.7, 1.05)
+    assert (sampling.do_sample, sampling.top_p, sampling.top_k, sampling.temperature, sampling.repetition_penalty) == (
+        True,
+        0.8,
+        100,
+        0.7,
+        1.05,
+    )
     assert (PRESETS["precise"].num_beams, PRESETS["precise"].repetition_penalty) == (3, 1.2)
     assert math.isclose(PRESETS["greedy"].temperature, 1.0) and not PRESETS["greedy"].do_sample
 

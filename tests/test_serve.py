@@ -8,11 +8,11 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
+from conftest import TINY  # noqa: E402
+from live_server import EXAMPLE, data_url, image_part, running  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import minicpmv  # noqa: E402
-from conftest import TINY  # noqa: E402
-from live_server import EXAMPLE, data_url, image_part, running  # noqa: E402
 from minicpmv.serving import ServerSettings  # noqa: E402
 
 
@@ -57,8 +57,9 @@ def test_non_streamed_answer_equals_chat_model(client, chat):
 
 
 def test_streamed_answer_equals_chat_model_and_ends_with_usage(client, chat):
-    stream = client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=12, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny-2.6", messages=question(), max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     expected = chat.generate(same_question(), max_new_tokens=12)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -77,10 +78,13 @@ def test_sampling_settings_and_stop_strings_are_those_of_chat_model(client, chat
     expected = chat.generate(same_question("Describe it."), max_new_tokens=24, **settings)
     assert response.choices[0].message.content == expected.text
     stop = expected.text[3:5]
-    stopped = client.chat.completions.create(model="m", messages=question("Describe it."), max_tokens=24,
-                                             stop=[stop], **settings)
-    assert stopped.choices[0].message.content == chat.generate(
-        same_question("Describe it."), max_new_tokens=24, stop=[stop], **settings).text
+    stopped = client.chat.completions.create(
+        model="m", messages=question("Describe it."), max_tokens=24, stop=[stop], **settings
+    )
+    assert (
+        stopped.choices[0].message.content
+        == chat.generate(same_question("Describe it."), max_new_tokens=24, stop=[stop], **settings).text
+    )
     assert stopped.choices[0].finish_reason == "stop"
 
 
@@ -94,18 +98,27 @@ def test_multi_image_multi_turn_and_bare_string_image_url(client, chat):
         path.unlink(missing_ok=True)
     messages = [
         {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": [image_part(data_url()), {"type": "image_url", "image_url": wide_url},
-                                     {"type": "text", "text": "Compare the two images."}]},
+        {
+            "role": "user",
+            "content": [
+                image_part(data_url()),
+                {"type": "image_url", "image_url": wide_url},
+                {"type": "text", "text": "Compare the two images."},
+            ],
+        },
         {"role": "assistant", "content": "They differ."},
         {"role": "user", "content": "How?"},
     ]
     response = client.chat.completions.create(model="m", messages=messages, max_tokens=10)
-    expected = chat.generate([
-        {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": [Image.open(EXAMPLE), wide, "Compare the two images."]},
-        {"role": "assistant", "content": "They differ."},
-        {"role": "user", "content": "How?"},
-    ], max_new_tokens=10)
+    expected = chat.generate(
+        [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": [Image.open(EXAMPLE), wide, "Compare the two images."]},
+            {"role": "assistant", "content": "They differ."},
+            {"role": "user", "content": "How?"},
+        ],
+        max_new_tokens=10,
+    )
     assert response.choices[0].message.content == expected.text
     assert response.usage.prompt_tokens == len(expected.prompt_token_ids)
     assert response.model_extra["timings"]["image_tokens"] == expected.image_tokens

@@ -58,8 +58,9 @@ def test_readme_serve_curl_and_openai_client():
     process = subprocess.Popen(MINICPMV + serve[1:], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)
-        curl = subprocess.run(shlex.split(curl_line.replace("8080", str(port))), capture_output=True, text=True,
-                              timeout=60, check=True)
+        curl = subprocess.run(
+            shlex.split(curl_line.replace("8080", str(port))), capture_output=True, text=True, timeout=60, check=True
+        )
         answer = json.loads(curl.stdout)
         assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] <= 8
         snippet = readme_block("python", "from openai import OpenAI").replace("8080", str(port))
@@ -85,12 +86,17 @@ def test_port_in_use_exits_2(capsys, monkeypatch):
     assert f"minicpmv serve: error: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["-m", "/no/such/checkpoint"], "/no/such/checkpoint"),
-    (["-m", "tests/fixtures/reference/minicpmv26_tiny/checkpoint", "--allow-local-images", "/no/such/dir"],
-     "--allow-local-images"),
-    (["-m", "tests/fixtures/reference/minicpmv26_tiny/checkpoint", "--max-queue", "0"], "--max-queue"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["-m", "/no/such/checkpoint"], "/no/such/checkpoint"),
+        (
+            ["-m", "tests/fixtures/reference/minicpmv26_tiny/checkpoint", "--allow-local-images", "/no/such/dir"],
+            "--allow-local-images",
+        ),
+        (["-m", "tests/fixtures/reference/minicpmv26_tiny/checkpoint", "--max-queue", "0"], "--max-queue"),
+    ],
+)
 def test_bad_flags_exit_2(flags, words, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(["serve", *flags]) == 2
@@ -99,7 +105,8 @@ def test_bad_flags_exit_2(flags, words, capsys, monkeypatch):
 
 
 def test_serve_help_documents_the_flags():
-    result = subprocess.run(MINICPMV + ["serve", "--help"], capture_output=True, text=True, check=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        MINICPMV + ["serve", "--help"], capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}
+    )
     for flag in ("--host", "--port", "--api-key", "--max-queue", "--allow-remote-images", "--allow-local-images"):
         assert flag in result.stdout

@@ -19,14 +19,14 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from PIL import Image  # noqa: E402
-
-import minicpmv  # noqa: E402
 from conftest import TINY  # noqa: E402
 from live_server import data_url, image_part, running  # noqa: E402
-from minicpmv.serving import ImagePolicy, ServerSettings  # noqa: E402
+from PIL import Image  # noqa: E402
 from test_serve_cli import free_port, wait_healthy  # noqa: E402
 from test_serve_limits import ask, post, refused  # noqa: E402
+
+import minicpmv  # noqa: E402
+from minicpmv.serving import ServerSettings  # noqa: E402
 
 KEY = "k-123"
 HI = {"type": "text", "text": "hi"}
@@ -52,11 +52,29 @@ def process_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     (folder / "fifo").parent.mkdir(exist_ok=True)
     os.mkfifo(folder / "fifo")
-    command = [sys.executable, "-m", "minicpmv", "serve", "-m", str(TINY["2.6"] / "checkpoint"), "--port", str(port),
-               "--max-request-pixels", "8000000", "--max-image-pixels", "40000000", "--request-timeout", "1",
-               "--max-connections", "64", "--allow-local-images", str(folder)]
-    process = subprocess.Popen(command, env={**os.environ, "MINICPMV_API_KEY": KEY}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "minicpmv",
+        "serve",
+        "-m",
+        str(TINY["2.6"] / "checkpoint"),
+        "--port",
+        str(port),
+        "--max-request-pixels",
+        "8000000",
+        "--max-image-pixels",
+        "40000000",
+        "--request-timeout",
+        "1",
+        "--max-connections",
+        "64",
+        "--allow-local-images",
+        str(folder),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "MINICPMV_API_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
@@ -76,6 +94,7 @@ def peak_rss_mb(process) -> float:
 
 
 # ---- memory: pixels are budgeted before decoding ---------------------------------------------
+
 
 def test_compressible_images_are_refused_before_decoding(process_server, png_6000):
     """16 single-colour 6000x6000 PNGs (2.5 MB) once took the server from 0.7 to 4.2 GB."""
@@ -102,8 +121,9 @@ def test_a_full_queue_answers_429_before_decoding(chat, png_6000):
 
 def test_the_server_pixel_budget_is_shared_by_admitted_requests(chat):
     big = image_part(data_url_of(Image.new("RGB", (1000, 1000), (0, 90, 0))))
-    endless = ask([big, {"type": "text", "text": "Tell me everything."}], stream=True, max_tokens=20_000,
-                  min_tokens=20_000)
+    endless = ask(
+        [big, {"type": "text", "text": "Tell me everything."}], stream=True, max_tokens=20_000, min_tokens=20_000
+    )
     with running(chat, ServerSettings(max_server_pixels=1_500_000)) as url:
         with httpx.stream("POST", url + "/v1/chat/completions", json=endless, timeout=30) as streaming:
             lines = streaming.iter_lines()
@@ -126,6 +146,7 @@ def data_url_of(image: Image.Image) -> str:
 
 # ---- placeholder text -------------------------------------------------------------------------
 
+
 def test_image_marker_text_is_a_400_and_its_batch_mates_are_answered(chat):
     hostile = "<image>" + "<unk>" * 64 + "</image>"
     with running(chat, ServerSettings(max_batch=4)) as url:
@@ -146,6 +167,7 @@ def test_image_marker_text_is_a_400_and_its_batch_mates_are_answered(chat):
 
 # ---- slow and idle clients --------------------------------------------------------------------
 
+
 def raw(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=10)
@@ -163,15 +185,17 @@ def test_a_request_head_that_never_ends_is_dropped(process_server):
 def test_a_body_at_one_byte_a_second_gets_408(process_server):
     url, _ = process_server
     with raw(url) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n"
+        )
         started, answer = time.monotonic(), b""
         sock.settimeout(0.5)
         while b"\r\n\r\n" not in answer and time.monotonic() - started < 15:
             try:
                 sock.sendall(b" ")
                 answer += sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -202,6 +226,7 @@ def test_health_answers_while_1100_idle_sockets_are_open(process_server):
 
 # ---- big text ---------------------------------------------------------------------------------
 
+
 def test_a_30_mb_text_is_refused_without_tokenizing_it(chat):
     with running(chat, ServerSettings(max_body_bytes=40 << 20)) as url:
         started = time.monotonic()
@@ -213,6 +238,7 @@ def test_a_30_mb_text_is_refused_without_tokenizing_it(chat):
 
 
 # ---- cross-site use ---------------------------------------------------------------------------
+
 
 def test_only_loopback_hosts_and_json_bodies(chat):
     with running(chat) as url:
@@ -235,12 +261,16 @@ def test_api_key_from_the_environment(process_server):
 
 # ---- sampling values --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fields, words", [
-    ({"seed": 2 ** 64}, ["seed", "2**64 - 1"]),
-    ({"seed": -5}, ["seed"]),
-    ({"repetition_penalty": 1e-308, "temperature": 1}, ["repetition_penalty", "0.01"]),
-    ({"top_k": 2 ** 40}, ["top_k"]),
-])
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"seed": 2**64}, ["seed", "2**64 - 1"]),
+        ({"seed": -5}, ["seed"]),
+        ({"repetition_penalty": 1e-308, "temperature": 1}, ["repetition_penalty", "0.01"]),
+        ({"top_k": 2**40}, ["top_k"]),
+    ],
+)
 @pytest.mark.parametrize("stream", [False, True])
 def test_out_of_range_sampling_values_are_400(process_server, fields, words, stream):
     """Each once gave a 500 (streamed: an error chunk with no [DONE])."""
@@ -250,6 +280,7 @@ def test_out_of_range_sampling_values_are_400(process_server, fields, words, str
 
 # ---- image references -------------------------------------------------------------------------
 
+
 def test_an_upper_case_data_scheme_is_a_data_url(process_server):
     url, _ = process_server
     upper = "DATA:" + data_url().removeprefix("data:")
@@ -258,8 +289,10 @@ def test_an_upper_case_data_scheme_is_a_data_url(process_server):
     assert len(message) < 300  # the error once echoed the whole 160 KB
 
 
-@pytest.mark.parametrize("name, words", [("fifo", ["not a regular file"]), ("bad\0name.png", ["not a usable"]),
-                                         ("n" * 5000 + ".png", ["not a usable"])])
+@pytest.mark.parametrize(
+    "name, words",
+    [("fifo", ["not a regular file"]), ("bad\0name.png", ["not a usable"]), ("n" * 5000 + ".png", ["not a usable"])],
+)
 def test_local_paths_that_are_not_files(process_server, name, words):
     """A FIFO once hung its request forever; a NUL byte or a 5,000-character name gave a 500."""
     url, _ = process_server
@@ -269,6 +302,7 @@ def test_local_paths_that_are_not_files(process_server, name, words):
 
 
 # ---- the feature cache ------------------------------------------------------------------------
+
 
 def test_image_features_are_not_shared_across_requests_by_default(chat):
     """A cache hit answered in 17 ms against 545-793 ms: one client could tell another's images."""

@@ -13,11 +13,11 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from conftest import TINY  # noqa: E402
+from live_server import EXAMPLE, data_url, image_part, running  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import minicpmv  # noqa: E402
-from conftest import TINY  # noqa: E402
-from live_server import EXAMPLE, data_url, image_part, running  # noqa: E402
 from minicpmv.serving import ImagePolicy, ServerSettings  # noqa: E402
 
 CONTEXT = 32768  # the tiny 2.6 checkpoint's max_position_embeddings
@@ -50,8 +50,12 @@ def locked_server(chat):
 
 def post(url: str, body, **headers) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(url + "/v1/chat/completions", content=content, timeout=60,
-                      headers={"content-type": "application/json", **headers})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        content=content,
+        timeout=60,
+        headers={"content-type": "application/json", **headers},
+    )
 
 
 def ask(content, **fields) -> dict:
@@ -77,19 +81,31 @@ def png_url(width: int, height: int) -> str:
 def test_body_size_limit(server):
     refused(post(server, ask("x" * 300_000)), 413, "over the limit of 200000 bytes")
     body = json.dumps(ask("x" * 300_000)).encode()
-    chunked = httpx.post(server + "/v1/chat/completions", content=iter([body[:100_000], body[100_000:]]),
-                         headers={"content-type": "application/json"})  # no Content-Length to trust
+    chunked = httpx.post(
+        server + "/v1/chat/completions",
+        content=iter([body[:100_000], body[100_000:]]),
+        headers={"content-type": "application/json"},
+    )  # no Content-Length to trust
     refused(chunked, 413, "over the limit of 200000 bytes")
 
 
 def test_number_of_images(server):
-    refused(post(server, ask([image_part(data_url())] * 3 + [{"type": "text", "text": "hi"}])), 400,
-            "3 images", "limit is 2")
+    refused(
+        post(server, ask([image_part(data_url())] * 3 + [{"type": "text", "text": "hi"}])),
+        400,
+        "3 images",
+        "limit is 2",
+    )
 
 
 def test_image_pixels(server):
-    message = refused(post(server, ask([image_part(png_url(2000, 1500)), {"type": "text", "text": "hi"}])), 400,
-                      "messages.0.content.0.image_url", "too large", "3000000 pixels")
+    message = refused(
+        post(server, ask([image_part(png_url(2000, 1500)), {"type": "text", "text": "hi"}])),
+        400,
+        "messages.0.content.0.image_url",
+        "too large",
+        "3000000 pixels",
+    )
     assert "limit 2000000" in message
 
 
@@ -106,8 +122,12 @@ def test_prompt_longer_than_context(server):
 
 
 def test_prompt_plus_max_tokens_over_context(server):
-    refused(post(server, ask([image_part(data_url()), {"type": "text", "text": "hi"}], max_tokens=CONTEXT - 100)),
-            400, "together they exceed", f"context of {CONTEXT}")
+    refused(
+        post(server, ask([image_part(data_url()), {"type": "text", "text": "hi"}], max_tokens=CONTEXT - 100)),
+        400,
+        "together they exceed",
+        f"context of {CONTEXT}",
+    )
 
 
 def test_malformed_json(server):
@@ -122,21 +142,24 @@ def test_unknown_fields_are_ignored(server):
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["role"] == "assistant"
 
 
-@pytest.mark.parametrize("body, words", [
-    (ask("hi", max_tokens="4"), ["max_tokens", "valid integer"]),
-    (ask("hi", temperature="hot"), ["temperature"]),
-    (ask("hi", temperature=3.5), ["temperature", "less than or equal to 2"]),
-    (ask("hi", stream="yes"), ["stream", "valid boolean"]),
-    ({"messages": "hi"}, ["messages", "valid array"]),
-    ({"messages": []}, ["messages", "at least 1"]),
-    ({"max_tokens": 4}, ["messages", "Field required"]),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, ["messages.0.role"]),
-    (ask([{"type": "video", "url": "x"}]), ["messages.0.content.0", "video"]),
-    (ask([{"type": "image_url", "image_url": {"uri": "x"}}]), ["messages.0.content.0.image_url"]),
-    (ask(5), ["messages.0.content"]),
-    (ask("hi", n=2), ["n: only n=1"]),
-    (ask("hi", stop=["a", "b", "c", "d", "e"]), ["stop"]),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (ask("hi", max_tokens="4"), ["max_tokens", "valid integer"]),
+        (ask("hi", temperature="hot"), ["temperature"]),
+        (ask("hi", temperature=3.5), ["temperature", "less than or equal to 2"]),
+        (ask("hi", stream="yes"), ["stream", "valid boolean"]),
+        ({"messages": "hi"}, ["messages", "valid array"]),
+        ({"messages": []}, ["messages", "at least 1"]),
+        ({"max_tokens": 4}, ["messages", "Field required"]),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, ["messages.0.role"]),
+        (ask([{"type": "video", "url": "x"}]), ["messages.0.content.0", "video"]),
+        (ask([{"type": "image_url", "image_url": {"uri": "x"}}]), ["messages.0.content.0.image_url"]),
+        (ask(5), ["messages.0.content"]),
+        (ask("hi", n=2), ["n: only n=1"]),
+        (ask("hi", stop=["a", "b", "c", "d", "e"]), ["stop"]),
+    ],
+)
 def test_wrong_types_and_values(server, body, words):
     refused(post(server, body), 400, *words)
 
@@ -146,17 +169,20 @@ def test_bad_conversations_and_options(server):
     refused(post(server, ask("hi", max_tokens=4, min_tokens=9)), 400, "min_new_tokens")
 
 
-@pytest.mark.parametrize("url, words", [
-    ("data:image/png;base64,@@not-base64@@", ["invalid base64"]),
-    ("data:image/png;base64," + base64.b64encode(b"just some text, not a picture").decode(), ["not an image"]),
-    ("data:text/plain;base64,aGVsbG8=", ["media type 'text/plain'"]),
-    ("data:image/png;base64,", ["empty image data"]),
-    ("https://example.com/cat.png", ["remote image URLs are refused", "--allow-remote-images"]),
-    ("ftp://example.com/cat.png", ["unsupported URL scheme 'ftp'"]),
-    ("../example.png", ["outside the folder"]),
-    ("/etc/passwd", ["outside the folder"]),
-    ("missing.png", ["no such file"]),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("data:image/png;base64,@@not-base64@@", ["invalid base64"]),
+        ("data:image/png;base64," + base64.b64encode(b"just some text, not a picture").decode(), ["not an image"]),
+        ("data:text/plain;base64,aGVsbG8=", ["media type 'text/plain'"]),
+        ("data:image/png;base64,", ["empty image data"]),
+        ("https://example.com/cat.png", ["remote image URLs are refused", "--allow-remote-images"]),
+        ("ftp://example.com/cat.png", ["unsupported URL scheme 'ftp'"]),
+        ("../example.png", ["outside the folder"]),
+        ("/etc/passwd", ["outside the folder"]),
+        ("missing.png", ["no such file"]),
+    ],
+)
 def test_bad_images(server, url, words):
     refused(post(server, ask([image_part(url), {"type": "text", "text": "hi"}])), 400, "image_url", *words)
 
@@ -165,14 +191,16 @@ def test_local_images_inside_the_allowed_folder(server, chat):
     for url in ("example.png", "file://example.png"):
         response = post(server, ask([image_part(url), {"type": "text", "text": "What is in the image?"}]))
         assert response.status_code == 200, response.text
-    expected = chat.generate([{"role": "user", "content": [Image.open(EXAMPLE), "What is in the image?"]}],
-                             max_new_tokens=4)
+    expected = chat.generate(
+        [{"role": "user", "content": [Image.open(EXAMPLE), "What is in the image?"]}], max_new_tokens=4
+    )
     assert response.json()["choices"][0]["message"]["content"] == expected.text
 
 
 def test_local_images_refused_without_a_folder(locked_server):
-    response = post(locked_server, ask([image_part(str(EXAMPLE)), {"type": "text", "text": "hi"}]),
-                    authorization="Bearer s3cret")
+    response = post(
+        locked_server, ask([image_part(str(EXAMPLE)), {"type": "text", "text": "hi"}]), authorization="Bearer s3cret"
+    )
     refused(response, 400, "local image paths are refused", "--allow-local-images")
 
 

@@ -15,9 +15,10 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-import minicpmv  # noqa: E402
 from conftest import TINY  # noqa: E402
 from live_server import running  # noqa: E402
+
+import minicpmv  # noqa: E402
 from minicpmv.serving import ServerSettings  # noqa: E402
 
 CLIENTS = 32
@@ -59,13 +60,21 @@ def test_concurrent_clients_are_answered_or_refused_cleanly(chat):
         try:
             if body["stream"]:
                 with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
-                    outcomes[i] = (response.status_code, streamed_text(response) if response.status_code == 200
-                                   else json.loads(response.read())["error"]["message"])
+                    outcomes[i] = (
+                        response.status_code,
+                        streamed_text(response)
+                        if response.status_code == 200
+                        else json.loads(response.read())["error"]["message"],
+                    )
             else:
                 response = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
                 payload = response.json()
-                outcomes[i] = (response.status_code, payload["choices"][0]["message"]["content"]
-                               if response.status_code == 200 else payload["error"]["message"])
+                outcomes[i] = (
+                    response.status_code,
+                    payload["choices"][0]["message"]["content"]
+                    if response.status_code == 200
+                    else payload["error"]["message"],
+                )
         except Exception as exc:  # noqa: BLE001 - recorded and asserted below
             outcomes[i] = (None, repr(exc))
 
@@ -96,8 +105,10 @@ def open_stream(url: str, body: dict) -> socket.socket:
     address = urlparse(url)
     sock = socket.create_connection((address.hostname, address.port), timeout=30)
     payload = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
     received = b""
     while b"data: " not in received:
         piece = sock.recv(65536)
@@ -165,8 +176,10 @@ def test_client_gone_before_its_answer_cancels_it(chat):
         address = urlparse(url)
         payload = json.dumps(ask("Tell me everything.", max_tokens=20_000, min_tokens=20_000)).encode()
         with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+            )
             deadline = time.monotonic() + 10
             while health(url)["admitted"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)

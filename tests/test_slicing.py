@@ -4,6 +4,7 @@ invariants over random sizes."""
 import hashlib
 
 import pytest
+from conftest import slicing_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,11 +13,22 @@ from minicpmv.processing.placeholders import image_placeholder
 from minicpmv.processing.report import image_report
 from minicpmv.processing.slicing import candidate_grids, choose_grid, ensure_divide, find_best_resize
 
-from conftest import slicing_records
-
 RECORDS = slicing_records()
-COMPARED_KEYS = ["best_grid", "source_size", "refine_size", "slice_sizes", "num_crops", "tgt_sizes",
-                 "placeholder_compact", "unk_count", "max_slice_nums", "width", "height", "image_idx", "use_image_id"]
+COMPARED_KEYS = [
+    "best_grid",
+    "source_size",
+    "refine_size",
+    "slice_sizes",
+    "num_crops",
+    "tgt_sizes",
+    "placeholder_compact",
+    "unk_count",
+    "max_slice_nums",
+    "width",
+    "height",
+    "image_idx",
+    "use_image_id",
+]
 
 
 def test_reference_has_78_cases_and_all_versions():

@@ -10,15 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY
 from minicpmv.cli import main
 from minicpmv.processing.processor import MiniCPMVProcessor
-from minicpmv.synth.build import build_reading, build_world, colour_drill, split_rng, survey_scene
 from minicpmv.processing.slicing import plan_slices
-from minicpmv.synth.documents import (CELL, CELL_CHARACTERS, document_questions, form, page_slice_example, page_slices,
-                                      receipt, sign, slice_question_example, slice_questions, slice_text, table)
+from minicpmv.synth.build import build_reading, build_world, colour_drill, split_rng, survey_scene
+from minicpmv.synth.documents import (
+    CELL,
+    CELL_CHARACTERS,
+    document_questions,
+    form,
+    page_slice_example,
+    page_slices,
+    receipt,
+    sign,
+    slice_question_example,
+    slice_questions,
+    slice_text,
+    table,
+)
 from minicpmv.synth.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene, survey_questions
 from minicpmv.training.data import ChatDataset, SampleBuilder
 
@@ -105,8 +117,9 @@ def test_a_survey_asks_every_question_once_and_each_answer_is_true(seed):
     once = [t.shape for t in scene.things if sum(u.shape == t.shape for u in scene.things) == 1]
     assert {q for q in asked if q.startswith("What colour")} == {f"What colour is the {s}?" for s in once}
     # whatever `questions` asks of a scene, the survey asks too (but for its one random absent colour)
-    drawn = [q for _, q, a in questions(scene, random.Random(seed))
-             if not (q.endswith("things are there?") and a == "zero")]
+    drawn = [
+        q for _, q, a in questions(scene, random.Random(seed)) if not (q.endswith("things are there?") and a == "zero")
+    ]
     assert set(drawn) <= set(asked)
 
 
@@ -186,7 +199,9 @@ def test_a_page_slice_example_names_each_cell_and_reads_its_rows():
     image, labels, text = page_slice_example(random.Random(4))
     assert image.size == (448, 448) and len(labels["cells"]) == 256
     assert set(labels["cells"]) <= set(CELL_CHARACTERS) and set(labels["cells"]) != {"none"}
-    rows = ["".join(" " if c == "none" else c for c in labels["cells"][r * 16:(r + 1) * 16]).strip() for r in range(16)]
+    rows = [
+        "".join(" " if c == "none" else c for c in labels["cells"][r * 16 : (r + 1) * 16]).strip() for r in range(16)
+    ]
     assert text == "\n".join(row for row in rows if row)
     document = receipt(random.Random(0))
     shown = "".join(slice_text(document, box) for box in page_slices(document)).replace("\n", "").replace(" ", "")
@@ -204,7 +219,8 @@ def test_slice_questions_ask_about_a_whole_line_of_their_slice():
                 assert line in document.lines  # whole: as the page has it
                 word = question.split(" ")[-1 if task == "price" else 3].rstrip("?")
                 assert line.lower().startswith(word.lower()) and (task, question, answer) in [
-                    *document_questions_all(document)]
+                    *document_questions_all(document)
+                ]
                 asked += 1
     assert asked > 10
     image, question, answer = slice_question_example(random.Random(1))
@@ -262,8 +278,8 @@ def test_cli_writes_the_splits(tmp_path, capsys):
 
 def test_demo_starting_checkpoint(world, tmp_path):
     import minicpmv
-    from minicpmv.synth.demo import init_checkpoint
     from minicpmv.processing.tokenizer import V26_SPECIAL_TOKENS
+    from minicpmv.synth.demo import init_checkpoint
 
     root, paths = world
     folder = init_checkpoint(tmp_path / "initial", [paths["train"]], seed=0, vocab_size=600)
@@ -275,8 +291,9 @@ def test_demo_starting_checkpoint(world, tmp_path):
     digits = chat.tokenizer.encode("TOTAL  45.67")
     assert [chat.tokenizer.decode([t]).strip() for t in digits][-5:] == list("45.67")  # one token per digit, as Qwen2
     record = json.loads(paths["test"].read_text())[0]
-    answer = chat.generate([{"role": "user", "content": [root / record["image"], "Describe the image."]}],
-                           max_new_tokens=3)
+    answer = chat.generate(
+        [{"role": "user", "content": [root / record["image"], "Describe the image."]}], max_new_tokens=3
+    )
     assert answer.image_tokens >= 64
 
 
@@ -331,6 +348,7 @@ def test_exact_match_scoring(world):
 
 def test_wilson_interval_brackets_the_score_and_narrows_with_more_questions():
     from minicpmv.synth.evaluate import wilson_interval
+
     low, high = wilson_interval(24, 40)
     assert low < 0.6 < high and abs(low - 0.446) < 0.002 and abs(high - 0.737) < 0.002
     wide, narrow = wilson_interval(24, 40), wilson_interval(240, 400)
@@ -343,7 +361,9 @@ def test_wilson_interval_brackets_the_score_and_narrows_with_more_questions():
 def test_character_places_count_reference_characters_at_their_place():
     from minicpmv.synth.evaluate import character_places
 
-    rows = [{"task": "total", "reference": "41.12", "answer": "14.12."},  # 3 of 5 at their place
-            {"task": "sign", "reference": "EXIT", "answer": "exi"}]  # case ignored, a missing one wrong
+    rows = [
+        {"task": "total", "reference": "41.12", "answer": "14.12."},  # 3 of 5 at their place
+        {"task": "sign", "reference": "EXIT", "answer": "exi"},
+    ]  # case ignored, a missing one wrong
     places = character_places(rows)
     assert places["total"] == 3 / 5 and places["sign"] == 3 / 4 and places["all"] == 6 / 9

@@ -28,8 +28,12 @@ from minicpmv.training.run import processor_for, run_training  # noqa: E402
 from minicpmv.training.trainer import parameter_groups, token_loss_sum  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "minicpmv" / "assets" / "example.png"
-TWO_TURNS = [{"role": "user", "content": [EXAMPLE, "What is it?"]}, {"role": "assistant", "content": "A shape."},
-             {"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}]
+TWO_TURNS = [
+    {"role": "user", "content": [EXAMPLE, "What is it?"]},
+    {"role": "assistant", "content": "A shape."},
+    {"role": "user", "content": "More?"},
+    {"role": "assistant", "content": "No."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +46,17 @@ def supervised(builder, sample):
     return [(i, t) for i, t in enumerate(sample.targets) if t != IGNORE]
 
 
-@pytest.mark.parametrize("version, expected", [
-    # each answer plus its end marker; the marker's own position learns the marker again where a
-    # turn follows (the official llama3 quirk, training.md §5.4)
-    ("2.6", "A shape.<|im_end|><|im_end|>No.<|im_end|>"),
-    ("2.5", "A shape.<|eot_id|><|eot_id|>No.<|eot_id|>"),
-    # 2.0: no marker in the text; every answer learns to end with EOS, the last one has it appended
-    ("2.0", "A shape.</s>No.</s>"),
-])
+@pytest.mark.parametrize(
+    "version, expected",
+    [
+        # each answer plus its end marker; the marker's own position learns the marker again where a
+        # turn follows (the official llama3 quirk, training.md §5.4)
+        ("2.6", "A shape.<|im_end|><|im_end|>No.<|im_end|>"),
+        ("2.5", "A shape.<|eot_id|><|eot_id|>No.<|eot_id|>"),
+        # 2.0: no marker in the text; every answer learns to end with EOS, the last one has it appended
+        ("2.0", "A shape.</s>No.</s>"),
+    ],
+)
 def test_label_masks_per_chat_format(version, expected):
     processor = MiniCPMVProcessor.from_pretrained(TINY[version] / "checkpoint")
     builder = SampleBuilder(processor)
@@ -76,13 +83,13 @@ def test_label_positions_by_hand_for_2_6():
     tokenizer = processor.tokenizer
     ids = sample.input_ids
     opener = tokenizer.encode("<|im_start|>assistant\n")
-    start = max(i for i in range(len(ids)) if ids[i - len(opener):i] == opener)  # first answer token
+    start = max(i for i in range(len(ids)) if ids[i - len(opener) : i] == opener)  # first answer token
     end = ids.index(tokenizer.token_to_id("<|im_end|>"), start)
     expected = [IGNORE] * len(ids)
     for i in range(start, end + 1):
         expected[i - 1] = ids[i]
     assert sample.targets == expected
-    assert tokenizer.decode(ids[start:end + 1]) == "Yo<|im_end|>"
+    assert tokenizer.decode(ids[start : end + 1]) == "Yo<|im_end|>"
 
 
 def test_bad_samples_are_skipped_and_counted(data):
@@ -95,18 +102,34 @@ def test_bad_samples_are_skipped_and_counted(data):
     assert {0, 1, 2} <= set(kinds)  # text-only, single and multi-image records
 
 
-@pytest.mark.parametrize("name, parts", [
-    ("stage1", {"resampler"}), ("stage2", {"vpm"}), ("stage3", {"vpm", "resampler"}),
-    ("sft", {"vpm", "resampler", "llm"}),
-])
+@pytest.mark.parametrize(
+    "name, parts",
+    [
+        ("stage1", {"resampler"}),
+        ("stage2", {"vpm"}),
+        ("stage3", {"vpm", "resampler"}),
+        ("sft", {"vpm", "resampler", "llm"}),
+    ],
+)
 def test_recipes_train_their_parts_and_the_loss_falls(name, parts, data, tmp_path):
-    chosen = recipe(name, {"learning_rate": 2e-3, "max_steps": 8, "batch_size": 4, "max_length": 1024,
-                           "precision": "float32", "warmup_ratio": 0.0})
+    chosen = recipe(
+        name,
+        {
+            "learning_rate": 2e-3,
+            "max_steps": 8,
+            "batch_size": 4,
+            "max_length": 1024,
+            "precision": "float32",
+            "warmup_ratio": 0.0,
+        },
+    )
     before = load_model(TINY["2.6"] / "checkpoint").state_dict()
     result = run_training(chosen, TINY["2.6"] / "checkpoint", data, tmp_path, progress=False)
     model = load_model(TINY["2.6"] / "checkpoint")
-    expected = {part: sum(p.numel() for p in getattr(model, part).parameters()) if part in parts else 0
-                for part in ("vpm", "resampler", "llm")}
+    expected = {
+        part: sum(p.numel() for p in getattr(model, part).parameters()) if part in parts else 0
+        for part in ("vpm", "resampler", "llm")
+    }
     assert result["trainable"] == expected
     after = load_model(result["checkpoint"]).state_dict()
     changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
@@ -120,8 +143,18 @@ def test_a_part_at_a_learning_rate_of_its_own(data, tmp_path):
     per-part rates the optimizer has one group, as before the setting existed."""
     model = load_model(TINY["2.6"] / "checkpoint")
     assert len(parameter_groups(model, recipe("sft"))) == 1
-    chosen = recipe("sft", {"learning_rate": 2e-3, "vpm_learning_rate": "0", "resampler_learning_rate": "1e-3",
-                            "max_steps": 3, "batch_size": 2, "max_length": 1024, "precision": "float32"})
+    chosen = recipe(
+        "sft",
+        {
+            "learning_rate": 2e-3,
+            "vpm_learning_rate": "0",
+            "resampler_learning_rate": "1e-3",
+            "max_steps": 3,
+            "batch_size": 2,
+            "max_length": 1024,
+            "precision": "float32",
+        },
+    )
     assert [group["lr"] for group in parameter_groups(model, chosen)] == [0.0, 1e-3, 2e-3]
     before = model.state_dict()
     result = run_training(chosen, TINY["2.6"] / "checkpoint", data, tmp_path, progress=False)
@@ -160,31 +193,67 @@ def test_length_grouped_order_is_a_grouped_permutation():
     assert order == length_grouped_order(lengths, 4, seed=1)
     assert order != length_grouped_order(lengths, 4, seed=2)
     for start in range(0, len(order), 4):  # megabatches: one modality each, longest first
-        chunk = [lengths[i] for i in order[start:start + 4]]
+        chunk = [lengths[i] for i in order[start : start + 4]]
         assert len({n >= 0 for n in chunk}) == 1
         assert [abs(n) for n in chunk] == sorted((abs(n) for n in chunk), reverse=True)
 
 
 def test_checkpoint_loads_like_an_official_folder(data, tmp_path):
-    assert main(["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
-                 "-o", str(tmp_path), "--max-steps", "2", "--max-length", "1024", "--set", "precision=float32"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "sft",
+                "-m",
+                str(TINY["2.6"] / "checkpoint"),
+                "--data",
+                str(data),
+                "-o",
+                str(tmp_path),
+                "--max-steps",
+                "2",
+                "--max-length",
+                "1024",
+                "--set",
+                "precision=float32",
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / (tmp_path / "latest").read_text().strip()
     chat = minicpmv.load(folder)
     assert chat.generate([{"role": "user", "content": "hi"}], max_new_tokens=3).token_ids
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
-    again = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
-             "-o", str(tmp_path), "--max-steps", "1", "--max-length", "1024"]
+    again = [
+        "train",
+        "--recipe",
+        "sft",
+        "-m",
+        str(TINY["2.6"] / "checkpoint"),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path),
+        "--max-steps",
+        "1",
+        "--max-length",
+        "1024",
+    ]
     assert main(again) == 2  # a finished run is not overwritten by accident
     assert main(again + ["--overwrite"]) == 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--set", "bogus=1"], "unknown recipe setting"),
-    (["--set", "max_steps=many"], "max_steps"),
-    (["--data", "/no/such.json"], "/no/such.json"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--set", "bogus=1"], "unknown recipe setting"),
+        (["--set", "max_steps=many"], "max_steps"),
+        (["--data", "/no/such.json"], "/no/such.json"),
+    ],
+)
 def test_cli_errors_exit_2(args, words, data, tmp_path, capsys):
     base = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data), "-o", str(tmp_path)]
     assert main(base + args) == 2
@@ -193,14 +262,36 @@ def test_cli_errors_exit_2(args, words, data, tmp_path, capsys):
 
 
 def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
-    args = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
-            "--max-steps", "6", "--save-every", "2", "--batch-size", "2", "--lr", "1e-3", "--max-length", "1024",
-            "--set", "precision=float32", "--set", "warmup_ratio=0.3"]
+    args = [
+        "train",
+        "--recipe",
+        "sft",
+        "-m",
+        str(TINY["2.6"] / "checkpoint"),
+        "--data",
+        str(data),
+        "--max-steps",
+        "6",
+        "--save-every",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "1024",
+        "--set",
+        "precision=float32",
+        "--set",
+        "warmup_ratio=0.3",
+    ]
     python = [sys.executable, "-m", "minicpmv"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(python + args + ["-o", str(straight)], check=True, capture_output=True)
-    crash = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "weights", "4",
-                            *args, "-o", str(killed)], capture_output=True)
+    crash = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "kill_during_save.py"), "weights", "4", *args, "-o", str(killed)],
+        capture_output=True,
+    )
     assert crash.returncode == -9
     assert (killed / "latest").read_text().strip() == "checkpoint-000002"  # never the half-written one
     subprocess.run(python + args + ["-o", str(killed), "--resume"], check=True, capture_output=True)
@@ -216,19 +307,42 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
 def test_lora_trains_adapters_and_merge_keeps_the_logits(data, tmp_path):
     from minicpmv.training.lora import add_lora, load_adapter
 
-    settings = {"learning_rate": 1e-2, "max_steps": 4, "batch_size": 2, "max_length": 1024, "precision": "float32",
-                "lora_rank": 4, "lora_alpha": 8, "warmup_ratio": 0.0}
+    settings = {
+        "learning_rate": 1e-2,
+        "max_steps": 4,
+        "batch_size": 2,
+        "max_length": 1024,
+        "precision": "float32",
+        "lora_rank": 4,
+        "lora_alpha": 8,
+        "warmup_ratio": 0.0,
+    }
     chosen = recipe("lora", settings)
     result = run_training(chosen, TINY["2.6"] / "checkpoint", data, tmp_path / "run", progress=False)
     base = load_model(TINY["2.6"] / "checkpoint")
     layers, hidden, kv = base.config.llm.num_layers, base.config.llm.hidden_size, base.config.llm.num_kv_heads
     kv_width = kv * base.config.llm.head_dim
     per_layer = 4 * ((hidden + hidden) * 2 + (hidden + kv_width) * 2)  # r * (in + out) for q, o, k, v
-    assert result["trainable"] == {"vpm": 0, "resampler": sum(p.numel() for p in base.resampler.parameters()),
-                                   "llm": layers * per_layer}
+    assert result["trainable"] == {
+        "vpm": 0,
+        "resampler": sum(p.numel() for p in base.resampler.parameters()),
+        "llm": layers * per_layer,
+    }
     checkpoint = Path(result["checkpoint"])
-    assert main(["merge-lora", "-m", str(TINY["2.6"] / "checkpoint"), "--adapter", str(checkpoint),
-                 "-o", str(tmp_path / "merged")]) == 0
+    assert (
+        main(
+            [
+                "merge-lora",
+                "-m",
+                str(TINY["2.6"] / "checkpoint"),
+                "--adapter",
+                str(checkpoint),
+                "-o",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 0
+    )
     adapted = load_model(TINY["2.6"] / "checkpoint")
     add_lora(adapted, chosen)
     load_adapter(adapted, checkpoint)
@@ -258,10 +372,20 @@ def test_gradient_checkpointing_and_bf16_autocast(data, tmp_path):
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
     settings = {"max_steps": 2, "batch_size": 2, "max_length": 1024, "learning_rate": 1e-3}
-    fp32 = run_training(recipe("sft", {**settings, "precision": "float32"}), TINY["2.6"] / "checkpoint", data,
-                        tmp_path / "fp32", progress=False)
-    bf16 = run_training(recipe("sft", {**settings, "precision": "bfloat16", "gradient_checkpointing": True}),
-                        TINY["2.6"] / "checkpoint", data, tmp_path / "bf16", progress=False)
+    fp32 = run_training(
+        recipe("sft", {**settings, "precision": "float32"}),
+        TINY["2.6"] / "checkpoint",
+        data,
+        tmp_path / "fp32",
+        progress=False,
+    )
+    bf16 = run_training(
+        recipe("sft", {**settings, "precision": "bfloat16", "gradient_checkpointing": True}),
+        TINY["2.6"] / "checkpoint",
+        data,
+        tmp_path / "bf16",
+        progress=False,
+    )
     assert bf16["history"][0]["loss"] == pytest.approx(fp32["history"][0]["loss"], rel=0.05)
 
 
@@ -269,8 +393,12 @@ def test_recipe_from_yaml_and_set(tmp_path):
     config = tmp_path / "recipe.yaml"
     config.write_text("learning_rate: 0.0003\nmax_steps: 7\nlora_targets: [q_proj, v_proj]\npacking: true\n")
     chosen = recipe("lora", {"max_steps": 9}, config)
-    assert (chosen.learning_rate, chosen.max_steps, chosen.lora_targets, chosen.packing) == \
-        (3e-4, 9, ("q_proj", "v_proj"), True)
+    assert (chosen.learning_rate, chosen.max_steps, chosen.lora_targets, chosen.packing) == (
+        3e-4,
+        9,
+        ("q_proj", "v_proj"),
+        True,
+    )
     assert chosen.train == ("resampler",) and chosen.lora
     with pytest.raises(minicpmv.ConfigError, match="LoRA trains adapters on a frozen LLM"):
         recipe("lora", {"train": ["llm"]})

@@ -24,15 +24,46 @@ STEPS = 6
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     data = make_dataset(root / "data", broken=True)
-    common = ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
-              "--max-steps", str(STEPS), "--lr", "1e-3", "--max-length", "1024", "--set", "precision=float32"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "minicpmv"]
-    subprocess.run([sys.executable, "-m", "minicpmv", *common, "--batch-size", "4", "-o", str(root / "one")],
-                   check=True, capture_output=True, timeout=300)
+    common = [
+        "train",
+        "--recipe",
+        "sft",
+        "-m",
+        str(TINY["2.6"] / "checkpoint"),
+        "--data",
+        str(data),
+        "--max-steps",
+        str(STEPS),
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "1024",
+        "--set",
+        "precision=float32",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "minicpmv",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "minicpmv", *common, "--batch-size", "4", "-o", str(root / "one")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     for name, extra in (("ddp", []), ("fsdp", ["--set", "distributed=fsdp", "--save-every", "3"])):
-        subprocess.run(torchrun + common + ["--batch-size", "2", "-o", str(root / name), *extra],
-                       check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            torchrun + common + ["--batch-size", "2", "-o", str(root / name), *extra],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     return root, common, torchrun
 
 
@@ -58,29 +89,55 @@ def test_two_processes_match_one(runs, name):
     assert_close_weights(weights(root / "one"), weights(root / name))
 
 
+@pytest.mark.slow  # faster: test_two_processes_match_one[fsdp], test_training.py::test_killed_run_resumes_to_the_same_weights
 def test_fsdp_run_resumes_from_its_checkpoint(runs):
     root, common, torchrun = runs
     resumed = root / "fsdp-resumed"
     resumed.mkdir()
     shutil.copytree(root / "fsdp" / "checkpoint-000003", resumed / "checkpoint-000003")
     (resumed / "latest").write_text("checkpoint-000003\n")
-    subprocess.run(torchrun + common + ["--batch-size", "2", "-o", str(resumed), "--set", "distributed=fsdp",
-                                        "--resume"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        torchrun + common + ["--batch-size", "2", "-o", str(resumed), "--set", "distributed=fsdp", "--resume"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert_close_weights(weights(root / "fsdp"), weights(resumed))
     assert losses(resumed)[-3:] == pytest.approx(losses(root / "fsdp")[-3:], rel=1e-5)
 
 
+@pytest.mark.slow  # faster: test_two_processes_match_one[fsdp], test_training.py::test_lora_trains_adapters_and_merge_keeps_the_logits
 def test_lora_under_fsdp_matches_one_process_and_merges(runs):
     root, common, torchrun = runs
     lora = [arg if arg != "sft" else "lora" for arg in common]
     lora[lora.index(str(STEPS))] = "3"
     lora += ["--set", "lora_rank=4", "--set", "lora_dropout=0"]  # dropout draws differ per process
-    subprocess.run([sys.executable, "-m", "minicpmv", *lora, "--batch-size", "4", "-o", str(root / "lora-one")],
-                   check=True, capture_output=True, timeout=300)
-    subprocess.run(torchrun + lora + ["--batch-size", "2", "--set", "distributed=fsdp", "-o", str(root / "lora-fsdp")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "minicpmv", *lora, "--batch-size", "4", "-o", str(root / "lora-one")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(
+        torchrun + lora + ["--batch-size", "2", "--set", "distributed=fsdp", "-o", str(root / "lora-fsdp")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert losses(root / "lora-fsdp") == pytest.approx(losses(root / "lora-one"), rel=1e-4)
     from minicpmv.cli import main
 
-    assert main(["merge-lora", "-m", str(TINY["2.6"] / "checkpoint"), "--adapter",
-                 str(root / "lora-fsdp" / "checkpoint-000003"), "-o", str(root / "lora-merged")]) == 0
+    assert (
+        main(
+            [
+                "merge-lora",
+                "-m",
+                str(TINY["2.6"] / "checkpoint"),
+                "--adapter",
+                str(root / "lora-fsdp" / "checkpoint-000003"),
+                "-o",
+                str(root / "lora-merged"),
+            ]
+        )
+        == 0
+    )

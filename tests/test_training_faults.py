@@ -30,9 +30,29 @@ FINAL = "checkpoint-000006/model.safetensors"
 @pytest.fixture(scope="module")
 def args(tmp_path_factory):
     data = make_dataset(tmp_path_factory.mktemp("data"))
-    return ["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
-            "--max-steps", "6", "--save-every", "2", "--batch-size", "2", "--lr", "1e-3", "--max-length", "1024",
-            "--set", "precision=float32", "--set", "warmup_ratio=0.3"]
+    return [
+        "train",
+        "--recipe",
+        "sft",
+        "-m",
+        str(TINY["2.6"] / "checkpoint"),
+        "--data",
+        str(data),
+        "--max-steps",
+        "6",
+        "--save-every",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "1024",
+        "--set",
+        "precision=float32",
+        "--set",
+        "warmup_ratio=0.3",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +79,7 @@ def assert_same_run(output: Path, straight: Path) -> None:
     assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # no staging leftovers
 
 
+@pytest.mark.slow  # faster: test_training.py::test_killed_run_resumes_to_the_same_weights, test_files.py's recover tests
 @pytest.mark.parametrize("phase", ["weights", "staged", "swapped", "latest"])
 def test_kill_during_a_first_save(phase, args, straight, tmp_path):
     output = tmp_path / "run"
@@ -70,6 +91,7 @@ def test_kill_during_a_first_save(phase, args, straight, tmp_path):
     assert_same_run(output, straight)
 
 
+@pytest.mark.slow  # faster: test_training.py::test_killed_run_resumes_to_the_same_weights, test_files.py's recover tests
 @pytest.mark.parametrize("phase", ["staged", "aside", "swapped", "latest"])
 def test_kill_while_saving_the_same_step_again(phase, args, straight, tmp_path):
     """`--resume` on a finished run saves its last step again: the defect was deleting the
@@ -93,16 +115,39 @@ def test_a_restart_without_a_checkpoint_logs_once_and_cut_lines_do_not_stop_resu
 
 
 HOSTILE_RECORDS = [  # (id, record, the reason it is counted under)
-    ("tag-to-number", {"image": {"<image_00>": 5}, "conversations": [
-        {"role": "user", "content": "<image_00> what?"}, {"role": "assistant", "content": "x"}]}, "malformed"),
-    ("image-without-user", {"image": "shape0.png", "conversations": [
-        {"role": "assistant", "content": "x"}]}, "malformed"),
-    ("marker-in-answer", {"conversations": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "(<image>./</image>) here"}]},
-     "image_marker_text"),
-    ("unk-run-in-question", {"conversations": [
-        {"role": "user", "content": "<image>" + "<unk>" * 64 + "</image>"}, {"role": "assistant", "content": "x"}]},
-     "image_marker_text"),
+    (
+        "tag-to-number",
+        {
+            "image": {"<image_00>": 5},
+            "conversations": [{"role": "user", "content": "<image_00> what?"}, {"role": "assistant", "content": "x"}],
+        },
+        "malformed",
+    ),
+    (
+        "image-without-user",
+        {"image": "shape0.png", "conversations": [{"role": "assistant", "content": "x"}]},
+        "malformed",
+    ),
+    (
+        "marker-in-answer",
+        {
+            "conversations": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "(<image>./</image>) here"},
+            ]
+        },
+        "image_marker_text",
+    ),
+    (
+        "unk-run-in-question",
+        {
+            "conversations": [
+                {"role": "user", "content": "<image>" + "<unk>" * 64 + "</image>"},
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+        "image_marker_text",
+    ),
 ]
 
 
@@ -115,8 +160,7 @@ def test_hostile_records_are_skipped_and_counted(tmp_path):
     records = json.loads(path.read_text())
     path.write_text(json.dumps(records + [{"id": name, **record} for name, record, _ in HOSTILE_RECORDS]))
     settings = {"max_steps": 2, "batch_size": 4, "max_length": 1024, "precision": "float32"}
-    result = run_training(recipe("sft", settings), TINY["2.6"] / "checkpoint", path, tmp_path / "run",
-                          progress=False)
+    result = run_training(recipe("sft", settings), TINY["2.6"] / "checkpoint", path, tmp_path / "run", progress=False)
     expected: dict = {}
     for _, _, reason in HOSTILE_RECORDS:
         expected[reason] = expected.get(reason, 0) + 1
@@ -130,7 +174,20 @@ def test_data_with_no_samples_is_a_one_line_error(content, words, tmp_path, caps
 
     data = tmp_path / "empty.json"
     data.write_text(content)
-    code = main(["train", "--recipe", "sft", "-m", str(TINY["2.6"] / "checkpoint"), "--data", str(data),
-                 "-o", str(tmp_path / "run"), "--max-steps", "1"])
+    code = main(
+        [
+            "train",
+            "--recipe",
+            "sft",
+            "-m",
+            str(TINY["2.6"] / "checkpoint"),
+            "--data",
+            str(data),
+            "-o",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "1",
+        ]
+    )
     assert code == 2
     assert words in capsys.readouterr().err

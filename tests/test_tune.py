@@ -4,12 +4,11 @@ loads apply it without changing answers."""
 import json
 
 import torch
+from conftest import REFERENCE, TINY
 
 from minicpmv import load
 from minicpmv.cli import main
 from minicpmv.tuning import cache_path, load_tuning, machine_key, model_key
-
-from conftest import REFERENCE, TINY
 
 
 def test_tune_stores_best_settings_that_later_loads_apply(capsys, tmp_path, monkeypatch):

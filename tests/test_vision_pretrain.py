@@ -22,10 +22,25 @@ from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.synth.build import split_rng
 from minicpmv.synth.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
-from minicpmv.synth.scenes import (COLOURS, COLUMNS, LABELS, OBJECT_LABELS, REGION_LABELS, ROWS, object_grid_example,
-                                   one_object_example, region_scene_example)
+from minicpmv.synth.scenes import (
+    COLOURS,
+    COLUMNS,
+    LABELS,
+    OBJECT_LABELS,
+    REGION_LABELS,
+    ROWS,
+    object_grid_example,
+    one_object_example,
+    region_scene_example,
+)
 from minicpmv.training.data import to_messages
-from minicpmv.training.vision_pretrain import KEPT, TokenGridHead, VisionPretraining, pretrain_vision, run_vision_pretraining
+from minicpmv.training.vision_pretrain import (
+    KEPT,
+    TokenGridHead,
+    VisionPretraining,
+    pretrain_vision,
+    run_vision_pretraining,
+)
 
 CHECKPOINT = TINY["2.6"] / "checkpoint"
 CLASSES = {"colour": ("red", "blue"), "side": ("left", "right")}
@@ -48,7 +63,9 @@ def two_halves(split: str, index: int):
     image = Image.new("RGB", (112, 112), (240, 240, 240))
     for left, what in zip((4, 60), held):
         if what != "none":
-            ImageDraw.Draw(image).ellipse((left, 30, left + 48, 78), fill=(220, 30, 30) if what == "red" else (30, 60, 220))
+            ImageDraw.Draw(image).ellipse(
+                (left, 30, left + 48, 78), fill=(220, 30, 30) if what == "red" else (30, 60, 220)
+            )
     return image, {"halves": held}
 
 
@@ -56,8 +73,14 @@ HALVES = ("none", "red", "blue")
 
 
 def settings(**changes) -> VisionPretraining:
-    values = {"labels": ("colour", "side"), "steps_per_label": 25, "batch_size": 8, "learning_rate": 2e-3,
-              "resolutions": (56, 112), "test_images": 20}
+    values = {
+        "labels": ("colour", "side"),
+        "steps_per_label": 25,
+        "batch_size": 8,
+        "learning_rate": 2e-3,
+        "resolutions": (56, 112),
+        "test_images": 20,
+    }
     return VisionPretraining(**{**values, **changes})
 
 
@@ -65,8 +88,9 @@ def test_the_vision_parts_learn_the_labels_and_the_llm_is_untouched():
     model = load_model(CHECKPOINT).float()
     before = {name: value.clone() for name, value in model.state_dict().items()}
     records = []
-    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                             settings(), records.append)
+    scores = pretrain_vision(
+        model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES, settings(), records.append
+    )
     assert [r["label"] for r in records] == ["colour"] * 25 + ["side"] * 25
     assert [s["after"] for s in scores] == ["colour", "side"]
     assert set(scores[0]) == {"step", "after", "colour@56", "colour@112"}  # only the heads trained so far
@@ -81,8 +105,14 @@ def test_a_probe_trains_only_the_heads():
     model = load_model(CHECKPOINT).float()
     before = {name: value.clone() for name, value in model.state_dict().items()}
     records = []
-    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                             settings(labels=("colour",), probe=True), records.append)
+    scores = pretrain_vision(
+        model,
+        MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+        examples,
+        CLASSES,
+        settings(labels=("colour",), probe=True),
+        records.append,
+    )
     losses = [r["loss"] for r in records]
     assert len(losses) == 25 and sum(losses[-5:]) < sum(losses[:5])  # the head learns
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
@@ -92,19 +122,36 @@ def test_a_probe_trains_only_the_heads():
 def test_a_kept_label_is_in_the_loss_from_the_first_step():
     model = load_model(CHECKPOINT).float()
     records = []
-    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                             settings(labels=("side",), kept=("colour",), steps_per_label=40), records.append)
+    scores = pretrain_vision(
+        model,
+        MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+        examples,
+        CLASSES,
+        settings(labels=("side",), kept=("colour",), steps_per_label=40),
+        records.append,
+    )
     assert [r["label"] for r in records] == ["side"] * 40 and [s["after"] for s in scores] == ["side"]
     assert min(scores[0][f"colour@{size}"] for size in (56, 112)) >= 0.9, scores  # learnt beside "side"
     with pytest.raises(ConfigError, match="unknown label"):
-        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                        settings(labels=("side",), kept=("shape",)))
+        pretrain_vision(
+            model,
+            MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+            examples,
+            CLASSES,
+            settings(labels=("side",), kept=("shape",)),
+        )
 
 
 def test_a_region_label_is_learnt_per_region():
     model = load_model(CHECKPOINT).float()
-    scores = pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), two_halves, {"halves": HALVES},
-                             settings(labels=("halves",), steps_per_label=40), lambda record: None)
+    scores = pretrain_vision(
+        model,
+        MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+        two_halves,
+        {"halves": HALVES},
+        settings(labels=("halves",), steps_per_label=40),
+        lambda record: None,
+    )
     # each class holds a third of the regions: naming 70% right takes telling the halves apart
     assert min(scores[-1][f"halves@{size}"] for size in (56, 112)) >= 0.7, scores
     assert {"halves@56-marked", "halves@112-marked"} <= set(scores[-1])  # the regions not "none", on their own
@@ -131,6 +178,7 @@ def test_a_lighter_none_class_makes_the_head_name_the_marked_cells():
     of them red, the rest blank: at full weight the blank class wins the start of training and
     the head names few red cells; with "none" weighted down it names them. A weight needs a
     "none" class."""
+
     def cells(split: str, index: int):
         rng = random.Random(f"cells/{split}/{index}")
         held = tuple(rng.choice(("none", "none", "none", "red")) for _ in range(64))
@@ -144,20 +192,34 @@ def test_a_lighter_none_class_makes_the_head_name_the_marked_cells():
     processor = MiniCPMVProcessor.from_pretrained(CHECKPOINT)
     marked = {}
     for weight in (1.0, 0.1):
-        scores = pretrain_vision(load_model(CHECKPOINT).float(), processor, cells, {"cells": ("none", "red")},
-                                 settings(labels=("cells",), steps_per_label=30, resolutions=(112,),
-                                          none_weight={"cells": weight}, per_token=("cells",)), lambda record: None)
+        scores = pretrain_vision(
+            load_model(CHECKPOINT).float(),
+            processor,
+            cells,
+            {"cells": ("none", "red")},
+            settings(
+                labels=("cells",),
+                steps_per_label=30,
+                resolutions=(112,),
+                none_weight={"cells": weight},
+                per_token=("cells",),
+            ),
+            lambda record: None,
+        )
         marked[weight] = scores[-1]["cells@112-marked"]
     assert marked[0.1] >= marked[1.0] + 0.3, marked
     with pytest.raises(ConfigError, match="none"):
-        pretrain_vision(load_model(CHECKPOINT).float(), processor, examples, CLASSES, settings(none_weight={"colour": 0.1}))
+        pretrain_vision(
+            load_model(CHECKPOINT).float(), processor, examples, CLASSES, settings(none_weight={"colour": 0.1})
+        )
 
 
 def test_unknown_labels_and_empty_settings_are_config_errors():
     model = load_model(CHECKPOINT).float()
     with pytest.raises(ConfigError, match="unknown label"):
-        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                        settings(labels=("shape",)))
+        pretrain_vision(
+            model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES, settings(labels=("shape",))
+        )
     with pytest.raises(ConfigError, match="at least one label"):
         settings(labels=())
     with pytest.raises(ConfigError, match="steps_per_label"):
@@ -196,7 +258,9 @@ def test_region_examples_name_what_each_region_holds():
         if value != "none":
             colour = COLOURS[value.split()[0]]
             row, column = divmod(number, len(COLUMNS))
-            cell = [(x, y) for x in range(column * 149, (column + 1) * 149, 3) for y in range(row * 149, (row + 1) * 149, 3)]
+            cell = [
+                (x, y) for x in range(column * 149, (column + 1) * 149, 3) for y in range(row * 149, (row + 1) * 149, 3)
+            ]
             assert any(pixels[point] == colour for point in cell), value
 
 
@@ -208,7 +272,9 @@ def test_object_grids_name_the_object_covering_each_block():
         pixels = image.convert("RGB").load()
         for number, value in enumerate(labels["objects"]):
             row, column = divmod(number, 8)
-            block = [pixels[x, y] for x in range(column * 56, column * 56 + 56, 2) for y in range(row * 56, row * 56 + 56, 2)]
+            block = [
+                pixels[x, y] for x in range(column * 56, column * 56 + 56, 2) for y in range(row * 56, row * 56 + 56, 2)
+            ]
             if value == "none":  # no object covers as much as 15% of it (two of one colour may, together)
                 assert max(block.count(colour) for colour in COLOURS.values()) < 0.2 * len(block), (index, number)
             else:  # the named colour covers at least about 15% of the block
@@ -257,8 +323,12 @@ def test_text_line_placements_move_by_whole_patches_or_by_less():
 
 def test_reading_probe_script_runs(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "probe_demo_reading.py"
-    done = subprocess.run([sys.executable, str(script), str(CHECKPOINT), "-o", str(tmp_path), "--steps", "2",
-                           "--test", "4"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(CHECKPOINT), "-o", str(tmp_path), "--steps", "2", "--test", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "characters@448" in done.stdout and "most common character" in done.stdout
     assert json.loads((tmp_path / "accuracy.json").read_text())[-1]["after"] == "characters"
@@ -266,8 +336,23 @@ def test_reading_probe_script_runs(tmp_path):
 
 def test_reading_probe_of_a_frozen_checkpoint_trains_only_its_head(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "probe_demo_reading.py"
-    done = subprocess.run([sys.executable, str(script), str(CHECKPOINT), "-o", str(tmp_path), "--frozen-cells",
-                           "--steps", "2", "--test", "4"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(CHECKPOINT),
+            "-o",
+            str(tmp_path),
+            "--frozen-cells",
+            "--steps",
+            "2",
+            "--test",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert {"cells@448", "cells@448-marked"} <= set(json.loads((tmp_path / "accuracy.json").read_text())[-1])
     probed = load_file(tmp_path / "checkpoint-000002" / "model.safetensors")
@@ -279,8 +364,22 @@ def test_reading_probe_of_a_frozen_checkpoint_trains_only_its_head(tmp_path):
 def test_reading_data_script_writes_official_records(tmp_path, placement):
     """Slices of pages by default, one line per slice with --placement."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_reading_data.py"
-    done = subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "3", "--test", "2",
-                           *(["--placement", placement] if placement else [])], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "-o",
+            str(tmp_path),
+            "--train",
+            "3",
+            "--test",
+            "2",
+            *(["--placement", placement] if placement else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     train, test = (json.loads((tmp_path / f"{split}.json").read_text()) for split in ("train", "test"))
     assert (len(train), len(test)) == (3, 2)
@@ -299,8 +398,12 @@ def test_reading_data_script_writes_official_records(tmp_path, placement):
 
 def test_find_data_asks_document_questions_about_slices(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_reading_data.py"
-    done = subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "4", "--test", "2", "--find"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), "-o", str(tmp_path), "--train", "4", "--test", "2", "--find"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     records = [r for split in ("train", "test") for r in json.loads((tmp_path / f"{split}.json").read_text())]
     assert len(records) == 6 and {r["task"] for r in records} == {"find"}
@@ -314,8 +417,14 @@ def test_free_queries_alone_train_and_the_first_tokens_stay():
     before = {name: value.clone() for name, value in model.state_dict().items()}
     queries = model.config.query_num
     records = []
-    pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                    settings(labels=("colour",), free_queries=queries // 4), records.append)
+    pretrain_vision(
+        model,
+        MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+        examples,
+        CLASSES,
+        settings(labels=("colour",), free_queries=queries // 4),
+        records.append,
+    )
     after = model.state_dict()
     changed = {name for name, value in after.items() if not torch.equal(before[name], value)}
     assert changed == {"resampler.query"}
@@ -324,8 +433,13 @@ def test_free_queries_alone_train_and_the_first_tokens_stay():
     assert not torch.equal(after["resampler.query"][fixed:], before["resampler.query"][fixed:])
     assert not model.resampler.query._backward_hooks  # the gradient mask is gone: later training moves every row
     with pytest.raises(ConfigError, match="fewer than"):
-        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                        settings(labels=("colour",), free_queries=queries))
+        pretrain_vision(
+            model,
+            MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+            examples,
+            CLASSES,
+            settings(labels=("colour",), free_queries=queries),
+        )
 
 
 def test_kept_tokens_drift_less_than_free_ones():
@@ -333,9 +447,14 @@ def test_kept_tokens_drift_less_than_free_ones():
     for weight in (0.0, 100.0):  # 0: measured, not in the loss
         model = load_model(CHECKPOINT).float()
         records = []
-        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                        settings(labels=("colour",), kept_tokens=model.config.query_num // 2,
-                                 kept_tokens_weight=weight), records.append)
+        pretrain_vision(
+            model,
+            MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+            examples,
+            CLASSES,
+            settings(labels=("colour",), kept_tokens=model.config.query_num // 2, kept_tokens_weight=weight),
+            records.append,
+        )
         assert all("kept_tokens_drift" in record for record in records)
         drift[weight] = sum(record["kept_tokens_drift"] for record in records[-5:]) / 5
     assert drift[100.0] < drift[0.0] / 3, drift
@@ -345,10 +464,21 @@ def test_kept_tokens_drift_less_than_free_ones():
         image, labels = examples(split, index)
         return image, {**labels, KEPT: labels["side"] == "left"}
 
-    pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), free_on_the_right, CLASSES,
-                    settings(labels=("colour",), kept_tokens=2, batch_size=1), records.append)
+    pretrain_vision(
+        model,
+        MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+        free_on_the_right,
+        CLASSES,
+        settings(labels=("colour",), kept_tokens=2, batch_size=1),
+        records.append,
+    )
     held = [record["kept_tokens_drift"] for record in records if "kept_tokens_drift" in record]
     assert 0 < len(held) < len(records)  # a right-hand disc alone in its batch holds nothing
     with pytest.raises(ConfigError, match="kept_tokens"):
-        pretrain_vision(model, MiniCPMVProcessor.from_pretrained(CHECKPOINT), examples, CLASSES,
-                        settings(labels=("colour",), kept_tokens=model.config.query_num + 1))
+        pretrain_vision(
+            model,
+            MiniCPMVProcessor.from_pretrained(CHECKPOINT),
+            examples,
+            CLASSES,
+            settings(labels=("colour",), kept_tokens=model.config.query_num + 1),
+        )

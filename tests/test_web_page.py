@@ -15,11 +15,11 @@ import pytest
 pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
+from conftest import TINY  # noqa: E402
+from live_server import EXAMPLE, running  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import minicpmv  # noqa: E402
-from conftest import TINY  # noqa: E402
-from live_server import EXAMPLE, running  # noqa: E402
 from minicpmv.serving import ServerSettings  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -81,8 +81,14 @@ def answer_texts(page) -> list[str]:
 def test_upload_ask_stream_and_follow_up(chat, browser):
     first = [Image.open(EXAMPLE), "What is in the image?"]
     expected = chat.generate([{"role": "user", "content": first}], max_new_tokens=40)
-    follow_up = chat.generate([{"role": "user", "content": first}, {"role": "assistant", "content": expected.text},
-                               {"role": "user", "content": "And the colours?"}], max_new_tokens=40)
+    follow_up = chat.generate(
+        [
+            {"role": "user", "content": first},
+            {"role": "assistant", "content": expected.text},
+            {"role": "user", "content": "And the colours?"},
+        ],
+        max_new_tokens=40,
+    )
     with running(PacedChat(chat), ServerSettings(model_name="tiny-2.6")) as url:
         page = browser.new_page(viewport={"width": 900, "height": 700})
         bodies = []

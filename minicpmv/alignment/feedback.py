@@ -20,19 +20,21 @@ SPLIT_PROMPT = (
     "You are an expert at extracting facts from a question and its answer about an image. Rewrite the facts the "
     "answer states as self-contained sentences, one fact each; leave out opinions and subjective statements.\n"
     "Write them in this format:\n### Facts:\n- first fact\n- second fact\n\n"
-    "Question: {question}\nAnswer: {answer}")
+    "Question: {question}\nAnswer: {answer}"
+)
 QUESTION_PROMPT = (
     "You are an expert at turning declarative sentences into general (yes/no) questions. Turn the sentences below "
     "into questions one by one, without changing their tense or adding anything. If a sentence contains not, no or "
     "another negative word, its question must keep that negation.\n"
     "Write them in this format:\n### Modified sentences:\n- first question\n- second question\n\n"
-    "Sentences:\n{facts}")
+    "Sentences:\n{facts}"
+)
 
 
 def first_words(text: str, count: int = PROMPT_WORDS) -> str:
     """The text up to the end of its `count`-th whitespace-separated word (line breaks kept)."""
     words = list(re.finditer(r"\S+", text))
-    return text if len(words) <= count else text[:words[count - 1].end()]
+    return text if len(words) <= count else text[: words[count - 1].end()]
 
 
 def split_prompt(question: str, answer: str) -> str:

@@ -22,8 +22,9 @@ def answer_token_ids(tokenizer) -> dict[str, int]:
 
 
 @torch.inference_mode()
-def yes_no_probabilities(chat, image, question: str,
-                         repetition_penalty: float = LABELER_REPETITION_PENALTY) -> dict[str, float]:
+def yes_no_probabilities(
+    chat, image, question: str, repetition_penalty: float = LABELER_REPETITION_PENALTY
+) -> dict[str, float]:
     """{"yes", "Yes", "no", "No": probability} of the first answer token to `question` about
     `image` (a path, PIL image or None) asked of `chat` (a ChatModel)."""
     content = [image, question] if image is not None else question

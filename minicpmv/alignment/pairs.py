@@ -50,8 +50,13 @@ def balance_lengths(pairs: list[dict]) -> tuple[float, list[dict]]:
     rejected average; returns (t, kept). The first t wins a tie."""
     best = None
     for threshold in THRESHOLDS:
-        kept = [p for p in pairs if p["chosen"] != p["rejected"] and _words(p["rejected"]) and
-                (_words(p["rejected"]) - _words(p["chosen"])) / _words(p["rejected"]) <= threshold]
+        kept = [
+            p
+            for p in pairs
+            if p["chosen"] != p["rejected"]
+            and _words(p["rejected"])
+            and (_words(p["rejected"]) - _words(p["chosen"])) / _words(p["rejected"]) <= threshold
+        ]
         if not kept:
             continue
         chosen = sum(_words(p["chosen"]) for p in kept) / len(kept)
@@ -76,9 +81,16 @@ def build_pairs(responses: list[dict], k: int = 2, gap: int = 1, seed: int = 0) 
         insane += len(pairs) - len(kept)
         drawn += [_record(c, r) for c, r in sample_pairs(kept, k, seed, key)]
     threshold, balanced = balance_lengths(drawn)
-    summary = {"instructions": len(groups), "responses": len(responses), "candidate_pairs": candidates,
-               "dropped_sanity": insane, "sampled": len(drawn), "length_threshold": threshold,
-               "kept": len(balanced), "dropped_length": len(drawn) - len(balanced)}
+    summary = {
+        "instructions": len(groups),
+        "responses": len(responses),
+        "candidate_pairs": candidates,
+        "dropped_sanity": insane,
+        "sampled": len(drawn),
+        "length_threshold": threshold,
+        "kept": len(balanced),
+        "dropped_length": len(drawn) - len(balanced),
+    }
     if balanced:
         summary["avg_words_chosen"] = sum(_words(p["chosen"]) for p in balanced) / len(balanced)
         summary["avg_words_rejected"] = sum(_words(p["rejected"]) for p in balanced) / len(balanced)
@@ -86,7 +98,14 @@ def build_pairs(responses: list[dict], k: int = 2, gap: int = 1, seed: int = 0) 
 
 
 def _record(chosen: dict, rejected: dict) -> dict:
-    return {"image_path": chosen["image_path"], "ds_question_id": chosen["ds_question_id"],
-            "question": chosen["question"], "chosen": chosen["answer"], "rejected": rejected["answer"],
-            "org_infos": {"chosen": {k: chosen.get(k) for k in ("claims", "questions", "labels", "score")},
-                          "rejected": {k: rejected.get(k) for k in ("claims", "questions", "labels", "score")}}}
+    return {
+        "image_path": chosen["image_path"],
+        "ds_question_id": chosen["ds_question_id"],
+        "question": chosen["question"],
+        "chosen": chosen["answer"],
+        "rejected": rejected["answer"],
+        "org_infos": {
+            "chosen": {k: chosen.get(k) for k in ("claims", "questions", "labels", "score")},
+            "rejected": {k: rejected.get(k) for k in ("claims", "questions", "labels", "score")},
+        },
+    }

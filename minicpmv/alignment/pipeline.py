@@ -17,8 +17,15 @@ from pathlib import Path
 from ..errors import PromptError
 from ..files import recover, write_text_atomic
 from ..jsonfile import open_for_append, read_jsonl
-from .feedback import demo_claims, parse_bullets, question_prompt, response_score, split_prompt, \
-    verification_question, claim_label
+from .feedback import (
+    claim_label,
+    demo_claims,
+    parse_bullets,
+    question_prompt,
+    response_score,
+    split_prompt,
+    verification_question,
+)
 from .labeler import LABELER_REPETITION_PENALTY, yes_no_probabilities
 from .pairs import build_pairs
 
@@ -49,9 +56,14 @@ def read_instructions(path: str | Path) -> list[dict]:
             raise PromptError(f"{path}: instruction {number} has no question")
         image = record.get("image_path")
         image = str((path.parent / image).resolve()) if image else None
-        instructions.append({"ds_question_id": str(record.get("ds_question_id", image or number)),
-                             "question": record["question"], "image_path": image,
-                             "metainfos": record.get("metainfos", {})})
+        instructions.append(
+            {
+                "ds_question_id": str(record.get("ds_question_id", image or number)),
+                "question": record["question"],
+                "image_path": image,
+                "metainfos": record.get("metainfos", {}),
+            }
+        )
     if not instructions:
         raise PromptError(f"{path}: no instructions")
     return instructions
@@ -65,9 +77,16 @@ def _todo(items: list[dict], done_path: Path, progress: bool, desc: str):
     return todo, tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="instr", disable=not progress)
 
 
-def sample_responses(chat, instructions: list[dict], output: Path, n: int = SAMPLES,
-                     temperature: float = SAMPLING_TEMPERATURE, max_new_tokens: int = ANSWER_TOKENS, seed: int = 0,
-                     progress: bool = True) -> Path:
+def sample_responses(
+    chat,
+    instructions: list[dict],
+    output: Path,
+    n: int = SAMPLES,
+    temperature: float = SAMPLING_TEMPERATURE,
+    max_new_tokens: int = ANSWER_TOKENS,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """N answers per instruction from the policy: one prompt, one set of settings, sampled as
     one batch from a seed of the instruction's own (so a resumed run draws the same)."""
     output.mkdir(parents=True, exist_ok=True)
@@ -79,9 +98,13 @@ def sample_responses(chat, instructions: list[dict], output: Path, n: int = SAMP
             # a str in a message's content is text: the image goes in as a Path
             content = [Path(item["image_path"]), item["question"]] if item["image_path"] else item["question"]
             conversation = [{"role": "user", "content": content}]
-            generations = chat.generate_batch([conversation] * n, preset="sampling", temperature=temperature,
-                                              max_new_tokens=max_new_tokens,
-                                              seed=zlib.crc32(f"{seed}/{key_of(item)}".encode()))
+            generations = chat.generate_batch(
+                [conversation] * n,
+                preset="sampling",
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                seed=zlib.crc32(f"{seed}/{key_of(item)}".encode()),
+            )
             _append(handle, {**item, "answers": [g.text for g in generations]})
             bar.update(1)
     return path
@@ -89,6 +112,7 @@ def sample_responses(chat, instructions: list[dict], output: Path, n: int = SAMP
 
 class DemoSplitter:
     """Rule-based claim splitter for the demo world's descriptions (a splitter, not a judge)."""
+
     name = "demo-rules"
 
     def __call__(self, question: str, answer: str) -> tuple[list[str], list[str]]:
@@ -99,6 +123,7 @@ class DemoSplitter:
 class ModelSplitter:
     """Claims and yes/no questions from an instruct model: `generate(prompt) -> text` (a local
     checkpoint or an endpoint), prompted and parsed by the RLAIF-V rules."""
+
     name = "model"
 
     def __init__(self, generate):
@@ -123,12 +148,19 @@ def judge_answer(labeler, splitter, image, question: str, answer: str, penalty: 
         except PromptError:  # a question the labeler cannot take: that claim stays unjudged (no pair uses it)
             break
     labels = [claim_label(p) for p in probabilities]
-    return {"answer": answer, "claims": claims, "questions": questions, "probabilities": probabilities,
-            "labels": labels, "score": response_score(labels)}
+    return {
+        "answer": answer,
+        "claims": claims,
+        "questions": questions,
+        "probabilities": probabilities,
+        "labels": labels,
+        "score": response_score(labels),
+    }
 
 
-def give_feedback(labeler, splitter, responses: Path, output: Path,
-                  penalty: float = LABELER_REPETITION_PENALTY, progress: bool = True) -> Path:
+def give_feedback(
+    labeler, splitter, responses: Path, output: Path, penalty: float = LABELER_REPETITION_PENALTY, progress: bool = True
+) -> Path:
     """Split every answer into claims, ask the labeler each claim's yes/no question with the
     image, and score the answer -(rejected claims)."""
     path = output / "feedback.jsonl"
@@ -137,18 +169,22 @@ def give_feedback(labeler, splitter, responses: Path, output: Path,
     with open_for_append(path) as handle, bar:
         for item in todo:
             image = Path(item["image_path"]) if item["image_path"] else None
-            judged = [judge_answer(labeler, splitter, image, item["question"], a, penalty)
-                      for a in item["answers"]]
-            _append(handle, {k: v for k, v in item.items() if k != "answers"} | {"responses": judged,
-                                                                                  "splitter": splitter.name})
+            judged = [judge_answer(labeler, splitter, image, item["question"], a, penalty) for a in item["answers"]]
+            _append(
+                handle,
+                {k: v for k, v in item.items() if k != "answers"} | {"responses": judged, "splitter": splitter.name},
+            )
             bar.update(1)
     return path
 
 
 def make_pairs(feedback: Path, output: Path, k: int = 2, gap: int = 1, seed: int = 0) -> tuple[Path, dict]:
     """pairs.jsonl (DPO pairs) and pairs-summary.json from the judged answers."""
-    responses = [{**{f: item[f] for f in ("ds_question_id", "question", "image_path")}, **judged}
-                 for item in read_jsonl(feedback) for judged in item["responses"]]
+    responses = [
+        {**{f: item[f] for f in ("ds_question_id", "question", "image_path")}, **judged}
+        for item in read_jsonl(feedback)
+        for judged in item["responses"]
+    ]
     pairs, summary = build_pairs(responses, k=k, gap=gap, seed=seed)
     path = output / "pairs.jsonl"
     write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))

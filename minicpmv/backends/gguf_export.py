@@ -80,11 +80,14 @@ def llm_config(folder: Path) -> LLMConfig:
     """The LLM config of a float checkpoint this module can export, or a ConfigError saying why not."""
     config = MiniCPMVConfig.from_pretrained(folder)
     if config.llm.family not in ARCHITECTURE:
-        raise ConfigError(f"{folder}: MiniCPM-V {config.version}'s {config.llm.family} LLM has no llama.cpp export "
-                          f"here (2.6 and 2.5 do)")
+        raise ConfigError(
+            f"{folder}: MiniCPM-V {config.version}'s {config.llm.family} LLM has no llama.cpp export "
+            f"here (2.6 and 2.5 do)"
+        )
     if config.raw.get("quantization_config"):
-        raise ConfigError(f"{folder}: already quantized; export from the original float checkpoint "
-                          f"(quantizing twice loses precision)")
+        raise ConfigError(
+            f"{folder}: already quantized; export from the original float checkpoint (quantizing twice loses precision)"
+        )
     return config.llm
 
 
@@ -144,12 +147,14 @@ def export_gguf(folder: str | Path, output: str | Path, weight_type: str = "q4_0
     """Write the LLM of a float 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
     folder = Path(folder)
     tokenizer = folder / "tokenizer.json"
-    return write_gguf(checkpoint_tensors(folder), llm_config(folder), output, weight_type,
-                      tokenizer if tokenizer.exists() else None)
+    return write_gguf(
+        checkpoint_tensors(folder), llm_config(folder), output, weight_type, tokenizer if tokenizer.exists() else None
+    )
 
 
-def write_gguf(tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "q4_0",
-               tokenizer_file: Path | None = None) -> Path:
+def write_gguf(
+    tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "q4_0", tokenizer_file: Path | None = None
+) -> Path:
     """(checkpoint name, float32 array) pairs of an LLM -> a GGUF: decoder linears in `weight_type`
     (q4_0, q8_0, f16, f32), embeddings and head per TYPES, norms and biases in float32."""
     import gguf
@@ -169,8 +174,9 @@ def write_gguf(tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "
                 kind = linear_type if ".layers." in name else outer_type
                 block = gguf.GGML_QUANT_SIZES[kind][0]
                 if data.shape[1] % block:
-                    raise ConfigError(f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s "
-                                      f"block of {block}")
+                    raise ConfigError(
+                        f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s block of {block}"
+                    )
                 writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, kind), raw_dtype=kind)
             else:
                 writer.add_tensor(gguf_name(name), data)

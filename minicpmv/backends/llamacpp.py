@@ -46,9 +46,14 @@ def _gguf_metadata(path: Path) -> dict:
         return None if field is None else field.parts[-1][0].item()
 
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    return {"architecture": arch, "layers": number("block_count"), "hidden": number("embedding_length"),
-            "heads": number("attention.head_count"), "kv_heads": number("attention.head_count_kv"),
-            "vocab": None if tokens is None else len(tokens.data)}
+    return {
+        "architecture": arch,
+        "layers": number("block_count"),
+        "hidden": number("embedding_length"),
+        "heads": number("attention.head_count"),
+        "kv_heads": number("attention.head_count_kv"),
+        "vocab": None if tokens is None else len(tokens.data),
+    }
 
 
 def check_gguf_matches(path: Path, cfg: LLMConfig) -> None:
@@ -59,8 +64,14 @@ def check_gguf_matches(path: Path, cfg: LLMConfig) -> None:
         meta = _gguf_metadata(path)
     except (ValueError, KeyError, IndexError, OSError) as exc:
         raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from None
-    expected = {"architecture": ARCHITECTURE.get(cfg.family), "layers": cfg.num_layers, "hidden": cfg.hidden_size,
-                "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "vocab": cfg.vocab_size}
+    expected = {
+        "architecture": ARCHITECTURE.get(cfg.family),
+        "layers": cfg.num_layers,
+        "hidden": cfg.hidden_size,
+        "heads": cfg.num_heads,
+        "kv_heads": cfg.num_kv_heads,
+        "vocab": cfg.vocab_size,
+    }
     for key, value in expected.items():
         if meta[key] != value:
             raise ConfigError(f"{path}: {key} is {meta[key]} in the GGUF but {value} in the checkpoint")
@@ -120,7 +131,9 @@ class LlamaCppLLM:
         if batch != 1:
             raise ConfigError("the llama.cpp backend decodes one sequence at a time: no batches or beam search")
         if max_len > self.cfg.max_position_embeddings:
-            raise PromptTooLongError(f"{max_len} tokens do not fit llama.cpp's context of {self.cfg.max_position_embeddings}")
+            raise PromptTooLongError(
+                f"{max_len} tokens do not fit llama.cpp's context of {self.cfg.max_position_embeddings}"
+            )
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self.context), True)
         return LlamaCppCache(max_len)
 
@@ -131,8 +144,14 @@ class LlamaCppLLM:
             self.lib.llama_set_n_threads(self.context, threads, threads)
             self._threads = threads
 
-    def __call__(self, inputs_embeds: torch.Tensor, position_ids=None, attention_mask=None,
-                 cache: LlamaCppCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def __call__(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids=None,
+        attention_mask=None,
+        cache: LlamaCppCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """Embeddings (1, T, D) appended to the sequence -> logits (1, T, V), or (1, 1, V) with last_only."""
         if cache is None:
             raise ConfigError("the llama.cpp backend needs a cache from new_cache()")
@@ -156,8 +175,10 @@ class LlamaCppLLM:
             raise RuntimeError(f"llama.cpp llama_decode failed with status {status}")
         cache.advance(length)
         first = length - 1 if last_only else 0
-        logits = [np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.context, i), shape=(self.vocab,))
-                  for i in range(first, length)]
+        logits = [
+            np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.context, i), shape=(self.vocab,))
+            for i in range(first, length)
+        ]
         return torch.from_numpy(np.stack(logits))[None]  # (1, T or 1, V), a copy
 
 

@@ -1,5 +1,6 @@
-"""`minicpmv <subcommand>`: one console script; each subcommand is a documented Python function
-in its own module, registered here. Bad input exits with code 2 and one line, never a traceback."""
+"""`minicpmv <subcommand>`: one console script; each subcommand is a typed, documented Python
+function in its own module whose parameters are its flags (options.wire), registered here. Bad
+input exits with code 2 and one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -7,11 +8,26 @@ import argparse
 import sys
 
 from ..errors import MiniCPMVError
-from . import (align, bench, chat, eval as eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve,
-               synth, train, tune)
+from . import (
+    align,
+    bench,
+    chat,
+    export_gguf,
+    generate,
+    info,
+    inspect_image,
+    merge_lora,
+    quantize,
+    serve,
+    synth,
+    train,
+    tune,
+)
+from . import eval as eval_
 
-COMMANDS = [align, bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth,
-            train, tune]
+# each module's add_parser registers its subcommand; its function is wired by options.wire
+COMMANDS = [align, bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth]
+COMMANDS += [train, tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

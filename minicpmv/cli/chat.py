@@ -7,25 +7,32 @@ is streaming stops that answer and keeps the session; at the prompt it leaves.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..errors import MiniCPMVError
 from ..processing import load_image
-from .options import add_generation_options, add_model_options, generation_options, load_model
+from .options import (
+    ModelFlags,
+    SamplingFlags,
+    add_generation_options,
+    add_model_options,
+    generation_options,
+    load_model,
+    wire,
+)
 
 HELP = "commands: /image PATH, /clear, /quit"
 
 
-def chat(args: argparse.Namespace) -> int:
+def chat(image: list[str], model: ModelFlags, sampling: SamplingFlags) -> int:
     """Run the chat loop until /quit, Ctrl-D or Ctrl-C at the prompt."""
-    chat_model = load_model(args)
-    options = generation_options(args)
+    chat_model = load_model(model)
+    options = generation_options(sampling)
     if options["preset"] == "precise":
         options["preset"] = "greedy"  # beams cannot stream; say so instead of failing every turn
         print("note: the precise (beam) preset cannot stream; using greedy", file=sys.stderr)
     history: list[dict] = []
-    pending = [path for path in args.image if _check_image(path)]
+    pending = [path for path in image if _check_image(path)]
     print(f"MiniCPM-V {chat_model.version} ready. {HELP}", flush=True)
     while True:
         try:
@@ -41,7 +48,7 @@ def chat(args: argparse.Namespace) -> int:
             history, pending = [], []
             print("(conversation cleared)", flush=True)
         elif line.startswith("/image"):
-            path = line[len("/image"):].strip()
+            path = line[len("/image") :].strip()
             if path and _check_image(path):
                 pending.append(path)
                 print(f"(image attached: {path})", flush=True)
@@ -87,8 +94,10 @@ def _check_image(path: str) -> bool:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("chat", help="interactive chat in the terminal", description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "chat", help="interactive chat in the terminal", description=__doc__.split("\n\n")[0]
+    )
     add_model_options(parser)
     parser.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
     add_generation_options(parser)
-    parser.set_defaults(run=chat)
+    wire(parser, chat)

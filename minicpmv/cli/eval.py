@@ -3,11 +3,13 @@ endpoint) over a benchmark, compare two runs, fetch a benchmark's public data.""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from .options import ModelFlags, wire
 
 
 def score(predictions: str, benchmark: str, as_json: bool = False) -> dict:
@@ -31,8 +33,10 @@ def metrics_table(result: dict) -> str:
     name, value = headline(result)
     width = max(len(k) for k in result["metrics"])
     mean, low, high = bootstrap_mean(list(row_scores(result).values()), samples=1000)
-    lines = [f"{result['benchmark']}: {len(result['per_row'])} rows, {name} = {_number(value)}; "
-             f"per-row score {mean:.4f} (95% CI {low:.4f}-{high:.4f})"]
+    lines = [
+        f"{result['benchmark']}: {len(result['per_row'])} rows, {name} = {_number(value)}; "
+        f"per-row score {mean:.4f} (95% CI {low:.4f}-{high:.4f})"
+    ]
     lines += [f"  {k:<{width}}  {_number(v)}" for k, v in sorted(result["metrics"].items())]
     if result["benchmark"].startswith("MathVista"):
         lines.append("  (rule-based part only: published MathVista numbers also use a GPT judge)")
@@ -52,16 +56,19 @@ def list_benchmarks() -> None:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="score, run and compare benchmarks (VLMEvalKit formats)",
-                                   description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "eval", help="score, run and compare benchmarks (VLMEvalKit formats)", description=__doc__.split("\n\n")[0]
+    )
     commands = parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
     p = commands.add_parser("score", help="score a prediction TSV", description=score.__doc__.split("\n\n")[0])
     p.add_argument("predictions", help="VLMEvalKit prediction TSV (input columns + prediction)")
     p.add_argument("--benchmark", "-b", required=True, help="benchmark name (minicpmv eval list)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with metrics and per-row results")
-    p.set_defaults(run=lambda a: score(a.predictions, a.benchmark, a.json) and 0)
+    p.add_argument(
+        "--json", dest="as_json", action="store_true", help="print one JSON object with metrics and per-row results"
+    )
+    wire(p, score)
     p = commands.add_parser("list", help="the benchmarks the harness knows")
-    p.set_defaults(run=lambda a: list_benchmarks())
+    wire(p, list_benchmarks)
     add_run_parser(commands)
     add_compare_parser(commands)
     add_download_parser(commands)
@@ -88,26 +95,56 @@ def _data_files(benchmark: str, data: str | None, output: Path) -> list[tuple[st
     return [(n, folder / f"{n}.tsv") for n in names]
 
 
-def _answerer(args: argparse.Namespace):
+@dataclass
+class EndpointFlags:
+    """eval run's endpoint mode: answers from an OpenAI-compatible server instead of a local model."""
+
+    api_base: str | None = None
+    api_key: str | None = None
+    api_model: str | None = None
+    concurrency: int = 1
+    prompt_version: str = "2.6"
+
+
+def _answerer(endpoint: EndpointFlags, model: ModelFlags, preset: str, max_slice_nums: int | None):
     from ..evaluation.answerers import EndpointAnswerer, LocalAnswerer
     from .options import load_model
 
-    if args.api_base:
-        return EndpointAnswerer(args.api_base, args.api_key, args.concurrency, args.api_model, args.prompt_version), \
-            {"endpoint": args.api_base, "decoding": "greedy (endpoint)"}
+    if endpoint.api_base:
+        answerer = EndpointAnswerer(
+            endpoint.api_base, endpoint.api_key, endpoint.concurrency, endpoint.api_model, endpoint.prompt_version
+        )
+        return answerer, {"endpoint": endpoint.api_base, "decoding": "greedy (endpoint)"}
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not args.threads:  # processes share the cores
-        args.threads = max(1, (os.cpu_count() or 1) // world)
-    if args.llm_gguf and args.preset == "precise":  # llama.cpp decodes one sequence: no beam search
+    if world > 1 and not model.threads:  # processes share the cores
+        model.threads = max(1, (os.cpu_count() or 1) // world)
+    if model.llm_gguf and preset == "precise":  # llama.cpp decodes one sequence: no beam search
         print("minicpmv eval: --llm-gguf decodes greedily; using --preset greedy", file=sys.stderr)
-        args.preset = "greedy"
-    chat = load_model(args)
-    return LocalAnswerer(chat, args.preset, args.max_slice_nums), \
-        {"model": str(args.model), "version": chat.version, "preset": args.preset,
-         "max_slice_nums": args.max_slice_nums, "llm_gguf": args.llm_gguf, "low_memory": args.low_memory}
+        preset = "greedy"
+    chat = load_model(model)
+    return LocalAnswerer(chat, preset, max_slice_nums), {
+        "model": str(model.model),
+        "version": chat.version,
+        "preset": preset,
+        "max_slice_nums": max_slice_nums,
+        "llm_gguf": model.llm_gguf,
+        "low_memory": model.low_memory,
+    }
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(
+    benchmark: str,
+    data: str | None = None,
+    output: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    max_slice_nums: int | None = None,
+    max_new_tokens: int | None = None,
+    preset: str = "precise",
+    resume: bool = False,
+    endpoint: EndpointFlags | None = None,
+    model: ModelFlags | None = None,
+) -> dict:
     """Answer a benchmark's rows with a model (default: the bundled demo model) or an
     OpenAI-compatible endpoint, with VLMEvalKit's MiniCPM-V prompts; write OUT/NAME.tsv (the
     prediction file) and OUT/NAME.scores.json, printing each benchmark's metrics. A killed run
@@ -116,32 +153,44 @@ def run(args: argparse.Namespace) -> dict:
     from ..evaluation.benchmarks import get_benchmark
     from ..evaluation.runner import run_benchmark
 
-    for flag in ("batch_size", "concurrency"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.limit is not None and args.limit < 1:
+    endpoint, model = endpoint or EndpointFlags(), model or ModelFlags()
+    if batch_size < 1 or endpoint.concurrency < 1:
+        raise ConfigError("--batch-size and --concurrency must be at least 1")
+    if limit is not None and limit < 1:
         raise ConfigError("--limit must be at least 1")
-    output = Path(args.output or Path("eval-results") / (Path(args.model).name if args.model else "demo-model"))
-    files = _data_files(args.benchmark, args.data, output)
-    answerer, settings = _answerer(args)
+    folder = Path(output or Path("eval-results") / (Path(model.model).name if model.model else "demo-model"))
+    files = _data_files(benchmark, data, folder)
+    answerer, settings = _answerer(endpoint, model, preset, max_slice_nums)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     results = {}
     for name, path in files:
-        result = run_benchmark(answerer, get_benchmark(name), path, output, limit=args.limit,
-                               batch_size=args.batch_size, resume=args.resume, max_new_tokens=args.max_new_tokens,
-                               rank=rank, world=world, settings=settings)
+        result = run_benchmark(
+            answerer,
+            get_benchmark(name),
+            path,
+            folder,
+            limit=limit,
+            batch_size=batch_size,
+            resume=resume,
+            max_new_tokens=max_new_tokens,
+            rank=rank,
+            world=world,
+            settings=settings,
+        )
         if result is not None:
             results[name] = result
             print(metrics_table(result), flush=True)
             speed = result["settings"]["rows_per_second"]
-            print(f"  -> {output / (name + '.tsv')}" + (f"  ({speed:.2f} rows/s)" if speed else ""), flush=True)
+            print(f"  -> {folder / (name + '.tsv')}" + (f"  ({speed:.2f} rows/s)" if speed else ""), flush=True)
     return results
 
 
 def add_run_parser(commands) -> None:
     from .options import add_model_options
 
-    p = commands.add_parser("run", help="run a model or endpoint over a benchmark", description=run.__doc__.split("\n\n")[0])
+    p = commands.add_parser(
+        "run", help="run a model or endpoint over a benchmark", description=run.__doc__.split("\n\n")[0]
+    )
     p.add_argument("--benchmark", "-b", required=True, help="benchmark name, or demo (the four demo sets)")
     p.add_argument("--data", help="the benchmark's TSV (for demo: a folder of demo_*.tsv; default: generated)")
     p.add_argument("-o", "--output", help="output folder (default eval-results/<model folder>)")
@@ -149,17 +198,25 @@ def add_run_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="rows decoded together (default 1)")
     p.add_argument("--max-slice-nums", type=int, help="cap on slices per image")
     p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the VLMEvalKit wrapper's)")
-    p.add_argument("--preset", choices=["precise", "greedy"], default="precise",
-                   help="precise = the wrappers' 3-beam decoding (default); greedy is faster")
+    p.add_argument(
+        "--preset",
+        choices=["precise", "greedy"],
+        default="precise",
+        help="precise = the wrappers' 3-beam decoding (default); greedy is faster",
+    )
     p.add_argument("--resume", action="store_true", help="continue a killed run in the same output folder")
     p.add_argument("--api-base", help="answer with an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--api-key", help="bearer key for --api-base")
     p.add_argument("--api-model", help="model name to send to the endpoint")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight with --api-base (default 1)")
-    p.add_argument("--prompt-version", default="2.6", choices=["2.0", "2.5", "2.6"],
-                   help="whose VLMEvalKit prompts to send to an endpoint (default 2.6)")
+    p.add_argument(
+        "--prompt-version",
+        default="2.6",
+        choices=["2.0", "2.5", "2.6"],
+        help="whose VLMEvalKit prompts to send to an endpoint (default 2.6)",
+    )
     add_model_options(p)
-    p.set_defaults(run=lambda a: run(a) and 0)
+    wire(p, run)
 
 
 def compare(dir_a: str, dir_b: str, png: str | None = None, as_json: bool = False, show: int = 10) -> dict:
@@ -173,9 +230,11 @@ def compare(dir_a: str, dir_b: str, png: str | None = None, as_json: bool = Fals
     else:
         for name, entry in report.items():
             boot = entry["bootstrap"]
-            print(f"{name}: per-row score {boot['mean_a']:.4f} -> {boot['mean_b']:.4f}, difference "
-                  f"{boot['difference']:+.4f} (95% CI {boot['low']:+.4f} .. {boot['high']:+.4f}, {boot['rows']} rows); "
-                  f"{len(entry['changed'])} of {entry['rows']} answers changed")
+            print(
+                f"{name}: per-row score {boot['mean_a']:.4f} -> {boot['mean_b']:.4f}, difference "
+                f"{boot['difference']:+.4f} (95% CI {boot['low']:+.4f} .. {boot['high']:+.4f}, {boot['rows']} rows); "
+                f"{len(entry['changed'])} of {entry['rows']} answers changed"
+            )
             for key, (a, b, delta) in sorted(entry["metrics"].items()):
                 print(f"  {key:<40} {_number(a):>10} {_number(b):>10} {delta:+.4f}")
             for row in entry["changed"][:show]:
@@ -185,6 +244,7 @@ def compare(dir_a: str, dir_b: str, png: str | None = None, as_json: bool = Fals
             draw_bars(report, png, (Path(dir_a).name, Path(dir_b).name))
         except ImportError:
             from ..errors import ConfigError
+
             raise ConfigError("--png needs matplotlib: pip install 'minicpmv[eval]'") from None
     return report
 
@@ -194,9 +254,9 @@ def add_compare_parser(commands) -> None:
     p.add_argument("dir_a", help="output folder of the first run (the reference)")
     p.add_argument("dir_b", help="output folder of the second run")
     p.add_argument("--png", help="write per-category bars to this PNG (matplotlib)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
     p.add_argument("--show", type=int, default=10, help="changed rows to print per benchmark (default 10)")
-    p.set_defaults(run=lambda a: compare(a.dir_a, a.dir_b, a.png, a.json, a.show) and 0)
+    wire(p, compare)
 
 
 def download(name: str, output: str, url: str | None = None, md5: str | None = None) -> Path:
@@ -214,4 +274,4 @@ def add_download_parser(commands) -> None:
     p.add_argument("-o", "--output", required=True, help="folder to write NAME.tsv into")
     p.add_argument("--url", help="fetch from this URL instead (a mirror)")
     p.add_argument("--md5", help="expected md5 instead of the published one ('' skips the check)")
-    p.set_defaults(run=lambda a: download(a.name, a.output, a.url, a.md5) and 0)
+    wire(p, download)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .options import wire
+
 
 def export_gguf(model: str, output: str, weight_type: str = "q4_0", force: bool = False) -> Path:
     """Write the LLM of a float 2.6 / 2.5 checkpoint as a GGUF (decoder linears in q4_0, q8_0, f16
@@ -30,10 +32,15 @@ def export_gguf(model: str, output: str, weight_type: str = "q4_0", force: bool 
 def add_parser(subparsers) -> None:
     from ..backends.gguf_export import TYPES
 
-    parser = subparsers.add_parser("export-gguf", help="write the LLM as a GGUF for the llama.cpp backend",
-                                   description=export_gguf.__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "export-gguf",
+        help="write the LLM as a GGUF for the llama.cpp backend",
+        description=export_gguf.__doc__.split("\n\n")[0],
+    )
     parser.add_argument("-m", "--model", required=True, help="float checkpoint folder (2.6 or 2.5)")
     parser.add_argument("-o", "--output", required=True, help="GGUF file to write")
-    parser.add_argument("--type", choices=list(TYPES), default="q4_0", help="decoder weight type (default q4_0)")
+    parser.add_argument(
+        "--type", dest="weight_type", choices=list(TYPES), default="q4_0", help="decoder weight type (default q4_0)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
-    parser.set_defaults(run=lambda a: export_gguf(a.model, a.output, a.type, a.force) and 0)
+    wire(parser, export_gguf)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from .options import add_generation_options, add_model_options, generation_options, load_model
+from .options import (
+    ModelFlags,
+    SamplingFlags,
+    add_generation_options,
+    add_model_options,
+    generation_options,
+    load_model,
+    wire,
+)
 
 
-def generate(args: argparse.Namespace) -> dict:
+def generate(
+    prompt: str,
+    image: list[str],
+    video: str | None = None,
+    fps: float = 1.0,
+    max_frames: int = 64,
+    no_image_id: bool = False,
+    as_json: bool = False,
+    model: ModelFlags | None = None,
+    sampling: SamplingFlags | None = None,
+) -> dict:
     """Answer a prompt about images (or a video's frames) and print the answer as it is generated.
 
     The user turn is built like the official chat(): images first, then the prompt, joined by
@@ -17,16 +34,17 @@ def generate(args: argparse.Namespace) -> dict:
     `prompt_token_ids` (the full input after image expansion) and timings. Every run ends with
     a timing line on stderr: load, image encode, image tokens, prefill and decode tok/s, peak RSS.
     """
-    chat_model = load_model(args)
-    messages = [{"role": "user", "content": [{"image": path} for path in args.image] + [args.prompt]}]
-    options = generation_options(args)
-    if args.video:
-        options.update(video=args.video, fps=args.fps, max_frames=args.max_frames)
-    if args.no_image_id:
+    sampling = sampling or SamplingFlags()
+    chat_model = load_model(model or ModelFlags())
+    messages = [{"role": "user", "content": [{"image": path} for path in image] + [prompt]}]
+    options = generation_options(sampling)
+    if video:
+        options.update(video=video, fps=fps, max_frames=max_frames)
+    if no_image_id:
         options["use_image_id"] = False
-    if args.json or args.preset == "precise":
+    if as_json or sampling.preset == "precise":
         result = chat_model.generate(messages, **options)
-        if not args.json:
+        if not as_json:
             print(result.text, flush=True)
     else:
         stream = chat_model.stream(messages, **options)
@@ -34,17 +52,23 @@ def generate(args: argparse.Namespace) -> dict:
             print(delta, end="", flush=True)
         print(flush=True)
         result = stream.result
-    record = {"text": result.text, "token_ids": result.token_ids, "prompt_token_ids": result.prompt_token_ids,
-              "image_tokens": result.image_tokens, "stopped_by": result.stopped_by}
-    if args.json:
+    record = {
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "prompt_token_ids": result.prompt_token_ids,
+        "image_tokens": result.image_tokens,
+        "stopped_by": result.stopped_by,
+    }
+    if as_json:
         print(json.dumps(record, ensure_ascii=False), flush=True)
     print(result.timing_line(), file=sys.stderr, flush=True)
     return record
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="answer a prompt about images or a video",
-                                   description=generate.__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "generate", help="answer a prompt about images or a video", description=generate.__doc__.split("\n\n")[0]
+    )
     add_model_options(parser)
     parser.add_argument("-p", "--prompt", required=True)
     parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
@@ -52,6 +76,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second (default 1)")
     parser.add_argument("--max-frames", type=int, default=64, help="most video frames (default 64)")
     parser.add_argument("--no-image-id", action="store_true", help="2.6: no <image_id> before each image")
-    parser.add_argument("--json", action="store_true", help="print text, token_ids and prompt_token_ids as JSON")
+    parser.add_argument(
+        "--json", dest="as_json", action="store_true", help="print text, token_ids and prompt_token_ids as JSON"
+    )
     add_generation_options(parser)
-    parser.set_defaults(run=lambda args: generate(args) and 0)
+    wire(parser, generate)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from .options import wire
 
 
 def info(model: str | None = None, architecture: str | None = None, as_json: bool = False) -> dict:
@@ -24,18 +25,30 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
 
     if (model is None) == (architecture is None):
         raise ConfigError("give either a checkpoint folder (-m) or --architecture")
-    config = MiniCPMVConfig.from_pretrained(model) if model else MiniCPMVConfig.from_dict(OFFICIAL_ARCHITECTURES[architecture])
+    config = (
+        MiniCPMVConfig.from_pretrained(model)
+        if model
+        else MiniCPMVConfig.from_dict(OFFICIAL_ARCHITECTURES[architecture])
+    )
     with torch.device("meta"):
         network = MiniCPMV(config)
     parts = {name: sum(p.numel() for p in getattr(network, name).parameters()) for name in ("vpm", "resampler", "llm")}
-    report = {"version": config.version, "llm_family": config.llm.family, "vision": config.vision.kind,
-              "parameters": sum(parts.values()), "parameters_per_part": parts,
-              "tensors": len(network.state_dict()), "query_num": config.query_num}
+    report = {
+        "version": config.version,
+        "llm_family": config.llm.family,
+        "vision": config.vision.kind,
+        "parameters": sum(parts.values()),
+        "parameters_per_part": parts,
+        "tensors": len(network.state_dict()),
+        "query_num": config.query_num,
+    }
     if as_json:
         print(json.dumps(report))
     else:
-        print(f"MiniCPM-V {report['version']}: {config.vision.kind} SigLIP ({config.vision.num_layers} layers) + "
-              f"{config.llm.family} LLM ({config.llm.num_layers} layers, hidden {config.llm.hidden_size})")
+        print(
+            f"MiniCPM-V {report['version']}: {config.vision.kind} SigLIP ({config.vision.num_layers} layers) + "
+            f"{config.llm.family} LLM ({config.llm.num_layers} layers, hidden {config.llm.hidden_size})"
+        )
         print(f"  parameters: {report['parameters'] / 1e9:.3f} B in {report['tensors']} tensors")
         for name, count in parts.items():
             print(f"    {name:<9} {count / 1e6:10.1f} M")
@@ -43,9 +56,12 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="version and parameter counts of a checkpoint or architecture",
-                                   description=info.__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "info",
+        help="version and parameter counts of a checkpoint or architecture",
+        description=info.__doc__.split("\n\n")[0],
+    )
     parser.add_argument("-m", "--model", help="checkpoint folder")
     parser.add_argument("--architecture", choices=["2.0", "2.5", "2.6"], help="a released model's shapes")
-    parser.add_argument("--json", action="store_true")
-    parser.set_defaults(run=lambda args: info(args.model, args.architecture, args.json) and 0)
+    parser.add_argument("--json", dest="as_json", action="store_true")
+    wire(parser, info)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..processing import DEFAULT_MAX_PIXELS, MiniCPMVProcessor, ProcessorConfig, load_image
+from ..processing import DEFAULT_MAX_PIXELS, ProcessorConfig, load_image
 from ..processing.report import format_report, image_report
 from ..processing.slicing import plan_slices
+from .options import wire
 
 
 def inspect_image(
@@ -67,18 +68,22 @@ def add_parser(subparsers) -> None:
         description=inspect_image.__doc__.split("\n\n")[0],
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--version", dest="model_version", choices=["2.0", "2.5", "2.6"], default="2.6",
-                        help="official settings of this MiniCPM-V version (default 2.6)")
+    parser.add_argument(
+        "--version",
+        dest="version",
+        choices=["2.0", "2.5", "2.6"],
+        default="2.6",
+        help="official settings of this MiniCPM-V version (default 2.6)",
+    )
     parser.add_argument("-m", "--model", help="checkpoint folder whose processor settings to use")
     parser.add_argument("--max-slice-nums", type=_positive_int, help="cap on slices per image (1 = single view)")
-    parser.add_argument("--image-index", type=_non_negative_int, default=0, help="index of the image within its prompt, for <image_id> (2.6)")
-    parser.add_argument("--no-image-id", action="store_true", help="2.6: no <image_id> prefix")
+    parser.add_argument(
+        "--image-index",
+        type=_non_negative_int,
+        default=0,
+        help="index of the image within its prompt, for <image_id> (2.6)",
+    )
+    parser.add_argument("--no-image-id", dest="use_image_id", action="store_false", help="2.6: no <image_id> prefix")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
-    parser.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    inspect_image(args.images, args.model_version, args.model, args.max_slice_nums, args.image_index,
-                  not args.no_image_id, args.json, args.max_pixels)
-    return 0
+    parser.add_argument("--json", dest="as_json", action="store_true", help="one JSON object per image and line")
+    wire(parser, inspect_image)

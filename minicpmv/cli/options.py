@@ -1,10 +1,71 @@
-"""Flags shared by the subcommands that run a model (generate, chat, later serve)."""
+"""The one CLI convention: every subcommand is a typed function whose parameters are its flags
+(`wire` calls it with the parsed values by name), and the flag groups several subcommands share
+(ModelFlags, SamplingFlags) are dataclasses their functions take as one parameter each."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import typing
+from dataclasses import dataclass, fields, is_dataclass
 
 from ..errors import ConfigError
+
+
+@dataclass
+class ModelFlags:
+    """How to load a model: add_model_options' flags."""
+
+    model: str | None = None  # None: the bundled demo model
+    dtype: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    low_memory: bool = False
+    vision_dtype: str = "auto"
+    compile: str = "auto"
+    llm_gguf: str | None = None
+
+
+@dataclass
+class SamplingFlags:
+    """How to decode: add_generation_options' flags."""
+
+    preset: str = "greedy"
+    max_tokens: int = 512
+    min_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    system: str | None = None
+    max_slice_nums: int | None = None
+
+
+def wire(parser: argparse.ArgumentParser, function) -> None:
+    """Make `function` the subcommand of `parser`: called with each parameter taken from the flag
+    of the same name (a dataclass parameter, such as ModelFlags, gathers the flags named by its
+    fields); an int it returns is the exit code, anything else means 0."""
+    hints = typing.get_type_hints(function)
+    groups = {
+        name: next((t for t in (hint, *typing.get_args(hint)) if is_dataclass(t)), None) for name, hint in hints.items()
+    }
+    names = list(inspect.signature(function).parameters)
+
+    def run(args: argparse.Namespace) -> int:
+        values = {}
+        for name in names:
+            group = groups.get(name)
+            if group is not None:
+                values[name] = group(**{f.name: getattr(args, f.name) for f in fields(group)})
+            else:
+                values[name] = getattr(args, name)
+        result = function(**values)
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+    parser.set_defaults(run=run)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -12,21 +73,37 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--low-memory", action="store_true",
-                        help="sequential loading: vision parts and LLM never in memory together")
-    parser.add_argument("--vision-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's)")
-    parser.add_argument("--compile", default="auto", metavar="auto|on|off|encode|decode",
-                        help="torch.compile the decode step and vision tower (auto: where `minicpmv tune "
-                             "--compile` measured it faster)")
-    parser.add_argument("--llm-gguf", metavar="FILE",
-                        help="run the LLM in llama.cpp from this GGUF of the checkpoint (minicpmv export-gguf)")
+    parser.add_argument(
+        "--low-memory", action="store_true", help="sequential loading: vision parts and LLM never in memory together"
+    )
+    parser.add_argument(
+        "--vision-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's)",
+    )
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        metavar="auto|on|off|encode|decode",
+        help="torch.compile the decode step and vision tower (auto: where `minicpmv tune "
+        "--compile` measured it faster)",
+    )
+    parser.add_argument(
+        "--llm-gguf",
+        metavar="FILE",
+        help="run the LLM in llama.cpp from this GGUF of the checkpoint (minicpmv export-gguf)",
+    )
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--preset", choices=["greedy", "sampling", "precise"], default="greedy",
-                       help="greedy (default); sampling = official sampling=True; precise = official 3-beam preset")
+    group.add_argument(
+        "--preset",
+        choices=["greedy", "sampling", "precise"],
+        default="greedy",
+        help="greedy (default); sampling = official sampling=True; precise = official 3-beam preset",
+    )
     group.add_argument("-n", "--max-tokens", type=int, default=512, help="most new tokens (default 512)")
     group.add_argument("--min-tokens", type=int, help="fewest new tokens before a terminator may end the answer")
     group.add_argument("--temperature", type=float, help="0 = greedy; > 0 samples")
@@ -40,7 +117,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-slice-nums", type=int, help="cap on slices per image (1 = single view)")
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: ModelFlags):
     import torch
 
     from ..chat import load
@@ -61,15 +138,30 @@ def load_model(args: argparse.Namespace):
         from ..bundled import demo_model_path
 
         args.model = str(demo_model_path())
-    return load(args.model, dtype=args.dtype, device=args.device, low_memory=args.low_memory,
-                vision_dtype=args.vision_dtype, compile=args.compile, llm_gguf=args.llm_gguf)
+    return load(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        low_memory=args.low_memory,
+        vision_dtype=args.vision_dtype,
+        compile=args.compile,
+        llm_gguf=args.llm_gguf,
+    )
 
 
-def generation_options(args: argparse.Namespace) -> dict:
+def generation_options(args: SamplingFlags) -> dict:
     """Keyword options for ChatModel.generate/stream from the parsed flags."""
     return {
-        "preset": args.preset, "max_new_tokens": args.max_tokens, "min_new_tokens": args.min_tokens,
-        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "min_p": args.min_p,
-        "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop,
-        "system_prompt": args.system, "max_slice_nums": args.max_slice_nums,
+        "preset": args.preset,
+        "max_new_tokens": args.max_tokens,
+        "min_new_tokens": args.min_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+        "stop": args.stop,
+        "system_prompt": args.system,
+        "max_slice_nums": args.max_slice_nums,
     }

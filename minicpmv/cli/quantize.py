@@ -3,17 +3,22 @@ quality report against the original."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import time
 from pathlib import Path
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
+from .options import wire
 
 
-def quantize(model: str, output: str, bits: int = 4, group_size: int = 64, vision: str | None = None,
-             check: bool = False, check_tokens: int = 32, force: bool = False) -> dict:
+def quantize(
+    model: str,
+    output: str,
+    bits: int = 4,
+    group_size: int = 64,
+    vision: str | None = None,
+    check: bool = False,
+    check_tokens: int = 32,
+    force: bool = False,
+) -> dict:
     """Quantize the LLM linears of `model` (int8 per channel, int4 in groups, or bits=16: bfloat16
     weights computed in float32) and save the result in the official folder layout at `output`;
     the scheme is recorded in config.json (`quantization_config`), not in file names. lm_head is
@@ -24,57 +29,52 @@ def quantize(model: str, output: str, bits: int = 4, group_size: int = 64, visio
     image: top-1 agreement, mean KL of next-token distributions, greedy text equality.
     """
     from ..chat import load
-    from ..errors import CheckpointError
-    from ..files import check_output_folder, staged_folder
-    from ..jsonfile import read_json_object
-    from ..model.checkpoint import load_model, save_model
-    from ..quant import QuantConfig, quantize_model
+    from ..quant import QuantConfig
+    from ..quant.folder import quantize_checkpoint
     from ..quant.quality import compare
 
     source = Path(model)
-    target = check_output_folder(output, force, {"the input checkpoint": source})
-    held = read_json_object(source / "config.json").get("quantization_config")
-    if held is not None:  # quantizing dequantized weights again would compound the rounding
-        raise CheckpointError(f"{source}: already quantized ({held.get('bits') if isinstance(held, dict) else held} "
-                              "bits); quantize the original checkpoint instead")
     config = QuantConfig(bits=bits, group_size=group_size, vision_bits=8 if vision == "int8" else None)
-    start = time.perf_counter()
-    quantized = quantize_model(load_model(source), config)
-    with staged_folder(target) as stage:
-        save_model(quantized, stage)
-        for path in source.iterdir():
-            if path.is_file() and path.name not in WEIGHT_FILES and not path.name.endswith((".safetensors", ".py")):
-                shutil.copy2(path, stage / path.name)
-    report = {"output": str(target), "quantization_config": config.to_dict(), "seconds": time.perf_counter() - start,
-              "input_bytes": _weight_bytes(source), "output_bytes": _weight_bytes(target)}
-    print(f"wrote {target}: {report['input_bytes'] / 2**20:.1f} MiB -> {report['output_bytes'] / 2**20:.1f} MiB "
-          f"of weights in {report['seconds']:.1f} s", flush=True)
+    report = quantize_checkpoint(source, output, config, force)
+    target = Path(report["output"])
+    print(
+        f"wrote {target}: {report['input_bytes'] / 2**20:.1f} MiB -> {report['output_bytes'] / 2**20:.1f} MiB "
+        f"of weights in {report['seconds']:.1f} s",
+        flush=True,
+    )
     if check:
         # float32 vision in both, on every CPU: the report is about the stored weights
-        report["check"] = compare(load(source, dtype="float32", vision_dtype="float32"),
-                                  load(target, dtype="float32", vision_dtype="float32"), new_tokens=check_tokens)
+        report["check"] = compare(
+            load(source, dtype="float32", vision_dtype="float32"),
+            load(target, dtype="float32", vision_dtype="float32"),
+            new_tokens=check_tokens,
+        )
         for row in report["check"]["samples"]:
-            print(f"  {row['question'][:40]:<40} top-1 {row['top1_agreement']:.3f}  KL {row['mean_kl']:.4f}  "
-                  f"same text {'yes' if row['greedy_text_equal'] else 'no'}", flush=True)
+            print(
+                f"  {row['question'][:40]:<40} top-1 {row['top1_agreement']:.3f}  KL {row['mean_kl']:.4f}  "
+                f"same text {'yes' if row['greedy_text_equal'] else 'no'}",
+                flush=True,
+            )
         print(json.dumps({k: v for k, v in report["check"].items() if k != "samples"}), flush=True)
     return report
 
 
-def _weight_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-
-
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("quantize", help="write an int8/int4 copy of a checkpoint",
-                                   description=quantize.__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "quantize", help="write an int8/int4 copy of a checkpoint", description=quantize.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("-m", "--model", required=True, help="input checkpoint folder")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--bits", type=int, choices=[4, 8, 16], default=4,
-                        help="16: bfloat16 weights with float32 arithmetic (lossless for bfloat16 checkpoints)")
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=[4, 8, 16],
+        default=4,
+        help="16: bfloat16 weights with float32 arithmetic (lossless for bfloat16 checkpoints)",
+    )
     parser.add_argument("--group-size", type=int, choices=[32, 64, 128], default=64, help="int4 group size")
     parser.add_argument("--vision", choices=["int8"], help="also quantize the vision tower and resampler input")
     parser.add_argument("--check", action="store_true", help="report quality against the original")
     parser.add_argument("--check-tokens", type=int, default=32, help="answer length for --check")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    parser.set_defaults(run=lambda a: quantize(a.model, a.output, a.bits, a.group_size, a.vision, a.check,
-                                               a.check_tokens, a.force) and 0)
+    wire(parser, quantize)

@@ -3,13 +3,30 @@ on preference pairs."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..errors import ConfigError
+from .options import wire
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(
+    recipe: str,
+    model: str,
+    data: str,
+    output: str,
+    config: str | None = None,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    grad_accum: int | None = None,
+    max_length: int | None = None,
+    save_every: int | None = None,
+    seed: int | None = None,
+    packing: bool = False,
+    set: list[str] | None = None,  # --set KEY=VALUE, named as its flag
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Train a checkpoint with a recipe (stage1, stage2, stage3, sft, lora) on a fine-tuning JSON,
     or (dpo, dpo-lora) on preference pairs (JSON or JSONL of image, question, chosen, rejected).
 
@@ -20,19 +37,26 @@ def train(args: argparse.Namespace) -> dict:
     naming the newest; `--resume` continues exactly from it.
     """
     try:
-        from ..training.recipes import parse_assignments, recipe
+        from ..training.recipes import parse_assignments
+        from ..training.recipes import recipe as make_recipe
         from ..training.run import run_training
     except ImportError as exc:
         raise ConfigError(f"training needs the train extra: pip install 'minicpmv[train]' ({exc})") from None
-    overrides = parse_assignments(args.set or [])
-    for name in ("max_steps", "learning_rate", "batch_size", "grad_accum", "save_every", "seed", "max_length"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
-    if args.packing:
+    overrides = parse_assignments(set or [])
+    given = {
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "save_every": save_every,
+        "seed": seed,
+        "max_length": max_length,
+    }
+    overrides.update({name: value for name, value in given.items() if value is not None})
+    if packing:
         overrides["packing"] = True
-    chosen = recipe(args.recipe, overrides, args.config)
-    result = run_training(chosen, args.model, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
+    chosen = make_recipe(recipe, overrides, config)
+    result = run_training(chosen, model, data, output, resume=resume, overwrite=overwrite)
     if result["rank"] == 0:
         last = result["history"][-1] if result["history"] else None
         summary = f"loss {last['loss']:.4f} at step {last['step']}" if last else "nothing left to train"
@@ -41,12 +65,18 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="pre-training stages, SFT or LoRA on a fine-tuning JSON",
-                                   description=train.__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", required=True, choices=["stage1", "stage2", "stage3", "sft", "lora", "dpo", "dpo-lora"])
+    parser = subparsers.add_parser(
+        "train",
+        help="pre-training stages, SFT or LoRA on a fine-tuning JSON",
+        description=train.__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--recipe", required=True, choices=["stage1", "stage2", "stage3", "sft", "lora", "dpo", "dpo-lora"]
+    )
     parser.add_argument("--model", "-m", required=True, help="checkpoint folder to start from")
-    parser.add_argument("--data", required=True,
-                        help="training JSON in the official fine-tuning format (dpo: preference pairs)")
+    parser.add_argument(
+        "--data", required=True, help="training JSON in the official fine-tuning format (dpo: preference pairs)"
+    )
     parser.add_argument("--output", "-o", required=True, help="folder for checkpoints and metrics")
     parser.add_argument("--config", help="YAML file of recipe settings")
     parser.add_argument("--max-steps", type=int)
@@ -59,7 +89,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--packing", action="store_true", help="pack samples into rows of --max-length tokens")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="any recipe setting (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an OUTPUT that holds a run (its checkpoints may be replaced)")
-    parser.set_defaults(run=lambda args: train(args) and 0)
-
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUTPUT that holds a run (its checkpoints may be replaced)",
+    )
+    wire(parser, train)

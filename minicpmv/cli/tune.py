@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
+
+from .options import wire
 
 
-def tune(model: str, threads: list[int] | None = None, crops_per_call: list[int] | None = None,
-         repeat: int = 3, image: str | None = None, try_compile: bool = False) -> dict:
+def tune(
+    model: str,
+    threads: list[int] | None = None,
+    crops_per_call: list[int] | None = None,
+    repeat: int = 3,
+    image: str | None = None,
+    try_compile: bool = False,
+) -> dict:
     """Measure thread counts separately for image encoding, prefill and decoding (and how many
     crops go through the vision tower at once), print the table, and store the best settings in
     the per-machine cache (MINICPMV_CACHE_DIR, else ~/.cache/minicpmv/tune.json), which every
@@ -16,14 +23,10 @@ def tune(model: str, threads: list[int] | None = None, crops_per_call: list[int]
     With try_compile (`--compile`), the decode step and the vision tower are also measured
     compiled; later loads compile the parts that came out faster (`load(compile="auto")`).
     """
-    from ..chat import load
-    from ..quant.quality import example_image_path
-    from ..tuning import cache_path, save_tuning, search
+    from ..tuning import tune_model
 
-    chat = load(model, compile="off")  # eager first, whatever an earlier tuning chose
-    thread_options = threads or list(range(1, (os.cpu_count() or 1) + 1))
-    best, rows = search(chat, image or example_image_path(), thread_options, crops_per_call or [1, 4, 16], repeat,
-                        try_compile=try_compile)
+    tuned = tune_model(model, threads, crops_per_call, repeat, image, try_compile)
+    best, rows = tuned["best"], tuned["rows"]
     print("| phase | threads | crops per call | compiled | result |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
@@ -31,9 +34,8 @@ def tune(model: str, threads: list[int] | None = None, crops_per_call: list[int]
         compiled = "yes" if row["compiled"] else "no"
         print(f"| {row['phase']} | {row['threads']} | {row.get('crops_per_call', '')} | {compiled} | {result} |")
     if try_compile:
-        print(f"compile time: {chat.compile_seconds:.1f} s")
-    path = save_tuning(chat.model.config, best)
-    print(f"best: {best}\nsaved to {path}")
+        print(f"compile time: {tuned['compile_seconds']:.1f} s")
+    print(f"best: {best}\nsaved to {tuned['path']}")
     return best
 
 
@@ -48,13 +50,18 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("tune", help="measure and remember the fastest settings for a model",
-                                   description=tune.__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "tune", help="measure and remember the fastest settings for a model", description=tune.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("-m", "--model", required=True, help="checkpoint folder")
     parser.add_argument("--threads", type=_int_list, help="thread counts to try (default 1..cpu count)")
     parser.add_argument("--crops-per-call", type=_int_list, help="vision batch sizes to try (default 1,4,16)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--image", help="image to encode (default: the bundled example)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also measure the decode step and vision tower under torch.compile")
-    parser.set_defaults(run=lambda a: tune(a.model, a.threads, a.crops_per_call, a.repeat, a.image, a.compile) and 0)
+    parser.add_argument(
+        "--compile",
+        dest="try_compile",
+        action="store_true",
+        help="also measure the decode step and vision tower under torch.compile",
+    )
+    wire(parser, tune)

@@ -41,8 +41,12 @@ def data_url(image) -> str:
 
 
 def openai_content(content: list) -> list[dict]:
-    return [{"type": "text", "text": item} if isinstance(item, str)
-            else {"type": "image_url", "image_url": {"url": data_url(item)}} for item in content]
+    return [
+        {"type": "text", "text": item}
+        if isinstance(item, str)
+        else {"type": "image_url", "image_url": {"url": data_url(item)}}
+        for item in content
+    ]
 
 
 class EndpointAnswerer:
@@ -50,16 +54,27 @@ class EndpointAnswerer:
     (temperature 0) unless `sampling` says otherwise: the OpenAI API has no beam search.
     `concurrency` requests at once."""
 
-    def __init__(self, api_base: str, api_key: str | None = None, concurrency: int = 1, model: str | None = None,
-                 version: str = "2.6", timeout: float = 600.0, sampling: dict | None = None):
+    def __init__(
+        self,
+        api_base: str,
+        api_key: str | None = None,
+        concurrency: int = 1,
+        model: str | None = None,
+        version: str = "2.6",
+        timeout: float = 600.0,
+        sampling: dict | None = None,
+    ):
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.api_key, self.model, self.version, self.timeout = api_key, model, version, timeout
         self.sampling = sampling or {"temperature": 0}  # e.g. {"temperature": 0.2, "top_p": 0.9}
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
 
     def _one(self, content: list, max_new_tokens: int) -> str:
-        body = {"messages": [{"role": "user", "content": openai_content(content)}], "max_tokens": max_new_tokens,
-                **self.sampling}
+        body = {
+            "messages": [{"role": "user", "content": openai_content(content)}],
+            "max_tokens": max_new_tokens,
+            **self.sampling,
+        }
         if self.model:
             body["model"] = self.model
         headers = {"Content-Type": "application/json"}

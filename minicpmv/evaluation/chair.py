@@ -8,17 +8,35 @@ from __future__ import annotations
 
 import ast
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .tsv import TableError, isna
 
 DATA = Path(__file__).parent / "data"
 _WORD = re.compile(r"[a-z]+")
-IRREGULAR = {"mice": "mouse", "knives": "knife", "people": "person", "men": "man", "women": "woman",
-             "children": "child", "geese": "goose", "teeth": "tooth", "feet": "foot", "leaves": "leaf",
-             "skis": "ski", "buses": "bus", "glasses": "glass", "boxes": "box", "dice": "die", "sheep": "sheep",
-             "wolves": "wolf", "shelves": "shelf", "loaves": "loaf", "scissors": "scissors"}
+IRREGULAR = {
+    "mice": "mouse",
+    "knives": "knife",
+    "people": "person",
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "geese": "goose",
+    "teeth": "tooth",
+    "feet": "foot",
+    "leaves": "leaf",
+    "skis": "ski",
+    "buses": "bus",
+    "glasses": "glass",
+    "boxes": "box",
+    "dice": "die",
+    "sheep": "sheep",
+    "wolves": "wolf",
+    "shelves": "shelf",
+    "loaves": "loaf",
+    "scissors": "scissors",
+}
 
 
 def singular(word: str) -> str:
@@ -34,7 +52,7 @@ def singular(word: str) -> str:
     return word
 
 
-@lru_cache(maxsize=None)
+@cache
 def synonym_table(name: str = "demo") -> dict[str, str]:
     """word or two-word phrase -> canonical object name, from `data/<name>_synonyms.txt` (or a path)."""
     path = Path(name) if Path(name).suffix == ".txt" else DATA / f"{name}_synonyms.txt"
@@ -56,7 +74,7 @@ def mentioned_objects(text: str, table: dict[str, str]) -> list[str]:
     words = [singular(w) for w in _WORD.findall(text.lower())]
     found, i = [], 0
     while i < len(words):
-        pair = " ".join(words[i:i + 2])
+        pair = " ".join(words[i : i + 2])
         if i + 1 < len(words) and pair in table:
             found.append(table[pair])
             i += 2
@@ -83,8 +101,11 @@ def ground_truth(value, table: dict[str, str]) -> set[str]:
 
 
 # The demo world's descriptions name objects as "a large red circle at the top left"
-_DEMO_OBJECT = re.compile(r"\b(?:an?|the)\s+(?:(small|large)\s+)?(\w+)\s+(circle|square|triangle|star)s?"
-                          r"(?:\s+at\s+the\s+((?:top|middle|bottom)\s+(?:left|center|right)|center))?", re.I)
+_DEMO_OBJECT = re.compile(
+    r"\b(?:an?|the)\s+(?:(small|large)\s+)?(\w+)\s+(circle|square|triangle|star)s?"
+    r"(?:\s+at\s+the\s+((?:top|middle|bottom)\s+(?:left|center|right)|center))?",
+    re.I,
+)
 
 
 def demo_objects(text: str) -> list[str]:
@@ -108,8 +129,10 @@ def attribute_hallucination(rows: list[dict]) -> tuple[dict, dict]:
         mistaken = [o for o in objects if o not in truth]
         named, wrong, bad = named + len(objects), wrong + len(mistaken), bad + bool(mistaken)
         per_row[str(row["index"])] = {"objects": objects, "wrong": mistaken}
-    return {"attribute_response_rate": 100 * bad / len(rows),
-            "attribute_mention_rate": 100 * wrong / named if named else 0.0}, per_row
+    return {
+        "attribute_response_rate": 100 * bad / len(rows),
+        "attribute_mention_rate": 100 * wrong / named if named else 0.0,
+    }, per_row
 
 
 def chair_metrics(rows: list[dict], table_name: str = "demo") -> tuple[dict, dict]:
@@ -136,7 +159,8 @@ def chair_metrics(rows: list[dict], table_name: str = "demo") -> tuple[dict, dic
         "CHAIRi": 100 * wrong_mentions / mentions if mentions else 0.0,
         "response_hallucination_rate": 100 * hallucinated_responses / naming_responses if naming_responses else 0.0,
         "recall": 100 * covered / truth_total if truth_total else 0.0,
-        "responses": len(rows), "mentions": mentions,
+        "responses": len(rows),
+        "mentions": mentions,
     }
     metrics["mention_hallucination_rate"] = metrics["CHAIRi"]
     if table_name.startswith("demo") and all(" at the " in str(row["objects"]) for row in rows):

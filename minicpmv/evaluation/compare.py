@@ -38,8 +38,7 @@ def bootstrap_mean(values: list[float], samples: int = BOOTSTRAP_SAMPLES, seed: 
     return sum(values) / n, means[int(0.025 * samples)], means[min(samples - 1, int(0.975 * samples))]
 
 
-def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int = BOOTSTRAP_SAMPLES,
-                     seed: int = 0) -> dict:
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
     """Mean of b - a over the shared rows, and the 2.5/97.5 percentiles of that mean over
     `samples` resamplings of the rows (with replacement, the same rows for both runs)."""
     shared = sorted(set(a) & set(b))
@@ -47,8 +46,14 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], samples: int = BO
         raise TableError("the two runs share no rows")
     difference, low, high = bootstrap_mean([b[i] - a[i] for i in shared], samples, seed)
     n = len(shared)
-    return {"rows": n, "mean_a": sum(a[i] for i in shared) / n, "mean_b": sum(b[i] for i in shared) / n,
-            "difference": difference, "low": low, "high": high}
+    return {
+        "rows": n,
+        "mean_a": sum(a[i] for i in shared) / n,
+        "mean_b": sum(b[i] for i in shared) / n,
+        "difference": difference,
+        "low": low,
+        "high": high,
+    }
 
 
 def _predictions(path: Path) -> dict[str, str]:
@@ -68,14 +73,19 @@ def compare_runs(dir_a: str | Path, dir_b: str | Path, samples: int = BOOTSTRAP_
     for file in names:
         a, b = (json.loads((d / file).read_text(encoding="utf-8")) for d in (dir_a, dir_b))
         name = a["benchmark"]
-        metrics = {k: [a["metrics"][k], b["metrics"][k], b["metrics"][k] - a["metrics"][k]]
-                   for k in a["metrics"] if k in b["metrics"] and isinstance(a["metrics"][k], (int, float))}
+        metrics = {
+            k: [a["metrics"][k], b["metrics"][k], b["metrics"][k] - a["metrics"][k]]
+            for k in a["metrics"]
+            if k in b["metrics"] and isinstance(a["metrics"][k], (int, float))
+        }
         scores_a, scores_b = row_scores(a), row_scores(b)
         entry = {"metrics": metrics, "bootstrap": paired_bootstrap(scores_a, scores_b, samples)}
         pred_a, pred_b = (_predictions(d / f"{name}.tsv") for d in (dir_a, dir_b))
         changed = [i for i in pred_a if i in pred_b and pred_a[i] != pred_b[i]]
-        entry["changed"] = [{"index": i, "a": pred_a[i], "b": pred_b[i], "score_a": scores_a.get(i),
-                             "score_b": scores_b.get(i)} for i in changed]
+        entry["changed"] = [
+            {"index": i, "a": pred_a[i], "b": pred_b[i], "score_a": scores_a.get(i), "score_b": scores_b.get(i)}
+            for i in changed
+        ]
         entry["rows"] = len(pred_a)
         report[name] = entry
     return report
@@ -95,8 +105,9 @@ def draw_bars(report: dict, path: str | Path, labels: tuple[str, str] = ("A", "B
         positions = range(len(keys))
         axis.bar([p - 0.2 for p in positions], [report[name]["metrics"][k][0] for k in keys], 0.4, label=labels[0])
         axis.bar([p + 0.2 for p in positions], [report[name]["metrics"][k][1] for k in keys], 0.4, label=labels[1])
-        axis.set_xticks(list(positions), [k.split("|")[-1].split("=")[-1] for k in keys], rotation=45, ha="right",
-                        fontsize=7)
+        axis.set_xticks(
+            list(positions), [k.split("|")[-1].split("=")[-1] for k in keys], rotation=45, ha="right", fontsize=7
+        )
         axis.set_title(name)
         axis.legend(fontsize=7)
     figure.tight_layout()

@@ -19,8 +19,14 @@ class DownloadError(MiniCPMVError, RuntimeError):
     """The file could not be fetched, or its md5 is not the published one."""
 
 
-def download_benchmark(name: str, output: str | Path, url: str | None = None, md5: str | None = None,
-                       timeout: float = 60.0, show_progress: bool = True) -> Path:
+def download_benchmark(
+    name: str,
+    output: str | Path,
+    url: str | None = None,
+    md5: str | None = None,
+    timeout: float = 60.0,
+    show_progress: bool = True,
+) -> Path:
     """Download NAME.tsv into `output` (atomically: a temporary file, checked, then renamed) and
     return its path. `url`/`md5` override the published ones (a mirror); a file already there
     with the right md5 is kept."""
@@ -35,8 +41,11 @@ def download_benchmark(name: str, output: str | Path, url: str | None = None, md
         return target
     digest = hashlib.md5()
     try:
-        with staged_path(target) as tmp, open(tmp, "wb") as out, \
-                urllib.request.urlopen(url, timeout=timeout) as response:
+        with (
+            staged_path(target) as tmp,
+            open(tmp, "wb") as out,
+            urllib.request.urlopen(url, timeout=timeout) as response,
+        ):
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=bench.name, disable=not show_progress) as bar:
                 while chunk := response.read(CHUNK):

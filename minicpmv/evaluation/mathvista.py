@@ -61,11 +61,21 @@ def mathvista(rows: list[dict]) -> tuple[dict, dict]:
             counts[0] += 1
             counts[1] += stored is not None
             counts[2] += hit
-        per_row[str(row["index"])] = {"prefetch": stored is not None,
-                                      "res": None if stored is None else str(stored), "hit": hit}
+        per_row[str(row["index"])] = {
+            "prefetch": stored is not None,
+            "res": None if stored is None else str(stored),
+            "hit": hit,
+        }
     metrics = {}
     for key, (tot, fetched, hit) in totals.items():
         prefix = f"Task&Skill={key}|"
-        metrics.update({prefix + "tot": tot, prefix + "prefetch": fetched, prefix + "hit": hit,
-                        prefix + "prefetch_rate": fetched / tot * 100, prefix + "acc": hit / tot * 100})
+        metrics.update(
+            {
+                prefix + "tot": tot,
+                prefix + "prefetch": fetched,
+                prefix + "hit": hit,
+                prefix + "prefetch_rate": fetched / tot * 100,
+                prefix + "acc": hit / tot * 100,
+            }
+        )
     return metrics, per_row

@@ -10,14 +10,23 @@ from collections import defaultdict
 
 from .tsv import isna
 
-REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
-            "I'm sorry, but without the image provided", "Cannot determine the answer")
+REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
 _SEPARATORS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
 # Case-insensitive but only A-D: "The answer is a photograph." reads as A.
 _ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
-MMBENCH_L2 = {"coarse_perception": "CP", "finegrained_perception (instance-level)": "FP-S",
-              "finegrained_perception (cross-instance)": "FP-C", "logic_reasoning": "LR",
-              "relation_reasoning": "RR", "attribute_reasoning": "AR"}
+MMBENCH_L2 = {
+    "coarse_perception": "CP",
+    "finegrained_perception (instance-level)": "FP-S",
+    "finegrained_perception (cross-instance)": "FP-C",
+    "logic_reasoning": "LR",
+    "relation_reasoning": "RR",
+    "attribute_reasoning": "AR",
+}
 CIRCULAR_STEP = 1_000_000  # MMBench copies: index + k * 1e6, sharing the base question's g_index
 
 
@@ -100,8 +109,14 @@ def circular(rows: list[dict]) -> tuple[dict, list[dict]]:
             row["hit"] = hit
             if int(row["index"]) == g_index:
                 bases.append(row)
-    per_row = {str(r["index"]): {"option": extract_option(r), "group": str(int(r["index"]) % CIRCULAR_STEP),
-                                 "group_hit": r["hit"]} for r in rows}
+    per_row = {
+        str(r["index"]): {
+            "option": extract_option(r),
+            "group": str(int(r["index"]) % CIRCULAR_STEP),
+            "group_hit": r["hit"],
+        }
+        for r in rows
+    }
     return per_row, bases
 
 

@@ -18,44 +18,61 @@ from .tsv import isna
 VQA_INSTRUCTION = "Answer the question using a single word or phrase."
 NO_OPTIONS = "Carefully read the following question Answer the question directly."
 DETAIL = "Answer this question in detail."
-MCQ_25 = ("Carefully read the following question and select the letter corresponding to the correct answer. "
-          "Highlight the applicable choices without giving explanations.\nPlease just indicate your choice.")
+MCQ_25 = (
+    "Carefully read the following question and select the letter corresponding to the correct answer. "
+    "Highlight the applicable choices without giving explanations.\nPlease just indicate your choice."
+)
 MCQ_26_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 MCQ_DATASET_SUFFIX = "Please select the correct answer from the options above. \n"  # VLMEvalKit's default
-COT_MCQ = ('Carefully read the following multichoice question, solve it step by step and finally pick the option '
-           'associated with the correct answer in the format of "Answer: selected option\n\n')
-COT_SHORT = ('Read the following question carefully, solve it step by step, and then output the final answer in '
-             'the format of "Answer: single number or single word or phrase".\n\n')
+COT_MCQ = (
+    "Carefully read the following multichoice question, solve it step by step and finally pick the option "
+    'associated with the correct answer in the format of "Answer: selected option\n\n'
+)
+COT_SHORT = (
+    "Read the following question carefully, solve it step by step, and then output the final answer in "
+    'the format of "Answer: single number or single word or phrase".\n\n'
+)
 
 
 @dataclass(frozen=True)
 class Wrapper:
     """One VLMEvalKit wrapper's choices."""
-    custom_types: tuple        # benchmark types it builds its own prompt for (else the dataset's default)
-    max_new_tokens: dict       # per type, default under "*"
-    cot: tuple = ()            # benchmark name parts that get the step-by-step prompt (2.6)
-    upsize: tuple = ()         # name parts whose small images are upscaled at random toward 1344^2 (2.6)
+
+    custom_types: tuple  # benchmark types it builds its own prompt for (else the dataset's default)
+    max_new_tokens: dict  # per type, default under "*"
+    cot: tuple = ()  # benchmark name parts that get the step-by-step prompt (2.6)
+    upsize: tuple = ()  # name parts whose small images are upscaled at random toward 1344^2 (2.6)
     yes_or_no: tuple = ("HallusionBench",)  # name parts that get " Yes or No?" appended
-    one_image: bool = False    # 2.0: one image, texts joined with newlines
+    one_image: bool = False  # 2.0: one image, texts joined with newlines
     # multiple choice: "dataset" (VLMEvalKit's own prompt), "instruction" (MCQ_25 as an instruction
     # before the images) or "suffix" (MCQ_26_SUFFIX after the options)
     mcq: str = "dataset"
-    custom_names: tuple = ()   # name parts that get the wrapper's prompt whatever their type (2.5)
+    custom_names: tuple = ()  # name parts that get the wrapper's prompt whatever their type (2.5)
 
 
 WRAPPERS = {
     "2.0": Wrapper(custom_types=(), max_new_tokens={"MCQ": 20, "Y/N": 100, "*": 1024}, one_image=True),
-    "2.5": Wrapper(custom_types=("MCQ", "VQA"), max_new_tokens={"MCQ": 200, "Y/N": 3, "*": 1024},
-                   mcq="instruction", custom_names=("HallusionBench",)),
-    "2.6": Wrapper(custom_types=("MCQ", "VQA", "Y/N"), max_new_tokens={"*": 2048},
-                   cot=("MMMU", "HallusionBench", "OCRBench", "ChartQA"),
-                   upsize=("MMVet", "MMBench", "MMStar", "AI2D", "OCRBench"), mcq="suffix"),
+    "2.5": Wrapper(
+        custom_types=("MCQ", "VQA"),
+        max_new_tokens={"MCQ": 200, "Y/N": 3, "*": 1024},
+        mcq="instruction",
+        custom_names=("HallusionBench",),
+    ),
+    "2.6": Wrapper(
+        custom_types=("MCQ", "VQA", "Y/N"),
+        max_new_tokens={"*": 2048},
+        cot=("MMMU", "HallusionBench", "OCRBench", "ChartQA"),
+        upsize=("MMVet", "MMBench", "MMStar", "AI2D", "OCRBench"),
+        mcq="suffix",
+    ),
 }
 DATASET = Wrapper(custom_types=(), max_new_tokens={"*": 1024})  # VLMEvalKit's dataset-side prompts
 
 
 def wrapper_of(version: str) -> Wrapper:
     return WRAPPERS.get(version, WRAPPERS["2.6"])
+
+
 PRESET = "precise"  # the wrappers call chat(sampling=False, num_beams=3): the official 3-beam preset
 
 

@@ -24,7 +24,8 @@ from ..errors import MiniCPMVError
 from ..files import recover, write_text_atomic
 from ..jsonfile import open_for_append, read_jsonl
 from .benchmarks import Benchmark
-from .prompts import build_prompt, max_new_tokens as wrapper_max_tokens, message_content, upsize
+from .prompts import build_prompt, message_content, upsize
+from .prompts import max_new_tokens as wrapper_max_tokens
 from .scoring import score
 from .tsv import TableError, read_cells, typed_rows, write_table
 
@@ -63,19 +64,23 @@ def _read_partial(path: Path) -> dict[str, str]:
     return {record["index"]: record["prediction"] for record in read_jsonl(path)}
 
 
-def _answer_shard(answerer, bench, rows, images_by_index, partial: Path, batch_size: int, limit_tokens: int,
-                  show_progress: bool) -> tuple[int, float]:
+def _answer_shard(
+    answerer, bench, rows, images_by_index, partial: Path, batch_size: int, limit_tokens: int, show_progress: bool
+) -> tuple[int, float]:
     """Answer the rows not yet in `partial`, appending each batch; returns (rows answered, seconds)."""
     from tqdm import tqdm
 
     done = _read_partial(partial)
     todo = [r for r in rows if str(r["index"]) not in done]
     start = time.perf_counter()
-    with open_for_append(partial) as out, \
-            tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", disable=not show_progress,
-                 desc=bench.name) as bar:
+    with (
+        open_for_append(partial) as out,
+        tqdm(
+            total=len(rows), initial=len(rows) - len(todo), unit="row", disable=not show_progress, desc=bench.name
+        ) as bar,
+    ):
         for first in range(0, len(todo), batch_size):
-            batch = todo[first:first + batch_size]
+            batch = todo[first : first + batch_size]
             contents = [request_of(r, bench, answerer.version, images_by_index) for r in batch]
             for row, answer in zip(batch, answerer(contents, limit_tokens)):
                 out.write(json.dumps({"index": str(row["index"]), "prediction": answer}, ensure_ascii=False) + "\n")
@@ -117,9 +122,21 @@ def _seed_partial(partial: Path, header: list[str], records: list[list[str]]) ->
         partial.write_text("".join(lines), encoding="utf-8")
 
 
-def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Path, *, limit: int | None = None,
-                  batch_size: int = 1, resume: bool = False, max_new_tokens: int | None = None,
-                  rank: int = 0, world: int = 1, settings: dict | None = None, show_progress: bool = True):
+def run_benchmark(
+    answerer,
+    bench: Benchmark,
+    data: str | Path,
+    output: str | Path,
+    *,
+    limit: int | None = None,
+    batch_size: int = 1,
+    resume: bool = False,
+    max_new_tokens: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    settings: dict | None = None,
+    show_progress: bool = True,
+):
     """Answer every row of `data` (the first `limit`), write NAME.tsv and NAME.scores.json in
     `output` and return the scores (None on ranks other than 0)."""
     output = Path(output)
@@ -141,18 +158,34 @@ def run_benchmark(answerer, bench: Benchmark, data: str | Path, output: str | Pa
         _seed_partial(partial, *read_cells(final))
     (output / f"{bench.name}.done{rank}").unlink(missing_ok=True)
     limit_tokens = max_new_tokens or wrapper_max_tokens(bench, answerer.version)
-    answered, seconds = _answer_shard(answerer, bench, rows[rank::world], images_by_index, partial,
-                                      max(1, batch_size), limit_tokens, show_progress and rank == 0)
+    answered, seconds = _answer_shard(
+        answerer,
+        bench,
+        rows[rank::world],
+        images_by_index,
+        partial,
+        max(1, batch_size),
+        limit_tokens,
+        show_progress and rank == 0,
+    )
     (output / f"{bench.name}.done{rank}").touch()
     if rank != 0:
         return None
     _wait_for_shards(output, bench.name, world)
     path = _merge(output, bench.name, header, cells, world)
     result = score(bench, path)
-    result["settings"] = {**(settings or {}), "benchmark": bench.name, "data": str(data), "rows": len(rows),
-                          "batch_size": batch_size, "max_new_tokens": limit_tokens, "processes": world,
-                          "answered_now": answered, "seconds": seconds,
-                          "rows_per_second": answered / seconds if seconds > 0 and answered else None}
+    result["settings"] = {
+        **(settings or {}),
+        "benchmark": bench.name,
+        "data": str(data),
+        "rows": len(rows),
+        "batch_size": batch_size,
+        "max_new_tokens": limit_tokens,
+        "processes": world,
+        "answered_now": answered,
+        "seconds": seconds,
+        "rows_per_second": answered / seconds if seconds > 0 and answered else None,
+    }
     write_text_atomic(output / f"{bench.name}.scores.json", json.dumps(result, ensure_ascii=False, indent=1))
     for r in range(world):
         (output / f"{bench.name}.part{r}.jsonl").unlink(missing_ok=True)

@@ -42,6 +42,7 @@ def score_rows(benchmark: Benchmark, rows: list[dict]) -> dict:
     """Score typed rows (as `read_table` gives them; they gain per-row fields)."""
     if benchmark.scorer == "chair":
         from .chair import chair_metrics
+
         metrics, per_row = chair_metrics(rows)
     else:
         # VLMEvalKit sorts MCQ files by index and scores str(prediction)

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import re
 
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-               "?", "!")
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 # A period with no digit on either side goes ('23.' and '12:30.' keep theirs, as in VLMEvalKit)
 _PERIOD = re.compile(r"(?<!\d)(\.)(?!\d)")
 _PERIOD_COUNT = int(re.UNICODE)  # the tool passes re.UNICODE (32) as sub's count: at most 32 go
 
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = frozenset({"a", "an", "the"})
 
 
@@ -24,21 +35,36 @@ def _contractions() -> dict[str, str]:
     with two are listed with each half-spelling the tool knows. The tool also maps "somebody'd"
     backwards to "somebodyd" (kept), and lists capitalised keys ("Im", "Ive", "Id've") that never
     match its lower-cased words (left out)."""
-    single = ("ain't aren't can't could've couldn't didn't doesn't don't hadn't hasn't haven't he'd he's how'd "
-              "how'll how's isn't it'd it'll ma'am mightn't might've mustn't must've needn't not've o'clock "
-              "oughtn't shan't should've shouldn't somebody'll somebody's someone'd someone'll someone's "
-              "something'd something'll that's there'd there're there's they'd they'll they're they've 'twas "
-              "wasn't we've weren't what'll what're what's what've when's where'd where's where've who'd who'll "
-              "who's who've why'll why're why's won't would've wouldn't y'all you'd you'll you're you've")
+    single = (
+        "ain't aren't can't could've couldn't didn't doesn't don't hadn't hasn't haven't he'd he's how'd "
+        "how'll how's isn't it'd it'll ma'am mightn't might've mustn't must've needn't not've o'clock "
+        "oughtn't shan't should've shouldn't somebody'll somebody's someone'd someone'll someone's "
+        "something'd something'll that's there'd there're there's they'd they'll they're they've 'twas "
+        "wasn't we've weren't what'll what're what's what've when's where'd where's where've who'd who'll "
+        "who's who've why'll why're why's won't would've wouldn't y'all you'd you'll you're you've"
+    )
     table = {word.replace("'", ""): word for word in single.split()}
-    double = {"couldn't've": "couldnt've couldn'tve", "hadn't've": "hadnt've hadn'tve", "he'd've": "hed've he'dve",
-              "it'd've": "itd've it'dve", "mightn't've": "mightnt've mightn'tve", "'ow's'at": "ow's'at 'ows'at 'ow'sat",
-              "she'd've": "shed've she'dve", "shouldn't've": "shouldnt've shouldn'tve",
-              "somebody'd've": "somebodyd've somebody'dve", "someone'd've": "someoned've someone'dve",
-              "something'd've": "somethingd've something'dve", "there'd've": "thered've there'dve",
-              "they'd've": "theyd've they'dve", "we'd've": "wed've we'dve", "who'd've": "whod've who'dve",
-              "wouldn't've": "wouldnt've wouldn'tve", "y'all'll": "yall'll y'allll",
-              "y'all'd've": "yall'd've y'alld've y'all'dve", "you'd've": "youd've you'dve"}
+    double = {
+        "couldn't've": "couldnt've couldn'tve",
+        "hadn't've": "hadnt've hadn'tve",
+        "he'd've": "hed've he'dve",
+        "it'd've": "itd've it'dve",
+        "mightn't've": "mightnt've mightn'tve",
+        "'ow's'at": "ow's'at 'ows'at 'ow'sat",
+        "she'd've": "shed've she'dve",
+        "shouldn't've": "shouldnt've shouldn'tve",
+        "somebody'd've": "somebodyd've somebody'dve",
+        "someone'd've": "someoned've someone'dve",
+        "something'd've": "somethingd've something'dve",
+        "there'd've": "thered've there'dve",
+        "they'd've": "theyd've they'dve",
+        "we'd've": "wed've we'dve",
+        "who'd've": "whod've who'dve",
+        "wouldn't've": "wouldnt've wouldn'tve",
+        "y'all'll": "yall'll y'allll",
+        "y'all'd've": "yall'd've y'alld've y'all'dve",
+        "you'd've": "youd've you'dve",
+    }
     for word, spellings in double.items():
         table.update({spelling: word for spelling in spellings.split()})
     table["somebody'd"] = "somebodyd"

@@ -9,10 +9,20 @@ from .text import levenshtein, normalize_vqa_answer
 from .tsv import TableError
 
 ANLS_THRESHOLD = 0.5
-OCRBENCH_TEXT_RECOGNITION = ("Regular Text Recognition", "Irregular Text Recognition", "Artistic Text Recognition",
-                             "Handwriting Recognition", "Digit String Recognition", "Non-Semantic Text Recognition")
-OCRBENCH_OTHERS = ("Scene Text-centric VQA", "Doc-oriented VQA", "Key Information Extraction",
-                   "Handwritten Mathematical Expression Recognition")
+OCRBENCH_TEXT_RECOGNITION = (
+    "Regular Text Recognition",
+    "Irregular Text Recognition",
+    "Artistic Text Recognition",
+    "Handwriting Recognition",
+    "Digit String Recognition",
+    "Non-Semantic Text Recognition",
+)
+OCRBENCH_OTHERS = (
+    "Scene Text-centric VQA",
+    "Doc-oriented VQA",
+    "Key Information Extraction",
+    "Handwritten Mathematical Expression Recognition",
+)
 HME = "Handwritten Mathematical Expression Recognition"
 
 

@@ -8,8 +8,18 @@ from collections import defaultdict
 from .text import process_punctuation
 from .tsv import TableError
 
-MME_PERCEPTION = ("OCR", "artwork", "celebrity", "color", "count", "existence", "landmark", "position", "posters",
-                  "scene")
+MME_PERCEPTION = (
+    "OCR",
+    "artwork",
+    "celebrity",
+    "color",
+    "count",
+    "existence",
+    "landmark",
+    "position",
+    "posters",
+    "scene",
+)
 MME_REASONING = ("code_reasoning", "commonsense_reasoning", "numerical_calculation", "text_translation")
 
 
@@ -54,8 +64,7 @@ def mme_metrics(rows: list[dict]) -> dict:
     missing = [c for c in MME_PERCEPTION + MME_REASONING if c not in scores]
     if missing:
         raise TableError(f"MME needs all 14 subtasks; missing {', '.join(missing)}")
-    metrics = {"perception": sum(scores[c] for c in MME_PERCEPTION),
-               "reasoning": sum(scores[c] for c in MME_REASONING)}
+    metrics = {"perception": sum(scores[c] for c in MME_PERCEPTION), "reasoning": sum(scores[c] for c in MME_REASONING)}
     metrics.update(scores)
     return metrics
 
@@ -108,6 +117,10 @@ def hallusion_metrics(rows: list[dict]) -> dict:
     metrics = {}
     for split, members in splits:
         metrics[f"split={split}|aAcc"] = _mean(r["score"] for r in members) * 100
-        metrics[f"split={split}|fAcc"] = _all_right_share(members, lambda r: (r["l2-category"], r["_set"], r["_figure"]))
-        metrics[f"split={split}|qAcc"] = _all_right_share(members, lambda r: (r["l2-category"], r["_set"], r["_question"]))
+        metrics[f"split={split}|fAcc"] = _all_right_share(
+            members, lambda r: (r["l2-category"], r["_set"], r["_figure"])
+        )
+        metrics[f"split={split}|qAcc"] = _all_right_share(
+            members, lambda r: (r["l2-category"], r["_set"], r["_question"])
+        )
     return metrics

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -40,10 +40,15 @@ def _room(llm: LanguageModel, prompt_len: int, config: GenerationConfig) -> int:
     return min(config.max_new_tokens, context - prompt_len)
 
 
-def stream_tokens(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                  config: GenerationConfig, cancel: threading.Event | None = None,
-                  stats: GenerationOutput | None = None,
-                  threads: tuple[int, int] | None = None) -> Iterator[list[int | None]]:
+def stream_tokens(
+    llm: LanguageModel,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig,
+    cancel: threading.Event | None = None,
+    stats: GenerationOutput | None = None,
+    threads: tuple[int, int] | None = None,
+) -> Iterator[list[int | None]]:
     """Greedy or sampled decoding, one step at a time: yields each row's new token (None once
     the row has stopped). Stops at the stop ids, max_new_tokens, or when `cancel` is set or the
     consumer stops iterating. `stats`, if given, receives timings and the kept step logits.
@@ -106,9 +111,14 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
             stats.decode_seconds = time.perf_counter() - start
 
 
-def generate(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-             config: GenerationConfig, keep_step_logits: bool = False,
-             threads: tuple[int, int] | None = None) -> GenerationOutput:
+def generate(
+    llm: LanguageModel,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig,
+    keep_step_logits: bool = False,
+    threads: tuple[int, int] | None = None,
+) -> GenerationOutput:
     """All new tokens of every row: beam search when config.num_beams > 1, else `stream_tokens`."""
     if config.num_beams > 1:
         original = torch.get_num_threads()
@@ -151,8 +161,9 @@ class _Hypotheses:
 
 
 @torch.inference_mode()
-def beam_search(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                config: GenerationConfig) -> GenerationOutput:
+def beam_search(
+    llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig
+) -> GenerationOutput:
     """Beam search as transformers runs it for the official `sampling=False` preset: repetition
     penalty on log-probabilities, 2 * beams candidates per step, length-normalised finished beams."""
     batch, prompt_len = inputs_embeds.shape[:2]
@@ -182,8 +193,18 @@ def beam_search(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask:
         top_scores, top_ids = torch.topk(totals, candidates, dim=1)
         new_scores, new_tokens, sources = [], [], []
         for b in range(batch):
-            chosen = _select_beams(b, top_scores[b].tolist(), top_ids[b].tolist(), vocab, beams, step,
-                                   sequences, hypotheses[b], config.stop_ids, done[b])
+            chosen = _select_beams(
+                b,
+                top_scores[b].tolist(),
+                top_ids[b].tolist(),
+                vocab,
+                beams,
+                step,
+                sequences,
+                hypotheses[b],
+                config.stop_ids,
+                done[b],
+            )
             for score, token, source in chosen:
                 new_scores.append(score), new_tokens.append(token), sources.append(source)
             done[b] = done[b] or hypotheses[b].done(top_scores[b].max().item(), step)

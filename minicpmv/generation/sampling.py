@@ -16,7 +16,7 @@ import torch
 # and by the repetition penalty, so values near 0 (or inf/NaN) turn logits into inf and the
 # softmax into NaN. A torch generator takes a seed below 2**64.
 LIMITS = {"temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "repetition_penalty": (0.01, 100.0)}
-MAX_SEED = 2 ** 64 - 1
+MAX_SEED = 2**64 - 1
 MAX_BEAMS = 64
 
 
@@ -36,7 +36,7 @@ class GenerationConfig:
     seed: int | None = None
     stop_ids: frozenset = field(default_factory=frozenset)
 
-    def with_options(self, **options) -> "GenerationConfig":
+    def with_options(self, **options) -> GenerationConfig:
         """A copy with the given fields changed; None values leave a field as it is."""
         return replace(self, **{k: v for k, v in options.items() if v is not None})
 
@@ -45,11 +45,22 @@ class GenerationConfig:
         found = []
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or not low <= value <= high or (name == "top_p" and value == 0):
-                found.append(f"{name} must be a number in {'(' if name == 'top_p' else '['}{low}, {high}], got {value!r}")
-        for name, low, high in (("max_new_tokens", 1, 1 << 31), ("min_new_tokens", 0, self.max_new_tokens),
-                                ("top_k", 0, 1 << 31), ("num_beams", 1, MAX_BEAMS)):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not low <= value <= high
+                or (name == "top_p" and value == 0)
+            ):
+                found.append(
+                    f"{name} must be a number in {'(' if name == 'top_p' else '['}{low}, {high}], got {value!r}"
+                )
+        for name, low, high in (
+            ("max_new_tokens", 1, 1 << 31),
+            ("min_new_tokens", 0, self.max_new_tokens),
+            ("top_k", 0, 1 << 31),
+            ("num_beams", 1, MAX_BEAMS),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 found.append(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -120,8 +131,13 @@ def suppress_stop_tokens(scores: torch.Tensor, stop_ids, step: int, min_new_toke
     return scores
 
 
-def next_tokens(logits: torch.Tensor, generated: list[list[int]], config: GenerationConfig, step: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def next_tokens(
+    logits: torch.Tensor,
+    generated: list[list[int]],
+    config: GenerationConfig,
+    step: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Pick one token per row from (B, V) logits: greedy, or sampled after the filters."""
     scores = logits.float()
     scores = apply_repetition_penalty(scores, generated, config.repetition_penalty)

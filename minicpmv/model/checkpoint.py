@@ -101,11 +101,16 @@ class OpenCheckpoint:
             from ..quant.apply import QuantConfig, prepare_quantized_layout
 
             prepare_quantized_layout(self.model, QuantConfig.from_dict(quantization))
-        self.expected = {name: (tuple(t.shape), t.numel() * t.element_size()) for name, t in self.model.state_dict().items()}
+        self.expected = {
+            name: (tuple(t.shape), t.numel() * t.element_size()) for name, t in self.model.state_dict().items()
+        }
         self.floating = {name: t.is_floating_point() for name, t in self.model.state_dict().items()}
         # tensors whose dtype is part of a quantized layout, not the model's compute dtype
-        self.stored_dtypes = {f"{module_name}.{key}": dtype for module_name, module in self.model.named_modules()
-                              for key, dtype in getattr(module, "stored_dtypes", {}).items()}
+        self.stored_dtypes = {
+            f"{module_name}.{key}": dtype
+            for module_name, module in self.model.named_modules()
+            for key, dtype in getattr(module, "stored_dtypes", {}).items()
+        }
         if self.config.llm.tie_word_embeddings:
             self.expected.pop("llm.lm_head.weight", None)
         _check_names(self.expected, self.files)
@@ -126,8 +131,14 @@ class OpenCheckpoint:
         names = [name for name in self.expected if name.startswith(parts)]
         if progress is None:
             progress = self.nbytes(parts) >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
-        bar = tqdm(total=self.nbytes(parts), unit="B", unit_scale=True, desc="loading weights",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=self.nbytes(parts),
+            unit="B",
+            unit_scale=True,
+            desc="loading weights",
+            disable=not progress,
+            leave=False,
+        )
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
@@ -137,8 +148,9 @@ class OpenCheckpoint:
             try:
                 for name, tensor in read_tensors(file, file_names, header, data_start):
                     dtype = self.stored_dtypes.get(name, self.dtype)
-                    state[name] = _convert(name, tensor, self.expected[name][0], self.floating[name], dtype,
-                                           self.device)
+                    state[name] = _convert(
+                        name, tensor, self.expected[name][0], self.floating[name], dtype, self.device
+                    )
                     bar.update(self.expected[name][1])
             except (SafetensorsFormatError, OSError) as exc:
                 raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
@@ -164,8 +176,12 @@ def _trim_heap() -> None:
         pass
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               progress: bool | None = None) -> MiniCPMV:
+def load_model(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> MiniCPMV:
     """Build the model of a checkpoint folder and fill it with the folder's weights.
 
     progress: show a progress bar on stderr; by default only for large checkpoints on a terminal.
@@ -177,10 +193,14 @@ def _check_names(expected: dict, files: dict) -> None:
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(set(files) - set(expected))
     if missing:
-        raise CheckpointError(f"missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CheckpointError(
+            f"missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     if unexpected:
-        raise CheckpointError(f"unexpected tensor {unexpected[0]} in {files[unexpected[0]].name}"
-                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+        raise CheckpointError(
+            f"unexpected tensor {unexpected[0]} in {files[unexpected[0]].name}"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        )
 
 
 def _convert(name: str, tensor: torch.Tensor, shape: tuple, floating: bool, dtype, device) -> torch.Tensor:
@@ -189,8 +209,10 @@ def _convert(name: str, tensor: torch.Tensor, shape: tuple, floating: bool, dtyp
     if tuple(tensor.shape) != shape:
         raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {shape}")
     if tensor.is_floating_point() != floating:
-        raise CheckpointError(f"tensor {name} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
-                              f"expected {'floating point' if floating else 'integers'}")
+        raise CheckpointError(
+            f"tensor {name} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
+            f"expected {'floating point' if floating else 'integers'}"
+        )
     target = dtype if tensor.is_floating_point() else tensor.dtype
     return tensor.to(device=device, dtype=target)
 
@@ -217,8 +239,10 @@ def save_model(model: MiniCPMV, path: str | Path, max_shard_bytes: int = 4 << 30
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
             _atomic(folder / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
             weight_map.update({key: name for key in shard})
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": dict(sorted(weight_map.items()))}
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         _atomic(folder / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
         (folder / SINGLE_FILE).unlink(missing_ok=True)
     config = {**model.config.raw, "torch_dtype": str(model.dtype).replace("torch.", "")}

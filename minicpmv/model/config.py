@@ -14,10 +14,15 @@ from ..errors import ConfigError
 from ..jsonfile import read_json_object
 from ..versions import detect_version, facts
 
-
 # SigLIP-so400m: the vision tower of every released MiniCPM-V 2.x
-SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-          "patch_size": 14, "image_size": 980}
+SO400M = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 980,
+}
 
 
 @dataclass
@@ -66,7 +71,7 @@ class LLMConfig:
 
     @property
     def residual_scale(self) -> float:
-        return 1.0 if self.scale_depth is None else self.scale_depth / self.num_layers ** 0.5
+        return 1.0 if self.scale_depth is None else self.scale_depth / self.num_layers**0.5
 
     @property
     def logit_divisor(self) -> float:
@@ -90,7 +95,7 @@ class MiniCPMVConfig:
         return self.llm.hidden_size // 128
 
     @classmethod
-    def from_dict(cls, config: dict) -> "MiniCPMVConfig":
+    def from_dict(cls, config: dict) -> MiniCPMVConfig:
         version = detect_version(config)
         drop_last = bool(config.get("drop_vision_last_layer", facts(version).drop_vision_last_layer))
         vision = _vision_config(config, version, drop_last)
@@ -98,11 +103,20 @@ class MiniCPMVConfig:
         query_num = _int(config, "query_num", facts(version).query_num)
         if llm.hidden_size < 128 or llm.hidden_size % 128:
             raise ConfigError(f"hidden_size: {llm.hidden_size} gives no whole number of 128-wide resampler heads")
-        return cls(version, vision, llm, query_num, _int(config, "vision_batch_size", 16), drop_last,
-                   config.get("bos_token_id"), config.get("eos_token_id"), dict(config))
+        return cls(
+            version,
+            vision,
+            llm,
+            query_num,
+            _int(config, "vision_batch_size", 16),
+            drop_last,
+            config.get("bos_token_id"),
+            config.get("eos_token_id"),
+            dict(config),
+        )
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MiniCPMVConfig":
+    def from_pretrained(cls, path: str | Path) -> MiniCPMVConfig:
         return cls.from_dict(read_json_object(Path(path) / "config.json", "; not a MiniCPM-V checkpoint folder"))
 
 
@@ -117,20 +131,41 @@ def _vision_config(config: dict, version: str, drop_last: bool) -> VisionConfig:
     if facts(version).vision_tower == "timm":
         # timm's vit_so400m_patch14_siglip_384; the tiny test models spell their timm args out.
         timm = config.get("tiny_vision_encoder_timm_args") or {
-            "embed_dim": 1152, "depth": 27, "num_heads": 16, "mlp_ratio": 3.7362, "img_size": 384, "patch_size": 14}
+            "embed_dim": 1152,
+            "depth": 27,
+            "num_heads": 16,
+            "mlp_ratio": 3.7362,
+            "img_size": 384,
+            "patch_size": 14,
+        }
         width = timm["embed_dim"]
         depth = timm["depth"] - (1 if drop_last else 0)
-        return VisionConfig("timm", width, int(width * timm["mlp_ratio"]), depth, timm["num_heads"],
-                            timm.get("patch_size", 14), timm.get("img_size", 384), 1e-6, gelu_tanh=False)
+        return VisionConfig(
+            "timm",
+            width,
+            int(width * timm["mlp_ratio"]),
+            depth,
+            timm["num_heads"],
+            timm.get("patch_size", 14),
+            timm.get("img_size", 384),
+            1e-6,
+            gelu_tanh=False,
+        )
     given = config.get("vision_config") or {}
     if not isinstance(given, dict):
         raise ConfigError(f"vision_config: expected an object, got {type(given).__name__}")
     values = {**SO400M, **given}
     layers = _int(values, "num_hidden_layers", 27) - (1 if drop_last else 0)
     return VisionConfig(
-        "navit", _int(values, "hidden_size", 1152), _int(values, "intermediate_size", 4304), layers,
-        _int(values, "num_attention_heads", 16), _int(values, "patch_size", 14), _int(values, "image_size", 980),
-        float(values.get("layer_norm_eps", 1e-6)), gelu_tanh=True,
+        "navit",
+        _int(values, "hidden_size", 1152),
+        _int(values, "intermediate_size", 4304),
+        layers,
+        _int(values, "num_attention_heads", 16),
+        _int(values, "patch_size", 14),
+        _int(values, "image_size", 980),
+        float(values.get("layer_norm_eps", 1e-6)),
+        gelu_tanh=True,
         faithful_idefics2_mask=facts(version).faithful_idefics2_mask,
     )
 
@@ -157,8 +192,10 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
         llm.scale_depth = float(config.get("scale_depth", 1.4))
         llm.dim_model_base = _int(config, "dim_model_base", 256)
     if llm.hidden_size % heads or heads % llm.num_kv_heads:
-        raise ConfigError(f"num_attention_heads: {heads} heads / {llm.num_kv_heads} KV heads do not divide "
-                          f"hidden_size {llm.hidden_size}")
+        raise ConfigError(
+            f"num_attention_heads: {heads} heads / {llm.num_kv_heads} KV heads do not divide "
+            f"hidden_size {llm.hidden_size}"
+        )
     if (config.get("rope_scaling") or None) is not None:
         raise ConfigError(f"rope_scaling: {config['rope_scaling']!r} is not supported")
     return llm
@@ -167,17 +204,54 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
 # config.json fields of the released checkpoints (reference-spec §1), for building real-size
 # architectures without their weights (meta device, benchmarks with random weights).
 OFFICIAL_ARCHITECTURES = {
-    "2.6": {"model_type": "minicpmv", "version": 2.6, "hidden_size": 3584, "intermediate_size": 18944,
-            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151666,
-            "rope_theta": 1e6, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "query_num": 64,
-            "drop_vision_last_layer": False, "vision_config": dict(SO400M)},
-    "2.5": {"model_type": "minicpmv", "version": "2.5", "hidden_size": 4096, "intermediate_size": 14336,
-            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-            "rope_theta": 5e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "query_num": 96,
-            "drop_vision_last_layer": False, "vision_config": dict(SO400M)},
-    "2.0": {"model_type": "minicpmv", "hidden_size": 2304, "intermediate_size": 5760, "num_hidden_layers": 40,
-            "num_attention_heads": 36, "num_key_value_heads": 36, "vocab_size": 122753, "rope_theta": 1e4,
-            "rms_norm_eps": 1e-5, "max_position_embeddings": 4096, "query_num": 64, "scale_emb": 12,
-            "scale_depth": 1.4, "dim_model_base": 256, "drop_vision_last_layer": True,
-            "vision_encoder": "vit_so400m_patch14_siglip_384.webli"},
+    "2.6": {
+        "model_type": "minicpmv",
+        "version": 2.6,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 151666,
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 32768,
+        "query_num": 64,
+        "drop_vision_last_layer": False,
+        "vision_config": dict(SO400M),
+    },
+    "2.5": {
+        "model_type": "minicpmv",
+        "version": "2.5",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "rope_theta": 5e5,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192,
+        "query_num": 96,
+        "drop_vision_last_layer": False,
+        "vision_config": dict(SO400M),
+    },
+    "2.0": {
+        "model_type": "minicpmv",
+        "hidden_size": 2304,
+        "intermediate_size": 5760,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 36,
+        "num_key_value_heads": 36,
+        "vocab_size": 122753,
+        "rope_theta": 1e4,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096,
+        "query_num": 64,
+        "scale_emb": 12,
+        "scale_depth": 1.4,
+        "dim_model_base": 256,
+        "drop_vision_last_layer": True,
+        "vision_encoder": "vit_so400m_patch14_siglip_384.webli",
+    },
 }

@@ -36,9 +36,9 @@ def initialize_for_training(model: nn.Module, seed: int | None = None) -> nn.Mod
             if module.bias is not None:
                 module.bias.zero_()
         elif isinstance(module, nn.Embedding):  # LLM tokens: unit variance; vision positions: like SigLIP
-            normal(module.weight, 1.0 if name.startswith("llm") else module.embedding_dim ** -0.5)
+            normal(module.weight, 1.0 if name.startswith("llm") else module.embedding_dim**-0.5)
         elif isinstance(module, nn.MultiheadAttention):  # out_proj is an nn.Linear, drawn above
-            normal(module.in_proj_weight, module.embed_dim ** -0.5)
+            normal(module.in_proj_weight, module.embed_dim**-0.5)
             module.in_proj_bias.zero_()
         elif isinstance(module, (nn.LayerNorm, RMSNorm)):
             module.weight.fill_(1.0)
@@ -46,7 +46,7 @@ def initialize_for_training(model: nn.Module, seed: int | None = None) -> nn.Mod
                 module.bias.zero_()
         if isinstance(module, Resampler):
             normal(module.query, 0.02)  # ln_q normalises it: only the directions matter
-            normal(module.proj, module.embed_dim ** -0.5)  # unit-variance features, like the token embeddings
+            normal(module.proj, module.embed_dim**-0.5)  # unit-variance features, like the token embeddings
     return model
 
 
@@ -60,13 +60,15 @@ def localize_queries(resampler: Resampler, patch_side: int, sharpness: float = 3
     of its attention on its block of a 448-px slice (16 x 16 patches, 64 queries) at once; learnt
     from a random start it put 27% there after 3000 steps of page reading, and the reading head
     behind it named 54% of the inked cells, against 75% after 400 steps from here (measured,
-    docs/demo-model.md). Training moves everything on from this start; where text must be read
+    research/demo-model-log.md). Training moves everything on from this start; where text must be read
     cell by cell, each token then holds its own block."""
     dim, heads, queries = resampler.embed_dim, resampler.attn.num_heads, resampler.query.shape[0]
-    side = round(queries ** 0.5)
+    side = round(queries**0.5)
     if side * side != queries or patch_side % side or dim % (4 * heads):
-        raise ValueError(f"cannot point {queries} queries of width {dim} ({heads} heads) at blocks of a "
-                         f"{patch_side}x{patch_side} grid")
+        raise ValueError(
+            f"cannot point {queries} queries of width {dim} ({heads} heads) at blocks of a "
+            f"{patch_side}x{patch_side} grid"
+        )
     block, quarter = patch_side // side, dim // 4
     centres = torch.arange(side, dtype=torch.float64) * block + (block - 1) / 2
     rows, cols = centres.repeat_interleave(side), centres.repeat(side)  # query i: row i // side, column i % side
@@ -76,9 +78,14 @@ def localize_queries(resampler: Resampler, patch_side: int, sharpness: float = 3
     resampler.query.copy_(torch.cat([by_col.sin(), by_col.cos(), by_row.sin(), by_row.cos()], 1).float())
     resampler.ln_q.weight.fill_(1.0)
     resampler.ln_q.bias.zero_()
-    order = [start + k for h in range(heads) for start in (0, quarter, 2 * quarter, 3 * quarter)
-             for k in range(quarter) if k % heads == h]  # head h: frequencies h, h + heads, ...
+    order = [
+        start + k
+        for h in range(heads)
+        for start in (0, quarter, 2 * quarter, 3 * quarter)
+        for k in range(quarter)
+        if k % heads == h
+    ]  # head h: frequencies h, h + heads, ...
     passing = torch.eye(dim)[order] * sharpness
-    resampler.attn.in_proj_weight[:2 * dim].copy_(torch.cat([passing, passing]))
-    resampler.attn.in_proj_bias[:2 * dim].zero_()
+    resampler.attn.in_proj_weight[: 2 * dim].copy_(torch.cat([passing, passing]))
+    resampler.attn.in_proj_bias[: 2 * dim].zero_()
     return resampler

@@ -35,7 +35,9 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype:
 
     The sin's first half is negated so that rotating half of x is a roll (see apply_rope).
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim)
+    )
     freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
     angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
     sin = angles.sin()
@@ -67,8 +69,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} tokens, {end} needed")
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def advance(self, steps: int):
@@ -128,7 +130,9 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache, layer):
         # add with alpha: the residual scaling costs no extra op (and none at all when it is 1)
-        x = torch.add(x, self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer), alpha=self.residual_scale)
+        x = torch.add(
+            x, self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer), alpha=self.residual_scale
+        )
         return torch.add(x, self.mlp(self.post_attention_layernorm(x)), alpha=self.residual_scale)
 
 
@@ -140,8 +144,9 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-def attention_bias(attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int,
-                   dtype: torch.dtype, device) -> torch.Tensor:
+def attention_bias(
+    attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int, dtype: torch.dtype, device
+) -> torch.Tensor:
     """Additive mask (B, 1, T, S): causal over absolute positions plus padded keys.
 
     attention_mask (B, S) marks real tokens with 1 (S = past + T). Rows that see no real key
@@ -176,8 +181,14 @@ class LanguageModel(nn.Module):
         weight = self.model.embed_tokens.weight
         return KVCache(self.cfg, batch, max_len, weight.dtype, weight.device)
 
-    def forward(self, inputs_embeds, position_ids=None, attention_mask=None, cache: KVCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        inputs_embeds,
+        position_ids=None,
+        attention_mask=None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """inputs_embeds (B, T, D) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         position_ids (B, T) default to cache.length + arange(T); attention_mask (B, S) marks real

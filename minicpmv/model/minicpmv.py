@@ -39,7 +39,10 @@ class MiniCPMV(nn.Module):
         vision = config.vision
         self.vpm = NavitSiglip(vision) if vision.kind == "navit" else TimmSiglip(vision)
         self.resampler = Resampler(
-            config.query_num, config.llm.hidden_size, config.resampler_heads, vision.hidden_size,
+            config.query_num,
+            config.llm.hidden_size,
+            config.resampler_heads,
+            vision.hidden_size,
             query_pos_embed=facts(config.version).query_pos_embed,
         )
         self.llm = LanguageModel(config.llm)
@@ -54,8 +57,9 @@ class MiniCPMV(nn.Module):
     def device(self) -> torch.device:
         return self.llm.model.embed_tokens.weight.device
 
-    def get_image_features(self, pixel_values: list[torch.Tensor], tgt_sizes: torch.Tensor,
-                           crops_per_call: int | None = None) -> torch.Tensor:
+    def get_image_features(
+        self, pixel_values: list[torch.Tensor], tgt_sizes: torch.Tensor, crops_per_call: int | None = None
+    ) -> torch.Tensor:
         """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D).
 
         crops_per_call: crops through the vision tower at once (default config.vision_batch_size);
@@ -64,14 +68,18 @@ class MiniCPMV(nn.Module):
         # the vision tower's own placement: in low-memory mode the LLM may not be loaded
         weight = self.resampler.query
         if not pixel_values:
-            return torch.zeros((0, self.config.query_num, self.config.llm.hidden_size), dtype=weight.dtype, device=weight.device)
+            return torch.zeros(
+                (0, self.config.query_num, self.config.llm.hidden_size), dtype=weight.dtype, device=weight.device
+            )
         tgt_sizes = tgt_sizes.to(torch.int64).cpu()
         crops = [crop.to(device=weight.device, dtype=weight.dtype) for crop in pixel_values]
         if isinstance(self.vpm, TimmSiglip):  # 2.0: each crop alone, as an image
-            return torch.cat([
-                self.resampler(self.vpm(strip_to_image(crop, rows, cols)[None]), torch.tensor([[rows, cols]]))
-                for crop, (rows, cols) in zip(crops, tgt_sizes.tolist())
-            ])
+            return torch.cat(
+                [
+                    self.resampler(self.vpm(strip_to_image(crop, rows, cols)[None]), torch.tensor([[rows, cols]]))
+                    for crop, (rows, cols) in zip(crops, tgt_sizes.tolist())
+                ]
+            )
         # Pad to the longest crop of the whole batch before chunking, as the official code does,
         # so chunking never changes the result (2.5's unmasked positions depend on Lmax).
         batch = pad_strips(crops)
@@ -79,20 +87,25 @@ class MiniCPMV(nn.Module):
         patch = self.config.vision.patch_size
         features = []
         for i in range(0, len(crops), chunk):
-            sizes = tgt_sizes[i:i + chunk]
+            sizes = tgt_sizes[i : i + chunk]
             # Masked padding changes nothing, so a chunk can drop columns no crop of it uses (a
             # lone crop then needs no mask: a faster, leaner attention). 2.5 must keep them: its
             # unmasked positions depend on the padded length. The resampler masks padded keys.
-            width = batch.shape[-1] // patch if self.config.vision.faithful_idefics2_mask else int((sizes[:, 0] * sizes[:, 1]).max())
+            width = (
+                batch.shape[-1] // patch
+                if self.config.vision.faithful_idefics2_mask
+                else int((sizes[:, 0] * sizes[:, 1]).max())
+            )
             # contiguous crops and their own sizes tensor: every call has the same memory layout,
             # so a compiled tower (minicpmv.compilation) needs no second graph
-            crops_chunk = batch[i:i + chunk, ..., : width * patch].contiguous()
+            crops_chunk = batch[i : i + chunk, ..., : width * patch].contiguous()
             hidden = self.vpm(crops_chunk, sizes.clone())  # (n, width, Dv)
             features.append(self.resampler(hidden, sizes))  # (n, Q, D)
         return torch.cat(features)
 
-    def embed_inputs(self, input_ids: torch.Tensor, image_features: list[torch.Tensor],
-                     image_bound: list[torch.Tensor]) -> torch.Tensor:
+    def embed_inputs(
+        self, input_ids: torch.Tensor, image_features: list[torch.Tensor], image_bound: list[torch.Tensor]
+    ) -> torch.Tensor:
         """Token embeddings (B, T, D) with each sample's image features written over its spans."""
         embeds = self.llm.embed(input_ids.to(self.device))
         for row, (features, bounds) in enumerate(zip(image_features, image_bound)):
@@ -102,16 +115,27 @@ class MiniCPMV(nn.Module):
             embeds[row, positions] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
         return embeds
 
-    def features_per_sample(self, pixel_values: list[list[torch.Tensor]], tgt_sizes: list[torch.Tensor]) -> list[torch.Tensor]:
+    def features_per_sample(
+        self, pixel_values: list[list[torch.Tensor]], tgt_sizes: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         """Encode all crops of a batch at once, then split them back per sample."""
         flat = [crop for sample in pixel_values for crop in sample]
         sizes = torch.cat([t.reshape(-1, 2) for t in tgt_sizes]) if flat else torch.zeros((0, 2), dtype=torch.int32)
         features = self.get_image_features(flat, sizes)
         return list(features.split([len(sample) for sample in pixel_values]))
 
-    def forward(self, input_ids, pixel_values, tgt_sizes, image_bound, attention_mask=None,
-                position_ids=None, cache: KVCache | None = None, last_only: bool = False,
-                image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids,
+        pixel_values,
+        tgt_sizes,
+        image_bound,
+        attention_mask=None,
+        position_ids=None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        image_features: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Full multimodal forward: logits (B, T, V). `image_features`, per row (crops, Q, D) as
         get_image_features gives them, stand in for the crops when the caller already has them."""
         features = image_features if image_features is not None else self.features_per_sample(pixel_values, tgt_sizes)

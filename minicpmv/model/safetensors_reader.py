@@ -17,8 +17,15 @@ from pathlib import Path
 import torch
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 MAX_HEADER_BYTES = 100 << 20
@@ -59,11 +66,17 @@ def _check_entry(name: str, entry, data_bytes: int) -> None:
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise SafetensorsFormatError(f"tensor {name}: shape {str(shape)[:80]} is not a list of sizes >= 0")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]):
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
         raise SafetensorsFormatError(f"tensor {name}: data_offsets {str(offsets)[:80]} are not [begin, end]")
     if offsets[1] > data_bytes:
-        raise SafetensorsFormatError(f"tensor {name} ends at byte {offsets[1]} of the data, past its end ({data_bytes})")
+        raise SafetensorsFormatError(
+            f"tensor {name} ends at byte {offsets[1]} of the data, past its end ({data_bytes})"
+        )
     expected = math.prod(shape) * torch.empty((), dtype=DTYPES[entry["dtype"]]).element_size()
     if offsets[1] - offsets[0] != expected:
         raise SafetensorsFormatError(f"tensor {name}: {offsets[1] - offsets[0]} bytes for shape {shape}")

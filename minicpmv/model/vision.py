@@ -45,7 +45,9 @@ class NavitAttention(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(4)
+        )
 
     def forward(self, x, mask):
         return self.out_proj(attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads, mask))
@@ -68,7 +70,7 @@ class NavitEmbeddings(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.patch_embedding = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size)
-        self.position_embedding = nn.Embedding(cfg.num_positions_per_side ** 2, cfg.hidden_size)
+        self.position_embedding = nn.Embedding(cfg.num_positions_per_side**2, cfg.hidden_size)
 
 
 class NavitEncoder(nn.Module):

@@ -12,8 +12,22 @@ from .slicing import SlicePlan, choose_grid, ensure_divide, find_best_resize, pl
 from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "EncodedImage", "IMAGE_TAG", "MiniCPMVProcessor", "ModelInputs",
-    "ProcessorConfig", "SlicePlan", "TextTokenizer", "choose_grid", "compact_placeholder",
-    "encode_image", "ensure_divide", "find_best_resize", "image_placeholder", "load_image",
-    "load_tokenizer", "plan_slices", "refine_size",
+    "DEFAULT_MAX_PIXELS",
+    "EncodedImage",
+    "IMAGE_TAG",
+    "MiniCPMVProcessor",
+    "ModelInputs",
+    "ProcessorConfig",
+    "SlicePlan",
+    "TextTokenizer",
+    "choose_grid",
+    "compact_placeholder",
+    "encode_image",
+    "ensure_divide",
+    "find_best_resize",
+    "image_placeholder",
+    "load_image",
+    "load_tokenizer",
+    "plan_slices",
+    "refine_size",
 ]

@@ -117,8 +117,9 @@ def render_prompt(
         pieces, size = [], 0
         # a template is code from the checkpoint: its output is capped, and whatever it raises
         # (the sandbox's OverflowError for a huge range, a TypeError) is the template's failure
-        for piece in template.generate(messages=rendered, add_generation_prompt=add_generation_prompt,
-                                       **special_tokens):
+        for piece in template.generate(
+            messages=rendered, add_generation_prompt=add_generation_prompt, **special_tokens
+        ):
             size += len(piece)
             if size > MAX_RENDERED_CHARS + sum(len(m["content"]) for m in rendered):
                 raise TemplateError(f"its output passed {MAX_RENDERED_CHARS} characters beyond the messages")

@@ -12,7 +12,6 @@ from ..versions import detect_version, facts, normalize_version
 from .slicing import MAX_SLICE_NUMS, PATCH_SIZE, SCALE_RESOLUTION
 
 
-
 @dataclass
 class ProcessorConfig:
     """Everything the processor needs to turn images and messages into model inputs."""
@@ -45,13 +44,13 @@ class ProcessorConfig:
         self.norm_mean, self.norm_std = tuple(self.norm_mean), tuple(self.norm_std)
 
     @classmethod
-    def defaults(cls, version: str = "2.6") -> "ProcessorConfig":
+    def defaults(cls, version: str = "2.6") -> ProcessorConfig:
         """The official settings of a released checkpoint of `version`."""
         version = normalize_version(version)
         return cls(version=version, query_num=facts(version).query_num, use_image_id=facts(version).use_image_id)
 
     @classmethod
-    def from_dict(cls, data: dict, version: str) -> "ProcessorConfig":
+    def from_dict(cls, data: dict, version: str) -> ProcessorConfig:
         """From preprocessor_config.json keys (image_feature_size = query_num); unknown keys kept in extra."""
         base = cls.defaults(version)
         known = {f.name for f in fields(cls)} - {"extra", "version"}
@@ -62,7 +61,7 @@ class ProcessorConfig:
         return cls(**{**base_values, **values, "version": version})
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "ProcessorConfig":
+    def from_pretrained(cls, path: str | Path) -> ProcessorConfig:
         """Settings of a checkpoint folder, checked against its config.json like the official chat()."""
         folder = Path(path)
         model_config = read_json_object(folder / "config.json")
@@ -77,7 +76,11 @@ class ProcessorConfig:
 
 def _flatten_model_config(config: dict) -> dict:
     """Processor keys from config.json (2.0 keeps them at top level, 2.5/2.6 in slice_config)."""
-    values = {k: config[k] for k in ("query_num", "max_slice_nums", "scale_resolution", "patch_size", "use_image_id") if k in config}
+    values = {
+        k: config[k]
+        for k in ("query_num", "max_slice_nums", "scale_resolution", "patch_size", "use_image_id")
+        if k in config
+    }
     values.update(config.get("slice_config") or {})
     return values
 

@@ -64,6 +64,6 @@ class IncrementalDecoder:
     def _emit(self, text: str) -> str:
         if not text.startswith(self.sent) or len(text) <= len(self.sent):
             return ""
-        delta = text[len(self.sent):]
+        delta = text[len(self.sent) :]
         self.sent = text
         return delta

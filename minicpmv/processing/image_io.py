@@ -14,7 +14,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -24,7 +24,7 @@ from ..errors import ImageError
 # twice this, so a larger configured limit is capped there.
 DEFAULT_MAX_PIXELS = 178_956_970
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
 _DECODE_ERRORS = (
     UnidentifiedImageError,
@@ -56,7 +56,7 @@ def describe_source(source: object) -> str:
 def shorten(text: str, limit: int = 120) -> str:
     """`text`, or its start and length when longer than `limit` (a message must stay one line)."""
     text = text.replace("\n", " ").replace("\0", "\\0")
-    return text if len(text) <= limit else f"{text[:limit - 40]}... ({len(text)} chars)"
+    return text if len(text) <= limit else f"{text[: limit - 40]}... ({len(text)} chars)"
 
 
 def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -148,8 +148,9 @@ def _read_file(path: Path, name: str) -> bytes:
     kind = os.fstat(fd).st_mode
     if not stat.S_ISREG(kind):
         os.close(fd)
-        raise ImageError(f"{name}: is a directory, not an image file" if stat.S_ISDIR(kind) else
-                         f"{name}: not a regular file")
+        raise ImageError(
+            f"{name}: is a directory, not an image file" if stat.S_ISDIR(kind) else f"{name}: not a regular file"
+        )
     with os.fdopen(fd, "rb") as handle:
         try:
             return handle.read()
@@ -163,7 +164,7 @@ def decode_data_url(url: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep:
         raise ImageError(f"{name}: malformed data URL (no ',' before the payload)")
-    params = header[len("data:"):].split(";")  # the scheme is "data:" in any case
+    params = header[len("data:") :].split(";")  # the scheme is "data:" in any case
     mime = params[0].strip().lower()
     if mime and not mime.startswith("image/"):
         raise ImageError(f"{name}: data URL has media type {mime!r}, expected image/*")
@@ -186,10 +187,7 @@ def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> Non
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(
-            f"{name}: image too large ({width}x{height} = {width * height} pixels, "
-            f"limit {max_pixels})"
-        )
+        raise ImageError(f"{name}: image too large ({width}x{height} = {width * height} pixels, limit {max_pixels})")
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:

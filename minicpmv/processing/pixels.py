@@ -59,8 +59,7 @@ def patchify(chw: np.ndarray, patch_size: int) -> np.ndarray:
 def encode_image(image: Image.Image, plan: SlicePlan, mean=NORM_MEAN, std=NORM_STD) -> EncodedImage:
     """Resize, cut, normalise and patchify an RGB image according to `plan`."""
     crops = [
-        torch.from_numpy(patchify(normalize(crop, mean, std), plan.patch_size))
-        for crop in crop_images(image, plan)
+        torch.from_numpy(patchify(normalize(crop, mean, std), plan.patch_size)) for crop in crop_images(image, plan)
     ]
     tgt_sizes = torch.tensor(plan.tgt_sizes, dtype=torch.int32).reshape(-1, 2)
     return EncodedImage(plan, crops, tgt_sizes)

@@ -23,8 +23,16 @@ IMAGE_TAG = "(<image>./</image>)"
 def reserved_markers(config: ProcessorConfig) -> tuple[str, ...]:
     """Strings that only placeholders may hold: in a message's text they would be read as an image
     span with no image behind it (or with another request's features in a batch)."""
-    return (IMAGE_TAG, config.im_start, config.im_end, config.slice_start, config.slice_end, config.unk,
-            config.im_id_start, config.im_id_end)
+    return (
+        IMAGE_TAG,
+        config.im_start,
+        config.im_end,
+        config.slice_start,
+        config.slice_end,
+        config.unk,
+        config.im_id_start,
+        config.im_id_end,
+    )
 
 
 def refuse_marker_text(texts, config: ProcessorConfig) -> None:
@@ -33,8 +41,10 @@ def refuse_marker_text(texts, config: ProcessorConfig) -> None:
     for index, text in texts:
         found = next((marker for marker in markers if marker in text), None)
         if found is not None:
-            raise PromptError(f"message {index}: the text contains {found!r}, an image marker this model keeps "
-                              "for image placeholders; send images as image parts")
+            raise PromptError(
+                f"message {index}: the text contains {found!r}, an image marker this model keeps "
+                "for image placeholders; send images as image parts"
+            )
 
 
 def image_placeholder(

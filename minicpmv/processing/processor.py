@@ -71,7 +71,7 @@ class MiniCPMVProcessor:
         self.end_ids = {tokenizer.require_id(t) for t in end_tokens}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> "MiniCPMVProcessor":
+    def from_pretrained(cls, path: str | Path, **kwargs) -> MiniCPMVProcessor:
         """Processor of a checkpoint folder (config.json, preprocessor_config.json, tokenizer files)."""
         return cls(ProcessorConfig.from_pretrained(path), load_tokenizer(path), **kwargs)
 
@@ -89,15 +89,19 @@ class MiniCPMVProcessor:
         normalized = normalize_messages(messages, system_prompt)
         self.check_text(normalized)
         prompt = render_prompt(
-            normalized, self.config.version, self.tokenizer.chat_template,
-            self.tokenizer.special_tokens, add_generation_prompt,
+            normalized,
+            self.config.version,
+            self.tokenizer.chat_template,
+            self.tokenizer.special_tokens,
+            add_generation_prompt,
         )
         return prompt, message_images(normalized)
 
     def check_text(self, normalized: list) -> None:
         """PromptError if a message's text holds an image-marker string (normalized messages)."""
-        refuse_marker_text(((i, part) for i, m in enumerate(normalized) for part in m.parts if isinstance(part, str)),
-                           self.config)
+        refuse_marker_text(
+            ((i, part) for i, m in enumerate(normalized) for part in m.parts if isinstance(part, str)), self.config
+        )
 
     def encode_images(self, sources: list, max_slice_nums: int | None = None) -> list[EncodedImage]:
         """Load, plan and encode images; raises ImageError naming the bad one."""
@@ -122,7 +126,8 @@ class MiniCPMVProcessor:
             # refused before tokenizing: megabytes of text take a minute and gigabytes to tokenize
             raise PromptTooLongError(
                 f"the prompt is {len(text)} characters long, at least {len(text) // self.tokenizer.max_token_chars} "
-                f"tokens, more than the limit of {max_length}; use a shorter text")
+                f"tokens, more than the limit of {max_length}; use a shorter text"
+            )
         ids = self.tokenizer.encode(text)
         if max_length is not None and len(ids) > max_length:
             raise PromptTooLongError(

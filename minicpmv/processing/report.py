@@ -11,7 +11,9 @@ from .placeholders import compact_placeholder, image_placeholder
 from .slicing import SlicePlan
 
 
-def image_report(plan: SlicePlan, config: ProcessorConfig, image_index: int = 0, use_image_id: bool | None = None) -> dict:
+def image_report(
+    plan: SlicePlan, config: ProcessorConfig, image_index: int = 0, use_image_id: bool | None = None
+) -> dict:
     """Grid, overview and slice sizes, crops, tgt_sizes and placeholder of one image."""
     placeholder = image_placeholder(plan, config, image_index, use_image_id)
     report = {
@@ -42,7 +44,9 @@ def format_report(name: str, report: dict) -> str:
         f"(MiniCPM-V {report['version']}, max_slice_nums {report['max_slice_nums']})",
     ]
     overview = report["tgt_sizes"][0]
-    lines.append(f"  overview: {report['source_size'][0]}x{report['source_size'][1]} px = {overview[0]}x{overview[1]} patches")
+    lines.append(
+        f"  overview: {report['source_size'][0]}x{report['source_size'][1]} px = {overview[0]}x{overview[1]} patches"
+    )
     if report["best_grid"]:
         cols, rows = report["best_grid"]
         width, height = report["slice_sizes"][0]

@@ -23,14 +23,18 @@ def uniform_indices(count: int, keep: int) -> list[int]:
     return [int(i * gap + gap / 2) for i in range(keep)]
 
 
-def frame_indices(total: int, fps_in: float, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES) -> list[int]:
+def frame_indices(
+    total: int, fps_in: float, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES
+) -> list[int]:
     """Every round(fps_in / fps)-th of `total` frames, then at most max_frames of those spread evenly."""
     step = max(1, round(fps_in / fps)) if fps > 0 else 1
     candidates = list(range(0, total, step))
     return [candidates[i] for i in uniform_indices(len(candidates), max_frames)]
 
 
-def load_video_frames(path: str | os.PathLike, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES) -> list[Image.Image]:
+def load_video_frames(
+    path: str | os.PathLike, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES
+) -> list[Image.Image]:
     """Decode the sampled frames of a video file as RGB images; ImageError if it cannot be read.
 
     Only the chosen frames are kept, so long videos do not fill memory.
@@ -48,8 +52,11 @@ def load_video_frames(path: str | os.PathLike, fps: float = DEFAULT_FPS, max_fra
             total = stream.frames or sum(1 for _ in container.decode(stream))
         wanted = set(frame_indices(total, rate, fps, max_frames))
         with av.open(str(path)) as container:
-            frames = [frame.to_image().convert("RGB") for index, frame in enumerate(container.decode(video=0))
-                      if index in wanted]
+            frames = [
+                frame.to_image().convert("RGB")
+                for index, frame in enumerate(container.decode(video=0))
+                if index in wanted
+            ]
     except (av.error.FFmpegError, IndexError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode video ({exc})") from None
     if not frames:

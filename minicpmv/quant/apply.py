@@ -49,7 +49,7 @@ class QuantConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "QuantConfig":
+    def from_dict(cls, data: dict) -> QuantConfig:
         known = {k: data[k] for k in ("bits", "group_size", "vision_bits", "lm_head_bits", "quant_method") if k in data}
         return cls(**known)
 

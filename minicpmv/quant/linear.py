@@ -73,8 +73,14 @@ class DecodeCall:
 
     def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
         """The decode fast path: small contiguous float32 CPU input, native kernels on."""
-        return (x.dtype is torch.float32 and x.device.type == "cpu" and x.is_contiguous()
-                and x.numel() < self.max_rows * self.in_features and KERNEL["mode"] == "auto" and self.bound_to(module))
+        return (
+            x.dtype is torch.float32
+            and x.device.type == "cpu"
+            and x.is_contiguous()
+            and x.numel() < self.max_rows * self.in_features
+            and KERNEL["mode"] == "auto"
+            and self.bound_to(module)
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., K) contiguous float32 -> (..., N) float32, bias added."""
@@ -155,13 +161,15 @@ class Int8Linear(NativeLinear):
 
     def _bind(self) -> DecodeCall:
         tensors = (self.qweight.contiguous(), self.scales.float().contiguous())
-        return DecodeCall(self, native.library().minicpmv_linear_int8, tensors, (self.out_features, self.in_features),
-                          WIDEN_MIN_ROWS)
+        return DecodeCall(
+            self, native.library().minicpmv_linear_int8, tensors, (self.out_features, self.in_features), WIDEN_MIN_ROWS
+        )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, self.native_ok) and _widen(x, self.in_features):
-            out = _widened_linear(x, native.dequantize_int8(self.qweight, self.scales.float().contiguous()),
-                                  self.out_features)
+            out = _widened_linear(
+                x, native.dequantize_int8(self.qweight, self.scales.float().contiguous()), self.out_features
+            )
         elif _native(x, self.native_ok):
             return self._native_product(x)
         elif _fused(x, self.kernel_ok):
@@ -199,8 +207,13 @@ class Int4Linear(NativeLinear):
 
     def _bind(self) -> DecodeCall:
         tensors = (self.qweight.contiguous(), *self._native_scales())
-        return DecodeCall(self, native.library().minicpmv_linear_int4, tensors,
-                          (self.out_features, self.in_features, self.group_size), WIDEN_MIN_ROWS)
+        return DecodeCall(
+            self,
+            native.library().minicpmv_linear_int4,
+            tensors,
+            (self.out_features, self.in_features, self.group_size),
+            WIDEN_MIN_ROWS,
+        )
 
     def _kernel_weights(self):
         if self._packed is None:
@@ -240,8 +253,13 @@ class Bf16Linear(NativeLinear):
         self.native_ok = in_features % 8 == 0
 
     def _bind(self) -> DecodeCall:
-        return DecodeCall(self, native.library().minicpmv_linear_bf16, (self.weight.contiguous(),),
-                          (self.out_features, self.in_features), self.NATIVE_MAX_ROWS + 1)
+        return DecodeCall(
+            self,
+            native.library().minicpmv_linear_bf16,
+            (self.weight.contiguous(),),
+            (self.out_features, self.in_features),
+            self.NATIVE_MAX_ROWS + 1,
+        )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features

@@ -112,13 +112,17 @@ def checked(status: int) -> None:
         raise MemoryError("native kernel: no memory for the quantized activations")
 
 
-def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-              group_size: int) -> torch.Tensor:
+def gemm_int4(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
     """x (M, K) float32 @ int4 weight^T -> (M, N) float32; scales and zeros (N, K/g) float16."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
-    checked(library().minicpmv_linear_int4(_ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros),
-                                           qweight.shape[0], width, group_size, _ptr(out)))
+    checked(
+        library().minicpmv_linear_int4(
+            _ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros), qweight.shape[0], width, group_size, _ptr(out)
+        )
+    )
     return out
 
 
@@ -126,7 +130,9 @@ def gemm_int8(x: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor) -> 
     """x (M, K) float32 @ int8 weight^T -> (M, N) float32, `wscales` (N,) float32."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
-    checked(library().minicpmv_linear_int8(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out)))
+    checked(
+        library().minicpmv_linear_int8(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out))
+    )
     return out
 
 

@@ -30,7 +30,7 @@ def answer_logits(chat, messages: list, answer: list[int]) -> torch.Tensor:
     tokens = torch.tensor([answer[:-1]], dtype=torch.long, device=embeds.device)
     full = torch.cat([embeds, llm.embed(tokens)], dim=1) if answer[:-1] else embeds
     logits = llm(full)[0].float()
-    return logits[embeds.shape[1] - 1:]
+    return logits[embeds.shape[1] - 1 :]
 
 
 def compare(reference, candidate, samples=None, new_tokens: int = 32) -> dict:
@@ -45,11 +45,16 @@ def compare(reference, candidate, samples=None, new_tokens: int = 32) -> dict:
         p_log = torch.log_softmax(answer_logits(reference, messages, answer), -1)
         q_log = torch.log_softmax(answer_logits(candidate, messages, answer), -1)
         kl = (p_log.exp() * (p_log - q_log)).sum(-1)
-        rows.append({
-            "question": question, "image": bool(source), "positions": len(answer),
-            "top1_agreement": (p_log.argmax(-1) == q_log.argmax(-1)).float().mean().item(),
-            "mean_kl": kl.mean().item(), "greedy_text_equal": original.text == quantized.text,
-        })
+        rows.append(
+            {
+                "question": question,
+                "image": bool(source),
+                "positions": len(answer),
+                "top1_agreement": (p_log.argmax(-1) == q_log.argmax(-1)).float().mean().item(),
+                "mean_kl": kl.mean().item(),
+                "greedy_text_equal": original.text == quantized.text,
+            }
+        )
     return {
         "samples": rows,
         "top1_agreement": sum(r["top1_agreement"] for r in rows) / len(rows),

@@ -45,7 +45,9 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).reshape(packed.shape[0], -1).to(torch.int32)
 
 
-def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def dequantize_int4(
+    packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype=torch.float32
+) -> torch.Tensor:
     q = unpack_int4(packed).float()
     out_features, in_features = q.shape
     groups = q.reshape(out_features, scales.shape[1], -1)  # (N, G, g)

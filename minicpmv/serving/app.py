@@ -63,8 +63,7 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     """The server for one loaded `ChatModel`. Its worker (`app.state.worker`) starts in a thread
     now, or, with `start_worker=False`, runs wherever the caller calls `worker.run()`."""
     settings = settings or ServerSettings()
-    worker = ModelWorker(chat, settings.max_queue, settings.max_batch, settings.max_streams,
-                         settings.max_server_pixels)
+    worker = ModelWorker(chat, settings.max_queue, settings.max_batch, settings.max_streams, settings.max_server_pixels)
     if not settings.share_feature_cache:
         chat.feature_cache_size = 0
     if start_worker:
@@ -85,8 +84,9 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
         if settings.api_key:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                               code="invalid_api_key")
+                raise APIError(
+                    401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key"
+                )
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -100,8 +100,18 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
 
     @api.get("/models")
     async def models():
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": started,
-                                            "owned_by": "minicpmv", "context_length": worker.context}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": settings.model_name,
+                    "object": "model",
+                    "created": started,
+                    "owned_by": "minicpmv",
+                    "context_length": worker.context,
+                }
+            ],
+        }
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -118,8 +128,9 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
     ticket = worker.admit()  # before any image is decoded: a full server answers 429 at once
     try:
         # decoding images is slow and blocking: off the event loop
-        messages = await run_in_threadpool(to_chat_messages, parsed, settings.images,
-                                           lambda pixels: worker.reserve_pixels(ticket, pixels))
+        messages = await run_in_threadpool(
+            to_chat_messages, parsed, settings.images, lambda pixels: worker.reserve_pixels(ticket, pixels)
+        )
     except BaseException:
         worker.release(ticket)
         raise
@@ -133,8 +144,9 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             events = _sse_events(job, request_id, settings.model_name, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            )
         while kind != "done":
             kind, payload = await _next_event(job, request)
             if kind == "error":
@@ -148,7 +160,9 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is {declared} bytes, over the limit of {limit} bytes", code="body_too_large")
+        raise APIError(
+            413, f"the request body is {declared} bytes, over the limit of {limit} bytes", code="body_too_large"
+        )
     body = bytearray()
     deadline = time.monotonic() + timeout_s
     pieces = request.stream().__aiter__()
@@ -158,8 +172,9 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         except StopAsyncIteration:
             return bytes(body)
         except asyncio.TimeoutError:
-            raise APIError(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout") \
-                from None
+            raise APIError(
+                408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout"
+            ) from None
         body += piece
         if len(body) > limit:
             raise APIError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
@@ -170,12 +185,22 @@ def _options(request: ChatCompletionRequest, context: int) -> tuple[dict, int | 
     limit = request.answer_limit()
     if limit is not None and limit >= context:
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-        raise APIError(400, f"{param}: {limit} is not below the model's context of {context} tokens",
-                       param, "context_length_exceeded")
+        raise APIError(
+            400,
+            f"{param}: {limit} is not below the model's context of {context} tokens",
+            param,
+            "context_length_exceeded",
+        )
     options = {"stop": request.stop_strings()}
-    for name, value in (("max_new_tokens", limit), ("min_new_tokens", request.min_tokens),
-                        ("temperature", request.temperature), ("top_p", request.top_p), ("top_k", request.top_k),
-                        ("repetition_penalty", request.repetition_penalty), ("seed", request.seed)):
+    for name, value in (
+        ("max_new_tokens", limit),
+        ("min_new_tokens", request.min_tokens),
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("top_k", request.top_k),
+        ("repetition_penalty", request.repetition_penalty),
+        ("seed", request.seed),
+    ):
         if value is not None:
             options[name] = value
     return options, limit
@@ -211,8 +236,11 @@ async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool
                 reason = protocol.finish_reason(payload.stopped_by)
                 yield event(protocol.chunk(request_id, model, {}, reason, timings=protocol.timings(payload), **extra))
                 if include_usage:
-                    yield event(protocol.chunk(request_id, model, None, usage=protocol.usage(payload),
-                                               timings=protocol.timings(payload)))
+                    yield event(
+                        protocol.chunk(
+                            request_id, model, None, usage=protocol.usage(payload), timings=protocol.timings(payload)
+                        )
+                    )
                 yield "data: [DONE]\n\n"
                 return
             else:
@@ -235,13 +263,20 @@ def _add_request_checks(app: FastAPI, settings: ServerSettings) -> None:
         if allowed is not None and "*" not in allowed:
             host = _host_name(headers.get("host", ""))
             if host not in allowed:
-                return APIError(400, f"Host {shorten(host, 80)!r} is not one this server answers to; start it "
-                                     "with --allowed-hosts NAME to add a name", code="host_not_allowed")
+                return APIError(
+                    400,
+                    f"Host {shorten(host, 80)!r} is not one this server answers to; start it "
+                    "with --allowed-hosts NAME to add a name",
+                    code="host_not_allowed",
+                )
         if scope["method"] == "POST":
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
-                return APIError(415, f"Content-Type {shorten(media, 80) or '(none)'!r}: send the body as "
-                                     "application/json", code="unsupported_media_type")
+                return APIError(
+                    415,
+                    f"Content-Type {shorten(media, 80) or '(none)'!r}: send the body as application/json",
+                    code="unsupported_media_type",
+                )
         return None
 
     class RequestChecks:
@@ -276,8 +311,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        error = APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                         kind="invalid_request_error" if exc.status_code < 500 else "server_error")
+        error = APIError(
+            exc.status_code,
+            f"{request.method} {request.url.path}: {exc.detail}",
+            kind="invalid_request_error" if exc.status_code < 500 else "server_error",
+        )
         return JSONResponse(error.body(), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -285,8 +323,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(APIError(400, str(exc).splitlines()[0]).body(), status_code=400)
 
 
-def serve_on_main_thread(chat, settings: ServerSettings, host: str, port: int, log_level: str = "warning",
-                         on_ready=None) -> None:
+def serve_on_main_thread(
+    chat, settings: ServerSettings, host: str, port: int, log_level: str = "warning", on_ready=None
+) -> None:
     """Run the HTTP server in a background thread and the model worker on this (main) thread
     until Ctrl-C or SIGTERM; raises ConfigError if the address cannot be listened on."""
     import uvicorn

@@ -14,10 +14,14 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-_BUSY_BODY = (b'{"error": {"message": "too many open connections; retry later", "type": "server_error", '
-              b'"param": null, "code": "too_many_connections"}}')
-BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        b"content-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+_BUSY_BODY = (
+    b'{"error": {"message": "too many open connections; retry later", "type": "server_error", '
+    b'"param": null, "code": "too_many_connections"}}'
+)
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 def guarded_protocol(head_timeout_s: float, max_connections: int) -> type:
@@ -74,5 +78,9 @@ def guarded_protocol(head_timeout_s: float, max_connections: int) -> type:
 def uvicorn_config(app, settings, **options) -> uvicorn.Config:
     """uvicorn's config for `app` under `settings` (ServerSettings): the guarded protocol, and idle
     keep-alive connections closed after `head_timeout_s` as well."""
-    return uvicorn.Config(app, http=guarded_protocol(settings.head_timeout_s, settings.max_connections),
-                          timeout_keep_alive=max(1, int(settings.head_timeout_s)), **options)
+    return uvicorn.Config(
+        app,
+        http=guarded_protocol(settings.head_timeout_s, settings.max_connections),
+        timeout_keep_alive=max(1, int(settings.head_timeout_s)),
+        **options,
+    )

@@ -38,11 +38,20 @@ class ImagePolicy:
 def to_chat_messages(request: ChatCompletionRequest, policy: ImagePolicy, reserve=None) -> list[dict]:
     """The request's messages in `ChatModel.chat` form, every image decoded (or a 400). `reserve`
     (pixels -> None, may raise) is called with the request's pixel total before any decoding."""
-    count = sum(1 for m in request.messages if isinstance(m.content, list)
-                for part in m.content if not isinstance(part, TextPart))
+    count = sum(
+        1
+        for m in request.messages
+        if isinstance(m.content, list)
+        for part in m.content
+        if not isinstance(part, TextPart)
+    )
     if count > policy.max_images:
-        raise APIError(400, f"messages: {count} images; the limit is {policy.max_images} per request",
-                       "messages", "too_many_images")
+        raise APIError(
+            400,
+            f"messages: {count} images; the limit is {policy.max_images} per request",
+            "messages",
+            "too_many_images",
+        )
     messages, opened, total = [], [], 0
     for index, message in enumerate(request.messages):
         if isinstance(message.content, str):
@@ -60,8 +69,12 @@ def to_chat_messages(request: ChatCompletionRequest, policy: ImagePolicy, reserv
                 total += content[-1].width * content[-1].height
         messages.append({"role": message.role, "content": content})
     if total > policy.max_request_pixels:
-        raise APIError(400, f"messages: the images hold {total} pixels together; the limit is "
-                            f"{policy.max_request_pixels} per request", "messages", "images_too_large")
+        raise APIError(
+            400,
+            f"messages: the images hold {total} pixels together; the limit is {policy.max_request_pixels} per request",
+            "messages",
+            "images_too_large",
+        )
     if reserve is not None:
         reserve(total)
     for content, slot, param in opened:
@@ -81,21 +94,30 @@ def open_request_image(url: str, policy: ImagePolicy, param: str):
             return open_image(url, policy.max_pixels)
         if scheme in ("http", "https"):
             if not policy.allow_remote:
-                raise APIError(400, f"{param}: remote image URLs are refused by this server "
-                                    "(start it with --allow-remote-images)", param, "remote_image_refused")
+                raise APIError(
+                    400,
+                    f"{param}: remote image URLs are refused by this server (start it with --allow-remote-images)",
+                    param,
+                    "remote_image_refused",
+                )
             return open_image(_fetch(url, policy.max_bytes, param), policy.max_pixels)
         if scheme == "file" or not scheme or len(scheme) == 1:  # a path (len 1: a Windows drive letter)
             return open_image(_local_path(url, policy, param), policy.max_pixels)
     except ImageError as exc:
         raise APIError(400, f"{param}: {exc}", param, "invalid_image") from None
-    raise APIError(400, f"{param}: unsupported URL scheme {shorten(scheme, 40)!r}; use a data: URL", param,
-                   "invalid_image")
+    raise APIError(
+        400, f"{param}: unsupported URL scheme {shorten(scheme, 40)!r}; use a data: URL", param, "invalid_image"
+    )
 
 
 def _local_path(url: str, policy: ImagePolicy, param: str) -> Path:
     if policy.local_dir is None:
-        raise APIError(400, f"{param}: local image paths are refused by this server "
-                            "(start it with --allow-local-images DIR)", param, "local_image_refused")
+        raise APIError(
+            400,
+            f"{param}: local image paths are refused by this server (start it with --allow-local-images DIR)",
+            param,
+            "local_image_refused",
+        )
     root = policy.local_dir.resolve()
     try:
         path = (root / url.removeprefix("file://")).resolve()  # an absolute path replaces root here
@@ -104,11 +126,14 @@ def _local_path(url: str, policy: ImagePolicy, param: str) -> Path:
     except (OSError, ValueError):  # a NUL byte, a name too long for the file system
         raise APIError(400, f"{param}: {shorten(url)} is not a usable file name", param, "invalid_image") from None
     if not inside:
-        raise APIError(400, f"{param}: {shorten(url)} is outside the folder this server may read images from",
-                       param, "local_image_refused")
+        raise APIError(
+            400,
+            f"{param}: {shorten(url)} is outside the folder this server may read images from",
+            param,
+            "local_image_refused",
+        )
     if size > policy.max_bytes:
-        raise APIError(400, f"{param}: {shorten(url)} is larger than {policy.max_bytes} bytes", param,
-                       "invalid_image")
+        raise APIError(400, f"{param}: {shorten(url)} is larger than {policy.max_bytes} bytes", param, "invalid_image")
     return path
 
 

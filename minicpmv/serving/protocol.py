@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -15,8 +15,14 @@ STRICT = ConfigDict(extra="ignore", strict=True)
 class APIError(Exception):
     """A request the server refuses: HTTP status plus OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -39,16 +45,16 @@ class TextPart(BaseModel):
 class ImageURLPart(BaseModel):
     model_config = STRICT
     type: Literal["image_url"]
-    image_url: Union[ImageURL, str]  # the object form, or the bare-string form some clients send
+    image_url: ImageURL | str  # the object form, or the bare-string form some clients send
 
 
-ContentPart = Annotated[Union[TextPart, ImageURLPart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImageURLPart, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
     model_config = STRICT
     role: Literal["system", "user", "assistant"]
-    content: Union[str, list[ContentPart]]
+    content: str | list[ContentPart]
 
 
 class StreamOptions(BaseModel):
@@ -65,7 +71,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -84,8 +90,11 @@ class ChatCompletionRequest(BaseModel):
         return stops
 
 
-_FIELDS = {name for model in (ImageURL, TextPart, ImageURLPart, ChatMessage, StreamOptions, ChatCompletionRequest)
-           for name in model.model_fields}
+_FIELDS = {
+    name
+    for model in (ImageURL, TextPart, ImageURLPart, ChatMessage, StreamOptions, ChatCompletionRequest)
+    for name in model.model_fields
+}
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
@@ -133,23 +142,43 @@ def timings(generation) -> dict:
         "image_encode_ms": round(generation.image_seconds * 1000, 2),
         "image_tokens": generation.image_tokens,
         "prefill_ms": round(generation.prefill_seconds * 1000, 2),
-        "prefill_tokens_per_second": round(prompt / generation.prefill_seconds, 2) if generation.prefill_seconds else 0.0,
+        "prefill_tokens_per_second": round(prompt / generation.prefill_seconds, 2)
+        if generation.prefill_seconds
+        else 0.0,
         "decode_ms": round(generation.decode_seconds * 1000, 2),
-        "decode_tokens_per_second": round(completion / generation.decode_seconds, 2) if generation.decode_seconds else 0.0,
+        "decode_tokens_per_second": round(completion / generation.decode_seconds, 2)
+        if generation.decode_seconds
+        else 0.0,
     }
 
 
 def completion(request_id: str, model: str, generation) -> dict:
     return {
-        "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
-                     "logprobs": None, "finish_reason": finish_reason(generation.stopped_by)}],
-        "usage": usage(generation), "timings": timings(generation),
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "logprobs": None,
+                "finish_reason": finish_reason(generation.stopped_by),
+            }
+        ],
+        "usage": usage(generation),
+        "timings": timings(generation),
     }
 
 
 def chunk(request_id: str, model: str, delta: dict | None, finish: str | None = None, **extra) -> dict:
     """One streamed chunk; `delta=None` is the usage chunk (no choices), as OpenAI sends it."""
     choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-    return {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": choices, **extra}
+    return {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        **extra,
+    }

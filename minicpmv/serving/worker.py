@@ -15,8 +15,8 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ..errors import MiniCPMVError, PromptTooLongError
 from .protocol import APIError
@@ -72,8 +72,9 @@ class ModelWorker:
     cache), so every client sees its answer progress; greedy non-streamed requests with the same
     settings that are waiting together are decoded as one batch of up to `max_batch`."""
 
-    def __init__(self, chat, max_queue: int = 16, max_batch: int = 1, max_streams: int = 4,
-                 max_pixels: int | None = None):
+    def __init__(
+        self, chat, max_queue: int = 16, max_batch: int = 1, max_streams: int = 4, max_pixels: int | None = None
+    ):
         if min(max_queue, max_batch, max_streams) < 1:
             raise ValueError("max_queue, max_batch and max_streams must be at least 1")
         self.max_pixels = max_pixels
@@ -103,9 +104,13 @@ class ModelWorker:
         with self._lock:
             if self._admitted >= self.max_queue:
                 self.counts["refused"] += 1
-                raise APIError(429, f"the server is busy: {self._admitted} requests are queued or running "
-                                    f"(limit {self.max_queue}); retry later", code="queue_full",
-                               kind="rate_limit_error")
+                raise APIError(
+                    429,
+                    f"the server is busy: {self._admitted} requests are queued or running "
+                    f"(limit {self.max_queue}); retry later",
+                    code="queue_full",
+                    kind="rate_limit_error",
+                )
             self._admitted += 1
             return Ticket()
 
@@ -114,9 +119,13 @@ class ModelWorker:
         with self._lock:
             if self.max_pixels is not None and self._pixels + pixels > self.max_pixels:
                 self.counts["refused"] += 1
-                raise APIError(429, f"the server is busy: the requests it holds have {self._pixels} pixels of "
-                                    f"images; {pixels} more would pass its limit of {self.max_pixels}; retry later",
-                               code="images_busy", kind="rate_limit_error")
+                raise APIError(
+                    429,
+                    f"the server is busy: the requests it holds have {self._pixels} pixels of "
+                    f"images; {pixels} more would pass its limit of {self.max_pixels}; retry later",
+                    code="images_busy",
+                    kind="rate_limit_error",
+                )
             self._pixels += pixels
             ticket.pixels += pixels
 
@@ -137,8 +146,12 @@ class ModelWorker:
 
     def status(self) -> dict:
         with self._lock:
-            return {"admitted": self._admitted, "max_queue": self.max_queue, "image_pixels": self._pixels,
-                    **self.counts}
+            return {
+                "admitted": self._admitted,
+                "max_queue": self.max_queue,
+                "image_pixels": self._pixels,
+                **self.counts,
+            }
 
     def close(self) -> None:
         with self._lock:
@@ -237,8 +250,9 @@ class ModelWorker:
 
     def _serve_batch(self, jobs: list[Job]) -> None:
         try:
-            generations = self.chat.generate_batch([job.messages for job in jobs], max_input_length=self.context - 1,
-                                                   **jobs[0].options)
+            generations = self.chat.generate_batch(
+                [job.messages for job in jobs], max_input_length=self.context - 1, **jobs[0].options
+            )
         except MiniCPMVError:  # one bad conversation fails the batch: each alone gets its own answer or error
             for job in jobs:
                 if (stream := self._start(job)) is not None:
@@ -263,6 +277,10 @@ class ModelWorker:
 
 
 def _over_context(prompt_tokens: int, max_tokens: int, context: int) -> APIError:
-    return APIError(400, f"max_tokens: the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}; "
-                         f"together they exceed the model's context of {context} tokens",
-                    "max_tokens", "context_length_exceeded")
+    return APIError(
+        400,
+        f"max_tokens: the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}; "
+        f"together they exceed the model's context of {context} tokens",
+        "max_tokens",
+        "context_length_exceeded",
+    )

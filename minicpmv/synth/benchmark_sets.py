@@ -47,15 +47,21 @@ def _yes_no(scene, rng: random.Random) -> list[dict]:
     if absent:
         rows.append(("shape", rng.choice(absent), "No"))
     rows.append(("colour", rng.choice(wrong_pairs), "No"))  # a shape it holds, in a colour it has not
-    return [{"question": f"Is there a {what} in the image? Please answer yes or no.", "answer": answer,
-             "category": kind} for kind, what, answer in rows]
+    return [
+        {"question": f"Is there a {what} in the image? Please answer yes or no.", "answer": answer, "category": kind}
+        for kind, what, answer in rows
+    ]
 
 
 def _choice_row(question: str, right: str, pool: list[str], task: str, rng: random.Random) -> dict:
     options = [right, *rng.sample([p for p in pool if p != right], 3)]
     rng.shuffle(options)
-    return {"question": question, **dict(zip("ABCD", options)), "answer": "ABCD"[options.index(right)],
-            "category": task}
+    return {
+        "question": question,
+        **dict(zip("ABCD", options)),
+        "answer": "ABCD"[options.index(right)],
+        "category": task,
+    }
 
 
 def _choices(scene, asked, rng: random.Random) -> list[dict]:
@@ -63,8 +69,9 @@ def _choices(scene, asked, rng: random.Random) -> list[dict]:
     return [_choice_row(q, a, pools[task], task, rng) for task, q, a in asked if task in pools]
 
 
-def demo_rows(seed: int = DEMO_SEED, images: int = DEMO_IMAGES,
-              document_share: float = DEMO_DOCUMENT_SHARE) -> dict[str, list[dict]]:
+def demo_rows(
+    seed: int = DEMO_SEED, images: int = DEMO_IMAGES, document_share: float = DEMO_DOCUMENT_SHARE
+) -> dict[str, list[dict]]:
     """The four sets' rows, deterministic from the world's seed."""
     sets: dict[str, list[dict]] = {name: [] for name in COLUMNS}
     for number in range(images):
@@ -72,8 +79,10 @@ def demo_rows(seed: int = DEMO_SEED, images: int = DEMO_IMAGES,
         if rng.random() < document_share:
             document = random_document(rng)
             image = _png64(document.image)
-            extra = [{"question": q, "answer": repr([a]), "category": task}
-                     for task, q, a in document_questions(document, rng)]
+            extra = [
+                {"question": q, "answer": repr([a]), "category": task}
+                for task, q, a in document_questions(document, rng)
+            ]
             sets["demo_vqa"] += [dict(row, image=image) for row in extra]
             continue
         scene = random_scene(rng)
@@ -90,8 +99,9 @@ def demo_rows(seed: int = DEMO_SEED, images: int = DEMO_IMAGES,
     return sets
 
 
-def write_demo_benchmarks(output: str | Path, seed: int = DEMO_SEED, images: int = DEMO_IMAGES,
-                          document_share: float = DEMO_DOCUMENT_SHARE) -> dict[str, Path]:
+def write_demo_benchmarks(
+    output: str | Path, seed: int = DEMO_SEED, images: int = DEMO_IMAGES, document_share: float = DEMO_DOCUMENT_SHARE
+) -> dict[str, Path]:
     """Write OUTPUT/<set>.tsv for the four demo sets (atomically); returns their paths."""
     output = Path(output)
     paths = {}

@@ -52,18 +52,21 @@ def document_records(rng: random.Random, name: str, folder: Path) -> list[dict]:
     document = random_document(rng)
     file = f"{name}.png"
     document.image.save(folder / file)
-    records = [conversation_record(f"{name}-{task}-{i}", file, task, [(q, a)])
-               for i, (task, q, a) in enumerate(document_questions(document, rng))]
+    records = [
+        conversation_record(f"{name}-{task}-{i}", file, task, [(q, a)])
+        for i, (task, q, a) in enumerate(document_questions(document, rng))
+    ]
     records.append(conversation_record(f"{name}-ocr", file, "ocr", [("Read all the text.", "\n".join(document.lines))]))
     facts = fact_questions(document)
     rng.shuffle(facts)  # drawn last: the records above stay as they were before this one existed
-    if len(facts) > 1:  # every fact in one conversation, in no page order (docs/demo-model.md, "Lookup")
+    if len(facts) > 1:  # every fact in one conversation, in no page order (research/demo-model-log.md, "Lookup")
         records.append(conversation_record(f"{name}-lookup", file, "lookup", [(q, a) for _, q, a in facts]))
     return records
 
 
-def build_world(output: str | Path, seed: int = 0, sizes: dict[str, int] | None = None,
-                document_share: float = 0.5) -> dict[str, Path]:
+def build_world(
+    output: str | Path, seed: int = 0, sizes: dict[str, int] | None = None, document_share: float = 0.5
+) -> dict[str, Path]:
     """Write `output/SPLIT.json` and `output/images/` for each split; returns the JSON paths.
     `sizes` gives the number of images per split (default SPLITS); about `document_share` of
     them are documents, the rest scenes."""
@@ -114,7 +117,7 @@ def colour_drill(rng: random.Random):
     shape questions (BOUND) in shuffled order: a colour asked by shape, a shape by colour. The
     small LLM named another object's colour in one multi-object scene in five after every other
     kind of training; these alone, on per-object tokens, took colour to 94.7% of 604 fresh scenes
-    (docs/demo-model.md, "Drills")."""
+    (research/demo-model-log.md, "Drills")."""
     while True:  # a one-object scene, or one whose shapes all come twice, asks no colour: draw again
         scene = random_scene(rng)
         asked = [(question, answer) for task, question, answer in survey_questions(scene) if task in BOUND]
@@ -123,8 +126,9 @@ def colour_drill(rng: random.Random):
             return scene.render(), asked
 
 
-def build_reading(output: str | Path, sizes: dict[str, int], reader=read_page_slice, seed: int = 0,
-                  task: str = "read") -> dict[str, Path]:
+def build_reading(
+    output: str | Path, sizes: dict[str, int], reader=read_page_slice, seed: int = 0, task: str = "read"
+) -> dict[str, Path]:
     """Reading for the LLM: an image, question and answer from `reader(rng)` (a page's slice or
     one line to read; a line of a slice to find), or an image and a conversation (a scene's
     survey), tagged `task`, written like a world

@@ -21,21 +21,57 @@ from ..processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
 # 28 px instead of SigLIP's 14: a 448-px slice is 16x16 = 256 vision tokens, a quarter of the
 # compute, and a 22-px character still falls within one or two patches.
 DEMO_CONFIG = {
-    "architectures": ["MiniCPMV"], "model_type": "minicpmv", "version": 2.6,
-    "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "max_position_embeddings": 8192, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
-    "query_num": 64, "batch_vision_input": True, "slice_mode": True, "use_image_id": True,
-    "drop_vision_last_layer": False, "image_size": 448, "patch_size": 28, "vision_batch_size": 16,
-    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 192, "intermediate_size": 768,
-                      "num_hidden_layers": 4, "num_attention_heads": 4, "patch_size": 28, "image_size": 448},
+    "architectures": ["MiniCPMV"],
+    "model_type": "minicpmv",
+    "version": 2.6,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 8192,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "use_cache": True,
+    "query_num": 64,
+    "batch_vision_input": True,
+    "slice_mode": True,
+    "use_image_id": True,
+    "drop_vision_last_layer": False,
+    "image_size": 448,
+    "patch_size": 28,
+    "vision_batch_size": 16,
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 192,
+        "intermediate_size": 768,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "patch_size": 28,
+        "image_size": 448,
+    },
 }
 PREPROCESSOR_CONFIG = {
-    "image_processor_type": "MiniCPMVImageProcessor", "processor_class": "MiniCPMVProcessor",
-    "max_slice_nums": 9, "scale_resolution": 448, "patch_size": 28, "im_start": "<image>", "im_end": "</image>",
-    "slice_start": "<slice>", "slice_end": "</slice>", "unk": "<unk>", "norm_mean": [0.5, 0.5, 0.5],
-    "norm_std": [0.5, 0.5, 0.5], "image_feature_size": 64, "im_id_start": "<image_id>", "im_id_end": "</image_id>",
-    "slice_mode": True, "use_image_id": True, "version": 2.6,
+    "image_processor_type": "MiniCPMVImageProcessor",
+    "processor_class": "MiniCPMVProcessor",
+    "max_slice_nums": 9,
+    "scale_resolution": 448,
+    "patch_size": 28,
+    "im_start": "<image>",
+    "im_end": "</image>",
+    "slice_start": "<slice>",
+    "slice_end": "</slice>",
+    "unk": "<unk>",
+    "norm_mean": [0.5, 0.5, 0.5],
+    "norm_std": [0.5, 0.5, 0.5],
+    "image_feature_size": 64,
+    "im_id_start": "<image_id>",
+    "im_id_end": "</image_id>",
+    "slice_mode": True,
+    "use_image_id": True,
+    "version": 2.6,
 }
 TEMPLATE_WORDS = ["system", "user", "assistant", "You are a helpful assistant."]
 
@@ -56,11 +92,19 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=V26_SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=V26_SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
@@ -74,17 +118,26 @@ def demo_configs(query_num: int | None = None) -> tuple[dict, dict]:
     return config, preprocessor
 
 
-def init_checkpoint(folder: str | Path, train_json: list[Path], seed: int = 0, vocab_size: int = 1024,
-                    query_num: int | None = None) -> Path:
+def init_checkpoint(
+    folder: str | Path, train_json: list[Path], seed: int = 0, vocab_size: int = 1024, query_num: int | None = None
+) -> Path:
     """Write the untrained demo checkpoint: tokenizer from the training texts, random weights."""
     config, preprocessor = demo_configs(query_num)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(record_texts(train_json), vocab_size)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": V26_CHAT_TEMPLATE, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-         "unk_token": "<unk>"}, indent=1))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": V26_CHAT_TEMPLATE,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<unk>",
+            },
+            indent=1,
+        )
+    )
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.token_to_id("<|im_end|>")}))
     config["vocab_size"] = tokenizer.get_vocab_size()

@@ -11,7 +11,7 @@ Pages are monospaced (a till printer's or a typewriter's): one character per 28-
 grid that is the demo encoder's patch grid, on pages made of whole 448-px slices, which the
 processor's slicing cuts without resizing (tested). So every character falls in one patch of
 one slice. Text that meets the patches at any phase, two characters to a patch, was not learnt
-by the from-scratch encoder within the CPU budget (docs/demo-model.md, "Reading: a probe")."""
+by the from-scratch encoder within the CPU budget (research/demo-model-log.md, "Reading: a probe")."""
 
 from __future__ import annotations
 
@@ -21,10 +21,46 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
-ITEMS = ["apple", "bread", "milk", "cheese", "coffee", "rice", "tea", "butter", "eggs", "juice", "soap", "pasta",
-         "honey", "beans", "salt", "sugar", "lemon", "onion", "tomato", "yogurt"]
-WORDS = ["OPEN", "EXIT", "SALE", "HOTEL", "MARKET", "PARK", "NORTH", "RIVER", "CAFE", "STATION", "GARDEN",
-         "BRIDGE", "LIBRARY", "MUSEUM", "HARBOR", "BAKERY"]
+ITEMS = [
+    "apple",
+    "bread",
+    "milk",
+    "cheese",
+    "coffee",
+    "rice",
+    "tea",
+    "butter",
+    "eggs",
+    "juice",
+    "soap",
+    "pasta",
+    "honey",
+    "beans",
+    "salt",
+    "sugar",
+    "lemon",
+    "onion",
+    "tomato",
+    "yogurt",
+]
+WORDS = [
+    "OPEN",
+    "EXIT",
+    "SALE",
+    "HOTEL",
+    "MARKET",
+    "PARK",
+    "NORTH",
+    "RIVER",
+    "CAFE",
+    "STATION",
+    "GARDEN",
+    "BRIDGE",
+    "LIBRARY",
+    "MUSEUM",
+    "HARBOR",
+    "BAKERY",
+]
 NAMES = ["Ada Moreau", "Ben Okafor", "Chen Wei", "Dana Silva", "Eli Novak", "Fay Larsen", "Gus Patel", "Hana Ito"]
 
 
@@ -82,13 +118,22 @@ def receipt(rng: random.Random) -> Document:
     lines = [f"SHOP {rng.randint(10, 99)}"] + [f"{item}  {price:.2f}" for item, price in prices.items()]
     lines.append(f"TOTAL  {total:.2f}")
     image, cells = _page(lines, (896, rng.choice((1344, 1792))), rng)  # portrait, like a till slip
-    return Document("receipt", image, lines, {"total": f"{total:.2f}",
-                                              "prices": {item: f"{price:.2f}" for item, price in prices.items()}}, cells)
+    return Document(
+        "receipt",
+        image,
+        lines,
+        {"total": f"{total:.2f}", "prices": {item: f"{price:.2f}" for item, price in prices.items()}},
+        cells,
+    )
 
 
 def form(rng: random.Random) -> Document:
-    fields = {"name": rng.choice(NAMES), "date": f"{rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.20{rng.randint(10, 30)}",
-              "amount": f"{rng.randint(10, 9999)}", "code": f"{rng.choice('ABCDEFGH')}{rng.randint(100, 999)}"}
+    fields = {
+        "name": rng.choice(NAMES),
+        "date": f"{rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.20{rng.randint(10, 30)}",
+        "amount": f"{rng.randint(10, 9999)}",
+        "code": f"{rng.choice('ABCDEFGH')}{rng.randint(100, 999)}",
+    }
     lines = ["APPLICATION FORM"] + [f"{key.upper()}: {value}" for key, value in fields.items()]
     image, cells = _page(lines, (1344, 896), rng)
     return Document("form", image, lines, {"fields": fields}, cells)
@@ -108,16 +153,23 @@ def sign(rng: random.Random, vertical: bool | None = None) -> Document:
     stacked downwards), with a word and a number written small in its middle."""
     vertical = rng.random() < 0.5 if vertical is None else vertical
     text = f"{rng.choice(WORDS)} {rng.randint(10, 999)}"
-    image = Image.new("RGB", (448, 4032) if vertical else (4032, 448), (rng.randint(180, 255), rng.randint(180, 255), 200))
+    image = Image.new(
+        "RGB", (448, 4032) if vertical else (4032, 448), (rng.randint(180, 255), rng.randint(180, 255), 200)
+    )
     along = rng.randint(7, 4032 // CELL - 7 - len(text))  # the cell the text starts at, along the sign
     across = rng.randint(6, 448 // CELL - 7)
     cells = write_cells(image, text, across, along, down=True) if vertical else write_cells(image, text, along, across)
     return Document("sign", image, [text], {"text": text}, cells)
 
 
-QUESTIONS = {"total": "What is the total?", "price": "How much is the {}?", "line": "What is written on line {}?",
-             "field": "What is the {} on the form?", "cell": "What number is in row {}, column {}?",
-             "sign": "What does the sign say?"}  # per task; the slots take the item, line, key or cell
+QUESTIONS = {
+    "total": "What is the total?",
+    "price": "How much is the {}?",
+    "line": "What is written on line {}?",
+    "field": "What is the {} on the form?",
+    "cell": "What number is in row {}, column {}?",
+    "sign": "What does the sign say?",
+}  # per task; the slots take the item, line, key or cell
 
 
 def document_questions(document: Document, rng: random.Random) -> list[tuple[str, str, str]]:
@@ -126,9 +178,11 @@ def document_questions(document: Document, rng: random.Random) -> list[tuple[str
     if document.kind == "receipt":
         item = rng.choice(sorted(facts["prices"]))
         line = rng.randint(2, len(document.lines))
-        return [("total", QUESTIONS["total"], facts["total"]),
-                ("price", QUESTIONS["price"].format(item), facts["prices"][item]),
-                ("line", QUESTIONS["line"].format(line), document.lines[line - 1])]
+        return [
+            ("total", QUESTIONS["total"], facts["total"]),
+            ("price", QUESTIONS["price"].format(item), facts["prices"][item]),
+            ("line", QUESTIONS["line"].format(line), document.lines[line - 1]),
+        ]
     if document.kind == "form":
         key = rng.choice(sorted(facts["fields"]))
         return [("field", QUESTIONS["field"].format(key), facts["fields"][key])]
@@ -157,7 +211,9 @@ def page_slices(document: Document) -> list[tuple[int, int, int, int]]:
 def slice_cells(document: Document, box: tuple[int, int, int, int]) -> tuple[str, ...]:
     """The character in each cell of a slice, row by row ("none" where blank): 16 x 16 places."""
     left, top, right, bottom = (edge // CELL for edge in box)
-    return tuple(document.cells.get((column, row), "none") for row in range(top, bottom) for column in range(left, right))
+    return tuple(
+        document.cells.get((column, row), "none") for row in range(top, bottom) for column in range(left, right)
+    )
 
 
 def slice_text(document: Document, box: tuple[int, int, int, int]) -> str:
@@ -165,8 +221,10 @@ def slice_text(document: Document, box: tuple[int, int, int, int]) -> str:
     row become spaces)."""
     per_row = SLICE // CELL
     cells = slice_cells(document, box)
-    rows = ["".join(" " if c == "none" else c for c in cells[start:start + per_row]).strip()
-            for start in range(0, len(cells), per_row)]
+    rows = [
+        "".join(" " if c == "none" else c for c in cells[start : start + per_row]).strip()
+        for start in range(0, len(cells), per_row)
+    ]
     return "\n".join(row for row in rows if row)
 
 
@@ -183,12 +241,16 @@ def line_questions(document: Document) -> list[tuple[int, tuple[str, str, str]]]
     the world asks for by its word: an item's price, the total, a field."""
     facts = document.facts
     if document.kind == "receipt":
-        asked = {f"{item}  {price}": ("price", QUESTIONS["price"].format(item), price)
-                 for item, price in facts["prices"].items()}
+        asked = {
+            f"{item}  {price}": ("price", QUESTIONS["price"].format(item), price)
+            for item, price in facts["prices"].items()
+        }
         asked[f"TOTAL  {facts['total']}"] = ("total", QUESTIONS["total"], facts["total"])
     elif document.kind == "form":
-        asked = {f"{key.upper()}: {value}": ("field", QUESTIONS["field"].format(key), value)
-                 for key, value in facts["fields"].items()}
+        asked = {
+            f"{key.upper()}: {value}": ("field", QUESTIONS["field"].format(key), value)
+            for key, value in facts["fields"].items()
+        }
     else:
         return []
     return [(number, asked[line]) for number, line in enumerate(document.lines) if line in asked]
@@ -199,8 +261,10 @@ def fact_questions(document: Document) -> list[tuple[str, str, str]]:
     price and the total, each field, each cell (a sign has one fact, its text). One image asked
     all of them in one conversation gives the lookup by word many examples per encoded page."""
     if document.kind == "table":
-        return [("cell", QUESTIONS["cell"].format(cell[0], cell[1:]), value)
-                for cell, value in document.facts["cells"].items()]
+        return [
+            ("cell", QUESTIONS["cell"].format(cell[0], cell[1:]), value)
+            for cell, value in document.facts["cells"].items()
+        ]
     if document.kind == "sign":
         return [("sign", QUESTIONS["sign"], document.facts["text"])]
     return [question for _, question in line_questions(document)]
@@ -215,8 +279,11 @@ def slice_questions(document: Document) -> list[tuple[tuple[int, int, int, int],
     found = []
     for box in page_slices(document):
         first, upper, last, lower = (edge // CELL for edge in box)
-        found += [(box, question) for number, question in asked
-                  if first <= left and left + len(document.lines[number]) <= last and upper <= top + 2 * number < lower]
+        found += [
+            (box, question)
+            for number, question in asked
+            if first <= left and left + len(document.lines[number]) <= last and upper <= top + 2 * number < lower
+        ]
     return found
 
 
@@ -237,8 +304,9 @@ FIXED_PLACE = (8, 213)  # left middle of the slice
 PATCH = 28  # the demo vision encoder's patch size: the grid "grid" moves by and "phase" moves within
 
 
-def text_line_example(rng: random.Random, placement: str = "anywhere", text_size: int = 22,
-                      shift: int = PATCH - 1) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+def text_line_example(
+    rng: random.Random, placement: str = "anywhere", text_size: int = 22, shift: int = PATCH - 1
+) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
     """A receipt line ("pasta 2.72") at document size on a 448-px slice, and its characters one
     per place (LINE_PLACES, classes LINE_CHARACTERS): reading as a vision pre-training label.
     `placement` (LINE_PLACEMENTS) separates the two things a reader of a page's slices must cope
@@ -246,7 +314,7 @@ def text_line_example(rng: random.Random, placement: str = "anywhere", text_size
     every letter meets the patch grid the same way; "phase" at the left middle moved by less than
     a patch, so the letters meet the grid differently each time; "anywhere" both, as on a page.
     `shift` (0 to 27 px) bounds the "phase" move: raised step by step, it is the curriculum that
-    teaches a from-scratch encoder to read lines that do not sit on its grid (docs/demo-model.md)."""
+    teaches a from-scratch encoder to read lines that do not sit on its grid (research/demo-model-log.md)."""
     if placement not in LINE_PLACEMENTS:
         raise ValueError(f"placement must be one of {LINE_PLACEMENTS}, not {placement!r}")
     if not 0 <= shift < PATCH:

@@ -17,8 +17,15 @@ def normalize(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
 
-def evaluate(chat, split_json: str | Path, limit: int | None = None, max_new_tokens: int = 96,
-             tasks: set[str] | None = None, answers: list | None = None, **options) -> dict[str, dict]:
+def evaluate(
+    chat,
+    split_json: str | Path,
+    limit: int | None = None,
+    max_new_tokens: int = 96,
+    tasks: set[str] | None = None,
+    answers: list | None = None,
+    **options,
+) -> dict[str, dict]:
     """{task: {"correct", "total", "accuracy"}} plus "all"; `options` go to `chat.generate`
     (e.g. max_slice_nums=1 for the single-view ablation). Each turn's {"id", "task", "question",
     "reference", "answer", "correct"} is appended to `answers` when given (to see what it got wrong)."""
@@ -28,7 +35,7 @@ def evaluate(chat, split_json: str | Path, limit: int | None = None, max_new_tok
     for record in records[:limit]:
         turns = record["conversations"]
         for index in range(0, len(turns), 2):
-            messages = [dict(turn) for turn in turns[:index + 1]]
+            messages = [dict(turn) for turn in turns[: index + 1]]
             first = messages[0]
             if record.get("image"):
                 text = first["content"].replace("<image>", "").strip()
@@ -37,8 +44,16 @@ def evaluate(chat, split_json: str | Path, limit: int | None = None, max_new_tok
             reference = turns[index + 1]["content"]
             correct = normalize(answer) == normalize(reference)
             if answers is not None:
-                answers.append({"id": record.get("id"), "task": record["task"], "question": turns[index]["content"],
-                                "reference": reference, "answer": answer, "correct": correct})
+                answers.append(
+                    {
+                        "id": record.get("id"),
+                        "task": record["task"],
+                        "question": turns[index]["content"],
+                        "reference": reference,
+                        "answer": answer,
+                        "correct": correct,
+                    }
+                )
             for key in (record["task"], "all"):
                 scores[key][0] += correct
                 scores[key][1] += 1

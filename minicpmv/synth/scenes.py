@@ -9,8 +9,15 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180), "yellow": (240, 200, 30),
-           "purple": (148, 103, 189), "orange": (255, 127, 14), "black": (20, 20, 20)}
+COLOURS = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 119, 180),
+    "yellow": (240, 200, 30),
+    "purple": (148, 103, 189),
+    "orange": (255, 127, 14),
+    "black": (20, 20, 20),
+}
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": 0.22, "large": 0.36}  # fraction of the shorter image side: large enough for a small encoder to see
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
@@ -76,8 +83,9 @@ def random_scene(rng: random.Random, width: int = 448, height: int = 448, most: 
         size = rng.choice(list(SIZES))
         radius = SIZES[size] * side / 2
         x, y = rng.uniform(radius, width - radius) / width, rng.uniform(radius, height - radius) / height
-        if all(math.hypot((x - t.x) * width, (y - t.y) * height) > radius + SIZES[t.size] * side / 2 + 6
-               for t in things):
+        if all(
+            math.hypot((x - t.x) * width, (y - t.y) * height) > radius + SIZES[t.size] * side / 2 + 6 for t in things
+        ):
             things.append(Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y))
     shade = rng.randint(225, 250)
     return Scene(things, width, height, (shade, shade, shade))
@@ -89,8 +97,9 @@ def one_object_example(rng: random.Random) -> tuple[Image.Image, dict[str, str]]
     return scene.render(), scene.things[0].labels()
 
 
-def region_scene_example(rng: random.Random, width: int = 448, height: int = 448,
-                         most: int = 4) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+def region_scene_example(
+    rng: random.Random, width: int = 448, height: int = 448, most: int = 4
+) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
     """1..`most` non-overlapping shapes, at most one per region of the 3x3 grid, and what each
     region holds ("none" or "red circle"), rows then columns: vision pre-training on several
     objects. One per region keeps every region's answer single; a centre may lie anywhere in its
@@ -105,9 +114,11 @@ def region_scene_example(rng: random.Random, width: int = 448, height: int = 448
         radius = SIZES[size] * side / 2
         x, y = rng.uniform(radius, width - radius) / width, rng.uniform(radius, height - radius) / height
         thing = Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y)
-        if all((t.row, t.column) != (thing.row, thing.column)
-               and math.hypot((x - t.x) * width, (y - t.y) * height) > radius + SIZES[t.size] * side / 2 + 6
-               for t in things):
+        if all(
+            (t.row, t.column) != (thing.row, thing.column)
+            and math.hypot((x - t.x) * width, (y - t.y) * height) > radius + SIZES[t.size] * side / 2 + 6
+            for t in things
+        ):
             things.append(thing)
     shade = rng.randint(225, 250)
     held = {(t.row, t.column): f"{t.colour} {t.shape}" for t in things}
@@ -115,14 +126,15 @@ def region_scene_example(rng: random.Random, width: int = 448, height: int = 448
     return Scene(things, width, height, (shade, shade, shade)).render(), {"regions": regions}
 
 
-def object_grid_example(rng: random.Random, side: int = 448, grid: int = OBJECT_GRID,
-                        least: float = 0.15) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
+def object_grid_example(
+    rng: random.Random, side: int = 448, grid: int = OBJECT_GRID, least: float = 0.15
+) -> tuple[Image.Image, dict[str, tuple[str, ...]]]:
     """A scene as `random_scene` draws them and what each block of a `grid` x `grid` split holds,
     rows then columns: the object ("green star") covering the most of the block if it covers at
     least `least` of it, else "none". Read token by token (one block per resampler query), it
     asks every token of an object to carry the object's shape as well as its colour: colour is
     in every patch, shape only in the outline, and the model asked "what colour is the star?"
-    named another object's colour in one multi-object scene in five (docs/demo-model.md)."""
+    named another object's colour in one multi-object scene in five (research/demo-model-log.md)."""
     scene = random_scene(rng, side, side)
     masks = Image.new("L", (side, side), 0)  # each object drawn in its own index, 1 up
     draw = ImageDraw.Draw(masks)
@@ -139,8 +151,14 @@ def object_grid_example(rng: random.Random, side: int = 448, grid: int = OBJECT_
     return scene.render(), {"objects": tuple(held)}
 
 
-def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diameter: float,
-          fill: int | tuple[int, int, int] | None = None) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw,
+    thing: Thing,
+    width: int,
+    height: int,
+    diameter: float,
+    fill: int | tuple[int, int, int] | None = None,
+) -> None:
     cx, cy, r = thing.x * width, thing.y * height, diameter / 2
     fill = COLOURS[thing.colour] if fill is None else fill
     if thing.shape == "circle":
@@ -150,8 +168,13 @@ def _draw(draw: ImageDraw.ImageDraw, thing: Thing, width: int, height: int, diam
     elif thing.shape == "triangle":
         draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
     else:  # a five-pointed star
-        points = [(cx + (r if i % 2 == 0 else r * 0.45) * math.sin(i * math.pi / 5),
-                   cy - (r if i % 2 == 0 else r * 0.45) * math.cos(i * math.pi / 5)) for i in range(10)]
+        points = [
+            (
+                cx + (r if i % 2 == 0 else r * 0.45) * math.sin(i * math.pi / 5),
+                cy - (r if i % 2 == 0 else r * 0.45) * math.cos(i * math.pi / 5),
+            )
+            for i in range(10)
+        ]
         draw.polygon(points, fill=fill)
 
 
@@ -185,8 +208,9 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
         result.append(("shape", f"What shape is {thing.colour}?", thing.shape))
     # any colour, present or not: asked only of absent ones, "zero" would need no looking
     colour = rng.choice(sorted(COLOURS))
-    result.append(("count", f"How many {colour} things are there?",
-                   NUMBER_WORDS[sum(t.colour == colour for t in scene.things)]))
+    result.append(
+        ("count", f"How many {colour} things are there?", NUMBER_WORDS[sum(t.colour == colour for t in scene.things)])
+    )
     result.append(("count", "How many shapes are there?", NUMBER_WORDS[len(scene.things)]))
     return result
 
@@ -237,7 +261,9 @@ def verify_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
         for _ in range(20):
             changed = list(true)
             slot = rng.randrange(4)
-            changed[slot] = rng.choice([v for v in (tuple(SIZES), tuple(COLOURS), SHAPES, PLACES)[slot] if v != true[slot]])
+            changed[slot] = rng.choice(
+                [v for v in (tuple(SIZES), tuple(COLOURS), SHAPES, PLACES)[slot] if v != true[slot]]
+            )
             if tuple(changed) not in held:
                 result.append((claim_text(*changed) + " Please answer yes or no.", "No"))
                 break

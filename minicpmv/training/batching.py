@@ -42,8 +42,12 @@ def _images(samples: list[TrainSample], offsets: list[int]):
     sizes = [image.tgt_sizes for s in samples for image in s.images]
     bounds = [[start + offset, end + offset] for s, offset in zip(samples, offsets) for start, end in s.image_bound]
     features = [s.image_features for s in samples if s.image_features is not None]
-    return (crops, torch.cat(sizes) if sizes else torch.zeros((0, 2), dtype=torch.int32),
-            torch.tensor(bounds, dtype=torch.long).reshape(-1, 2), torch.cat(features) if features else None)
+    return (
+        crops,
+        torch.cat(sizes) if sizes else torch.zeros((0, 2), dtype=torch.int32),
+        torch.tensor(bounds, dtype=torch.long).reshape(-1, 2),
+        torch.cat(features) if features else None,
+    )
 
 
 def _cached_features(features: list) -> list | None:
@@ -59,17 +63,27 @@ def padded_batch(samples: list[TrainSample]) -> Batch:
     mask = torch.zeros((len(samples), length), dtype=torch.long)
     pixel_values, tgt_sizes, bounds, features = [], [], [], []
     for row, sample in enumerate(samples):
-        ids[row, :len(sample)] = torch.tensor(sample.input_ids)
-        targets[row, :len(sample)] = torch.tensor(sample.targets)
-        mask[row, :len(sample)] = 1
+        ids[row, : len(sample)] = torch.tensor(sample.input_ids)
+        targets[row, : len(sample)] = torch.tensor(sample.targets)
+        mask[row, : len(sample)] = 1
         crops, sizes, spans, cached = _images([sample], [0])
         pixel_values.append(crops)
         tgt_sizes.append(sizes)
         bounds.append(spans)
         features.append(cached)
     positions = torch.arange(length).expand(len(samples), length).clone()
-    return Batch(ids, targets, positions, mask, pixel_values, tgt_sizes, bounds, len(samples),
-                 sum(len(s) for s in samples), _cached_features(features))
+    return Batch(
+        ids,
+        targets,
+        positions,
+        mask,
+        pixel_values,
+        tgt_sizes,
+        bounds,
+        len(samples),
+        sum(len(s) for s in samples),
+        _cached_features(features),
+    )
 
 
 def pack(samples: list[TrainSample], length: int) -> list[list[TrainSample]]:
@@ -116,9 +130,18 @@ def packed_batch(rows: list[list[TrainSample]], length: int) -> Batch:
     same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
     # padding attends to itself only, so that no row of the softmax is empty
     allowed = (same & causal & (segments[:, :, None] > 0)) | torch.eye(length, dtype=torch.bool)
-    return Batch(ids, targets, positions, allowed[:, None], pixel_values, tgt_sizes, bounds,
-                 sum(len(row) for row in rows), sum(len(s) for row in rows for s in row),
-                 _cached_features(features))
+    return Batch(
+        ids,
+        targets,
+        positions,
+        allowed[:, None],
+        pixel_values,
+        tgt_sizes,
+        bounds,
+        sum(len(row) for row in rows),
+        sum(len(s) for row in rows for s in row),
+        _cached_features(features),
+    )
 
 
 def length_grouped_order(lengths: list[int], group: int, seed: int) -> list[int]:
@@ -132,6 +155,6 @@ def length_grouped_order(lengths: list[int], group: int, seed: int) -> list[int]
     for indices in by_kind.values():
         generator.shuffle(indices)
         for start in range(0, len(indices), group):
-            megabatches.append(sorted(indices[start:start + group], key=lambda i: -abs(lengths[i])))
+            megabatches.append(sorted(indices[start : start + group], key=lambda i: -abs(lengths[i])))
     generator.shuffle(megabatches)
     return [i for megabatch in megabatches for i in megabatch]

@@ -28,13 +28,18 @@ def copy_model_files(source: Path, target: Path) -> None:
     """Tokenizer, processor and other non-weight files of the source checkpoint, so the saved
     folder loads like an official one."""
     for path in Path(source).iterdir():
-        if path.is_file() and path.name != "config.json" and not path.name.endswith(WEIGHT_SUFFIXES) \
-                and not path.name.endswith(".index.json"):
+        if (
+            path.is_file()
+            and path.name != "config.json"
+            and not path.name.endswith(WEIGHT_SUFFIXES)
+            and not path.name.endswith(".index.json")
+        ):
             shutil.copy2(path, target / path.name)
 
 
-def save_checkpoint(output: Path, step: int, model, source: Path, state: dict, weights: dict | None = None,
-                    extra_files=None) -> Path:
+def save_checkpoint(
+    output: Path, step: int, model, source: Path, state: dict, weights: dict | None = None, extra_files=None
+) -> Path:
     """Write `output/checkpoint-STEP` whole (staged, then renamed) and point `latest` at it."""
     final = Path(output) / f"checkpoint-{step:06d}"
     with staged_folder(final) as stage:
@@ -71,8 +76,11 @@ def load_state(folder: Path) -> dict:
 def rng_state() -> dict:
     """The random generators' states as tensors and plain values (loadable with weights_only)."""
     name, keys, position, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+    }
 
 
 def restore_rng(state: dict) -> None:

@@ -124,7 +124,8 @@ class SampleBuilder:
             pieces = self._pieces(messages)
             images = self.processor.encode_images(
                 [p.source for m in normalize_messages(messages) for p in m.parts if isinstance(p, ImagePart)],
-                self.max_slice_nums)
+                self.max_slice_nums,
+            )
         except ImageError as exc:
             raise SkippedSample("bad_image", str(exc)) from None
         except MiniCPMVError as exc:
@@ -133,7 +134,7 @@ class SampleBuilder:
         ids, supervised, used = [], [], 0
         for text, is_answer in pieces:
             tags = text.count(IMAGE_TAG)
-            piece_ids = self.tokenizer.encode(expand_image_tags(text, placeholders[used:used + tags]))
+            piece_ids = self.tokenizer.encode(expand_image_tags(text, placeholders[used : used + tags]))
             used += tags
             if ids and self.bos and piece_ids[:1] == self.bos:
                 piece_ids = piece_ids[1:]
@@ -145,8 +146,9 @@ class SampleBuilder:
         if len(ids) > self.max_length:
             raise SkippedSample("too_long", f"{len(ids)} tokens, more than max_length {self.max_length}")
         try:
-            bounds = find_image_bounds(ids, self.processor.start_ids, self.processor.end_ids,
-                                       self.processor.config.query_num)
+            bounds = find_image_bounds(
+                ids, self.processor.start_ids, self.processor.end_ids, self.processor.config.query_num
+            )
         except PromptError as exc:
             raise SkippedSample("malformed", str(exc)) from None
         return TrainSample(ids, shifted_targets(ids, supervised, self.end_id), images, bounds)
@@ -170,11 +172,11 @@ class SampleBuilder:
                 end = full.find(self.marker, len(opened)) + len(self.marker)
                 closed = full[:end]
             else:
-                closed = render_prompt(normalized[:index + 1], self.version, template, specials, False)
+                closed = render_prompt(normalized[: index + 1], self.version, template, specials, False)
                 end = len(closed)
             if not (full.startswith(closed) and closed.startswith(opened) and end > len(opened)):
                 raise SkippedSample("malformed", "the chat template does not render turn by turn")
-            pieces += [(full[done:len(opened)], False), (full[len(opened):end], True)]
+            pieces += [(full[done : len(opened)], False), (full[len(opened) : end], True)]
             done = end
         if normalized[-1].role != "assistant":  # after the last answer only the template's tail follows
             pieces.append((full[done:], False))
@@ -218,6 +220,9 @@ class ChatDataset:
             if index not in self._warned:
                 self._warned.add(index)
                 self.skipped[exc.reason] += 1
-                warnings.warn(f"{self.path}: sample {record.get('id', index) if isinstance(record, dict) else index} "
-                              f"skipped ({exc})", stacklevel=2)
+                warnings.warn(
+                    f"{self.path}: sample {record.get('id', index) if isinstance(record, dict) else index} "
+                    f"skipped ({exc})",
+                    stacklevel=2,
+                )
             return None

@@ -36,8 +36,13 @@ def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (picked * mask).sum(-1)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair losses, chosen rewards, rejected rewards); rewards = beta * (policy - reference)."""
     chosen_rewards = beta * (policy_chosen - reference_chosen)
     rejected_rewards = beta * (policy_rejected - reference_rejected)
@@ -49,8 +54,11 @@ def read_pairs(path: str | Path) -> list[dict]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-        records = json.loads(text) if text.lstrip().startswith("[") else \
-            [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PromptError(f"{path}: cannot read the preference pairs ({exc})") from None
     if not records:
@@ -94,8 +102,10 @@ class PreferenceDataset:
                 raise SkippedSample("malformed", "question, chosen and rejected must be strings")
             image = _image(record, self.path.parent)
             user = {"role": "user", "content": [image, record["question"]] if image is not None else record["question"]}
-            return tuple(self.builder.build([user, {"role": "assistant", "content": record[side]}])
-                         for side in ("chosen", "rejected"))
+            return tuple(
+                self.builder.build([user, {"role": "assistant", "content": record[side]}])
+                for side in ("chosen", "rejected")
+            )
         except SkippedSample as exc:
             if self.skipped[f"#{index}"] == 0:
                 self.skipped[exc.reason] += 1
@@ -108,10 +118,17 @@ def pair_logps(module, pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and rejected answers of `pairs`, in one forward of the
     concatenated batch [chosen...; rejected...]."""
     batch = padded_batch([c for c, _ in pairs] + [r for _, r in pairs])
-    logits = module(batch.input_ids, batch.pixel_values, batch.tgt_sizes, batch.image_bound, batch.attention_mask,
-                    batch.position_ids, image_features=batch.image_features)  # (2n, T, V)
+    logits = module(
+        batch.input_ids,
+        batch.pixel_values,
+        batch.tgt_sizes,
+        batch.image_bound,
+        batch.attention_mask,
+        batch.position_ids,
+        image_features=batch.image_features,
+    )  # (2n, T, V)
     logps = sequence_logps(logits, batch.targets.to(logits.device))
-    return logps[:len(pairs)], logps[len(pairs):]
+    return logps[: len(pairs)], logps[len(pairs) :]
 
 
 @torch.no_grad()
@@ -159,10 +176,10 @@ def make_dpo_trainer(model, dataset: PreferenceDataset, recipe, output, source, 
             """This process's share of the step's pairs, in micro-batches, each with a weight: a
             micro-batch whose pairs were all unusable runs a pair with weight 0, so that every
             process joins the same collectives."""
-            mine = self._next_indices()[self.world.rank::self.world.size]
+            mine = self._next_indices()[self.world.rank :: self.world.size]
             chunks = []
             for start in range(0, len(mine), self.recipe.batch_size):
-                chunk = [(i, self.dataset[i]) for i in mine[start:start + self.recipe.batch_size]]
+                chunk = [(i, self.dataset[i]) for i in mine[start : start + self.recipe.batch_size]]
                 chunk = [(i, pair) for i, pair in chunk if pair is not None and i in self.reference]
                 if not chunk:
                     first = min(self.reference)
@@ -181,7 +198,8 @@ def make_dpo_trainer(model, dataset: PreferenceDataset, recipe, output, source, 
                         chosen, rejected = pair_logps(self.module, [pair for _, pair in chunk])
                     reference = torch.tensor([self.reference[i] for i, _ in chunk], dtype=torch.float32)
                     losses, chosen_rewards, rejected_rewards = dpo_loss(
-                        chosen, rejected, reference[:, 0], reference[:, 1], self.recipe.dpo_beta)
+                        chosen, rejected, reference[:, 0], reference[:, 1], self.recipe.dpo_beta
+                    )
                     total = losses.sum() - self.recipe.sft_weight * chosen.sum()
                     (total * weight * self.world.size / max(pairs, 1)).backward()
                 if weight:
@@ -193,9 +211,18 @@ def make_dpo_trainer(model, dataset: PreferenceDataset, recipe, output, source, 
                     sums["logp_chosen"] += float(chosen.detach().sum())
                     sums["logp_rejected"] += float(rejected.detach().sum())
                     sums["tokens"] += sum(len(c) + len(r) for _, (c, r) in chunk)
-            record = {key: self.world.sum(sums[key]) / max(pairs, 1) for key in
-                      ("loss", "reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected",
-                       "logp_chosen", "logp_rejected")}
+            record = {
+                key: self.world.sum(sums[key]) / max(pairs, 1)
+                for key in (
+                    "loss",
+                    "reward_accuracy",
+                    "reward_margin",
+                    "reward_chosen",
+                    "reward_rejected",
+                    "logp_chosen",
+                    "logp_rejected",
+                )
+            }
             record["pairs"] = int(pairs)
             return record, int(self.world.sum(sums["tokens"]))
 

@@ -2,7 +2,7 @@
 setting `cache_image_features`): each image is read, sliced and encoded once, and every later
 visit of its samples reuses the result, so an LLM-only or LoRA stage pays for vision once per
 image instead of once per step. On the demo's document stage the vision parts and the image
-decoding took half of a step (docs/demo-model.md).
+decoding took half of a step (research/demo-model-log.md).
 
 Samples are kept whole, without their pixels; features are shared between the records of one
 image (a page asked about four times is encoded once). Memory grows with the data: per image

@@ -33,9 +33,14 @@ def lora_config(recipe, with_saved_modules: bool = True):
     from peft import LoraConfig
 
     targets = "|".join(recipe.lora_targets)
-    return LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                      bias="none", target_modules=rf"llm\.model\.layers\.\d+\.self_attn\.({targets})",
-                      modules_to_save=list(recipe.train) if with_saved_modules else None)
+    return LoraConfig(
+        r=recipe.lora_rank,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        bias="none",
+        target_modules=rf"llm\.model\.layers\.\d+\.self_attn\.({targets})",
+        modules_to_save=list(recipe.train) if with_saved_modules else None,
+    )
 
 
 def add_lora(model, recipe) -> None:
@@ -74,8 +79,11 @@ def load_adapter(model, folder: Path) -> None:
     state = _read_adapter(folder)[1]
     own = model.state_dict()
     for name, tensor in state.items():
-        target = name[len(PEFT_PREFIX):].replace(".lora_A.", ".lora_A.default.").replace(
-            ".lora_B.", ".lora_B.default.") if name.startswith(PEFT_PREFIX) else name
+        target = (
+            name[len(PEFT_PREFIX) :].replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
+            if name.startswith(PEFT_PREFIX)
+            else name
+        )
         target = target if target in own else target.replace(".weight", ".base_layer.weight")
         if target not in own:
             raise CheckpointError(f"{folder}: adapter tensor {name} has no place in the model")
@@ -117,7 +125,7 @@ def merge_lora(model_path: str | Path, adapter: str | Path, output: str | Path, 
     pairs: dict[str, dict] = {}
     for name, tensor in state.items():
         if name.startswith(PEFT_PREFIX):
-            module, kind = name[len(PEFT_PREFIX):].rsplit(".lora_", 1)
+            module, kind = name[len(PEFT_PREFIX) :].rsplit(".lora_", 1)
             pairs.setdefault(module, {})[kind.split(".")[0]] = tensor
         elif name in weights:
             weights[name].copy_(tensor)

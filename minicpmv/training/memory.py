@@ -31,16 +31,24 @@ def estimate_memory(model, recipe, images_per_sample: int = 1, autocast: bool = 
     crops = recipe.batch_size * images_per_sample * (slices + 1 if slices > 1 else 1)
     patches = ((recipe.scale_resolution or SCALE_RESOLUTION) // vision.patch_size) ** 2  # per crop
     trains_vision = any(part in recipe.train for part in ("vpm", "resampler"))
-    vision_activations = vision.num_layers * crops * patches * 34 * vision.hidden_size * value_bytes if trains_vision else 0
+    vision_activations = (
+        vision.num_layers * crops * patches * 34 * vision.hidden_size * value_bytes if trains_vision else 0
+    )
     logits = tokens * llm.vocab_size * 4 * 2  # float32 logits and their gradient
-    parts = {"weights": weights, "gradients": trainable * 4, "optimizer": trainable * 8,
-             "activations": llm_activations + vision_activations + logits}
+    parts = {
+        "weights": weights,
+        "gradients": trainable * 4,
+        "optimizer": trainable * 8,
+        "activations": llm_activations + vision_activations + logits,
+    }
     parts["total"] = sum(parts.values())
     return parts
 
 
 def describe(parts: dict[str, int]) -> str:
     gib = {name: value / (1 << 30) for name, value in parts.items()}
-    return (f"memory estimate: weights {gib['weights']:.2f} GiB + gradients {gib['gradients']:.2f} + "
-            f"AdamW states {gib['optimizer']:.2f} + activations {gib['activations']:.2f} "
-            f"= {gib['total']:.2f} GiB per process")
+    return (
+        f"memory estimate: weights {gib['weights']:.2f} GiB + gradients {gib['gradients']:.2f} + "
+        f"AdamW states {gib['optimizer']:.2f} + activations {gib['activations']:.2f} "
+        f"= {gib['total']:.2f} GiB per process"
+    )

@@ -66,8 +66,10 @@ class Recipe:
         if self.objective == "dpo" and (self.packing or self.cache_image_features):
             raise ConfigError(f"recipe {self.name}: DPO takes pairs as they are: no packing, no cached image features")
         if self.cache_image_features and {"vpm", "resampler"} & set(self.train):
-            raise ConfigError(f"recipe {self.name}: cache_image_features needs the vision encoder and resampler "
-                              f"frozen, but train has {sorted({'vpm', 'resampler'} & set(self.train))}")
+            raise ConfigError(
+                f"recipe {self.name}: cache_image_features needs the vision encoder and resampler "
+                f"frozen, but train has {sorted({'vpm', 'resampler'} & set(self.train))}"
+            )
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -80,10 +82,19 @@ class Recipe:
 
 
 # (setting, lowest, highest) of the float settings
-RANGES = (("learning_rate", 0.0, 1.0), ("vpm_learning_rate", 0.0, 1.0), ("resampler_learning_rate", 0.0, 1.0),
-          ("weight_decay", 0.0, 10.0), ("adam_beta2", 0.0, 0.999999), ("warmup_ratio", 0.0, 1.0),
-          ("max_grad_norm", 0.0, 1e9), ("lora_dropout", 0.0, 1.0), ("lora_alpha", 1e-9, 1e9), ("dpo_beta", 1e-9, 1e3),
-          ("sft_weight", 0.0, 1e3))
+RANGES = (
+    ("learning_rate", 0.0, 1.0),
+    ("vpm_learning_rate", 0.0, 1.0),
+    ("resampler_learning_rate", 0.0, 1.0),
+    ("weight_decay", 0.0, 10.0),
+    ("adam_beta2", 0.0, 0.999999),
+    ("warmup_ratio", 0.0, 1.0),
+    ("max_grad_norm", 0.0, 1e9),
+    ("lora_dropout", 0.0, 1.0),
+    ("lora_alpha", 1e-9, 1e9),
+    ("dpo_beta", 1e-9, 1e3),
+    ("sft_weight", 0.0, 1e3),
+)
 
 
 RECIPES = {
@@ -98,11 +109,13 @@ RECIPES = {
     # LoRA (official finetune_lora.sh): adapters on q/k/v/o, resampler trained in full
     "lora": Recipe("lora", ("resampler",), lora=True),
     # RLAIF-V's DPO (rlaifv.md §4): every part, lr 5e-7, cosine with 5% warm-up, weight decay 0.01
-    "dpo": Recipe("dpo", ("vpm", "resampler", "llm"), objective="dpo", learning_rate=5e-7, warmup_ratio=0.05,
-                  weight_decay=0.01),
+    "dpo": Recipe(
+        "dpo", ("vpm", "resampler", "llm"), objective="dpo", learning_rate=5e-7, warmup_ratio=0.05, weight_decay=0.01
+    ),
     # the same with LoRA adapters on the LLM (lr 1e-5), everything else frozen
-    "dpo-lora": Recipe("dpo-lora", (), lora=True, objective="dpo", learning_rate=1e-5, warmup_ratio=0.05,
-                       weight_decay=0.01),
+    "dpo-lora": Recipe(
+        "dpo-lora", (), lora=True, objective="dpo", learning_rate=1e-5, warmup_ratio=0.05, weight_decay=0.01
+    ),
 }
 
 

@@ -22,20 +22,30 @@ from .trainer import Trainer, World, seed_everything
 def processor_for(recipe: Recipe, model_path: str | Path) -> MiniCPMVProcessor:
     """The checkpoint's processor with the recipe's resolution and slicing."""
     processor = MiniCPMVProcessor.from_pretrained(model_path)
-    changes = {name: value for name in ("scale_resolution", "max_slice_nums")
-               if (value := getattr(recipe, name)) is not None}
+    changes = {
+        name: value for name in ("scale_resolution", "max_slice_nums") if (value := getattr(recipe, name)) is not None
+    }
     processor.config = dataclasses.replace(processor.config, **changes)
     return processor
 
 
-def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, output: str | Path,
-                 resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+def run_training(
+    recipe: Recipe,
+    model_path: str | Path,
+    data: str | Path,
+    output: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: is a file, expected a folder")
     if not resume and not overwrite and latest_checkpoint(output) is not None:
-        raise ConfigError(f"{output} already holds a training run; use --resume to continue it, "
-                          "--overwrite to start afresh, or another --output")
+        raise ConfigError(
+            f"{output} already holds a training run; use --resume to continue it, "
+            "--overwrite to start afresh, or another --output"
+        )
     world = World.from_env()
     if world.rank == 0:
         recover(output)  # staging folders and files a killed save left behind
@@ -66,8 +76,13 @@ def run_training(recipe: Recipe, model_path: str | Path, data: str | Path, outpu
     history = trainer.train()
     if world.rank == 0:
         draw_loss_curve(output / "metrics.jsonl", output / "loss.png")
-    return {"rank": world.rank, "history": history, "checkpoint": str(latest_checkpoint(output)),
-            "skipped": dict(dataset.skipped), "trainable": trainer.counts}
+    return {
+        "rank": world.rank,
+        "history": history,
+        "checkpoint": str(latest_checkpoint(output)),
+        "skipped": dict(dataset.skipped),
+        "trainable": trainer.counts,
+    }
 
 
 def draw_loss_curve(metrics: Path, target: Path) -> bool:

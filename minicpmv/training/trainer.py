@@ -42,7 +42,7 @@ class World:
     size: int = 1
 
     @classmethod
-    def from_env(cls) -> "World":
+    def from_env(cls) -> World:
         """torchrun's RANK/WORLD_SIZE; the process group is created here when there are several."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size > 1 and not dist.is_initialized():
@@ -96,10 +96,18 @@ def computes_bf16(device: torch.device) -> bool:
 
 def token_loss_sum(module, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy of the batch's supervised tokens (targets are pre-shifted)."""
-    logits = module(batch.input_ids, batch.pixel_values, batch.tgt_sizes, batch.image_bound,
-                    batch.attention_mask, batch.position_ids, image_features=batch.image_features)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten().to(logits.device),
-                           ignore_index=IGNORE, reduction="sum")
+    logits = module(
+        batch.input_ids,
+        batch.pixel_values,
+        batch.tgt_sizes,
+        batch.image_bound,
+        batch.attention_mask,
+        batch.position_ids,
+        image_features=batch.image_features,
+    )  # (B, T, V)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), batch.targets.flatten().to(logits.device), ignore_index=IGNORE, reduction="sum"
+    )
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -112,8 +120,16 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
 class Trainer:
     """Trains `model` (a MiniCPMV) on `dataset` (a ChatDataset) following `recipe`."""
 
-    def __init__(self, model, dataset, recipe: Recipe, output: str | Path, source: str | Path,
-                 world: World | None = None, progress: bool = True):
+    def __init__(
+        self,
+        model,
+        dataset,
+        recipe: Recipe,
+        output: str | Path,
+        source: str | Path,
+        world: World | None = None,
+        progress: bool = True,
+    ):
         self.model, self.dataset, self.recipe = model, dataset, recipe
         self.output, self.source = Path(output), Path(source)
         self.world = world or World()
@@ -121,11 +137,16 @@ class Trainer:
         self.counts = set_trainable(model, recipe)
         model.llm.gradient_checkpointing = recipe.gradient_checkpointing
         self.module = self._wrap(model)
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.learning_rate,
-                                           betas=(0.9, recipe.adam_beta2), weight_decay=recipe.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, recipe),
+            lr=recipe.learning_rate,
+            betas=(0.9, recipe.adam_beta2),
+            weight_decay=recipe.weight_decay,
+        )
         warmup = max(1, math.ceil(recipe.warmup_ratio * recipe.max_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: cosine_with_warmup(step, recipe.max_steps, warmup))
+            self.optimizer, lambda step: cosine_with_warmup(step, recipe.max_steps, warmup)
+        )
         self.step, self.epoch, self.cursor = 0, 0, 0
         self.autocast = self._autocast_dtype()
         # where samples come from: the dataset, or its samples with their images already encoded
@@ -169,8 +190,11 @@ class Trainer:
     def _length_hint(self, index: int) -> int:
         """Text length (characters) as the grouping key; negative for text-only samples."""
         record = self.dataset.records[index]
-        text = sum(len(str(t.get("content", ""))) for t in record.get("conversations", []) if isinstance(t, dict)) \
-            if isinstance(record, dict) else 0
+        text = (
+            sum(len(str(t.get("content", ""))) for t in record.get("conversations", []) if isinstance(t, dict))
+            if isinstance(record, dict)
+            else 0
+        )
         return text if isinstance(record, dict) and record.get("image") else -max(1, text)
 
     @property
@@ -187,7 +211,7 @@ class Trainer:
             if self.cursor >= len(order):
                 self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
                 continue
-            take = order[self.cursor:self.cursor + self.global_batch - len(indices)]
+            take = order[self.cursor : self.cursor + self.global_batch - len(indices)]
             indices += take
             self.cursor += len(take)
         return indices
@@ -196,11 +220,11 @@ class Trainer:
         """This process's share of a global batch: exactly `grad_accum` model batches, so every
         process joins the same collectives; a micro-batch whose samples were all bad becomes
         a stand-in that adds nothing (a valid sample with every target ignored)."""
-        mine = indices[self.world.rank::self.world.size]
+        mine = indices[self.world.rank :: self.world.size]
         size = self.recipe.batch_size
         batches = []
         for start in range(0, len(mine), size):
-            samples = [s for s in (self.samples[i] for i in mine[start:start + size]) if s is not None]
+            samples = [s for s in (self.samples[i] for i in mine[start : start + size]) if s is not None]
             if not samples or self.world.size > 1 and not any(s.images for s in samples):
                 # every process must run the same parts in every micro-batch (else DDP/FSDP
                 # collectives disagree): an image sample that adds no loss keeps the vision parts in
@@ -235,9 +259,16 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         seconds = time.perf_counter() - start
-        return {"step": self.step, **record, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens_seen / seconds, "seconds": seconds, "epoch": self.epoch,
-                "skipped": dict(self.dataset.skipped)}
+        return {
+            "step": self.step,
+            **record,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": tokens_seen / seconds,
+            "seconds": seconds,
+            "epoch": self.epoch,
+            "skipped": dict(self.dataset.skipped),
+        }
 
     def _sync(self, number: int, count: int):
         """DDP reduces gradients once, after the last micro-batch: no_sync before it."""
@@ -294,9 +325,16 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------
 
     def state(self, optimizer_state: dict) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "recipe": asdict(self.recipe),
-                "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), "skipped": dict(self.dataset.skipped)}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "recipe": asdict(self.recipe),
+            "optimizer": optimizer_state,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "skipped": dict(self.dataset.skipped),
+        }
 
     def save(self) -> Path | None:
         weights, optimizer_state = None, self.optimizer.state_dict()
@@ -312,8 +350,9 @@ class Trainer:
             weights = official_state(whole)
             extra = lambda folder: save_adapter(whole, self.recipe, folder)  # noqa: E731
         if self.world.rank == 0:
-            path = save_checkpoint(self.output, self.step, self.model, self.source, self.state(optimizer_state),
-                                   weights, extra)
+            path = save_checkpoint(
+                self.output, self.step, self.model, self.source, self.state(optimizer_state), weights, extra
+            )
         if self.world.size > 1:
             dist.barrier()
         return path
@@ -324,8 +363,9 @@ class Trainer:
         if self.world.size > 1 and self.recipe.distributed == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -343,8 +383,11 @@ def _full_state(model, optimizer) -> tuple[dict, dict]:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the lines a killed run wrote after its last checkpoint: the resumed run rewrites them."""
-    kept = [json.dumps(record) + "\n" for record in read_jsonl(path)
-            if isinstance(record, dict) and record.get("step", 0) <= step]
+    kept = [
+        json.dumps(record) + "\n"
+        for record in read_jsonl(path)
+        if isinstance(record, dict) and record.get("step", 0) <= step
+    ]
     if path.exists():
         write_text_atomic(path, "".join(kept))
 

@@ -2,7 +2,7 @@
 from, as the demo recipe's stage0 stands in for its pre-trained LLM.
 
 The paper's encoder arrives knowing what things look like; a random one, trained only through
-the LLM's loss, learnt colours and counts but hardly shapes or places (docs/demo-model.md, "Why
+the LLM's loss, learnt colours and counts but hardly shapes or places (research/demo-model-log.md, "Why
 shape and position are not learnt"). Given the answer's gradient directly, through a linear
 classifier on the mean of the resampler's outputs, it learnt shapes within a few hundred steps,
 and an LLM then read them from its tokens. So here the vision encoder and the resampler train on
@@ -35,9 +35,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +87,9 @@ class VisionPretraining:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.free_queries < 0 or self.kept_tokens < 0:
-            raise ConfigError(f"free_queries and kept_tokens must be 0 or more, got {self.free_queries}, "
-                              f"{self.kept_tokens}")
+            raise ConfigError(
+                f"free_queries and kept_tokens must be 0 or more, got {self.free_queries}, {self.kept_tokens}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -113,7 +114,7 @@ class RegionHead(torch.nn.Module):
 
     def __init__(self, dim: int, classes: int, regions: int):
         super().__init__()
-        self.queries = torch.nn.Parameter(torch.randn(regions, dim) * dim ** -0.5)
+        self.queries = torch.nn.Parameter(torch.randn(regions, dim) * dim**-0.5)
         self.classify = torch.nn.Linear(dim, classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -131,16 +132,18 @@ class TokenGridHead(torch.nn.Module):
     def __init__(self, dim: int, classes: int, regions: int, queries: int):
         super().__init__()
         self.side, self.token_side = math.isqrt(regions), math.isqrt(queries)
-        if self.side ** 2 != regions or self.token_side ** 2 != queries or self.side % self.token_side:
+        if self.side**2 != regions or self.token_side**2 != queries or self.side % self.token_side:
             raise ConfigError(f"{regions} cells cannot be split into blocks over {queries} queries")
         self.block = self.side // self.token_side
         self.classes = classes
-        self.classify = torch.nn.Linear(dim, self.block ** 2 * classes)
+        self.classify = torch.nn.Linear(dim, self.block**2 * classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n, t, b = tokens.shape[0], self.token_side, self.block
-        logits = self.classify(tokens).view(n, t, t, b, b, self.classes)  # token row, token column, cell row, cell column
-        return logits.permute(0, 1, 3, 2, 4, 5).reshape(n, self.side ** 2, self.classes)  # cells row by row
+        logits = self.classify(tokens).view(
+            n, t, t, b, b, self.classes
+        )  # token row, token column, cell row, cell column
+        return logits.permute(0, 1, 3, 2, 4, 5).reshape(n, self.side**2, self.classes)  # cells row by row
 
 
 class LabelHeads(torch.nn.Module):
@@ -148,16 +151,28 @@ class LabelHeads(torch.nn.Module):
     one class per image, a `RegionHead` for one with a class per region (`regions[name]`), a
     `TokenGridHead` for one named in `per_token`."""
 
-    def __init__(self, model, classes: Mapping[str, Sequence[str]], labels: Sequence[str],
-                 regions: Mapping[str, int] | None = None, per_token: Sequence[str] = ()):
+    def __init__(
+        self,
+        model,
+        classes: Mapping[str, Sequence[str]],
+        labels: Sequence[str],
+        regions: Mapping[str, int] | None = None,
+        per_token: Sequence[str] = (),
+    ):
         super().__init__()
         self.model = model
         dim, regions = model.config.llm.hidden_size, regions or {}
         queries = model.config.query_num
-        self.heads = torch.nn.ModuleDict({
-            name: TokenGridHead(dim, len(classes[name]), regions[name], queries) if name in per_token
-            else RegionHead(dim, len(classes[name]), regions[name]) if name in regions
-            else MeanHead(dim, len(classes[name])) for name in labels})
+        self.heads = torch.nn.ModuleDict(
+            {
+                name: TokenGridHead(dim, len(classes[name]), regions[name], queries)
+                if name in per_token
+                else RegionHead(dim, len(classes[name]), regions[name])
+                if name in regions
+                else MeanHead(dim, len(classes[name]))
+                for name in labels
+            }
+        )
 
     def forward(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.read(self.model.get_image_features(crops, sizes).float())  # tokens (N, Q, D)
@@ -169,8 +184,14 @@ class LabelHeads(torch.nn.Module):
 class LabelledBatches:
     """Pixels and class indices of `examples`, each image in one view at a drawn resolution."""
 
-    def __init__(self, processor: MiniCPMVProcessor, examples: Examples, classes: Mapping[str, Sequence[str]],
-                 resolutions: Sequence[int], seed: int):
+    def __init__(
+        self,
+        processor: MiniCPMVProcessor,
+        examples: Examples,
+        classes: Mapping[str, Sequence[str]],
+        resolutions: Sequence[int],
+        seed: int,
+    ):
         self.examples, self.classes = examples, classes
         self.processors = [_at_resolution(processor, size) for size in resolutions]
         self.draw = random.Random(seed)
@@ -187,8 +208,9 @@ class LabelledBatches:
             sizes.append(encoded.tgt_sizes[0])
             for name, choices in self.classes.items():
                 value = labels[name]  # a class, or a tuple of them (one per region)
-                targets[name].append([list(choices).index(v) for v in value] if isinstance(value, tuple)
-                                     else list(choices).index(value))
+                targets[name].append(
+                    [list(choices).index(v) for v in value] if isinstance(value, tuple) else list(choices).index(value)
+                )
         return crops, torch.stack(sizes), {name: torch.tensor(values) for name, values in targets.items()}
 
 
@@ -198,8 +220,14 @@ def _at_resolution(processor: MiniCPMVProcessor, size: int) -> MiniCPMVProcessor
     return resized
 
 
-def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, classes: Mapping[str, Sequence[str]],
-                    settings: VisionPretraining, log: Callable[[dict], None] = lambda record: None) -> list[dict]:
+def pretrain_vision(
+    model,
+    processor: MiniCPMVProcessor,
+    examples: Examples,
+    classes: Mapping[str, Sequence[str]],
+    settings: VisionPretraining,
+    log: Callable[[dict], None] = lambda record: None,
+) -> list[dict]:
     """Train `model.vpm` and `model.resampler` in place; returns the held-out accuracies measured
     after each label (every label's head so far, at every resolution). `log` gets each step."""
     every = (*settings.kept, *settings.labels)
@@ -210,17 +238,23 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
     _, first = examples("train", 0)
     regions = {name: len(first[name]) for name in every if isinstance(first[name], tuple)}
     heads = LabelHeads(model, classes, every, regions, settings.per_token)
-    data = LabelledBatches(processor, examples, {name: classes[name] for name in every},
-                           settings.resolutions, settings.seed)
+    data = LabelledBatches(
+        processor, examples, {name: classes[name] for name in every}, settings.resolutions, settings.seed
+    )
     autocast = computes_bf16(model.device)
-    weights = {name: _none_weighted(classes[name], weight, model.device) for name, weight in settings.none_weight.items()}
+    weights = {
+        name: _none_weighted(classes[name], weight, model.device) for name, weight in settings.none_weight.items()
+    }
     keeper = TokenKeeper(model, settings.kept_tokens, autocast) if settings.kept_tokens else None
     vision, hooks = ([], []) if settings.probe else _vision_parameters(model, settings.free_queries)
     for parameter in model.parameters():  # the LLM never trains here; vision and heads are switched on below
         parameter.requires_grad_(False)
     scores, step, seen = [], 0, 0
     for number, label in enumerate(settings.labels):
-        active = (*settings.kept, *settings.labels[:number + 1])  # the labels before stay in the loss: nothing learnt is lost
+        active = (
+            *settings.kept,
+            *settings.labels[: number + 1],
+        )  # the labels before stay in the loss: nothing learnt is lost
         trained = [*vision, *(p for name in active for p in heads.heads[name].parameters())]
         for parameter in trained:
             parameter.requires_grad_(True)
@@ -233,8 +267,14 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast):
                 tokens = model.get_image_features(crops, sizes).float()  # (N, Q, D)
                 logits = heads.read(tokens)
-            loss = sum(F.cross_entropy(logits[name].flatten(0, -2), targets[name].flatten().to(logits[name].device),
-                                       weight=_as(weights.get(name), logits[name])) for name in active)
+            loss = sum(
+                F.cross_entropy(
+                    logits[name].flatten(0, -2),
+                    targets[name].flatten().to(logits[name].device),
+                    weight=_as(weights.get(name), logits[name]),
+                )
+                for name in active
+            )
             drift = keeper(crops, sizes, tokens, targets[KEPT]) if keeper else None
             if drift is not None:
                 loss = loss + settings.kept_tokens_weight * drift
@@ -243,8 +283,15 @@ def pretrain_vision(model, processor: MiniCPMVProcessor, examples: Examples, cla
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            log({"step": step, "label": label, "loss": float(loss.detach()), "seconds": time.perf_counter() - start,
-                 **({"kept_tokens_drift": float(drift.detach())} if drift is not None else {})})
+            log(
+                {
+                    "step": step,
+                    "label": label,
+                    "loss": float(loss.detach()),
+                    "seconds": time.perf_counter() - start,
+                    **({"kept_tokens_drift": float(drift.detach())} if drift is not None else {}),
+                }
+            )
         scores.append({"step": step, "after": label, **held_out_accuracy(heads, data, settings, active)})
     for hook in hooks:
         hook.remove()
@@ -267,8 +314,9 @@ class TokenKeeper:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.frozen.get_image_features(crops, sizes).float()[:, : self.count]  # (N, count, D)
 
-    def __call__(self, crops: list[torch.Tensor], sizes: torch.Tensor, tokens: torch.Tensor,
-                 kept: torch.Tensor) -> torch.Tensor | None:
+    def __call__(
+        self, crops: list[torch.Tensor], sizes: torch.Tensor, tokens: torch.Tensor, kept: torch.Tensor
+    ) -> torch.Tensor | None:
         """The drift over the images marked in `kept` (bools); None when there are none."""
         chosen = kept.nonzero().flatten().tolist()
         if not chosen:
@@ -286,8 +334,10 @@ def _vision_parameters(model, free_queries: int) -> tuple[list[torch.nn.Paramete
         return [*model.vpm.parameters(), *model.resampler.parameters()], []
     query = model.resampler.query
     if free_queries >= query.shape[0]:
-        raise ConfigError(f"free_queries {free_queries} must be fewer than the resampler's {query.shape[0]} "
-                          "queries (add some with scripts/grow_queries.py)")
+        raise ConfigError(
+            f"free_queries {free_queries} must be fewer than the resampler's {query.shape[0]} "
+            "queries (add some with scripts/grow_queries.py)"
+        )
     trained_rows = torch.zeros((query.shape[0], 1), device=query.device)
     trained_rows[-free_queries:] = 1.0
     return [query], [query.register_hook(lambda grad: grad * trained_rows.to(grad.dtype))]
@@ -306,8 +356,9 @@ def _none_weighted(choices: Sequence[str], weight: float, device) -> torch.Tenso
 
 
 @torch.no_grad()
-def held_out_accuracy(heads: LabelHeads, data: LabelledBatches, settings: VisionPretraining,
-                      labels: Sequence[str]) -> dict[str, float]:
+def held_out_accuracy(
+    heads: LabelHeads, data: LabelledBatches, settings: VisionPretraining, labels: Sequence[str]
+) -> dict[str, float]:
     """Accuracy of the heads of `labels` on the test split, per resolution: {"shape@224": 0.9, ...}
     (of a region label: the share of regions named right; and, as "NAME@SIZE-marked", of the
     regions not "none": on a page most cells are blank, which says little about reading)."""
@@ -332,8 +383,13 @@ def held_out_accuracy(heads: LabelHeads, data: LabelledBatches, settings: Vision
     return {key: count / answers[key] for key, count in correct.items() if answers[key]}
 
 
-def run_vision_pretraining(model_path: str | Path, output: str | Path, examples: Examples,
-                           classes: Mapping[str, Sequence[str]], settings: VisionPretraining) -> Path:
+def run_vision_pretraining(
+    model_path: str | Path,
+    output: str | Path,
+    examples: Examples,
+    classes: Mapping[str, Sequence[str]],
+    settings: VisionPretraining,
+) -> Path:
     """Load `model_path`, pre-train its vision parts, save OUTPUT/checkpoint-STEPS (official
     layout; `latest` names it) with the loss per step in OUTPUT/metrics.jsonl (and loss.png) and the held-out
     accuracies in OUTPUT/accuracy.json. A finished run is returned as it is; an interrupted one
@@ -348,17 +404,26 @@ def run_vision_pretraining(model_path: str | Path, output: str | Path, examples:
     processor = MiniCPMVProcessor.from_pretrained(model_path)
     metrics = output / "metrics.jsonl"
     with open(metrics, "w", encoding="utf-8") as handle:  # an interrupted run's lines are redone
+
         def log(record: dict) -> None:
             handle.write(json.dumps(record) + "\n")
             if record["step"] % 100 == 0:
                 handle.flush()
-                print(f"vision pre-training step {record['step']}/{settings.total_steps} ({record['label']}): "
-                      f"loss {record['loss']:.3f}", flush=True)
+                print(
+                    f"vision pre-training step {record['step']}/{settings.total_steps} ({record['label']}): "
+                    f"loss {record['loss']:.3f}",
+                    flush=True,
+                )
 
         scores = pretrain_vision(model, processor, examples, classes, settings, log)
     for score in scores:
-        print("held-out accuracy after " + score["after"] + ": " +
-              ", ".join(f"{key} {value:.1%}" for key, value in score.items() if "@" in key), flush=True)
+        print(
+            "held-out accuracy after "
+            + score["after"]
+            + ": "
+            + ", ".join(f"{key} {value:.1%}" for key, value in score.items() if "@" in key),
+            flush=True,
+        )
     write_text_atomic(output / "accuracy.json", json.dumps(scores, indent=1))
     draw_loss_curve(metrics, output / "loss.png")
     state = {"step": settings.total_steps, "vision_pretraining": dataclasses.asdict(settings), "accuracy": scores}
