@@ -30,6 +30,7 @@ def scenes(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # faster: test_stages_as_separate_commands (each stage of the round)
 def test_align_run_end_to_end_and_again_resumes(scenes, tmp_path):
     command = [
         sys.executable,

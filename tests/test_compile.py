@@ -41,7 +41,7 @@ def test_compile_option_values():
         load(CHECKPOINT, compile="decoder")
 
 
-@pytest.mark.parametrize("low_memory", [False, True])
+@pytest.mark.parametrize("low_memory", [pytest.param(False, marks=pytest.mark.slow), True])  # faster: [True]
 def test_compiled_model_answers_like_eager_and_compiles_only_at_load(low_memory):
     eager = load(CHECKPOINT, low_memory=low_memory, compile="off")
     compiled = load(CHECKPOINT, low_memory=low_memory, compile="on")

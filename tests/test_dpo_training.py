@@ -143,6 +143,7 @@ def test_killed_run_resumes_to_the_same_weights(pairs, tmp_path):
     assert [r["loss"] for r in _metrics(tmp_path / "killed")] == [r["loss"] for r in _metrics(tmp_path / "straight")]
 
 
+@pytest.mark.slow  # faster: test_training.py::test_lora_trains_adapters_and_merge_keeps_the_logits
 def test_dpo_lora_trains_only_adapters(pairs, tmp_path):
     pytest.importorskip("peft")
     run = subprocess.run(

@@ -73,6 +73,7 @@ def _run_vqa(out: Path, data: Path, *extra) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # faster: test_alignment_pipeline.py::test_sampling_resumes_to_the_same_file (the same append-and-resume files)
 def test_killed_run_resumes_to_the_same_prediction_file(tmp_path, demo_sets):
     whole = _run_vqa(tmp_path / "whole", demo_sets["demo_vqa"])
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
@@ -126,6 +127,7 @@ def test_endpoint_gives_the_local_predictions(tmp_path, demo_sets):
         assert [r[-1] for r in local] == [r[-1] for r in remote] and any(r[-1] for r in local)
 
 
+@pytest.mark.slow  # faster: test_training_distributed.py::test_two_processes_match_one (torchrun ranks and world size)
 def test_torchrun_two_processes_give_the_one_process_predictions(tmp_path, demo_sets):
     base = [
         "run",
