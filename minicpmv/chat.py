@@ -4,13 +4,12 @@ model (tensors) and the generation engine (decoding)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -18,6 +17,7 @@ from .compilation import compile_parts
 from .cpu import has_native_bf16
 from .errors import ConfigError, PromptError
 from .generation import PRESETS, GenerationConfig, GenerationOutput, generate, stream_tokens
+from .image_features import ImageEncoder, Residency
 from .memory import peak_rss_mib
 from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
 from .model.minicpmv import MiniCPMV
@@ -26,6 +26,9 @@ from .processing.detokenize import IncrementalDecoder
 from .processing.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VIDEO_MAX_SLICE_NUMS, load_video_frames
 from .tuning import load_tuning
 from .versions import facts
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DTYPES = {
     "float32": torch.float32,
@@ -151,6 +154,30 @@ class TextStream:
         return self.result.text
 
 
+class ChatOptions(TypedDict, total=False):
+    """The keyword options of ChatModel.chat / generate / stream / generate_batch, typed."""
+
+    image: object  # an image, or a list: put first into the first user message (official chat(image=))
+    video: object  # a video file or a list of frames (2.6's video recipe)
+    fps: float
+    max_frames: int
+    preset: str  # "greedy" (default), "sampling", "precise"
+    stop: str | list[str]
+    system_prompt: str
+    max_slice_nums: int
+    use_image_id: bool
+    max_input_length: int
+    max_new_tokens: int
+    min_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    num_beams: int
+    seed: int
+
+
 class ChatModel:
     """A loaded checkpoint: model, processor and tokenizer together."""
 
@@ -170,12 +197,9 @@ class ChatModel:
         # which needs only `llm_parts` (its token embeddings) of the checkpoint
         self.llm = llm if llm is not None else model.llm
         self.llm_parts = llm_parts
-        self.vision_autocast = vision_autocast  # see pick_vision_autocast
-        # low-memory mode: the checkpoint reads the vision parts or the LLM in, one at a time
-        self.checkpoint = checkpoint
-        self._resident: tuple | None = None
-        self._swap_seconds = 0.0  # time spent reading parts in, reported as load time
+        self.residency = Residency(checkpoint)  # low-memory mode: one half of the model at a time
         self.tuning = load_tuning(model.config)  # best threads per phase from `minicpmv tune`, if any
+        self.images = ImageEncoder(model, self.residency, vision_autocast, self.tuning, feature_cache_size)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.version = processor.config.version
@@ -184,23 +208,23 @@ class ChatModel:
         self.compile_seconds = 0.0
         names = [*facts(self.version).terminators, self.tokenizer.special_tokens.get("eos_token")]
         self.stop_ids = frozenset(i for i in (self.tokenizer.token_to_id(n) for n in names if n) if i is not None)
-        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._feature_cache_size = feature_cache_size
 
     # ---- public API ------------------------------------------------------------------------
 
     @property
     def feature_cache_size(self) -> int:
         """Images whose features are kept for reuse (0: none kept, every image encoded anew)."""
-        return self._feature_cache_size
+        return self.images.cache_size
 
     @feature_cache_size.setter
     def feature_cache_size(self, size: int) -> None:
-        self._feature_cache_size = size
-        while len(self._features) > size:
-            self._features.popitem(last=False)
+        self.images.cache_size = size
 
-    def chat(self, messages: list, *, stream: bool = False, **options):
+    @property
+    def vision_autocast(self) -> torch.dtype | None:
+        return self.images.vision_autocast
+
+    def chat(self, messages: list, *, stream: bool = False, **options: Unpack[ChatOptions]):
         """The answer text (a list for a batch of conversations), or a TextStream of deltas.
 
         Options: image, video, fps, max_frames, preset ("greedy" default, "sampling" = the
@@ -214,23 +238,23 @@ class ChatModel:
             return [g.text for g in self.generate_batch(messages, **options)]
         return self.generate(messages, **options).text
 
-    def generate(self, messages: list, **options) -> Generation:
+    def generate(self, messages: list, **options: Unpack[ChatOptions]) -> Generation:
         """One conversation's answer with token ids and timings; options as in `chat`."""
         return self.generate_batch([messages], **options)[0]
 
-    def stream(self, messages: list, **options) -> TextStream:
+    def stream(self, messages: list, **options: Unpack[ChatOptions]) -> TextStream:
         """Stream the answer to one conversation as text deltas (greedy or sampling, not beams)."""
         prepared = self._prepare([messages], **options)
         if prepared.config.num_beams > 1:
             raise PromptError("streaming works with greedy or sampling decoding, not beam search (preset 'precise')")
         return TextStream(self, prepared)
 
-    def prompt_embeddings(self, messages: list, **options) -> tuple[list[int], torch.Tensor]:
+    def prompt_embeddings(self, messages: list, **options: Unpack[ChatOptions]) -> tuple[list[int], torch.Tensor]:
         """(prompt token ids, LLM input embeddings (1, T, D) with the image features written in)."""
         prepared = self._prepare([messages], **options)
         return prepared.inputs.input_ids[0].tolist(), prepared.embeds
 
-    def generate_batch(self, conversations: list[list], **options) -> list[Generation]:
+    def generate_batch(self, conversations: list[list], **options: Unpack[ChatOptions]) -> list[Generation]:
         """Answers to several conversations decoded together, left-padded like the official batch path."""
         prepared = self._prepare(conversations, **options)
         if prepared.config.num_beams == 1 and len(conversations) == 1:
@@ -258,7 +282,7 @@ class ChatModel:
     def independent_streams(self) -> bool:
         """Whether several TextStreams may be stepped in turn: each keeps its own KV cache, and
         no model part is swapped out between them (low-memory mode) or shared (llama.cpp)."""
-        return self.checkpoint is None and self.max_batch is None
+        return not self.residency.low_memory and self.max_batch is None
 
     def compile(self, parts=("encode", "decode")) -> float:
         """torch.compile the decode step and/or the vision parts ("encode") and compile them now
@@ -274,18 +298,18 @@ class ChatModel:
         if self.llm is not self.model.llm:
             parts = tuple(p for p in parts if p != "decode")  # another backend decodes: nothing of ours to compile
         if "decode" in parts and "decode" not in self.compiled:
-            self._need(self.llm_parts)
+            self.residency.need(self.llm_parts)
             compile_decode(self.model.llm)
             warm_up_decode(self.model.llm)
         if "encode" in parts and "encode" not in self.compiled:
             compile_vision(self.model)
-            self._need(VISION_PARTS)
+            self.residency.need(VISION_PARTS)
             blank = self.processor([[{"role": "user", "content": [{"image": _blank_image()}, "?"]}]], max_slice_nums=2)
             crops, sizes = blank.pixel_values[0], blank.tgt_sizes[0]
             # the three graphs requests meet: crops of two sizes (padded, with a mask), several
             # crops of one size (no mask), one crop (sizes of 1 get graphs of their own)
             for first in (0, 1, 2):
-                self._encode(crops[first:], sizes[first:])
+                self.images.encode(crops[first:], sizes[first:])
         self.compiled = tuple(p for p in ("encode", "decode") if p in parts or p in self.compiled)
         self.compile_seconds += time.perf_counter() - start
 
@@ -330,82 +354,20 @@ class ChatModel:
             system_prompt=system_prompt,
             max_length=limit,
         )
-        start, swapped = time.perf_counter(), self._swap_seconds
+        start, swapped = time.perf_counter(), self.residency.swap_seconds
         with torch.inference_mode():
-            features = self._image_features(inputs)
-            self._need(self.llm_parts)
+            features = self.images.features(inputs)
+            self.residency.need(self.llm_parts)
             embeds = self.model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
         stops = tuple([stop] if isinstance(stop, str) else stop or ())
         tokens = [len(bounds) * self.model.config.query_num for bounds in inputs.image_bound]
-        image_seconds = time.perf_counter() - start - (self._swap_seconds - swapped)
-        return Prepared(inputs, embeds, config, stops, image_seconds, tokens, self._swap_seconds - swapped)
-
-    def _image_features(self, inputs: ModelInputs) -> list[torch.Tensor]:
-        """Per-sample features; an image seen before (same pixels) reuses its cached features."""
-        per_sample = []
-        for crops, plans, sizes in zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes):
-            # 2.5's vision output depends on the longest crop of the call (official quirk), so
-            # its unit of encoding is the whole sample; elsewhere each image is independent.
-            groups = (
-                [sum(p.num_crops for p in plans)]
-                if self.model.config.vision.faithful_idefics2_mask
-                else [p.num_crops for p in plans]
-            )
-            features, offset = [], 0
-            for count in groups:
-                features.append(self._cached_features(crops[offset : offset + count], sizes[offset : offset + count]))
-                offset += count
-            empty = torch.zeros((0, self.model.config.query_num, self.model.config.llm.hidden_size))
-            per_sample.append(torch.cat(features) if features else empty)
-        return per_sample
-
-    def _cached_features(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
-        digest = hashlib.sha1(sizes.numpy().tobytes())
-        for crop in crops:
-            digest.update(crop.numpy().tobytes())
-        key = digest.hexdigest()
-        if key in self._features:
-            self._features.move_to_end(key)
-            return self._features[key]
-        self._need(VISION_PARTS)
-        features = self._encode(crops, sizes)
-        self._features[key] = features
-        while len(self._features) > self._feature_cache_size:
-            self._features.popitem(last=False)
-        return features
-
-    def _encode(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
-        """Crops -> features with the tuned threads and crop batching, in the vision precision."""
-        # low-memory mode also keeps activations small: one crop through the vision tower at a time
-        encode = (self.tuning or {}).get("encode", {})
-        per_call = 1 if self.checkpoint else encode.get("crops_per_call")
-        original = torch.get_num_threads()
-        device = self.model.resampler.query.device.type
-        try:
-            torch.set_num_threads(encode.get("threads", original))
-            with torch.autocast(
-                device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
-            ):
-                features = self.model.get_image_features(crops, sizes, per_call)
-            return features.to(self.model.resampler.query.dtype)
-        finally:
-            torch.set_num_threads(original)
+        swap = self.residency.swap_seconds - swapped
+        return Prepared(inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap)
 
     def _phase_threads(self) -> tuple[int, int] | None:
         if not self.tuning:
             return None
         return self.tuning["prefill"]["threads"], self.tuning["decode"]["threads"]
-
-    def _need(self, parts: tuple) -> None:
-        """Low-memory mode: make `parts` resident, releasing the other half of the model first."""
-        if self.checkpoint is None or self._resident == parts:
-            return
-        start = time.perf_counter()
-        if self._resident is not None:
-            self.checkpoint.release(self._resident)
-        self.checkpoint.materialize(parts)
-        self._resident = parts
-        self._swap_seconds += time.perf_counter() - start
 
     def _stream_text(self, prepared: Prepared, handle: TextStream) -> Iterator[str]:
         decoder = IncrementalDecoder(self.tokenizer, prepared.stop_strings)

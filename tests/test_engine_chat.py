@@ -181,7 +181,7 @@ def test_low_memory_mode_gives_the_same_answers_with_one_half_resident(version):
     first = [{"role": "user", "content": [{"image": IMAGE}, "What?"]}]
     answer = sequential.generate(first, max_new_tokens=6)
     assert answer.token_ids == normal.generate(first, max_new_tokens=6).token_ids
-    assert sequential._resident == LLM_PARTS
+    assert sequential.residency.resident == LLM_PARTS
     assert all(p.is_meta for p in sequential.model.vpm.parameters())
     assert not any(p.is_meta for p in sequential.model.llm.parameters())
     second = [
@@ -226,7 +226,7 @@ def test_vision_precision_choice_and_bf16_features_stay_close(monkeypatch):
     features = []
     for chat in (exact, fast):
         inputs = chat.processor(message)
-        features.append(chat._image_features(inputs)[0])
+        features.append(chat.images.features(inputs)[0])
     assert features[1].dtype == torch.float32  # handed to the LLM in the model's dtype
     assert not torch.equal(features[0], features[1])  # bf16 did run
     relative = ((features[1] - features[0]).norm() / features[0].norm()).item()

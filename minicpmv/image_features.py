@@ -1,0 +1,120 @@
+"""Two of ChatModel's parts: which half of the model is in memory (the paper's sequential
+loading), and image encoding with its feature cache. ChatModel (chat.py) is the conversation
+front that uses them."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+
+import torch
+
+from .model.checkpoint import VISION_PARTS, OpenCheckpoint
+from .processing import ModelInputs
+
+
+class Residency:
+    """Low-memory mode: the checkpoint reads the vision parts or the LLM in, one half at a time,
+    releasing the other first. Without a checkpoint (everything loaded) it does nothing."""
+
+    def __init__(self, checkpoint: OpenCheckpoint | None = None):
+        self.checkpoint = checkpoint
+        self.resident: tuple | None = None
+        self.swap_seconds = 0.0  # time spent reading parts in, reported as load time
+
+    @property
+    def low_memory(self) -> bool:
+        return self.checkpoint is not None
+
+    def need(self, parts: tuple) -> None:
+        """Make `parts` resident (the other half released first)."""
+        if self.checkpoint is None or self.resident == parts:
+            return
+        start = time.perf_counter()
+        if self.resident is not None:
+            self.checkpoint.release(self.resident)
+        self.checkpoint.materialize(parts)
+        self.resident = parts
+        self.swap_seconds += time.perf_counter() - start
+
+
+class ImageEncoder:
+    """Crops -> resampler features in the vision precision with the tuned threads and batching;
+    an image seen before (same pixels and sizes) reuses its features from a small LRU cache."""
+
+    def __init__(
+        self,
+        model,
+        residency: Residency,
+        vision_autocast: torch.dtype | None,
+        tuning: dict | None,
+        cache_size: int = 16,
+    ):
+        self.model, self.residency = model, residency
+        self.vision_autocast = vision_autocast  # see chat.pick_vision_autocast
+        self.tuning = tuning
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def cache_size(self) -> int:
+        return self._cache_size
+
+    @cache_size.setter
+    def cache_size(self, size: int) -> None:
+        self._cache_size = size
+        while len(self._cache) > size:
+            self._cache.popitem(last=False)
+
+    def features(self, inputs: ModelInputs) -> list[torch.Tensor]:
+        """Per-sample features (n_crops, query_num, hidden) of a processed batch."""
+        config = self.model.config
+        per_sample = []
+        for crops, plans, sizes in zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes):
+            # 2.5's vision output depends on the longest crop of the call (official quirk), so
+            # its unit of encoding is the whole sample; elsewhere each image is independent.
+            groups = (
+                [sum(p.num_crops for p in plans)]
+                if config.vision.faithful_idefics2_mask
+                else [p.num_crops for p in plans]
+            )
+            features, offset = [], 0
+            for count in groups:
+                features.append(self._cached(crops[offset : offset + count], sizes[offset : offset + count]))
+                offset += count
+            empty = torch.zeros((0, config.query_num, config.llm.hidden_size))
+            per_sample.append(torch.cat(features) if features else empty)
+        return per_sample
+
+    def _cached(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+        digest = hashlib.sha1(sizes.numpy().tobytes())
+        for crop in crops:
+            digest.update(crop.numpy().tobytes())
+        key = digest.hexdigest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        self.residency.need(VISION_PARTS)
+        features = self.encode(crops, sizes)
+        self._cache[key] = features
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return features
+
+    def encode(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+        """Crops -> features with the tuned threads and crop batching, in the vision precision."""
+        # low-memory mode also keeps activations small: one crop through the vision tower at a time
+        encode = (self.tuning or {}).get("encode", {})
+        per_call = 1 if self.residency.low_memory else encode.get("crops_per_call")
+        original = torch.get_num_threads()
+        device = self.model.resampler.query.device.type
+        try:
+            torch.set_num_threads(encode.get("threads", original))
+            with torch.autocast(
+                device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
+            ):
+                features = self.model.get_image_features(crops, sizes, per_call)
+            return features.to(self.model.resampler.query.dtype)
+        finally:
+            torch.set_num_threads(original)
