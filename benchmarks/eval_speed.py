@@ -44,7 +44,7 @@ def main() -> None:
     from minicpmv.evaluation.answerers import LocalAnswerer
     from minicpmv.evaluation.benchmarks import get_benchmark
     from minicpmv.evaluation.runner import run_benchmark
-    from minicpmv.synth.benchmark_sets import write_demo_benchmarks
+    from minicpmv.demo.benchmark_sets import write_demo_benchmarks
 
     if args.threads:
         torch.set_num_threads(args.threads)

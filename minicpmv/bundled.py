@@ -1,5 +1,5 @@
 """The demo model that ships inside the package (trained by `scripts/train_demo_model.py` on
-the generated world of `minicpmv.synth`): what `generate`, `chat` and `serve` answer with when
+the generated world of `minicpmv.demo`): what `generate`, `chat` and `serve` answer with when
 no -m is given, so that everything runs with no download."""
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minicpmv.bundled import demo_model_path  # noqa: E402
-from minicpmv.synth.build import split_rng  # noqa: E402
-from minicpmv.synth.scenes import random_scene, verify_questions  # noqa: E402
+from minicpmv.demo.build import split_rng  # noqa: E402
+from minicpmv.demo.scenes import random_scene, verify_questions  # noqa: E402
 
 SEED, TRAIN_IMAGES, DOCUMENT_SHARE = 0, 2000, 0.4  # the bundled model's world
 VERIFY_REPEATS = 3
@@ -232,9 +232,9 @@ def eval_stage(work: Path, models: dict[str, Path]) -> None:
 def report(work: Path, names: list[str]) -> dict:
     """Held-out hallucination (responses with a wrong object, every attribute counted; Wilson
     95% intervals) and the demo benchmark's headline scores, per model."""
+    from minicpmv.demo.evaluate import wilson_interval
     from minicpmv.evaluation.chair import chair_metrics
     from minicpmv.evaluation.tsv import read_table
-    from minicpmv.synth.evaluate import wilson_interval
 
     table = {}
     for name in names:
@@ -268,7 +268,7 @@ def verify_accuracy(model: Path, images: int = 160) -> dict:
     import minicpmv
     from minicpmv.alignment.feedback import claim_label
     from minicpmv.alignment.labeler import yes_no_probabilities
-    from minicpmv.synth.scenes import COLOURS, PLACES, SHAPES, SIZES, claim_text
+    from minicpmv.demo.scenes import COLOURS, PLACES, SHAPES, SIZES, claim_text
 
     chat = minicpmv.load(model)
     right, total = {}, {}

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import minicpmv
-from minicpmv.synth.evaluate import character_places, evaluate, wilson_interval
+from minicpmv.demo.evaluate import character_places, evaluate, wilson_interval
 
 
 def main() -> None:

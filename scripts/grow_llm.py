@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from minicpmv.demo.demo import save_model_folder
 from minicpmv.model.checkpoint import load_model
 from minicpmv.model.config import MiniCPMVConfig
 from minicpmv.model.minicpmv import MiniCPMV
-from minicpmv.synth.demo import save_model_folder
 
 LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.(.+)$")
 SILENT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # zeroed in a new layer: its output is nothing

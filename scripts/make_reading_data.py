@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from minicpmv.synth.build import build_reading, read_line, read_page_slice
-from minicpmv.synth.documents import LINE_PLACEMENTS, slice_question_example
+from minicpmv.demo.build import build_reading, read_line, read_page_slice
+from minicpmv.demo.documents import LINE_PLACEMENTS, slice_question_example
 
 
 def main() -> None:

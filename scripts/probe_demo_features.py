@@ -25,10 +25,10 @@ import time
 import torch
 
 from minicpmv.cpu import has_native_bf16
+from minicpmv.demo.build import split_rng
+from minicpmv.demo.scenes import COLUMNS, SHAPES, one_object_example
 from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
-from minicpmv.synth.build import split_rng
-from minicpmv.synth.scenes import COLUMNS, SHAPES, one_object_example
 
 SEED = 7  # the probe images' own stream
 

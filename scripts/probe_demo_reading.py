@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from minicpmv.synth.build import split_rng
-from minicpmv.synth.documents import (
+from minicpmv.demo.build import split_rng
+from minicpmv.demo.documents import (
     CELL_CHARACTERS,
     LINE_CHARACTERS,
     LINE_PLACEMENTS,
@@ -32,7 +32,7 @@ from minicpmv.synth.documents import (
     page_slice_example,
     text_line_example,
 )
-from minicpmv.training.vision_pretrain import VisionPretraining, run_vision_pretraining
+from minicpmv.demo.vision_pretrain import VisionPretraining, run_vision_pretraining
 
 SEED = 0  # with split "read-train" / "read-test": the probe images' own stream
 

@@ -17,8 +17,8 @@ pytest.importorskip("yaml")
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from minicpmv.synth.build import split_rng
-    from minicpmv.synth.scenes import random_scene
+    from minicpmv.demo.build import split_rng
+    from minicpmv.demo.scenes import random_scene
 
     folder = tmp_path_factory.mktemp("scenes")
     for i in range(4):

@@ -13,9 +13,9 @@ import minicpmv
 from minicpmv.bundled import DEMO_IMAGE, DEMO_MODEL, DEMO_RECEIPT, demo_model_path
 from minicpmv.cli import main
 from minicpmv.errors import ConfigError
-from minicpmv.synth.build import build_world
-from minicpmv.synth.demo import DEMO_CONFIG, bundle_checkpoint
-from minicpmv.synth.evaluate import evaluate
+from minicpmv.demo.build import build_world
+from minicpmv.demo.demo import DEMO_CONFIG, bundle_checkpoint
+from minicpmv.demo.evaluate import evaluate
 
 # the example of `make demo` and the README: a small purple square and a small green star
 DEMO_QUESTION, DEMO_ANSWER = "How many shapes are there?", "two"
@@ -44,8 +44,8 @@ def test_reads_the_demo_receipt_total(demo):
     # the second question of `make demo`: a receipt of a split of its own, generated again here
     from PIL import Image
 
-    from minicpmv.synth.build import split_rng
-    from minicpmv.synth.documents import receipt
+    from minicpmv.demo.build import split_rng
+    from minicpmv.demo.documents import receipt
 
     page = receipt(split_rng(0, "demo-receipt", 0))
     assert list(Image.open(DEMO_RECEIPT).convert("RGB").getdata()) == list(page.image.convert("RGB").getdata())

@@ -4,7 +4,6 @@ bundle, and the slicing ablation that reuses stages 0-2."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -83,10 +82,9 @@ def trained(tmp_path_factory):
 
 
 def load_recipe():
-    """The script as a module (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    """The recipe module (minicpmv.demo.recipe; the script is a wrapper around its main)."""
+    import minicpmv.demo.recipe as recipe
+
     return recipe
 
 

@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "minicpmv", "eval"]
 
 @pytest.fixture(scope="module")
 def demo_sets(tmp_path_factory):
-    from minicpmv.synth.benchmark_sets import write_demo_benchmarks
+    from minicpmv.demo.benchmark_sets import write_demo_benchmarks
 
     return write_demo_benchmarks(tmp_path_factory.mktemp("demo-sets"), images=24)
 

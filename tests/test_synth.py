@@ -16,8 +16,8 @@ from PIL import Image
 from minicpmv.cli import main
 from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.processing.slicing import plan_slices
-from minicpmv.synth.build import build_reading, build_world, colour_drill, split_rng, survey_scene
-from minicpmv.synth.documents import (
+from minicpmv.demo.build import build_reading, build_world, colour_drill, split_rng, survey_scene
+from minicpmv.demo.documents import (
     CELL,
     CELL_CHARACTERS,
     document_questions,
@@ -31,7 +31,7 @@ from minicpmv.synth.documents import (
     slice_text,
     table,
 )
-from minicpmv.synth.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene, survey_questions
+from minicpmv.demo.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene, survey_questions
 from minicpmv.training.data import ChatDataset, SampleBuilder
 
 
@@ -279,7 +279,7 @@ def test_cli_writes_the_splits(tmp_path, capsys):
 def test_demo_starting_checkpoint(world, tmp_path):
     import minicpmv
     from minicpmv.processing.tokenizer import V26_SPECIAL_TOKENS
-    from minicpmv.synth.demo import init_checkpoint
+    from minicpmv.demo.demo import init_checkpoint
 
     root, paths = world
     folder = init_checkpoint(tmp_path / "initial", [paths["train"]], seed=0, vocab_size=600)
@@ -316,7 +316,7 @@ def test_memory_estimate_follows_the_recipe():
 
 
 def test_exact_match_scoring(world):
-    from minicpmv.synth.evaluate import evaluate, normalize
+    from minicpmv.demo.evaluate import evaluate, normalize
 
     class Oracle:  # answers from the references: scoring must give 100%, and 0% when always wrong
         def __init__(self, answers, wrong=False):
@@ -347,7 +347,7 @@ def test_exact_match_scoring(world):
 
 
 def test_wilson_interval_brackets_the_score_and_narrows_with_more_questions():
-    from minicpmv.synth.evaluate import wilson_interval
+    from minicpmv.demo.evaluate import wilson_interval
 
     low, high = wilson_interval(24, 40)
     assert low < 0.6 < high and abs(low - 0.446) < 0.002 and abs(high - 0.737) < 0.002
@@ -359,7 +359,7 @@ def test_wilson_interval_brackets_the_score_and_narrows_with_more_questions():
 
 
 def test_character_places_count_reference_characters_at_their_place():
-    from minicpmv.synth.evaluate import character_places
+    from minicpmv.demo.evaluate import character_places
 
     rows = [
         {"task": "total", "reference": "41.12", "answer": "14.12."},  # 3 of 5 at their place

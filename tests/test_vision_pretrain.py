@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from minicpmv.errors import ConfigError
 from minicpmv.model.checkpoint import load_model
 from minicpmv.processing.processor import MiniCPMVProcessor
-from minicpmv.synth.build import split_rng
-from minicpmv.synth.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
-from minicpmv.synth.scenes import (
+from minicpmv.demo.build import split_rng
+from minicpmv.demo.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
+from minicpmv.demo.scenes import (
     COLOURS,
     COLUMNS,
     LABELS,
@@ -34,7 +34,7 @@ from minicpmv.synth.scenes import (
     region_scene_example,
 )
 from minicpmv.training.data import to_messages
-from minicpmv.training.vision_pretrain import (
+from minicpmv.demo.vision_pretrain import (
     KEPT,
     TokenGridHead,
     VisionPretraining,

@@ -89,7 +89,7 @@ def _data_files(benchmark: str, data: str | None, output: Path) -> list[tuple[st
         raise ConfigError(f"{names[0]}: --data FILE.tsv is needed (minicpmv eval download {names[0]} -o DIR)")
     folder = output / "data"
     if not all((folder / f"{n}.tsv").exists() for n in names):
-        from ..synth.benchmark_sets import write_demo_benchmarks
+        from ..demo.benchmark_sets import write_demo_benchmarks
 
         write_demo_benchmarks(folder)
     return [(n, folder / f"{n}.tsv") for n in names]

@@ -22,15 +22,15 @@ def synth(
     as the demo benchmark TSVs instead (demo_yorn, demo_mcq, demo_vqa, demo_caption)."""
     from collections import Counter
 
+    from ..demo.build import build_world
     from ..errors import ConfigError
-    from ..synth.build import build_world
 
     sizes = {"train": train, "validation": validation, "test": test}
     share = document_share if document_share is not None else 0.4 if benchmarks else 0.5
     if any(n < 0 for n in sizes.values()) or not 0 <= share <= 1:
         raise ConfigError("image counts must be >= 0 and --document-share within [0, 1]")
     if benchmarks:
-        from ..synth.benchmark_sets import write_demo_benchmarks
+        from ..demo.benchmark_sets import write_demo_benchmarks
 
         paths = write_demo_benchmarks(output, seed, test, share)
         summary = {name: {"file": str(path)} for name, path in paths.items()}

@@ -46,9 +46,9 @@ from ..errors import ConfigError
 from ..files import write_text_atomic
 from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
-from .checkpoints import latest_checkpoint, save_checkpoint
-from .run import draw_loss_curve
-from .trainer import computes_bf16, seed_everything
+from ..training.checkpoints import latest_checkpoint, save_checkpoint
+from ..training.run import draw_loss_curve
+from ..training.trainer import computes_bf16, seed_everything
 
 # (split, index) -> (PIL image, {label name: class name, or a tuple of class names: one per region})
 Examples = Callable[[str, int], tuple]

@@ -88,7 +88,7 @@ def record_texts(paths: list[Path]) -> list[str]:
 def train_tokenizer(texts: list[str], vocab_size: int = 1024):
     """Byte-level BPE (every byte representable) with the 2.6 special tokens added. Numbers
     split into single digits first, as Qwen2's tokenizer does: a page's digits are one per cell
-    (minicpmv.synth.documents), so each digit the LLM writes is one character it read."""
+    (minicpmv.demo.documents), so each digit the LLM writes is one character it read."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
