@@ -41,10 +41,10 @@ def main() -> None:
 
     import minicpmv
     from minicpmv.bundled import demo_model_path
+    from minicpmv.demo.benchmark_sets import write_demo_benchmarks
     from minicpmv.evaluation.answerers import LocalAnswerer
     from minicpmv.evaluation.benchmarks import get_benchmark
     from minicpmv.evaluation.runner import run_benchmark
-    from minicpmv.demo.benchmark_sets import write_demo_benchmarks
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -38,17 +38,8 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-SAMPLING_OPTIONS = (
-    "max_new_tokens",
-    "min_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "num_beams",
-    "seed",
-)
+# the decoding settings a caller may set: GenerationConfig's fields but the derived ones
+SAMPLING_OPTIONS = tuple(f.name for f in fields(GenerationConfig) if f.name not in ("do_sample", "stop_ids"))
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

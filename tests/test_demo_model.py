@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 import minicpmv
 from minicpmv.bundled import DEMO_IMAGE, DEMO_MODEL, DEMO_RECEIPT, demo_model_path
 from minicpmv.cli import main
-from minicpmv.errors import ConfigError
 from minicpmv.demo.build import build_world
 from minicpmv.demo.demo import DEMO_CONFIG, bundle_checkpoint
 from minicpmv.demo.evaluate import evaluate
+from minicpmv.errors import ConfigError
 
 # the example of `make demo` and the README: a small purple square and a small green star
 DEMO_QUESTION, DEMO_ANSWER = "How many shapes are there?", "two"

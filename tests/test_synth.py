@@ -14,8 +14,6 @@ from conftest import TINY
 from PIL import Image
 
 from minicpmv.cli import main
-from minicpmv.processing.processor import MiniCPMVProcessor
-from minicpmv.processing.slicing import plan_slices
 from minicpmv.demo.build import build_reading, build_world, colour_drill, split_rng, survey_scene
 from minicpmv.demo.documents import (
     CELL,
@@ -32,6 +30,8 @@ from minicpmv.demo.documents import (
     table,
 )
 from minicpmv.demo.scenes import NUMBER_WORDS, SHAPES, caption, questions, random_scene, survey_questions
+from minicpmv.processing.processor import MiniCPMVProcessor
+from minicpmv.processing.slicing import plan_slices
 from minicpmv.training.data import ChatDataset, SampleBuilder
 
 
@@ -278,8 +278,8 @@ def test_cli_writes_the_splits(tmp_path, capsys):
 
 def test_demo_starting_checkpoint(world, tmp_path):
     import minicpmv
-    from minicpmv.processing.tokenizer import V26_SPECIAL_TOKENS
     from minicpmv.demo.demo import init_checkpoint
+    from minicpmv.processing.tokenizer import V26_SPECIAL_TOKENS
 
     root, paths = world
     folder = init_checkpoint(tmp_path / "initial", [paths["train"]], seed=0, vocab_size=600)

@@ -50,7 +50,7 @@ def supervised(builder, sample):
     "version, expected",
     [
         # each answer plus its end marker; the marker's own position learns the marker again where a
-        # turn follows (the official llama3 quirk, training.md §5.4)
+        # turn follows (the official llama3 quirk, docs/training.md)
         ("2.6", "A shape.<|im_end|><|im_end|>No.<|im_end|>"),
         ("2.5", "A shape.<|eot_id|><|eot_id|>No.<|eot_id|>"),
         # 2.0: no marker in the text; every answer learns to end with EOS, the last one has it appended

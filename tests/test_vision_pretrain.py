@@ -17,9 +17,6 @@ from conftest import TINY
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from minicpmv.errors import ConfigError
-from minicpmv.model.checkpoint import load_model
-from minicpmv.processing.processor import MiniCPMVProcessor
 from minicpmv.demo.build import split_rng
 from minicpmv.demo.documents import CELL_CHARACTERS, LINE_CHARACTERS, LINE_PLACES, text_line_example
 from minicpmv.demo.scenes import (
@@ -33,7 +30,6 @@ from minicpmv.demo.scenes import (
     one_object_example,
     region_scene_example,
 )
-from minicpmv.training.data import to_messages
 from minicpmv.demo.vision_pretrain import (
     KEPT,
     TokenGridHead,
@@ -41,6 +37,10 @@ from minicpmv.demo.vision_pretrain import (
     pretrain_vision,
     run_vision_pretraining,
 )
+from minicpmv.errors import ConfigError
+from minicpmv.model.checkpoint import load_model
+from minicpmv.processing.processor import MiniCPMVProcessor
+from minicpmv.training.data import to_messages
 
 CHECKPOINT = TINY["2.6"] / "checkpoint"
 CLASSES = {"colour": ("red", "blue"), "side": ("left", "right")}

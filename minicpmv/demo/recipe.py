@@ -41,6 +41,19 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
+
+
+class Stage(NamedTuple):
+    """One row of the recipe: a `minicpmv train` run (or, for recipe "vision", a vision
+    pre-training run) with its data and settings."""
+
+    name: str  # also the folder WORK/NAME
+    recipe: str  # a training recipe (stage1, stage2, stage3, sft) or "vision"
+    tasks: object  # tasks in its data: a tuple, "text" (every answer as text), or None (all)
+    steps: int
+    settings: list  # extra `minicpmv train` flags
+
 
 SCENES = ("caption", "count", "colour", "shape", "position", "chat")
 DOCUMENTS = ("ocr", "total", "price", "line", "field", "cell", "sign")
@@ -51,55 +64,57 @@ REGION_STEPS = 2400  # what each region holds, after VISION
 READ_STEPS = 1200  # --reading: what each cell of a page's slice holds (page_slice_or_scene_example)
 READ_SHARE = 2 / 3  # of the reading stage's images; the rest are region scenes
 READ_STAGE3_STEPS = 600  # --reading: stage3, the first with whole pages, gets more time for them
-STAGES = [  # name, recipe, tasks in its data (None: all), steps, extra settings
-    ("stage0", "sft", "text", 300, ["--set", "train=[llm]", "--lr", "2e-3", "--batch-size", "8"]),
-    ("stage1", "stage1", SCENES, 1500, ["--set", "train=[resampler,llm]", "--lr", "3e-4"]),
-    ("stage2", "stage2", (*SCENES, "read"), 1500, [*EVERYTHING, "--lr", "3e-4"]),
-    ("stage3", "stage3", (*SCENES, *DOCUMENTS, "read"), 100, [*EVERYTHING, "--lr", "3e-4"]),  # scenes kept: see above
-    ("sft", "sft", None, 150, ["--lr", "2e-4"]),
+STAGES = [
+    Stage("stage0", "sft", "text", 300, ["--set", "train=[llm]", "--lr", "2e-3", "--batch-size", "8"]),
+    Stage("stage1", "stage1", SCENES, 1500, ["--set", "train=[resampler,llm]", "--lr", "3e-4"]),
+    Stage("stage2", "stage2", (*SCENES, "read"), 1500, [*EVERYTHING, "--lr", "3e-4"]),
+    Stage(
+        "stage3", "stage3", (*SCENES, *DOCUMENTS, "read"), 100, [*EVERYTHING, "--lr", "3e-4"]
+    ),  # scenes kept: see above
+    Stage("sft", "sft", None, 150, ["--lr", "2e-4"]),
 ]
 LLM_ONLY = ["--set", "train=[llm]", "--set", "cache_image_features=true"]  # vision frozen: encode each image once
-READ_STAGE = ("read", "stage2", ("read",), 800, [*LLM_ONLY, "--lr", "1e-3"])  # --reading, after stage0
+READ_STAGE = Stage("read", "stage2", ("read",), 800, [*LLM_ONLY, "--lr", "1e-3"])  # --reading, after stage0
 # --reading, after stage3: the world's and the pages world's documents, the page slices and
 # DOCUMENT_STAGE_SCENES scene records (see `stages`)
-DOCUMENT_STAGE = ("documents", "stage3", (*DOCUMENTS, "read", *SCENES), 800, [*LLM_ONLY, "--lr", "1e-3"])
+DOCUMENT_STAGE = Stage("documents", "stage3", (*DOCUMENTS, "read", *SCENES), 800, [*LLM_ONLY, "--lr", "1e-3"])
 DOCUMENT_STAGE_SCENES = 3000  # of the world's ~11,600 scene records: kept in the loss, the pages come first
 # --reading, after the documents stage: the same data plus every document's facts asked in one
 # conversation (task "lookup"), twice over, so that fields, cells and prices are found by their
 # word or place (research/demo-model-log.md, "Lookup")
-LOOKUP_STAGE = ("lookup", "stage3", (*DOCUMENTS, "read", *SCENES, "lookup"), 400, [*LLM_ONLY, "--lr", "1e-3"])
+LOOKUP_STAGE = Stage("lookup", "stage3", (*DOCUMENTS, "read", *SCENES, "lookup"), 400, [*LLM_ONLY, "--lr", "1e-3"])
 LOOKUP_REPEATS = {"lookup": 2}
 # --reading, after the lookup stage: the scenes again, the world's scene records and a survey of
 # each of WORK/survey's scenes (every question about it in one conversation), first for the LLM
 # alone, then for every part with the page slices kept in, as two runs of 500 steps with the
 # second's data order from seed + 1 (research/demo-model-log.md, "Surveys")
-LOOKUP_SFT_STAGE = ("lookup-sft", "sft", None, 150, [*LLM_ONLY, "--lr", "2e-4"])
-SCENE_STAGE = ("scenes", "sft", (*SCENES, "survey"), 1000, [*LLM_ONLY, "--lr", "1e-3"])
-SCENE_VISION_STAGE = ("scenes-vision", "sft", (*SCENES, "survey", "read"), 500, [*EVERYTHING, "--lr", "3e-4"])
-SCENE_VISION_AGAIN_STAGE = ("scenes-vision2", *SCENE_VISION_STAGE[1:])
+LOOKUP_SFT_STAGE = Stage("lookup-sft", "sft", None, 150, [*LLM_ONLY, "--lr", "2e-4"])
+SCENE_STAGE = Stage("scenes", "sft", (*SCENES, "survey"), 1000, [*LLM_ONLY, "--lr", "1e-3"])
+SCENE_VISION_STAGE = Stage("scenes-vision", "sft", (*SCENES, "survey", "read"), 500, [*EVERYTHING, "--lr", "3e-4"])
+SCENE_VISION_AGAIN_STAGE = Stage("scenes-vision2", *SCENE_VISION_STAGE[1:])
 SEED_OFFSETS = {SCENE_VISION_AGAIN_STAGE[0]: 1}  # added to --seed: that stage's data order
 # --reading, last: SFT loses the lookups the lookup stage taught (prices, fields, cells); a short
 # lookup stage after it gives them back (research/demo-model-log.md, "Surveys")
-LOOKUP_AGAIN_STAGE = ("lookup-again", "stage3", (*LOOKUP_STAGE[2], "drill"), 150, [*LLM_ONLY, "--lr", "5e-4"])
+LOOKUP_AGAIN_STAGE = Stage("lookup-again", "stage3", (*LOOKUP_STAGE[2], "drill"), 150, [*LLM_ONLY, "--lr", "5e-4"])
 # --reading, after scenes-vision: the small LLM named another object's colour in multi-object
 # scenes. First every resampler token of a scene learns what object covers its block, colour and
 # shape (OBJECT_STAGE: vision pre-training, object_or_page_example, the page slices' tokens held
 # as they were), the LLM reads the new tokens (OBJECT_ALIGN_STAGE), then drills on colour by
 # shape (WORK/drill, colour_drill): mixed in, then alone, then in SFT's and lookup-again's data;
 # only the two together fixed it (research/demo-model-log.md, "Drills").
-OBJECT_STAGE = ("objects", "vision", None, 600, [])
+OBJECT_STAGE = Stage("objects", "vision", None, 600, [])
 OBJECT_PAGE_SHARE = 0.33  # of the object stage's images: page slices, all blocks "none", tokens held
-OBJECT_ALIGN_STAGE = ("objects-align", "sft", (*SCENES, "survey", "read"), 500, [*LLM_ONLY, "--lr", "5e-4"])
-DRILL_MIX_STAGE = ("drill-mix", "sft", (*SCENES, "survey", "read", "drill"), 500, [*LLM_ONLY, "--lr", "5e-4"])
-DRILL_STAGE = ("drill", "sft", ("drill",), 300, [*LLM_ONLY, "--lr", "1e-3"])
+OBJECT_ALIGN_STAGE = Stage("objects-align", "sft", (*SCENES, "survey", "read"), 500, [*LLM_ONLY, "--lr", "5e-4"])
+DRILL_MIX_STAGE = Stage("drill-mix", "sft", (*SCENES, "survey", "read", "drill"), 500, [*LLM_ONLY, "--lr", "5e-4"])
+DRILL_STAGE = Stage("drill", "sft", ("drill",), 300, [*LLM_ONLY, "--lr", "1e-3"])
 # --reading, last: a price is found by its item's word and was mostly read from the next slice.
 # A stage of price questions alone (PRICE_DRILL_STAGE: the world's and the pages' receipt lookups,
 # twice, and price records), then PRICE_KEEP_STAGE (lookup-again's data with the price drill's,
 # PRICE_KEEP_COUNTS count questions and PRICE_KEEP_SURVEYS surveys) to give the other answers
 # back (research/demo-model-log.md, "Prices").
 PRICE_QUESTION = "How much is"  # a price record's and a receipt lookup's first question
-PRICE_DRILL_STAGE = ("price-drill", "stage3", ("price", "lookup"), 600, [*LLM_ONLY, "--lr", "1e-3"])
-PRICE_KEEP_STAGE = ("price-keep", "stage3", LOOKUP_AGAIN_STAGE[2], 200, [*LLM_ONLY, "--lr", "5e-4"])
+PRICE_DRILL_STAGE = Stage("price-drill", "stage3", ("price", "lookup"), 600, [*LLM_ONLY, "--lr", "1e-3"])
+PRICE_KEEP_STAGE = Stage("price-keep", "stage3", LOOKUP_AGAIN_STAGE[2], 200, [*LLM_ONLY, "--lr", "5e-4"])
 PRICE_KEEP_COUNTS, PRICE_KEEP_SURVEYS = 4000, 2000
 LOOKUPS = (LOOKUP_STAGE[0], LOOKUP_AGAIN_STAGE[0], PRICE_DRILL_STAGE[0], PRICE_KEEP_STAGE[0])  # pages, lookups twice
 SURVEYED = (
@@ -123,14 +138,11 @@ def stages(reading: bool) -> list:
     if not reading:
         return STAGES
     kept = [
-        (
-            name,
-            recipe,
-            tasks,
-            READ_STAGE3_STEPS if name == "stage3" else steps,
-            [*LLM_ONLY, "--lr", "2e-4" if name == "sft" else "1e-3"],
+        stage._replace(
+            steps=READ_STAGE3_STEPS if stage.name == "stage3" else stage.steps,
+            settings=[*LLM_ONLY, "--lr", "2e-4" if stage.name == "sft" else "1e-3"],
         )
-        for name, recipe, tasks, steps, _ in STAGES[1:]
+        for stage in STAGES[1:]
     ]
     return [
         STAGES[0],

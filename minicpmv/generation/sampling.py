@@ -69,7 +69,7 @@ class GenerationConfig:
         return found
 
 
-# The official chat() presets (reference-spec §5): sampling=True and sampling=False.
+# The official chat() presets: sampling=True and sampling=False (docs/generation.md).
 PRESETS = {
     "sampling": GenerationConfig(do_sample=True, top_p=0.8, top_k=100, temperature=0.7, repetition_penalty=1.05),
     "precise": GenerationConfig(num_beams=3, repetition_penalty=1.2),

@@ -1,4 +1,4 @@
-"""Model configs as plain dataclasses built from an official config.json (reference-spec §1).
+"""Model configs as plain dataclasses built from an official config.json (docs/model.md).
 
 Unknown keys are ignored, missing keys take the official class defaults, and the version decides
 the LLM family and the vision encoder: 2.6 = NaViT SigLIP + Qwen2, 2.5 = NaViT SigLIP (Idefics2
@@ -201,7 +201,7 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
     return llm
 
 
-# config.json fields of the released checkpoints (reference-spec §1), for building real-size
+# config.json fields of the released checkpoints, for building real-size
 # architectures without their weights (meta device, benchmarks with random weights).
 OFFICIAL_ARCHITECTURES = {
     "2.6": {

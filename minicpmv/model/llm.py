@@ -1,4 +1,4 @@
-"""Decoder-only LLM for the three families (reference-spec §4.3), with the official names
+"""Decoder-only LLM for the three families (docs/model.md), with the official names
 (`llm.model.layers.N.self_attn.q_proj`, `llm.lm_head`, ...).
 
 One implementation, parameterised by `LLMConfig`: Qwen2 has q/k/v biases and GQA; Llama-3 has

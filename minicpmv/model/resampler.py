@@ -1,5 +1,5 @@
 """Perceiver resampler: one cross-attention from Q learned queries to a crop's vision tokens
-(reference-spec §4.2), compressing each crop to Q embeddings of the LLM width.
+(docs/model.md), compressing each crop to Q embeddings of the LLM width.
 
 Keys get 2-D sin-cos positions of their patch grid; values do not. 2.0 also adds a fixed
 8x8 sin-cos grid (`pos_embed`, stored in its checkpoint) to the queries. Parameter names follow

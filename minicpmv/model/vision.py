@@ -1,4 +1,4 @@
-"""SigLIP vision towers (reference-spec §4.1), with the official parameter names.
+"""SigLIP vision towers (docs/model.md), with the official parameter names.
 
 - `NavitSiglip` (2.5 / 2.6): crops of different sizes in one batch, padded to the longest; the
   position id of each patch comes from the bucketed 70x70 table (`positions.py`).

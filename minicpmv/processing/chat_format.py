@@ -1,4 +1,4 @@
-"""Messages -> prompt text, the way the official chat() builds it (reference-spec §3, §5).
+"""Messages -> prompt text, the way the official chat() builds it (docs/preprocessing.md).
 
 Each message's content items are joined with "\\n", an image becoming the tag
 `(<image>./</image>)`; 2.5 and 2.6 then render the checkpoint's own jinja `chat_template`,

@@ -1,4 +1,4 @@
-"""Image placeholder text and image bounds, the three official schemas (reference-spec §3).
+"""Image placeholder text and image bounds, the three official schemas (docs/preprocessing.md).
 
 Q = query_num copies of `<unk>` stand for one crop's resampler outputs:
 - 2.6: [<image_id>i</image_id>] <image>U^Q</image> then slice rows joined by "\\n", each row

@@ -1,9 +1,9 @@
-"""Adaptive visual encoding geometry (paper §2.1; reference-spec §2), as pure functions.
+"""Adaptive visual encoding geometry (paper §2.1; docs/preprocessing.md), as pure functions.
 
 Sizes are (width, height) like PIL; patch grids and `tgt_sizes` are (rows, cols). Every decision
 reproduces the official MiniCPM-V image processor bit for bit, including its float arithmetic,
 Python's round-half-to-even and the strict "first minimum wins" tie order, because ports that
-"simplify" these rules are the most common source of wrong answers (users.md A1).
+"simplify" these rules are the most common source of wrong answers in other runtimes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The file is a list of `{"id", "image", "conversations"}`; `image` is one path (p
 whose tags mark the places; no `image` is a text-only sample. Relative paths are relative to
 the JSON file. Records are parsed at once, images are read when a sample is used.
 
-Label convention (training.md §5.4, the official one): a token is *supervised* when it is an
+Label convention (the official one, docs/training.md): a token is *supervised* when it is an
 assistant message's content, plus the turn's end marker (`<|im_end|>` for 2.6, `<|eot_id|>` for
 2.5; 2.0 appends EOS to the last message only). Targets are **pre-shifted**: `targets[i-1] =
 ids[i]` for every supervised token i, and the last supervised position before an unsupervised

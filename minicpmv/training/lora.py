@@ -1,4 +1,4 @@
-"""LoRA on the LLM's attention projections with peft (training.md §6: r 64, alpha 64, dropout
+"""LoRA on the LLM's attention projections with peft (the official settings: r 64, alpha 64, dropout
 0.05, q/k/v/o only), the resampler (and the vision encoder if the recipe says so) trained in
 full beside the adapters.
 

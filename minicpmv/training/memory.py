@@ -1,4 +1,4 @@
-"""A training-memory estimate printed before the first step (users.md A2: fine-tuning runs out
+"""A training-memory estimate printed before the first step (fine-tuning runs out
 of memory and nobody can say beforehand how much it needs).
 
 Weights at their dtype; gradients and AdamW's two moments in float32 for trainable parameters;

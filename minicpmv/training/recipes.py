@@ -1,4 +1,4 @@
-"""The paper's training stages as data (training.md §2, §4, §6, §8): which parts train, at what
+"""The paper's training stages as data (docs/training.md): which parts train, at what
 resolution and slicing, with which optimiser settings. A recipe is a plain dataclass; a YAML
 file or command-line `key=value` pairs override any field."""
 
@@ -108,7 +108,7 @@ RECIPES = {
     "sft": Recipe("sft", ("vpm", "resampler", "llm")),
     # LoRA (official finetune_lora.sh): adapters on q/k/v/o, resampler trained in full
     "lora": Recipe("lora", ("resampler",), lora=True),
-    # RLAIF-V's DPO (rlaifv.md §4): every part, lr 5e-7, cosine with 5% warm-up, weight decay 0.01
+    # RLAIF-V's DPO (its published training scripts): every part, lr 5e-7, cosine with 5% warm-up, weight decay 0.01
     "dpo": Recipe(
         "dpo", ("vpm", "resampler", "llm"), objective="dpo", learning_rate=5e-7, warmup_ratio=0.05, weight_decay=0.01
     ),
