@@ -194,7 +194,7 @@ def stage_data(
     """The records of `tasks` ("text": every answer as a text-only sample) in a JSON of its own;
     task "read" comes from `reading` (line reading: not part of the world). Every stage from
     stage2 on keeps the lines: without them stage3 and SFT halved the characters read right
-    (72.5% -> 38.2% of held-out line places, runs/demo-v5). `pages`: a world of documents whose
+    (72.5% -> 38.2% of held-out line places; research/demo-model-log.md). `pages`: a world of documents whose
     records join, and so do those of `survey` (scene surveys) and `drill`; `scene_records`: at
     most that many scene records, drawn with `seed`; `repeats`: {task: n}, that task's records n
     times over (each a task the world must have); `asking`: only records whose first question
@@ -275,7 +275,7 @@ def vision_stages(initial: Path, work: Path, args) -> Path:
     character in each cell of a page's slices (WORK/vision-read); returns the checkpoint. With
     --reading every vision stage starts from queries pointed at their blocks (localized_start):
     pointed just before the reading stage, they lost the region stage's training (the region
-    head's share of filled regions fell from 93.5% to 58.4%, runs/demo-v7)."""
+    head's share of filled regions fell from 93.5% to 58.4%; research/demo-model-log.md)."""
     from minicpmv.demo.documents import CELL_CHARACTERS
     from minicpmv.demo.scenes import LABELS, REGION_LABELS, one_object_example, region_scene_example
 
@@ -321,7 +321,7 @@ def page_slice_or_scene_example(rng):
     """Reading, with what each region holds kept in the loss: READ_SHARE of the images are slices
     of pages (no shapes: every region "none"), the rest region scenes (no text: every cell
     "none"). Without the scenes, line-reading stages cost the finished model 16 points of
-    held-out scene questions (86.0% -> 70.5%, shape 100% -> 64%; measured, runs/demo-v5)."""
+    held-out scene questions (86.0% -> 70.5%, shape 100% -> 64%; research/demo-model-log.md)."""
     from minicpmv.demo.documents import CELL, SLICE, page_slice_example
     from minicpmv.demo.scenes import COLUMNS, ROWS, region_scene_example
 
