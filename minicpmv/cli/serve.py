@@ -9,28 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..serving import limits
 from .options import ModelFlags, add_model_options, load_model, wire
 
 
 @dataclass
 class ServerFlags:
-    """serve's own flags (see add_parser for each one's meaning and default)."""
+    """serve's own flags (add_parser gives each one's meaning); the defaults are the server's."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
     allowed_hosts: str | None = None
     model_name: str | None = None
-    max_queue: int = 16
-    max_batch: int = 1
-    max_streams: int = 4
-    max_images: int = 16
-    max_image_pixels: int = 6000 * 6000
-    max_request_pixels: int = 64_000_000
-    max_server_pixels: int = 256_000_000
-    max_body_mb: float = 32.0
-    request_timeout: float = 10.0
-    max_connections: int = 256
+    max_queue: int = limits.MAX_QUEUE
+    max_batch: int = limits.MAX_BATCH
+    max_streams: int = limits.MAX_STREAMS
+    max_images: int = limits.MAX_IMAGES
+    max_image_pixels: int = limits.MAX_IMAGE_PIXELS
+    max_request_pixels: int = limits.MAX_REQUEST_PIXELS
+    max_server_pixels: int = limits.MAX_SERVER_PIXELS
+    max_body_mb: float = limits.MAX_BODY_MB
+    request_timeout: float = limits.HEAD_TIMEOUT_S
+    max_connections: int = limits.MAX_CONNECTIONS
     allow_remote_images: bool = False
     allow_local_images: str | None = None
     share_image_cache: bool = False
@@ -76,7 +77,7 @@ def serve(server: ServerFlags, model: ModelFlags) -> None:
         max_server_pixels=server.max_server_pixels,
         allowed_hosts=allowed_hosts(server.host, server.allowed_hosts),
         head_timeout_s=server.request_timeout,
-        body_timeout_s=6 * server.request_timeout,
+        body_timeout_s=server.request_timeout * limits.BODY_TIMEOUT_S / limits.HEAD_TIMEOUT_S,
         max_connections=server.max_connections,
         share_feature_cache=server.share_image_cache,
     )
@@ -117,10 +118,8 @@ def check_server_flags(flags: ServerFlags) -> None:
 def allowed_hosts(host: str, extra: str | None) -> tuple[str, ...] | None:
     """Loopback names, the address served on (unless a wildcard) and the --allowed-hosts names;
     None when '*' is among them."""
-    from ..serving.app import LOOPBACK_HOSTS
-
     names = [
-        *LOOPBACK_HOSTS,
+        *limits.LOOPBACK_HOSTS,
         *([host] if host not in ("0.0.0.0", "::", "") else []),
         *(name.strip() for name in (extra or "").split(",") if name.strip()),
     ]

@@ -23,17 +23,10 @@ from starlette.exceptions import HTTPException
 
 from ..errors import ConfigError
 from ..processing.image_io import shorten
-from . import protocol
+from . import limits, protocol
 from .images import ImagePolicy, to_chat_messages
 from .protocol import APIError, ChatCompletionRequest
 from .worker import Job, ModelWorker
-
-DEFAULT_MAX_BODY_BYTES = 32 << 20
-# decoded images held by all admitted requests together (3 bytes a pixel: about 800 MB)
-DEFAULT_MAX_SERVER_PIXELS = 256_000_000
-# the names a server on this machine is reached by; any other Host is a page in the user's browser
-# that resolved its own name to 127.0.0.1 (DNS rebinding)
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ClientGone(Exception):
@@ -44,16 +37,16 @@ class ClientGone(Exception):
 class ServerSettings:
     model_name: str = "minicpmv"
     api_key: str | None = None
-    max_queue: int = 16  # requests admitted at once (running or waiting); more get 429
-    max_batch: int = 1  # greedy non-streamed requests decoded together (1: exactly model.chat's answers)
-    max_streams: int = 4  # answers advancing in turn, a token each
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_queue: int = limits.MAX_QUEUE
+    max_batch: int = limits.MAX_BATCH
+    max_streams: int = limits.MAX_STREAMS
+    max_body_bytes: int = int(limits.MAX_BODY_MB * (1 << 20))
     images: ImagePolicy = field(default_factory=ImagePolicy)
-    max_server_pixels: int | None = DEFAULT_MAX_SERVER_PIXELS
-    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS  # None: any Host header
-    head_timeout_s: float = 10.0  # to send a whole request head (and idle keep-alive)
-    body_timeout_s: float = 60.0  # to send a whole request body
-    max_connections: int = 256
+    max_server_pixels: int | None = limits.MAX_SERVER_PIXELS
+    allowed_hosts: tuple[str, ...] | None = limits.LOOPBACK_HOSTS  # None: any Host header
+    head_timeout_s: float = limits.HEAD_TIMEOUT_S
+    body_timeout_s: float = limits.BODY_TIMEOUT_S
+    max_connections: int = limits.MAX_CONNECTIONS
     # image features reused across requests: faster repeated turns, but one client could time
     # another's images (a hit is 30x faster), so off unless every client is trusted
     share_feature_cache: bool = False

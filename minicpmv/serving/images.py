@@ -16,20 +16,17 @@ from pathlib import Path
 
 from ..errors import ImageError
 from ..processing.image_io import decode_image, open_image, shorten
+from . import limits
 from .protocol import APIError, ChatCompletionRequest, ImageURL, TextPart
 
-DEFAULT_MAX_IMAGES = 16
-DEFAULT_MAX_PIXELS = 6000 * 6000
-# all images of one request together: decoded RGB is 3 bytes a pixel, so about 200 MB
-DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 FETCH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
 class ImagePolicy:
-    max_images: int = DEFAULT_MAX_IMAGES  # per request
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked from the header before decoding
-    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # all images of a request, likewise
+    max_images: int = limits.MAX_IMAGES
+    max_pixels: int = limits.MAX_IMAGE_PIXELS
+    max_request_pixels: int = limits.MAX_REQUEST_PIXELS
     max_bytes: int = 32 << 20  # per fetched or read file
     allow_remote: bool = False
     local_dir: Path | None = None
