@@ -100,11 +100,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with staged_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 @contextmanager
 def staged_folder(target: str | Path):
     """An empty folder beside `target` to fill; when the block ends it becomes `target` (an existing

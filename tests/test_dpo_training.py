@@ -17,6 +17,7 @@ pytest.importorskip("yaml")
 
 from conftest import TINY  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from training_data import TORCHRUN, tiny_train_args  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "minicpmv" / "assets"
 CHECKPOINT = TINY["2.6"] / "checkpoint"
@@ -41,25 +42,7 @@ def pairs(tmp_path_factory):
 
 
 def _args(pairs, steps=4, recipe="dpo"):
-    return [
-        "train",
-        "--recipe",
-        recipe,
-        "-m",
-        str(CHECKPOINT),
-        "--data",
-        str(pairs),
-        "--max-steps",
-        str(steps),
-        "--lr",
-        "1e-3",
-        "--max-length",
-        "1024",
-        "--set",
-        "precision=float32",
-        "--set",
-        "warmup_ratio=0.3",
-    ]
+    return tiny_train_args(pairs, steps, recipe, CHECKPOINT) + ["--set", "warmup_ratio=0.3"]
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -95,14 +78,7 @@ def test_first_step_is_log_2_then_the_chosen_side_wins(pairs, tmp_path):
 def test_two_processes_match_one(pairs, tmp_path):
     one = PYTHON + _args(pairs) + ["--batch-size", "2", "-o", str(tmp_path / "one")]
     two = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "minicpmv",
+        *TORCHRUN,
         *_args(pairs),
         "--batch-size",
         "1",

@@ -15,7 +15,7 @@ pytest.importorskip("yaml")
 
 from conftest import TINY  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from training_data import make_dataset  # noqa: E402
+from training_data import make_dataset, resumable_train_args  # noqa: E402
 
 import minicpmv  # noqa: E402
 from minicpmv.cli import main  # noqa: E402
@@ -262,29 +262,7 @@ def test_cli_errors_exit_2(args, words, data, tmp_path, capsys):
 
 
 def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
-    args = [
-        "train",
-        "--recipe",
-        "sft",
-        "-m",
-        str(TINY["2.6"] / "checkpoint"),
-        "--data",
-        str(data),
-        "--max-steps",
-        "6",
-        "--save-every",
-        "2",
-        "--batch-size",
-        "2",
-        "--lr",
-        "1e-3",
-        "--max-length",
-        "1024",
-        "--set",
-        "precision=float32",
-        "--set",
-        "warmup_ratio=0.3",
-    ]
+    args = resumable_train_args(data)
     python = [sys.executable, "-m", "minicpmv"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(python + args + ["-o", str(straight)], check=True, capture_output=True)

@@ -15,7 +15,7 @@ pytest.importorskip("yaml")
 
 from conftest import TINY  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from training_data import make_dataset  # noqa: E402
+from training_data import MINICPMV, TORCHRUN, make_dataset, tiny_train_args  # noqa: E402
 
 STEPS = 6
 
@@ -24,35 +24,9 @@ STEPS = 6
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     data = make_dataset(root / "data", broken=True)
-    common = [
-        "train",
-        "--recipe",
-        "sft",
-        "-m",
-        str(TINY["2.6"] / "checkpoint"),
-        "--data",
-        str(data),
-        "--max-steps",
-        str(STEPS),
-        "--lr",
-        "1e-3",
-        "--max-length",
-        "1024",
-        "--set",
-        "precision=float32",
-    ]
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "minicpmv",
-    ]
+    common, torchrun = tiny_train_args(data, STEPS), TORCHRUN
     subprocess.run(
-        [sys.executable, "-m", "minicpmv", *common, "--batch-size", "4", "-o", str(root / "one")],
+        [*MINICPMV, *common, "--batch-size", "4", "-o", str(root / "one")],
         check=True,
         capture_output=True,
         timeout=300,

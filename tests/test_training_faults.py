@@ -17,7 +17,7 @@ pytest.importorskip("yaml")
 
 from conftest import TINY  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from training_data import make_dataset  # noqa: E402
+from training_data import make_dataset, resumable_train_args  # noqa: E402
 
 from minicpmv.model.checkpoint import load_model  # noqa: E402
 from minicpmv.training.checkpoints import latest_checkpoint, load_state  # noqa: E402
@@ -29,30 +29,7 @@ FINAL = "checkpoint-000006/model.safetensors"
 
 @pytest.fixture(scope="module")
 def args(tmp_path_factory):
-    data = make_dataset(tmp_path_factory.mktemp("data"))
-    return [
-        "train",
-        "--recipe",
-        "sft",
-        "-m",
-        str(TINY["2.6"] / "checkpoint"),
-        "--data",
-        str(data),
-        "--max-steps",
-        "6",
-        "--save-every",
-        "2",
-        "--batch-size",
-        "2",
-        "--lr",
-        "1e-3",
-        "--max-length",
-        "1024",
-        "--set",
-        "precision=float32",
-        "--set",
-        "warmup_ratio=0.3",
-    ]
+    return resumable_train_args(make_dataset(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="module")

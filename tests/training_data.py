@@ -4,8 +4,10 @@ questions and answers (single image, multi-image, text-only), plus a few broken 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from conftest import TINY
 from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 80, 220)}
@@ -70,3 +72,18 @@ def make_dataset(folder: Path, count: int = 12, broken: bool = False) -> Path:
     path = folder / "train.json"
     path.write_text(json.dumps(records, indent=1))
     return path
+
+
+MINICPMV = [sys.executable, "-m", "minicpmv"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minicpmv"]
+
+
+def tiny_train_args(data: Path, steps: int = 6, recipe: str = "sft", checkpoint: Path = TINY["2.6"] / "checkpoint"):
+    """`minicpmv train` arguments for a short float32 run on a tiny checkpoint (lr 1e-3)."""
+    return ["train", "--recipe", recipe, "-m", str(checkpoint), "--data", str(data), "--max-steps", str(steps),
+            "--lr", "1e-3", "--max-length", "1024", "--set", "precision=float32"]  # fmt: skip
+
+
+def resumable_train_args(data: Path) -> list[str]:
+    """Six steps saved every two: what the kill-and-resume tests run."""
+    return tiny_train_args(data) + ["--save-every", "2", "--batch-size", "2", "--set", "warmup_ratio=0.3"]

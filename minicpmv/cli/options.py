@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 
@@ -48,20 +47,17 @@ def wire(parser: argparse.ArgumentParser, function) -> None:
     """Make `function` the subcommand of `parser`: called with each parameter taken from the flag
     of the same name (a dataclass parameter, such as ModelFlags, gathers the flags named by its
     fields); an int it returns is the exit code, anything else means 0."""
-    hints = typing.get_type_hints(function)
-    groups = {
-        name: next((t for t in (hint, *typing.get_args(hint)) if is_dataclass(t)), None) for name, hint in hints.items()
-    }
-    names = list(inspect.signature(function).parameters)
 
     def run(args: argparse.Namespace) -> int:
+        # read at call time, not when the parser is built: only the chosen subcommand pays
         values = {}
-        for name in names:
-            group = groups.get(name)
-            if group is not None:
-                values[name] = group(**{f.name: getattr(args, f.name) for f in fields(group)})
-            else:
-                values[name] = getattr(args, name)
+        for name, hint in typing.get_type_hints(function).items():
+            if name == "return":
+                continue
+            group = next((t for t in (hint, *typing.get_args(hint)) if is_dataclass(t)), None)
+            values[name] = (
+                group(**{f.name: getattr(args, f.name) for f in fields(group)}) if group else getattr(args, name)
+            )
         result = function(**values)
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
-from ..files import staged_path
+from ..files import staged_path, write_text_atomic
 from .config import MiniCPMVConfig
 from .minicpmv import MiniCPMV
 from .safetensors_reader import SafetensorsFormatError, read_header, read_tensors
@@ -231,22 +231,24 @@ def save_model(model: MiniCPMV, path: str | Path, max_shard_bytes: int = 4 << 30
         state.pop("llm.lm_head.weight", None)
     shards = _shard(state, max_shard_bytes)
     if len(shards) == 1:
-        _atomic(folder / SINGLE_FILE, lambda tmp: save_file(shards[0], tmp, metadata={"format": "pt"}))
+        with staged_path(folder / SINGLE_FILE) as tmp:
+            save_file(shards[0], tmp, metadata={"format": "pt"})
         (folder / INDEX_FILE).unlink(missing_ok=True)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic(folder / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+            with staged_path(folder / name) as tmp:
+                save_file(shard, tmp, metadata={"format": "pt"})
             weight_map.update({key: name for key in shard})
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
             "weight_map": dict(sorted(weight_map.items())),
         }
-        _atomic(folder / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
+        write_text_atomic(folder / INDEX_FILE, json.dumps(index, indent=2))
         (folder / SINGLE_FILE).unlink(missing_ok=True)
     config = {**model.config.raw, "torch_dtype": str(model.dtype).replace("torch.", "")}
-    _atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    write_text_atomic(folder / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def _shard(state: dict, max_bytes: int) -> list[dict]:
@@ -259,8 +261,3 @@ def _shard(state: dict, max_bytes: int) -> list[dict]:
         current[name] = tensor
         size += nbytes
     return shards + [current]
-
-
-def _atomic(target: Path, write) -> None:
-    with staged_path(target) as tmp:
-        write(tmp)

@@ -34,7 +34,7 @@ def guarded_protocol(head_timeout_s: float, max_connections: int) -> type:
             self._opened = self.loop.time()
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                idle = [c for c in self.connections if c is not self and getattr(c, "_waiting_for_head", bool)()]
+                idle = [c for c in self.connections if c is not self and c._waiting_for_head()]
                 if not idle:
                     transport.write(BUSY)
                     transport.close()
