@@ -117,6 +117,7 @@ class Prepared:
     image_seconds: float = 0.0
     image_tokens: list = field(default_factory=list)
     load_seconds: float = 0.0  # low-memory mode: reading model parts in for this request
+    prefix: str = ""  # text the prompt already holds that the answer shows (4.5 thinking: "<think>\n")
 
 
 class TextStream:
@@ -153,6 +154,8 @@ class ChatOptions(TypedDict, total=False):
     fps: float
     max_frames: int
     preset: str  # "greedy" (default), "sampling", "precise"
+    thinking: bool  # 4.5: think before answering; the answer keeps its <think> block
+    temporal_ids: list  # 4.5: the images are video frames in these groups of time ids (0.1 s)
     stop: str | list[str]
     system_prompt: str
     max_slice_nums: int
@@ -219,7 +222,8 @@ class ChatModel:
         """The answer text (a list for a batch of conversations), or a TextStream of deltas.
 
         Options: image, video, fps, max_frames, preset ("greedy" default, "sampling" = the
-        official sampling=True, "precise" = the official 3-beam preset), max_new_tokens,
+        official sampling=True, "precise" = the official 3-beam preset), thinking (4.5),
+        temporal_ids (4.5 video frame groups), max_new_tokens,
         min_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, num_beams, seed,
         stop (strings), system_prompt, max_slice_nums, use_image_id, max_input_length.
         """
@@ -315,6 +319,8 @@ class ChatModel:
         fps: float = DEFAULT_FPS,
         max_frames: int = DEFAULT_MAX_FRAMES,
         preset: str = "greedy",
+        thinking: bool = False,
+        temporal_ids=None,
         stop=None,
         system_prompt=None,
         max_slice_nums=None,
@@ -325,9 +331,7 @@ class ChatModel:
         unknown = set(sampling) - set(SAMPLING_OPTIONS)
         if unknown:
             raise PromptError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
-        if preset not in PRESETS:
-            raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
-        config = PRESETS[preset].with_options(stop_ids=self.stop_ids, **sampling)
+        config = preset_config(preset, self.version, thinking).with_options(stop_ids=self.stop_ids, **sampling)
         _check_config(config)
         if "temperature" in sampling and sampling["temperature"] is not None:
             config = config.with_options(do_sample=sampling["temperature"] > 0)
@@ -344,6 +348,8 @@ class ChatModel:
             use_image_id=use_image_id,
             system_prompt=system_prompt,
             max_length=limit,
+            temporal_ids=temporal_ids,
+            thinking=thinking or None,
         )
         start, swapped = time.perf_counter(), self.residency.swap_seconds
         with torch.inference_mode():
@@ -353,7 +359,9 @@ class ChatModel:
         stops = tuple([stop] if isinstance(stop, str) else stop or ())
         tokens = [len(bounds) * self.model.config.query_num for bounds in inputs.image_bound]
         swap = self.residency.swap_seconds - swapped
-        return Prepared(inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap)
+        # the official chat() shows the "<think>\n" that ends a thinking prompt as the answer's start
+        prefix = "<think>\n" if thinking else ""
+        return Prepared(inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap, prefix)
 
     def _phase_threads(self) -> tuple[int, int] | None:
         if not self.tuning:
@@ -373,6 +381,8 @@ class ChatModel:
             self._phase_threads(),
         )
         try:
+            if prepared.prefix:
+                yield prepared.prefix
             for step in steps:
                 delta = decoder.push(step[0])
                 if delta:
@@ -396,7 +406,7 @@ class ChatModel:
         inputs = prepared.inputs
         prompt = inputs.input_ids[row][inputs.attention_mask[row].bool()].tolist()
         return Generation(
-            decoder.text(),
+            prepared.prefix + decoder.text(),
             list(decoder.ids),
             prompt,
             prepared.image_tokens[row],
@@ -407,6 +417,17 @@ class ChatModel:
             stopped_by,
             self.compile_seconds,
         )
+
+
+def preset_config(preset: str, version: str, thinking: bool = False) -> GenerationConfig:
+    """A preset's decoding settings for a version: "sampling" is that version's official
+    chat(sampling=True) (4.5: its own with and without thinking); the others are shared."""
+    if preset not in PRESETS:
+        raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
+    if preset != "sampling":
+        return PRESETS[preset]
+    row = facts(version)
+    return GenerationConfig(do_sample=True, **dict(row.thinking_sampling if thinking else row.sampling))
 
 
 def _check_config(config: GenerationConfig) -> None:

@@ -68,27 +68,30 @@ class ImageEncoder:
             self._cache.popitem(last=False)
 
     def features(self, inputs: ModelInputs) -> list[torch.Tensor]:
-        """Per-sample features (n_crops, query_num, hidden) of a processed batch."""
+        """Per-sample features (n_spans, query_num, hidden) of a processed batch."""
         config = self.model.config
         per_sample = []
-        for crops, plans, sizes in zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes):
-            # 2.5's vision output depends on the longest crop of the call (official quirk), so
-            # its unit of encoding is the whole sample; elsewhere each image is independent.
-            groups = (
-                [sum(p.num_crops for p in plans)]
-                if config.vision.faithful_idefics2_mask
-                else [p.num_crops for p in plans]
-            )
+        for b, (crops, plans, sizes) in enumerate(zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes)):
+            units = inputs.time_units[b] if inputs.time_units else []
+            if units:  # 4.5: an image, or a group of video frames, with the time ids of its outputs
+                counts = [sum(len(group) for group in unit) for unit in units]
+            elif config.vision.faithful_idefics2_mask:
+                # 2.5's vision output depends on the longest crop of the call (official quirk), so
+                # its unit of encoding is the whole sample; elsewhere each image is independent.
+                counts, units = [sum(p.num_crops for p in plans)], [None]
+            else:
+                counts, units = [p.num_crops for p in plans], [None] * len(plans)
             features, offset = [], 0
-            for count in groups:
-                features.append(self._cached(crops[offset : offset + count], sizes[offset : offset + count]))
+            for count, unit in zip(counts, units):
+                features.append(self._cached(crops[offset : offset + count], sizes[offset : offset + count], unit))
                 offset += count
             empty = torch.zeros((0, config.query_num, config.llm.hidden_size))
             per_sample.append(torch.cat(features) if features else empty)
         return per_sample
 
-    def _cached(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+    def _cached(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None) -> torch.Tensor:
         digest = hashlib.sha1(sizes.numpy().tobytes())
+        digest.update(repr(time_groups).encode())
         for crop in crops:
             digest.update(crop.numpy().tobytes())
         key = digest.hexdigest()
@@ -96,13 +99,13 @@ class ImageEncoder:
             self._cache.move_to_end(key)
             return self._cache[key]
         self.residency.need(VISION_PARTS)
-        features = self.encode(crops, sizes)
+        features = self.encode(crops, sizes, time_groups)
         self._cache[key] = features
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return features
 
-    def encode(self, crops: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+    def encode(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None) -> torch.Tensor:
         """Crops -> features with the tuned threads and crop batching, in the vision precision."""
         # low-memory mode also keeps activations small: one crop through the vision tower at a time
         encode = (self.tuning or {}).get("encode", {})
@@ -114,7 +117,7 @@ class ImageEncoder:
             with torch.autocast(
                 device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
             ):
-                features = self.model.get_image_features(crops, sizes, per_call)
+                features = self.model.get_image_features(crops, sizes, per_call, time_groups)
             return features.to(self.model.resampler.query.dtype)
         finally:
             torch.set_num_threads(original)

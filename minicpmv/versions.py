@@ -8,12 +8,15 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+# the official chat(sampling=True) settings of 2.0-2.6
+_SAMPLING_2X = (("top_p", 0.8), ("top_k", 100), ("temperature", 0.7), ("repetition_penalty", 1.05))
+
 
 @dataclass(frozen=True)
 class VersionFacts:
     """The facts of one generation that code branches on. A new version is a new row."""
 
-    llm_family: str  # the decoder's architecture: "minicpm", "llama", "qwen2"
+    llm_family: str  # the decoder's architecture: "minicpm", "llama", "qwen2", "qwen3"
     query_num: int  # resampler queries per crop (the official checkpoints' image_feature_size)
     # placeholders: "ids" (2.6: [<image_id>i</image_id>] <image>..</image> then rows of
     # <slice>..</slice>, each slice its own image span) or "nested" (2.5, 2.0: <image>..</image>
@@ -27,7 +30,19 @@ class VersionFacts:
     vision_tower: str  # "navit" (SigLIP with per-crop sizes) or "timm" (2.0's ViT)
     drop_vision_last_layer: bool  # the default when config.json does not say
     faithful_idefics2_mask: bool  # 2.5: vision output depends on the longest crop of a call
-    query_pos_embed: bool  # 2.0's resampler adds a position embedding to its queries
+    query_pos_embed: bool  # 2.0 / 1.0: the resampler adds a stored 8x8 position table to its queries
+    sampling: tuple[tuple[str, float], ...] = _SAMPLING_2X  # the official chat(sampling=True)
+    slicing: bool = True  # False (1.0): one view, squashed to scale_resolution² whatever its aspect
+    # keys of the resampler: "sincos" (2-D sin-cos of the crop's patch grid) or "stored" (1.0:
+    # the stored query table, bicubic-upsampled to the patch grid, Qwen-VL style)
+    key_positions: str = "sincos"
+    # 4.5's 3-D resampler: crops are grouped by temporal ids (a still crop is a group of one)
+    # and each group's keys carry a 1-D sin-cos time embedding
+    temporal: bool = False
+    # 4.5: the template takes enable_thinking; thinking answers start with "<think>\n"
+    thinking: bool = False
+    thinking_sampling: tuple[tuple[str, float], ...] = ()  # chat(sampling=True, enable_thinking=True)
+    video_recipe: str = "frames"  # "frames" (2.6: one image per frame) or "packed" (4.5: grouped frames)
 
     @property
     def use_image_id(self) -> bool:
@@ -35,34 +50,85 @@ class VersionFacts:
 
 
 VERSIONS = {
-    "2.0": VersionFacts("minicpm", 64, "nested", True, "minicpm2", ("</s>",), None, 2048, "timm", True, False, True),
+    # 1.0 (the paper's first model): 2.0's parts without slicing; its resampler is Qwen-VL's
+    "1.0": VersionFacts(
+        llm_family="minicpm",
+        query_num=64,
+        placeholder_schema="nested",
+        newline_after_image=True,
+        chat_format="minicpm2",
+        terminators=("</s>",),
+        end_marker=None,
+        max_input_length=2048,
+        vision_tower="timm",
+        drop_vision_last_layer=True,
+        faithful_idefics2_mask=False,
+        query_pos_embed=True,
+        sampling=(("top_p", 0.8), ("top_k", 100), ("temperature", 0.6)),
+        slicing=False,
+        key_positions="stored",
+    ),
+    "2.0": VersionFacts(
+        llm_family="minicpm",
+        query_num=64,
+        placeholder_schema="nested",
+        newline_after_image=True,
+        chat_format="minicpm2",
+        terminators=("</s>",),
+        end_marker=None,
+        max_input_length=2048,
+        vision_tower="timm",
+        drop_vision_last_layer=True,
+        faithful_idefics2_mask=False,
+        query_pos_embed=True,
+    ),
     "2.5": VersionFacts(
-        "llama",
-        96,
-        "nested",
-        False,
-        "template",
-        ("<|end_of_text|>", "<|eot_id|>"),
-        "<|eot_id|>",
-        2048,
-        "navit",
-        False,
-        True,
-        False,
+        llm_family="llama",
+        query_num=96,
+        placeholder_schema="nested",
+        newline_after_image=False,
+        chat_format="template",
+        terminators=("<|end_of_text|>", "<|eot_id|>"),
+        end_marker="<|eot_id|>",
+        max_input_length=2048,
+        vision_tower="navit",
+        drop_vision_last_layer=False,
+        faithful_idefics2_mask=True,
+        query_pos_embed=False,
     ),
     "2.6": VersionFacts(
-        "qwen2",
-        64,
-        "ids",
-        False,
-        "template",
-        ("<|im_end|>", "<|endoftext|>"),
-        "<|im_end|>",
-        8192,
-        "navit",
-        True,
-        False,
-        False,
+        llm_family="qwen2",
+        query_num=64,
+        placeholder_schema="ids",
+        newline_after_image=False,
+        chat_format="template",
+        terminators=("<|im_end|>", "<|endoftext|>"),
+        end_marker="<|im_end|>",
+        max_input_length=8192,
+        vision_tower="navit",
+        drop_vision_last_layer=True,
+        faithful_idefics2_mask=False,
+        query_pos_embed=False,
+    ),
+    "4.5": VersionFacts(
+        llm_family="qwen3",
+        query_num=64,
+        placeholder_schema="ids",
+        newline_after_image=False,
+        chat_format="template",
+        terminators=("<|im_end|>", "<|endoftext|>"),
+        end_marker="<|im_end|>",
+        max_input_length=16384,
+        vision_tower="navit",
+        drop_vision_last_layer=False,
+        faithful_idefics2_mask=False,
+        query_pos_embed=False,
+        sampling=(("temperature", 0.7), ("top_p", 0.8), ("top_k", 100), ("repetition_penalty", 1.03)),
+        temporal=True,
+        thinking=True,
+        # the official chat() sets only the temperature; top_p / top_k come from generation_config.json
+        thinking_sampling=(("temperature", 0.7), ("top_p", 0.95), ("top_k", 20)),
+        video_recipe="packed",
     ),
 }
 SUPPORTED_VERSIONS = tuple(VERSIONS)
@@ -74,7 +140,7 @@ def facts(version: str) -> VersionFacts:
 
 
 def normalize_version(value: object) -> str:
-    """'2.6', 2.6, '2.5', 2.5, '2.0', 2 -> canonical string; anything else is a ConfigError."""
+    """'2.6', 2.6, '4.5', 2, '1.0' ... -> canonical string; anything else is a ConfigError."""
     try:
         text = f"{float(value):.1f}"
     except (TypeError, ValueError):
@@ -84,16 +150,21 @@ def normalize_version(value: object) -> str:
     return text
 
 
+# config.json keys that 2.0 added for its slicing; the 1.0 config, with the same timm encoder and
+# MiniCPM LLM, has none of them (vLLM, which checks only `version`, runs 1.0 as a 2.0)
+_SLICING_KEYS = ("slice_mode", "max_slice_nums", "scale_resolution", "slice_start_token_id")
+
+
 def detect_version(config: dict) -> str:
     """Version of a checkpoint from its config.json contents.
 
-    2.5 and 2.6 write `version`; 2.0 has none but is the only one with a timm `vision_encoder`
-    and MiniCPM's `scale_emb`.
+    2.5 and later write `version`. 1.0 and 2.0 have none; they are the only ones with a timm
+    `vision_encoder` and MiniCPM's `scale_emb`, and they differ in 2.0's slicing keys.
     """
     if "version" in config:
         return normalize_version(config["version"])
     if config.get("model_type") not in (None, "minicpmv"):
         raise ConfigError(f"model_type: {config.get('model_type')!r} is not a MiniCPM-V model (expected 'minicpmv')")
     if "vision_encoder" in config or "scale_emb" in config:
-        return "2.0"
+        return "2.0" if any(key in config for key in _SLICING_KEYS) else "1.0"
     raise ConfigError("version: cannot tell the MiniCPM-V version (no 'version', 'vision_encoder' or 'scale_emb' key)")

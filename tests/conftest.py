@@ -13,6 +13,8 @@ TINY = {
     "2.6": REFERENCE / "minicpmv26_tiny",
     "2.5": REFERENCE / "minicpmv25_tiny",
     "2.0": REFERENCE / "minicpmv20_tiny",
+    "1.0": REFERENCE / "minicpmv10_tiny",
+    "4.5": REFERENCE / "minicpmv45_tiny",
 }
 
 
@@ -24,6 +26,15 @@ def slicing_records():
     """(case_id, width, height, version, record) for every case and version of slicing.json."""
     cases = load_json(REFERENCE / "slicing.json")["cases"]
     return [(c["case_id"], c["width"], c["height"], v, r) for c in cases for v, r in c["versions"].items()]
+
+
+def case_options(expected: dict) -> dict:
+    """The processor / chat options of a case: its official chat() kwargs (enable_thinking is
+    our `thinking`)."""
+    options = dict(expected.get("chat_kwargs", {}))
+    if "enable_thinking" in options:
+        options["thinking"] = options.pop("enable_thinking")
+    return options
 
 
 def golden_cases():

@@ -1,8 +1,8 @@
 """Model configs as plain dataclasses built from an official config.json (docs/model.md).
 
 Unknown keys are ignored, missing keys take the official class defaults, and the version decides
-the LLM family and the vision encoder: 2.6 = NaViT SigLIP + Qwen2, 2.5 = NaViT SigLIP (Idefics2
-code) + Llama-3, 2.0 = timm SigLIP + MiniCPM.
+the LLM family and the vision encoder: 4.5 = NaViT SigLIP + Qwen3, 2.6 = NaViT SigLIP + Qwen2,
+2.5 = NaViT SigLIP (Idefics2 code) + Llama-3, 2.0 and 1.0 = timm SigLIP + MiniCPM.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class VisionConfig:
 
 @dataclass
 class LLMConfig:
-    """Decoder-only LLM: Qwen2 (q/k/v bias), Llama-3, or MiniCPM (scaled embeddings, residuals, logits)."""
+    """Decoder-only LLM: Qwen2 (q/k/v bias), Qwen3 (per-head q/k RMSNorm), Llama-3, or MiniCPM
+    (scaled embeddings, residuals, logits)."""
 
     family: str = "qwen2"
     vocab_size: int = 151666
@@ -64,10 +65,14 @@ class LLMConfig:
     scale_emb: float = 1.0  # MiniCPM: token embeddings are multiplied by this
     scale_depth: float | None = None  # MiniCPM: residual branches scaled by scale_depth / sqrt(L)
     dim_model_base: int | None = None  # MiniCPM: logits = lm_head(h / (hidden / dim_model_base))
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before RoPE
+    explicit_head_dim: int | None = (
+        None  # Qwen3's config writes head_dim (then heads * head_dim may differ from hidden)
+    )
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_heads
 
     @property
     def residual_scale(self) -> float:
@@ -181,17 +186,19 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
         num_layers=_int(config, "num_hidden_layers", 28),
         num_heads=heads,
         num_kv_heads=_int(config, "num_key_value_heads", heads),
-        rope_theta=float(config.get("rope_theta", {"qwen2": 1e6, "llama": 5e5, "minicpm": 1e4}[family])),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6 if family == "qwen2" else 1e-5)),
+        rope_theta=float(config.get("rope_theta", {"qwen2": 1e6, "qwen3": 1e6, "llama": 5e5, "minicpm": 1e4}[family])),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6 if family in ("qwen2", "qwen3") else 1e-5)),
         max_position_embeddings=_int(config, "max_position_embeddings", 32768),
         attention_bias=family == "qwen2" or bool(config.get("attention_bias", False)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qk_norm=family == "qwen3",
+        explicit_head_dim=_int(config, "head_dim", 128) if "head_dim" in config else None,
     )
     if family == "minicpm":
         llm.scale_emb = float(config.get("scale_emb", 1))
         llm.scale_depth = float(config.get("scale_depth", 1.4))
         llm.dim_model_base = _int(config, "dim_model_base", 256)
-    if llm.hidden_size % heads or heads % llm.num_kv_heads:
+    if (llm.explicit_head_dim is None and llm.hidden_size % heads) or heads % llm.num_kv_heads:
         raise ConfigError(
             f"num_attention_heads: {heads} heads / {llm.num_kv_heads} KV heads do not divide "
             f"hidden_size {llm.hidden_size}"
@@ -236,8 +243,29 @@ OFFICIAL_ARCHITECTURES = {
         "drop_vision_last_layer": False,
         "vision_config": dict(SO400M),
     },
+    "4.5": {
+        "model_type": "minicpmv",
+        "version": 4.5,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151748,
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 40960,
+        "query_num": 64,
+        "batch_3d_resampler": True,
+        "drop_vision_last_layer": False,
+        "vision_config": dict(SO400M),
+    },
     "2.0": {
         "model_type": "minicpmv",
+        "slice_mode": True,
+        "max_slice_nums": 9,
+        "scale_resolution": 448,
         "hidden_size": 2304,
         "intermediate_size": 5760,
         "num_hidden_layers": 40,
@@ -255,3 +283,9 @@ OFFICIAL_ARCHITECTURES = {
         "vision_encoder": "vit_so400m_patch14_siglip_384.webli",
     },
 }
+# 1.0: 2.0's shapes (MiniCPM-2.4B, the same timm SigLIP), without the slicing keys
+OFFICIAL_ARCHITECTURES["1.0"] = {
+    k: v
+    for k, v in OFFICIAL_ARCHITECTURES["2.0"].items()
+    if k not in ("slice_mode", "max_slice_nums", "scale_resolution")
+} | {"max_position_embeddings": 2048}

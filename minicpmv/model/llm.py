@@ -1,8 +1,8 @@
-"""Decoder-only LLM for the three families (docs/model.md), with the official names
+"""Decoder-only LLM for the four families (docs/model.md), with the official names
 (`llm.model.layers.N.self_attn.q_proj`, `llm.lm_head`, ...).
 
-One implementation, parameterised by `LLMConfig`: Qwen2 has q/k/v biases and GQA; Llama-3 has
-GQA; MiniCPM multiplies token embeddings by `scale_emb`, scales every residual branch by
+One implementation, parameterised by `LLMConfig`: Qwen2 has q/k/v biases and GQA; Qwen3 has GQA
+and an RMSNorm over every head of q and k (`q_norm`, `k_norm`) before RoPE; Llama-3 has GQA; MiniCPM multiplies token embeddings by `scale_emb`, scales every residual branch by
 `scale_depth / sqrt(L)` and divides the final hidden state by `hidden / dim_model_base`.
 The model takes embeddings (vision rows already scattered in), never token strings.
 """
@@ -92,12 +92,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=False)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(hd, cfg.rms_norm_eps), RMSNorm(hd, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
         batch, length, _ = x.shape
         hd = self.cfg.head_dim
-        q = self.q_proj(x).view(batch, length, -1, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(batch, length, -1, hd).transpose(1, 2)  # (B, KVH, T, hd)
+        q = self.q_proj(x).view(batch, length, -1, hd)  # (B, T, H, hd)
+        k = self.k_proj(x).view(batch, length, -1, hd)  # (B, T, KVH, hd)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, KVH, T, hd)
         v = self.v_proj(x).view(batch, length, -1, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:

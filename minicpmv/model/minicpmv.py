@@ -44,6 +44,7 @@ class MiniCPMV(nn.Module):
             config.resampler_heads,
             vision.hidden_size,
             query_pos_embed=facts(config.version).query_pos_embed,
+            key_positions=facts(config.version).key_positions,
         )
         self.llm = LanguageModel(config.llm)
         if config.llm.tie_word_embeddings:
@@ -58,12 +59,18 @@ class MiniCPMV(nn.Module):
         return self.llm.model.embed_tokens.weight.device
 
     def get_image_features(
-        self, pixel_values: list[torch.Tensor], tgt_sizes: torch.Tensor, crops_per_call: int | None = None
+        self,
+        pixel_values: list[torch.Tensor],
+        tgt_sizes: torch.Tensor,
+        crops_per_call: int | None = None,
+        time_groups: list[list[int]] | None = None,
     ) -> torch.Tensor:
         """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D).
 
         crops_per_call: crops through the vision tower at once (default config.vision_batch_size);
         fewer means smaller attention matrices, i.e. less peak memory, for the same result.
+        time_groups (4.5): the time ids of consecutive groups of crops (-1: a still crop); the
+        result then has one row per group, (G, Q, D).
         """
         # the vision tower's own placement: in low-memory mode the LLM may not be loaded
         weight = self.resampler.query
@@ -73,7 +80,9 @@ class MiniCPMV(nn.Module):
             )
         tgt_sizes = tgt_sizes.to(torch.int64).cpu()
         crops = [crop.to(device=weight.device, dtype=weight.dtype) for crop in pixel_values]
-        if isinstance(self.vpm, TimmSiglip):  # 2.0: each crop alone, as an image
+        if time_groups is not None and any(len(group) > 1 for group in time_groups):
+            return self._grouped_features(crops, tgt_sizes, crops_per_call, time_groups)
+        if isinstance(self.vpm, TimmSiglip):  # 2.0 / 1.0: each crop alone, as an image
             return torch.cat(
                 [
                     self.resampler(self.vpm(strip_to_image(crop, rows, cols)[None]), torch.tensor([[rows, cols]]))
@@ -100,8 +109,22 @@ class MiniCPMV(nn.Module):
             # so a compiled tower (minicpmv.compilation) needs no second graph
             crops_chunk = batch[i : i + chunk, ..., : width * patch].contiguous()
             hidden = self.vpm(crops_chunk, sizes.clone())  # (n, width, Dv)
-            features.append(self.resampler(hidden, sizes))  # (n, Q, D)
+            times = time_groups[i : i + chunk] if time_groups is not None else None
+            features.append(self.resampler(hidden, sizes, times))  # (n, Q, D)
         return torch.cat(features)
+
+    def _grouped_features(self, crops, tgt_sizes, crops_per_call, time_groups) -> torch.Tensor:
+        """4.5 video groups: every crop through the tower, then one resampler call over groups."""
+        chunk = crops_per_call or self.config.vision_batch_size
+        hidden = []
+        for i in range(0, len(crops), chunk):
+            sizes = tgt_sizes[i : i + chunk]
+            hidden.extend(self.vpm(pad_strips(crops[i : i + chunk]), sizes.clone()).unbind(0))  # (width, Dv) each
+        width = max(h.shape[0] for h in hidden)
+        batch = hidden[0].new_zeros((len(hidden), width, hidden[0].shape[-1]))  # (N, Lmax, Dv)
+        for i, h in enumerate(hidden):
+            batch[i, : h.shape[0]] = h
+        return self.resampler(batch, tgt_sizes, time_groups)  # (G, Q, D)
 
     def embed_inputs(
         self, input_ids: torch.Tensor, image_features: list[torch.Tensor], image_bound: list[torch.Tensor]
@@ -116,13 +139,18 @@ class MiniCPMV(nn.Module):
         return embeds
 
     def features_per_sample(
-        self, pixel_values: list[list[torch.Tensor]], tgt_sizes: list[torch.Tensor]
+        self, pixel_values: list[list[torch.Tensor]], tgt_sizes: list[torch.Tensor], time_units: list | None = None
     ) -> list[torch.Tensor]:
-        """Encode all crops of a batch at once, then split them back per sample."""
+        """Encode all crops of a batch at once, then split them back per sample (4.5: per
+        sample's temporal groups, `time_units` as the processor gives them)."""
         flat = [crop for sample in pixel_values for crop in sample]
         sizes = torch.cat([t.reshape(-1, 2) for t in tgt_sizes]) if flat else torch.zeros((0, 2), dtype=torch.int32)
-        features = self.get_image_features(flat, sizes)
-        return list(features.split([len(sample) for sample in pixel_values]))
+        groups = [[g for unit in units for g in unit] for units in time_units or []]
+        if not any(groups):  # versions without temporal groups give none
+            features = self.get_image_features(flat, sizes)
+            return list(features.split([len(sample) for sample in pixel_values]))
+        features = self.get_image_features(flat, sizes, time_groups=[g for sample in groups for g in sample])
+        return list(features.split([len(sample) for sample in groups]))
 
     def forward(
         self,
@@ -135,9 +163,12 @@ class MiniCPMV(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         image_features: list[torch.Tensor] | None = None,
+        time_units: list | None = None,
     ) -> torch.Tensor:
         """Full multimodal forward: logits (B, T, V). `image_features`, per row (crops, Q, D) as
         get_image_features gives them, stand in for the crops when the caller already has them."""
-        features = image_features if image_features is not None else self.features_per_sample(pixel_values, tgt_sizes)
+        if image_features is None:
+            image_features = self.features_per_sample(pixel_values, tgt_sizes, time_units)
+        features = image_features
         embeds = self.embed_inputs(input_ids, features, image_bound)
         return self.llm(embeds, position_ids, attention_mask, cache, last_only)

@@ -29,24 +29,33 @@ def navit_position_ids(rows: int, cols: int, num_patches_per_side: int = NUM_PAT
     return (row_ids[:, None] * num_patches_per_side + col_ids[None, :]).reshape(-1)
 
 
+def _sincos(positions, dim: int):
+    """[sin(p * w_k)..., cos(p * w_k)...] with w_k = 10000^(-k / (dim/2)), in numpy float32 as the
+    official resampler computes it: positions (...,) -> (..., dim)."""
+    import numpy as np
+
+    omega = np.arange(dim // 2, dtype=np.float32)
+    omega /= dim / 2.0
+    omega = 1.0 / 10000**omega  # (dim/2,)
+    angles = np.asarray(positions, dtype=np.float32)[..., None] * omega  # (..., dim/2)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+
+
 def sincos_2d(embed_dim: int, rows: int, cols: int) -> torch.Tensor:
     """(rows * cols, embed_dim) 2-D sin-cos embedding of a patch grid, row-major, as the official
     resampler computes it in numpy float32.
 
     Channel layout quirk: the first half encodes the *column* index and the second half the
-    *row* index (the official meshgrid is w-first); each half is [sin(p*w_k)..., cos(p*w_k)...]
-    with w_k = 10000^(-k / (D/4)).
+    *row* index (the official meshgrid is w-first); each half is a 1-D sin-cos of width D/2.
     """
     import numpy as np
 
-    omega = np.arange(embed_dim // 4, dtype=np.float32)
-    omega /= embed_dim / 4.0
-    omega = 1.0 / 10000**omega  # (D/4,)
     col_grid, row_grid = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
-
-    def encode(pos: np.ndarray) -> np.ndarray:
-        angles = np.einsum("hw,d->hwd", pos, omega)  # (rows, cols, D/4)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)  # (rows, cols, D/2)
-
-    table = np.concatenate([encode(col_grid), encode(row_grid)], axis=-1)  # (rows, cols, D)
+    half = embed_dim // 2
+    table = np.concatenate([_sincos(col_grid, half), _sincos(row_grid, half)], axis=-1)  # (rows, cols, D)
     return torch.from_numpy(table.reshape(rows * cols, embed_dim)).float()
+
+
+def sincos_1d(embed_dim: int, positions: list[int]) -> torch.Tensor:
+    """(len(positions), embed_dim): 4.5's temporal embedding of frame time ids (one row each)."""
+    return torch.from_numpy(_sincos(positions, embed_dim)).float()

@@ -105,8 +105,20 @@ def render_prompt(
     chat_template: str | None,
     special_tokens: dict,
     add_generation_prompt: bool = True,
+    thinking: bool | None = None,
 ) -> str:
-    """Prompt text with image tags, before placeholder expansion and tokenisation."""
+    """Prompt text with image tags, before placeholder expansion and tokenisation.
+
+    thinking: the template's `enable_thinking` (4.5: False closes an empty think block after the
+    assistant opener, True opens one, None leaves it undefined: nothing is added); a model
+    without a thinking mode refuses True.
+    """
+    variables = {}
+    if facts(version).thinking:
+        if thinking is not None:
+            variables["enable_thinking"] = bool(thinking)
+    elif thinking:
+        raise PromptError(f"MiniCPM-V {version} has no thinking mode")
     if facts(version).chat_format == "minicpm2":
         return _render_minicpm2(messages, add_generation_prompt)
     if not chat_template:
@@ -118,7 +130,7 @@ def render_prompt(
         # a template is code from the checkpoint: its output is capped, and whatever it raises
         # (the sandbox's OverflowError for a huge range, a TypeError) is the template's failure
         for piece in template.generate(
-            messages=rendered, add_generation_prompt=add_generation_prompt, **special_tokens
+            messages=rendered, add_generation_prompt=add_generation_prompt, **special_tokens, **variables
         ):
             size += len(piece)
             if size > MAX_RENDERED_CHARS + sum(len(m["content"]) for m in rendered):

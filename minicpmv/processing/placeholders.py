@@ -86,16 +86,21 @@ def compact_placeholder(text: str, unk: str = "<unk>") -> str:
     return re.sub(f"(?:{re.escape(unk)})+", lambda m: f"{unk}*{len(m.group(0)) // len(unk)}", text)
 
 
-def expand_image_tags(prompt: str, placeholders: list[str]) -> str:
-    """Replace each `(<image>./</image>)` tag, in order, by its image's placeholder."""
+def expand_image_tags(prompt: str, placeholders: list[str], skipped: set[int] = frozenset()) -> str:
+    """Replace each `(<image>./</image>)` tag, in order, by its image's placeholder.
+
+    skipped: images that stand in their group's placeholder (4.5 video frames): their tag goes
+    and the text before it is stripped, as the official processor does.
+    """
     chunks = prompt.split(IMAGE_TAG)
     if len(chunks) - 1 != len(placeholders):
         raise PromptError(
             f"the prompt has {len(chunks) - 1} image tag(s) {IMAGE_TAG} but {len(placeholders)} image(s) were given"
         )
-    pieces = [chunks[0]]
-    for placeholder, chunk in zip(placeholders, chunks[1:]):
-        pieces += [placeholder, chunk]
+    pieces = []
+    for index, (placeholder, chunk) in enumerate(zip(placeholders, chunks)):
+        pieces += [chunk.strip(), ""] if index in skipped else [chunk, placeholder]
+    pieces.append(chunks[-1])
     return "".join(pieces)
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PromptTooLongError
+from ..errors import PromptError, PromptTooLongError
 from ..versions import facts
 from .chat_format import message_images, normalize_messages, render_prompt
 from .config import ProcessorConfig
 from .image_io import DEFAULT_MAX_PIXELS, load_image
 from .pixels import EncodedImage, encode_image
 from .placeholders import expand_image_tags, find_image_bounds, image_placeholder, refuse_marker_text
-from .slicing import SlicePlan, plan_slices, slice_limit
+from .slicing import SlicePlan, plan_slices, slice_limit, square_plan
+from .temporal import check_temporal_ids, group_crops, skipped_frames, still_units
 from .tokenizer import TextTokenizer, load_tokenizer
 
 PAD_TOKEN_ID = 0  # the official processor and generate() pad with id 0
@@ -29,8 +30,11 @@ class ModelInputs:
     input_ids, attention_mask: int64 (B, T), left-padded with id 0 / mask 0.
     pixel_values[b]: the crops of sample b, each float32 (3, patch, patch * L).
     tgt_sizes[b]: int32 (n_crops_b, 2), (rows, cols) of patches per crop.
-    image_bound[b]: int64 (n_crops_b, 2), [start, end) of each crop's feature span.
+    image_bound[b]: int64 (n_spans_b, 2), [start, end) of each feature span (a crop's, or with
+        4.5 a temporal group's).
     prompts[b]: the prompt text after the chat template, before placeholder expansion.
+    time_units[b]: 4.5 only (else empty): the crops in encoding units (an image, or a group of
+        video frames), each unit a list of output groups, each group the time ids of its crops.
     """
 
     input_ids: torch.Tensor
@@ -40,6 +44,7 @@ class ModelInputs:
     image_bound: list[torch.Tensor]
     prompts: list[str] = field(default_factory=list)
     plans: list[list[SlicePlan]] = field(default_factory=list)
+    time_units: list[list[list[list[int]]]] = field(default_factory=list)
 
     @property
     def batch_size(self) -> int:
@@ -54,6 +59,9 @@ class EncodedPrompt:
     input_ids: list[int]
     images: list[EncodedImage]
     image_bound: list[tuple[int, int]]
+    crops: list = field(default_factory=list)  # in the order the model encodes them
+    tgt_sizes: list = field(default_factory=list)  # (rows, cols) per crop, same order
+    time_units: list = field(default_factory=list)  # see ModelInputs
 
 
 class MiniCPMVProcessor:
@@ -79,12 +87,20 @@ class MiniCPMVProcessor:
         """Slice plan of an image of `size` (width, height) under this checkpoint's settings."""
         cfg = self.config
         limit = slice_limit(max_slice_nums, cfg.max_slice_nums)
+        if not facts(cfg.version).slicing:
+            return square_plan(size, cfg.scale_resolution, cfg.patch_size)
         return plan_slices(size, limit, cfg.scale_resolution, cfg.patch_size)
 
     def placeholder(self, plan: SlicePlan, image_index: int = 0, use_image_id: bool | None = None) -> str:
         return image_placeholder(plan, self.config, image_index, use_image_id)
 
-    def build_prompt(self, messages: list, system_prompt: str | None = None, add_generation_prompt: bool = True):
+    def build_prompt(
+        self,
+        messages: list,
+        system_prompt: str | None = None,
+        add_generation_prompt: bool = True,
+        thinking: bool | None = None,
+    ):
         """(prompt text with image tags, image sources in tag order)."""
         normalized = normalize_messages(messages, system_prompt)
         self.check_text(normalized)
@@ -94,6 +110,7 @@ class MiniCPMVProcessor:
             self.tokenizer.chat_template,
             self.tokenizer.special_tokens,
             add_generation_prompt,
+            thinking,
         )
         return prompt, message_images(normalized)
 
@@ -118,10 +135,20 @@ class MiniCPMVProcessor:
         images: list[EncodedImage],
         use_image_id: bool | None = None,
         max_length: int | None = None,
+        temporal_ids: list | None = None,
     ) -> EncodedPrompt:
-        """Expand image tags in a rendered prompt, tokenise it and locate the image spans."""
+        """Expand image tags in a rendered prompt, tokenise it and locate the image spans.
+
+        temporal_ids (4.5): the images are video frames in these groups of time ids.
+        """
+        groups = None
+        if temporal_ids is not None:
+            if not facts(self.config.version).temporal:
+                raise PromptError(f"MiniCPM-V {self.config.version} takes no temporal_ids (video groups are 4.5's)")
+            groups = check_temporal_ids(temporal_ids, len(images))
+        skipped = skipped_frames(groups) if groups else set()
         placeholders = [self.placeholder(image.plan, i, use_image_id) for i, image in enumerate(images)]
-        text = expand_image_tags(prompt, placeholders)
+        text = expand_image_tags(prompt, placeholders, skipped)
         if max_length is not None and len(text) // self.tokenizer.max_token_chars > max_length:
             # refused before tokenizing: megabytes of text take a minute and gigabytes to tokenize
             raise PromptTooLongError(
@@ -135,7 +162,13 @@ class MiniCPMVProcessor:
                 f"{max_length}; use fewer or smaller images (max_slice_nums) or a shorter text"
             )
         bounds = find_image_bounds(ids, self.start_ids, self.end_ids, self.config.query_num)
-        return EncodedPrompt(prompt, ids, images, bounds)
+        if groups:
+            crops, sizes, units = group_crops(images, groups)
+        else:
+            crops = [crop for image in images for crop in image.crops]
+            sizes = [size for image in images for size in image.tgt_sizes.tolist()]
+            units = still_units(images) if facts(self.config.version).temporal else []
+        return EncodedPrompt(prompt, ids, images, bounds, crops, sizes, units)
 
     def __call__(
         self,
@@ -146,6 +179,8 @@ class MiniCPMVProcessor:
         system_prompt: str | None = None,
         max_length: int | None = None,
         add_generation_prompt: bool = True,
+        temporal_ids: list | None = None,
+        thinking: bool | None = None,
     ) -> ModelInputs:
         """Process one conversation, or a batch given as a list of conversations.
 
@@ -156,14 +191,33 @@ class MiniCPMVProcessor:
             system_prompt: prepended as a system message.
             max_length: longest accepted prompt in tokens; longer is a PromptTooLongError.
             add_generation_prompt: end with the assistant turn opener.
+            temporal_ids: 4.5: the images are video frames packed in these groups of time ids
+                (0.1 s units), e.g. [[0, 3, 6], [9, 12]]; for a batch, one such list per sample.
+            thinking: 4.5's enable_thinking (off unless True, as in the official chat()).
         """
         batch = messages if messages and isinstance(messages[0], list) else [messages]
+        per_sample = _per_sample_temporal_ids(temporal_ids, len(batch))
+        if facts(self.config.version).thinking and add_generation_prompt:
+            thinking = bool(thinking)
         samples = []
-        for conversation in batch:
-            prompt, sources = self.build_prompt(conversation, system_prompt, add_generation_prompt)
+        for conversation, sample_ids in zip(batch, per_sample):
+            prompt, sources = self.build_prompt(conversation, system_prompt, add_generation_prompt, thinking)
             images = self.encode_images(sources, max_slice_nums)
-            samples.append(self.encode_prompt(prompt, images, use_image_id, max_length))
+            samples.append(self.encode_prompt(prompt, images, use_image_id, max_length, sample_ids))
         return collate(samples)
+
+
+def _per_sample_temporal_ids(temporal_ids, batch: int) -> list:
+    """One sample's groups [[ids], ...] or a batch's [[[ids], ...], ...] -> a list per sample."""
+    if temporal_ids is None:
+        return [None] * batch
+    nested = bool(temporal_ids) and all(
+        isinstance(g, (list, tuple)) and g and all(isinstance(x, (list, tuple)) for x in g) for g in temporal_ids
+    )
+    per_sample = list(temporal_ids) if nested else [temporal_ids]
+    if len(per_sample) != batch:
+        raise PromptError(f"temporal_ids: {len(per_sample)} sample(s) of groups for a batch of {batch}")
+    return per_sample
 
 
 def collate(samples: list[EncodedPrompt]) -> ModelInputs:
@@ -180,15 +234,10 @@ def collate(samples: list[EncodedPrompt]) -> ModelInputs:
     return ModelInputs(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        pixel_values=[[crop for image in s.images for crop in image.crops] for s in samples],
-        tgt_sizes=[_stack_tgt_sizes(s.images) for s in samples],
+        pixel_values=[list(s.crops) for s in samples],
+        tgt_sizes=[torch.tensor(s.tgt_sizes, dtype=torch.int32).reshape(-1, 2) for s in samples],
         image_bound=bounds,
         prompts=[s.prompt for s in samples],
         plans=[[image.plan for image in s.images] for s in samples],
+        time_units=[s.time_units for s in samples],
     )
-
-
-def _stack_tgt_sizes(images: list[EncodedImage]) -> torch.Tensor:
-    if not images:
-        return torch.zeros((0, 2), dtype=torch.int32)
-    return torch.cat([image.tgt_sizes for image in images])

@@ -175,6 +175,15 @@ class SlicePlan:
         ]
 
 
+def square_plan(size: Size, scale_resolution: int = SCALE_RESOLUTION, patch_size: int = PATCH_SIZE) -> SlicePlan:
+    """1.0's geometry: one view resized to scale_resolution x scale_resolution, aspect ignored."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    side = ensure_divide(scale_resolution, patch_size)
+    return SlicePlan(size, 1, None, (side, side), None, patch_size)
+
+
 def plan_slices(
     size: Size,
     max_slice_nums: int = MAX_SLICE_NUMS,
