@@ -17,7 +17,7 @@ from minicpmv.model.checkpoint import load_model, save_model
 from minicpmv.model.config import OFFICIAL_ARCHITECTURES, MiniCPMVConfig
 from minicpmv.model.minicpmv import MiniCPMV
 
-VERSIONS = ["2.0", "2.5", "2.6"]
+VERSIONS = list(TINY)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -50,13 +50,22 @@ def test_bfloat16_load():
 
 
 @pytest.mark.parametrize(
-    "version,tensors,low,high", [("2.6", 789, 8.0e9, 8.2e9), ("2.5", 741, 8.4e9, 8.6e9), ("2.0", 694, 3.3e9, 3.5e9)]
+    "version,tensors,low,high",
+    [
+        ("2.6", 789, 8.0e9, 8.2e9),
+        ("2.5", 741, 8.4e9, 8.6e9),
+        ("2.0", 694, 3.3e9, 3.5e9),
+        # the released index files: 1.0 total_size 6869931584 bytes of bf16, 4.5 17391790560
+        ("1.0", 694, 3_434_965_792, 3_434_965_792),
+        ("4.5", 849, 8_695_895_280, 8_695_895_280),
+    ],
 )
 def test_real_size_architectures_on_meta_device(version, tensors, low, high, capsys):
-    """The released shapes build without allocating memory; tensor counts are the spec's (§4.4)."""
+    """The released shapes build without allocating memory; tensor counts are the spec's (§4.4)
+    and, for 1.0 and 4.5, the released index files' (their parameter counts exactly)."""
     report = info(architecture=version, as_json=True)
     assert json.loads(capsys.readouterr().out) == report
-    assert report["tensors"] == tensors and low < report["parameters"] < high
+    assert report["tensors"] == tensors and low <= report["parameters"] <= high
     with torch.device("meta"):
         model = MiniCPMV(MiniCPMVConfig.from_dict(OFFICIAL_ARCHITECTURES[version]))
     assert all(p.is_meta for p in model.parameters())
@@ -177,3 +186,18 @@ def test_progress_bar_on_request_and_silent_by_default(capsys):
     assert "loading weights" in capsys.readouterr().err
     load_model(TINY["2.0"] / "checkpoint")  # small checkpoint, not a terminal: no bar
     assert "loading weights" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["1.0", "4.5"])
+def test_real_size_tensor_names_are_the_official_ones(version):
+    """The real-size names, layer numbers aside, are those of the fixture checkpoint the official
+    code wrote (4.5: q_norm / k_norm, no resampler pos_embed; 1.0: timm names, resampler.pos_embed)."""
+    import re
+
+    def pattern(names):
+        return {re.sub(r"\.\d+\.", ".N.", name) for name in names}
+
+    with torch.device("meta"):
+        model = MiniCPMV(MiniCPMVConfig.from_dict(OFFICIAL_ARCHITECTURES[version]))
+    official = load_file(TINY[version] / "checkpoint" / "model.safetensors")
+    assert pattern(model.state_dict()) == pattern(official)

@@ -13,7 +13,10 @@ IMAGE = str(REFERENCE / "images" / "img_b_640x448.png")
 
 
 def test_generate_json_matches_official_greedy_ids(capsys):
-    for version in ("2.0", "2.5", "2.6"):
+    for version in ("1.0", "2.0", "2.5", "2.6", "4.5"):
+        messages = json.loads((TINY[version] / "case_single" / "messages.json").read_text())
+        turn = messages[0][0] if isinstance(messages[0], list) else messages[0]
+        image = str(REFERENCE / turn["content"][0]["image"])
         assert (
             main(
                 [
@@ -21,7 +24,7 @@ def test_generate_json_matches_official_greedy_ids(capsys):
                     "-m",
                     str(TINY[version] / "checkpoint"),
                     "--image",
-                    IMAGE,
+                    image,
                     "-p",
                     "What is in the image?",
                     "-n",
@@ -38,6 +41,22 @@ def test_generate_json_matches_official_greedy_ids(capsys):
         assert record["prompt_token_ids"] == expected["input_ids"][0].tolist()
         assert isinstance(record["text"], str)
         assert "decode" in captured.err and "peak RSS" in captured.err
+
+
+def test_generate_thinking_flag_gives_the_official_thinking_answer(capsys):
+    """4.5 quirk: --thinking ends the prompt in "<think>\\n" and the answer shows it first."""
+    checkpoint = str(TINY["4.5"] / "checkpoint")
+    argv = ["generate", "-m", checkpoint, "--image", IMAGE, "-p", "What is in the image?", "-n", "8", "--json"]
+    assert main([*argv, "--thinking"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    expected = load_file(TINY["4.5"] / "case_single_thinking" / "expected.safetensors")
+    official = json.loads((TINY["4.5"] / "case_single_thinking" / "expected.json").read_text())
+    assert record["prompt_token_ids"] == expected["input_ids"][0].tolist()
+    assert record["token_ids"] == expected["greedy_ids"][0].tolist()
+    assert record["text"] == official["official_chat_outputs"]["chat_greedy_num_beams1_rep1.0"]
+    assert main([*argv[:-1], "--thinking"]) == 0  # streamed: the prefix comes first
+    assert capsys.readouterr().out.startswith("<think>\n")
+    assert main(["generate", "-m", str(TINY["2.6"] / "checkpoint"), "-p", "hi", "--thinking"]) == 2
 
 
 def test_generate_refusals_exit_2(tmp_path):

@@ -4,6 +4,7 @@ layer choice, quantize -> save -> load -> same outputs, the CLI and its quality 
 import json
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import TINY
 
@@ -267,3 +268,21 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
     weight = torch.randn(40, 64).to(torch.bfloat16)
     x = torch.randn(3, 64)
     torch.testing.assert_close(native.gemm_bf16(x, weight), x @ weight.float().t(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["1.0", "4.5"])
+def test_quantize_int4_reload_and_generate_on_the_new_versions(version, tmp_path, capsys):
+    """`quantize --bits 4` -> reload -> generate from the CLI (4.5: Qwen3 with q/k norms; 1.0:
+    the stored resampler table stays float)."""
+    out = tmp_path / "int4"
+    source = TINY[version] / "checkpoint"
+    assert main(["quantize", "-m", str(source), "-o", str(out), "--bits", "4", "--group-size", "32"]) == 0
+    capsys.readouterr()
+    case = json.loads((TINY[version] / "case_single" / "messages.json").read_text())
+    image = str(TINY[version].parent / case[0]["content"][0]["image"])
+    argv = ["generate", "-m", str(out), "--image", image, "-p", "What is in the image?", "-n", "8", "--json"]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    expected = safetensors.torch.load_file(TINY[version] / "case_single" / "expected.safetensors")
+    assert record["prompt_token_ids"] == expected["input_ids"][0].tolist()
+    assert len(record["token_ids"]) == 8

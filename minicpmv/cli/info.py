@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..versions import SUPPORTED_VERSIONS
 from .options import wire
 
 
@@ -14,7 +15,7 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
 
     Args:
         model: a checkpoint folder (reads only its config.json).
-        architecture: "2.0", "2.5" or "2.6": the released model's shapes instead of a folder.
+        architecture: a version ("1.0", "2.0", "2.5", "2.6", "4.5"): the released model's shapes instead of a folder.
         as_json: one JSON object instead of text.
     """
     import torch
@@ -62,6 +63,6 @@ def add_parser(subparsers) -> None:
         description=info.__doc__.split("\n\n")[0],
     )
     parser.add_argument("-m", "--model", help="checkpoint folder")
-    parser.add_argument("--architecture", choices=["2.0", "2.5", "2.6"], help="a released model's shapes")
+    parser.add_argument("--architecture", choices=SUPPORTED_VERSIONS, help="a released model's shapes")
     parser.add_argument("--json", dest="as_json", action="store_true")
     wire(parser, info)

@@ -41,6 +41,7 @@ class SamplingFlags:
     stop: list[str] | None = None
     system: str | None = None
     max_slice_nums: int | None = None
+    thinking: bool = False
 
 
 def wire(parser: argparse.ArgumentParser, function) -> None:
@@ -111,6 +112,9 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stop", action="append", help="stop string (repeatable)")
     group.add_argument("--system", help="system prompt")
     group.add_argument("--max-slice-nums", type=int, help="cap on slices per image (1 = single view)")
+    group.add_argument(
+        "--thinking", action="store_true", help="4.5: think before answering (the answer keeps its <think> block)"
+    )
 
 
 def load_model(args: ModelFlags):
@@ -160,4 +164,5 @@ def generation_options(args: SamplingFlags) -> dict:
         "stop": args.stop,
         "system_prompt": args.system,
         "max_slice_nums": args.max_slice_nums,
+        "thinking": args.thinking,
     }
