@@ -35,6 +35,7 @@ class ServerFlags:
     allow_remote_images: bool = False
     allow_local_images: str | None = None
     share_image_cache: bool = False
+    thinking: bool = False
     log_level: str = "warning"
 
 
@@ -80,6 +81,7 @@ def serve(server: ServerFlags, model: ModelFlags) -> None:
         body_timeout_s=server.request_timeout * limits.BODY_TIMEOUT_S / limits.HEAD_TIMEOUT_S,
         max_connections=server.max_connections,
         share_feature_cache=server.share_image_cache,
+        thinking=server.thinking,
     )
 
     def announce() -> None:
@@ -209,6 +211,12 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="reuse image features across requests (faster repeated turns; lets a client tell by "
         "timing which images others sent, so only when all clients are trusted)",
+    )
+    parser.add_argument(
+        "--thinking",
+        action="store_true",
+        help="4.5: think by default (a request's chat_template_kwargs.enable_thinking decides per "
+        "request); the think block comes back as reasoning_content",
     )
     parser.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
     parser.add_argument("--allow-local-images", metavar="DIR", help="read image paths, confined to DIR")

@@ -50,6 +50,7 @@ class ServerSettings:
     # image features reused across requests: faster repeated turns, but one client could time
     # another's images (a hit is 30x faster), so off unless every client is trusted
     share_feature_cache: bool = False
+    thinking: bool = False  # 4.5: think unless a request's chat_template_kwargs.enable_thinking says not
 
 
 def create_app(chat, settings: ServerSettings | None = None, start_worker: bool = True) -> FastAPI:
@@ -117,7 +118,7 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
 async def _answer(request: Request, worker: ModelWorker, settings: ServerSettings):
     body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     parsed = protocol.parse_request(body)
-    options, limit = _options(parsed, worker.context)
+    options, limit = _options(parsed, worker.context, settings.thinking)
     ticket = worker.admit()  # before any image is decoded: a full server answers 429 at once
     try:
         # decoding images is slow and blocking: off the event loop
@@ -136,7 +137,7 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
         request_id = protocol.completion_id()
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            events = _sse_events(job, request_id, settings.model_name, include_usage)
+            events = _sse_events(job, request_id, settings.model_name, include_usage, options.get("thinking", False))
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             )
@@ -144,7 +145,7 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
             kind, payload = await _next_event(job, request)
             if kind == "error":
                 raise payload
-        return protocol.completion(request_id, settings.model_name, payload)
+        return protocol.completion(request_id, settings.model_name, payload, options.get("thinking", False))
     except BaseException:  # refused, failed, or the handler itself cancelled: the job must not run on
         job.cancel()
         raise
@@ -173,8 +174,9 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             raise APIError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
 
 
-def _options(request: ChatCompletionRequest, context: int) -> tuple[dict, int | None]:
-    """The generation options of a request, and its answer limit (checked against the context)."""
+def _options(request: ChatCompletionRequest, context: int, thinking: bool = False) -> tuple[dict, int | None]:
+    """The generation options of a request, and its answer limit (checked against the context);
+    `thinking` is the server's default for chat_template_kwargs.enable_thinking."""
     limit = request.answer_limit()
     if limit is not None and limit >= context:
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
@@ -196,6 +198,9 @@ def _options(request: ChatCompletionRequest, context: int) -> tuple[dict, int | 
     ):
         if value is not None:
             options[name] = value
+    asked = request.chat_template_kwargs.enable_thinking if request.chat_template_kwargs else None
+    if asked if asked is not None else thinking:
+        options["thinking"] = True
     return options, limit
 
 
@@ -212,9 +217,16 @@ async def _next_event(job: Job, request: Request, poll_s: float = 0.25):
             raise ClientGone()
 
 
-async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool):
-    """OpenAI's chunk stream; leaving early (the client went away) cancels the generation."""
+async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool, thinking: bool = False):
+    """OpenAI's chunk stream; leaving early (the client went away) cancels the generation. A
+    thinking answer streams its think block as `reasoning_content` deltas, as vLLM does."""
     extra = {"usage": None} if include_usage else {}
+    splitter = protocol.ReasoningStream() if thinking else None
+
+    def deltas(text: str, final: bool = False) -> list[dict]:
+        if splitter is None:
+            return [{"content": text}] if text else []
+        return [{name: piece} for name, piece in splitter.push(text, final)]
 
     def event(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
@@ -224,8 +236,11 @@ async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool
         while True:
             kind, payload = await job.events.get()
             if kind == "delta":
-                yield event(protocol.chunk(request_id, model, {"content": payload}, **extra))
+                for delta in deltas(payload):
+                    yield event(protocol.chunk(request_id, model, delta, **extra))
             elif kind == "done":
+                for delta in deltas("", final=True):
+                    yield event(protocol.chunk(request_id, model, delta, **extra))
                 reason = protocol.finish_reason(payload.stopped_by)
                 yield event(protocol.chunk(request_id, model, {}, reason, timings=protocol.timings(payload), **extra))
                 if include_usage:

@@ -62,6 +62,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ChatTemplateKwargs(BaseModel):
+    model_config = STRICT
+    enable_thinking: bool | None = None  # vLLM's switch for thinking models (4.5)
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = STRICT
     messages: list[ChatMessage] = Field(min_length=1)
@@ -79,6 +84,7 @@ class ChatCompletionRequest(BaseModel):
     min_tokens: int | None = Field(None, ge=0)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
+    chat_template_kwargs: ChatTemplateKwargs | None = None
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -92,7 +98,15 @@ class ChatCompletionRequest(BaseModel):
 
 _FIELDS = {
     name
-    for model in (ImageURL, TextPart, ImageURLPart, ChatMessage, StreamOptions, ChatCompletionRequest)
+    for model in (
+        ImageURL,
+        TextPart,
+        ImageURLPart,
+        ChatMessage,
+        StreamOptions,
+        ChatTemplateKwargs,
+        ChatCompletionRequest,
+    )
     for name in model.model_fields
 }
 
@@ -152,7 +166,58 @@ def timings(generation) -> dict:
     }
 
 
-def completion(request_id: str, model: str, generation) -> dict:
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, content) of a thinking answer, split as the 4.5 chat template splits an
+    assistant message it is given back; an answer cut before `</think>` is all reasoning."""
+    if THINK_CLOSE not in text:
+        return text.split(THINK_OPEN)[-1].lstrip("\n"), ""
+    head, _, tail = text.partition(THINK_CLOSE)
+    return head.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n"), tail.lstrip("\n")
+
+
+class ReasoningStream:
+    """Streamed deltas of a thinking answer -> (field, text) pieces: `reasoning_content` up to
+    `</think>`, `content` after it, as vLLM's reasoning parser streams them. Each push splits the
+    text so far with `split_reasoning` and sends what is new; a tail that may still change the
+    split (newlines the split drops, a partial `<think>` or `</think>`) waits for more text."""
+
+    def __init__(self):
+        self.text = ""
+        self.sent = {"reasoning_content": 0, "content": 0}
+
+    def push(self, delta: str, final: bool = False) -> list[tuple[str, str]]:
+        self.text += delta
+        safe = self.text
+        if not final:
+            if THINK_OPEN.startswith(self.text.lstrip("\n")):
+                return []
+            safe = self.text[: len(self.text) - _held_back(self.text)]
+        reasoning, content = split_reasoning(safe)
+        pieces = []
+        for name, value in (("reasoning_content", reasoning), ("content", content)):
+            if len(value) > self.sent[name]:
+                pieces.append((name, value[self.sent[name] :]))
+                self.sent[name] = len(value)
+        return pieces
+
+
+def _held_back(text: str) -> int:
+    """Characters at the end of `text` that may begin "</think>", with the newlines before it
+    (the split drops them), or be trailing newlines."""
+    stripped = text.rstrip("\n")
+    for size in range(min(len(THINK_CLOSE) - 1, len(stripped)), 0, -1):
+        if THINK_CLOSE.startswith(stripped[-size:]):
+            return len(text) - len(stripped[:-size].rstrip("\n"))
+    return len(text) - len(stripped)
+
+
+def completion(request_id: str, model: str, generation, thinking: bool = False) -> dict:
+    message = {"role": "assistant", "content": generation.text}
+    if thinking:
+        message["reasoning_content"], message["content"] = split_reasoning(generation.text)
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -161,7 +226,7 @@ def completion(request_id: str, model: str, generation) -> dict:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": generation.text},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason(generation.stopped_by),
             }
