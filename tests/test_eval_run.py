@@ -259,3 +259,18 @@ def test_circular_copy_takes_the_image_of_its_base_row(tmp_path):
     assert [c[1].size for c in recorder.asked] == [(10, 12), (10, 12)]  # the copy read row 0's picture
     assert recorder.asked[0][2] == "Question: Which?\nOptions:\nA. cat\nB. dog\n"
     assert result["per_row"]["1000000"]["group"] == "0" and result["metrics"]["split=dev|Overall"] == 1.0
+
+
+@pytest.mark.parametrize("version", ["1.0", "4.5"])
+def test_eval_run_accepts_the_new_versions(version, tmp_path, demo_sets):
+    """1.0 (VLMEvalKit's MiniCPM_V prompts, one image) and 4.5 (MiniCPM_V_4_5's direct-answer
+    prompts) run a benchmark end to end and write a scored prediction file."""
+    from minicpmv.cli import main
+
+    checkpoint = TINY26.parents[1] / {"1.0": "minicpmv10_tiny", "4.5": "minicpmv45_tiny"}[version] / "checkpoint"
+    argv = ["eval", "run", "-b", "demo_mcq", "--data", str(demo_sets["demo_mcq"]), "--limit", "3",
+            "--max-new-tokens", "4", "-m", str(checkpoint), "-o", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    header, rows = read_cells(tmp_path / "demo_mcq.tsv")
+    assert len(rows) == 3 and "prediction" in header
+    assert json.loads((tmp_path / "demo_mcq.scores.json").read_text())["settings"]

@@ -38,7 +38,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
     return {
         (version, kind): export_gguf(TINY[version] / "checkpoint", folder / f"{version}-{kind}.gguf", kind)
-        for version in ("2.6", "2.5")
+        for version in ("2.6", "2.5", "4.5")
         for kind in ("f32", "q4_0")
     }
 
@@ -50,7 +50,7 @@ def test_name_table_round_trips():
     assert len(set(GGUF_NAMES.values())) == len(GGUF_NAMES)
 
 
-@pytest.mark.parametrize("version", ["2.6", "2.5"])
+@pytest.mark.parametrize("version", ["2.6", "2.5", "4.5"])
 def test_exported_tensors_round_trip_to_the_checkpoint(exported, version):
     original = {
         k: v for k, v in load_file(TINY[version] / "checkpoint" / "model.safetensors").items() if k.startswith("llm.")
@@ -75,7 +75,7 @@ def test_rope_reorder_pairs_the_halves():
     assert interleave_rope_rows(rows, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
-@pytest.mark.parametrize("version", ["2.6", "2.5"])
+@pytest.mark.parametrize("version", ["2.6", "2.5", "4.5"])  # 4.5: llama.cpp's qwen3 with q/k norms
 def test_llama_cpp_backend_answers_like_our_llm(exported, version):
     checkpoint = TINY[version] / "checkpoint"
     ours = load(checkpoint)

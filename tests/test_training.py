@@ -15,7 +15,7 @@ pytest.importorskip("yaml")
 
 from conftest import TINY  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from training_data import make_dataset, resumable_train_args  # noqa: E402
+from training_data import make_dataset, resumable_train_args, tiny_train_args  # noqa: E402
 
 import minicpmv  # noqa: E402
 from minicpmv.cli import main  # noqa: E402
@@ -55,6 +55,9 @@ def supervised(builder, sample):
         ("2.5", "A shape.<|eot_id|><|eot_id|>No.<|eot_id|>"),
         # 2.0: no marker in the text; every answer learns to end with EOS, the last one has it appended
         ("2.0", "A shape.</s>No.</s>"),
+        ("1.0", "A shape.</s>No.</s>"),
+        # 4.5: the empty think block the template writes before the last answer is not learnt
+        ("4.5", "A shape.<|im_end|><|im_end|>No.<|im_end|>"),
     ],
 )
 def test_label_masks_per_chat_format(version, expected):
@@ -74,6 +77,24 @@ def test_label_masks_per_chat_format(version, expected):
     first_answer = min(i for i, _ in pairs)
     assert all(t == IGNORE for t in sample.targets[:first_answer])
     assert sample.image_bound and all(sample.targets[s] == IGNORE for s, _ in sample.image_bound)
+
+
+def test_4_5_empty_think_block_is_in_the_prompt_and_reasoning_is_learnt():
+    """4.5 label rule: the last answer is rendered after `<think>\n\n</think>\n\n`, which stays
+    unsupervised (inference puts it in the prompt); an answer with reasoning learns the reasoning,
+    its `</think>` and the answer, after the `<think>\n` a thinking prompt ends with."""
+    processor = MiniCPMVProcessor.from_pretrained(TINY["4.5"] / "checkpoint")
+    builder = SampleBuilder(processor)
+    tokenizer = processor.tokenizer
+    plain = builder.build([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    text = tokenizer.decode(plain.input_ids)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nYo<|im_end|>")
+    learnt = tokenizer.decode([t for t in plain.targets if t != IGNORE])
+    assert learnt == "Yo<|im_end|>"
+    reasoned = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nhm\n</think>\n\nYo"}]
+    sample = builder.build(reasoned)
+    learnt = tokenizer.decode([t for t in sample.targets if t != IGNORE])
+    assert learnt == "hm\n</think>\n\nYo<|im_end|>"
 
 
 def test_label_positions_by_hand_for_2_6():
@@ -383,3 +404,21 @@ def test_recipe_from_yaml_and_set(tmp_path):
     with pytest.raises(minicpmv.ConfigError, match="vpm_learning_rate: expected a number"):
         recipe("sft", {"vpm_learning_rate": "slow"})
     assert recipe("sft", {"learning_rate": "3e-5"}).learning_rate == 3e-5  # YAML leaves "3e-5" a string
+
+
+@pytest.mark.parametrize("version", ["1.0", "4.5"])
+@pytest.mark.parametrize("recipe_name", ["sft", "lora"])
+def test_new_versions_train_and_their_checkpoints_answer(version, recipe_name, data, tmp_path, capsys):
+    """sft and lora run on 1.0 (squashed images, MiniCPM LLM) and 4.5 (Qwen3 with q/k norms, the
+    3-D resampler's still-image path); the saved model loads and answers."""
+    out = tmp_path / "run"
+    args = tiny_train_args(data, steps=3, recipe=recipe_name, checkpoint=TINY[version] / "checkpoint")
+    assert main([*args, "-o", str(out)]) == 0
+    trained = out if (out / "config.json").exists() else next(out.glob("checkpoint-*"))
+    if recipe_name == "lora":
+        assert main(["merge-lora", "-m", str(TINY[version] / "checkpoint"), "--adapter", str(trained),
+                     "-o", str(tmp_path / "merged")]) == 0  # fmt: skip
+        trained = tmp_path / "merged"
+    capsys.readouterr()
+    assert main(["generate", "-m", str(trained), "--image", str(EXAMPLE), "-p", "What?", "-n", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]) >= 1

@@ -20,7 +20,7 @@ from ..model.checkpoint import weight_files
 from ..model.config import LLMConfig, MiniCPMVConfig
 from ..model.safetensors_reader import read_header, read_tensors
 
-ARCHITECTURE = {"qwen2": "qwen2", "llama": "llama"}  # our LLM family -> llama.cpp architecture
+ARCHITECTURE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}  # our LLM family -> llama.cpp architecture
 GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
     "llm.model.embed_tokens.weight": "token_embd.weight",
     "llm.model.norm.weight": "output_norm.weight",
@@ -34,6 +34,8 @@ GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
     "llm.model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
     "llm.model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
     "llm.model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "llm.model.layers.{i}.self_attn.q_norm.weight": "blk.{i}.attn_q_norm.weight",  # Qwen3
+    "llm.model.layers.{i}.self_attn.k_norm.weight": "blk.{i}.attn_k_norm.weight",
     "llm.model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
     "llm.model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
     "llm.model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
@@ -82,7 +84,7 @@ def llm_config(folder: Path) -> LLMConfig:
     if config.llm.family not in ARCHITECTURE:
         raise ConfigError(
             f"{folder}: MiniCPM-V {config.version}'s {config.llm.family} LLM has no llama.cpp export "
-            f"here (2.6 and 2.5 do)"
+            f"here (4.5, 2.6 and 2.5 do)"
         )
     if config.raw.get("quantization_config"):
         raise ConfigError(
@@ -102,6 +104,9 @@ def _write_metadata(writer, cfg: LLMConfig) -> None:
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     if cfg.family == "llama":
         writer.add_rope_dimension_count(cfg.head_dim)
+    if cfg.explicit_head_dim:  # Qwen3: heads * head_dim need not be the hidden size
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
 
 
 def _write_vocabulary(writer, vocab_size: int, tokenizer_file: Path | None) -> None:

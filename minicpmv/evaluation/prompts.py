@@ -1,5 +1,5 @@
 """Prompts as VLMEvalKit's MiniCPM-V wrappers build them (vlmeval/vlm/minicpm_v.py: MiniCPM_V
-for 2.0, MiniCPM_Llama3_V for 2.5, MiniCPM_V_2_6 for 2.6), per version and benchmark type. What
+for 1.0 and 2.0, MiniCPM_Llama3_V for 2.5, MiniCPM_V_2_6 for 2.6, MiniCPM_V_4_5), per version and benchmark type. What
 differs between versions is the data in WRAPPERS; `build_prompt` reads it.
 
 A prompt is one user message: [instruction text?, image(s)..., prompt text], which is how the
@@ -66,6 +66,16 @@ WRAPPERS = {
         mcq="suffix",
     ),
 }
+WRAPPERS["1.0"] = WRAPPERS["2.0"]  # VLMEvalKit's MiniCPM_V class runs both
+# MiniCPM_V_4_5 in its direct-answer mode: 2.6's prompts, step by step on its own list of names,
+# images as given. Its long-CoT thinking runs (up to 16384 new tokens) and OCRBench's own CoT
+# prompt are not reproduced here.
+WRAPPERS["4.5"] = Wrapper(
+    custom_types=("MCQ", "VQA", "Y/N"),
+    max_new_tokens={"*": 2048},
+    cot=("MMMU", "MathVista", "MMBench", "HallusionBench", "MMStar", "ChartQA", "MathVision", "LogicVista"),
+    mcq="suffix",
+)
 DATASET = Wrapper(custom_types=(), max_new_tokens={"*": 1024})  # VLMEvalKit's dataset-side prompts
 
 

@@ -6,8 +6,9 @@ whose tags mark the places; no `image` is a text-only sample. Relative paths are
 the JSON file. Records are parsed at once, images are read when a sample is used.
 
 Label convention (the official one, docs/training.md): a token is *supervised* when it is an
-assistant message's content, plus the turn's end marker (`<|im_end|>` for 2.6, `<|eot_id|>` for
-2.5; 2.0 appends EOS to the last message only). Targets are **pre-shifted**: `targets[i-1] =
+assistant message's content, plus the turn's end marker (`<|im_end|>` for 2.6 and 4.5,
+`<|eot_id|>` for 2.5; 2.0 and 1.0 append EOS to the last message only). 4.5's template closes an
+empty think block before the last answer; that block is not supervised. Targets are **pre-shifted**: `targets[i-1] =
 ids[i]` for every supervised token i, and the last supervised position before an unsupervised
 token gets the end token (so every assistant turn learns to end). The loss is then plain
 cross-entropy of `logits[t]` against `targets[t]`, with no second shift; -100 is ignored.
@@ -153,6 +154,20 @@ class SampleBuilder:
             raise SkippedSample("malformed", str(exc)) from None
         return TrainSample(ids, shifted_targets(ids, supervised, self.end_id), images, bounds)
 
+    def _opener(self, before: list, full: str) -> str:
+        """The prompt up to where an answer starts. A thinking model's template (4.5) writes the
+        last answer as `<think>\n{reasoning}\n</think>\n\n{content}`: an empty think block
+        belongs to the opener (not learnt, as inference puts it in the prompt), a reasoning
+        answer's `<think>\n` too; earlier answers have no block. The longest opener the rendered
+        conversation continues with is the one."""
+        template, specials = self.tokenizer.chat_template, self.tokenizer.special_tokens
+        choices = (False, True, None) if facts(self.version).thinking else (None,)
+        for thinking in choices:
+            opened = render_prompt(before, self.version, template, specials, True, thinking)
+            if full.startswith(opened):
+                return opened
+        return opened
+
     def _pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
         """The rendered conversation cut into (text, is_supervised) pieces: each assistant
         answer (with its end marker) is a piece of its own, so it tokenizes on its own."""
@@ -167,7 +182,7 @@ class SampleBuilder:
         for index, message in enumerate(normalized):
             if message.role != "assistant":
                 continue
-            opened = render_prompt(normalized[:index], self.version, template, specials, add_generation_prompt=True)
+            opened = self._opener(normalized[:index], full)
             if self.marker:  # the answer runs to its end marker
                 end = full.find(self.marker, len(opened)) + len(self.marker)
                 closed = full[:end]
