@@ -23,7 +23,7 @@ from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
 from .model.minicpmv import MiniCPMV
 from .processing import MiniCPMVProcessor, ModelInputs
 from .processing.detokenize import IncrementalDecoder
-from .processing.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VIDEO_MAX_SLICE_NUMS, load_video_frames
+from .processing import video as videos
 from .tuning import load_tuning
 from .versions import facts
 
@@ -150,9 +150,10 @@ class ChatOptions(TypedDict, total=False):
     """The keyword options of ChatModel.chat / generate / stream / generate_batch, typed."""
 
     image: object  # an image, or a list: put first into the first user message (official chat(image=))
-    video: object  # a video file or a list of frames (2.6's video recipe)
-    fps: float
-    max_frames: int
+    video: object  # a video file or a list of frames (the version's recipe: 2.6 frames, 4.5 packed)
+    fps: float  # frames sampled per second (2.6: 1, 4.5: 3)
+    max_frames: int  # 2.6: most frames; 4.5: most groups before frames are packed
+    max_packing: int  # 4.5: most frames per temporal group (1..6, default 3)
     preset: str  # "greedy" (default), "sampling", "precise"
     thinking: bool  # 4.5: think before answering; the answer keeps its <think> block
     temporal_ids: list  # 4.5: the images are video frames in these groups of time ids (0.1 s)
@@ -316,8 +317,9 @@ class ChatModel:
         *,
         image=None,
         video=None,
-        fps: float = DEFAULT_FPS,
-        max_frames: int = DEFAULT_MAX_FRAMES,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        max_packing: int = videos.PACKED_MAX_PACKING,
         preset: str = "greedy",
         thinking: bool = False,
         temporal_ids=None,
@@ -335,11 +337,17 @@ class ChatModel:
         _check_config(config)
         if "temperature" in sampling and sampling["temperature"] is not None:
             config = config.with_options(do_sample=sampling["temperature"] > 0)
-        if video is not None:  # the 2.6 video recipe: frames without <image_id>, few slices each
-            frames = video if isinstance(video, list) else load_video_frames(video, fps, max_frames)
-            image = [*frames, *(image if isinstance(image, list) else [image] if image is not None else [])]
+        if video is not None:  # frames without <image_id>, few slices each
             use_image_id = False if use_image_id is None else use_image_id
-            max_slice_nums = max_slice_nums or VIDEO_MAX_SLICE_NUMS
+            if facts(self.version).video_recipe == "packed":
+                image, temporal_ids = _packed_video(video, image, fps, max_frames, max_packing, temporal_ids)
+                max_slice_nums = max_slice_nums or 1
+            else:
+                frames = video if isinstance(video, list) else videos.load_video_frames(
+                    video, fps or videos.DEFAULT_FPS, max_frames or videos.DEFAULT_MAX_FRAMES
+                )
+                image = [*frames, *(image if isinstance(image, list) else [image] if image is not None else [])]
+                max_slice_nums = max_slice_nums or videos.VIDEO_MAX_SLICE_NUMS
         conversations = [_with_images(conversation, image) for conversation in conversations]
         limit = max_input_length or facts(self.version).max_input_length
         inputs = self.processor(
@@ -417,6 +425,18 @@ class ChatModel:
             stopped_by,
             self.compile_seconds,
         )
+
+
+def _packed_video(video, image, fps, max_frames, max_packing, temporal_ids):
+    """4.5's recipe: (frames, temporal_ids). A file is sampled and packed as the model card does;
+    frames given as a list take `temporal_ids` as given, or `fps` apart, `max_packing` a group."""
+    if image is not None:
+        raise PromptError("4.5 takes a video's frames alone: every image of the prompt must be a frame")
+    fps = fps or videos.PACKED_FPS
+    if isinstance(video, list):
+        return video, temporal_ids or videos.frame_groups(len(video), fps, max_packing)
+    frames, groups = videos.load_packed_video(video, fps, max_frames or videos.PACKED_MAX_FRAMES, max_packing)
+    return frames, temporal_ids or groups
 
 
 def preset_config(preset: str, version: str, thinking: bool = False) -> GenerationConfig:

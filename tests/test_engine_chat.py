@@ -231,3 +231,59 @@ def test_vision_precision_choice_and_bf16_features_stay_close(monkeypatch):
     assert not torch.equal(features[0], features[1])  # bf16 did run
     relative = ((features[1] - features[0]).norm() / features[0].norm()).item()
     assert relative < 0.02
+
+
+def test_packed_video_plan_follows_the_4_5_model_card():
+    """4.5 video recipe: about 3 frames a second; past 180 frames, consecutive frames pack into
+    groups of up to max_packing; times snap to the 0.1 s grid below the duration."""
+    from minicpmv.processing.video import packed_plan
+
+    indices, groups = packed_plan(300, 30.0)  # 10 s at 30 fps: 30 frames, one per group
+    assert len(indices) == 30 and all(len(g) == 1 for g in groups)
+    # frames 5, 15, 25, 35 (the middle of each tenth of a second's stretch) at 1/6, 1/2, 5/6, 7/6 s
+    assert indices[:4] == [5, 15, 25, 35] and [g[0] for g in groups[:4]] == [2, 5, 8, 12]
+    indices, groups = packed_plan(200 * 10, 10.0)  # 200 s: 600 frames wanted -> 4 a group > 3
+    assert len(indices) == 540 and len(groups) == 180 and {len(g) for g in groups} == {3}
+    indices, groups = packed_plan(200 * 10, 10.0, max_packing=6)
+    assert len(indices) == 600 and len(groups) == 150 and {len(g) for g in groups} == {4}
+
+
+def test_packed_video_time_ids_truncate_like_numpy():
+    """Quirk: an id is trunc(grid value / 0.1) in float64; the grid's 0.7000000000000001 gives 7,
+    a time of 0.3 s snaps to 0.30000000000000004 and gives 3."""
+    from minicpmv.processing.video import packed_plan
+
+    _, groups = packed_plan(10, 10.0, fps=10.0)  # 1 s at 10 fps: every frame, ids 0..9
+    assert [g[0] for g in groups] == list(range(10))
+
+
+def test_4_5_video_frames_with_time_ids_answer_like_the_official_video_case():
+    """chat(video=frames, temporal_ids=...) on 4.5 uses its recipe (one view, no image ids) and
+    gives the official case_video greedy ids."""
+    from conftest import REFERENCE, TINY, load_json
+
+    chat = load(TINY["4.5"] / "checkpoint", vision_dtype="float32")
+    case = TINY["4.5"] / "case_video"
+    expected = load_json(case / "expected.json")
+    frames = [Image.open(REFERENCE / f"images/v45_frame{i}_224x160.png") for i in range(5)]
+    result = chat.generate(
+        [{"role": "user", "content": "Describe the video."}],
+        video=frames,
+        temporal_ids=expected["chat_kwargs"]["temporal_ids"],
+        max_new_tokens=8,
+    )
+    assert result.prompt_token_ids == expected["input_ids"][0]
+    assert result.token_ids == expected["greedy_ids"][0]
+    with pytest.raises(PromptError, match="frames alone"):
+        chat.generate([{"role": "user", "content": "?"}], video=frames, image=frames[0], max_new_tokens=1)
+
+
+def test_4_5_video_file_is_packed_with_time_ids(tmp_path):
+    from conftest import TINY
+
+    chat = load(TINY["4.5"] / "checkpoint")
+    video = tmp_path / "clip.mp4"
+    make_video(video, seconds=2, fps=10)
+    result = chat.generate([{"role": "user", "content": "What happens?"}], video=video, max_new_tokens=3)
+    assert result.image_tokens == 6 * 64  # 2 s x 3 fps, one group each (short video: no packing)
+    assert "<image_id>" not in chat.tokenizer.decode(result.prompt_token_ids)

@@ -20,8 +20,8 @@ def generate(
     prompt: str,
     image: list[str],
     video: str | None = None,
-    fps: float = 1.0,
-    max_frames: int = 64,
+    fps: float | None = None,
+    max_frames: int | None = None,
     no_image_id: bool = False,
     as_json: bool = False,
     model: ModelFlags | None = None,
@@ -73,8 +73,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-p", "--prompt", required=True)
     parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     parser.add_argument("--video", help="video file: its frames become the images (needs the video extra)")
-    parser.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second (default 1)")
-    parser.add_argument("--max-frames", type=int, default=64, help="most video frames (default 64)")
+    parser.add_argument(
+        "--fps", type=float, help="video frames sampled per second (default: the version's recipe, 2.6: 1, 4.5: 3)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, help="most video frames (2.6: 64) or frame groups after packing (4.5: 180)"
+    )
     parser.add_argument("--no-image-id", action="store_true", help="2.6: no <image_id> before each image")
     parser.add_argument(
         "--json", dest="as_json", action="store_true", help="print text, token_ids and prompt_token_ids as JSON"
