@@ -22,8 +22,8 @@ from .memory import peak_rss_mib
 from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
 from .model.minicpmv import MiniCPMV
 from .processing import MiniCPMVProcessor, ModelInputs
-from .processing.detokenize import IncrementalDecoder
 from .processing import video as videos
+from .processing.detokenize import IncrementalDecoder
 from .tuning import load_tuning
 from .versions import facts
 
@@ -343,8 +343,12 @@ class ChatModel:
                 image, temporal_ids = _packed_video(video, image, fps, max_frames, max_packing, temporal_ids)
                 max_slice_nums = max_slice_nums or 1
             else:
-                frames = video if isinstance(video, list) else videos.load_video_frames(
-                    video, fps or videos.DEFAULT_FPS, max_frames or videos.DEFAULT_MAX_FRAMES
+                frames = (
+                    video
+                    if isinstance(video, list)
+                    else videos.load_video_frames(
+                        video, fps or videos.DEFAULT_FPS, max_frames or videos.DEFAULT_MAX_FRAMES
+                    )
                 )
                 image = [*frames, *(image if isinstance(image, list) else [image] if image is not None else [])]
                 max_slice_nums = max_slice_nums or videos.VIDEO_MAX_SLICE_NUMS
