@@ -72,6 +72,17 @@ def test_checkpoint_settings_with_model_flag(capsys):
     assert report["version"] == "2.5" and report["unk_count"] == 3 * 96
 
 
+def test_new_versions_in_inspect_image(capsys):
+    """1.0: one 448x448 view whatever the image (no slicing); 4.5: 2.6's slicing and placeholder."""
+    image = str(REFERENCE / "images" / "img_b_640x448.png")
+    [old] = run_json(["--version", "1.0", image], capsys)
+    assert old["best_grid"] is None and old["tgt_sizes"] == [[32, 32]] and old["unk_count"] == 64
+    assert old["placeholder_compact"] == "<image><unk>*64</image>\n"
+    [new] = run_json(["-m", str(REFERENCE / "minicpmv45_tiny" / "checkpoint"), image], capsys)
+    [v26] = run_json(["--version", "2.6", image], capsys)
+    assert new["version"] == "4.5" and new["placeholder"] == v26["placeholder"] and new["tgt_sizes"] == v26["tgt_sizes"]
+
+
 def test_python_dash_m_entry_point_and_bad_flag_exit_codes(tmp_path):
     image = str(REFERENCE / "images" / "img_a_60x40.png")
     ok = subprocess.run(

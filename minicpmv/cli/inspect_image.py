@@ -7,7 +7,7 @@ import json
 
 from ..processing import DEFAULT_MAX_PIXELS, ProcessorConfig, load_image
 from ..processing.report import format_report, image_report
-from ..processing.slicing import plan_slices
+from ..versions import SUPPORTED_VERSIONS
 from .options import wire
 
 
@@ -26,21 +26,20 @@ def inspect_image(
 
     Args:
         images: image files, read like any model input (EXIF orientation applied).
-        version: "2.0", "2.5" or "2.6" official settings, unless `model` is given.
+        version: a version's official settings ("1.0" ... "4.5"), unless `model` is given.
         model: a checkpoint folder whose processor settings to use instead.
         max_slice_nums: per-call slice cap (default: the checkpoint's, 9 officially).
         image_index: the image's 0-based index within its prompt, written in `<image_id>` (2.6);
             every image given is inspected as that image of its prompt.
-        use_image_id: 2.6 only: write the `<image_id>` prefix.
+        use_image_id: 2.6 / 4.5: write the `<image_id>` prefix.
         as_json: one JSON object per image and line, with the keys of the reference slicing.json.
         max_pixels: refuse images larger than this many pixels.
     """
     config = ProcessorConfig.from_pretrained(model) if model else ProcessorConfig.defaults(version)
-    limit = max_slice_nums if max_slice_nums is not None else config.max_slice_nums
     reports = []
     for path in images:
         image = load_image(path, max_pixels)
-        plan = plan_slices(image.size, limit, config.scale_resolution, config.patch_size)
+        plan = config.plan(image.size, max_slice_nums)
         report = image_report(plan, config, image_index, use_image_id)
         reports.append(report)
         print(json.dumps({"image": path, **report}) if as_json else format_report(path, report), flush=True)
@@ -71,7 +70,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--version",
         dest="version",
-        choices=["2.0", "2.5", "2.6"],
+        choices=SUPPORTED_VERSIONS,
         default="2.6",
         help="official settings of this MiniCPM-V version (default 2.6)",
     )

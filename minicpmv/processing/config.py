@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..jsonfile import read_json_object
 from ..versions import detect_version, facts, normalize_version
-from .slicing import MAX_SLICE_NUMS, PATCH_SIZE, SCALE_RESOLUTION
+from .slicing import MAX_SLICE_NUMS, PATCH_SIZE, SCALE_RESOLUTION, SlicePlan, plan_slices, slice_limit, square_plan
 
 
 @dataclass
@@ -42,6 +42,14 @@ class ProcessorConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
         self.norm_mean, self.norm_std = tuple(self.norm_mean), tuple(self.norm_std)
+
+    def plan(self, size: tuple[int, int], max_slice_nums: int | None = None) -> SlicePlan:
+        """Slice plan of an image of `size` (width, height) under these settings (1.0: one
+        squashed view, whatever max_slice_nums says)."""
+        limit = slice_limit(max_slice_nums, self.max_slice_nums)
+        if not facts(self.version).slicing:
+            return square_plan(size, self.scale_resolution, self.patch_size)
+        return plan_slices(size, limit, self.scale_resolution, self.patch_size)
 
     @classmethod
     def defaults(cls, version: str = "2.6") -> ProcessorConfig:

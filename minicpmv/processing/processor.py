@@ -16,7 +16,7 @@ from .config import ProcessorConfig
 from .image_io import DEFAULT_MAX_PIXELS, load_image
 from .pixels import EncodedImage, encode_image
 from .placeholders import expand_image_tags, find_image_bounds, image_placeholder, refuse_marker_text
-from .slicing import SlicePlan, plan_slices, slice_limit, square_plan
+from .slicing import SlicePlan
 from .temporal import check_temporal_ids, group_crops, skipped_frames, still_units
 from .tokenizer import TextTokenizer, load_tokenizer
 
@@ -85,11 +85,7 @@ class MiniCPMVProcessor:
 
     def plan(self, size: tuple[int, int], max_slice_nums: int | None = None) -> SlicePlan:
         """Slice plan of an image of `size` (width, height) under this checkpoint's settings."""
-        cfg = self.config
-        limit = slice_limit(max_slice_nums, cfg.max_slice_nums)
-        if not facts(cfg.version).slicing:
-            return square_plan(size, cfg.scale_resolution, cfg.patch_size)
-        return plan_slices(size, limit, cfg.scale_resolution, cfg.patch_size)
+        return self.config.plan(size, max_slice_nums)
 
     def placeholder(self, plan: SlicePlan, image_index: int = 0, use_image_id: bool | None = None) -> str:
         return image_placeholder(plan, self.config, image_index, use_image_id)
