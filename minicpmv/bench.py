@@ -39,6 +39,7 @@ ARCHITECTURES = {
         "vision_config": dict(SO400M),
     },
     "2.6": OFFICIAL_ARCHITECTURES["2.6"],
+    "4.5": OFFICIAL_ARCHITECTURES["4.5"],  # SigLIP-400M + Qwen3-8B (q/k norms), the 3-D resampler
     # 2.7 GB: the real vision tower with a 4-layer Qwen2-1.5B-wide LLM (the memory benchmarks)
     "qwen2-1.5b-4layers": {
         "model_type": "minicpmv",
