@@ -59,7 +59,9 @@ def measure(folder: str, low_memory: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", default="/tmp/minicpmv-bench", help="where the random checkpoint is written")
-    parser.add_argument("--architecture", choices=["qwen2-1.5b-4layers", "2.6-int4", "4.5-int4"], default="qwen2-1.5b-4layers")
+    parser.add_argument(
+        "--architecture", choices=["qwen2-1.5b-4layers", "2.6-int4", "4.5-int4"], default="qwen2-1.5b-4layers"
+    )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["normal", "low"], help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -171,7 +171,7 @@ def test_image_features_are_reused_across_turns(chat26, monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("version", ["2.0", "2.5", "2.6"])
+@pytest.mark.parametrize("version", ["1.0", "2.0", "2.5", "2.6", "4.5"])
 def test_low_memory_mode_gives_the_same_answers_with_one_half_resident(version):
     from minicpmv.model.checkpoint import LLM_PARTS
 
@@ -274,6 +274,14 @@ def test_4_5_video_frames_with_time_ids_answer_like_the_official_video_case():
     )
     assert result.prompt_token_ids == expected["input_ids"][0]
     assert result.token_ids == expected["greedy_ids"][0]
+    sequential = load(TINY["4.5"] / "checkpoint", vision_dtype="float32", low_memory=True)  # one crop a call
+    again = sequential.generate(
+        [{"role": "user", "content": "Describe the video."}],
+        video=frames,
+        temporal_ids=expected["chat_kwargs"]["temporal_ids"],
+        max_new_tokens=8,
+    )
+    assert again.token_ids == result.token_ids
     with pytest.raises(PromptError, match="frames alone"):
         chat.generate([{"role": "user", "content": "?"}], video=frames, image=frames[0], max_new_tokens=1)
 
