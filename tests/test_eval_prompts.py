@@ -87,3 +87,18 @@ def test_26_upsizes_small_images_of_listed_benchmarks_deterministically():
     assert 400 <= first.size[0] <= int(400 * (1344 * 1344 / 120000) ** 0.5)
     assert upsize(image, get_benchmark("TextVQA_VAL"), "2.6", seed=7) is image
     assert upsize(image, get_benchmark("AI2D_TEST"), "2.5", seed=7) is image
+
+
+def test_4_5_and_1_0_wrappers():
+    """1.0 runs VLMEvalKit's MiniCPM_V prompts (2.0's); 4.5 (MiniCPM_V_4_5) reasons step by step on
+    OCRBench with its own OCR prompt and answers MCQ with 2.6's suffix."""
+    from minicpmv.evaluation.prompts import OCR_COT
+
+    row = {"question": "What is written?", "answer": "x"}
+    assert build_prompt(row, get_benchmark("TextVQA_VAL"), "1.0") == build_prompt(
+        row, get_benchmark("TextVQA_VAL"), "2.0"
+    )
+    assert build_prompt(row, get_benchmark("OCRBench"), "4.5") == ("", OCR_COT + "What is written?")
+    assert build_prompt(MCQ_ROW, get_benchmark("AI2D_TEST"), "4.5") == build_prompt(
+        MCQ_ROW, get_benchmark("AI2D_TEST"), "2.6"
+    )

@@ -28,6 +28,7 @@ COT_MCQ = (
     "Carefully read the following multichoice question, solve it step by step and finally pick the option "
     'associated with the correct answer in the format of "Answer: selected option\n\n'
 )
+OCR_COT = "Carefully observe the image and answer the OCR-related questions below. \n\n"
 COT_SHORT = (
     "Read the following question carefully, solve it step by step, and then output the final answer in "
     'the format of "Answer: single number or single word or phrase".\n\n'
@@ -48,6 +49,7 @@ class Wrapper:
     # before the images) or "suffix" (MCQ_26_SUFFIX after the options)
     mcq: str = "dataset"
     custom_names: tuple = ()  # name parts that get the wrapper's prompt whatever their type (2.5)
+    cot_prompts: tuple = ()  # (name part, step-by-step prompt) pairs in place of COT_SHORT (4.5)
 
 
 WRAPPERS = {
@@ -67,14 +69,15 @@ WRAPPERS = {
     ),
 }
 WRAPPERS["1.0"] = WRAPPERS["2.0"]  # VLMEvalKit's MiniCPM_V class runs both
-# MiniCPM_V_4_5 in its direct-answer mode: 2.6's prompts, step by step on its own list of names,
-# images as given. Its long-CoT thinking runs (up to 16384 new tokens) and OCRBench's own CoT
-# prompt are not reproduced here.
+# MiniCPM_V_4_5 in its default mode: 2.6's prompts, step by step on its own list of names (OCRBench
+# with a prompt of its own), images as given. Its long-CoT thinking runs (the thinking template,
+# up to 16384 new tokens) are not reproduced here.
 WRAPPERS["4.5"] = Wrapper(
     custom_types=("MCQ", "VQA", "Y/N"),
     max_new_tokens={"*": 2048},
-    cot=("MMMU", "MathVista", "MMBench", "HallusionBench", "MMStar", "ChartQA", "MathVision", "LogicVista"),
+    cot=("MMMU", "MathVista", "MMBench", "HallusionBench", "MMStar", "OCRBench", "ChartQA", "MathVision"),
     mcq="suffix",
+    cot_prompts=(("OCRBench", OCR_COT),),
 )
 DATASET = Wrapper(custom_types=(), max_new_tokens={"*": 1024})  # VLMEvalKit's dataset-side prompts
 
@@ -135,7 +138,8 @@ def build_prompt(row: dict, bench: Benchmark, version: str) -> tuple[str, str]:
     if bench.kind == "MCQ":
         return _mcq(row, wrapper, bench.name, cot)
     if cot:
-        return "", COT_SHORT + question
+        prefix = next((text for part, text in wrapper.cot_prompts if part in bench.name), COT_SHORT)
+        return "", prefix + question
     if any(part in bench.name for part in wrapper.yes_or_no):
         return "", question + " Yes or No?"
     if bench.scorer == "ocrbench" or bench.kind == "VQA":
