@@ -76,20 +76,27 @@ def test_low_temperature_concentrates_on_the_best_token():
     assert picks == {1}
 
 
+def _values(config):
+    return (config.do_sample, config.top_p, config.top_k, config.temperature, config.repetition_penalty)
+
+
 def test_presets_are_the_official_chat_defaults():
-    sampling = PRESETS["sampling"]
-    assert (sampling.do_sample, sampling.top_p, sampling.top_k, sampling.temperature, sampling.repetition_penalty) == (
-        True,
-        0.8,
-        100,
-        0.7,
-        1.05,
-    )
+    from minicpmv.chat import preset_config
+
+    for version in ("2.0", "2.5", "2.6"):
+        assert _values(preset_config("sampling", version)) == (True, 0.8, 100, 0.7, 1.05)
+    # 1.0's chat(sampling=True): temperature 0.6 and no repetition penalty
+    assert _values(preset_config("sampling", "1.0")) == (True, 0.8, 100, 0.6, 1.0)
+    # 4.5: repetition 1.03 without thinking; with it only the temperature, generation_config.json the rest
+    assert _values(preset_config("sampling", "4.5")) == (True, 0.8, 100, 0.7, 1.03)
+    assert _values(preset_config("sampling", "4.5", thinking=True)) == (True, 0.95, 20, 0.7, 1.0)
     assert (PRESETS["precise"].num_beams, PRESETS["precise"].repetition_penalty) == (3, 1.2)
     assert math.isclose(PRESETS["greedy"].temperature, 1.0) and not PRESETS["greedy"].do_sample
 
 
 @pytest.mark.parametrize("options", [{"max_new_tokens": 5}, {"seed": 3, "top_k": None}])
 def test_with_options_ignores_none(options):
-    config = PRESETS["sampling"].with_options(**options)
+    from minicpmv.chat import preset_config
+
+    config = preset_config("sampling", "2.6").with_options(**options)
     assert config.top_k == 100 and config.do_sample

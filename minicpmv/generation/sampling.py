@@ -69,9 +69,10 @@ class GenerationConfig:
         return found
 
 
-# The official chat() presets: sampling=True and sampling=False (docs/generation.md).
+# The official chat() presets: sampling=True and sampling=False (docs/generation.md). The
+# sampling values differ per version: each version's row in versions.py has them.
 PRESETS = {
-    "sampling": GenerationConfig(do_sample=True, top_p=0.8, top_k=100, temperature=0.7, repetition_penalty=1.05),
+    "sampling": GenerationConfig(do_sample=True),
     "precise": GenerationConfig(num_beams=3, repetition_penalty=1.2),
     "greedy": GenerationConfig(),
 }
