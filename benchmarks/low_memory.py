@@ -39,7 +39,7 @@ def measure(folder: str, low_memory: bool) -> None:
     )
     llm = chat.model.config.llm
     kv_bytes = 2 * llm.num_layers * llm.num_kv_heads * llm.head_dim * 4 * (len(result.prompt_token_ids) + 8)
-    opened = chat.checkpoint
+    opened = chat.residency.checkpoint
     sizes = {"vision": opened.nbytes(VISION_PARTS), "llm": opened.nbytes(LLM_PARTS)} if opened else {}
     print(
         json.dumps(
