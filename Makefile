@@ -4,21 +4,30 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# the base package (what `make demo` needs) and the dev set (tests, linters, every extra)
+BASE := $(VENV)/.minicpmv-base
 STAMP := $(VENV)/.minicpmv-installed
 
-.PHONY: install browser demo test check lint format clean
+.PHONY: install demo-install browser demo test check lint format dist-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+$(BASE): $(PY) pyproject.toml
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE) pyproject.toml
+	$(PIP) -e '.[dev]'
 	touch $(STAMP)
+
+demo-install: $(BASE)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/minicpmv generate -p "How many shapes are there?" --image minicpmv/assets/demo-scene.png
 	$(VENV)/bin/minicpmv generate -p "What is the total?" --image minicpmv/assets/demo-receipt.png
 
@@ -48,5 +57,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix minicpmv tests scripts benchmarks
 	$(VENV)/bin/ruff format minicpmv tests scripts benchmarks
 
+# The wheel and sdist (python -m build) each install into a clean venv and answer the demo question.
+dist-check: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --quiet --outdir dist . >/dev/null
+	PYTHON=$(PYTHON) sh scripts/check_dist.sh dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
