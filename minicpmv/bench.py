@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .files import staged_folder
 from .model.config import OFFICIAL_ARCHITECTURES, SO400M
 from .processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
@@ -115,6 +113,7 @@ def write_byte_tokenizer(folder: Path) -> None:
 
 def random_checkpoint(name: str, root: Path) -> Path:
     """The seeded random float32 checkpoint of an architecture, written once."""
+    import torch
     from safetensors.torch import save_file
 
     from .model.config import MiniCPMVConfig
@@ -142,6 +141,7 @@ def quantized_folder_name(bits: int) -> str:
 def random_quantized_checkpoint(name: str, root: Path, bits: int = 4) -> Path:
     """A seeded random checkpoint written directly in the int4 (group INT4_GROUP) or int8 layout,
     never holding float32 LLM weights: how a real-size 2.6 (8 B parameters) fits this machine."""
+    import torch
     from safetensors.torch import save_file
 
     from .model.config import MiniCPMVConfig

@@ -7,6 +7,8 @@ import errno
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,18 @@ def test_quantizing_a_quantized_folder_is_refused(tmp_path, capsys):
         capsys, ["quantize", "-m", str(tmp_path / "int8"), "-o", str(tmp_path / "int4")], "already quantized (8 bits)"
     )
     assert not (tmp_path / "int4").exists()
+
+
+def test_help_and_argument_errors_import_no_torch():
+    """`--help` and argparse errors answer before torch is imported (lazy imports); loading a
+    model does not import torch._dynamo (the meta-device embeddings skip their init)."""
+    code = (
+        "import sys\nfrom minicpmv.cli import main\n"
+        "for argv in (['--help'], ['generate', '--bogus'], ['inspect-image', '--help']):\n"
+        "    try: main(argv)\n    except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "import minicpmv\nfrom minicpmv.bundled import demo_model_path\nminicpmv.load(demo_model_path())\n"
+        "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]

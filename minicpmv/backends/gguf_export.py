@@ -19,6 +19,7 @@ from ..files import staged_path
 from ..model.checkpoint import weight_files
 from ..model.config import LLMConfig, MiniCPMVConfig
 from ..model.safetensors_reader import read_header, read_tensors
+from .gguf_types import TYPES
 
 ARCHITECTURE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}  # our LLM family -> llama.cpp architecture
 GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
@@ -41,9 +42,6 @@ GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
     "llm.model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
 }
 CHECKPOINT_NAMES = {gguf: ours for ours, gguf in GGUF_NAMES.items()}
-# weight types: decoder linears in the chosen type; embeddings and head at 8 bits for the
-# 4- and 8-bit types (as this package's own int4/int8 keep the head at 8 bits)
-TYPES = {"q4_0": ("Q4_0", "Q8_0"), "q8_0": ("Q8_0", "Q8_0"), "f16": ("F16", "F16"), "f32": ("F32", "F32")}
 
 
 def _layer_pattern(name: str) -> tuple[str, str | None]:

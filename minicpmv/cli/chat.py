@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import MiniCPMVError
-from ..processing import load_image
+from ..processing.image_io import load_image
 from .options import (
     ModelFlags,
     SamplingFlags,

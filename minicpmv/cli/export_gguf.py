@@ -30,7 +30,7 @@ def export_gguf(model: str, output: str, weight_type: str = "q4_0", force: bool 
 
 
 def add_parser(subparsers) -> None:
-    from ..backends.gguf_export import TYPES
+    from ..backends.gguf_types import TYPES
 
     parser = subparsers.add_parser(
         "export-gguf",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..processing import DEFAULT_MAX_PIXELS, ProcessorConfig, load_image
+from ..processing.config import ProcessorConfig
+from ..processing.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..processing.report import format_report, image_report
 from ..versions import SUPPORTED_VERSIONS
 from .options import wire

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
+from .embedding import embedding
 from .positions import navit_position_buckets, navit_position_ids
 
 
@@ -70,7 +71,7 @@ class NavitEmbeddings(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.patch_embedding = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size)
-        self.position_embedding = nn.Embedding(cfg.num_positions_per_side**2, cfg.hidden_size)
+        self.position_embedding = embedding(cfg.num_positions_per_side**2, cfg.hidden_size)
 
 
 class NavitEncoder(nn.Module):

@@ -1,33 +1,40 @@
 """Everything between user input and token ids: images, slicing, placeholders, prompts, tokenizers.
 
-Slicing and placeholder text live here and nowhere else.
+Slicing and placeholder text live here and nowhere else. Names are imported on first use, so
+that the torch-free parts (slicing, image files, configs: what `inspect-image` and the CLI's
+argument checks need) load without torch.
 """
 
-from .config import ProcessorConfig
-from .image_io import DEFAULT_MAX_PIXELS, load_image
-from .pixels import EncodedImage, encode_image
-from .placeholders import IMAGE_TAG, compact_placeholder, image_placeholder
-from .processor import MiniCPMVProcessor, ModelInputs
-from .slicing import SlicePlan, choose_grid, ensure_divide, find_best_resize, plan_slices, refine_size
-from .tokenizer import TextTokenizer, load_tokenizer
+_LAZY = {
+    "ProcessorConfig": "config",
+    "DEFAULT_MAX_PIXELS": "image_io",
+    "load_image": "image_io",
+    "EncodedImage": "pixels",
+    "encode_image": "pixels",
+    "IMAGE_TAG": "placeholders",
+    "compact_placeholder": "placeholders",
+    "image_placeholder": "placeholders",
+    "MiniCPMVProcessor": "processor",
+    "ModelInputs": "processor",
+    "SlicePlan": "slicing",
+    "choose_grid": "slicing",
+    "ensure_divide": "slicing",
+    "find_best_resize": "slicing",
+    "plan_slices": "slicing",
+    "refine_size": "slicing",
+    "TextTokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+}
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "EncodedImage",
-    "IMAGE_TAG",
-    "MiniCPMVProcessor",
-    "ModelInputs",
-    "ProcessorConfig",
-    "SlicePlan",
-    "TextTokenizer",
-    "choose_grid",
-    "compact_placeholder",
-    "encode_image",
-    "ensure_divide",
-    "find_best_resize",
-    "image_placeholder",
-    "load_image",
-    "load_tokenizer",
-    "plan_slices",
-    "refine_size",
-]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
