@@ -145,3 +145,18 @@ def test_cli_turns_image_errors_into_exit_code_2_without_traceback(tmp_path, cap
     assert main(["inspect-image", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and str(bad) in err
+
+
+def test_a_larger_limit_or_none_really_admits_images_past_pillows_own(tmp_path):
+    """Pillow refuses images over twice its MAX_IMAGE_PIXELS at open; --max-pixels above that
+    (or None) must still admit them, and Pillow's setting must be left as it was."""
+    from minicpmv.processing.image_io import open_image
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(path)  # 400 M pixels, a few kB: over 2 x 179 M
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError, match="too large"):
+        open_image(path)  # the default limit
+    assert open_image(path, max_pixels=None).size == (20000, 20000)
+    assert open_image(path, max_pixels=500_000_000).size == (20000, 20000)
+    assert Image.MAX_IMAGE_PIXELS == before

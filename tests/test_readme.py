@@ -46,3 +46,33 @@ def test_make_demo_answers_with_the_bundled_model(monkeypatch, capsys):
         answers.append(captured.out.strip())
         assert "peak RSS" in captured.err
     assert answers == ["two", "54.05"]  # a purple square and a green star; the receipt's TOTAL line
+
+
+def test_readme_openai_snippet_prints_only_the_answer_text(monkeypatch):
+    """The README's openai-client snippet, run as written against a server on loopback with the
+    bundled model: it prints the streamed answer and nothing else (no `None`, no usage object)."""
+    import contextlib
+    import io
+
+    import pytest
+
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from live_server import running
+
+    import minicpmv
+    from minicpmv.bundled import demo_model_path
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "from openai import" in b)
+    chat = minicpmv.load(demo_model_path())
+    expected = chat.generate(
+        [{"role": "user", "content": [ROOT / "minicpmv" / "assets" / "example.png", "What is in the image?"]}],
+        max_new_tokens=16,
+    ).text
+    monkeypatch.chdir(ROOT)
+    with running(chat) as url:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(snippet.replace("http://127.0.0.1:8080", url), {})
+    assert out.getvalue() == expected + "\n"

@@ -12,6 +12,7 @@ import binascii
 import io
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -20,9 +21,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
-# Pillow's own warning threshold (~179 MP, about 0.5 GB of RGB pixels). Pillow itself refuses
-# twice this, so a larger configured limit is capped there.
+# Pillow's own warning threshold (~179 MP, about 0.5 GB of RGB pixels). Our limit replaces
+# Pillow's while an image is opened (a larger one, or None, really admits larger images).
 DEFAULT_MAX_PIXELS = 178_956_970
+_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is a module global
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
@@ -103,9 +105,15 @@ def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
 def _open(source: ImageSource, name: str, max_pixels: int | None) -> Image.Image:
     stream = _as_stream(source, name)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _PILLOW_LIMIT:
             warnings.simplefilter("ignore")
-            image = Image.open(stream)
+            pillows = Image.MAX_IMAGE_PIXELS
+            # Pillow refuses twice its own limit at open; ours is checked below instead
+            Image.MAX_IMAGE_PIXELS = None if max_pixels is None or pillows is None else max(pillows, max_pixels)
+            try:
+                image = Image.open(stream)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillows
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: image too large ({_reason(exc)})") from None
     except UnidentifiedImageError:
