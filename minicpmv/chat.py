@@ -96,15 +96,23 @@ class Generation:
     load_seconds: float = 0.0
     stopped_by: str = "length"  # "stop" (terminator or stop string), "length", "cancelled"
     compile_seconds: float = 0.0  # torch.compile at load time, when on
+    threads: int = 0  # torch's CPU threads when the answer was made
+
+    @property
+    def first_token_seconds(self) -> float:
+        """From the request to the first new token: images encoded and the prompt read."""
+        return self.image_seconds + self.prefill_seconds
 
     def timing_line(self) -> str:
         prefill = len(self.prompt_token_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
         decode = len(self.token_ids) / self.decode_seconds if self.decode_seconds else 0.0
         compiled = f"compile {self.compile_seconds:.1f} s | " if self.compile_seconds else ""
+        total = self.load_seconds + self.compile_seconds + self.first_token_seconds + self.decode_seconds
         return (
             f"load {self.load_seconds:.2f} s | {compiled}image encode {self.image_seconds * 1000:.0f} ms "
             f"({self.image_tokens} image tokens) | prefill {len(self.prompt_token_ids)} tok at {prefill:.1f} tok/s | "
-            f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | peak RSS {peak_rss_mib():.0f} MiB"
+            f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | first token {self.first_token_seconds:.2f} s | "
+            f"total {total:.2f} s | {self.threads} threads | peak RSS {peak_rss_mib():.0f} MiB"
         )
 
 
@@ -428,6 +436,7 @@ class ChatModel:
             self.load_seconds + prepared.load_seconds,
             stopped_by,
             self.compile_seconds,
+            torch.get_num_threads(),
         )
 
 

@@ -260,3 +260,17 @@ def test_help_and_argument_errors_import_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_images_and_options_are_checked_before_the_model_loads(tmp_path, capsys):
+    """A bad image or option is reported first: the model path here does not even exist."""
+    missing_model = str(tmp_path / "no-model")
+    runs = [
+        (["generate", "-m", missing_model, "-p", "hi", "--image", str(tmp_path / "no.png")], "no.png"),
+        (["generate", "-m", missing_model, "-p", "hi", "--top-p", "0"], "top_p"),
+        (["generate", "-m", missing_model, "-p", "hi", "--video", str(tmp_path / "no.mp4")], "no.mp4"),
+        (["chat", "-m", missing_model, "--temperature", "-1"], "temperature"),
+    ]
+    for argv, named in runs:
+        assert main(argv) == 2, argv
+        assert named in capsys.readouterr().err, argv

@@ -16,6 +16,7 @@ from .options import (
     SamplingFlags,
     add_generation_options,
     add_model_options,
+    check_inputs,
     generation_options,
     load_model,
     wire,
@@ -26,8 +27,9 @@ HELP = "commands: /image PATH, /clear, /quit"
 
 def chat(image: list[str], model: ModelFlags, sampling: SamplingFlags) -> int:
     """Run the chat loop until /quit, Ctrl-D or Ctrl-C at the prompt."""
-    chat_model = load_model(model)
     options = generation_options(sampling)
+    check_inputs(options)  # the images are checked one by one below, with a message each
+    chat_model = load_model(model)
     if options["preset"] == "precise":
         options["preset"] = "greedy"  # beams cannot stream; say so instead of failing every turn
         print("note: the precise (beam) preset cannot stream; using greedy", file=sys.stderr)

@@ -10,6 +10,7 @@ from .options import (
     SamplingFlags,
     add_generation_options,
     add_model_options,
+    check_inputs,
     generation_options,
     load_model,
     wire,
@@ -35,9 +36,10 @@ def generate(
     a timing line on stderr: load, image encode, image tokens, prefill and decode tok/s, peak RSS.
     """
     sampling = sampling or SamplingFlags()
+    options = generation_options(sampling)
+    check_inputs(options, image, video)
     chat_model = load_model(model or ModelFlags())
     messages = [{"role": "user", "content": [{"image": path} for path in image] + [prompt]}]
-    options = generation_options(sampling)
     if video:
         options.update(video=video, fps=fps, max_frames=max_frames)
     if no_image_id:

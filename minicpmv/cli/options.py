@@ -149,6 +149,28 @@ def load_model(args: ModelFlags):
     )
 
 
+def check_inputs(options: dict, images: list[str] = (), video: str | None = None) -> None:
+    """Refuse bad images, a missing video and bad decoding options before the model loads (a
+    user should not wait for a model to hear that a flag or a file is wrong)."""
+    import os
+
+    from ..errors import ImageError, PromptError
+    from ..generation import PRESETS
+    from ..processing.image_io import open_image
+
+    for path in images:
+        open_image(path)  # its header: missing, unreadable, not an image or too large
+    if video is not None and not os.path.isfile(video):
+        raise ImageError(f"{video}: no such video file")
+    preset = options.get("preset", "greedy")
+    if preset not in PRESETS:
+        raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
+    names = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
+    problems = PRESETS[preset].with_options(**{k: options[k] for k in names if k in options}).problems()
+    if problems:
+        raise PromptError("; ".join(problems))
+
+
 def generation_options(args: SamplingFlags) -> dict:
     """Keyword options for ChatModel.generate/stream from the parsed flags."""
     return {
