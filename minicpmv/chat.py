@@ -17,6 +17,7 @@ from .compilation import compile_parts
 from .cpu import has_native_bf16
 from .errors import ConfigError, PromptError
 from .generation import PRESETS, GenerationConfig, GenerationOutput, generate, stream_tokens
+from .hub import resolve_model
 from .image_features import ImageEncoder, Residency
 from .memory import peak_rss_mib
 from .model.checkpoint import LLM_PARTS, VISION_PARTS, OpenCheckpoint
@@ -495,10 +496,12 @@ def load(
     llm_gguf: str | Path | None = None,
     context: int | None = None,
 ) -> ChatModel:
-    """Load an official MiniCPM-V 2.0 / 2.5 / 2.6 checkpoint folder (or one of ours).
+    """Load an official MiniCPM-V checkpoint (1.0 ... 4.5) or one of ours.
 
     Args:
-        path: folder with config.json, safetensors weights and tokenizer files.
+        path: folder with config.json, safetensors weights and tokenizer files; a Hugging Face
+            id such as "openbmb/MiniCPM-V-2_6" (from the hub cache, downloaded if absent and
+            online; needs the `hub` extra); or "demo", the bundled model.
         dtype: "float32", "bfloat16", "float16" or a torch dtype; default float32 on CPU,
             bfloat16 on CUDA, float16 on MPS.
         device: "cpu", "cuda", "mps"...; default the best available.
@@ -517,6 +520,7 @@ def load(
     """
     compile_parts(compile, None)  # a bad value fails before the model is read
     start = time.perf_counter()
+    path = resolve_model(path)
     target = pick_device(device)
     model_dtype = pick_dtype(dtype, target)
     autocast = pick_vision_autocast(vision_dtype, model_dtype, target)

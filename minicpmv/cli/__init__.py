@@ -17,6 +17,7 @@ from . import (
     info,
     inspect_image,
     merge_lora,
+    pull,
     quantize,
     serve,
     synth,
@@ -26,7 +27,8 @@ from . import (
 from . import eval as eval_
 
 # each module's add_parser registers its subcommand; its function is wired by options.wire
-COMMANDS = [align, bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, quantize, serve, synth]
+COMMANDS = [align, bench, chat, eval_, export_gguf, generate, info, inspect_image, merge_lora, pull, quantize, serve]
+COMMANDS += [synth]
 COMMANDS += [train, tune]
 
 

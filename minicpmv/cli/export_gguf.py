@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..hub import resolve_model
 from .options import wire
 
 
@@ -23,7 +24,7 @@ def export_gguf(model: str, output: str, weight_type: str = "q4_0", force: bool 
     except ImportError:
         raise ConfigError("export-gguf needs the gguf package: pip install 'minicpmv[llamacpp]'") from None
     start = time.perf_counter()
-    write(model, target, weight_type)
+    write(resolve_model(model), target, weight_type)
     size = target.stat().st_size / 2**20
     print(f"wrote {target} ({weight_type}, {size:.1f} MiB) in {time.perf_counter() - start:.1f} s")
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..hub import resolve_model
 from ..versions import SUPPORTED_VERSIONS
 from .options import wire
 
@@ -27,7 +28,7 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
     if (model is None) == (architecture is None):
         raise ConfigError("give either a checkpoint folder (-m) or --architecture")
     config = (
-        MiniCPMVConfig.from_pretrained(model)
+        MiniCPMVConfig.from_pretrained(resolve_model(model))
         if model
         else MiniCPMVConfig.from_dict(OFFICIAL_ARCHITECTURES[architecture])
     )

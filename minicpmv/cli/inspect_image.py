@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..hub import resolve_model
 from ..processing.config import ProcessorConfig
 from ..processing.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..processing.report import format_report, image_report
@@ -36,7 +37,7 @@ def inspect_image(
         as_json: one JSON object per image and line, with the keys of the reference slicing.json.
         max_pixels: refuse images larger than this many pixels.
     """
-    config = ProcessorConfig.from_pretrained(model) if model else ProcessorConfig.defaults(version)
+    config = ProcessorConfig.from_pretrained(resolve_model(model)) if model else ProcessorConfig.defaults(version)
     reports = []
     for path in images:
         image = load_image(path, max_pixels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..hub import resolve_model
 from .options import wire
 
 
@@ -13,7 +14,7 @@ def merge_lora(model: str, adapter: str, output: str, force: bool = False) -> st
     official layout (loads with `minicpmv.load` like any checkpoint)."""
     from ..training.lora import merge_lora as merge
 
-    folder = merge(model, adapter, output, force=force)
+    folder = merge(resolve_model(model), adapter, output, force=force)
     print(f"minicpmv merge-lora: wrote {folder}", file=sys.stderr)
     print(folder)
     return str(folder)

@@ -66,7 +66,9 @@ def wire(parser: argparse.ArgumentParser, function) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", help="checkpoint folder (default: the bundled demo model)")
+    parser.add_argument(
+        "-m", "--model", help="checkpoint folder, Hugging Face id (openbmb/MiniCPM-V-2_6) or demo (the default)"
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
@@ -135,9 +137,7 @@ def load_model(args: ModelFlags):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is None:
-        from ..bundled import demo_model_path
-
-        args.model = str(demo_model_path())
+        args.model = "demo"
     return load(
         args.model,
         dtype=args.dtype,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..hub import resolve_model
 from .options import wire
 
 
@@ -33,7 +34,7 @@ def quantize(
     from ..quant.folder import quantize_checkpoint
     from ..quant.quality import compare
 
-    source = Path(model)
+    source = resolve_model(model)
     config = QuantConfig(bits=bits, group_size=group_size, vision_bits=8 if vision == "int8" else None)
     report = quantize_checkpoint(source, output, config, force)
     target = Path(report["output"])

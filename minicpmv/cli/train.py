@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
+from ..hub import resolve_model
 from .options import wire
 
 
@@ -56,7 +57,7 @@ def train(
     if packing:
         overrides["packing"] = True
     chosen = make_recipe(recipe, overrides, config)
-    result = run_training(chosen, model, data, output, resume=resume, overwrite=overwrite)
+    result = run_training(chosen, str(resolve_model(model)), data, output, resume=resume, overwrite=overwrite)
     if result["rank"] == 0:
         last = result["history"][-1] if result["history"] else None
         summary = f"loss {last['loss']:.4f} at step {last['step']}" if last else "nothing left to train"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..hub import resolve_model
 from .options import wire
 
 
@@ -25,7 +26,7 @@ def tune(
     """
     from ..tuning import tune_model
 
-    tuned = tune_model(model, threads, crops_per_call, repeat, image, try_compile)
+    tuned = tune_model(resolve_model(model), threads, crops_per_call, repeat, image, try_compile)
     best, rows = tuned["best"], tuned["rows"]
     print("| phase | threads | crops per call | compiled | result |")
     print("| --- | --- | --- | --- | --- |")
