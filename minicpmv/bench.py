@@ -134,6 +134,32 @@ def random_checkpoint(name: str, root: Path) -> Path:
     return folder
 
 
+def random_bf16_checkpoint(name: str, root: Path) -> Path:
+    """A seeded random bfloat16 checkpoint (the official dtype), written shard by shard: a real
+    size one (16 GB for 2.6) never is in memory whole."""
+    import torch
+
+    from .model.config import MiniCPMVConfig
+    from .model.minicpmv import MiniCPMV
+    from .quant.stream import ShardWriter
+
+    folder = root / name / "bf16"
+    if (folder / "config.json").exists():
+        return folder
+    config = ARCHITECTURES[name]
+    with torch.device("meta"):
+        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
+    generator = torch.Generator().manual_seed(0)
+    with staged_folder(folder) as stage:
+        writer = ShardWriter(stage, 2 << 30)
+        for tensor_name, meta in model.state_dict().items():
+            writer.add(tensor_name, (torch.randn(meta.shape, generator=generator) * 0.02).to(torch.bfloat16))
+        writer.close()
+        (stage / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}, indent=2))
+        write_byte_tokenizer(stage)
+    return folder
+
+
 def quantized_folder_name(bits: int) -> str:
     return f"int4-g{INT4_GROUP}" if bits == 4 else "int8"
 

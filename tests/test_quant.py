@@ -2,6 +2,7 @@
 layer choice, quantize -> save -> load -> same outputs, the CLI and its quality report."""
 
 import json
+import shutil
 
 import pytest
 import safetensors.torch
@@ -286,3 +287,60 @@ def test_quantize_int4_reload_and_generate_on_the_new_versions(version, tmp_path
     expected = safetensors.torch.load_file(TINY[version] / "case_single" / "expected.safetensors")
     assert record["prompt_token_ids"] == expected["input_ids"][0].tolist()
     assert len(record["token_ids"]) == 8
+
+
+@pytest.mark.parametrize("config", [QuantConfig(bits=4, group_size=32, vision_bits=8), QuantConfig(bits=8)])
+def test_streamed_quantize_writes_what_the_in_memory_path_writes(config, tmp_path):
+    """quantize_checkpoint reads and writes tensor by tensor (shards of a set size); its tensors
+    are those of quantize_model on the loaded model, bit for bit, in any sharding."""
+    from minicpmv.model.checkpoint import weight_files
+    from minicpmv.quant.folder import quantize_checkpoint
+    from minicpmv.quant.stream import ShardWriter, quantize_folder
+
+    source = TINY["2.6"] / "checkpoint"
+    quantize_checkpoint(source, tmp_path / "streamed", config)
+    save_model(quantize_model(load_model(source), config), tmp_path / "in-memory")
+
+    def tensors(folder):
+        out = {}
+        for path in set(weight_files(folder).values()):
+            out.update(safetensors.torch.load_file(path))
+        return out
+
+    streamed, reference = tensors(tmp_path / "streamed"), tensors(tmp_path / "in-memory")
+    assert set(streamed) == set(reference)
+    assert all(torch.equal(streamed[n], reference[n]) and streamed[n].dtype == reference[n].dtype for n in reference)
+    small = tmp_path / "sharded"
+    small.mkdir()
+    original = ShardWriter.__init__.__defaults__
+    ShardWriter.__init__.__defaults__ = (200_000,)  # many shards: the index path
+    try:
+        quantize_folder(source, small, config)
+    finally:
+        ShardWriter.__init__.__defaults__ = original
+    assert (small / "model.safetensors.index.json").exists()
+    assert all(torch.equal(t, reference[n]) for n, t in tensors(small).items())
+
+
+def test_a_bfloat16_source_stays_bfloat16_where_not_quantized(tmp_path):
+    """The official checkpoints are bfloat16: norms and embeddings keep that dtype (the output
+    does not grow), and the reloaded model answers as the in-memory quantization of it."""
+    from minicpmv.quant.folder import quantize_checkpoint
+
+    source = tmp_path / "bf16"
+    shutil.copytree(TINY["2.6"] / "checkpoint", source)
+    weights = safetensors.torch.load_file(source / "model.safetensors")
+    safetensors.torch.save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, source / "model.safetensors")
+    config = QuantConfig(bits=4, group_size=32)
+    report = quantize_checkpoint(source, tmp_path / "int4", config)
+    out = safetensors.torch.load_file(tmp_path / "int4" / "model.safetensors")
+    assert out["llm.model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert out["vpm.post_layernorm.weight"].dtype == torch.bfloat16
+    assert report["output_bytes"] < report["input_bytes"]
+    ids = torch.randint(0, 300, (1, 20))
+    with torch.inference_mode():
+        again = load_model(tmp_path / "int4")
+        reloaded = again.llm(again.llm.embed(ids))
+        model = quantize_model(load_model(source), config)
+        expected = model.llm(model.llm.embed(ids))
+    torch.testing.assert_close(reloaded, expected, atol=0, rtol=0)

@@ -10,15 +10,16 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..files import check_output_folder, staged_folder
 from ..jsonfile import read_json_object
-from ..model.checkpoint import load_model, save_model
-from .apply import QuantConfig, quantize_model
+from .apply import QuantConfig
+from .stream import quantize_folder
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
 
 
 def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantConfig, force: bool = False) -> dict:
-    """Quantize `source` into `output` (replaced only with `force`); returns the report: output,
-    quantization_config, seconds, input_bytes, output_bytes."""
+    """Quantize `source` into `output` (replaced only with `force`), tensor by tensor
+    (quant/stream.py); returns the report: output, quantization_config, seconds, input_bytes,
+    output_bytes."""
     source = Path(source)
     target = check_output_folder(output, force, {"the input checkpoint": source})
     held = read_json_object(source / "config.json").get("quantization_config")
@@ -26,9 +27,8 @@ def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantCon
         bits = held.get("bits") if isinstance(held, dict) else held
         raise CheckpointError(f"{source}: already quantized ({bits} bits); quantize the original checkpoint instead")
     start = time.perf_counter()
-    quantized = quantize_model(load_model(source), config)
     with staged_folder(target) as stage:
-        save_model(quantized, stage)
+        quantize_folder(source, stage, config)
         for path in source.iterdir():  # tokenizer, processor and other non-weight files
             if path.is_file() and path.name not in WEIGHT_FILES and not path.name.endswith((".safetensors", ".py")):
                 shutil.copy2(path, stage / path.name)

@@ -1,0 +1,135 @@
+"""Quantize a checkpoint folder tensor by tensor: read one tensor, quantize it if its linear is in
+the plan, hand it to a shard writer that writes a shard file whenever it holds `shard_bytes`.
+Memory stays at about one shard plus the largest tensor (in float32 while it is quantized),
+whatever the model's size: the real 8B 2.6 quantizes on a 24 GB machine. Tensors that are not
+quantized keep their stored dtype (a bfloat16 checkpoint's norms and embeddings stay bfloat16).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from ..files import write_text_atomic
+from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, weight_files
+from ..model.config import MiniCPMVConfig
+from ..model.minicpmv import MiniCPMV
+from ..model.safetensors_reader import SafetensorsFormatError, read_header, read_tensors
+from .apply import QuantConfig, layer_bits
+from .schemes import quantize_int4, quantize_int8
+
+SHARD_BYTES = 1 << 30
+
+
+class ShardWriter:
+    """Tensors in, safetensors shards out (official names and index), one shard in memory."""
+
+    def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES):
+        self.folder, self.shard_bytes = Path(folder), shard_bytes
+        self.current: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.parts: list[tuple[Path, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.current and self.size + nbytes > self.shard_bytes:
+            self._flush()
+        self.current[name] = tensor.contiguous()
+        self.size += nbytes
+        self.total += nbytes
+
+    def _flush(self) -> None:
+        path = self.folder / f".part-{len(self.parts):05d}.safetensors"
+        save_file(self.current, path, metadata={"format": "pt"})
+        self.parts.append((path, list(self.current)))
+        self.current, self.size = {}, 0
+
+    def close(self) -> None:
+        """The last shard, then the official names: one model.safetensors, or numbered shards and
+        their index."""
+        if self.current or not self.parts:
+            self._flush()
+        if len(self.parts) == 1:
+            self.parts[0][0].rename(self.folder / SINGLE_FILE)
+            return
+        weight_map = {}
+        for i, (path, names) in enumerate(self.parts, 1):
+            final = f"model-{i:05d}-of-{len(self.parts):05d}.safetensors"
+            path.rename(self.folder / final)
+            weight_map.update({name: final for name in names})
+        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+        write_text_atomic(self.folder / INDEX_FILE, json.dumps(index, indent=2))
+
+
+def source_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a checkpoint folder, one at a time, in file order, in its stored dtype."""
+    headers = {}
+
+    def header_of(path):
+        if path not in headers:
+            try:
+                headers[path] = read_header(path)
+            except (SafetensorsFormatError, OSError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        return headers[path]
+
+    by_file: dict[Path, list[str]] = {}
+    for name, path in weight_files(folder, header_of).items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        header, data_start = header_of(path)
+        names.sort(key=lambda n: header[n]["data_offsets"][0])  # sequential reads
+        yield from read_tensors(path, names, header, data_start)
+
+
+def quantized(name: str, tensor: torch.Tensor, plan: dict[str, int], group_size: int) -> dict[str, torch.Tensor]:
+    """The output tensors standing for one source tensor (apply.quantize_model's layout)."""
+    module, _, leaf = name.rpartition(".")
+    bits = plan.get(module)
+    if bits is None:
+        return {name: tensor}
+    if leaf == "bias":
+        return {name: tensor.float()}
+    if bits == 16:
+        return {name: tensor.to(torch.bfloat16)}
+    if bits == 8:
+        qweight, scales = quantize_int8(tensor.float())
+        return {f"{module}.qweight": qweight, f"{module}.scales": scales}
+    qweight, scales, zeros = quantize_int4(tensor.float(), group_size)
+    return {f"{module}.qweight": qweight, f"{module}.scales": scales.half(), f"{module}.zeros": zeros.half()}
+
+
+def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bool | None = None) -> dict:
+    """Write `source` quantized by `config` into `stage`: weights and config.json; the config dict."""
+    from tqdm import tqdm
+
+    model_config = MiniCPMVConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = MiniCPMV(model_config)
+    plan = layer_bits(model, config)
+    expected = set(model.state_dict())
+    if model_config.llm.tie_word_embeddings:
+        expected.discard("llm.lm_head.weight")
+    files = weight_files(source)
+    if set(files) != expected:
+        missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
+        raise CheckpointError(
+            f"{source}: the weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    writer = ShardWriter(stage)
+    bar = tqdm(total=len(files), desc="quantize", unit="tensor", disable=False if progress else None)
+    for name, tensor in source_tensors(source):
+        for out_name, out in quantized(name, tensor, plan, config.group_size).items():
+            writer.add(out_name, out)
+        bar.update()
+    bar.close()
+    writer.close()
+    raw = {**model_config.raw, "quantization_config": config.to_dict()}
+    write_text_atomic(stage / "config.json", json.dumps(raw, indent=2) + "\n")
+    return raw
