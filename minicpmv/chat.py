@@ -215,6 +215,22 @@ class ChatModel:
 
     # ---- public API ------------------------------------------------------------------------
 
+    source: Path | None = None  # the checkpoint folder it was loaded from
+
+    @property
+    def description(self) -> str:
+        """What the model is, for banners: the bundled demo says that it is one."""
+        from .bundled import DEMO_MODEL
+
+        if self.source is not None and self.source.resolve() == DEMO_MODEL.resolve():
+            millions = sum(p.numel() for p in self.model.parameters()) / 1e6
+            return (
+                f"the bundled demo model ({millions:.1f} M parameters in the MiniCPM-V {self.version} layout, "
+                "trained here on generated shapes and receipts: it knows only that world; -m for a real model)"
+            )
+        name = self.source.name if self.source is not None else "a checkpoint"
+        return f"MiniCPM-V {self.version} ({name})"
+
     @property
     def feature_cache_size(self) -> int:
         """Images whose features are kept for reuse (0: none kept, every image encoded anew)."""
@@ -538,6 +554,7 @@ def load(
     else:
         model = checkpoint.materialize(VISION_PARTS + llm_parts)
         chat = ChatModel(model, processor, time.perf_counter() - start, **options)
+    chat.source = Path(path)
     parts = compile_parts(compile, chat.tuning)
     if parts:
         chat.compile(parts)

@@ -138,3 +138,13 @@ def test_feature_probes_run_on_the_bundled_model():
     curve = train_shape_head(model, processor, steps=2, train=8, test=4)
     assert [step for step, _ in curve] == [2]
     assert not torch.equal(before, model.vpm.embeddings.patch_embedding.weight)  # the encoder itself trains
+
+
+def test_the_bundled_model_says_what_it_is():
+    """Banners (chat REPL, serve) describe the bundled model as the demo it is, not as a MiniCPM-V."""
+    from conftest import TINY
+
+    import minicpmv
+
+    assert "bundled demo model" in minicpmv.load("demo").description
+    assert minicpmv.load(TINY["4.5"] / "checkpoint").description == "MiniCPM-V 4.5 (checkpoint)"

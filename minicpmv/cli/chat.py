@@ -35,7 +35,7 @@ def chat(image: list[str], model: ModelFlags, sampling: SamplingFlags) -> int:
         print("note: the precise (beam) preset cannot stream; using greedy", file=sys.stderr)
     history: list[dict] = []
     pending = [path for path in image if _check_image(path)]
-    print(f"MiniCPM-V {chat_model.version} ready. {HELP}", flush=True)
+    print(f"{chat_model.description}: ready. {HELP}", flush=True)
     while True:
         try:
             line = input("> ").strip()

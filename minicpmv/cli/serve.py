@@ -87,7 +87,7 @@ def serve(server: ServerFlags, model: ModelFlags) -> None:
     def announce() -> None:
         print(
             f"minicpmv serve: {settings.model_name} at http://{server.host}:{server.port}/ "
-            f"(load {chat_model.load_seconds:.2f} s)",
+            f"(load {chat_model.load_seconds:.2f} s): {chat_model.description}",
             file=sys.stderr,
             flush=True,
         )
