@@ -315,3 +315,24 @@ def test_image_features_are_not_shared_across_requests_by_default(chat):
         post(url, body)
         assert chat.feature_cache_size == 16
         assert post(url, body).json()["timings"]["image_encode_ms"] < 0.2 * first
+
+
+def test_unimplemented_openai_fields_are_refused_not_ignored():
+    """tools, logprobs, response_format (other than text), penalties...: a 400 naming the field;
+    their "not used" values and harmless fields (user) pass."""
+    from minicpmv.serving.protocol import APIError, parse_request
+
+    base = {"messages": [{"role": "user", "content": "hi"}]}
+    for field, value in [
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("logprobs", True),
+        ("top_logprobs", 3),
+        ("response_format", {"type": "json_object"}),
+        ("presence_penalty", 0.5),
+        ("logit_bias", {"42": 5}),
+    ]:
+        with pytest.raises(APIError, match=f"^{field}: not supported") as caught:
+            parse_request(json.dumps({**base, field: value}).encode())
+        assert caught.value.status == 400 and caught.value.param == field
+    fine = {**base, "user": "me", "logprobs": False, "response_format": {"type": "text"}, "tools": []}
+    assert parse_request(json.dumps(fine).encode()).messages

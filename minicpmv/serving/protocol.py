@@ -3,6 +3,7 @@ ignored, as OpenAI's own server does), response and chunk builders, and the erro
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Literal
@@ -111,6 +112,27 @@ _FIELDS = {
 }
 
 
+# OpenAI request fields this server does not implement, with the values that mean "not used":
+# any other value is refused (400 naming the field) rather than silently ignored. Other unknown
+# fields (`user`, `metadata`, `store`, ...) change nothing about the answer and are ignored.
+UNSUPPORTED = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "web_search_options": (None,),
+}
+
+
 def parse_request(body: bytes) -> ChatCompletionRequest:
     """Validate a request body; the first problem becomes a one-line 400 naming the field."""
     try:
@@ -119,7 +141,16 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
         raise _validation_error(exc) from None
     if request.n != 1:
         raise APIError(400, f"n: only n=1 is supported, got {request.n}", "n")
+    fields = json.loads(body)  # valid JSON: validated above
+    for name, unused in UNSUPPORTED.items():
+        if name in fields and fields[name] not in unused:
+            raise APIError(400, f"{name}: not supported by this server (got {_short(fields[name])})", name)
     return request
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _validation_error(exc: ValidationError) -> APIError:
