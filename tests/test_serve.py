@@ -141,3 +141,27 @@ def test_models_health_and_page(client, server):
     page = httpx.get(server + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/v1/chat/completions" in page.text
+
+
+def test_metrics_in_prometheus_format(client, server, chat):
+    """/metrics: request counts by outcome and token counters that move with the answers."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples():
+        text = httpx.get(server + "/metrics", timeout=30).text
+        return {
+            (s.name, s.labels.get("outcome")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+        }
+
+    before = samples()
+    response = client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=5)
+    after = samples()
+    assert after["minicpmv_completion_tokens_total", None] - before["minicpmv_completion_tokens_total", None] == (
+        response.usage.completion_tokens
+    )
+    assert after["minicpmv_prompt_tokens_total", None] - before["minicpmv_prompt_tokens_total", None] == (
+        response.usage.prompt_tokens
+    )
+    assert after["minicpmv_requests_total", "completed"] == before["minicpmv_requests_total", "completed"] + 1
+    assert after["minicpmv_time_to_first_token_seconds_count", None] >= 1

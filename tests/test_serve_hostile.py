@@ -336,3 +336,20 @@ def test_unimplemented_openai_fields_are_refused_not_ignored():
         assert caught.value.status == 400 and caught.value.param == field
     fine = {**base, "user": "me", "logprobs": False, "response_format": {"type": "text"}, "tools": []}
     assert parse_request(json.dumps(fine).encode()).messages
+
+
+def test_cors_answers_the_given_origin_only(chat):
+    """--cors ORIGIN: a browser page of that origin may call the API (preflight and response
+    headers); any other origin gets no CORS headers, so its page cannot read answers."""
+    import httpx
+
+    settings = ServerSettings(model_name="tiny", cors_origins=("https://app.example",))
+    with running(chat, settings) as url:
+        asked = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        preflight = httpx.options(url + "/v1/chat/completions", headers=asked, timeout=30)
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(url + "/v1/chat/completions", headers={**asked, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        answer = httpx.get(url + "/v1/models", headers={"Origin": "https://app.example"}, timeout=30)
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"

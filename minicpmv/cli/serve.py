@@ -36,6 +36,7 @@ class ServerFlags:
     allow_local_images: str | None = None
     share_image_cache: bool = False
     thinking: bool = False
+    cors: list[str] | None = None
     log_level: str = "warning"
 
 
@@ -82,6 +83,7 @@ def serve(server: ServerFlags, model: ModelFlags) -> None:
         max_connections=server.max_connections,
         share_feature_cache=server.share_image_cache,
         thinking=server.thinking,
+        cors_origins=tuple(server.cors or ()),
     )
 
     def announce() -> None:
@@ -146,6 +148,12 @@ def add_parser(subparsers) -> None:
         metavar="NAMES",
         help="comma-separated Host names to answer besides loopback and --host (e.g. the machine's "
         "LAN name when serving on 0.0.0.0); '*' answers any",
+    )
+    parser.add_argument(
+        "--cors",
+        action="append",
+        metavar="ORIGIN",
+        help="let web pages of this origin (e.g. https://app.example) call the API; repeatable",
     )
     parser.add_argument("--model-name", help="model id in the API (default: the checkpoint folder's name)")
     parser.add_argument(

@@ -51,6 +51,7 @@ class ServerSettings:
     # another's images (a hit is 30x faster), so off unless every client is trusted
     share_feature_cache: bool = False
     thinking: bool = False  # 4.5: think unless a request's chat_template_kwargs.enable_thinking says not
+    cors_origins: tuple[str, ...] = ()  # web origins whose pages may call the API (CORS)
 
 
 def create_app(chat, settings: ServerSettings | None = None, start_worker: bool = True) -> FastAPI:
@@ -72,6 +73,15 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     app.state.worker, app.state.settings = worker, settings
     _add_error_handlers(app)
     _add_request_checks(app, settings)
+    if settings.cors_origins:  # added last: it runs first, so preflights get their answer
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     started = int(time.time())
 
     async def require_api_key(request: Request) -> None:
@@ -91,6 +101,15 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, **worker.status()}
+
+    metrics = _metrics(worker, settings.model_name)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        if metrics is None:
+            raise APIError(501, "metrics need prometheus-client: pip install 'minicpmv[serve]'", code="not_implemented")
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @api.get("/models")
     async def models():
@@ -113,6 +132,15 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
 
     app.include_router(api)
     return app
+
+
+def _metrics(worker: ModelWorker, model_name: str):
+    try:
+        from .metrics import ServerMetrics
+
+        return ServerMetrics(worker, model_name)
+    except ImportError:  # prometheus-client not installed: /metrics says so
+        return None
 
 
 async def _answer(request: Request, worker: ModelWorker, settings: ServerSettings):

@@ -89,6 +89,7 @@ class ModelWorker:
         self._admitted = 0
         self._closing = False
         self.counts = {"completed": 0, "cancelled": 0, "refused": 0, "failed": 0, "batches": 0}
+        self.on_answer = None  # called with each finished Generation (the server's metrics)
 
     def start(self) -> threading.Thread:
         """Run the worker in a daemon thread (tests, embedding). `minicpmv serve` calls `run()` on
@@ -177,12 +178,14 @@ class ModelWorker:
                         jobs.append(job)
             return jobs
 
-    def _finish(self, job: Job, outcome: str | None) -> None:
+    def _finish(self, job: Job, outcome: str | None, generation=None) -> None:
         """`outcome`: the count it adds to ("completed", "cancelled", "failed"; None for a 400)."""
         self.release(job.ticket)
         with self._lock:
             if outcome:
                 self.counts[outcome] += 1
+        if generation is not None and self.on_answer is not None:
+            self.on_answer(generation)
 
     def run(self) -> None:
         """Serve jobs until `close()`."""
@@ -231,7 +234,7 @@ class ModelWorker:
             return True
         except StopIteration:
             result = job.stream.result  # counted before the client hears, so /health agrees with it
-            self._finish(job, "cancelled" if result.stopped_by == "cancelled" else "completed")
+            self._finish(job, "cancelled" if result.stopped_by == "cancelled" else "completed", result)
             job.emit("done", result)
         except MiniCPMVError as exc:
             self._refuse(job, APIError(400, str(exc)))
@@ -271,7 +274,7 @@ class ModelWorker:
             if job.max_tokens is not None and prompt + job.max_tokens > self.context:
                 self._refuse(job, _over_context(prompt, job.max_tokens, self.context))
                 continue
-            self._finish(job, "completed")
+            self._finish(job, "completed", generation)
             job.emit("start", prompt)
             job.emit("done", generation)
 
