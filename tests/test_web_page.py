@@ -75,7 +75,8 @@ def browser():
 
 
 def answer_texts(page) -> list[str]:
-    return page.eval_on_selector_all(".assistant .text", "nodes => nodes.map(n => n.textContent)")
+    """The answers as generated (the page shows them rendered as markdown)."""
+    return page.eval_on_selector_all(".assistant", "nodes => nodes.map(n => n.dataset.raw)")
 
 
 def test_upload_ask_stream_and_follow_up(chat, browser):
@@ -134,4 +135,62 @@ def test_errors_are_shown_on_the_page(chat, browser):
         page.click("#send")
         page.wait_for_selector(".assistant .timing", timeout=60_000)
         assert page.locator(".assistant.error").count() == 1  # the first failed turn only
+        page.close()
+
+
+class SlowChat(PacedChat):
+    """Pieces every 150 ms: time to press Enter again, or Stop, while an answer streams."""
+
+    def stream(self, *args, **kwargs):
+        stream = self._chat.stream(*args, **kwargs)
+
+        class Slow(PacedStream):
+            def __iter__(self):
+                for piece in self._stream:
+                    time.sleep(0.15)
+                    yield piece
+
+        return Slow(stream)
+
+
+def test_enter_during_streaming_and_stop(chat, browser):
+    """Enter while an answer streams sends nothing (the old page sent a second request and the
+    history became user, user, assistant, assistant); Stop ends the answer, keeps what came, and
+    the next question's history alternates user / assistant."""
+    with running(SlowChat(chat), ServerSettings(model_name="tiny-2.6")) as url:
+        page = browser.new_page()
+        posts = []
+        page.on("request", lambda r: posts.append(json.loads(r.post_data)) if r.method == "POST" else None)
+        page.goto(url + "/")
+        page.fill("#max-tokens", "60")
+        page.fill("#question", "Tell me a story.")
+        page.press("#question", "Enter")
+        page.wait_for_function(
+            "document.querySelector('.assistant') && document.querySelector('.assistant').dataset.raw.length > 0"
+        )
+        page.fill("#question", "Again?")
+        page.press("#question", "Enter")  # ignored: an answer is streaming
+        assert page.is_visible("#stop")
+        page.click("#stop")
+        page.wait_for_selector(".assistant .timing")
+        assert page.inner_text(".assistant .timing") == "stopped" and not page.is_visible("#stop")
+        stopped = answer_texts(page)[0]
+        assert stopped and len(posts) == 1
+        page.fill("#question", "And now?")
+        page.press("#question", "Enter")
+        page.wait_for_function("document.querySelectorAll('.assistant .timing').length === 2", timeout=60_000)
+        history = posts[-1]["messages"]
+        assert [m["role"] for m in history] == ["user", "assistant", "user"]
+        assert history[1]["content"] == stopped and history[2]["content"][-1]["text"] == "And now?"
+        page.close()
+
+
+def test_answers_render_markdown_safely(browser, chat):
+    """Markdown (code, bold, lists) is rendered from escaped text: markup in an answer stays text."""
+    with running(chat, ServerSettings(model_name="tiny-2.6")) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        html = page.evaluate("renderMarkdown('**bold** and `code`\\n- one\\n- two\\n<img src=x onerror=alert(1)>')")
+        assert "<strong>bold</strong>" in html and "<code>code</code>" in html and "<li>one</li>" in html
+        assert "<img" not in html and "&lt;img" in html
         page.close()
