@@ -1,6 +1,7 @@
 """`minicpmv chat` driven like a person would, through a pseudo-terminal: /image, /clear, a bad
-image, Ctrl-C during an answer (the session stays), /quit."""
+image, Ctrl-C during an answer (the session stays), /help, /system, line recall, /quit."""
 
+import os
 import sys
 
 import pexpect
@@ -15,6 +16,7 @@ def test_repl_commands_and_ctrl_c(tmp_path):
         encoding="utf-8",
         timeout=120,
         dimensions=(40, 200),
+        env={**os.environ, "MINICPMV_CACHE_DIR": str(tmp_path / "cache")},
     )
     child.logfile_read = open(tmp_path / "session.log", "w")
     child.expect("ready")
@@ -35,7 +37,18 @@ def test_repl_commands_and_ctrl_c(tmp_path):
     child.expect(r"\(conversation cleared\)")
     child.sendline("/nonsense")
     child.expect("unknown command /nonsense")
+    child.sendline("/help")
+    child.expect(r"/system \[TEXT\|off\]")
+    child.sendline("/system Answer briefly.")
+    child.expect(r"\(system prompt: Answer briefly.\)")
+    child.sendline("/system off")
+    child.expect(r"\(system prompt: none\)")
+    child.expect("> ")
+    child.send("\x1b[A\x1b[A")  # readline: up twice recalls "/system Answer briefly."
+    child.sendline("")
+    child.expect(r"\(system prompt: Answer briefly.\)")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
     child.close()
+    assert "/system Answer briefly." in (tmp_path / "cache" / "chat_history").read_text()  # kept for next time
     assert child.exitstatus == 0

@@ -290,13 +290,16 @@ def test_quantize_int4_reload_and_generate_on_the_new_versions(version, tmp_path
 
 
 @pytest.mark.parametrize("config", [QuantConfig(bits=4, group_size=32, vision_bits=8), QuantConfig(bits=8)])
-def test_streamed_quantize_writes_what_the_in_memory_path_writes(config, tmp_path):
-    """quantize_checkpoint reads and writes tensor by tensor (shards of a set size); its tensors
-    are those of quantize_model on the loaded model, bit for bit, in any sharding."""
+def test_streamed_quantize_writes_what_the_in_memory_path_writes(config, tmp_path, monkeypatch):
+    """quantize_checkpoint reads and writes tensor by tensor (shards of a set size, rows in
+    blocks); its tensors are those of quantize_model on the loaded model, bit for bit, in any
+    sharding, in files safetensors itself reads."""
     from minicpmv.model.checkpoint import weight_files
+    from minicpmv.quant import stream
     from minicpmv.quant.folder import quantize_checkpoint
     from minicpmv.quant.stream import ShardWriter, quantize_folder
 
+    monkeypatch.setattr(stream, "ROWS_PER_STEP", 7)  # every weight in several row blocks
     source = TINY["2.6"] / "checkpoint"
     quantize_checkpoint(source, tmp_path / "streamed", config)
     save_model(quantize_model(load_model(source), config), tmp_path / "in-memory")

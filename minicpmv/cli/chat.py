@@ -1,13 +1,18 @@
 """`minicpmv chat`: an interactive conversation in the terminal.
 
 Type a message to get a streamed answer. Commands: `/image PATH` attaches an image to your next
-message, `/clear` starts a new conversation, `/quit` (or Ctrl-D) leaves. Ctrl-C while an answer
-is streaming stops that answer and keeps the session; at the prompt it leaves.
+message, `/system TEXT` sets the system prompt (`/system` shows it, `/system off` removes it),
+`/clear` starts a new conversation, `/help` lists them, `/quit` (or Ctrl-D) leaves. Ctrl-C while
+an answer is streaming stops that answer and keeps the session; at the prompt it leaves. Lines
+can be edited and recalled with the arrow keys (readline), across sessions.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import MiniCPMVError
 from ..processing.image_io import load_image
@@ -22,7 +27,14 @@ from .options import (
     wire,
 )
 
-HELP = "commands: /image PATH, /clear, /quit"
+HELP = "commands: /image PATH, /system [TEXT|off], /clear, /help, /quit"
+
+
+@dataclass
+class Session:
+    options: dict
+    history: list = field(default_factory=list)
+    pending: list = field(default_factory=list)  # images for the next message
 
 
 def chat(image: list[str], model: ModelFlags, sampling: SamplingFlags) -> int:
@@ -33,8 +45,8 @@ def chat(image: list[str], model: ModelFlags, sampling: SamplingFlags) -> int:
     if options["preset"] == "precise":
         options["preset"] = "greedy"  # beams cannot stream; say so instead of failing every turn
         print("note: the precise (beam) preset cannot stream; using greedy", file=sys.stderr)
-    history: list[dict] = []
-    pending = [path for path in image if _check_image(path)]
+    session = Session(options, pending=[path for path in image if _check_image(path)])
+    _line_editing()
     print(f"{chat_model.description}: ready. {HELP}", flush=True)
     while True:
         try:
@@ -42,28 +54,68 @@ def chat(image: list[str], model: ModelFlags, sampling: SamplingFlags) -> int:
         except (EOFError, KeyboardInterrupt):
             print(flush=True)
             return 0
-        if not line:
-            continue
         if line in ("/quit", "/exit"):
             return 0
-        if line == "/clear":
-            history, pending = [], []
-            print("(conversation cleared)", flush=True)
-        elif line.startswith("/image"):
-            path = line[len("/image") :].strip()
-            if path and _check_image(path):
-                pending.append(path)
-                print(f"(image attached: {path})", flush=True)
-            elif not path:
-                print("usage: /image PATH", flush=True)
-        elif line.startswith("/"):
-            print(f"unknown command {line.split()[0]}; {HELP}", flush=True)
-        else:
-            turn = {"role": "user", "content": [{"image": p} for p in pending] + [line]}
-            answer = _answer(chat_model, [*history, turn], options)
+        if line.startswith("/"):
+            _command(line, session)
+        elif line:
+            turn = {"role": "user", "content": [{"image": p} for p in session.pending] + [line]}
+            answer = _answer(chat_model, [*session.history, turn], session.options)
             if answer is not None:
-                history += [turn, {"role": "assistant", "content": answer}]
-                pending = []
+                session.history += [turn, {"role": "assistant", "content": answer}]
+                session.pending = []
+
+
+def _command(line: str, session: Session) -> None:
+    name, _, argument = line.partition(" ")
+    argument = argument.strip()
+    if name == "/clear":
+        session.history, session.pending = [], []
+        print("(conversation cleared)", flush=True)
+    elif name == "/image":
+        if argument and _check_image(argument):
+            session.pending.append(argument)
+            print(f"(image attached: {argument})", flush=True)
+        elif not argument:
+            print("usage: /image PATH", flush=True)
+    elif name == "/system":
+        if argument == "off":
+            session.options["system_prompt"] = None
+        elif argument:
+            session.options["system_prompt"] = argument
+        print(f"(system prompt: {session.options.get('system_prompt') or 'none'})", flush=True)
+    elif name == "/help":
+        print(HELP, flush=True)
+    else:
+        print(f"unknown command {name}; {HELP}", flush=True)
+
+
+def _line_editing() -> None:
+    """readline editing and a history file kept across sessions (where readline exists)."""
+    try:
+        import atexit
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input()
+        return
+    root = os.environ.get("MINICPMV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv"
+    )
+    path = Path(root) / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            readline.read_history_file(path)
+    except OSError:
+        return
+    readline.set_history_length(1000)
+    atexit.register(_save_history, readline, path)
+
+
+def _save_history(readline, path: Path) -> None:
+    try:
+        readline.write_history_file(path)
+    except OSError:
+        pass  # a read-only home must not turn leaving into a traceback
 
 
 def _answer(chat_model, messages: list, options: dict) -> str | None:

@@ -104,3 +104,27 @@ def _read_exactly(f, view: memoryview, name: str) -> None:
         if not count:
             raise SafetensorsFormatError(f"tensor {name}: file ends early")
         done += count
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """A safetensors file written straight from the tensors' memory: no serialized copy of the
+    data is built first (safetensors' save_file makes one: a shard's size more of peak memory)."""
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    header, offset = {}, 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": names[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = metadata or {"format": "pt"}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for tensor in tensors.values():
+            if tensor.numel():
+                f.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))

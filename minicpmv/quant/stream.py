@@ -12,18 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..files import write_text_atomic
 from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, weight_files
 from ..model.config import MiniCPMVConfig
 from ..model.minicpmv import MiniCPMV
-from ..model.safetensors_reader import SafetensorsFormatError, read_header, read_tensors
+from ..model.safetensors_reader import SafetensorsFormatError, read_header, read_tensors, write_tensors
 from .apply import QuantConfig, layer_bits
 from .schemes import quantize_int4, quantize_int8
 
-SHARD_BYTES = 1 << 30
+SHARD_BYTES = 512 << 20
+ROWS_PER_STEP = 2048  # rows quantized at once: the float32 temporaries stay small for any tensor
 
 
 class ShardWriter:
@@ -46,7 +46,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         path = self.folder / f".part-{len(self.parts):05d}.safetensors"
-        save_file(self.current, path, metadata={"format": "pt"})
+        write_tensors(path, self.current)
         self.parts.append((path, list(self.current)))
         self.current, self.size = {}, 0
 
@@ -98,11 +98,25 @@ def quantized(name: str, tensor: torch.Tensor, plan: dict[str, int], group_size:
         return {name: tensor.float()}
     if bits == 16:
         return {name: tensor.to(torch.bfloat16)}
+    # per-row scales (int8) and groups within a row (int4): row blocks quantize independently,
+    # so a 150k-row head never needs whole-tensor float32 temporaries
+    steps = [
+        _quantize_rows(tensor[i : i + ROWS_PER_STEP], bits, group_size) for i in range(0, len(tensor), ROWS_PER_STEP)
+    ]
     if bits == 8:
-        qweight, scales = quantize_int8(tensor.float())
-        return {f"{module}.qweight": qweight, f"{module}.scales": scales}
-    qweight, scales, zeros = quantize_int4(tensor.float(), group_size)
-    return {f"{module}.qweight": qweight, f"{module}.scales": scales.half(), f"{module}.zeros": zeros.half()}
+        return {
+            f"{module}.qweight": torch.cat([q for q, _ in steps]),
+            f"{module}.scales": torch.cat([s for _, s in steps]),
+        }
+    return {
+        f"{module}.qweight": torch.cat([q for q, _, _ in steps]),
+        f"{module}.scales": torch.cat([s for _, s, _ in steps]).half(),
+        f"{module}.zeros": torch.cat([z for _, _, z in steps]).half(),
+    }
+
+
+def _quantize_rows(rows: torch.Tensor, bits: int, group_size: int):
+    return quantize_int8(rows.float()) if bits == 8 else quantize_int4(rows.float(), group_size)
 
 
 def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bool | None = None) -> dict:
