@@ -23,7 +23,7 @@ from .apply import QuantConfig, layer_bits
 from .schemes import quantize_int4, quantize_int8
 
 SHARD_BYTES = 512 << 20
-ROWS_PER_STEP = 2048  # rows quantized at once: the float32 temporaries stay small for any tensor
+ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB for any tensor
 
 
 class ShardWriter:
@@ -99,24 +99,24 @@ def quantized(name: str, tensor: torch.Tensor, plan: dict[str, int], group_size:
     if bits == 16:
         return {name: tensor.to(torch.bfloat16)}
     # per-row scales (int8) and groups within a row (int4): row blocks quantize independently,
-    # so a 150k-row head never needs whole-tensor float32 temporaries
-    steps = [
-        _quantize_rows(tensor[i : i + ROWS_PER_STEP], bits, group_size) for i in range(0, len(tensor), ROWS_PER_STEP)
-    ]
+    # so a 150k-row head never needs whole-tensor float32 temporaries; the results go straight
+    # into their final tensors (no list of pieces, no concatenated copy)
+    rows, cols = tensor.shape
     if bits == 8:
-        return {
-            f"{module}.qweight": torch.cat([q for q, _ in steps]),
-            f"{module}.scales": torch.cat([s for _, s in steps]),
+        out = {f"{module}.qweight": torch.empty((rows, cols), dtype=torch.int8), f"{module}.scales": torch.empty(rows)}
+    else:
+        groups = cols // group_size
+        out = {
+            f"{module}.qweight": torch.empty((rows, cols // 2), dtype=torch.uint8),
+            f"{module}.scales": torch.empty((rows, groups), dtype=torch.float16),
+            f"{module}.zeros": torch.empty((rows, groups), dtype=torch.float16),
         }
-    return {
-        f"{module}.qweight": torch.cat([q for q, _, _ in steps]),
-        f"{module}.scales": torch.cat([s for _, s, _ in steps]).half(),
-        f"{module}.zeros": torch.cat([z for _, _, z in steps]).half(),
-    }
-
-
-def _quantize_rows(rows: torch.Tensor, bits: int, group_size: int):
-    return quantize_int8(rows.float()) if bits == 8 else quantize_int4(rows.float(), group_size)
+    for start in range(0, rows, ROWS_PER_STEP):
+        block = tensor[start : start + ROWS_PER_STEP].float()
+        pieces = quantize_int8(block) if bits == 8 else quantize_int4(block, group_size)
+        for target, piece in zip(out.values(), pieces):
+            target[start : start + len(block)] = piece
+    return out
 
 
 def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bool | None = None) -> dict:
