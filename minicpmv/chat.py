@@ -536,7 +536,9 @@ def load(
     """
     compile_parts(compile, None)  # a bad value fails before the model is read
     start = time.perf_counter()
-    path = resolve_model(path)
+    from .quant.folder import loadable
+
+    path = loadable(resolve_model(path))
     target = pick_device(device)
     model_dtype = pick_dtype(dtype, target)
     autocast = pick_vision_autocast(vision_dtype, model_dtype, target)

@@ -15,11 +15,13 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import write_text_atomic
+from ..jsonfile import read_json_object
 from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, weight_files
 from ..model.config import MiniCPMVConfig
 from ..model.minicpmv import MiniCPMV
 from ..model.safetensors_reader import SafetensorsFormatError, read_header, read_tensors, write_tensors
 from .apply import QuantConfig, layer_bits
+from .bnb import dequantized_tensors, is_bnb, is_state_tensor
 from .schemes import quantize_int4, quantize_int8
 
 SHARD_BYTES = 512 << 20
@@ -88,6 +90,19 @@ def source_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from read_tensors(path, names, header, data_start)
 
 
+def read_named(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of a checkpoint folder, wherever their shards are."""
+    files = weight_files(folder)
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    out = {}
+    for path, wanted in by_file.items():
+        header, data_start = read_header(path)
+        out.update(read_tensors(path, wanted, header, data_start))
+    return out
+
+
 def quantized(name: str, tensor: torch.Tensor, plan: dict[str, int], group_size: int) -> dict[str, torch.Tensor]:
     """The output tensors standing for one source tensor (apply.quantize_model's layout)."""
     module, _, leaf = name.rpartition(".")
@@ -123,22 +138,25 @@ def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bo
     """Write `source` quantized by `config` into `stage`: weights and config.json; the config dict."""
     from tqdm import tqdm
 
-    model_config = MiniCPMVConfig.from_pretrained(source)
+    raw_config = read_json_object(source / "config.json")
+    bnb = is_bnb(raw_config)  # the official int4 files: dequantized on the way in
+    model_config = MiniCPMVConfig.from_dict({k: v for k, v in raw_config.items() if k != "quantization_config"})
     with torch.device("meta"):
         model = MiniCPMV(model_config)
     plan = layer_bits(model, config)
     expected = set(model.state_dict())
     if model_config.llm.tie_word_embeddings:
         expected.discard("llm.lm_head.weight")
-    files = weight_files(source)
-    if set(files) != expected:
+    files = {name for name in weight_files(source) if not (bnb and is_state_tensor(name))}
+    if files != expected:
         missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
         raise CheckpointError(
             f"{source}: the weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})"
         )
     writer = ShardWriter(stage)
     bar = tqdm(total=len(files), desc="quantize", unit="tensor", disable=False if progress else None)
-    for name, tensor in source_tensors(source):
+    tensors = dequantized_tensors(source, source_tensors, read_named) if bnb else source_tensors(source)
+    for name, tensor in tensors:
         for out_name, out in quantized(name, tensor, plan, config.group_size).items():
             writer.add(out_name, out)
         bar.update()
