@@ -98,6 +98,8 @@ class Generation:
     stopped_by: str = "length"  # "stop" (terminator or stop string), "length", "cancelled"
     compile_seconds: float = 0.0  # torch.compile at load time, when on
     threads: int = 0  # torch's CPU threads when the answer was made
+    # with the logprobs option: per new token (logprob, [(id, logprob) alternatives])
+    logprobs: list | None = None
 
     @property
     def first_token_seconds(self) -> float:
@@ -177,6 +179,7 @@ class ChatOptions(TypedDict, total=False):
     top_p: float
     top_k: int
     min_p: float
+    logprobs: int  # keep each token's log-probability and this many alternatives (0..20)
     repetition_penalty: float
     num_beams: int
     seed: int
@@ -454,6 +457,7 @@ class ChatModel:
             stopped_by,
             self.compile_seconds,
             torch.get_num_threads(),
+            output.logprobs[row][: len(decoder.ids)] if output.logprobs is not None else None,
         )
 
 

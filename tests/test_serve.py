@@ -165,3 +165,30 @@ def test_metrics_in_prometheus_format(client, server, chat):
     )
     assert after["minicpmv_requests_total", "completed"] == before["minicpmv_requests_total", "completed"] + 1
     assert after["minicpmv_time_to_first_token_seconds_count", None] >= 1
+
+
+def test_logprobs_are_the_models_own(client, chat):
+    """logprobs / top_logprobs: each answer token's log-probability under the model; their sum is
+    the log-likelihood of the answer given the prompt, as a teacher-forced forward pass computes
+    it; the alternatives are the most likely tokens, best first."""
+    import torch
+
+    response = client.chat.completions.create(
+        model="tiny-2.6", messages=question(), max_tokens=6, logprobs=True, top_logprobs=3
+    )
+    content = response.choices[0].logprobs.content
+    expected = chat.generate(same_question(), max_new_tokens=6)
+    assert len(content) == len(expected.token_ids)
+    prompt_ids, embeds = chat.prompt_embeddings(same_question())
+    answer = torch.tensor([expected.token_ids])
+    with torch.inference_mode():
+        full = torch.cat([embeds, chat.model.llm.embed(answer)], dim=1)
+        scores = torch.log_softmax(chat.model.llm(full)[0, len(prompt_ids) - 1 : -1].float(), dim=-1)
+    likelihood = scores[torch.arange(answer.shape[1]), answer[0]].sum().item()
+    assert abs(sum(t.logprob for t in content) - likelihood) < 1e-3
+    for token in content:
+        alternatives = [a.logprob for a in token.top_logprobs]
+        assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
+        assert token.logprob <= alternatives[0] + 1e-6
+    with pytest.raises(openai.BadRequestError, match="not streamed"):
+        client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=2, logprobs=True, stream=True)

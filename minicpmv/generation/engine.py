@@ -22,6 +22,9 @@ from .sampling import GenerationConfig, apply_repetition_penalty, next_tokens, s
 class GenerationOutput:
     token_ids: list[list[int]]  # new tokens per row, excluding the stop token
     step_logits: list[torch.Tensor] | None = None  # (B, V) per step, when asked for
+    # per row, per new token: (logprob, [(id, logprob) of the config.logprobs most likely]),
+    # from the model's own distribution (log-softmax of the raw logits), when asked for
+    logprobs: list[list[tuple]] | None = None
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     prompt_tokens: int = 0
@@ -38,6 +41,18 @@ def _room(llm: LanguageModel, prompt_len: int, config: GenerationConfig) -> int:
     if prompt_len + max(config.min_new_tokens, 1) > context:
         raise PromptTooLongError(f"the prompt is {prompt_len} tokens; the model's context is {context}")
     return min(config.max_new_tokens, context - prompt_len)
+
+
+def _keep_logprobs(stats: GenerationOutput, logits, chosen: list[int], finished: list[bool], config) -> None:
+    if stats.logprobs is None:
+        stats.logprobs = [[] for _ in chosen]
+    scores = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    top = torch.topk(scores, config.logprobs, dim=-1) if config.logprobs else None
+    for row, token in enumerate(chosen):
+        if finished[row] or token in config.stop_ids:
+            continue
+        alternatives = list(zip(top.indices[row].tolist(), top.values[row].tolist())) if top is not None else []
+        stats.logprobs[row].append((scores[row, token].item(), alternatives))
 
 
 def stream_tokens(
@@ -88,6 +103,8 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
         if stats is not None and stats.step_logits is not None:
             stats.step_logits.append(logits.float().cpu())
         chosen = next_tokens(logits, generated, config, step, generator).tolist()
+        if stats is not None and config.logprobs is not None:
+            _keep_logprobs(stats, logits, chosen, finished, config)
         out = []
         for row, token in enumerate(chosen):
             if finished[row] or token in config.stop_ids:

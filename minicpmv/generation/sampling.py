@@ -18,6 +18,7 @@ import torch
 LIMITS = {"temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "repetition_penalty": (0.01, 100.0)}
 MAX_SEED = 2**64 - 1
 MAX_BEAMS = 64
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     num_beams: int = 1
     seed: int | None = None
+    logprobs: int | None = None  # keep each new token's log-probability and this many alternatives
     stop_ids: frozenset = field(default_factory=frozenset)
 
     def with_options(self, **options) -> GenerationConfig:
@@ -64,6 +66,14 @@ class GenerationConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 found.append(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.logprobs is not None and (
+            not isinstance(self.logprobs, int)
+            or isinstance(self.logprobs, bool)
+            or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            found.append(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        if self.logprobs is not None and self.num_beams > 1:
+            found.append("logprobs are given for greedy or sampled answers, not beam search")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
             found.append(f"seed must be an integer in [0, 2**64 - 1], got {self.seed!r}")
         return found

@@ -173,7 +173,10 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
             kind, payload = await _next_event(job, request)
             if kind == "error":
                 raise payload
-        return protocol.completion(request_id, settings.model_name, payload, options.get("thinking", False))
+        decode = worker.chat.tokenizer.decode
+        return protocol.completion(
+            request_id, settings.model_name, payload, options.get("thinking", False), lambda i: decode([i])
+        )
     except BaseException:  # refused, failed, or the handler itself cancelled: the job must not run on
         job.cancel()
         raise
@@ -226,6 +229,12 @@ def _options(request: ChatCompletionRequest, context: int, thinking: bool = Fals
     ):
         if value is not None:
             options[name] = value
+    if request.logprobs:
+        if request.stream:
+            raise APIError(400, "logprobs: given for answers that are not streamed (stream: false)", "logprobs")
+        options["logprobs"] = request.top_logprobs or 0
+    elif request.top_logprobs:
+        raise APIError(400, "top_logprobs: needs logprobs: true", "top_logprobs")
     asked = request.chat_template_kwargs.enable_thinking if request.chat_template_kwargs else None
     if asked if asked is not None else thinking:
         options["thinking"] = True

@@ -86,6 +86,8 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
     chat_template_kwargs: ChatTemplateKwargs | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -120,8 +122,6 @@ UNSUPPORTED = {
     "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "response_format": (None, {"type": "text"}),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
@@ -245,7 +245,25 @@ def _held_back(text: str) -> int:
     return len(text) - len(stripped)
 
 
-def completion(request_id: str, model: str, generation, thinking: bool = False) -> dict:
+def logprobs_content(generation, decode) -> dict | None:
+    """OpenAI's choice.logprobs of an answer made with the logprobs option; `decode(id)` gives a
+    token's text."""
+    if generation.logprobs is None:
+        return None
+
+    def entry(token: int, logprob: float) -> dict:
+        text = decode(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {**entry(token, logprob), "top_logprobs": [entry(i, lp) for i, lp in alternatives]}
+            for token, (logprob, alternatives) in zip(generation.token_ids, generation.logprobs)
+        ]
+    }
+
+
+def completion(request_id: str, model: str, generation, thinking: bool = False, decode=None) -> dict:
     message = {"role": "assistant", "content": generation.text}
     if thinking:
         message["reasoning_content"], message["content"] = split_reasoning(generation.text)
@@ -258,7 +276,7 @@ def completion(request_id: str, model: str, generation, thinking: bool = False) 
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs_content(generation, decode) if decode else None,
                 "finish_reason": finish_reason(generation.stopped_by),
             }
         ],
