@@ -129,6 +129,7 @@ class Prepared:
     image_tokens: list = field(default_factory=list)
     load_seconds: float = 0.0  # low-memory mode: reading model parts in for this request
     prefix: str = ""  # text the prompt already holds that the answer shows (4.5 thinking: "<think>\n")
+    constraints: list | None = None  # response_format: one grammar per conversation
 
 
 class TextStream:
@@ -168,6 +169,9 @@ class ChatOptions(TypedDict, total=False):
     preset: str  # "greedy" (default), "sampling", "precise"
     thinking: bool  # 4.5: think before answering; the answer keeps its <think> block
     temporal_ids: list  # 4.5: the images are video frames in these groups of time ids (0.1 s)
+    response_format: (
+        dict  # OpenAI's: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}
+    )
     stop: str | list[str]
     system_prompt: str
     max_slice_nums: int
@@ -286,7 +290,12 @@ class ChatModel:
             stream.text()
             return [stream.result]
         output = generate(
-            self.llm, prepared.embeds, prepared.inputs.attention_mask, prepared.config, threads=self._phase_threads()
+            self.llm,
+            prepared.embeds,
+            prepared.inputs.attention_mask,
+            prepared.config,
+            threads=self._phase_threads(),
+            constraints=prepared.constraints,
         )
         results = []
         for row, ids in enumerate(output.token_ids):
@@ -351,6 +360,7 @@ class ChatModel:
         preset: str = "greedy",
         thinking: bool = False,
         temporal_ids=None,
+        response_format=None,
         stop=None,
         system_prompt=None,
         max_slice_nums=None,
@@ -401,7 +411,19 @@ class ChatModel:
         swap = self.residency.swap_seconds - swapped
         # the official chat() shows the "<think>\n" that ends a thinking prompt as the answer's start
         prefix = "<think>\n" if thinking else ""
-        return Prepared(inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap, prefix)
+        constraints = self._constraints(response_format, len(conversations))
+        return Prepared(
+            inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap, prefix, constraints
+        )
+
+    def _constraints(self, response_format, count: int) -> list | None:
+        if response_format is None or (isinstance(response_format, dict) and response_format.get("type") == "text"):
+            return None
+        from .generation.structured import response_constraint
+
+        eos = self.tokenizer.token_to_id(facts(self.version).terminators[0])
+        vocab = self.model.config.llm.vocab_size
+        return [response_constraint(response_format, self.tokenizer, vocab, eos) for _ in range(count)]
 
     def _phase_threads(self) -> tuple[int, int] | None:
         if not self.tuning:
@@ -419,6 +441,7 @@ class ChatModel:
             handle.cancel_event,
             stats,
             self._phase_threads(),
+            prepared.constraints,
         )
         try:
             if prepared.prefix:

@@ -192,3 +192,45 @@ def test_logprobs_are_the_models_own(client, chat):
         assert token.logprob <= alternatives[0] + 1e-6
     with pytest.raises(openai.BadRequestError, match="not streamed"):
         client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=2, logprobs=True, stream=True)
+
+
+def test_response_format_json_schema_always_validates(client):
+    """Constrained decoding (llguidance): every answer, greedy or sampled at a high temperature
+    with the tiny random model, is JSON that validates against the schema; json_object gives an
+    object; an unknown type is a 400."""
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    import json as json_module
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "count": {"type": "integer", "minimum": 0, "maximum": 99},
+            "colour": {"enum": ["red", "green", "blue"]},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["name", "count", "colour", "ok"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "shape", "schema": schema}}
+    for seed in range(8):
+        options = {"temperature": 1.5, "seed": seed} if seed else {}
+        response = client.chat.completions.create(
+            model="tiny-2.6", messages=question(), max_tokens=80, response_format=response_format, **options
+        )
+        jsonschema.validate(json_module.loads(response.choices[0].message.content), schema)
+    anything = client.chat.completions.create(
+        model="tiny-2.6",
+        messages=question(),
+        max_tokens=80,
+        response_format={"type": "json_object"},
+        seed=1,
+        temperature=1,
+    )
+    text = anything.choices[0].message.content
+    assert text.startswith("{")
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(
+            model="tiny-2.6", messages=question(), max_tokens=4, response_format={"type": "yaml"}
+        )

@@ -318,14 +318,13 @@ def test_image_features_are_not_shared_across_requests_by_default(chat):
 
 
 def test_unimplemented_openai_fields_are_refused_not_ignored():
-    """tools, response_format (other than text), penalties...: a 400 naming the field;
+    """tools, penalties, logit_bias...: a 400 naming the field;
     their "not used" values and harmless fields (user) pass."""
     from minicpmv.serving.protocol import APIError, parse_request
 
     base = {"messages": [{"role": "user", "content": "hi"}]}
     for field, value in [
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("response_format", {"type": "json_object"}),
         ("presence_penalty", 0.5),
         ("logit_bias", {"42": 5}),
     ]:

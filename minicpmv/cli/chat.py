@@ -119,19 +119,23 @@ def _save_history(readline, path: Path) -> None:
 
 
 def _answer(chat_model, messages: list, options: dict) -> str | None:
-    """Stream one answer; returns its text (partial if stopped by Ctrl-C) or None on bad input."""
+    """Stream one answer; returns its text (partial if stopped by Ctrl-C) or None on bad input.
+    Ctrl-C stops the answer whenever it comes: while the images are encoded too."""
+    stream = None
     try:
         stream = chat_model.stream(messages, **options)
+        for delta in stream:
+            print(delta, end="", flush=True)
     except MiniCPMVError as exc:
         print(f"error: {exc}", flush=True)
         return None
-    try:
-        for delta in stream:
-            print(delta, end="", flush=True)
     except KeyboardInterrupt:
+        print(" [stopped]", flush=True)
+        if stream is None:  # stopped before the answer began: the question is not kept
+            return None
         stream.cancel()
-        print(" [stopped]", end="", flush=True)
-    print(flush=True)
+    else:
+        print(flush=True)
     if stream.result is not None:
         print(stream.result.timing_line(), file=sys.stderr, flush=True)
         return stream.result.text

@@ -63,20 +63,22 @@ def stream_tokens(
     cancel: threading.Event | None = None,
     stats: GenerationOutput | None = None,
     threads: tuple[int, int] | None = None,
+    constraints: list | None = None,
 ) -> Iterator[list[int | None]]:
     """Greedy or sampled decoding, one step at a time: yields each row's new token (None once
     the row has stopped). Stops at the stop ids, max_new_tokens, or when `cancel` is set or the
     consumer stops iterating. `stats`, if given, receives timings and the kept step logits.
+    `constraints`, one per row or None, restrict what each row may pick (structured.py).
     `threads` = (prefill, decode) CPU threads, as `minicpmv tune` found best."""
     original = torch.get_num_threads()
     try:
-        yield from _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads)
+        yield from _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads, constraints)
     finally:
         torch.set_num_threads(original)
 
 
 @torch.inference_mode()
-def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads):
+def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads, constraints=None):
     batch, prompt_len = inputs_embeds.shape[:2]
     max_new = _room(llm, prompt_len, config)
     device = inputs_embeds.device
@@ -102,7 +104,13 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
             return
         if stats is not None and stats.step_logits is not None:
             stats.step_logits.append(logits.float().cpu())
-        chosen = next_tokens(logits, generated, config, step, generator).tolist()
+        scores = logits
+        if constraints:  # the grammar's allowed tokens only; logprobs stay the model's own
+            scores = logits.clone()
+            for row, constraint in enumerate(constraints):
+                if constraint is not None and not finished[row]:
+                    constraint.mask(scores[row])
+        chosen = next_tokens(scores, generated, config, step, generator).tolist()
         if stats is not None and config.logprobs is not None:
             _keep_logprobs(stats, logits, chosen, finished, config)
         out = []
@@ -113,6 +121,8 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
             else:
                 generated[row].append(token)
                 out.append(token)
+                if constraints and constraints[row] is not None:
+                    constraints[row].advance(token)
         if stats is not None:
             stats.decode_seconds = time.perf_counter() - start
         if all(finished):
@@ -135,6 +145,7 @@ def generate(
     config: GenerationConfig,
     keep_step_logits: bool = False,
     threads: tuple[int, int] | None = None,
+    constraints: list | None = None,
 ) -> GenerationOutput:
     """All new tokens of every row: beam search when config.num_beams > 1, else `stream_tokens`."""
     if config.num_beams > 1:
@@ -146,7 +157,10 @@ def generate(
         finally:
             torch.set_num_threads(original)
     stats = GenerationOutput([[] for _ in range(inputs_embeds.shape[0])], [] if keep_step_logits else None)
-    for step in stream_tokens(llm, inputs_embeds, attention_mask, config, stats=stats, threads=threads):
+    steps = stream_tokens(
+        llm, inputs_embeds, attention_mask, config, stats=stats, threads=threads, constraints=constraints
+    )
+    for step in steps:
         for row, token in enumerate(step):
             if token is not None:
                 stats.token_ids[row].append(token)

@@ -88,6 +88,7 @@ class ChatCompletionRequest(BaseModel):
     chat_template_kwargs: ChatTemplateKwargs | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -122,7 +123,6 @@ UNSUPPORTED = {
     "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "response_format": (None, {"type": "text"}),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
