@@ -5,6 +5,7 @@ front that uses them."""
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 
@@ -12,6 +13,8 @@ import torch
 
 from .model.checkpoint import VISION_PARTS, OpenCheckpoint
 from .processing import ModelInputs
+
+PROGRESS_AFTER = 2.0  # seconds of encoding before a progress line appears
 
 
 class Residency:
@@ -56,6 +59,7 @@ class ImageEncoder:
         self.tuning = tuning
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
+        self.show_progress = sys.stderr.isatty()  # a terminal: the CLI; servers and tests stay quiet
 
     @property
     def cache_size(self) -> int:
@@ -105,6 +109,31 @@ class ImageEncoder:
             self._cache.popitem(last=False)
         return features
 
+    def _progress(self):
+        """A progress line on stderr for encodings that take more than PROGRESS_AFTER seconds (a
+        real-size tower on a CPU without bf16 can take minutes): crops done, total, time left."""
+        if not self.show_progress:
+            return None
+        start, shown = time.perf_counter(), [False]
+
+        def report(done: int, total: int) -> None:
+            spent = time.perf_counter() - start
+            if done < total and spent > PROGRESS_AFTER:
+                left = spent / done * (total - done)
+                print(
+                    f"\rencoding images: {done}/{total} crops, about {left:.0f} s left ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                shown[0] = True
+            elif done == total and shown[0]:
+                print(
+                    f"\rencoding images: {total}/{total} crops in {spent:.1f} s          ", file=sys.stderr, flush=True
+                )
+
+        return report
+
     def encode(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None) -> torch.Tensor:
         """Crops -> features with the tuned threads and crop batching, in the vision precision."""
         # low-memory mode also keeps activations small: one crop through the vision tower at a time
@@ -117,7 +146,7 @@ class ImageEncoder:
             with torch.autocast(
                 device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
             ):
-                features = self.model.get_image_features(crops, sizes, per_call, time_groups)
+                features = self.model.get_image_features(crops, sizes, per_call, time_groups, progress=self._progress())
             return features.to(self.model.resampler.query.dtype)
         finally:
             torch.set_num_threads(original)

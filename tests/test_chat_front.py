@@ -71,7 +71,7 @@ class MockModel:
         self.resampler = type("Resampler", (), {"query": torch.zeros(1)})()
         self.encoded = 0  # crops through the "vision tower"
 
-    def get_image_features(self, crops, sizes, per_call=None, time_groups=None) -> torch.Tensor:
+    def get_image_features(self, crops, sizes, per_call=None, time_groups=None, progress=None) -> torch.Tensor:
         self.encoded += len(crops)
         return torch.ones((len(crops), self.config.query_num, self.llm.cfg.hidden_size))
 

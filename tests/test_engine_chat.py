@@ -161,7 +161,7 @@ def test_video_frames_follow_the_2_6_recipe(chat26, tmp_path):
 def test_image_features_are_reused_across_turns(chat26, monkeypatch):
     calls = []
     original = chat26.model.get_image_features
-    monkeypatch.setattr(chat26.model, "get_image_features", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(chat26.model, "get_image_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     image = Image.new("RGB", (500, 300), "purple")
     first = [{"role": "user", "content": [image, "What?"]}]
     answer = chat26.chat(first, max_new_tokens=3)
@@ -295,3 +295,22 @@ def test_4_5_video_file_is_packed_with_time_ids(tmp_path):
     result = chat.generate([{"role": "user", "content": "What happens?"}], video=video, max_new_tokens=3)
     assert result.image_tokens == 6 * 64  # 2 s x 3 fps, one group each (short video: no packing)
     assert "<image_id>" not in chat.tokenizer.decode(result.prompt_token_ids)
+
+
+def test_long_image_encodings_show_a_progress_line(chat26, monkeypatch, capsys):
+    """The vision tower reports crops done after each call; past PROGRESS_AFTER seconds the
+    encoder prints `encoding images: done/total crops, about N s left` on stderr, then the total."""
+    from minicpmv import image_features
+
+    crops = [torch.randn(3, 14, 14 * 6) for _ in range(5)]
+    sizes = torch.tensor([[2, 3]] * 5)
+    seen = []
+    with torch.inference_mode():
+        chat26.model.get_image_features(crops, sizes, 2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    monkeypatch.setattr(image_features, "PROGRESS_AFTER", -1.0)
+    monkeypatch.setattr(chat26.images, "show_progress", True)
+    monkeypatch.setattr(chat26.images, "tuning", {"encode": {"crops_per_call": 2}})
+    chat26.images.encode(crops, sizes)
+    err = capsys.readouterr().err
+    assert "encoding images: 2/5 crops, about" in err and "encoding images: 5/5 crops in" in err

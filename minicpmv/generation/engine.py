@@ -253,7 +253,12 @@ def beam_search(
         if not done[b]:
             for j in range(beams):
                 hypotheses[b].add(sequences[b * beams + j], scores[b * beams + j].item(), len(sequences[b * beams + j]))
-    return GenerationOutput([h.best() for h in hypotheses], None, prefill, time.perf_counter() - start, prompt_len)
+    return GenerationOutput(
+        [h.best() for h in hypotheses],
+        prefill_seconds=prefill,
+        decode_seconds=time.perf_counter() - start,
+        prompt_tokens=prompt_len,
+    )
 
 
 def _select_beams(b, top_scores, top_ids, vocab, beams, step, sequences, hyps, stop_ids, is_done):

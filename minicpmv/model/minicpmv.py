@@ -64,6 +64,7 @@ class MiniCPMV(nn.Module):
         tgt_sizes: torch.Tensor,
         crops_per_call: int | None = None,
         time_groups: list[list[int]] | None = None,
+        progress=None,
     ) -> torch.Tensor:
         """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D).
 
@@ -71,7 +72,9 @@ class MiniCPMV(nn.Module):
         fewer means smaller attention matrices, i.e. less peak memory, for the same result.
         time_groups (4.5): the time ids of consecutive groups of crops (-1: a still crop); the
         result then has one row per group, (G, Q, D).
+        progress: called with (crops done, crops in all) after each call of the vision tower.
         """
+        progress = progress or (lambda done, total: None)
         # the vision tower's own placement: in low-memory mode the LLM may not be loaded
         weight = self.resampler.query
         if not pixel_values:
@@ -81,14 +84,14 @@ class MiniCPMV(nn.Module):
         tgt_sizes = tgt_sizes.to(torch.int64).cpu()
         crops = [crop.to(device=weight.device, dtype=weight.dtype) for crop in pixel_values]
         if time_groups is not None and any(len(group) > 1 for group in time_groups):
-            return self._grouped_features(crops, tgt_sizes, crops_per_call, time_groups)
+            return self._grouped_features(crops, tgt_sizes, crops_per_call, time_groups, progress)
         if isinstance(self.vpm, TimmSiglip):  # 2.0 / 1.0: each crop alone, as an image
-            return torch.cat(
-                [
-                    self.resampler(self.vpm(strip_to_image(crop, rows, cols)[None]), torch.tensor([[rows, cols]]))
-                    for crop, (rows, cols) in zip(crops, tgt_sizes.tolist())
-                ]
-            )
+            features = []
+            for done, (crop, (rows, cols)) in enumerate(zip(crops, tgt_sizes.tolist()), 1):
+                image = strip_to_image(crop, rows, cols)[None]  # (1, 3, H, W)
+                features.append(self.resampler(self.vpm(image), torch.tensor([[rows, cols]])))
+                progress(done, len(crops))
+            return torch.cat(features)
         # Pad to the longest crop of the whole batch before chunking, as the official code does,
         # so chunking never changes the result (2.5's unmasked positions depend on Lmax).
         batch = pad_strips(crops)
@@ -111,15 +114,17 @@ class MiniCPMV(nn.Module):
             hidden = self.vpm(crops_chunk, sizes.clone())  # (n, width, Dv)
             times = time_groups[i : i + chunk] if time_groups is not None else None
             features.append(self.resampler(hidden, sizes, times))  # (n, Q, D)
+            progress(min(i + chunk, len(crops)), len(crops))
         return torch.cat(features)
 
-    def _grouped_features(self, crops, tgt_sizes, crops_per_call, time_groups) -> torch.Tensor:
+    def _grouped_features(self, crops, tgt_sizes, crops_per_call, time_groups, progress) -> torch.Tensor:
         """4.5 video groups: every crop through the tower, then one resampler call over groups."""
         chunk = crops_per_call or self.config.vision_batch_size
         hidden = []
         for i in range(0, len(crops), chunk):
             sizes = tgt_sizes[i : i + chunk]
             hidden.extend(self.vpm(pad_strips(crops[i : i + chunk]), sizes.clone()).unbind(0))  # (width, Dv) each
+            progress(min(i + chunk, len(crops)), len(crops))
         width = max(h.shape[0] for h in hidden)
         batch = hidden[0].new_zeros((len(hidden), width, hidden[0].shape[-1]))  # (N, Lmax, Dv)
         for i, h in enumerate(hidden):
