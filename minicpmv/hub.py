@@ -48,13 +48,23 @@ def resolve_model(name: str | os.PathLike, revision: str | None = None) -> Path:
         return demo_model_path()
     if not is_repo_id(text):
         return Path(name)  # a folder (its problems are reported by whoever opens it)
-    return _snapshot(text, revision, local_only=True) or _snapshot(text, revision, local_only=False)
+    cached = _snapshot(text, revision, local_only=True)
+    if cached is not None:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ConfigError(
+            f"{text}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; run `minicpmv pull {text}` "
+            "where the network is reachable"
+        )
+    return _snapshot(text, revision, local_only=False)
 
 
 def pull(repo_id: str, revision: str | None = None) -> Path:
     """Download (or update) a model into the hub cache; its snapshot folder."""
     if not _REPO_ID.match(repo_id):
         raise ConfigError(f"{repo_id!r} is not a Hugging Face model id (owner/name)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ConfigError(f"{repo_id}: cannot download while HF_HUB_OFFLINE is set")
     return _snapshot(repo_id, revision, local_only=False)
 
 
@@ -68,8 +78,13 @@ def _snapshot(repo_id: str, revision: str | None, local_only: bool) -> Path | No
             "(or pass a local checkpoint folder)"
         ) from None
     try:
+        # the cache folder read now: huggingface_hub reads HF_HUB_CACHE once, when first imported
         folder = huggingface_hub.snapshot_download(
-            repo_id, revision=revision, allow_patterns=FILES, local_files_only=local_only
+            repo_id,
+            revision=revision,
+            allow_patterns=FILES,
+            local_files_only=local_only,
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
         )
     except LocalEntryNotFoundError:
         if local_only:

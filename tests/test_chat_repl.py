@@ -2,6 +2,7 @@
 image, Ctrl-C during an answer (the session stays), /help, /system, line recall, /quit."""
 
 import os
+import signal
 import sys
 
 import pexpect
@@ -17,6 +18,9 @@ def test_repl_commands_and_ctrl_c(tmp_path):
         timeout=120,
         dimensions=(40, 200),
         env={**os.environ, "MINICPMV_CACHE_DIR": str(tmp_path / "cache")},
+        # a suite started in the background (`cmd &`) ignores SIGINT, and children inherit that:
+        # Ctrl-C must reach this one as it reaches a program started from a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.logfile_read = open(tmp_path / "session.log", "w")
     child.expect("ready")

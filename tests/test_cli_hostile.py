@@ -164,12 +164,12 @@ def test_an_output_that_is_a_file_is_one_line_before_any_work(command, tmp_path,
 
 
 def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
-    import minicpmv.model.checkpoint as checkpoint
+    import minicpmv.quant.stream as stream
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", no_space)
+    monkeypatch.setattr(stream, "write_tensors", no_space)  # the shard writer quantize uses
     fails(capsys, ["quantize", "-m", str(CHECKPOINT), "-o", str(tmp_path / "q")], "No space left on device")
     assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q*"))  # nothing half written left
 
