@@ -55,7 +55,11 @@ def test_readme_serve_curl_and_openai_client():
     port = free_port()
     serve = shlex.split(serve_line.replace("8080", str(port)))
     assert serve[:2] == ["minicpmv", "serve"]
-    process = subprocess.Popen(MINICPMV + serve[1:], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # SIGINT as from a terminal, even when this suite runs in the background (which ignores it)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(
+        MINICPMV + serve[1:], cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)
         curl = subprocess.run(
