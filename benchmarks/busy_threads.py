@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count()
     cases = {
-        f"default ({cores} threads)": (None, None),
+        "default (no -t)": (None, None),
         "-t 1": (1, None),
         f"{cores} threads, OMP_WAIT_POLICY=PASSIVE": (None, "PASSIVE"),
         "-t 1, OMP_WAIT_POLICY=PASSIVE": (1, "PASSIVE"),

@@ -28,3 +28,18 @@ def has_native_bf16() -> bool:
     """bfloat16 matrix products in hardware (AVX512-BF16 or AMX): there oneDNN's bf16 GEMM runs
     several times faster than float32; elsewhere it is emulated and slower."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def idle_threads(cores: int | None = None) -> int:
+    """CPU threads to compute with when none is asked for: the cores the 1-minute load average
+    leaves free, at least one. On a busy machine OpenMP's spinning threads fight the other work
+    for the busy cores: with one other busy process on 2 cores, the demo model decoded at 152
+    tok/s with 2 threads and 469 with 1 (benchmarks/busy_threads.py, docs/benchmarks.md)."""
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this platform
+        return cores
+    return max(1, min(cores, round(cores - busy)))

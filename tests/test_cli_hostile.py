@@ -274,3 +274,17 @@ def test_images_and_options_are_checked_before_the_model_loads(tmp_path, capsys)
     for argv, named in runs:
         assert main(argv) == 2, argv
         assert named in capsys.readouterr().err, argv
+
+
+def test_the_default_thread_count_leaves_busy_cores_alone(monkeypatch):
+    """No -t: the cores the 1-minute load average leaves free, at least one."""
+    import os
+
+    from minicpmv.cpu import idle_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert idle_threads(2) == 1 and idle_threads(8) == 7
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert idle_threads(4) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert idle_threads(4) == 4

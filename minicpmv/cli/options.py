@@ -71,7 +71,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("-t", "--threads", type=int, help="CPU threads for torch")
+    parser.add_argument(
+        "-t", "--threads", type=int, help="CPU threads for torch (default: the cores the load average leaves free)"
+    )
     parser.add_argument(
         "--low-memory", action="store_true", help="sequential loading: vision parts and LLM never in memory together"
     )
@@ -136,6 +138,10 @@ def load_model(args: ModelFlags):
             raise ConfigError(f"--device {args.device!r}: no {kind} device here (this torch sees none)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    else:
+        from ..cpu import idle_threads
+
+        torch.set_num_threads(min(torch.get_num_threads(), idle_threads()))
     if args.model is None:
         args.model = "demo"
     return load(
