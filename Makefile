@@ -45,7 +45,7 @@ test: $(STAMP) browser lint
 	$(PY) -m pytest
 
 # The fast tier for everyday work: every test not marked slow, two workers of one thread each
-# (2 min 11 s on a 2-core AMD EPYC; the whole suite takes about 9 min).
+# (2 min 10 s on a 2-core AMD EPYC; the whole suite takes about 9 min).
 check: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n 2
 
