@@ -377,19 +377,8 @@ class ChatModel:
             config = config.with_options(do_sample=sampling["temperature"] > 0)
         if video is not None:  # frames without <image_id>, few slices each
             use_image_id = False if use_image_id is None else use_image_id
-            if facts(self.version).video_recipe == "packed":
-                image, temporal_ids = _packed_video(video, image, fps, max_frames, max_packing, temporal_ids)
-                max_slice_nums = max_slice_nums or 1
-            else:
-                frames = (
-                    video
-                    if isinstance(video, list)
-                    else videos.load_video_frames(
-                        video, fps or videos.DEFAULT_FPS, max_frames or videos.DEFAULT_MAX_FRAMES
-                    )
-                )
-                image = [*frames, *(image if isinstance(image, list) else [image] if image is not None else [])]
-                max_slice_nums = max_slice_nums or videos.VIDEO_MAX_SLICE_NUMS
+            image, temporal_ids, slices = self._video(video, image, fps, max_frames, max_packing, temporal_ids)
+            max_slice_nums = max_slice_nums or slices
         conversations = [_with_images(conversation, image) for conversation in conversations]
         limit = max_input_length or facts(self.version).max_input_length
         inputs = self.processor(
@@ -415,6 +404,17 @@ class ChatModel:
         return Prepared(
             inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap, prefix, constraints
         )
+
+    def _video(self, video, image, fps, max_frames, max_packing, temporal_ids):
+        """(images, temporal_ids, slices per frame) of a video under this version's recipe."""
+        if facts(self.version).video_recipe == "packed":
+            frames, temporal_ids = _packed_video(video, image, fps, max_frames, max_packing, temporal_ids)
+            return frames, temporal_ids, 1
+        frames = video if isinstance(video, list) else videos.load_video_frames(
+            video, fps or videos.DEFAULT_FPS, max_frames or videos.DEFAULT_MAX_FRAMES
+        )  # fmt: skip
+        extra = image if isinstance(image, list) else [image] if image is not None else []
+        return [*frames, *extra], temporal_ids, videos.VIDEO_MAX_SLICE_NUMS
 
     def _constraints(self, response_format, count: int) -> list | None:
         if response_format is None or (isinstance(response_format, dict) and response_format.get("type") == "text"):

@@ -73,15 +73,7 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     app.state.worker, app.state.settings = worker, settings
     _add_error_handlers(app)
     _add_request_checks(app, settings)
-    if settings.cors_origins:  # added last: it runs first, so preflights get their answer
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    _add_cors(app, settings.cors_origins)
     started = int(time.time())
 
     async def require_api_key(request: Request) -> None:
@@ -102,14 +94,7 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     async def health():
         return {"status": "ok", "model": settings.model_name, **worker.status()}
 
-    metrics = _metrics(worker, settings.model_name)
-
-    @app.get("/metrics")
-    async def prometheus_metrics():
-        if metrics is None:
-            raise APIError(501, "metrics need prometheus-client: pip install 'minicpmv[serve]'", code="not_implemented")
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
+    _add_metrics(app, worker, settings.model_name)
 
     @api.get("/models")
     async def models():
@@ -134,13 +119,35 @@ def create_app(chat, settings: ServerSettings | None = None, start_worker: bool 
     return app
 
 
-def _metrics(worker: ModelWorker, model_name: str):
+def _add_cors(app: FastAPI, origins: tuple[str, ...]) -> None:
+    """Added last, so it runs first: a preflight gets its answer before any other check."""
+    if not origins:
+        return
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+
+
+def _add_metrics(app: FastAPI, worker: ModelWorker, model_name: str) -> None:
+    """GET /metrics (Prometheus text format); a 501 that says why where prometheus-client is missing."""
     try:
         from .metrics import ServerMetrics
 
-        return ServerMetrics(worker, model_name)
-    except ImportError:  # prometheus-client not installed: /metrics says so
-        return None
+        metrics = ServerMetrics(worker, model_name)
+    except ImportError:
+        metrics = None
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        if metrics is None:
+            raise APIError(501, "metrics need prometheus-client: pip install 'minicpmv[serve]'", code="not_implemented")
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
 
 async def _answer(request: Request, worker: ModelWorker, settings: ServerSettings):
