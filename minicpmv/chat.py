@@ -139,6 +139,8 @@ class TextStream:
     def __init__(self, chat: ChatModel, prepared: Prepared):
         self.cancel_event = threading.Event()
         self.result: Generation | None = None
+        # with the logprobs option: (token, logprob, alternatives) of the tokens behind the last delta
+        self.delta_logprobs: list = []
         self.prompt_tokens = int(prepared.inputs.attention_mask[0].sum())  # after image expansion
         self._iterator = chat._stream_text(prepared, self)
 
@@ -443,17 +445,30 @@ class ChatModel:
             self._phase_threads(),
             prepared.constraints,
         )
+        sent = 0  # tokens whose logprobs went out with a delta
+
+        def logprobs_up_to(count: int) -> list:
+            """(token, logprob, alternatives) of the tokens decoded since the last delta."""
+            nonlocal sent
+            entries = stats.logprobs[0][sent:count] if stats.logprobs else []
+            tokens = decoder.ids[sent:count]
+            sent = count
+            return [(token, lp, alternatives) for token, (lp, alternatives) in zip(tokens, entries)]
+
         try:
             if prepared.prefix:
+                handle.delta_logprobs = []
                 yield prepared.prefix
             for step in steps:
                 delta = decoder.push(step[0])
                 if delta:
+                    handle.delta_logprobs = logprobs_up_to(len(decoder.ids))
                     yield delta
                 if decoder.stopped:
                     break
             tail = decoder.finish()
             if tail:
+                handle.delta_logprobs = logprobs_up_to(len(decoder.ids))
                 yield tail
         finally:
             steps.close()

@@ -190,8 +190,11 @@ def test_logprobs_are_the_models_own(client, chat):
         alternatives = [a.logprob for a in token.top_logprobs]
         assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
         assert token.logprob <= alternatives[0] + 1e-6
-    with pytest.raises(openai.BadRequestError, match="not streamed"):
-        client.chat.completions.create(model="tiny-2.6", messages=question(), max_tokens=2, logprobs=True, stream=True)
+    stream = client.chat.completions.create(
+        model="tiny-2.6", messages=question(), max_tokens=6, logprobs=True, top_logprobs=3, stream=True
+    )
+    streamed = [t for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]  # same, in pieces
 
 
 def test_response_format_json_schema_always_validates(client):

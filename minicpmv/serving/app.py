@@ -172,7 +172,10 @@ async def _answer(request: Request, worker: ModelWorker, settings: ServerSetting
         request_id = protocol.completion_id()
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            events = _sse_events(job, request_id, settings.model_name, include_usage, options.get("thinking", False))
+            decode = worker.chat.tokenizer.decode if "logprobs" in options else None
+            events = _sse_events(
+                job, request_id, settings.model_name, include_usage, options.get("thinking", False), decode
+            )
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             )
@@ -237,8 +240,6 @@ def _options(request: ChatCompletionRequest, context: int, thinking: bool = Fals
         if value is not None:
             options[name] = value
     if request.logprobs:
-        if request.stream:
-            raise APIError(400, "logprobs: given for answers that are not streamed (stream: false)", "logprobs")
         options["logprobs"] = request.top_logprobs or 0
     elif request.top_logprobs:
         raise APIError(400, "top_logprobs: needs logprobs: true", "top_logprobs")
@@ -263,7 +264,7 @@ async def _next_event(job: Job, request: Request, poll_s: float = 0.25):
             raise ClientGone()
 
 
-async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool, thinking: bool = False):
+async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool, thinking: bool = False, decode=None):
     """OpenAI's chunk stream; leaving early (the client went away) cancels the generation. A
     thinking answer streams its think block as `reasoning_content` deltas, as vLLM does."""
     extra = {"usage": None} if include_usage else {}
@@ -282,8 +283,12 @@ async def _sse_events(job: Job, request_id: str, model: str, include_usage: bool
         while True:
             kind, payload = await job.events.get()
             if kind == "delta":
-                for delta in deltas(payload):
-                    yield event(protocol.chunk(request_id, model, delta, **extra))
+                text, logprobs = payload
+                # with logprobs: the tokens behind this piece ride on its first chunk
+                content = protocol.token_logprobs(logprobs, lambda i: decode([i])) if decode else None
+                for delta in deltas(text):
+                    yield event(protocol.chunk(request_id, model, delta, logprobs=content, **extra))
+                    content = {"content": []} if decode else None
             elif kind == "done":
                 for delta in deltas("", final=True):
                     yield event(protocol.chunk(request_id, model, delta, **extra))

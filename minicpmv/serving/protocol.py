@@ -250,6 +250,15 @@ def logprobs_content(generation, decode) -> dict | None:
     token's text."""
     if generation.logprobs is None:
         return None
+    return token_logprobs(
+        [(token, lp, alternatives) for token, (lp, alternatives) in zip(generation.token_ids, generation.logprobs)],
+        decode,
+    )
+
+
+def token_logprobs(entries, decode) -> dict:
+    """OpenAI's {"content": [...]} of (token id, logprob, [(id, logprob), ...]) entries: a whole
+    answer's, or a streamed piece's (TextStream.delta_logprobs)."""
 
     def entry(token: int, logprob: float) -> dict:
         text = decode(token)
@@ -258,7 +267,7 @@ def logprobs_content(generation, decode) -> dict | None:
     return {
         "content": [
             {**entry(token, logprob), "top_logprobs": [entry(i, lp) for i, lp in alternatives]}
-            for token, (logprob, alternatives) in zip(generation.token_ids, generation.logprobs)
+            for token, logprob, alternatives in entries
         ]
     }
 
@@ -285,9 +294,11 @@ def completion(request_id: str, model: str, generation, thinking: bool = False, 
     }
 
 
-def chunk(request_id: str, model: str, delta: dict | None, finish: str | None = None, **extra) -> dict:
+def chunk(
+    request_id: str, model: str, delta: dict | None, finish: str | None = None, logprobs: dict | None = None, **extra
+) -> dict:
     """One streamed chunk; `delta=None` is the usage chunk (no choices), as OpenAI sends it."""
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
     return {
         "id": request_id,
         "object": "chat.completion.chunk",

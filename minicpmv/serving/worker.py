@@ -230,7 +230,7 @@ class ModelWorker:
         try:
             piece = next(pieces)
             if job.streamed:  # a plain answer is sent whole, from the result
-                job.emit("delta", piece)
+                job.emit("delta", (piece, job.stream.delta_logprobs))
             return True
         except StopIteration:
             result = job.stream.result  # counted before the client hears, so /health agrees with it
