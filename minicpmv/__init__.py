@@ -1,6 +1,7 @@
-"""minicpmv: run, train, align and evaluate MiniCPM-V models (2.0, 2.5, 2.6) natively in PyTorch."""
+"""minicpmv: run, train, align and evaluate MiniCPM-V models (1.0, 2.0, 2.5, 2.6, 4.5) natively in PyTorch."""
 
 from .errors import CheckpointError, ConfigError, ImageError, MiniCPMVError, PromptError, PromptTooLongError
+from .lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -18,14 +19,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -5,6 +5,8 @@ that the torch-free parts (slicing, image files, configs: what `inspect-image` a
 argument checks need) load without torch.
 """
 
+from ..lazy import lazy_getattr
+
 _LAZY = {
     "ProcessorConfig": "config",
     "DEFAULT_MAX_PIXELS": "image_io",
@@ -27,14 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = sorted(_LAZY)

@@ -5,7 +5,7 @@ that owns the model; connections: uvicorn's timeouts and connection cap; app: th
 limits: the default limits. Depends on the chat API, never the other way round.
 """
 
-import importlib
+from ..lazy import lazy_getattr
 
 # imported on first use, so that `minicpmv.serving.limits` needs no FastAPI (the CLI reads it)
 _LAZY = {
@@ -18,7 +18,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
