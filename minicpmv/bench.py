@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .files import staged_folder
+from .files import cache_dir, staged_folder
 from .model.config import OFFICIAL_ARCHITECTURES, SO400M
 from .processing.tokenizer import V26_CHAT_TEMPLATE, V26_SPECIAL_TOKENS
 
@@ -266,7 +266,7 @@ def bench(
 ) -> list[dict]:
     """Build (once) the random-weight checkpoints, tune them if asked, run each row in a fresh
     process and print a markdown table."""
-    root = Path(cache or os.environ.get("MINICPMV_CACHE_DIR") or Path.home() / ".cache" / "minicpmv") / "random-init"
+    root = Path(cache or cache_dir()) / "random-init"
     base = random_checkpoint(architecture, root)
     folders = {"fp32": base}
     wanted = rows or list(ROWS)

@@ -18,6 +18,16 @@ from pathlib import Path
 
 from .errors import OutputError
 
+
+def cache_dir() -> Path:
+    """The per-user cache: $MINICPMV_CACHE_DIR, else $XDG_CACHE_HOME/minicpmv, else ~/.cache/minicpmv
+    (tuning results, converted checkpoints, the chat history, benchmark checkpoints)."""
+    root = os.environ.get("MINICPMV_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "minicpmv"
+
+
 STAGING = ".staging-"
 REPLACED = ".replaced"
 # what older versions left: `.checkpoint-000008.abc123/`, `.latest.xyz`, `.metrics.tsv.tmp.png`

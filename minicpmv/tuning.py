@@ -16,16 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .files import write_text_atomic
+from .files import cache_dir, write_text_atomic
 
 PHASES = ("encode", "prefill", "decode")
 
 
 def cache_path() -> Path:
-    root = os.environ.get("MINICPMV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv"
-    )
-    return Path(root) / "tune.json"
+    return cache_dir() / "tune.json"
 
 
 def machine_key() -> str:

@@ -9,7 +9,6 @@ can be edited and recalled with the arrow keys (readline), across sessions.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +96,9 @@ def _line_editing() -> None:
         import readline
     except ImportError:  # Windows without pyreadline: plain input()
         return
-    root = os.environ.get("MINICPMV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv"
-    )
-    path = Path(root) / "chat_history"
+    from ..files import cache_dir
+
+    path = cache_dir() / "chat_history"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..files import check_output_folder, staged_folder
+from ..files import cache_dir, check_output_folder, staged_folder
 from ..jsonfile import read_json_object
 from .apply import QuantConfig
 from .bnb import is_bnb
@@ -50,7 +50,6 @@ def loadable(source: Path) -> Path:
     dequantized once, exactly, into bfloat16 linears (`--bits 16`) in the cache, then reused.
     `minicpmv quantize -m SOURCE --bits 4` makes a smaller int4 copy instead."""
     import hashlib
-    import os
     import sys
 
     source = Path(source)
@@ -60,10 +59,7 @@ def loadable(source: Path) -> Path:
         f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.glob("*.safetensors"))
     ]
     key = hashlib.sha1("\n".join(stamp).encode()).hexdigest()[:16]
-    root = os.environ.get("MINICPMV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minicpmv"
-    )
-    target = Path(root) / "converted" / f"{source.name}-{key}"
+    target = cache_dir() / "converted" / f"{source.name}-{key}"
     if not (target / "config.json").exists():
         print(f"minicpmv: converting the bitsandbytes int4 checkpoint {source} once, into {target}", file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
