@@ -96,19 +96,47 @@ def prepare_quantized_layout(model: nn.Module, config: QuantConfig) -> None:
             _replace(model, name, _empty(module, bits, config.group_size))
 
 
+ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB for any weight
+
+
+@torch.no_grad()
+def quantize_weight(
+    weight: torch.Tensor, bits: int, group_size: int, rows_per_step: int = ROWS_PER_STEP
+) -> dict[str, torch.Tensor]:
+    """A float (N, K) weight in a quantized linear's layout: {"weight"} in bfloat16 (bits 16),
+    {"qweight", "scales"} (8) or {"qweight", "scales", "zeros"} with float16 statistics (4).
+
+    Per-row scales (int8) and groups within a row (int4): row blocks quantize independently, so
+    a 150k-row head never needs whole-weight float32 temporaries; each block's results go straight
+    into the final tensors (no list of pieces, no concatenated copy)."""
+    if bits == 16:
+        return {"weight": weight.detach().to(torch.bfloat16).clone()}
+    rows, cols = weight.shape
+    if bits == 8:
+        out = {"qweight": torch.empty((rows, cols), dtype=torch.int8), "scales": torch.empty(rows)}
+    else:
+        groups = cols // group_size
+        out = {
+            "qweight": torch.empty((rows, cols // 2), dtype=torch.uint8),
+            "scales": torch.empty((rows, groups), dtype=torch.float16),
+            "zeros": torch.empty((rows, groups), dtype=torch.float16),
+        }
+    for start in range(0, rows, rows_per_step):
+        block = weight[start : start + rows_per_step].float()
+        pieces = quantize_int8(block) if bits == 8 else quantize_int4(block, group_size)
+        for target, piece in zip(out.values(), pieces):
+            target[start : start + len(block)] = piece
+    return out
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     """Quantize a loaded float model in place and record the scheme in its config."""
     for name, bits in layer_bits(model, config).items():
         module = model.get_submodule(name)
         new = _empty(module, bits, config.group_size)
-        if bits == 16:
-            new.weight = module.weight.detach().to(torch.bfloat16).clone()
-        elif bits == 8:
-            new.qweight, new.scales = quantize_int8(module.weight)
-        else:
-            new.qweight, scales, zeros = quantize_int4(module.weight, config.group_size)
-            new.scales, new.zeros = scales.to(torch.float16), zeros.to(torch.float16)
+        for suffix, tensor in quantize_weight(module.weight, bits, config.group_size).items():
+            setattr(new, suffix, tensor)
         if module.bias is not None:
             new.bias = module.bias.detach().float().clone()
         _replace(model, name, new.to(module.weight.device))

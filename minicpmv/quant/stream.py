@@ -20,12 +20,10 @@ from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, weight_files
 from ..model.config import MiniCPMVConfig
 from ..model.minicpmv import MiniCPMV
 from ..model.safetensors_reader import SafetensorsFormatError, read_header, read_tensors, write_tensors
-from .apply import QuantConfig, layer_bits
+from .apply import ROWS_PER_STEP, QuantConfig, layer_bits, quantize_weight
 from .bnb import dequantized_tensors, is_bnb, is_state_tensor
-from .schemes import quantize_int4, quantize_int8
 
 SHARD_BYTES = 512 << 20
-ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB for any tensor
 
 
 class ShardWriter:
@@ -111,27 +109,8 @@ def quantized(name: str, tensor: torch.Tensor, plan: dict[str, int], group_size:
         return {name: tensor}
     if leaf == "bias":
         return {name: tensor.float()}
-    if bits == 16:
-        return {name: tensor.to(torch.bfloat16)}
-    # per-row scales (int8) and groups within a row (int4): row blocks quantize independently,
-    # so a 150k-row head never needs whole-tensor float32 temporaries; the results go straight
-    # into their final tensors (no list of pieces, no concatenated copy)
-    rows, cols = tensor.shape
-    if bits == 8:
-        out = {f"{module}.qweight": torch.empty((rows, cols), dtype=torch.int8), f"{module}.scales": torch.empty(rows)}
-    else:
-        groups = cols // group_size
-        out = {
-            f"{module}.qweight": torch.empty((rows, cols // 2), dtype=torch.uint8),
-            f"{module}.scales": torch.empty((rows, groups), dtype=torch.float16),
-            f"{module}.zeros": torch.empty((rows, groups), dtype=torch.float16),
-        }
-    for start in range(0, rows, ROWS_PER_STEP):
-        block = tensor[start : start + ROWS_PER_STEP].float()
-        pieces = quantize_int8(block) if bits == 8 else quantize_int4(block, group_size)
-        for target, piece in zip(out.values(), pieces):
-            target[start : start + len(block)] = piece
-    return out
+    pieces = quantize_weight(tensor, bits, group_size, ROWS_PER_STEP)
+    return {f"{module}.{suffix}": piece for suffix, piece in pieces.items()}
 
 
 def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bool | None = None) -> dict:
