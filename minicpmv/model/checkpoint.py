@@ -37,7 +37,7 @@ def weight_files(folder: Path, header_of=None) -> dict[str, Path]:
     header_of(path) parses a file's header; a caller that reads the tensors later passes a
     caching one so each header is parsed once.
     """
-    header_of = header_of or _header
+    header_of = header_of or read_checkpoint_header
     if (folder / INDEX_FILE).exists():
         try:
             weight_map = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
@@ -55,7 +55,8 @@ def weight_files(folder: Path, header_of=None) -> dict[str, Path]:
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
-def _header(path: Path) -> tuple[dict, int]:
+def read_checkpoint_header(path: Path) -> tuple[dict, int]:
+    """A weights file's (header, data offset); a CheckpointError naming the file if unreadable."""
     try:
         return read_header(path)
     except (SafetensorsFormatError, OSError, KeyError, TypeError, ValueError) as exc:
@@ -119,7 +120,7 @@ class OpenCheckpoint:
 
     def _header(self, file: Path) -> tuple[dict, int]:
         if file not in self._headers:
-            self._headers[file] = _header(file)
+            self._headers[file] = read_checkpoint_header(file)
         return self._headers[file]
 
     def nbytes(self, parts: tuple[str, ...] = ("",)) -> int:

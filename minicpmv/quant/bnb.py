@@ -45,15 +45,25 @@ def is_state_tensor(name: str) -> bool:
     return name.rpartition(".")[2] in STATE_SUFFIXES or STATE_BLOB in name
 
 
-def dequantize(packed: torch.Tensor, state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """One bitsandbytes 4-bit weight -> float32 of its original shape; `state` maps the suffixes
-    after `name.` (absmax, quant_map, ..., quant_state.bitsandbytes__nf4) to their tensors."""
+def _info(state: dict[str, torch.Tensor], name: str) -> dict:
+    """The JSON quant state (shape, blocksize, dtype, nested_offset, ...) stored as bytes."""
     blob = next((t for key, t in state.items() if key.startswith("quant_state.bitsandbytes__")), None)
     if blob is None:
         raise CheckpointError(f"{name}: a bitsandbytes weight without its quant_state")
     info = json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
     if info.get("quant_type") not in ("nf4", "fp4"):
         raise CheckpointError(f"{name}: quant_type {info.get('quant_type')!r} is not nf4 or fp4")
+    return info
+
+
+def dequantize(packed: torch.Tensor, state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """One bitsandbytes 4-bit weight -> float32 of its original shape; `state` maps the suffixes
+    after `name.` (absmax, quant_map, ..., quant_state.bitsandbytes__nf4) to their tensors."""
+    return _dequantize(packed, state, _info(state, name), name).float()
+
+
+def _dequantize(packed: torch.Tensor, state: dict[str, torch.Tensor], info: dict, name: str) -> torch.Tensor:
+    """The weight in the dtype its quant state names (bfloat16 in the official files)."""
     quant_map = state["quant_map"].float()
     if info["quant_type"] == "nf4" and not torch.allclose(quant_map, torch.tensor(NF4), atol=1e-6):
         raise CheckpointError(f"{name}: its quant_map is not the NF4 table")
@@ -71,26 +81,21 @@ def dequantize(packed: torch.Tensor, state: dict[str, torch.Tensor], name: str) 
     codes = codes[: rows * cols]
     blocks = torch.arange(rows * cols) // info["blocksize"]
     values = quant_map[codes] * absmax.float()[blocks]
-    return values.reshape(rows, cols).to(getattr(torch, info.get("dtype", "float32"))).float()
+    return values.reshape(rows, cols).to(getattr(torch, info.get("dtype", "float32")))
 
 
-def dequantized_tensors(folder, source_tensors, read_named):
-    """(name, tensor) of a bitsandbytes checkpoint with every 4-bit weight dequantized (to the
-    dtype its quant state names, bfloat16 in the official files); the quant-state tensors are
-    consumed, the rest passes as stored. `source_tensors(folder)` iterates a folder's tensors,
-    `read_named(folder, names)` reads named ones (the state may sit in another shard)."""
-    from ..model.checkpoint import weight_files
-
-    names = list(weight_files(folder))
-    for name, tensor in source_tensors(folder):
+def dequantized_tensors(folder):
+    """(name, tensor) of a bitsandbytes checkpoint with every 4-bit weight dequantized to its
+    stored dtype; the quant-state tensors are consumed, the rest passes as stored. `folder` is a
+    quant.stream.TensorFolder: its tensors in file order, `read(names)` for the state of a weight
+    (which may sit in another shard)."""
+    names = list(folder.files)
+    for name, tensor in folder:
         if is_state_tensor(name):
             continue
         state_names = quant_state_names(name, names)
         if not state_names:
             yield name, tensor
             continue
-        state = {key[len(name) + 1 :]: value for key, value in read_named(folder, state_names).items()}
-        weight = dequantize(tensor, state, name)
-        blob = next(v for k, v in state.items() if k.startswith("quant_state."))
-        dtype = json.loads(bytes(blob.to(torch.uint8).tolist()).decode()).get("dtype", "float32")
-        yield name, weight.to(getattr(torch, dtype))
+        state = {key[len(name) + 1 :]: value for key, value in folder.read(state_names).items()}
+        yield name, _dequantize(tensor, state, _info(state, name), name)

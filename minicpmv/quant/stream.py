@@ -16,10 +16,10 @@ import torch
 from ..errors import CheckpointError
 from ..files import write_text_atomic
 from ..jsonfile import read_json_object
-from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, weight_files
+from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, read_checkpoint_header, weight_files
 from ..model.config import MiniCPMVConfig
 from ..model.minicpmv import MiniCPMV
-from ..model.safetensors_reader import SafetensorsFormatError, read_header, read_tensors, write_tensors
+from ..model.safetensors_reader import read_tensors, write_tensors
 from .apply import ROWS_PER_STEP, QuantConfig, layer_bits, quantize_weight
 from .bnb import dequantized_tensors, is_bnb, is_state_tensor
 
@@ -67,38 +67,36 @@ class ShardWriter:
         write_text_atomic(self.folder / INDEX_FILE, json.dumps(index, indent=2))
 
 
-def source_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of a checkpoint folder, one at a time, in file order, in its stored dtype."""
-    headers = {}
+class TensorFolder:
+    """A checkpoint folder's tensors in their stored dtypes, each file's header parsed once:
+    iterate for all of them (file by file, in file order), `read(names)` for chosen ones."""
 
-    def header_of(path):
-        if path not in headers:
-            try:
-                headers[path] = read_header(path)
-            except (SafetensorsFormatError, OSError, KeyError, TypeError, ValueError) as exc:
-                raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-        return headers[path]
+    def __init__(self, folder: Path):
+        self._headers: dict[Path, tuple[dict, int]] = {}
+        self.files = weight_files(Path(folder), self._header)  # name -> file
 
-    by_file: dict[Path, list[str]] = {}
-    for name, path in weight_files(folder, header_of).items():
-        by_file.setdefault(path, []).append(name)
-    for path, names in by_file.items():
-        header, data_start = header_of(path)
-        names.sort(key=lambda n: header[n]["data_offsets"][0])  # sequential reads
-        yield from read_tensors(path, names, header, data_start)
+    def _header(self, path: Path) -> tuple[dict, int]:
+        if path not in self._headers:
+            self._headers[path] = read_checkpoint_header(path)
+        return self._headers[path]
 
+    def _by_file(self, names) -> dict[Path, list[str]]:
+        grouped: dict[Path, list[str]] = {}
+        for name in names:
+            grouped.setdefault(self.files[name], []).append(name)
+        return grouped
 
-def read_named(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """The named tensors of a checkpoint folder, wherever their shards are."""
-    files = weight_files(folder)
-    by_file: dict[Path, list[str]] = {}
-    for name in names:
-        by_file.setdefault(files[name], []).append(name)
-    out = {}
-    for path, wanted in by_file.items():
-        header, data_start = read_header(path)
-        out.update(read_tensors(path, wanted, header, data_start))
-    return out
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for path, names in self._by_file(self.files).items():
+            header, data_start = self._header(path)
+            names.sort(key=lambda n: header[n]["data_offsets"][0])  # sequential reads
+            yield from read_tensors(path, names, header, data_start)
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        out = {}
+        for path, wanted in self._by_file(names).items():
+            out.update(read_tensors(path, wanted, *self._header(path)))
+        return out
 
 
 def quantized(name: str, tensor: torch.Tensor, plan: dict[str, int], group_size: int) -> dict[str, torch.Tensor]:
@@ -126,7 +124,8 @@ def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bo
     expected = set(model.state_dict())
     if model_config.llm.tie_word_embeddings:
         expected.discard("llm.lm_head.weight")
-    files = {name for name in weight_files(source) if not (bnb and is_state_tensor(name))}
+    source_files = TensorFolder(source)
+    files = {name for name in source_files.files if not (bnb and is_state_tensor(name))}
     if files != expected:
         missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
         raise CheckpointError(
@@ -134,7 +133,7 @@ def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bo
         )
     writer = ShardWriter(stage)
     bar = tqdm(total=len(files), desc="quantize", unit="tensor", disable=False if progress else None)
-    tensors = dequantized_tensors(source, source_tensors, read_named) if bnb else source_tensors(source)
+    tensors = dequantized_tensors(source_files) if bnb else source_files
     for name, tensor in tensors:
         for out_name, out in quantized(name, tensor, plan, config.group_size).items():
             writer.add(out_name, out)
