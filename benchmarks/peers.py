@@ -246,7 +246,7 @@ def vision_table(rounds: int) -> list[str]:
     sizes = torch.tensor([[patches, patches]] * crops)
     mask = torch.ones((crops, patches, patches), dtype=torch.bool)
 
-    from minicpmv.chat import pick_vision_autocast
+    from minicpmv.devices import pick_vision_autocast
 
     autocast = pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
 

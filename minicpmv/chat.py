@@ -7,16 +7,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
+from .chat_options import decoding_config
 from .compilation import compile_parts
-from .cpu import has_native_bf16
-from .errors import ConfigError, PromptError
-from .generation import PRESETS, GenerationConfig, GenerationOutput, generate, stream_tokens
+from .devices import pick_device, pick_dtype, pick_vision_autocast
+from .errors import PromptError
+from .generation import GenerationConfig, GenerationOutput, generate, stream_tokens
 from .hub import resolve_model
 from .image_features import ImageEncoder, Residency
 from .memory import peak_rss_mib
@@ -30,57 +31,6 @@ from .versions import facts
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-# the decoding settings a caller may set: GenerationConfig's fields but the derived ones
-SAMPLING_OPTIONS = tuple(f.name for f in fields(GenerationConfig) if f.name not in ("do_sample", "stop_ids"))
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """cuda, then mps, then cpu, unless one is named."""
-    if device not in (None, "auto"):
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """float32 on CPU (bf16 matmuls are slow without native support), bfloat16 on CUDA, float16 on MPS."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def pick_vision_autocast(
-    vision_dtype: str | None, model_dtype: torch.dtype, device: torch.device
-) -> torch.dtype | None:
-    """The dtype the vision encoder and resampler compute in under autocast, or None (the model's).
-
-    "auto" (default): bfloat16 for a float32 model on a CPU with native bf16 arithmetic, where it
-    is measured 2.2-2.4x faster than float32 (docs/benchmarks.md) at a 0.2% feature difference (the
-    official checkpoints run in bf16 anyway); "float32" (the model's dtype) elsewhere.
-    """
-    if vision_dtype in (None, "auto"):
-        native = device.type == "cpu" and model_dtype == torch.float32 and has_native_bf16()
-        return torch.bfloat16 if native else None
-    if vision_dtype not in DTYPES:
-        raise ConfigError(f"vision_dtype: {vision_dtype!r} is not 'auto' or one of {sorted(DTYPES)}")
-    chosen = DTYPES[vision_dtype]
-    return None if chosen == model_dtype else chosen
 
 
 @dataclass
@@ -370,13 +320,7 @@ class ChatModel:
         max_input_length=None,
         **sampling,
     ) -> Prepared:
-        unknown = set(sampling) - set(SAMPLING_OPTIONS)
-        if unknown:
-            raise PromptError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
-        config = preset_config(preset, self.version, thinking).with_options(stop_ids=self.stop_ids, **sampling)
-        _check_config(config)
-        if "temperature" in sampling and sampling["temperature"] is not None:
-            config = config.with_options(do_sample=sampling["temperature"] > 0)
+        config = decoding_config(preset, self.version, thinking, **sampling).with_options(stop_ids=self.stop_ids)
         if video is not None:  # frames without <image_id>, few slices each
             use_image_id = False if use_image_id is None else use_image_id
             image, temporal_ids, slices = self._video(video, image, fps, max_frames, max_packing, temporal_ids)
@@ -509,23 +453,6 @@ def _packed_video(video, image, fps, max_frames, max_packing, temporal_ids):
         return video, temporal_ids or videos.frame_groups(len(video), fps, max_packing)
     frames, groups = videos.load_packed_video(video, fps, max_frames or videos.PACKED_MAX_FRAMES, max_packing)
     return frames, temporal_ids or groups
-
-
-def preset_config(preset: str, version: str, thinking: bool = False) -> GenerationConfig:
-    """A preset's decoding settings for a version: "sampling" is that version's official
-    chat(sampling=True) (4.5: its own with and without thinking); the others are shared."""
-    if preset not in PRESETS:
-        raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
-    if preset != "sampling":
-        return PRESETS[preset]
-    row = facts(version)
-    return GenerationConfig(do_sample=True, **dict(row.thinking_sampling if thinking else row.sampling))
-
-
-def _check_config(config: GenerationConfig) -> None:
-    problems = config.problems()
-    if problems:
-        raise PromptError("; ".join(problems))
 
 
 def _blank_image():

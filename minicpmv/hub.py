@@ -51,7 +51,7 @@ def resolve_model(name: str | os.PathLike, revision: str | None = None) -> Path:
     cached = _snapshot(text, revision, local_only=True)
     if cached is not None:
         return cached
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _offline():
         raise ConfigError(
             f"{text}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; run `minicpmv pull {text}` "
             "where the network is reachable"
@@ -63,9 +63,14 @@ def pull(repo_id: str, revision: str | None = None) -> Path:
     """Download (or update) a model into the hub cache; its snapshot folder."""
     if not _REPO_ID.match(repo_id):
         raise ConfigError(f"{repo_id!r} is not a Hugging Face model id (owner/name)")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _offline():
         raise ConfigError(f"{repo_id}: cannot download while HF_HUB_OFFLINE is set")
     return _snapshot(repo_id, revision, local_only=False)
+
+
+def _offline() -> bool:
+    # read now, not at import: huggingface_hub reads its environment once, when first imported
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _snapshot(repo_id: str, revision: str | None, local_only: bool) -> Path | None:

@@ -55,7 +55,7 @@ class ImageEncoder:
         cache_size: int = 16,
     ):
         self.model, self.residency = model, residency
-        self.vision_autocast = vision_autocast  # see chat.pick_vision_autocast
+        self.vision_autocast = vision_autocast  # see devices.pick_vision_autocast
         self.tuning = tuning
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size

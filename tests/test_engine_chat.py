@@ -204,16 +204,16 @@ def test_crops_per_call_does_not_change_features(chat26):
 
 
 def test_vision_precision_choice_and_bf16_features_stay_close(monkeypatch):
-    import minicpmv.chat as chat_module
+    import minicpmv.devices as devices_module
     from minicpmv import ConfigError
-    from minicpmv.chat import pick_vision_autocast
+    from minicpmv.devices import pick_vision_autocast
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(chat_module, "has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices_module, "has_native_bf16", lambda: True)
     assert pick_vision_autocast("auto", torch.float32, cpu) == torch.bfloat16
     assert pick_vision_autocast("auto", torch.bfloat16, cpu) is None  # already bf16
     assert pick_vision_autocast("auto", torch.float32, torch.device("cuda")) is None
-    monkeypatch.setattr(chat_module, "has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices_module, "has_native_bf16", lambda: False)
     assert pick_vision_autocast("auto", torch.float32, cpu) is None  # emulated bf16 is slower
     assert pick_vision_autocast("bfloat16", torch.float32, cpu) == torch.bfloat16
     assert pick_vision_autocast("float32", torch.float32, cpu) is None

@@ -81,7 +81,7 @@ def _values(config):
 
 
 def test_presets_are_the_official_chat_defaults():
-    from minicpmv.chat import preset_config
+    from minicpmv.chat_options import preset_config
 
     for version in ("2.0", "2.5", "2.6"):
         assert _values(preset_config("sampling", version)) == (True, 0.8, 100, 0.7, 1.05)
@@ -96,7 +96,7 @@ def test_presets_are_the_official_chat_defaults():
 
 @pytest.mark.parametrize("options", [{"max_new_tokens": 5}, {"seed": 3, "top_k": None}])
 def test_with_options_ignores_none(options):
-    from minicpmv.chat import preset_config
+    from minicpmv.chat_options import preset_config
 
     config = preset_config("sampling", "2.6").with_options(**options)
     assert config.top_k == 100 and config.do_sample

@@ -160,21 +160,17 @@ def check_inputs(options: dict, images: list[str] = (), video: str | None = None
     user should not wait for a model to hear that a flag or a file is wrong)."""
     import os
 
-    from ..errors import ImageError, PromptError
-    from ..generation import PRESETS
+    from ..chat_options import SAMPLING_OPTIONS, decoding_config
+    from ..errors import ImageError
     from ..processing.image_io import open_image
 
     for path in images:
         open_image(path)  # its header: missing, unreadable, not an image or too large
     if video is not None and not os.path.isfile(video):
         raise ImageError(f"{video}: no such video file")
-    preset = options.get("preset", "greedy")
-    if preset not in PRESETS:
-        raise PromptError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
-    names = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
-    problems = PRESETS[preset].with_options(**{k: options[k] for k in names if k in options}).problems()
-    if problems:
-        raise PromptError("; ".join(problems))
+    # the ranges do not depend on the version; its presets' values do, and come with the model
+    sampling = {k: v for k, v in options.items() if k in SAMPLING_OPTIONS}
+    decoding_config(options.get("preset", "greedy"), "2.6", **sampling)
 
 
 def generation_options(args: SamplingFlags) -> dict:
