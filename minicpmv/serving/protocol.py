@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -89,6 +89,19 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: dict | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
+    # OpenAI fields not implemented here, kept so that a value that would matter is refused
+    # (UNSUPPORTED) rather than silently dropped
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -141,10 +154,10 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
         raise _validation_error(exc) from None
     if request.n != 1:
         raise APIError(400, f"n: only n=1 is supported, got {request.n}", "n")
-    fields = json.loads(body)  # valid JSON: validated above
     for name, unused in UNSUPPORTED.items():
-        if name in fields and fields[name] not in unused:
-            raise APIError(400, f"{name}: not supported by this server (got {_short(fields[name])})", name)
+        value = getattr(request, name)
+        if value not in unused:
+            raise APIError(400, f"{name}: not supported by this server (got {_short(value)})", name)
     return request
 
 
