@@ -16,7 +16,7 @@ import torch
 from .chat_options import decoding_config
 from .compilation import compile_parts
 from .devices import pick_device, pick_dtype, pick_vision_autocast
-from .errors import PromptError
+from .errors import ConfigError, PromptError
 from .generation import GenerationConfig, GenerationOutput, generate, stream_tokens
 from .hub import resolve_model
 from .image_features import ImageEncoder, Residency
@@ -480,6 +480,7 @@ def load(
     compile: str | bool = "auto",
     llm_gguf: str | Path | None = None,
     context: int | None = None,
+    mmproj: str | Path | None = None,
 ) -> ChatModel:
     """Load an official MiniCPM-V checkpoint (1.0 ... 4.5) or one of ours.
 
@@ -502,11 +503,20 @@ def load(
             decoder (needs llama-cpp-python), fed with this package's prompt embeddings; the
             checkpoint's LLM layers are never read. One conversation at a time, no beam search.
         context: llama.cpp's KV cache size in tokens (default 8192, capped by the model's).
+        mmproj: with `path` a llama.cpp GGUF LLM file, its MiniCPM-V projector GGUF (default: the
+            one mmproj*.gguf beside it); the pair is converted once into a checkpoint folder in
+            the cache (backends.gguf_import).
     """
     compile_parts(compile, None)  # a bad value fails before the model is read
     start = time.perf_counter()
     from .quant.folder import loadable
 
+    if str(path).lower().endswith(".gguf"):
+        from .backends.gguf_import import gguf_folder
+
+        path = gguf_folder(path, mmproj)
+    elif mmproj is not None:
+        raise ConfigError(f"mmproj: a projector goes with a GGUF model file, not {path}")
     path = loadable(resolve_model(path))
     target = pick_device(device)
     model_dtype = pick_dtype(dtype, target)

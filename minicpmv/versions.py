@@ -43,6 +43,9 @@ class VersionFacts:
     thinking: bool = False
     thinking_sampling: tuple[tuple[str, float], ...] = ()  # chat(sampling=True, enable_thinking=True)
     video_recipe: str = "frames"  # "frames" (2.6: one image per frame) or "packed" (4.5: grouped frames)
+    # llama.cpp's name for this generation in a projector GGUF (clip.minicpmv_version); None: its
+    # multimodal path has no MiniCPM-V of this version
+    llamacpp_version: int | None = None
 
     @property
     def use_image_id(self) -> bool:
@@ -95,6 +98,7 @@ VERSIONS = {
         drop_vision_last_layer=False,
         faithful_idefics2_mask=True,
         query_pos_embed=False,
+        llamacpp_version=2,
     ),
     "2.6": VersionFacts(
         llm_family="qwen2",
@@ -109,6 +113,7 @@ VERSIONS = {
         drop_vision_last_layer=True,
         faithful_idefics2_mask=False,
         query_pos_embed=False,
+        llamacpp_version=3,
     ),
     "4.5": VersionFacts(
         llm_family="qwen3",
@@ -129,6 +134,7 @@ VERSIONS = {
         # the official chat() sets only the temperature; top_p / top_k come from generation_config.json
         thinking_sampling=(("temperature", 0.7), ("top_p", 0.95), ("top_k", 20)),
         video_recipe="packed",
+        llamacpp_version=6,
     ),
 }
 SUPPORTED_VERSIONS = tuple(VERSIONS)

@@ -1,9 +1,11 @@
 """The LLM of a checkpoint as a GGUF file for llama.cpp (the `llamacpp` extra: the `gguf` package).
 
-Only the language model goes in: the vision encoder and resampler stay with this package, which
-feeds llama.cpp the prompt embeddings with the image features written in (backends.llamacpp).
-2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp rotates Llama's query/key pairs
-interleaved where the checkpoint rotates halves, so those rows are reordered (`interleave_rope_rows`).
+The file holds the language model and its tokenizer (backends.gguf_tokenizer). It serves two
+uses: `--llm-gguf`, where this package keeps the vision parts and feeds llama.cpp the prompt
+embeddings (backends.llamacpp), and llama.cpp's own multimodal path, next to the projector file
+written by backends.mmproj. 4.5 (Qwen3), 2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp
+rotates Llama's query/key pairs interleaved where the checkpoint rotates halves, so those rows are
+reordered (`interleave_rope_rows`).
 Written to a temporary name, then renamed: an interrupted export never leaves a partial file.
 """
 
@@ -19,6 +21,7 @@ from ..files import staged_path
 from ..model.checkpoint import weight_files
 from ..model.config import LLMConfig, MiniCPMVConfig
 from ..model.safetensors_reader import read_header, read_tensors
+from .gguf_tokenizer import write_vocabulary
 from .gguf_types import TYPES
 
 ARCHITECTURE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}  # our LLM family -> llama.cpp architecture
@@ -107,38 +110,11 @@ def _write_metadata(writer, cfg: LLMConfig) -> None:
         writer.add_value_length(cfg.head_dim)
 
 
-def _write_vocabulary(writer, vocab_size: int, tokenizer_file: Path | None) -> None:
-    """The checkpoint's token strings (padded to the embedding rows), for reference: this
-    package tokenizes and feeds embeddings, so llama.cpp's tokenizer is never used here. Without
-    a tokenizer file, the byte alphabet and placeholders (llama.cpp needs a newline token)."""
-    import gguf
-    from tokenizers import Tokenizer, pre_tokenizers
-
-    if tokenizer_file is not None:
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
-        lookup = tokenizer.id_to_token
-    else:
-        alphabet, special = sorted(pre_tokenizers.ByteLevel.alphabet()), set()
-        lookup = lambda index: alphabet[index] if index < len(alphabet) else None  # noqa: E731
-    tokens, types = [], []
-    for index in range(vocab_size):
-        text = lookup(index)
-        tokens.append(text if text is not None else f"[PAD{index}]")
-        control = text is None or text in special
-        types.append(gguf.TokenType.CONTROL if control else gguf.TokenType.NORMAL)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(["Ġ Ġ"])  # llama.cpp refuses a BPE vocabulary without merges
-
-
-def checkpoint_tensors(folder: Path):
-    """(name, float32 numpy array) of every LLM tensor, one at a time."""
+def checkpoint_tensors(folder: Path, prefixes: tuple[str, ...] = ("llm.",)):
+    """(name, float32 numpy array) of every tensor of the given parts, one at a time."""
     by_file: dict[Path, list[str]] = {}
     for name, file in weight_files(folder).items():
-        if name.startswith("llm."):
+        if name.startswith(prefixes):
             by_file.setdefault(file, []).append(name)
     for file, names in sorted(by_file.items()):
         header, start = read_header(file)
@@ -147,19 +123,18 @@ def checkpoint_tensors(folder: Path):
 
 
 def export_gguf(folder: str | Path, output: str | Path, weight_type: str = "q4_0") -> Path:
-    """Write the LLM of a float 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
+    """Write the LLM of a float 4.5 / 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
     folder = Path(folder)
-    tokenizer = folder / "tokenizer.json"
-    return write_gguf(
-        checkpoint_tensors(folder), llm_config(folder), output, weight_type, tokenizer if tokenizer.exists() else None
-    )
+    tokenizer = folder if (folder / "tokenizer.json").exists() else None
+    return write_gguf(checkpoint_tensors(folder), llm_config(folder), output, weight_type, tokenizer)
 
 
 def write_gguf(
-    tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "q4_0", tokenizer_file: Path | None = None
+    tensors, cfg: LLMConfig, output: str | Path, weight_type: str = "q4_0", tokenizer_folder: Path | None = None
 ) -> Path:
     """(checkpoint name, float32 array) pairs of an LLM -> a GGUF: decoder linears in `weight_type`
-    (q4_0, q8_0, f16, f32), embeddings and head per TYPES, norms and biases in float32."""
+    (q4_0, q8_0, f16, f32), embeddings and head per TYPES, norms and biases in float32; the
+    tokenizer of `tokenizer_folder` (tokenizer.json, tokenizer_config.json), else placeholders."""
     import gguf
 
     output = Path(output)
@@ -169,7 +144,7 @@ def write_gguf(
     with staged_path(output) as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family])
         _write_metadata(writer, cfg)
-        _write_vocabulary(writer, cfg.vocab_size, tokenizer_file)
+        write_vocabulary(writer, cfg.vocab_size, cfg.family, tokenizer_folder)
         for name, data in tensors:
             if cfg.family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
                 data = interleave_rope_rows(data, cfg.num_heads if "q_proj" in name else cfg.num_kv_heads)

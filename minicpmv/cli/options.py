@@ -23,6 +23,7 @@ class ModelFlags:
     vision_dtype: str = "auto"
     compile: str = "auto"
     llm_gguf: str | None = None
+    mmproj: str | None = None
 
 
 @dataclass
@@ -67,7 +68,10 @@ def wire(parser: argparse.ArgumentParser, function) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-m", "--model", help="checkpoint folder, Hugging Face id (openbmb/MiniCPM-V-2_6) or demo (the default)"
+        "-m",
+        "--model",
+        help="checkpoint folder, Hugging Face id (openbmb/MiniCPM-V-2_6), llama.cpp GGUF file (with --mmproj) "
+        "or demo (the default)",
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, mps (default: best available)")
@@ -94,6 +98,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--llm-gguf",
         metavar="FILE",
         help="run the LLM in llama.cpp from this GGUF of the checkpoint (minicpmv export-gguf)",
+    )
+    parser.add_argument(
+        "--mmproj",
+        metavar="FILE",
+        help="with -m MODEL.gguf: its llama.cpp vision projector GGUF (default: the mmproj*.gguf beside it)",
     )
 
 
@@ -152,6 +161,7 @@ def load_model(args: ModelFlags):
         vision_dtype=args.vision_dtype,
         compile=args.compile,
         llm_gguf=args.llm_gguf,
+        mmproj=args.mmproj,
     )
 
 
