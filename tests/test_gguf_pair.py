@@ -274,3 +274,29 @@ def test_export_cli_writes_the_pair_and_refuses_to_overwrite(tmp_path, capsys):
     assert kinds["v.blk.0.attn_q.weight"] == "F16" and kinds["v.blk.0.attn_q.bias"] == "F32"
     assert main(argv) == 2 and "file exists" in capsys.readouterr().err
     assert main(["export-gguf", "-m", str(TINY["2.0"] / "checkpoint"), "-o", str(tmp_path / "x.gguf")]) == 2
+
+
+def test_a_file_quantized_by_llama_cpp_reads_as_llama_cpp_reads_it(pairs, tmp_path):
+    """K-quants as distributed (Q4_K_M: Q4_K, Q6_K and Q5_0 blocks, written by llama.cpp's own
+    quantizer) dequantize to what llama.cpp computes with: our logits on the converted weights sit
+    far closer to llama.cpp's on the file than either is to the float model's (what is left is
+    llama.cpp's 8-bit activations and float16 keys)."""
+    llm, mmproj = pairs["2.6", "f32"]
+    quantized = tmp_path / "model-q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, 2
+    assert llama_cpp.llama_model_quantize(str(llm).encode(), str(quantized).encode(), ctypes.byref(params)) == 0
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(str(quantized)).tensors}
+    assert {"Q4_K", "Q6_K"} <= kinds
+    messages = [{"role": "user", "content": [Image.open(REFERENCE / "images" / "img_b_640x448.png"), QUESTION]}]
+    float_model = load(TINY["2.6"] / "checkpoint")
+    _, embeds = float_model.prompt_embeddings(messages)
+    converted = load(quantized, mmproj=mmproj)
+    in_llama_cpp = load(TINY["2.6"] / "checkpoint", llm_gguf=quantized)
+    with torch.inference_mode():
+        reference = float_model.model.llm(embeds)[0]
+        ours = converted.model.llm(embeds)[0]
+        theirs = in_llama_cpp.llm(embeds, cache=in_llama_cpp.llm.new_cache(1, embeds.shape[1]))[0]
+    quantization_error = (theirs - reference).abs().max()
+    assert quantization_error > 0.02 * reference.abs().max()  # the file is really quantized
+    assert (ours - theirs).abs().max() < 0.4 * quantization_error

@@ -122,9 +122,12 @@ class LlamaCppLLM:
     def __del__(self):
         llama = getattr(self, "lib", None)
         if llama is not None and getattr(self, "context", None):
-            llama.llama_batch_free(self.batch)
-            llama.llama_free(self.context)
-            llama.llama_model_free(self.model)
+            try:
+                llama.llama_batch_free(self.batch)
+                llama.llama_free(self.context)
+                llama.llama_model_free(self.model)
+            except (TypeError, AttributeError):  # at interpreter exit the bindings may be gone first
+                pass
             self.context = None
 
     def new_cache(self, batch: int, max_len: int) -> LlamaCppCache:
