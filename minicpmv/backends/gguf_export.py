@@ -44,6 +44,7 @@ GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
     "llm.model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
     "llm.model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
 }
+ROWS_PER_BLOCK = 2048  # rows quantized or dequantized at a time
 CHECKPOINT_NAMES = {gguf: ours for ours, gguf in GGUF_NAMES.items()}
 
 
@@ -122,6 +123,19 @@ def checkpoint_tensors(folder: Path, prefixes: tuple[str, ...] = ("llm.",)):
             yield name, tensor.to(torch.float32).numpy()
 
 
+def quantize_rows(data: np.ndarray, kind) -> np.ndarray:
+    """gguf.quants.quantize over blocks of rows (blocks never cross rows): its numpy temporaries
+    stay a few times one block instead of a few times the tensor (the 2.2 GB float32 embedding)."""
+    from gguf.quants import quant_shape_to_byte_shape, quantize
+
+    if kind.name in ("F32", "F16"):  # a cast, no blocks
+        return quantize(data, kind)
+    out = np.empty(quant_shape_to_byte_shape(data.shape, kind), dtype=np.uint8)
+    for start in range(0, data.shape[0], ROWS_PER_BLOCK):
+        out[start : start + ROWS_PER_BLOCK] = quantize(data[start : start + ROWS_PER_BLOCK], kind)
+    return out
+
+
 def export_gguf(folder: str | Path, output: str | Path, weight_type: str = "q4_0") -> Path:
     """Write the LLM of a float 4.5 / 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
     folder = Path(folder)
@@ -142,7 +156,8 @@ def write_gguf(
         raise ConfigError(f"weight type {weight_type!r} is not one of {', '.join(TYPES)}")
     linear_type, outer_type = (gguf.GGMLQuantizationType[t] for t in TYPES[weight_type])
     with staged_path(output) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family])
+        # use_temp_file: each tensor goes to disk when added, not all of them kept for the end
+        writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family], use_temp_file=True)
         _write_metadata(writer, cfg)
         write_vocabulary(writer, cfg.vocab_size, cfg.family, tokenizer_folder)
         for name, data in tensors:
@@ -155,7 +170,7 @@ def write_gguf(
                     raise ConfigError(
                         f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s block of {block}"
                     )
-                writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, kind), raw_dtype=kind)
+                writer.add_tensor(gguf_name(name), quantize_rows(data, kind), raw_dtype=kind)
             else:
                 writer.add_tensor(gguf_name(name), data)
         writer.write_header_to_file()

@@ -22,7 +22,7 @@ import torch
 from ..errors import ConfigError
 from ..files import cache_dir, staged_folder, write_text_atomic
 from ..versions import VERSIONS, facts
-from .gguf_export import ARCHITECTURE, checkpoint_name, interleave_rope_rows
+from .gguf_export import ARCHITECTURE, ROWS_PER_BLOCK, checkpoint_name, interleave_rope_rows
 from .gguf_tokenizer import field_value, tokenizer_files
 from .mmproj import checkpoint_tensors
 
@@ -141,41 +141,57 @@ def checkpoint_config(llm, vision, model: Path, mmproj: Path) -> dict:
     return config
 
 
-def _array(tensor) -> tuple[np.ndarray, torch.dtype]:
-    """A GGUF tensor as an array in the checkpoint's (torch) axis order, and the dtype to keep."""
-    from gguf import GGMLQuantizationType
+def _tensor(reader, tensor) -> torch.Tensor:
+    """A GGUF tensor in the checkpoint's axis order: float32 and float16 as stored, quantized
+    types dequantized to bfloat16. Read from the file a block of rows at a time (not through the reader's map of the whole
+    file, whose touched pages would all count as this process's memory) and dequantized per
+    block into the kept dtype, so a quantized 2 GB embedding never exists in float32."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf.quants import dequantize
 
-    kind = GGMLQuantizationType(tensor.tensor_type).name
-    shape = [int(d) for d in reversed(tensor.shape)]
-    if kind in ("F32", "F16"):
-        data = np.asarray(tensor.data)
-    else:
-        data = dequantize(tensor.data, tensor.tensor_type)
-    return data.reshape(shape), KEPT.get(kind, torch.bfloat16)
+    kind = GGMLQuantizationType(tensor.tensor_type)
+    shape = [int(d) for d in reversed(tensor.shape)]  # (rows..., columns)
+    columns, rows = shape[-1], int(np.prod(shape[:-1], dtype=np.int64))
+    block, block_bytes = GGML_QUANT_SIZES[kind]
+    row_bytes = columns // block * block_bytes
+    keep = KEPT.get(kind.name, torch.bfloat16)
+    out = torch.empty((rows, columns), dtype=keep)
+    with open(reader.data.filename, "rb") as file:
+        file.seek(tensor.data_offset)
+        for start in range(0, rows, ROWS_PER_BLOCK):
+            count = min(ROWS_PER_BLOCK, rows - start)
+            raw = np.frombuffer(file.read(count * row_bytes), dtype=np.uint8).reshape(count, row_bytes)
+            if kind.name in ("F32", "F16"):
+                values = raw.view(np.float32 if kind.name == "F32" else np.float16)
+            else:
+                values = dequantize(raw, kind)
+            out[start : start + count] = torch.from_numpy(np.array(values))
+    return out.reshape(shape)
 
 
 def _llm_tensors(llm, config: dict):
     has_head = any(t.name == "output.weight" for t in llm.tensors)
     for tensor in llm.tensors:
-        data, dtype = _array(tensor)
+        data = _tensor(llm, tensor)
         try:
             name = checkpoint_name(tensor.name)
         except KeyError:
             raise ConfigError(f"LLM tensor {tensor.name} has no place in a MiniCPM-V checkpoint") from None
         if facts(str(config["version"])).llm_family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in name else config["num_key_value_heads"]
-            data = interleave_rope_rows(data, heads, inverse=True)
-        yield name, data, dtype
+            data = torch.from_numpy(interleave_rope_rows(data.float().numpy(), heads, inverse=True)).to(data.dtype)
+        yield name, data
         if name == "llm.model.embed_tokens.weight" and not has_head:  # a tied head, written out
-            yield "llm.lm_head.weight", data, dtype
+            yield "llm.lm_head.weight", data
 
 
 def _vision_tensors(vision, hidden: int):
-    """Projector tensors under checkpoint names, in their stored precision (float16 or float32)."""
-    arrays = ((tensor.name, _array(tensor)[0]) for tensor in vision.tensors)
+    """Projector tensors under checkpoint names, in their stored precision (float16 or float32;
+    quantized projectors as bfloat16)."""
+    arrays = ((tensor.name, _tensor(vision, tensor)) for tensor in vision.tensors)
+    arrays = ((name, (t.float() if t.dtype == torch.bfloat16 else t).numpy()) for name, t in arrays)
     for name, data in checkpoint_tensors(arrays, hidden):
-        yield name, data, torch.float16 if data.dtype == np.float16 else torch.float32
+        yield name, torch.from_numpy(np.ascontiguousarray(data))
 
 
 def _write_folder(stage: Path, llm, vision, config: dict) -> None:
@@ -183,8 +199,8 @@ def _write_folder(stage: Path, llm, vision, config: dict) -> None:
 
     writer = ShardWriter(stage)
     hidden = config["vision_config"]["hidden_size"]
-    for name, data, dtype in itertools.chain(_llm_tensors(llm, config), _vision_tensors(vision, hidden)):
-        writer.add(name, torch.from_numpy(np.array(data)).to(dtype))
+    for name, data in itertools.chain(_llm_tensors(llm, config), _vision_tensors(vision, hidden)):
+        writer.add(name, data)
     writer.close()
     tokenizer, tokenizer_config = tokenizer_files(llm)
     mean, std = field_value(vision, "clip.vision.image_mean"), field_value(vision, "clip.vision.image_std")

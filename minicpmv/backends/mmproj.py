@@ -155,7 +155,7 @@ def export_mmproj(folder: Path, output: str | Path, weight_type: str = "f16") ->
     processor = ProcessorConfig.from_pretrained(folder)
     half = weight_type == "f16"
     with staged_path(output) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "clip")
+        writer = gguf.GGUFWriter(str(tmp), "clip", use_temp_file=True)
         write_metadata(writer, config, processor, int(half))
         for name, data in projector_tensors(checkpoint_tensors(folder, ("vpm.", "resampler.")), config):
             matrix = name.endswith(".weight") and data.ndim >= 2
