@@ -16,7 +16,7 @@ import torch
 from .chat_options import decoding_config
 from .compilation import compile_parts
 from .devices import pick_device, pick_dtype, pick_vision_autocast
-from .errors import ConfigError, PromptError
+from .errors import PromptError
 from .generation import GenerationConfig, GenerationOutput, generate, stream_tokens
 from .hub import resolve_model
 from .image_features import ImageEncoder, Residency
@@ -511,13 +511,7 @@ def load(
     start = time.perf_counter()
     from .quant.folder import loadable
 
-    if str(path).lower().endswith(".gguf"):
-        from .backends.gguf_import import gguf_folder
-
-        path = gguf_folder(path, mmproj)
-    elif mmproj is not None:
-        raise ConfigError(f"mmproj: a projector goes with a GGUF model file, not {path}")
-    path = loadable(resolve_model(path))
+    path = loadable(resolve_model(path, mmproj=mmproj))
     target = pick_device(device)
     model_dtype = pick_dtype(dtype, target)
     autocast = pick_vision_autocast(vision_dtype, model_dtype, target)

@@ -35,13 +35,23 @@ def is_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not Path(name).exists()
 
 
-def resolve_model(name: str | os.PathLike, revision: str | None = None) -> Path:
-    """The checkpoint folder a model name stands for (see the module docstring).
+def resolve_model(
+    name: str | os.PathLike, revision: str | None = None, mmproj: str | os.PathLike | None = None
+) -> Path:
+    """The checkpoint folder a model name stands for (see the module docstring). A llama.cpp
+    GGUF file (with its projector `mmproj`, by default the one mmproj*.gguf beside it) stands
+    for its conversion into a checkpoint folder in the cache (backends.gguf_import).
 
     Raises ConfigError naming the problem: no such folder, an id not in the cache while offline
     (HF_HUB_OFFLINE=1), huggingface_hub not installed, or a download that failed.
     """
     text = str(name)
+    if text.lower().endswith(".gguf"):
+        from .backends.gguf_import import gguf_folder
+
+        return gguf_folder(text, mmproj)
+    if mmproj is not None:
+        raise ConfigError(f"mmproj: a projector goes with a GGUF model file, not {text}")
     if text == "demo":
         from .bundled import demo_model_path
 

@@ -300,3 +300,19 @@ def test_a_file_quantized_by_llama_cpp_reads_as_llama_cpp_reads_it(pairs, tmp_pa
     quantization_error = (theirs - reference).abs().max()
     assert quantization_error > 0.02 * reference.abs().max()  # the file is really quantized
     assert (ours - theirs).abs().max() < 0.4 * quantization_error
+
+
+def test_every_subcommand_takes_a_gguf_file_with_its_projector_beside_it(pairs, tmp_path, capsys):
+    """-m model.gguf is a checkpoint everywhere (quantize to our int4, info), the projector found
+    beside it."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    for source, name in zip(pairs["2.6", "f32"], ("model-f32.gguf", "mmproj-model-f32.gguf")):
+        (folder / name).write_bytes(source.read_bytes())
+    assert main(["info", "-m", str(folder / "model-f32.gguf")]) == 0
+    assert "2.6" in capsys.readouterr().out
+    out = tmp_path / "int4"
+    assert main(["quantize", "-m", str(folder / "model-f32.gguf"), "-o", str(out), "--bits", "4"]) == 0
+    image = str(REFERENCE / "images" / "img_b_640x448.png")
+    assert main(["generate", "-m", str(out), "--image", image, "-p", QUESTION, "-n", "4", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])["token_ids"]) == 4

@@ -128,6 +128,7 @@ def _answerer(endpoint: EndpointFlags, model: ModelFlags, preset: str, max_slice
         "preset": preset,
         "max_slice_nums": max_slice_nums,
         "llm_gguf": model.llm_gguf,
+        "mmproj": model.mmproj,
         "low_memory": model.low_memory,
     }
 
