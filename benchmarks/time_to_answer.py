@@ -5,7 +5,8 @@ same weights: image in, first token, 32 tokens out (load excluded).
 
 The model: the 2.6 layout with the real SigLIP-400M tower and a Qwen2-1.5B-shaped LLM, seeded
 random bfloat16 weights (`minicpmv.bench.random_bf16_checkpoint("qwen2-1.5b")`). Contenders:
-ours in float32 and int4 (group 64), and llama-cpp-python's MiniCPMv26ChatHandler on the Q4_0 LLM
+ours in float32 and int4 (group 64), int4 with the vision tower's linears in int8
+(`--vision-dtype int8`), and llama-cpp-python's MiniCPMv26ChatHandler on the Q4_0 LLM
 + f16 projector pair that `minicpmv export-gguf --mmproj` writes from the same checkpoint. Each
 answer is 32 greedy tokens (terminators banned on both sides, so every answer has the same
 length); our image-feature cache is off, so every round encodes its image. Contenders alternate
@@ -36,13 +37,13 @@ def image_of(size: int):
     return Image.open(SCENE).convert("RGB").resize((size, size), Image.BICUBIC)
 
 
-def ours(folder: Path, threads: int, dtype: str | None = None):
+def ours(folder: Path, threads: int, dtype: str | None = None, vision_dtype: str = "auto"):
     import torch
 
     from minicpmv import load
 
     torch.set_num_threads(threads)
-    chat = load(folder, dtype=dtype)
+    chat = load(folder, dtype=dtype, vision_dtype=vision_dtype)
     chat.feature_cache_size = 0  # every round encodes its image, as llama.cpp does
 
     def once(image) -> dict:
@@ -63,7 +64,13 @@ def llama_cpp(llm: Path, mmproj: Path, threads: int):
 
     handler = MiniCPMv26ChatHandler(clip_model_path=str(mmproj), verbose=False)
     model = llama_cpp.Llama(
-        str(llm), chat_handler=handler, n_ctx=4096, n_batch=1024, n_threads=threads, n_threads_batch=threads, verbose=False
+        str(llm),
+        chat_handler=handler,
+        n_ctx=4096,
+        n_batch=1024,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
     )
     banned = {model.tokenize(t.encode(), add_bos=False, special=True)[0]: -1e9 for t in ("<|im_end|>", "<|endoftext|>")}
 
@@ -119,6 +126,7 @@ def main() -> None:
     contenders = {
         "ours float32": ours(files["bf16"], args.threads, "float32"),
         "ours int4": ours(files["int4"], args.threads),
+        "ours int4, int8 vision": ours(files["int4"], args.threads, vision_dtype="int8"),
         "llama.cpp Q4_0 + f16 mmproj": llama_cpp(files["gguf"], files["mmproj"], args.threads),
     }
     results: dict = {}
@@ -134,7 +142,7 @@ def main() -> None:
         for name, rows in runs.items():
             results[f"{size}/{name}"] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         peer = results[f"{size}/llama.cpp Q4_0 + f16 mmproj"]
-        for name in ("ours float32", "ours int4"):
+        for name in ("ours float32", "ours int4", "ours int4, int8 vision"):
             mine = results[f"{size}/{name}"]
             results[f"{size}/{name} vs llama.cpp"] = {
                 "first_token": mine["first_token_s"] / peer["first_token_s"],

@@ -495,7 +495,8 @@ def load(
             to encode images, then released before the LLM is read in (and the other way round
             when a new image comes), so peak memory is that of the larger part, not the sum.
         vision_dtype: "auto" (bfloat16 autocast for the vision parts of a float32 model on CPUs
-            with native bf16, see `pick_vision_autocast`), or "float32"/"bfloat16"/"float16".
+            with native bf16, see `pick_vision_autocast`), "float32"/"bfloat16"/"float16", or
+            "int8": the vision tower's linears as int8 x int8 products (quant.dynamic).
         compile: torch.compile the decode step and vision parts: "auto" (default: the parts that
             `minicpmv tune --compile` measured faster on this machine, none if not tuned), "on",
             "off", or "encode" / "decode"; compiled at load, the time is in the timing line.
@@ -516,6 +517,10 @@ def load(
     model_dtype = pick_dtype(dtype, target)
     autocast = pick_vision_autocast(vision_dtype, model_dtype, target)
     checkpoint = OpenCheckpoint(path, model_dtype, target)
+    if vision_dtype == "int8":  # before the weights are read: the layers keep their float weights
+        from .quant.dynamic import use_dynamic_int8
+
+        use_dynamic_int8(checkpoint.model.vpm)
     processor = MiniCPMVProcessor.from_pretrained(path)
     llm, llm_parts = None, LLM_PARTS
     if llm_gguf is not None:

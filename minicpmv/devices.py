@@ -46,12 +46,15 @@ def pick_vision_autocast(
 
     "auto" (default): bfloat16 for a float32 model on a CPU with native bf16 arithmetic, where it
     is measured 2.2-2.4x faster than float32 (docs/benchmarks.md) at a 0.2% feature difference (the
-    official checkpoints run in bf16 anyway); "float32" (the model's dtype) elsewhere.
+    official checkpoints run in bf16 anyway); "float32" (the model's dtype) elsewhere. "int8"
+    (the tower's linears in int8, quant.dynamic) computes the rest in the model's dtype.
     """
+    if vision_dtype == "int8":
+        return None  # measured: bf16 autocast around int8 linears is slower (conversions)
     if vision_dtype in (None, "auto"):
         native = device.type == "cpu" and model_dtype == torch.float32 and has_native_bf16()
         return torch.bfloat16 if native else None
     if vision_dtype not in DTYPES:
-        raise ConfigError(f"vision_dtype: {vision_dtype!r} is not 'auto' or one of {sorted(DTYPES)}")
+        raise ConfigError(f"vision_dtype: {vision_dtype!r} is not 'auto', 'int8' or one of {sorted(DTYPES)}")
     chosen = DTYPES[vision_dtype]
     return None if chosen == model_dtype else chosen

@@ -83,9 +83,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vision-dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=["auto", "float32", "bfloat16", "float16", "int8"],
         default="auto",
-        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's)",
+        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's; "
+        "int8: its linears as int8 products)",
     )
     parser.add_argument(
         "--compile",

@@ -27,7 +27,7 @@ from ..cpu import cpu_flags, is_x86_64
 from ..files import staged_path
 from ..tuning import cache_path
 
-SOURCE = "qgemm.c"
+SOURCES = ("qgemm.c", "igemm.c")  # decoding / weight-only products; int8 x int8 for many rows
 BLOCK = 32
 _LOCK = threading.Lock()
 _STATE: dict = {}
@@ -37,20 +37,22 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _build(source: Path, compiler: str) -> Path:
+def _build(sources: list[Path], compiler: str) -> Path:
     # MINICPMV_KERNEL_MARCH builds for another instruction set (the tests build the AVX2-only path)
     march = os.environ.get("MINICPMV_KERNEL_MARCH", "native")
     flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(cpu_flags()))
-    key = hashlib.sha256("\n".join([source.read_text(), version, cpu, " ".join(flags)]).encode()).hexdigest()[:16]
+    texts = [source.read_text() for source in sources]
+    key = hashlib.sha256("\n".join([*texts, version, cpu, " ".join(flags)]).encode()).hexdigest()[:16]
     target = cache_path().parent / "kernels" / f"qgemm-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # staged: a concurrent process sees no library or a whole one
     with staged_path(target, suffix=".so") as tmp:
-        result = subprocess.run([compiler, *flags, str(source), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+        command = [compiler, *flags, *map(str, sources), "-o", str(tmp), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
     return target
@@ -63,6 +65,10 @@ def _declare(lib) -> None:
     lib.minicpmv_linear_bf16.argtypes = [p, i64, p, i64, i64, p]
     lib.minicpmv_widen_int4.argtypes = [p, p, p, i64, i64, i64, p]
     lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
+    lib.minicpmv_pack_int8.argtypes = [p, i64, i64, p, p]
+    lib.minicpmv_pack_int8.restype = None
+    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, p]
+    lib.minicpmv_igemm.restype = ctypes.c_int
     for fn in (lib.minicpmv_linear_int4, lib.minicpmv_linear_int8, lib.minicpmv_linear_bf16):
         fn.restype = ctypes.c_int
     lib.minicpmv_widen_int4.restype = lib.minicpmv_widen_int8.restype = None
@@ -92,8 +98,8 @@ def _load():
     if compiler is None:
         return None, "no C compiler (cc/gcc) on PATH"
     try:
-        with resources.as_file(resources.files(__package__) / "kernels" / SOURCE) as source:
-            path = _build(Path(source), compiler)
+        with resources.as_file(resources.files(__package__) / "kernels") as folder:
+            path = _build([Path(folder) / name for name in SOURCES], compiler)
         lib = ctypes.CDLL(str(path))
         _declare(lib)
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
@@ -156,4 +162,30 @@ def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
     """(N, K) int8 with float32 scales (N,) -> (N, K) bfloat16."""
     out = torch.empty(qweight.shape, dtype=torch.bfloat16)
     library().minicpmv_widen_int8(_ptr(qweight), _ptr(scales), qweight.shape[0], qweight.shape[1], _ptr(out))
+    return out
+
+
+def pack_int8(qweight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) int8 weight -> (panels of 16 channels x 4 k, the offset correction per channel)
+    for `igemm` (kernels/igemm.c)."""
+    rows, width = qweight.shape
+    packed = torch.empty(((rows + 15) // 16) * ((width + 3) // 4 * 4) * 16, dtype=torch.int8)
+    colsum = torch.empty(rows, dtype=torch.int32)
+    library().minicpmv_pack_int8(_ptr(qweight), rows, width, _ptr(packed), _ptr(colsum))
+    return packed, colsum
+
+
+def igemm(
+    x: torch.Tensor, packed: torch.Tensor, wscales: torch.Tensor, colsum: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x (M, K) float32, quantized per row to int8, @ packed int8 weight^T (per-channel float32
+    `wscales`) + bias -> (M, N) float32."""
+    rows, width = x.shape
+    out = torch.empty((rows, wscales.shape[0]))
+    bias_ptr = None if bias is None else _ptr(bias)
+    checked(
+        library().minicpmv_igemm(
+            _ptr(x), rows, width, _ptr(packed), _ptr(wscales), _ptr(colsum), bias_ptr, wscales.shape[0], _ptr(out)
+        )
+    )
     return out

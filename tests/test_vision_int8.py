@@ -1,0 +1,89 @@
+"""`--vision-dtype int8`: the vision tower's linears as int8 x int8 products (kernels/igemm.c,
+quant/dynamic.py). The kernel's integer sums are exact (AVX-512 VNNI and AVX2 builds), the layer
+stays a float nn.Linear wherever the kernel does not apply, and a model's image features stay
+within 2% of float32's."""
+
+import pytest
+import torch
+from conftest import REFERENCE, TINY
+from PIL import Image
+from torch import nn
+
+from minicpmv import load
+from minicpmv.cpu import cpu_flags
+from minicpmv.quant import native
+from minicpmv.quant.dynamic import DynamicInt8Linear, use_dynamic_int8
+
+needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.why_unavailable()}")
+
+
+def _exact(x, weight, bias):
+    """What the kernel computes, in float64: per-row int8 activations, per-channel int8 weights."""
+    x_scale = x.abs().amax(1, keepdim=True) / 127
+    w_scale = weight.abs().amax(1, keepdim=True) / 127
+    xq, wq = torch.round(x / x_scale), torch.round(weight / w_scale)
+    return (xq.double() @ wq.double().t()) * (x_scale.double() * w_scale.double().t()) + bias.double()
+
+
+def _kernel_matches_its_arithmetic():
+    torch.manual_seed(0)
+    for rows, width, out_features in [(1, 4, 1), (37, 70, 53), (9, 64, 40), (130, 256, 33)]:
+        layer = DynamicInt8Linear(width, out_features)
+        x = torch.randn(rows, width) * 3
+        with torch.no_grad():
+            got = layer(x)
+            exact = _exact(x, layer.weight, layer.bias)
+            assert layer._packed is not None  # the int8 path ran
+        torch.testing.assert_close(got.double(), exact, atol=1e-4, rtol=1e-5)
+
+
+@needs_native
+def test_int8_products_are_exact_in_the_integer_part():
+    """Shapes off every tile edge: rows not a multiple of 8, channels not of 16 or 32, K not of 4."""
+    _kernel_matches_its_arithmetic()
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="needs an AVX2 CPU")
+def test_the_avx2_build_computes_the_same(monkeypatch, tmp_path):
+    """vpmaddubsw with the sign of w moved onto x: the same exact sums without VNNI."""
+    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MINICPMV_KERNEL_MARCH", "haswell")
+    monkeypatch.setattr(native, "_STATE", {})
+    assert native.library() is not None
+    _kernel_matches_its_arithmetic()
+
+
+@needs_native
+def test_the_layer_is_a_float_linear_where_the_kernel_does_not_apply():
+    torch.manual_seed(0)
+    plain = nn.Linear(64, 24)
+    layer = nn.Sequential(plain)
+    assert use_dynamic_int8(layer) == 1
+    turned = layer[0]
+    assert isinstance(turned, DynamicInt8Linear) and turned.weight is plain.weight
+    x = torch.randn(5, 64, requires_grad=True)
+    turned(x).sum().backward()  # training: the float product, with gradients
+    assert turned._packed is None and x.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(turned(x), plain(x), rtol=0.03, atol=0.03)
+        first = turned._packed
+        turned.weight.mul_(2)  # changed in place: packed again
+        assert turned._packed is first
+        torch.testing.assert_close(turned(x), nn.functional.linear(x, turned.weight, turned.bias), rtol=0.03, atol=0.06)
+        assert turned._packed is not first
+
+
+@needs_native
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_int8_vision_features_stay_close_to_float32(low_memory):
+    image = Image.open(REFERENCE / "images" / "img_b_640x448.png")
+    messages = [{"role": "user", "content": [image, "What is in the picture?"]}]
+    reference = load(TINY["2.6"] / "checkpoint", vision_dtype="float32")
+    int8 = load(TINY["2.6"] / "checkpoint", vision_dtype="int8", low_memory=low_memory)
+    layers = [m for m in int8.model.vpm.modules() if isinstance(m, DynamicInt8Linear)]
+    assert len(layers) == 6 * len(int8.model.vpm.encoder.layers)
+    ids, expected = reference.prompt_embeddings(messages)
+    same_ids, got = int8.prompt_embeddings(messages)
+    assert same_ids == ids
+    assert 0 < ((got - expected).norm() / expected.norm()).item() < 0.02
+    assert all(layer._packed is not None for layer in layers)
