@@ -126,11 +126,41 @@ static inline void store8(float *dst, __m256i sum, const float *wscales, const f
 }
 #endif
 
+typedef struct {
+    const int8_t *xq, *packed;
+    const float *xs, *wscales, *bias;
+    const int32_t *colsum;
+    int64_t M, N, K4, panels;
+    float *out;
+} igemm_args;
+
+/* row tile rt (MR rows) x channel tile ct (STEP panels): the integer sums, then the scaled floats */
+static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
+    const int64_t p = ct * STEP, m0 = rt * MR, n0 = p * PANEL, K4 = g->K4, N = g->N;
+    const int8_t *p0 = g->packed + p * K4 * PANEL;
+    const int8_t *p1 = p + 1 < g->panels ? p0 + K4 * PANEL : p0; /* an odd last panel: summed twice, stored once */
+    acc_t acc[MR][2];
+    tile(g->xq + m0 * K4, K4, p0, p1, acc);
+    for (int r = 0; r < MR && m0 + r < g->M; r++) {
+        float *row = g->out + (m0 + r) * N;
+        const float xs = g->xs[m0 + r];
+        for (int half = 0; half < 2; half++) {
+            const int64_t n = n0 + half * (STEP == 2 ? 16 : 8);
+            if (n >= N) break;
+            const float *bias = g->bias ? g->bias + n : NULL;
+#if STEP == 2
+            store16(row + n, acc[r][half], g->colsum + n, g->wscales + n, bias, xs, N - n);
+#else
+            store8(row + n, acc[r][half], g->wscales + n, bias, xs, N - n);
+#endif
+        }
+    }
+}
+
 /* x (M, K) float32 -> out (M, N) float32 through packed int8 weights with per-channel scales;
  * bias (N) or NULL. Returns 0, or -1 without memory for the quantized activations. */
 int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, const float *wscales,
                    const int32_t *colsum, const float *bias, int64_t N, float *out) {
-    (void)colsum; /* the AVX2 path needs no offset correction */
     const int64_t K4 = (K + 3) / 4 * 4, panels = (N + PANEL - 1) / PANEL;
     const int64_t row_tiles = (M + MR - 1) / MR, col_tiles = (panels + STEP - 1) / STEP;
     int8_t *xq = calloc((size_t)(row_tiles * MR * K4), 1); /* padding rows stay zero */
@@ -140,36 +170,17 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
         return -1;
     }
     quantize_rows_int8(x, M, K, K4, xq, xs);
-    /* blocks of BLOCK_TILES row tiles outermost (their quantized rows, at most 12 x 8 x K bytes,
-     * stay in L2 while every channel panel passes), channel panels within, row tiles innermost
-     * (the panel stays in L1/L2 for them): activations of many crops (10 x 1024 rows) are then
-     * read from memory once, not once per panel */
+    const igemm_args g = {xq, packed, xs, wscales, bias, colsum, M, N, K4, panels, out};
+    /* blocks of BLOCK_TILES row tiles outermost (their quantized rows, 96 x K bytes, stay in L2
+     * while every channel panel passes), channel panels within, row tiles innermost (the panel
+     * stays in L1/L2 for them): the activations of many crops (10 x 1024 rows) are then read from
+     * memory once, not once per panel */
     const int64_t blocks = (row_tiles + BLOCK_TILES - 1) / BLOCK_TILES;
 #pragma omp parallel for schedule(static) collapse(2)
-    for (int64_t rb = 0; rb < blocks; rb++) {
-        for (int64_t ct = 0; ct < col_tiles; ct++) {
-          for (int64_t rt = rb * BLOCK_TILES; rt < row_tiles && rt < (rb + 1) * BLOCK_TILES; rt++) {
-            const int64_t p = ct * STEP, m0 = rt * MR, n0 = p * PANEL;
-            const int8_t *p0 = packed + p * K4 * PANEL;
-            const int8_t *p1 = p + 1 < panels ? p0 + K4 * PANEL : p0; /* an odd last panel: computed twice, stored once */
-            acc_t acc[MR][2];
-            tile(xq + m0 * K4, K4, p0, p1, acc);
-            for (int r = 0; r < MR && m0 + r < M; r++) {
-                float *row = out + (m0 + r) * N;
-#if STEP == 2
-                store16(row + n0, acc[r][0], colsum + n0, wscales + n0, bias ? bias + n0 : NULL, xs[m0 + r], N - n0);
-                if (n0 + 16 < N)
-                    store16(row + n0 + 16, acc[r][1], colsum + n0 + 16, wscales + n0 + 16, bias ? bias + n0 + 16 : NULL,
-                            xs[m0 + r], N - n0 - 16);
-#else
-                store8(row + n0, acc[r][0], wscales + n0, bias ? bias + n0 : NULL, xs[m0 + r], N - n0);
-                if (n0 + 8 < N)
-                    store8(row + n0 + 8, acc[r][1], wscales + n0 + 8, bias ? bias + n0 + 8 : NULL, xs[m0 + r], N - n0 - 8);
-#endif
-            }
-          }
-        }
-    }
+    for (int64_t rb = 0; rb < blocks; rb++)
+        for (int64_t ct = 0; ct < col_tiles; ct++)
+            for (int64_t rt = rb * BLOCK_TILES; rt < row_tiles && rt < (rb + 1) * BLOCK_TILES; rt++)
+                micro_tile(&g, rt, ct);
     free(xq), free(xs);
     return 0;
 }
