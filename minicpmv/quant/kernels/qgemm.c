@@ -110,6 +110,19 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, i
  * weight block is used MT times and each activation block NT times. */
 #define NT 4
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Weight rows are fetched this far ahead into L2 (not L1: the L2 keeps more misses in flight).
+ * A tile's rows are short interleaved streams the hardware prefetcher does not follow; measured
+ * on the Qwen2-1.5B head (233 MB, cold): int8 20 -> 32 GB/s, int4 15 -> 21 GB/s. */
+#define AHEAD (4 * NT)
+
+/* the float16 scales and zeros of the rows AHEAD of a tile (their lines, once per tile) */
+static inline void prefetch_group_terms(const uint16_t *scales, const uint16_t *zeros, int64_t n0, int64_t ng) {
+    const char *s = (const char *)(scales + (n0 + AHEAD) * ng), *z = (const char *)(zeros + (n0 + AHEAD) * ng);
+    for (int64_t b = 0; b < NT * ng * 2; b += 64) {
+        _mm_prefetch(s + b, _MM_HINT_T1);
+        _mm_prefetch(z + b, _MM_HINT_T1);
+    }
+}
 
 static inline __m256i unpack_nibbles(const uint8_t *src) {
     const __m128i low_mask = _mm_set1_epi8(0x0F);
@@ -154,6 +167,7 @@ ALWAYS_INLINE void int4_tile(const gemm_args *a, const int MT, const int nt, int
     const int64_t K = a->K, ng = K / a->group, per_group = a->group / BLOCK;
     const uint8_t *w = (const uint8_t *)a->w;
     const uint16_t *scales = (const uint16_t *)a->wscales;
+    prefetch_group_terms(scales, a->wzeros, n0, ng);
     __m256 acc[4][NT];
     for (int t = 0; t < MT; t++)
         for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
@@ -166,9 +180,7 @@ ALWAYS_INLINE void int4_tile(const gemm_args *a, const int MT, const int nt, int
             __m256i wq[NT];
             for (int c = 0; c < nt; c++) {
                 const uint8_t *src = w + (n0 + c) * (K / 2) + b * (BLOCK / 2);
-                /* the tile's rows are short interleaved streams the hardware prefetcher does not
-                 * pick up in time: fetch the same place of the next tile's rows ahead */
-                _mm_prefetch((const char *)(src + NT * (K / 2)), _MM_HINT_T0);
+                _mm_prefetch((const char *)(src + AHEAD * (K / 2)), _MM_HINT_T1); /* see AHEAD */
                 wq[c] = unpack_nibbles(src);
             }
             for (int t = 0; t < MT; t++) {
@@ -203,6 +215,7 @@ ALWAYS_INLINE void int4_tile512(const gemm_args *a, const int MT, const int nt, 
     const int64_t K = a->K, ng = K / a->group, per_group = a->group / 64;
     const uint8_t *w = (const uint8_t *)a->w;
     const uint16_t *scales = (const uint16_t *)a->wscales;
+    prefetch_group_terms(scales, a->wzeros, n0, ng);
     __m512 acc[4][NT];
     for (int t = 0; t < MT; t++)
         for (int c = 0; c < nt; c++) acc[t][c] = _mm512_setzero_ps();
@@ -215,7 +228,7 @@ ALWAYS_INLINE void int4_tile512(const gemm_args *a, const int MT, const int nt, 
             __m512i wq[NT];
             for (int c = 0; c < nt; c++) {
                 const uint8_t *src = w + (n0 + c) * (K / 2) + col / 2;
-                _mm_prefetch((const char *)(src + NT * (K / 2)), _MM_HINT_T0); /* see int4_tile */
+                _mm_prefetch((const char *)(src + AHEAD * (K / 2)), _MM_HINT_T1); /* see AHEAD */
                 wq[c] = unpack_nibbles_512(src);
             }
             for (int t = 0; t < MT; t++) {
@@ -249,6 +262,7 @@ ALWAYS_INLINE void int8_tile(const gemm_args *a, const int MT, const int nt, int
     for (int64_t b = 0; b < nb; b++) {
         __m256i wv[NT], wabs[NT];
         for (int c = 0; c < nt; c++) {
+            _mm_prefetch((const char *)(w + (n0 + c + AHEAD) * K + b * BLOCK), _MM_HINT_T1); /* see AHEAD */
             wv[c] = _mm256_loadu_si256((const __m256i *)(w + (n0 + c) * K + b * BLOCK));
             wabs[c] = _mm256_sign_epi8(wv[c], wv[c]); /* u8 operand |w| <= 127, sign moved onto x */
         }
@@ -281,7 +295,7 @@ ALWAYS_INLINE void int8_tile512(const gemm_args *a, const int MT, const int nt, 
         __mmask64 negative[NT];
         for (int c = 0; c < nt; c++) {
             const int8_t *src = w + (n0 + c) * K + b * 64;
-            _mm_prefetch((const char *)(src + NT * K), _MM_HINT_T0); /* see int4_tile */
+            _mm_prefetch((const char *)(src + AHEAD * K), _MM_HINT_T1); /* see AHEAD */
             const __m512i wv = _mm512_loadu_si512((const void *)src);
             wabs[c] = _mm512_abs_epi8(wv);
             negative[c] = _mm512_movepi8_mask(wv);
