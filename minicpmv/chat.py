@@ -505,7 +505,7 @@ def load(
             checkpoint's LLM layers are never read. One conversation at a time, no beam search.
         context: llama.cpp's KV cache size in tokens (default 8192, capped by the model's).
         mmproj: with `path` a llama.cpp GGUF LLM file, its MiniCPM-V projector GGUF (default: the
-            one mmproj*.gguf beside it); the pair is converted once into a checkpoint folder in
+            one *mmproj*.gguf beside it); the pair is converted once into a checkpoint folder in
             the cache (backends.gguf_import).
     """
     compile_parts(compile, None)  # a bad value fails before the model is read

@@ -39,7 +39,7 @@ def resolve_model(
     name: str | os.PathLike, revision: str | None = None, mmproj: str | os.PathLike | None = None
 ) -> Path:
     """The checkpoint folder a model name stands for (see the module docstring). A llama.cpp
-    GGUF file (with its projector `mmproj`, by default the one mmproj*.gguf beside it) stands
+    GGUF file (with its projector `mmproj`, by default the one *mmproj*.gguf beside it) stands
     for its conversion into a checkpoint folder in the cache (backends.gguf_import).
 
     Raises ConfigError naming the problem: no such folder, an id not in the cache while offline

@@ -49,12 +49,13 @@ def _reader(path: Path, role: str):
 
 
 def find_mmproj(model: Path) -> Path:
-    """The projector next to an LLM GGUF when none is named: the one mmproj*.gguf in its folder."""
-    found = sorted(p for p in model.parent.glob("*.gguf") if p.name.lower().startswith("mmproj"))
+    """The projector next to an LLM GGUF when none is named: the one GGUF in its folder with
+    "mmproj" in its name (llama.cpp's mmproj-model-f16.gguf, other repositories' *-mmproj-*.gguf)."""
+    found = sorted(p for p in model.parent.glob("*.gguf") if "mmproj" in p.name.lower() and p != model)
     if len(found) != 1:
         where = "none" if not found else ", ".join(p.name for p in found)
         raise ConfigError(
-            f"{model}: a GGUF model needs its vision projector: --mmproj FILE (mmproj*.gguf beside it: {where})"
+            f"{model}: a GGUF model needs its vision projector: --mmproj FILE (*mmproj*.gguf beside it: {where})"
         )
     return found[0]
 

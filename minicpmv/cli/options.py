@@ -103,7 +103,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mmproj",
         metavar="FILE",
-        help="with -m MODEL.gguf: its llama.cpp vision projector GGUF (default: the mmproj*.gguf beside it)",
+        help="with -m MODEL.gguf: its llama.cpp vision projector GGUF (default: the *mmproj*.gguf beside it)",
     )
 
 
