@@ -111,22 +111,30 @@ def write_byte_tokenizer(folder: Path) -> None:
     )
 
 
-def random_checkpoint(name: str, root: Path) -> Path:
-    """The seeded random float32 checkpoint of an architecture, written once."""
+def random_weights(config: dict):
+    """(name, float32 tensor) of every weight of the architecture, one at a time: seeded normal
+    values * 0.02, the same sequence for every dtype the checkpoint is written in."""
     import torch
-    from safetensors.torch import save_file
 
     from .model.config import MiniCPMVConfig
     from .model.minicpmv import MiniCPMV
+
+    with torch.device("meta"):
+        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
+    generator = torch.Generator().manual_seed(0)
+    for name, meta in model.state_dict().items():
+        yield name, torch.randn(meta.shape, generator=generator) * 0.02
+
+
+def random_checkpoint(name: str, root: Path) -> Path:
+    """The seeded random float32 checkpoint of an architecture, written once."""
+    from safetensors.torch import save_file
 
     folder = root / name / "fp32"
     if (folder / "model.safetensors").exists():
         return folder
     config = ARCHITECTURES[name]
-    with torch.device("meta"):
-        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
-    generator = torch.Generator().manual_seed(0)
-    tensors = {n: torch.randn(t.shape, generator=generator) * 0.02 for n, t in model.state_dict().items()}
+    tensors = dict(random_weights(config))
     with staged_folder(folder) as stage:  # whole or absent: the check above trusts its weights file
         save_file(tensors, stage / "model.safetensors", metadata={"format": "pt"})
         (stage / "config.json").write_text(json.dumps(config, indent=2))
@@ -139,21 +147,16 @@ def random_bf16_checkpoint(name: str, root: Path) -> Path:
     size one (16 GB for 2.6) never is in memory whole."""
     import torch
 
-    from .model.config import MiniCPMVConfig
-    from .model.minicpmv import MiniCPMV
     from .quant.stream import ShardWriter
 
     folder = root / name / "bf16"
     if (folder / "config.json").exists():
         return folder
     config = ARCHITECTURES[name]
-    with torch.device("meta"):
-        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
-    generator = torch.Generator().manual_seed(0)
     with staged_folder(folder) as stage:
         writer = ShardWriter(stage, 2 << 30)
-        for tensor_name, meta in model.state_dict().items():
-            writer.add(tensor_name, (torch.randn(meta.shape, generator=generator) * 0.02).to(torch.bfloat16))
+        for tensor_name, tensor in random_weights(config):
+            writer.add(tensor_name, tensor.to(torch.bfloat16))
         writer.close()
         (stage / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}, indent=2))
         write_byte_tokenizer(stage)

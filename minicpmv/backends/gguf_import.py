@@ -30,10 +30,6 @@ FAMILY = {arch: family for family, arch in ARCHITECTURE.items()}  # llama.cpp ar
 KEPT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # else dequantized to bfloat16
 
 
-def is_gguf(path: str | Path) -> bool:
-    return str(path).lower().endswith(".gguf")
-
-
 def _reader(path: Path, role: str):
     try:
         from gguf import GGUFReader
@@ -172,13 +168,14 @@ def _tensor(reader, tensor) -> torch.Tensor:
 
 def _llm_tensors(llm, config: dict):
     has_head = any(t.name == "output.weight" for t in llm.tensors)
+    rotated_halves = facts(str(config["version"])).llm_family == "llama"  # see interleave_rope_rows
     for tensor in llm.tensors:
         data = _tensor(llm, tensor)
         try:
             name = checkpoint_name(tensor.name)
         except KeyError:
             raise ConfigError(f"LLM tensor {tensor.name} has no place in a MiniCPM-V checkpoint") from None
-        if facts(str(config["version"])).llm_family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+        if rotated_halves and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in name else config["num_key_value_heads"]
             data = torch.from_numpy(interleave_rope_rows(data.float().numpy(), heads, inverse=True)).to(data.dtype)
         yield name, data

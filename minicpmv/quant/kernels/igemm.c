@@ -14,6 +14,7 @@
  * moved onto x (|x|, |w| <= 127, so vpmaddubsw's 16-bit pair sums cannot saturate).
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,12 +47,17 @@ static void quantize_rows_int8(const float *x, int64_t M, int64_t K, int64_t K4,
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; m++) {
         const float *src = x + m * K;
-        float amax = 0.f;
-        for (int64_t k = 0; k < K; k++) amax = src[k] > amax ? src[k] : (-src[k] > amax ? -src[k] : amax);
+        __m256 vmax = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) /* |x|: the sign bit cleared */
+            vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_loadu_ps(src + k)));
+        float lanes[8], amax = 0.f;
+        _mm256_storeu_ps(lanes, vmax);
+        for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
+        for (; k < K; k++) amax = fabsf(src[k]) > amax ? fabsf(src[k]) : amax;
         const float scale = amax / 127.f, inv = scale > 0.f ? 1.f / scale : 0.f;
         int8_t *dst = xq + m * K4;
-        int64_t k = 0;
-        for (; k + 8 <= K; k += 8) {
+        for (k = 0; k + 8 <= K; k += 8) {
             const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + k), _mm256_set1_ps(inv)));
             const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
             _mm_storel_epi64((__m128i *)(dst + k), _mm_packs_epi16(words, words));
@@ -118,11 +124,17 @@ static inline void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const in
     }
 }
 
+/* 8 outputs of one row: sum * (x_scale * w_scale) + bias, the scalar loop only at the edge */
 static inline void store8(float *dst, __m256i sum, const float *wscales, const float *bias, float xs, int64_t valid) {
-    float values[8];
-    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(xs));
-    _mm256_storeu_ps(values, v);
-    for (int64_t c = 0; c < valid && c < 8; c++) dst[c] = values[c] * wscales[c] + (bias ? bias[c] : 0.f);
+    if (valid >= 8) {
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(_mm256_set1_ps(xs), _mm256_loadu_ps(wscales)));
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+        _mm256_storeu_ps(dst, v);
+        return;
+    }
+    int32_t sums[8];
+    _mm256_storeu_si256((__m256i *)sums, sum);
+    for (int64_t c = 0; c < valid; c++) dst[c] = (float)sums[c] * (xs * wscales[c]) + (bias ? bias[c] : 0.f);
 }
 #endif
 
