@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -80,6 +80,7 @@ class Prepared:
     load_seconds: float = 0.0  # low-memory mode: reading model parts in for this request
     prefix: str = ""  # text the prompt already holds that the answer shows (4.5 thinking: "<think>\n")
     constraints: list | None = None  # response_format: one grammar per conversation
+    history: list | None = None  # per row, the prompt tokens the repetition penalty counts (4.6/4.7)
 
 
 class TextStream:
@@ -248,6 +249,8 @@ class ChatModel:
             prepared.config,
             threads=self._phase_threads(),
             constraints=prepared.constraints,
+            position_ids=prepared.inputs.position_ids,
+            history=prepared.history,
         )
         results = []
         for row, ids in enumerate(output.token_ids):
@@ -342,13 +345,25 @@ class ChatModel:
             self.residency.need(self.llm_parts)
             embeds = self.model.embed_inputs(inputs.input_ids, features, inputs.image_bound)
         stops = tuple([stop] if isinstance(stop, str) else stop or ())
-        tokens = [len(bounds) * self.model.config.query_num for bounds in inputs.image_bound]
+        tokens = [int((bounds[:, 1] - bounds[:, 0]).sum()) for bounds in inputs.image_bound]
         swap = self.residency.swap_seconds - swapped
         # the official chat() shows the "<think>\n" that ends a thinking prompt as the answer's start
         prefix = "<think>\n" if thinking else ""
         constraints = self._constraints(response_format, len(conversations))
+        history = None
+        if facts(self.version).penalty_counts_prompt:
+            history = [row[mask.bool()].tolist() for row, mask in zip(inputs.input_ids, inputs.attention_mask)]
         return Prepared(
-            inputs, embeds, config, stops, time.perf_counter() - start - swap, tokens, swap, prefix, constraints
+            inputs,
+            embeds,
+            config,
+            stops,
+            time.perf_counter() - start - swap,
+            tokens,
+            swap,
+            prefix,
+            constraints,
+            history,
         )
 
     def _video(self, video, image, fps, max_frames, max_packing, temporal_ids):
@@ -388,6 +403,8 @@ class ChatModel:
             stats,
             self._phase_threads(),
             prepared.constraints,
+            prepared.inputs.position_ids,
+            prepared.history,
         )
         sent = 0  # tokens whose logprobs went out with a delta
 
@@ -481,6 +498,7 @@ def load(
     llm_gguf: str | Path | None = None,
     context: int | None = None,
     mmproj: str | Path | None = None,
+    downsample_mode: str | None = None,
 ) -> ChatModel:
     """Load an official MiniCPM-V checkpoint (1.0 ... 4.5) or one of ours.
 
@@ -507,6 +525,8 @@ def load(
         mmproj: with `path` a llama.cpp GGUF LLM file, its MiniCPM-V projector GGUF (default: the
             one *mmproj*.gguf beside it); the pair is converted once into a checkpoint folder in
             the cache (backends.gguf_import).
+        downsample_mode: 4.6/4.7: "16x" (a crop of 448² gives 64 tokens) or "4x" (256 tokens:
+            finer detail, 4x the LLM work); default the checkpoint's config.json.
     """
     compile_parts(compile, None)  # a bad value fails before the model is read
     start = time.perf_counter()
@@ -522,6 +542,10 @@ def load(
 
         use_dynamic_int8(checkpoint.model.vpm)
     processor = MiniCPMVProcessor.from_pretrained(path)
+    if downsample_mode is not None:  # the processor's token counts and the model's merging agree
+        # replace() validates: a ConfigError for a version without modes or an unknown mode
+        processor.config = replace(processor.config, downsample_mode=downsample_mode)
+        checkpoint.config.downsample_mode = downsample_mode
     llm, llm_parts = None, LLM_PARTS
     if llm_gguf is not None:
         from .backends.llamacpp import EMBEDDING_PARTS, LlamaCppLLM

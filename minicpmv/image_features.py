@@ -72,7 +72,8 @@ class ImageEncoder:
             self._cache.popitem(last=False)
 
     def features(self, inputs: ModelInputs) -> list[torch.Tensor]:
-        """Per-sample features (n_spans, query_num, hidden) of a processed batch."""
+        """Per-sample features (n_spans, query_num, hidden) of a processed batch (4.6/4.7:
+        (tokens, hidden), the crops' tokens in order)."""
         config = self.model.config
         per_sample = []
         for b, (crops, plans, sizes) in enumerate(zip(inputs.pixel_values, inputs.plans, inputs.tgt_sizes)):
@@ -89,13 +90,13 @@ class ImageEncoder:
             for count, unit in zip(counts, units):
                 features.append(self._cached(crops[offset : offset + count], sizes[offset : offset + count], unit))
                 offset += count
-            empty = torch.zeros((0, config.query_num, config.llm.hidden_size))
+            empty = torch.zeros((0, config.query_num, config.llm.hidden_size)[1 - bool(config.query_num) :])
             per_sample.append(torch.cat(features) if features else empty)
         return per_sample
 
     def _cached(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None) -> torch.Tensor:
         digest = hashlib.sha1(sizes.numpy().tobytes())
-        digest.update(repr(time_groups).encode())
+        digest.update(repr((time_groups, self.model.config.downsample_mode)).encode())
         for crop in crops:
             digest.update(crop.numpy().tobytes())
         key = digest.hexdigest()
@@ -140,13 +141,13 @@ class ImageEncoder:
         encode = (self.tuning or {}).get("encode", {})
         per_call = 1 if self.residency.low_memory else encode.get("crops_per_call")
         original = torch.get_num_threads()
-        device = self.model.resampler.query.device.type
+        device = self.model.vision_weight.device.type
         try:
             torch.set_num_threads(encode.get("threads", original))
             with torch.autocast(
                 device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
             ):
                 features = self.model.get_image_features(crops, sizes, per_call, time_groups, progress=self._progress())
-            return features.to(self.model.resampler.query.dtype)
+            return features.to(self.model.vision_weight.dtype)
         finally:
             torch.set_num_threads(original)

@@ -46,10 +46,43 @@ class VersionFacts:
     # llama.cpp's name for this generation in a projector GGUF (clip.minicpmv_version); None: its
     # multimodal path has no MiniCPM-V of this version
     llamacpp_version: int | None = None
+    # 4.6 / 4.7 have no resampler: a crop of rows x cols patches gives rows*cols / m² tokens, m
+    # patches per side folded together by the mergers in each downsample mode (the first one is
+    # the default), and every resized side is a multiple of m patches
+    downsample: tuple[tuple[str, int], ...] = ()
+    feature_token: str = "<unk>"  # the placeholder token the image features replace
+    # pixels: "pil" (PIL bicubic, then (k/255 - 0.5)/0.5) or "torch" (4.6/4.7's torchvision
+    # backend: antialiased bicubic on uint8 tensors, then (k - 127.5)/127.5 in one step)
+    pixel_backend: str = "pil"
+    # vision position buckets: "arange" (2.x: arange(0, 1 - 1e-6, 1/n)) or "fraction" (4.6:
+    # arange(n) / n); float32 rounding makes them differ for some n
+    position_rule: str = "arange"
+    # (ours, official) parameter-name prefixes where the official module tree differs from the
+    # package's vpm / resampler / llm one (4.6 / 4.7: transformers' native names)
+    checkpoint_prefixes: tuple[tuple[str, str], ...] = ()
+    canvas_rope: bool = False  # 4.7: 3-D M-RoPE positions laid out on the image canvas
+    # repetition_penalty also counts the prompt's tokens: 4.6/4.7 run transformers' own generate
+    # on input ids; the remote-code chat() of 1.0-4.5 hands it embeddings only
+    penalty_counts_prompt: bool = False
 
     @property
     def use_image_id(self) -> bool:
         return self.placeholder_schema == "ids"
+
+    @property
+    def downsample_modes(self) -> tuple[str, ...]:
+        return tuple(mode for mode, _ in self.downsample)
+
+    def merge_per_side(self, mode: str | None) -> int:
+        """Patches per side folded into one token in `mode` (1: no merging, a resampler instead)."""
+        if not self.downsample:
+            return 1
+        table = dict(self.downsample)
+        if mode is None:
+            return self.downsample[0][1]
+        if mode not in table:
+            raise ConfigError(f"downsample_mode: {mode!r} is not one of {self.downsample_modes}")
+        return table[mode]
 
 
 VERSIONS = {
@@ -137,7 +170,41 @@ VERSIONS = {
         llamacpp_version=6,
     ),
 }
+# 4.6: SigLIP2 tower with a window-attention merger + Qwen3.5 (Gated DeltaNet); 4.7: the same
+# parts, with M-RoPE positions on the image canvas (and a mixture-of-experts LLM variant)
+_NATIVE_46 = dict(
+    llm_family="qwen3_5",
+    query_num=0,
+    placeholder_schema="ids",
+    newline_after_image=False,
+    chat_format="template",
+    terminators=("<|im_end|>", "<|endoftext|>"),
+    end_marker="<|im_end|>",
+    max_input_length=32768,
+    vision_tower="navit",
+    drop_vision_last_layer=False,
+    faithful_idefics2_mask=False,
+    query_pos_embed=False,
+    sampling=(("temperature", 0.7), ("top_p", 0.8), ("top_k", 20)),
+    thinking=True,
+    thinking_sampling=(("temperature", 0.6), ("top_p", 0.95), ("top_k", 20)),
+    downsample=(("16x", 4), ("4x", 2)),
+    feature_token="<|image_pad|>",
+    pixel_backend="torch",
+    position_rule="fraction",
+    penalty_counts_prompt=True,
+    checkpoint_prefixes=(
+        ("vpm.", "model.vision_tower."),
+        ("resampler.", "model.merger."),
+        ("llm.model.", "model.language_model."),
+        ("llm.lm_head.", "lm_head."),
+    ),
+)
+VERSIONS["4.6"] = VersionFacts(**_NATIVE_46)
+VERSIONS["4.7"] = VersionFacts(**_NATIVE_46 | {"canvas_rope": True})
 SUPPORTED_VERSIONS = tuple(VERSIONS)
+# transformers' native model types (no `version` key in their config.json)
+NATIVE_MODEL_TYPES = {"minicpmv4_6": "4.6", "minicpmv4_7": "4.7"}
 
 
 def facts(version: str) -> VersionFacts:
@@ -169,6 +236,8 @@ def detect_version(config: dict) -> str:
     """
     if "version" in config:
         return normalize_version(config["version"])
+    if config.get("model_type") in NATIVE_MODEL_TYPES:
+        return NATIVE_MODEL_TYPES[config["model_type"]]
     if config.get("model_type") not in (None, "minicpmv"):
         raise ConfigError(f"model_type: {config.get('model_type')!r} is not a MiniCPM-V model (expected 'minicpmv')")
     if "vision_encoder" in config or "scale_emb" in config:

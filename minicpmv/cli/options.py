@@ -24,6 +24,7 @@ class ModelFlags:
     compile: str = "auto"
     llm_gguf: str | None = None
     mmproj: str | None = None
+    downsample_mode: str | None = None  # 4.6/4.7: None = the checkpoint's own
 
 
 @dataclass
@@ -105,6 +106,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="with -m MODEL.gguf: its llama.cpp vision projector GGUF (default: the *mmproj*.gguf beside it)",
     )
+    parser.add_argument(
+        "--downsample-mode",
+        choices=["16x", "4x"],
+        help="4.6/4.7: image tokens per crop, merged 16x (default) or 4x (4 times as many, finer detail)",
+    )
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -163,6 +169,7 @@ def load_model(args: ModelFlags):
         compile=args.compile,
         llm_gguf=args.llm_gguf,
         mmproj=args.mmproj,
+        downsample_mode=args.downsample_mode,
     )
 
 

@@ -35,6 +35,15 @@ def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 1)
 
 
+def prompt_positions(attention_mask: torch.Tensor, position_ids: torch.Tensor | None, repeat: int = 1):
+    """The prompt's positions: (B, T) counting real tokens, or the given ones (4.7's canvas
+    positions, (3, B, T)), each row repeated `repeat` times (beams). Decoding continues from the
+    last one: it is the largest of its row in both cases."""
+    if position_ids is None:
+        return padded_position_ids(attention_mask)
+    return position_ids.to(attention_mask.device).repeat_interleave(repeat, dim=-2)
+
+
 def _room(llm: LanguageModel, prompt_len: int, config: GenerationConfig) -> int:
     """New tokens that fit in the context; a prompt that leaves no room is an error."""
     context = llm.cfg.max_position_embeddings
@@ -64,21 +73,30 @@ def stream_tokens(
     stats: GenerationOutput | None = None,
     threads: tuple[int, int] | None = None,
     constraints: list | None = None,
+    position_ids: torch.Tensor | None = None,
+    history: list[list[int]] | None = None,
 ) -> Iterator[list[int | None]]:
     """Greedy or sampled decoding, one step at a time: yields each row's new token (None once
     the row has stopped). Stops at the stop ids, max_new_tokens, or when `cancel` is set or the
     consumer stops iterating. `stats`, if given, receives timings and the kept step logits.
     `constraints`, one per row or None, restrict what each row may pick (structured.py).
-    `threads` = (prefill, decode) CPU threads, as `minicpmv tune` found best."""
+    `threads` = (prefill, decode) CPU threads, as `minicpmv tune` found best. `position_ids`:
+    the prompt's own positions where the model's are not 1-D (4.7, see prompt_positions).
+    `history`: per row, earlier tokens the repetition penalty counts besides the new ones (4.6/4.7:
+    the prompt's, as transformers' generate does when it is given input ids)."""
     original = torch.get_num_threads()
     try:
-        yield from _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads, constraints)
+        yield from _stream_tokens(
+            llm, inputs_embeds, attention_mask, config, cancel, stats, threads, constraints, position_ids, history
+        )
     finally:
         torch.set_num_threads(original)
 
 
 @torch.inference_mode()
-def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, threads, constraints=None):
+def _stream_tokens(
+    llm, inputs_embeds, attention_mask, config, cancel, stats, threads, constraints, position_ids, history
+):
     batch, prompt_len = inputs_embeds.shape[:2]
     max_new = _room(llm, prompt_len, config)
     device = inputs_embeds.device
@@ -90,7 +108,7 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
     if threads:
         torch.set_num_threads(threads[0])
     start = time.perf_counter()
-    positions = padded_position_ids(attention_mask)
+    positions = prompt_positions(attention_mask, position_ids)
     logits = llm(inputs_embeds, positions, attention_mask, cache, last_only=True)[:, -1]  # (B, V)
     if stats is not None:
         stats.prefill_seconds, stats.prompt_tokens = time.perf_counter() - start, prompt_len
@@ -98,6 +116,7 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
         torch.set_num_threads(threads[1])
     start = time.perf_counter()
     generated = [[] for _ in range(batch)]
+    penalized = [list(ids) for ids in history] if history else [[] for _ in range(batch)]  # see stream_tokens
     finished = [False] * batch
     for step in range(max_new):
         if cancel is not None and cancel.is_set():
@@ -110,7 +129,7 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
             for row, constraint in enumerate(constraints):
                 if constraint is not None and not finished[row]:
                     constraint.mask(scores[row])
-        chosen = next_tokens(scores, generated, config, step, generator).tolist()
+        chosen = next_tokens(scores, penalized, config, step, generator).tolist()
         if stats is not None and config.logprobs is not None:
             _keep_logprobs(stats, logits, chosen, finished, config)
         out = []
@@ -120,6 +139,7 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
                 out.append(None)
             else:
                 generated[row].append(token)
+                penalized[row].append(token)
                 out.append(token)
                 if constraints and constraints[row] is not None:
                     constraints[row].advance(token)
@@ -131,7 +151,7 @@ def _stream_tokens(llm, inputs_embeds, attention_mask, config, cancel, stats, th
         if step == max_new - 1:
             return
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
-        positions = positions[:, -1:] + 1
+        positions = positions[..., -1:] + 1
         next_ids = torch.tensor([t if t is not None else 0 for t in chosen], device=device)[:, None]
         logits = llm(llm.embed(next_ids), positions, attention_mask, cache)[:, -1]
         if stats is not None:
@@ -146,6 +166,8 @@ def generate(
     keep_step_logits: bool = False,
     threads: tuple[int, int] | None = None,
     constraints: list | None = None,
+    position_ids: torch.Tensor | None = None,
+    history: list[list[int]] | None = None,
 ) -> GenerationOutput:
     """All new tokens of every row: beam search when config.num_beams > 1, else `stream_tokens`."""
     if config.num_beams > 1:
@@ -153,12 +175,20 @@ def generate(
         try:
             if threads:
                 torch.set_num_threads(threads[1])  # beams decode several rows: use the decode setting
-            return beam_search(llm, inputs_embeds, attention_mask, config)
+            return beam_search(llm, inputs_embeds, attention_mask, config, position_ids, history)
         finally:
             torch.set_num_threads(original)
     stats = GenerationOutput([[] for _ in range(inputs_embeds.shape[0])], [] if keep_step_logits else None)
     steps = stream_tokens(
-        llm, inputs_embeds, attention_mask, config, stats=stats, threads=threads, constraints=constraints
+        llm,
+        inputs_embeds,
+        attention_mask,
+        config,
+        stats=stats,
+        threads=threads,
+        constraints=constraints,
+        position_ids=position_ids,
+        history=history,
     )
     for step in steps:
         for row, token in enumerate(step):
@@ -193,10 +223,16 @@ class _Hypotheses:
 
 @torch.inference_mode()
 def beam_search(
-    llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig
+    llm: LanguageModel,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig,
+    position_ids: torch.Tensor | None = None,
+    history: list[list[int]] | None = None,
 ) -> GenerationOutput:
     """Beam search as transformers runs it for the official `sampling=False` preset: repetition
-    penalty on log-probabilities, 2 * beams candidates per step, length-normalised finished beams."""
+    penalty on log-probabilities, 2 * beams candidates per step, length-normalised finished beams.
+    `position_ids`, `history`: see stream_tokens."""
     batch, prompt_len = inputs_embeds.shape[:2]
     beams = config.num_beams
     max_new = _room(llm, prompt_len, config)
@@ -204,7 +240,7 @@ def beam_search(
     mask = attention_mask.to(device).repeat_interleave(beams, 0)  # (B*nb, T)
     cache = llm.new_cache(batch * beams, prompt_len + max_new)
     start = time.perf_counter()
-    positions = padded_position_ids(mask)
+    positions = prompt_positions(mask, position_ids, beams)
     logits = llm(inputs_embeds.repeat_interleave(beams, 0), positions, mask, cache, last_only=True)[:, -1]
     prefill = time.perf_counter() - start
     start = time.perf_counter()
@@ -217,7 +253,8 @@ def beam_search(
     candidates = max(2, 1 + len(config.stop_ids)) * beams
     for step in range(max_new):
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        log_probs = apply_repetition_penalty(log_probs, sequences, config.repetition_penalty)
+        seen = [history[i // beams] + s for i, s in enumerate(sequences)] if history else sequences
+        log_probs = apply_repetition_penalty(log_probs, seen, config.repetition_penalty)
         log_probs = suppress_stop_tokens(log_probs, config.stop_ids, step, config.min_new_tokens)
         vocab = log_probs.shape[-1]
         totals = (log_probs + scores[:, None]).view(batch, beams * vocab)
@@ -247,7 +284,7 @@ def beam_search(
             break
         cache.reorder(torch.tensor(sources))
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        positions = positions[:, -1:] + 1
+        positions = positions[..., -1:] + 1
         logits = llm(llm.embed(torch.tensor(new_tokens, device=device)[:, None]), positions, mask, cache)[:, -1]
     for b in range(batch):
         if not done[b]:

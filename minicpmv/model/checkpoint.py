@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from ..files import staged_path, write_text_atomic
+from ..versions import facts
 from .config import MiniCPMVConfig
 from .minicpmv import MiniCPMV
 from .safetensors_reader import SafetensorsFormatError, read_header, read_tensors
@@ -78,6 +79,16 @@ def check_vision_depth(config: MiniCPMVConfig, names) -> None:
 PROGRESS_MIN_BYTES = 256 << 20  # below this a load is too quick for a progress bar to help
 
 
+def rename(name: str, prefixes: tuple[tuple[str, str], ...], to_official: bool) -> str:
+    """A parameter name between the package's tree (vpm / resampler / llm) and the official one,
+    where a version's official tree differs (versions.py checkpoint_prefixes)."""
+    for ours, official in prefixes:
+        source, target = (ours, official) if to_official else (official, ours)
+        if name.startswith(source):
+            return target + name[len(source) :]
+    return name
+
+
 VISION_PARTS = ("vpm.", "resampler.")
 LLM_PARTS = ("llm.",)
 
@@ -93,7 +104,10 @@ class OpenCheckpoint:
             raise CheckpointError(f"{folder}: not a folder (a MiniCPM-V checkpoint is a folder with config.json)")
         self.config = MiniCPMVConfig.from_pretrained(folder)
         self._headers: dict[Path, tuple[dict, int]] = {}
-        self.files = weight_files(folder, self._header)
+        prefixes = facts(self.config.version).checkpoint_prefixes
+        stored = weight_files(folder, self._header)
+        self.stored_names = {rename(name, prefixes, False): name for name in stored}  # ours -> the file's
+        self.files = {ours: stored[name] for ours, name in self.stored_names.items()}
         check_vision_depth(self.config, self.files)
         with torch.device("meta"):
             self.model = MiniCPMV(self.config)
@@ -146,8 +160,10 @@ class OpenCheckpoint:
         state = {}
         for file, file_names in sorted(by_file.items()):
             header, data_start = self._header(file)
+            ours = {self.stored_names[name]: name for name in file_names}
             try:
-                for name, tensor in read_tensors(file, file_names, header, data_start):
+                for stored, tensor in read_tensors(file, list(ours), header, data_start):
+                    name = ours[stored]
                     dtype = self.stored_dtypes.get(name, self.dtype)
                     state[name] = _convert(
                         name, tensor, self.expected[name][0], self.floating[name], dtype, self.device
@@ -230,6 +246,8 @@ def save_model(model: MiniCPMV, path: str | Path, max_shard_bytes: int = 4 << 30
     state = {name: t.detach().contiguous().cpu() for name, t in (state or model.state_dict()).items()}
     if model.config.llm.tie_word_embeddings:
         state.pop("llm.lm_head.weight", None)
+    prefixes = facts(model.config.version).checkpoint_prefixes
+    state = {rename(name, prefixes, True): tensor for name, tensor in state.items()}
     shards = _shard(state, max_shard_bytes)
     if len(shards) == 1:
         with staged_path(folder / SINGLE_FILE) as tmp:

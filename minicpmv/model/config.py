@@ -39,6 +39,11 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     gelu_tanh: bool = True  # 2.5/2.6 gelu_pytorch_tanh; 2.0 timm nn.GELU (exact erf)
     faithful_idefics2_mask: bool = False  # 2.5: reproduce the official all-True patch mask (spec §4.1)
+    position_rule: str = "arange"  # how patch coordinates fall into the table (versions.py)
+    # 4.6/4.7: the window-attention merger after layer `insert_layer_id` (16x mode only) folds
+    # `window` x `window` patches into one token
+    insert_layer_id: int = -1
+    window: int = 2
 
     @property
     def num_positions_per_side(self) -> int:
@@ -69,6 +74,26 @@ class LLMConfig:
     explicit_head_dim: int | None = (
         None  # Qwen3's config writes head_dim (then heads * head_dim may differ from hidden)
     )
+    # Qwen3.5 (4.6/4.7): each layer mixes tokens with gated full attention or a Gated DeltaNet
+    layer_types: tuple[str, ...] = ()  # "full_attention" | "linear_attention"; () = all full
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel: int = 4
+    partial_rotary_factor: float = 1.0  # RoPE on the first fraction of each head's dims
+    mrope_section: tuple[int, ...] = ()  # 4.7: frequencies for the (T, H, W) rows, interleaved
+    num_experts: int = 0  # MoE: routed experts (0: a dense MLP)
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def layer_type(self, index: int) -> str:
+        return self.layer_types[index] if self.layer_types else "full_attention"
 
     @property
     def head_dim(self) -> int:
@@ -91,6 +116,8 @@ class MiniCPMVConfig:
     query_num: int = 64
     vision_batch_size: int = 16
     drop_vision_last_layer: bool = False
+    downsample_mode: str | None = None  # 4.6/4.7: the checkpoint's default, "16x" or "4x"
+    merge_layers: int = 1  # 4.6/4.7 merger_times: 2x2 merges after the tower (the last projects)
     bos_token_id: int | None = None
     eos_token_id: int | list | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -102,6 +129,8 @@ class MiniCPMVConfig:
     @classmethod
     def from_dict(cls, config: dict) -> MiniCPMVConfig:
         version = detect_version(config)
+        if facts(version).checkpoint_prefixes:
+            return _native_config(config, version)
         drop_last = bool(config.get("drop_vision_last_layer", facts(version).drop_vision_last_layer))
         vision = _vision_config(config, version, drop_last)
         llm = _llm_config(config, version)
@@ -115,9 +144,9 @@ class MiniCPMVConfig:
             query_num,
             _int(config, "vision_batch_size", 16),
             drop_last,
-            config.get("bos_token_id"),
-            config.get("eos_token_id"),
-            dict(config),
+            bos_token_id=config.get("bos_token_id"),
+            eos_token_id=config.get("eos_token_id"),
+            raw=dict(config),
         )
 
     @classmethod
@@ -186,12 +215,14 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
         num_layers=_int(config, "num_hidden_layers", 28),
         num_heads=heads,
         num_kv_heads=_int(config, "num_key_value_heads", heads),
-        rope_theta=float(config.get("rope_theta", {"qwen2": 1e6, "qwen3": 1e6, "llama": 5e5, "minicpm": 1e4}[family])),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6 if family in ("qwen2", "qwen3") else 1e-5)),
+        rope_theta=float(
+            config.get("rope_theta", {"qwen2": 1e6, "qwen3": 1e6, "qwen3_5": 1e7, "llama": 5e5, "minicpm": 1e4}[family])
+        ),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6 if family.startswith("qwen") else 1e-5)),
         max_position_embeddings=_int(config, "max_position_embeddings", 32768),
         attention_bias=family == "qwen2" or bool(config.get("attention_bias", False)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_5"),
         explicit_head_dim=_int(config, "head_dim", 128) if "head_dim" in config else None,
     )
     if family == "minicpm":
@@ -206,6 +237,71 @@ def _llm_config(config: dict, version: str) -> LLMConfig:
     if (config.get("rope_scaling") or None) is not None:
         raise ConfigError(f"rope_scaling: {config['rope_scaling']!r} is not supported")
     return llm
+
+
+def _section(config: dict, key: str) -> dict:
+    given = config.get(key) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{key}: expected an object, got {type(given).__name__}")
+    return given
+
+
+def _native_config(config: dict, version: str) -> MiniCPMVConfig:
+    """4.6/4.7: transformers' native layout (text_config / vision_config objects)."""
+    text, vision_given = _section(config, "text_config"), _section(config, "vision_config")
+    rope = _section(text, "rope_parameters")
+    llm = _llm_config({**text, "rope_theta": rope.get("rope_theta", 1e7)}, version)
+    llm.partial_rotary_factor = float(rope.get("partial_rotary_factor", 1.0))
+    llm.mrope_section = tuple(rope.get("mrope_section") or ()) if facts(version).canvas_rope else ()
+    llm.layer_types = tuple(text.get("layer_types") or ("full_attention",) * llm.num_layers)
+    if len(llm.layer_types) != llm.num_layers or set(llm.layer_types) - {"full_attention", "linear_attention"}:
+        raise ConfigError(
+            f"text_config.layer_types: {list(llm.layer_types)} does not give {llm.num_layers} known layers"
+        )
+    for ours, key in (
+        ("linear_key_heads", "linear_num_key_heads"),
+        ("linear_value_heads", "linear_num_value_heads"),
+        ("linear_key_head_dim", "linear_key_head_dim"),
+        ("linear_value_head_dim", "linear_value_head_dim"),
+        ("linear_conv_kernel", "linear_conv_kernel_dim"),
+    ):
+        setattr(llm, ours, _int(text, key, 16 if "dim" in key else 4))
+    if llm.linear_value_heads % llm.linear_key_heads:
+        raise ConfigError("text_config: linear_num_value_heads must be a multiple of linear_num_key_heads")
+    if text.get("num_experts"):
+        llm.num_experts = _int(text, "num_experts", 1)
+        llm.experts_per_token = _int(text, "num_experts_per_tok", 1)
+        llm.expert_intermediate_size = _int(text, "moe_intermediate_size", 1)
+        llm.shared_expert_intermediate_size = _int(text, "shared_expert_intermediate_size", 1)
+    values = {**SO400M, **vision_given}
+    vision = VisionConfig(
+        "navit",
+        _int(values, "hidden_size", 1152),
+        _int(values, "intermediate_size", 4304),
+        _int(values, "num_hidden_layers", 27),
+        _int(values, "num_attention_heads", 16),
+        _int(values, "patch_size", 14),
+        _int(values, "image_size", 980),
+        float(values.get("layer_norm_eps", 1e-6)),
+        gelu_tanh=values.get("hidden_act", "gelu_pytorch_tanh") == "gelu_pytorch_tanh",
+        position_rule=facts(version).position_rule,
+        insert_layer_id=int(config.get("insert_layer_id", values.get("insert_layer_id", -1))),
+        window=int((values.get("window_kernel_size") or [2])[0]),
+    )
+    mode = config.get("downsample_mode", facts(version).downsample_modes[0])
+    facts(version).merge_per_side(mode)  # a ConfigError for an unknown mode
+    return MiniCPMVConfig(
+        version,
+        vision,
+        llm,
+        query_num=0,
+        vision_batch_size=_int(config, "vision_batch_size", 16),
+        downsample_mode=mode,
+        merge_layers=_int(config, "merger_times", 1),
+        bos_token_id=text.get("bos_token_id"),
+        eos_token_id=text.get("eos_token_id"),
+        raw=dict(config),
+    )
 
 
 # config.json fields of the released checkpoints, for building real-size

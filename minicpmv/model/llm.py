@@ -14,74 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .blocks import KVCache, RMSNorm, apply_rope, rope_cos_sin
 from .config import LLMConfig
 from .embedding import embedding
+from .qwen35 import HybridCache, Qwen35Layer, ZeroCentredRMSNorm, mrope_cos_sin
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        # variance in float32 whatever the compute dtype, as all three official models do; one
-        # fused op instead of six (57 norms per decoded token on Qwen2-1.5B)
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * normed.to(x.dtype)
-
-
-def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos and signed sin of shape (B, 1, T, head_dim) for integer positions (B, T), in float32.
-
-    The sin's first half is negated so that rotating half of x is a roll (see apply_rope).
-    """
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim)
-    )
-    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
-    angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
-    sin = angles.sin()
-    sin[..., : head_dim // 2].neg_()
-    return angles.cos().to(dtype), sin.to(dtype)
-
-
-def apply_rope(x, cos, signed_sin):
-    """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] = roll(x) * [-1, 1]:
-    the same products as the official code, in 4 ops instead of 7 (twice per layer per token)."""
-    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
-
-
-class KVCache:
-    """Preallocated keys and values for every layer: (B, kv_heads, max_len, head_dim) each.
-
-    `length` tokens are filled; a forward pass writes its keys at [length, length + T) of every
-    layer and `advance(T)` moves on once all layers have run.
-    """
-
-    def __init__(self, cfg: LLMConfig, batch: int, max_len: int, dtype: torch.dtype, device):
-        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.length = 0
-        self.max_len = max_len
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} tokens, {end} needed")
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def advance(self, steps: int):
-        self.length += steps
-
-    def reorder(self, rows: torch.Tensor):
-        """Keep, for each new row i, the cache of old row rows[i] (beam search)."""
-        rows = rows.to(self.keys[0].device)
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+__all__ = ["KVCache", "LanguageModel", "RMSNorm", "apply_rope", "attention_bias", "rope_cos_sin"]
 
 
 class Attention(nn.Module):
@@ -134,7 +72,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.residual_scale = cfg.residual_scale
 
-    def forward(self, x, cos, sin, mask, cache, layer):
+    def forward(self, x, cos, sin, mask, cache, layer, keep=None):
         # add with alpha: the residual scaling costs no extra op (and none at all when it is 1)
         x = torch.add(
             x, self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer), alpha=self.residual_scale
@@ -142,12 +80,19 @@ class DecoderLayer(nn.Module):
         return torch.add(x, self.mlp(self.post_attention_layernorm(x)), alpha=self.residual_scale)
 
 
+HYBRID = "qwen3_5"  # the family whose layers mix attention and a recurrence (qwen35.py)
+
+
 class DecoderModel(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.family == HYBRID:
+            self.layers = nn.ModuleList(Qwen35Layer(cfg, i) for i in range(cfg.num_layers))
+            self.norm = ZeroCentredRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        else:
+            self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 def attention_bias(
@@ -185,7 +130,8 @@ class LanguageModel(nn.Module):
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         weight = self.model.embed_tokens.weight
-        return KVCache(self.cfg, batch, max_len, weight.dtype, weight.device)
+        kind = HybridCache if self.cfg.family == HYBRID else KVCache
+        return kind(self.cfg, batch, max_len, weight.dtype, weight.device)
 
     def forward(
         self,
@@ -197,15 +143,21 @@ class LanguageModel(nn.Module):
     ) -> torch.Tensor:
         """inputs_embeds (B, T, D) -> logits (B, T, V), or (B, 1, V) with last_only.
 
-        position_ids (B, T) default to cache.length + arange(T); attention_mask (B, S) marks real
-        tokens of the whole sequence so far (S = cached + T); a (B, 1, T, S) bool mask is used as
-        given (packed training rows).
+        position_ids (B, T) default to cache.length + arange(T) (4.7: (3, B, T) rows T, H, W);
+        attention_mask (B, S) marks real tokens of the whole sequence so far (S = cached + T); a
+        (B, 1, T, S) bool mask is used as given (packed training rows).
         """
         batch, length, _ = inputs_embeds.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, length)
-        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
+        keep = None
+        if self.cfg.family == HYBRID:
+            cos, sin = mrope_cos_sin(position_ids, self.cfg, inputs_embeds.dtype)
+            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+                keep = attention_mask[:, past : past + length].to(inputs_embeds.device)  # (B, T) real tokens
+        else:
+            cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
         # one new token with no padding sees every cached key: nothing to mask (SDPA's fast path)
         unmasked = length == 1 and (attention_mask is None or bool(attention_mask.all()))
         if attention_mask is not None and attention_mask.dim() == 4:  # (B, 1, T, S) bool: e.g. packed samples
@@ -214,20 +166,20 @@ class LanguageModel(nn.Module):
             mask = None
         else:
             mask = attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype, inputs_embeds.device)
-        logits = self.run_layers(inputs_embeds, cos, sin, mask, cache, last_only)
+        logits = self.run_layers(inputs_embeds, cos, sin, mask, cache, last_only, keep)
         if cache is not None:
             cache.advance(length)
         return logits
 
-    def run_layers(self, x, cos, sin, mask, cache: KVCache | None, last_only: bool) -> torch.Tensor:
+    def run_layers(self, x, cos, sin, mask, cache: KVCache | None, last_only: bool, keep=None) -> torch.Tensor:
         """The decoder stack and the head: embeddings (B, T, D) -> logits. Positions, mask and the
         cache's bookkeeping stay outside, so that this part can be compiled as one graph."""
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for index, layer in enumerate(self.model.layers):
             if recompute:  # keep only each layer's input; recompute its inside in the backward pass
-                x = checkpoint(layer, x, cos, sin, mask, cache, index, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, cache, index, keep, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache, index)
+                x = layer(x, cos, sin, mask, cache, index, keep)
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)

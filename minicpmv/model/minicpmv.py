@@ -1,7 +1,8 @@
 """MiniCPM-V: three named parts (`vpm`, `resampler`, `llm`) and one seam, `get_image_features`.
 
 Image features replace the `<unk>` rows of the token embeddings at `image_bound`; the model never
-sees text, tokenizers or sampling settings.
+sees text, tokenizers or sampling settings. In 4.6/4.7 the `resampler` slot holds the patch
+merger (a crop gives rows*cols/16 tokens, or /4 in 4x mode, instead of query_num).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 from ..versions import facts
 from .config import MiniCPMVConfig
 from .llm import KVCache, LanguageModel
+from .merger import PatchMerger
 from .resampler import Resampler
 from .vision import NavitSiglip, TimmSiglip
 
@@ -38,14 +40,17 @@ class MiniCPMV(nn.Module):
         self.config = config
         vision = config.vision
         self.vpm = NavitSiglip(vision) if vision.kind == "navit" else TimmSiglip(vision)
-        self.resampler = Resampler(
-            config.query_num,
-            config.llm.hidden_size,
-            config.resampler_heads,
-            vision.hidden_size,
-            query_pos_embed=facts(config.version).query_pos_embed,
-            key_positions=facts(config.version).key_positions,
-        )
+        if facts(config.version).downsample:
+            self.resampler = PatchMerger(vision.hidden_size, config.llm.hidden_size, config.merge_layers)
+        else:
+            self.resampler = Resampler(
+                config.query_num,
+                config.llm.hidden_size,
+                config.resampler_heads,
+                vision.hidden_size,
+                query_pos_embed=facts(config.version).query_pos_embed,
+                key_positions=facts(config.version).key_positions,
+            )
         self.llm = LanguageModel(config.llm)
         if config.llm.tie_word_embeddings:
             self.llm.lm_head.weight = self.llm.model.embed_tokens.weight
@@ -53,6 +58,12 @@ class MiniCPMV(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.llm.model.embed_tokens.weight.dtype
+
+    @property
+    def vision_weight(self) -> torch.Tensor:
+        """A weight of the vision side: its device and dtype (in low-memory mode the LLM may not
+        be loaded)."""
+        return next(self.resampler.parameters())
 
     @property
     def device(self) -> torch.device:
@@ -73,10 +84,12 @@ class MiniCPMV(nn.Module):
         time_groups (4.5): the time ids of consecutive groups of crops (-1: a still crop); the
         result then has one row per group, (G, Q, D).
         progress: called with (crops done, crops in all) after each call of the vision tower.
+        4.6/4.7: the tokens of all crops in order, (sum of crop_tokens, D).
         """
         progress = progress or (lambda done, total: None)
-        # the vision tower's own placement: in low-memory mode the LLM may not be loaded
-        weight = self.resampler.query
+        if isinstance(self.resampler, PatchMerger):
+            return self._merged_features(pixel_values, tgt_sizes, crops_per_call, progress)
+        weight = self.vision_weight
         if not pixel_values:
             return torch.zeros(
                 (0, self.config.query_num, self.config.llm.hidden_size), dtype=weight.dtype, device=weight.device
@@ -117,6 +130,32 @@ class MiniCPMV(nn.Module):
             progress(min(i + chunk, len(crops)), len(crops))
         return torch.cat(features)
 
+    def crop_tokens(self, tgt_sizes: torch.Tensor) -> list[int]:
+        """Image tokens per crop of (rows, cols) patches (the downsample mode's merge, 4.6/4.7)."""
+        if not isinstance(self.resampler, PatchMerger):
+            return [self.config.query_num] * len(tgt_sizes)
+        side = facts(self.config.version).merge_per_side(self.config.downsample_mode)
+        return [rows * cols // side**2 for rows, cols in tgt_sizes.reshape(-1, 2).tolist()]
+
+    def _merged_features(self, pixel_values, tgt_sizes, crops_per_call, progress) -> torch.Tensor:
+        """4.6/4.7: tower (with the window merger in 16x mode), then the patch merger, per chunk."""
+        weight = self.vision_weight
+        if not pixel_values:
+            return weight.new_zeros((0, self.config.llm.hidden_size))
+        tgt_sizes = tgt_sizes.to(torch.int64).cpu().reshape(-1, 2)
+        window = facts(self.config.version).merge_per_side(self.config.downsample_mode) > 2
+        chunk = crops_per_call or self.config.vision_batch_size
+        features = []
+        for i in range(0, len(pixel_values), chunk):
+            sizes = tgt_sizes[i : i + chunk]
+            crops = pad_strips(
+                [crop.to(device=weight.device, dtype=weight.dtype) for crop in pixel_values[i : i + chunk]]
+            )
+            hidden = self.vpm(crops, sizes.clone(), merge=window)  # (n, L, Dv)
+            features.append(self.resampler(hidden, sizes // self.config.vision.window if window else sizes))
+            progress(min(i + chunk, len(pixel_values)), len(pixel_values))
+        return torch.cat(features)
+
     def _grouped_features(self, crops, tgt_sizes, crops_per_call, time_groups, progress) -> torch.Tensor:
         """4.5 video groups: every crop through the tower, then one resampler call over groups."""
         chunk = crops_per_call or self.config.vision_batch_size
@@ -153,6 +192,9 @@ class MiniCPMV(nn.Module):
         groups = [[g for unit in units for g in unit] for units in time_units or []]
         if not any(groups):  # versions without temporal groups give none
             features = self.get_image_features(flat, sizes)
+            if isinstance(self.resampler, PatchMerger):  # (tokens, D): split by each sample's tokens
+                counts = [sum(self.crop_tokens(t)) for t in tgt_sizes]
+                return list(features.split(counts))
             return list(features.split([len(sample) for sample in pixel_values]))
         features = self.get_image_features(flat, sizes, time_groups=[g for sample in groups for g in sample])
         return list(features.split([len(sample) for sample in groups]))

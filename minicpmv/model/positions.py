@@ -1,4 +1,4 @@
-"""Position ids of the NaViT SigLIP vision encoder (2.5 / 2.6), computed exactly as the official
+"""Position ids of the NaViT SigLIP vision encoder (2.5 - 4.7), computed exactly as the official
 float32 code does. `floor(i * 70 / n)` is *not* the same: float32 rounding moves some entries
 (n = 25, 49, 50, ...; tests/fixtures/reference/navit_position_buckets.json)."""
 
@@ -9,23 +9,33 @@ import torch
 NUM_PATCHES_PER_SIDE = 70  # 980 px / 14 px: the learned 70x70 position table
 
 
-def navit_position_buckets(n: int, num_patches_per_side: int = NUM_PATCHES_PER_SIDE) -> torch.Tensor:
+def navit_position_buckets(
+    n: int, num_patches_per_side: int = NUM_PATCHES_PER_SIDE, rule: str = "arange"
+) -> torch.Tensor:
     """Row (or column) of the position table used by each of `n` patches along one side.
 
-    The official code places fractional coordinates arange(0, 1 - 1e-6, 1/n) into buckets with
-    boundaries arange(1/70, 1, 1/70), with right=True. There `n` is an int32 tensor element, so
-    the step 1/n is itself rounded to float32 before arange: that rounding matters (n = 25).
+    The official code places fractional coordinates into buckets with boundaries
+    arange(1/70, 1, 1/70), with right=True. The coordinates differ by version ("rule"):
+    - "arange" (2.5/2.6/4.5): arange(0, 1 - 1e-6, 1/n), where `n` is an int32 tensor element, so
+      the step 1/n is itself rounded to float32 before arange: that rounding matters (n = 25);
+    - "fraction" (4.6/4.7): arange(n) / n, which lands on the other side of a boundary for
+      n = 25, 49, 50, ... (tests/fixtures/reference/navit_position_ids_46.json).
     """
     boundaries = torch.arange(1 / num_patches_per_side, 1.0, 1 / num_patches_per_side, dtype=torch.float32)
-    step = 1 / torch.tensor(n, dtype=torch.int32)  # float32 scalar tensor, as in the official code
-    fractions = torch.arange(0, 1 - 1e-6, step, dtype=torch.float32)
+    if rule == "fraction":
+        fractions = torch.arange(n, dtype=torch.float32) / n
+    else:
+        step = 1 / torch.tensor(n, dtype=torch.int32)  # float32 scalar tensor, as in the official code
+        fractions = torch.arange(0, 1 - 1e-6, step, dtype=torch.float32)
     return torch.bucketize(fractions, boundaries, right=True)
 
 
-def navit_position_ids(rows: int, cols: int, num_patches_per_side: int = NUM_PATCHES_PER_SIDE) -> torch.Tensor:
+def navit_position_ids(
+    rows: int, cols: int, num_patches_per_side: int = NUM_PATCHES_PER_SIDE, rule: str = "arange"
+) -> torch.Tensor:
     """Flat (rows * cols,) position ids of a crop, row-major: bucket(rows)[r] * 70 + bucket(cols)[c]."""
-    row_ids = navit_position_buckets(rows, num_patches_per_side)
-    col_ids = navit_position_buckets(cols, num_patches_per_side)
+    row_ids = navit_position_buckets(rows, num_patches_per_side, rule)
+    col_ids = navit_position_buckets(cols, num_patches_per_side, rule)
     return (row_ids[:, None] * num_patches_per_side + col_ids[None, :]).reshape(-1)
 
 

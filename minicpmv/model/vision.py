@@ -1,7 +1,9 @@
 """SigLIP vision towers (docs/model.md), with the official parameter names.
 
-- `NavitSiglip` (2.5 / 2.6): crops of different sizes in one batch, padded to the longest; the
-  position id of each patch comes from the bucketed 70x70 table (`positions.py`).
+- `NavitSiglip` (2.5 - 4.7): crops of different sizes in one batch, padded to the longest; the
+  position id of each patch comes from the bucketed 70x70 table (`positions.py`). 4.6/4.7 add a
+  window-attention merger after one layer (`WindowMerger`, 16x mode): the later layers run on
+  a grid of half the rows and columns.
 - `TimmSiglip` (2.0): one crop at a time; the learned 27x27 position table is resized to the
   crop's patch grid with antialiased bicubic interpolation, as timm's `resample_abs_pos_embed`.
 """
@@ -80,8 +82,45 @@ class NavitEncoder(nn.Module):
         self.layers = nn.ModuleList(NavitLayer(cfg) for _ in range(cfg.num_layers))
 
 
+def fold_windows(tokens: torch.Tensor, rows: int, cols: int, side: int) -> torch.Tensor:
+    """A crop's row-major tokens (rows*cols, D) -> (rows/side * cols/side, side², D): each window
+    of side x side patches, windows row-major, and inside a window (dy, dx) order."""
+    grid = tokens.view(rows // side, side, cols // side, side, -1)  # (R, side, C, side, D)
+    return grid.permute(0, 2, 1, 3, 4).reshape((rows // side) * (cols // side), side * side, -1)
+
+
+class WindowMerger(nn.Module):
+    """4.6/4.7's `vit_merger`: self-attention inside each 2x2 window (pre-norm, residual of the
+    un-normalised tokens), then the 4 tokens concatenated -> LayerNorm -> MLP (tanh GELU), plus
+    the mean of the 4 tokens: one token per window."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.side = cfg.window
+        width, cells = cfg.hidden_size, cfg.window * cfg.window
+        self.layer_norm1 = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
+        self.self_attn = NavitAttention(cfg)
+        self.pre_norm = nn.LayerNorm(width * cells, eps=cfg.layer_norm_eps)
+        self.linear_1 = nn.Linear(width * cells, cfg.intermediate_size * cells)
+        self.linear_2 = nn.Linear(cfg.intermediate_size * cells, width)
+
+    def forward(self, x: torch.Tensor, tgt_sizes: torch.Tensor) -> torch.Tensor:
+        """(B, Lmax, D) padded crops of (rows, cols) patches -> (B, L'max, D), L' = rows*cols/side²."""
+        sizes = tgt_sizes.tolist()
+        # all windows of all crops in one batch: attention and the MLP act window by window
+        windows = torch.cat([fold_windows(x[i, : r * c], r, c, self.side) for i, (r, c) in enumerate(sizes)])
+        windows = windows + self.self_attn(self.layer_norm1(windows), None)  # (W, side², D)
+        merged = self.linear_2(gelu(self.linear_1(self.pre_norm(windows.flatten(1))), True)) + windows.mean(1)
+        counts = [r * c // self.side**2 for r, c in sizes]
+        out = x.new_zeros((len(sizes), max(counts), x.shape[-1]))
+        for i, part in enumerate(merged.split(counts)):
+            out[i, : len(part)] = part
+        return out
+
+
 class NavitSiglip(nn.Module):
-    """Variable-resolution SigLIP of 2.5/2.6: input (B, 3, P, P*Lmax) patch strips, output (B, Lmax, D)."""
+    """Variable-resolution SigLIP of 2.5-4.7: input (B, 3, P, P*Lmax) patch strips, output (B, Lmax, D)
+    (4.6/4.7 with `merge`: (B, Lmax/4, D), the crops' grids halved by the window merger)."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -89,6 +128,8 @@ class NavitSiglip(nn.Module):
         self.embeddings = NavitEmbeddings(cfg)
         self.encoder = NavitEncoder(cfg)
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        if cfg.insert_layer_id >= 0:
+            self.vit_merger = WindowMerger(cfg)
 
     def position_ids_and_mask(self, tgt_sizes: torch.Tensor, max_patches: int):
         """Position ids (B, Lmax) and the valid-patch mask (B, Lmax), or None when nothing is masked.
@@ -102,25 +143,40 @@ class NavitSiglip(nn.Module):
         if self.cfg.faithful_idefics2_mask:
             return navit_position_buckets(max_patches, side).expand(batch, max_patches), None
         ids = torch.zeros((batch, max_patches), dtype=torch.long)
-        valid = torch.zeros((batch, max_patches), dtype=torch.bool)
         for i, (rows, cols) in enumerate(tgt_sizes.tolist()):
-            ids[i, : rows * cols] = navit_position_ids(rows, cols, side)
-            valid[i, : rows * cols] = True
-        return ids, None if bool(valid.all()) else valid  # the official code drops an all-True mask
+            ids[i, : rows * cols] = navit_position_ids(rows, cols, side, self.cfg.position_rule)
+        return ids, padding_mask(tgt_sizes, max_patches)
 
-    def forward(self, pixel_values: torch.Tensor, tgt_sizes: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, tgt_sizes: torch.Tensor, merge: bool = False) -> torch.Tensor:
         max_patches = pixel_values.shape[-1] // self.cfg.patch_size
         position_ids, valid = self.position_ids_and_mask(tgt_sizes, max_patches)
         x = self.embeddings.patch_embedding(pixel_values)  # (B, D, 1, Lmax)
         x = x.flatten(2).transpose(1, 2)  # (B, Lmax, D)
         x = x + self.embeddings.position_embedding(position_ids.to(x.device))
-        mask = None
-        if valid is not None:  # additive, on padded keys only: (B, 1, 1, Lmax)
-            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~valid.to(x.device), torch.finfo(x.dtype).min)[:, None, None, :]
-        for layer in self.encoder.layers:
+        mask = additive_mask(valid, x)
+        for index, layer in enumerate(self.encoder.layers):
             x = layer(x, mask)
+            if merge and index == self.cfg.insert_layer_id:
+                x = self.vit_merger(x, tgt_sizes)
+                tgt_sizes = tgt_sizes // self.cfg.window
+                mask = additive_mask(padding_mask(tgt_sizes, x.shape[1]), x)
         return self.post_layernorm(x)
+
+
+def padding_mask(tgt_sizes: torch.Tensor, length: int) -> torch.Tensor | None:
+    """(B, length) True on each crop's real patches, or None when nothing is padded (the official
+    code drops an all-True mask)."""
+    counts = tgt_sizes[:, 0] * tgt_sizes[:, 1]
+    valid = torch.arange(length)[None, :] < counts[:, None]
+    return None if bool(valid.all()) else valid
+
+
+def additive_mask(valid: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """Attention bias (B, 1, 1, L) that hides padded keys, from a (B, L) validity mask."""
+    if valid is None:
+        return None
+    mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
+    return mask.masked_fill(~valid.to(x.device), torch.finfo(x.dtype).min)[:, None, None, :]
 
 
 class TimmAttention(nn.Module):

@@ -1,5 +1,6 @@
 """Processor settings as a plain dataclass, built from a checkpoint's preprocessor_config.json
-(2.5/2.6) or config.json (2.0), with the official defaults for anything missing."""
+(2.5/2.6), processor_config.json (4.6/4.7) or config.json (2.0), with the official defaults for
+anything missing."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class ProcessorConfig:
     unk: str = "<unk>"
     im_id_start: str = "<image_id>"
     im_id_end: str = "</image_id>"
+    downsample_mode: str | None = None  # 4.6/4.7: "16x" or "4x" (None: the version's default)
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -39,9 +41,29 @@ class ProcessorConfig:
             self.use_image_id = False  # only a schema with <image_id> tags can use them
         for name in ("query_num", "max_slice_nums", "scale_resolution", "patch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            least = 0 if name == "query_num" and facts(self.version).downsample else 1  # 4.6: no resampler
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
         self.norm_mean, self.norm_std = tuple(self.norm_mean), tuple(self.norm_std)
+        version_facts = facts(self.version)
+        if version_facts.downsample:
+            version_facts.merge_per_side(self.downsample_mode)  # a ConfigError for an unknown mode
+            self.downsample_mode = self.downsample_mode or version_facts.downsample_modes[0]
+        elif self.downsample_mode is not None:
+            raise ConfigError(f"downsample_mode: MiniCPM-V {self.version} has none (it has a resampler)")
+
+    @property
+    def merge_per_side(self) -> int:
+        """Patches per side folded into one image token (1 for the resampler versions)."""
+        return facts(self.version).merge_per_side(self.downsample_mode)
+
+    def crop_tokens(self, tgt_size: tuple[int, int]) -> int:
+        """Image tokens of a crop of (rows, cols) patches: the resampler's query_num, or the
+        merged patch count of 4.6/4.7."""
+        if not facts(self.version).downsample:
+            return self.query_num
+        rows, cols = tgt_size
+        return rows * cols // self.merge_per_side**2
 
     def plan(self, size: tuple[int, int], max_slice_nums: int | None = None) -> SlicePlan:
         """Slice plan of an image of `size` (width, height) under these settings (1.0: one
@@ -49,13 +71,20 @@ class ProcessorConfig:
         limit = slice_limit(max_slice_nums, self.max_slice_nums)
         if not facts(self.version).slicing:
             return square_plan(size, self.scale_resolution, self.patch_size)
-        return plan_slices(size, limit, self.scale_resolution, self.patch_size)
+        multiple = self.patch_size * self.merge_per_side if facts(self.version).downsample else None
+        return plan_slices(size, limit, self.scale_resolution, self.patch_size, multiple)
 
     @classmethod
     def defaults(cls, version: str = "2.6") -> ProcessorConfig:
         """The official settings of a released checkpoint of `version`."""
         version = normalize_version(version)
-        return cls(version=version, query_num=facts(version).query_num, use_image_id=facts(version).use_image_id)
+        version_facts = facts(version)
+        return cls(
+            version=version,
+            query_num=version_facts.query_num,
+            use_image_id=version_facts.use_image_id,
+            unk=version_facts.feature_token,
+        )
 
     @classmethod
     def from_dict(cls, data: dict, version: str) -> ProcessorConfig:
@@ -75,6 +104,12 @@ class ProcessorConfig:
         model_config = read_json_object(folder / "config.json")
         version = detect_version(model_config)
         pre_path = folder / "preprocessor_config.json"
+        native_path = folder / "processor_config.json"  # 4.6/4.7: {"image_processor": {...}, ...}
+        if native_path.exists() and not pre_path.exists():
+            image_processor = read_json_object(native_path).get("image_processor") or {}
+            if not isinstance(image_processor, dict):
+                raise ConfigError(f"{native_path}: image_processor must be an object")
+            return cls.from_dict(image_processor, version)
         if pre_path.exists():
             config = cls.from_dict(read_json_object(pre_path), version)
             _check_agreement(config, model_config)

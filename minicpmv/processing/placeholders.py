@@ -2,7 +2,8 @@
 
 Q = query_num copies of `<unk>` stand for one crop's resampler outputs:
 - 2.6: [<image_id>i</image_id>] <image>U^Q</image> then slice rows joined by "\\n", each row
-  `cols` times <slice>U^Q</slice>; no outer wrapper.
+  `cols` times <slice>U^Q</slice>; no outer wrapper. 4.6/4.7 write the same with
+  `<|image_pad|>` and, per crop, as many as its merged patches (rows * cols / 16 or / 4).
 - 2.5: <image>U^Q</image> then, if sliced, <slice> rows of <image>U^Q</image> </slice>.
 - 2.0: as 2.5, followed by the "\\n" that always separates the image from the text in 2.0
   prompts (the official chat() writes it after the placeholder; the processor port folds it in).
@@ -58,11 +59,12 @@ def image_placeholder(
         image_index: 0-based index of the image within its prompt (2.6 `<image_id>`).
         use_image_id: override config.use_image_id; ignored outside 2.6.
     """
-    unk_run = config.unk * config.query_num
-    image_span = f"{config.im_start}{unk_run}{config.im_end}"
+    overview_tokens, *slice_tokens = (config.crop_tokens(size) for size in plan.tgt_sizes)
+    image_span = f"{config.im_start}{config.unk * overview_tokens}{config.im_end}"
     schema = facts(config.version)
     if schema.placeholder_schema == "ids":
-        slice_span = f"{config.slice_start}{unk_run}{config.slice_end}"
+        # the slices of a plan share one size, hence one token count
+        slice_span = f"{config.slice_start}{config.unk * (slice_tokens or [0])[0]}{config.slice_end}"
         text = image_span + _grid_text(plan, slice_span)
         with_id = config.use_image_id if use_image_id is None else bool(use_image_id)
         if with_id:
@@ -105,20 +107,23 @@ def expand_image_tags(prompt: str, placeholders: list[str], skipped: set[int] = 
 
 
 def find_image_bounds(
-    input_ids: list[int], start_ids: set[int], end_ids: set[int], span_length: int
+    input_ids: list[int], start_ids: set[int], end_ids: set[int], span_lengths: int | list[int]
 ) -> list[tuple[int, int]]:
     """[start, end) of every image-feature span: just after each start marker to its end marker.
 
-    Unlike the official code, a marker without a partner or a span of the wrong length (marker
-    tokens typed into the text, or a cut prompt) is an error instead of a silent misalignment.
+    span_lengths: every span's length (a resampler's query_num), or each span's in order (4.6/4.7
+    crops differ). Unlike the official code, a marker without a partner or a span of the wrong
+    length (marker tokens typed into the text, or a cut prompt) is an error instead of a silent
+    misalignment.
     """
     starts = [i + 1 for i, token in enumerate(input_ids) if token in start_ids]
     ends = [i for i, token in enumerate(input_ids) if token in end_ids]
     bounds = list(zip(starts, ends))
-    if len(starts) != len(ends) or any(end - start != span_length for start, end in bounds):
+    lengths = [span_lengths] * len(bounds) if isinstance(span_lengths, int) else list(span_lengths)
+    if len(starts) != len(ends) or [end - start for start, end in bounds] != lengths:
         raise PromptError(
-            "image marker tokens do not form image spans of "
-            f"{span_length} tokens (found {len(starts)} start and {len(ends)} end markers); "
+            "image marker tokens do not form the image spans expected "
+            f"(found {len(starts)} start and {len(ends)} end markers); "
             "is an image marker such as <image> or <slice> typed into the text?"
         )
     return bounds

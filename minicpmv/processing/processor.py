@@ -11,6 +11,7 @@ import torch
 
 from ..errors import PromptError, PromptTooLongError
 from ..versions import facts
+from .canvas import ImageLayout, canvas_positions
 from .chat_format import message_images, normalize_messages, render_prompt
 from .config import ProcessorConfig
 from .image_io import DEFAULT_MAX_PIXELS, load_image
@@ -45,6 +46,8 @@ class ModelInputs:
     prompts: list[str] = field(default_factory=list)
     plans: list[list[SlicePlan]] = field(default_factory=list)
     time_units: list[list[list[list[int]]]] = field(default_factory=list)
+    # 4.7: canvas M-RoPE positions (3, B, T) (rows T, H, W; left padding holds 1); None: 1-D
+    position_ids: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -62,6 +65,7 @@ class EncodedPrompt:
     crops: list = field(default_factory=list)  # in the order the model encodes them
     tgt_sizes: list = field(default_factory=list)  # (rows, cols) per crop, same order
     time_units: list = field(default_factory=list)  # see ModelInputs
+    position_ids: torch.Tensor | None = None  # 4.7: (3, T) canvas positions
 
 
 class MiniCPMVProcessor:
@@ -122,7 +126,8 @@ class MiniCPMVProcessor:
         for source in sources:
             image = load_image(source, self.max_pixels)
             plan = self.plan(image.size, max_slice_nums)
-            encoded.append(encode_image(image, plan, self.config.norm_mean, self.config.norm_std))
+            backend = facts(self.config.version).pixel_backend
+            encoded.append(encode_image(image, plan, self.config.norm_mean, self.config.norm_std, backend))
         return encoded
 
     def encode_prompt(
@@ -157,14 +162,30 @@ class MiniCPMVProcessor:
                 f"the prompt is {len(ids)} tokens long after image expansion, more than the limit of "
                 f"{max_length}; use fewer or smaller images (max_slice_nums) or a shorter text"
             )
-        bounds = find_image_bounds(ids, self.start_ids, self.end_ids, self.config.query_num)
+        lengths = self.config.query_num
+        if facts(self.config.version).downsample:  # one span per crop, of its merged patches
+            lengths = [self.config.crop_tokens(size) for image in images for size in image.tgt_sizes.tolist()]
+        bounds = find_image_bounds(ids, self.start_ids, self.end_ids, lengths)
         if groups:
             crops, sizes, units = group_crops(images, groups)
         else:
             crops = [crop for image in images for crop in image.crops]
             sizes = [size for image in images for size in image.tgt_sizes.tolist()]
             units = still_units(images) if facts(self.config.version).temporal else []
-        return EncodedPrompt(prompt, ids, images, bounds, crops, sizes, units)
+        positions = self._canvas(ids, images, bounds) if facts(self.config.version).canvas_rope else None
+        return EncodedPrompt(prompt, ids, images, bounds, crops, sizes, units, positions)
+
+    def _canvas(self, ids: list[int], images: list[EncodedImage], bounds: list) -> torch.Tensor:
+        """4.7's (3, T) canvas positions: each image's spans, token grids and slice grid."""
+        side, layouts, offset = self.config.merge_per_side, [], 0
+        for image in images:
+            count = image.plan.num_crops
+            grids = [(rows // side, cols // side) for rows, cols in image.tgt_sizes.tolist()]
+            grid = image.plan.grid
+            layouts.append(ImageLayout(bounds[offset : offset + count], grids, grid and (grid[1], grid[0])))
+            offset += count
+        (newline,) = self.tokenizer.encode("\n")
+        return canvas_positions(ids, layouts, self.start_ids | self.end_ids, newline)
 
     def __call__(
         self,
@@ -222,11 +243,15 @@ def collate(samples: list[EncodedPrompt]) -> ModelInputs:
     input_ids = torch.full((len(samples), length), PAD_TOKEN_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
     bounds = []
+    canvas = any(s.position_ids is not None for s in samples)
+    positions = torch.ones((3, len(samples), length), dtype=torch.long) if canvas else None
     for row, sample in enumerate(samples):
         pad = length - len(sample.input_ids)
         input_ids[row, pad:] = torch.tensor(sample.input_ids, dtype=torch.long)
         attention_mask[row, pad:] = 1
         bounds.append(torch.tensor(sample.image_bound, dtype=torch.long).reshape(-1, 2) + pad)
+        if canvas:
+            positions[:, row, pad:] = sample.position_ids
     return ModelInputs(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -236,4 +261,5 @@ def collate(samples: list[EncodedPrompt]) -> ModelInputs:
         prompts=[s.prompt for s in samples],
         plans=[[image.plan for image in s.images] for s in samples],
         time_units=[s.time_units for s in samples],
+        position_ids=positions,
     )

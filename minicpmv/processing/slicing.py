@@ -34,6 +34,7 @@ def find_best_resize(
     scale_resolution: int = SCALE_RESOLUTION,
     patch_size: int = PATCH_SIZE,
     allow_upscale: bool = False,
+    multiple: int | None = None,
 ) -> Size:
     """Size that keeps the aspect ratio, has about `scale_resolution`² pixels and divides by patches.
 
@@ -45,6 +46,8 @@ def find_best_resize(
         scale_resolution: side of the square whose area is the target.
         patch_size: vision patch side; both results are multiples of it.
         allow_upscale: resize images smaller than the target area too.
+        multiple: what both sides are rounded to (default patch_size; 4.6/4.7 round to the
+            patches their mergers fold together: 56 = 14x4 in 16x mode, 28 in 4x mode).
     Returns:
         (width, height) in pixels.
     """
@@ -53,7 +56,8 @@ def find_best_resize(
         aspect = width / height
         height = int(scale_resolution / math.sqrt(aspect))
         width = int(height * aspect)
-    return ensure_divide(width, patch_size), ensure_divide(height, patch_size)
+    multiple = multiple or patch_size
+    return ensure_divide(width, multiple), ensure_divide(height, multiple)
 
 
 def candidate_grids(max_slice_nums: int, multiple: int) -> list[Grid]:
@@ -109,6 +113,7 @@ def refine_size(
     grid: Grid,
     scale_resolution: int = SCALE_RESOLUTION,
     patch_size: int = PATCH_SIZE,
+    multiple: int | None = None,
 ) -> Size:
     """Size the original image is resized to before it is cut into `grid` equal slices.
 
@@ -121,7 +126,7 @@ def refine_size(
     cell_width = ensure_divide(width, cols) / cols
     cell_height = ensure_divide(height, rows) / rows
     best_width, best_height = find_best_resize(
-        (cell_width, cell_height), scale_resolution, patch_size, allow_upscale=True
+        (cell_width, cell_height), scale_resolution, patch_size, allow_upscale=True, multiple=multiple
     )
     return best_width * cols, best_height * rows
 
@@ -189,21 +194,22 @@ def plan_slices(
     max_slice_nums: int = MAX_SLICE_NUMS,
     scale_resolution: int = SCALE_RESOLUTION,
     patch_size: int = PATCH_SIZE,
+    multiple: int | None = None,
 ) -> SlicePlan:
     """Decide how an image of `size` (width, height) is encoded.
 
     Unsliced images become one crop resized (up or down) to about scale_resolution²; sliced ones
     get a downscaled overview plus grid slices cut from the refined resize of the original.
-    `max_slice_nums` = 1 means a single view.
+    `max_slice_nums` = 1 means a single view. `multiple`: see find_best_resize.
     """
     width, height = size
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     grid = choose_grid(size, max_slice_nums, scale_resolution)
     if grid is None:
-        source = find_best_resize(size, scale_resolution, patch_size, allow_upscale=True)
+        source = find_best_resize(size, scale_resolution, patch_size, allow_upscale=True, multiple=multiple)
         return SlicePlan(size, max_slice_nums, None, source, None, patch_size)
-    source = find_best_resize(size, scale_resolution, patch_size, allow_upscale=False)
-    refined = refine_size(size, grid, scale_resolution, patch_size)
+    source = find_best_resize(size, scale_resolution, patch_size, allow_upscale=False, multiple=multiple)
+    refined = refine_size(size, grid, scale_resolution, patch_size, multiple)
     slice_size = (refined[0] // grid[0], refined[1] // grid[1])
     return SlicePlan(size, max_slice_nums, grid, source, refined, patch_size, slice_size)

@@ -180,6 +180,9 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     folder = Path(path)
     config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json_object(config_path) if config_path.exists() else {}
+    template_path = folder / "chat_template.jinja"  # transformers 5 keeps the template in its own file
+    if "chat_template" not in tokenizer_config and template_path.exists():
+        tokenizer_config["chat_template"] = template_path.read_text(encoding="utf-8")
     if (folder / "tokenizer.json").exists():
         return HFTokenizer(folder / "tokenizer.json", tokenizer_config)
     if (folder / "tokenizer.model").exists():

@@ -1,0 +1,288 @@
+"""Qwen3.5's decoder layers (the LLM of 4.6/4.7), with the official names.
+
+Each layer mixes tokens either with gated full attention or with a Gated DeltaNet (a linear
+recurrence with a fixed-size state), then runs the usual SwiGLU MLP. What differs from Qwen3:
+- RMSNorm is zero-centred: x_norm * (1 + w), in float32;
+- `q_proj` gives, per head, the query and a gate; the attention output is multiplied by
+  sigmoid(gate) before `o_proj`; RoPE turns only the first `rotary_dim` dims of each head, and
+  4.7 assigns the frequencies to (T, H, W) position rows interleaved (M-RoPE);
+- the Gated DeltaNet: a causal depthwise conv + SiLU over [q | k | v], L2-normalised q and k,
+  a per-head decay g = -exp(A_log) * softplus(a + dt_bias) and write strength beta = sigmoid(b);
+  its output goes through an RMSNorm gated by silu(z). Prefill runs the chunked form, decoding
+  the recurrent one: equal in exact arithmetic (tests pin both against each other).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import KVCache, apply_rope
+from .config import LLMConfig
+
+CHUNK = 64  # the official chunk length of the prefill form
+
+
+class ZeroCentredRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return (normed * (1.0 + self.weight.float())).type_as(x)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm with a plain weight, then times silu(gate) (the DeltaNet's output norm)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x, gate):
+        normed = self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return (normed * F.silu(gate.float())).to(x.dtype)
+
+
+def mrope_cos_sin(position_ids: torch.Tensor, cfg: LLMConfig, dtype: torch.dtype):
+    """cos and signed sin (B, 1, T, rotary_dim) for positions (B, T), or (3, B, T) rows (T, H, W).
+
+    Frequency i follows the T row, unless (interleaved M-RoPE) i % 3 == 1 and i < 3 * sections[1]
+    (then H) or i % 3 == 2 and i < 3 * sections[2] (then W). Equal rows give plain RoPE."""
+    rot = cfg.rotary_dim
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float32, device=position_ids.device) / rot)
+    )
+    rows = position_ids if position_ids.dim() == 3 else position_ids[None]
+    freqs = rows.float()[..., None] * inv_freq  # (3 or 1, B, T, rot/2)
+    chosen = freqs[0].clone()
+    for axis, offset in ((1, 1), (2, 2)):
+        if len(cfg.mrope_section) > axis and rows.shape[0] == 3:
+            picked = slice(offset, 3 * cfg.mrope_section[axis], 3)
+            chosen[..., picked] = freqs[axis][..., picked]
+    angles = torch.cat([chosen, chosen], dim=-1)[:, None]  # (B, 1, T, rot)
+    sin = angles.sin()
+    sin[..., : rot // 2].neg_()  # see llm.apply_rope
+    return angles.cos().to(dtype), sin.to(dtype)
+
+
+def partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    rot = cos.shape[-1]
+    return torch.cat([apply_rope(x[..., :rot], cos, sin), x[..., rot:]], dim=-1)
+
+
+class GatedAttention(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd, bias = cfg.head_dim, cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * hd * 2, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=bias)
+        self.q_norm = ZeroCentredRMSNorm(hd, cfg.rms_norm_eps)
+        self.k_norm = ZeroCentredRMSNorm(hd, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+        batch, length, _ = x.shape
+        hd = self.cfg.head_dim
+        query, gate = self.q_proj(x).view(batch, length, -1, 2 * hd).chunk(2, dim=-1)  # (B, T, H, hd) each
+        q = partial_rope(self.q_norm(query).transpose(1, 2), cos, sin)  # (B, H, T, hd)
+        k = partial_rope(self.k_norm(self.k_proj(x).view(batch, length, -1, hd)).transpose(1, 2), cos, sin)
+        v = self.v_proj(x).view(batch, length, -1, hd).transpose(1, 2)  # (B, KVH, T, hd)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        gqa = self.cfg.num_heads != self.cfg.num_kv_heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, H, T, hd)
+        out = out.transpose(1, 2).reshape(batch, length, -1) * torch.sigmoid(gate.reshape(batch, length, -1))
+        return self.o_proj(out)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+
+
+def delta_rule_chunked(q, k, v, g, beta, state=None, chunk: int = CHUNK):
+    """The gated delta rule over a whole sequence, chunk by chunk (prefill and training).
+
+    q, k (B, H, T, dk) normalised and q scaled; v (B, H, T, dv); g, beta (B, H, T); state
+    (B, H, dk, dv) or None -> (out (B, H, T, dv), final state). Inside a chunk the sequential
+    updates are folded into one unit-lower-triangular solve (the WY form): with decays
+    D[i, j] = exp(G_i - G_j) (G the running sum of g, j <= i), the corrected values
+    U = (I + tril(beta K K^T * D, -1))^-1 (beta V) stand for every write at once."""
+    batch, heads, length, dk = k.shape
+    pad = (-length) % chunk
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    g, beta = (F.pad(t, (0, pad)) for t in (g, beta))
+    n = (length + pad) // chunk
+    q, k, v = (t.reshape(batch, heads, n, chunk, -1) for t in (q, k, v))  # (B, H, N, C, d)
+    g, beta = g.reshape(batch, heads, n, chunk), beta.reshape(batch, heads, n, chunk)
+    cum = g.cumsum(-1)  # (B, H, N, C)
+    future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+    decay = (cum[..., :, None] - cum[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, N, C, C)
+    k_beta = k * beta[..., None]
+    system = (k_beta @ k.transpose(-1, -2)) * decay
+    values = torch.linalg.solve_triangular(system, v * beta[..., None], upper=False, unitriangular=True)
+    keys_read = torch.linalg.solve_triangular(system, k_beta * cum.exp()[..., None], upper=False, unitriangular=True)
+    inner = (q @ k.transpose(-1, -2)) * decay
+    q_decayed = q * cum.exp()[..., None]
+    k_to_end = k * (cum[..., -1:] - cum).exp()[..., None]
+    chunk_decay = cum[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
+    state = q.new_zeros((batch, heads, dk, v.shape[-1])) if state is None else state.to(q.dtype)
+    out = torch.empty_like(values)
+    for c in range(n):
+        fresh = values[:, :, c] - keys_read[:, :, c] @ state  # what the old state does not predict
+        out[:, :, c] = q_decayed[:, :, c] @ state + inner[:, :, c] @ fresh
+        state = state * chunk_decay[:, :, c] + k_to_end[:, :, c].transpose(-1, -2) @ fresh
+    return out.reshape(batch, heads, -1, v.shape[-1])[:, :, :length], state
+
+
+def delta_rule_step(q, k, v, g, beta, state=None):
+    """The same rule token by token (decoding): arguments as delta_rule_chunked."""
+    batch, heads, length, dk = k.shape
+    state = q.new_zeros((batch, heads, dk, v.shape[-1])) if state is None else state.to(q.dtype)
+    out = torch.empty_like(v)
+    for t in range(length):
+        state = state * g[:, :, t].exp()[..., None, None]
+        predicted = (state * k[:, :, t, :, None]).sum(-2)  # (B, H, dv)
+        state = state + k[:, :, t, :, None] * ((v[:, :, t] - predicted) * beta[:, :, t, None])[..., None, :]
+        out[:, :, t] = (state * q[:, :, t, :, None]).sum(-2)
+    return out, state
+
+
+class GatedDeltaNet(nn.Module):
+    """`linear_attn`: the recurrent token mixer. Its cache entry is the conv's last inputs and
+    the (dk, dv) state per value head."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        key_dim = cfg.linear_key_heads * cfg.linear_key_head_dim
+        value_dim = cfg.linear_value_heads * cfg.linear_value_head_dim
+        self.split = (key_dim, key_dim, value_dim)
+        channels = sum(self.split)
+        self.in_proj_qkv = nn.Linear(cfg.hidden_size, channels, bias=False)
+        self.in_proj_z = nn.Linear(cfg.hidden_size, value_dim, bias=False)
+        self.in_proj_b = nn.Linear(cfg.hidden_size, cfg.linear_value_heads, bias=False)
+        self.in_proj_a = nn.Linear(cfg.hidden_size, cfg.linear_value_heads, bias=False)
+        self.conv1d = nn.Conv1d(channels, channels, cfg.linear_conv_kernel, groups=channels, bias=False)
+        self.dt_bias = nn.Parameter(torch.ones(cfg.linear_value_heads))
+        self.A_log = nn.Parameter(torch.zeros(cfg.linear_value_heads))
+        self.norm = GatedRMSNorm(cfg.linear_value_head_dim, cfg.rms_norm_eps)
+        self.out_proj = nn.Linear(value_dim, cfg.hidden_size, bias=False)
+
+    def conv(self, mixed: torch.Tensor, cache, layer: int) -> torch.Tensor:
+        """Causal depthwise conv + SiLU over (B, C, T), continuing the cached inputs."""
+        kernel = self.conv1d.weight.shape[-1]
+        past = cache.conv_states[layer] if cache is not None else None
+        if past is None:
+            past = mixed.new_zeros((*mixed.shape[:2], kernel - 1))
+        joined = torch.cat([past.to(mixed.dtype), mixed], dim=-1)  # (B, C, K - 1 + T)
+        if cache is not None:
+            cache.conv_states[layer] = joined[..., -(kernel - 1) :].clone()
+        return F.silu(F.conv1d(joined, self.conv1d.weight, groups=mixed.shape[1]))
+
+    def forward(self, x, keep: torch.Tensor | None, cache, layer: int):
+        cfg = self.cfg
+        if keep is not None:  # padded positions write nothing into the state
+            x = x * keep[..., None].to(x.dtype)
+        batch, length, _ = x.shape
+        mixed = self.conv(self.in_proj_qkv(x).transpose(1, 2), cache, layer).transpose(1, 2)  # (B, T, C)
+        q, k, v = mixed.split(self.split, dim=-1)
+        q = q.reshape(batch, length, cfg.linear_key_heads, -1)
+        k = k.reshape(batch, length, cfg.linear_key_heads, -1)
+        v = v.reshape(batch, length, cfg.linear_value_heads, -1)
+        groups = cfg.linear_value_heads // cfg.linear_key_heads  # each key head serves this many value heads
+        q, k = (t.repeat_interleave(groups, dim=2) if groups > 1 else t for t in (q, k))
+        beta = torch.sigmoid(self.in_proj_b(x).float())
+        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())
+        # (B, H, T, d) float32: the recurrence accumulates over the whole sequence
+        q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
+        q, k = l2_normalize(q) * q.shape[-1] ** -0.5, l2_normalize(k)
+        beta, g = beta.transpose(1, 2), g.transpose(1, 2)
+        state = cache.recurrent_states[layer] if cache is not None else None
+        rule = delta_rule_step if state is not None and length == 1 else delta_rule_chunked
+        out, state = rule(q, k, v, g, beta, state)
+        if cache is not None:
+            cache.recurrent_states[layer] = state
+        out = out.transpose(1, 2).to(x.dtype)  # (B, T, Hv, dv)
+        z = self.in_proj_z(x).view(batch, length, cfg.linear_value_heads, -1)
+        return self.out_proj(self.norm(out, z).reshape(batch, length, -1))
+
+
+class HybridCache(KVCache):
+    """KV cache of the full-attention layers plus, for the DeltaNet layers, the conv inputs and
+    the recurrent state: a fixed size per layer whatever the context length."""
+
+    def __init__(self, cfg: LLMConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        super().__init__(cfg, batch, max_len, dtype, device, [t == "full_attention" for t in cfg.layer_types])
+        self.conv_states: list[torch.Tensor | None] = [None] * cfg.num_layers
+        self.recurrent_states: list[torch.Tensor | None] = [None] * cfg.num_layers
+
+    def reorder(self, rows: torch.Tensor):
+        super().reorder(rows)
+        for states in (self.conv_states, self.recurrent_states):
+            states[:] = [None if s is None else s.index_select(0, rows.to(s.device)) for s in states]
+
+
+class SparseMoE(nn.Module):
+    """4.7's MoE MLP: a softmax router picks `experts_per_token` experts per token (their weights
+    renormalised to sum to 1), plus a shared expert scaled by sigmoid(shared_expert_gate(x))."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.top_k = cfg.experts_per_token
+        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            Expert(cfg.hidden_size, cfg.expert_intermediate_size) for _ in range(cfg.num_experts)
+        )
+        self.shared_expert = Expert(cfg.hidden_size, cfg.shared_expert_intermediate_size)
+        self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        weights = F.softmax(self.gate(flat).float(), dim=-1)
+        top, chosen = weights.topk(self.top_k, dim=-1)  # (N, k)
+        top = (top / top.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e in chosen.unique().tolist():  # only the experts some token chose run
+            tokens, slot = (chosen == e).nonzero(as_tuple=True)
+            out.index_add_(0, tokens, self.experts[e](flat[tokens]) * top[tokens, slot, None])
+        shared = self.shared_expert(flat) * torch.sigmoid(self.shared_expert_gate(flat))
+        return (out + shared).view_as(x)
+
+
+class Expert(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen35Layer(nn.Module):
+    def __init__(self, cfg: LLMConfig, index: int):
+        super().__init__()
+        self.input_layernorm = ZeroCentredRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = ZeroCentredRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.recurrent = cfg.layer_type(index) == "linear_attention"
+        if self.recurrent:
+            self.linear_attn = GatedDeltaNet(cfg)
+        else:
+            self.self_attn = GatedAttention(cfg)
+        self.mlp = SparseMoE(cfg) if cfg.num_experts else Expert(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, cos, sin, mask, cache, layer, keep=None):
+        normed = self.input_layernorm(x)
+        if self.recurrent:
+            x = x + self.linear_attn(normed, keep, cache, layer)
+        else:
+            x = x + self.self_attn(normed, cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
