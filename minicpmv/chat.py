@@ -232,8 +232,15 @@ class ChatModel:
 
     def prompt_embeddings(self, messages: list, **options: Unpack[ChatOptions]) -> tuple[list[int], torch.Tensor]:
         """(prompt token ids, LLM input embeddings (1, T, D) with the image features written in)."""
+        ids, embeds, _ = self.prompt_inputs(messages, **options)
+        return ids, embeds
+
+    def prompt_inputs(self, messages: list, **options: Unpack[ChatOptions]):
+        """(prompt token ids, input embeddings (1, T, D), position ids): the positions are None
+        where they count tokens (the LLM's default), 4.7's canvas positions (3, 1, T) otherwise;
+        tokens after the prompt continue from its last position + 1."""
         prepared = self._prepare([messages], **options)
-        return prepared.inputs.input_ids[0].tolist(), prepared.embeds
+        return prepared.inputs.input_ids[0].tolist(), prepared.embeds, prepared.inputs.position_ids
 
     def generate_batch(self, conversations: list[list], **options: Unpack[ChatOptions]) -> list[Generation]:
         """Answers to several conversations decoded together, left-padded like the official batch path."""

@@ -51,10 +51,10 @@ def compile_decode(llm) -> None:
     eager = llm.run_layers
     compiled = torch.compile(eager, dynamic=True)
 
-    def run_layers(x, cos, sin, mask, cache, last_only):
-        if mask is None and x.shape[:2] == (1, 1) and cache is not None:
+    def run_layers(x, cos, sin, mask, cache, last_only, keep=None):
+        if mask is None and keep is None and x.shape[:2] == (1, 1) and cache is not None:
             return compiled(x, cos, sin, mask, cache, last_only)
-        return eager(x, cos, sin, mask, cache, last_only)
+        return eager(x, cos, sin, mask, cache, last_only, keep)
 
     llm.run_layers = run_layers
 

@@ -26,7 +26,7 @@ OFFICIAL_IDS = {
     "openbmb/MiniCPM-V-4_5": "4.5",
     "openbmb/MiniCPM-V-4_5-int4": "4.5",
 }
-FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt"]
+FILES = ["*.json", "*.jinja", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt"]  # 4.6+: chat_template.jinja
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 

@@ -36,6 +36,7 @@ class _VisionConfig:
 @dataclass
 class _Config:
     query_num: int = 64
+    downsample_mode: str | None = None
     llm: _LLMConfig = field(default_factory=_LLMConfig)
     vision: _VisionConfig = field(default_factory=_VisionConfig)
     raw: dict = field(default_factory=lambda: {"mock": True})
@@ -68,7 +69,7 @@ class MockModel:
 
     def __init__(self, llm: ScriptedLLM):
         self.config, self.llm = _Config(), llm
-        self.resampler = type("Resampler", (), {"query": torch.zeros(1)})()
+        self.vision_weight = torch.zeros(1)  # where and in what dtype the vision parts compute
         self.encoded = 0  # crops through the "vision tower"
 
     def get_image_features(self, crops, sizes, per_call=None, time_groups=None, progress=None) -> torch.Tensor:

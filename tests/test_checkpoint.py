@@ -58,6 +58,7 @@ def test_bfloat16_load():
         # the released index files: 1.0 total_size 6869931584 bytes of bf16, 4.5 17391790560
         ("1.0", 694, 3_434_965_792, 3_434_965_792),
         ("4.5", 849, 8_695_895_280, 8_695_895_280),
+        ("4.6", 780, 1.25e9, 1.35e9),  # released as "1.3B" (SigLIP2-400M + Qwen3.5-0.8B)
     ],
 )
 def test_real_size_architectures_on_meta_device(version, tensors, low, high, capsys):

@@ -28,9 +28,10 @@ def yes_no_probabilities(
     """{"yes", "Yes", "no", "No": probability} of the first answer token to `question` about
     `image` (a path, PIL image or None) asked of `chat` (a ChatModel)."""
     content = [image, question] if image is not None else question
-    prompt_ids, embeds = chat.prompt_embeddings([{"role": "user", "content": content}])
+    prompt_ids, embeds, positions = chat.prompt_inputs([{"role": "user", "content": content}])
     mask = torch.ones((1, embeds.shape[1]), dtype=torch.long)
-    output = generate(chat.llm, embeds, mask, GenerationConfig(max_new_tokens=1), keep_step_logits=True)
+    config = GenerationConfig(max_new_tokens=1)
+    output = generate(chat.llm, embeds, mask, config, keep_step_logits=True, position_ids=positions)
     logits = apply_repetition_penalty(output.step_logits[0].float(), [prompt_ids], repetition_penalty)
     probabilities = torch.softmax(logits, dim=-1)[0]
     result, counted = {}, set()

@@ -27,6 +27,9 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
 
     if (model is None) == (architecture is None):
         raise ConfigError("give either a checkpoint folder (-m) or --architecture")
+    if architecture is not None and architecture not in OFFICIAL_ARCHITECTURES:
+        known = ", ".join(sorted(OFFICIAL_ARCHITECTURES))
+        raise ConfigError(f"--architecture {architecture}: no released shapes recorded (known: {known})")
     config = (
         MiniCPMVConfig.from_pretrained(resolve_model(model))
         if model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from ..hub import resolve_model
 from ..processing.config import ProcessorConfig
@@ -22,13 +23,14 @@ def inspect_image(
     use_image_id: bool = True,
     as_json: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    downsample_mode: str | None = None,
 ) -> list[dict]:
     """Print, for each image, the grid, overview size, slice size, crop count, tgt_sizes and
     image-token count of the official MiniCPM-V preprocessing; return the reports.
 
     Args:
         images: image files, read like any model input (EXIF orientation applied).
-        version: a version's official settings ("1.0" ... "4.5"), unless `model` is given.
+        version: a version's official settings ("1.0" ... "4.7"), unless `model` is given.
         model: a checkpoint folder whose processor settings to use instead.
         max_slice_nums: per-call slice cap (default: the checkpoint's, 9 officially).
         image_index: the image's 0-based index within its prompt, written in `<image_id>` (2.6);
@@ -36,8 +38,11 @@ def inspect_image(
         use_image_id: 2.6 / 4.5: write the `<image_id>` prefix.
         as_json: one JSON object per image and line, with the keys of the reference slicing.json.
         max_pixels: refuse images larger than this many pixels.
+        downsample_mode: 4.6/4.7: "16x" or "4x" (default: the checkpoint's, else 16x).
     """
     config = ProcessorConfig.from_pretrained(resolve_model(model)) if model else ProcessorConfig.defaults(version)
+    if downsample_mode is not None:
+        config = replace(config, downsample_mode=downsample_mode)  # validated: a ConfigError if it has none
     reports = []
     for path in images:
         image = load_image(path, max_pixels)
@@ -87,4 +92,5 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-image-id", dest="use_image_id", action="store_false", help="2.6: no <image_id> prefix")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     parser.add_argument("--json", dest="as_json", action="store_true", help="one JSON object per image and line")
+    parser.add_argument("--downsample-mode", choices=["16x", "4x"], help="4.6/4.7: image tokens merged 16x or 4x")
     wire(parser, inspect_image)

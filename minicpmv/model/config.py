@@ -379,6 +379,39 @@ OFFICIAL_ARCHITECTURES = {
         "vision_encoder": "vit_so400m_patch14_siglip_384.webli",
     },
 }
+# 4.6: SigLIP-so400m with the window merger after layer 6 + Qwen3.5-0.8B (24 layers, three
+# DeltaNet layers to one gated-attention layer, tied embeddings); the head counts are
+# Qwen3.5-0.8B's (docs/model.md)
+OFFICIAL_ARCHITECTURES["4.6"] = {
+    "model_type": "minicpmv4_6",
+    "insert_layer_id": 6,
+    "downsample_mode": "16x",
+    "merger_times": 1,
+    "tie_word_embeddings": True,
+    "vision_config": dict(SO400M, hidden_act="gelu_pytorch_tanh", window_kernel_size=[2, 2]),
+    "text_config": {
+        "model_type": "qwen3_5_text",
+        "hidden_size": 1024,
+        "intermediate_size": 3584,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 256,
+        "vocab_size": 248320,
+        "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": 16,
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+        "linear_conv_kernel_dim": 4,
+        "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+        "rope_parameters": {"rope_theta": 1e7, "partial_rotary_factor": 0.25, "rope_type": "default"},
+    },
+}
+OFFICIAL_ARCHITECTURES["4.6"]["text_config"]["layer_types"] *= 6
+
 # 1.0: 2.0's shapes (MiniCPM-2.4B, the same timm SigLIP), without the slicing keys
 OFFICIAL_ARCHITECTURES["1.0"] = {
     k: v

@@ -162,21 +162,27 @@ class MiniCPMVProcessor:
                 f"the prompt is {len(ids)} tokens long after image expansion, more than the limit of "
                 f"{max_length}; use fewer or smaller images (max_slice_nums) or a shorter text"
             )
-        lengths = self.config.query_num
-        if facts(self.config.version).downsample:  # one span per crop, of its merged patches
-            lengths = [self.config.crop_tokens(size) for image in images for size in image.tgt_sizes.tolist()]
-        bounds = find_image_bounds(ids, self.start_ids, self.end_ids, lengths)
+        bounds = find_image_bounds(ids, self.start_ids, self.end_ids, self.span_lengths(images))
         if groups:
             crops, sizes, units = group_crops(images, groups)
         else:
             crops = [crop for image in images for crop in image.crops]
             sizes = [size for image in images for size in image.tgt_sizes.tolist()]
             units = still_units(images) if facts(self.config.version).temporal else []
-        positions = self._canvas(ids, images, bounds) if facts(self.config.version).canvas_rope else None
-        return EncodedPrompt(prompt, ids, images, bounds, crops, sizes, units, positions)
+        return EncodedPrompt(prompt, ids, images, bounds, crops, sizes, units, self.positions(ids, images, bounds))
 
-    def _canvas(self, ids: list[int], images: list[EncodedImage], bounds: list) -> torch.Tensor:
-        """4.7's (3, T) canvas positions: each image's spans, token grids and slice grid."""
+    def span_lengths(self, images: list[EncodedImage]) -> int | list[int]:
+        """What find_image_bounds expects: every span query_num long, or (4.6/4.7) one span per
+        crop of its merged patches."""
+        if not facts(self.config.version).downsample:
+            return self.config.query_num
+        return [self.config.crop_tokens(size) for image in images for size in image.tgt_sizes.tolist()]
+
+    def positions(self, ids: list[int], images: list[EncodedImage], bounds: list) -> torch.Tensor | None:
+        """4.7's (3, T) canvas positions from each image's spans, token grids and slice grid;
+        None where positions just count tokens."""
+        if not facts(self.config.version).canvas_rope:
+            return None
         side, layouts, offset = self.config.merge_per_side, [], 0
         for image in images:
             count = image.plan.num_crops

@@ -30,7 +30,10 @@ def image_report(
         "placeholder": placeholder,
         "placeholder_compact": compact_placeholder(placeholder, config.unk),
         "unk_count": placeholder.count(config.unk),
+        "tokens_per_crop": [config.crop_tokens(size) for size in plan.tgt_sizes],
     }
+    if facts(config.version).downsample:
+        report["downsample_mode"] = config.downsample_mode
     if facts(config.version).use_image_id:
         report["image_idx"] = image_index
         report["use_image_id"] = config.use_image_id if use_image_id is None else bool(use_image_id)
@@ -56,8 +59,12 @@ def format_report(name: str, report: dict) -> str:
         lines.append(f"  slices: {cols * rows} x {width}x{height} px = {patch_rows}x{patch_cols} patches")
     else:
         lines.append("  grid: none (not sliced)")
-    per_crop = report["unk_count"] // report["num_crops"]
     lines.append(f"  crops: {report['num_crops']}  tgt_sizes (rows, cols): {report['tgt_sizes']}")
-    lines.append(f"  image tokens: {report['unk_count']} ({report['num_crops']} crop(s) x {per_crop} queries)")
+    if "downsample_mode" in report:  # 4.6/4.7: merged patches, so each crop its own count
+        counts = " + ".join(map(str, report["tokens_per_crop"]))
+        lines.append(f"  image tokens: {report['unk_count']} ({counts}; {report['downsample_mode']} merging)")
+    else:
+        per_crop = report["unk_count"] // report["num_crops"]
+        lines.append(f"  image tokens: {report['unk_count']} ({report['num_crops']} crop(s) x {per_crop} queries)")
     lines.append(f"  placeholder: {report['placeholder_compact']!r}")
     return "\n".join(lines)

@@ -8,7 +8,9 @@ its `quantization_config` (in config.json) for the loader to rebuild the same la
   bfloat16 with bits=16;
 - with `vision_bits=8`: the vision tower's linears and the resampler's `kv_proj`;
 - an int4 layer whose input width the group size does not divide stays int8.
-Embeddings, norms and the resampler's attention stay in floating point.
+Embeddings, norms, the resampler's attention and a mixture-of-experts router (which picks the
+experts: a small layer whose errors move whole tokens to other experts; llama.cpp keeps it too)
+stay in floating point.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .linear import Bf16Linear, Int4Linear, Int8Linear
 from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
 
 METHOD = "minicpmv-weight-only"
+ROUTERS = (".mlp.gate", ".mlp.shared_expert_gate")  # 4.7 MoE: kept in floating point
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def layer_bits(model: nn.Module, config: QuantConfig) -> dict[str, int]:
     plan = {}
     for name, module in model.named_modules():
         if type(module) is not nn.Linear:  # MultiheadAttention's out_proj is a subclass: kept
+            continue
+        if name.startswith("llm.model.layers.") and name.endswith(ROUTERS):
             continue
         if name.startswith("llm.model.layers."):
             bits = config.bits

@@ -25,11 +25,14 @@ def example_image_path() -> str:
 @torch.inference_mode()
 def answer_logits(chat, messages: list, answer: list[int]) -> torch.Tensor:
     """(len(answer), V) float32 logits predicting each answer token, by teacher forcing."""
-    _, embeds = chat.prompt_embeddings(messages)
+    _, embeds, positions = chat.prompt_inputs(messages)
     llm = chat.model.llm
     tokens = torch.tensor([answer[:-1]], dtype=torch.long, device=embeds.device)
     full = torch.cat([embeds, llm.embed(tokens)], dim=1) if answer[:-1] else embeds
-    logits = llm(full)[0].float()
+    if positions is not None:  # 4.7's canvas positions: the answer continues after the last
+        after = positions[..., -1:] + torch.arange(1, len(answer))
+        positions = torch.cat([positions, after], dim=-1).to(embeds.device)
+    logits = llm(full, positions)[0].float()
     return logits[embeds.shape[1] - 1 :]
 
 

@@ -16,10 +16,11 @@ import torch
 from ..errors import CheckpointError
 from ..files import write_text_atomic
 from ..jsonfile import read_json_object
-from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, read_checkpoint_header, weight_files
+from ..model.checkpoint import INDEX_FILE, SINGLE_FILE, read_checkpoint_header, rename, weight_files
 from ..model.config import MiniCPMVConfig
 from ..model.minicpmv import MiniCPMV
 from ..model.safetensors_reader import read_tensors, write_tensors
+from ..versions import facts
 from .apply import ROWS_PER_STEP, QuantConfig, layer_bits, quantize_weight
 from .bnb import dequantized_tensors, is_bnb, is_state_tensor
 
@@ -125,7 +126,12 @@ def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bo
     if model_config.llm.tie_word_embeddings:
         expected.discard("llm.lm_head.weight")
     source_files = TensorFolder(source)
-    files = {name for name in source_files.files if not (bnb and is_state_tensor(name))}
+    prefixes = facts(model_config.version).checkpoint_prefixes  # 4.6/4.7: official names differ from ours
+
+    def ours(name: str) -> str:
+        return rename(name, prefixes, to_official=False)
+
+    files = {ours(name) for name in source_files.files if not (bnb and is_state_tensor(name))}
     if files != expected:
         missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
         raise CheckpointError(
@@ -135,8 +141,8 @@ def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bo
     bar = tqdm(total=len(files), desc="quantize", unit="tensor", disable=False if progress else None)
     tensors = dequantized_tensors(source_files) if bnb else source_files
     for name, tensor in tensors:
-        for out_name, out in quantized(name, tensor, plan, config.group_size).items():
-            writer.add(out_name, out)
+        for out_name, out in quantized(ours(name), tensor, plan, config.group_size).items():
+            writer.add(rename(out_name, prefixes, to_official=True), out)
         bar.update()
     bar.close()
     writer.close()

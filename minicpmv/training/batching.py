@@ -23,7 +23,7 @@ PAD_ID = 0
 class Batch:
     input_ids: torch.Tensor  # (B, T)
     targets: torch.Tensor  # (B, T), pre-shifted, IGNORE where not supervised
-    position_ids: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T), or (3, B, T) with 4.7's canvas positions
     attention_mask: torch.Tensor  # (B, T) real tokens, or (B, 1, T, T) bool when packed
     pixel_values: list  # per row: crops
     tgt_sizes: list  # per row: (crops, 2)
@@ -72,6 +72,10 @@ def padded_batch(samples: list[TrainSample]) -> Batch:
         bounds.append(spans)
         features.append(cached)
     positions = torch.arange(length).expand(len(samples), length).clone()
+    if any(s.position_ids is not None for s in samples):  # 4.7: the samples' own (3, T) positions
+        positions = positions[None].repeat(3, 1, 1)
+        for row, sample in enumerate(samples):
+            positions[:, row, : len(sample)] = sample.position_ids
     return Batch(
         ids,
         targets,

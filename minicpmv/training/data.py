@@ -39,6 +39,7 @@ class TrainSample:
     images: list = field(default_factory=list)  # EncodedImage, in placeholder order
     image_bound: list = field(default_factory=list)  # [start, end) of each crop's feature span
     image_features: object = None  # (crops, Q, D) tensor in place of the crops' pixels (feature_cache.py)
+    position_ids: object = None  # 4.7: (3, T) canvas positions (None: positions count tokens)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -147,12 +148,12 @@ class SampleBuilder:
         if len(ids) > self.max_length:
             raise SkippedSample("too_long", f"{len(ids)} tokens, more than max_length {self.max_length}")
         try:
-            bounds = find_image_bounds(
-                ids, self.processor.start_ids, self.processor.end_ids, self.processor.config.query_num
-            )
+            spans = self.processor.span_lengths(images)
+            bounds = find_image_bounds(ids, self.processor.start_ids, self.processor.end_ids, spans)
         except PromptError as exc:
             raise SkippedSample("malformed", str(exc)) from None
-        return TrainSample(ids, shifted_targets(ids, supervised, self.end_id), images, bounds)
+        positions = self.processor.positions(ids, images, bounds)
+        return TrainSample(ids, shifted_targets(ids, supervised, self.end_id), images, bounds, None, positions)
 
     def _opener(self, before: list, full: str) -> str:
         """The prompt up to where an answer starts. A thinking model's template (4.5) writes the

@@ -38,7 +38,7 @@ def lora_config(recipe, with_saved_modules: bool = True):
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
         bias="none",
-        target_modules=rf"llm\.model\.layers\.\d+\.self_attn\.({targets})",
+        target_modules=rf"llm\.model\.layers\.\d+\.(self_attn|linear_attn)\.({targets})",
         modules_to_save=list(recipe.train) if with_saved_modules else None,
     )
 

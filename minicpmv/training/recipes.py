@@ -22,11 +22,12 @@ class Recipe:
     train: tuple[str, ...]  # parts trained in full (the rest is frozen)
     scale_resolution: int | None = None  # None: the checkpoint's (448)
     max_slice_nums: int | None = None  # 1: a single view, no slicing; None: the checkpoint's (9)
-    lora: bool = False  # peft adapters on the LLM attention projections (the LLM itself frozen)
+    lora: bool = False  # peft adapters on the LLM token-mixer projections (the LLM itself frozen)
     lora_rank: int = 64
     lora_alpha: int = 64
     lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # the token mixers' projections: attention, and 4.6/4.7's Gated DeltaNet layers
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkv", "in_proj_z", "out_proj")
     learning_rate: float = 1e-5
     vpm_learning_rate: float | None = None  # None: learning_rate (as LLaVA-NeXT's mm_vision_tower_lr)
     resampler_learning_rate: float | None = None  # None: learning_rate

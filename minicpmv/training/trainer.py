@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..cpu import has_native_bf16
-from ..errors import PromptError
+from ..errors import ConfigError, PromptError
 from ..files import write_text_atomic
 from ..jsonfile import read_jsonl
 from .batching import Batch, length_grouped_order, pack, packed_batch, padded_batch
@@ -131,6 +131,13 @@ class Trainer:
         progress: bool = True,
     ):
         self.model, self.dataset, self.recipe = model, dataset, recipe
+        if recipe.packing and any(kind != "full_attention" for kind in model.config.llm.layer_types):
+            # a block-diagonal mask separates packed samples in attention only: a recurrent layer
+            # would carry one sample's state into the next
+            raise ConfigError(
+                f"recipe {recipe.name}: packing is not possible with MiniCPM-V {model.config.version}'s "
+                "recurrent (Gated DeltaNet) layers; set packing=false"
+            )
         self.output, self.source = Path(output), Path(source)
         self.world = world or World()
         self.progress = progress and self.world.rank == 0

@@ -1,0 +1,129 @@
+"""4.6 / 4.7 across the stack: quantization (experts and DeltaNet projections included, routers
+kept float), low-memory loading, training (sft and LoRA through the DeltaNet layers, 4.7's canvas
+positions, no packing with a recurrence), inspect-image in both downsample modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REFERENCE
+from safetensors.torch import load_file
+from test_v46_parity import messages_of
+from training_data import make_dataset, tiny_train_args
+
+from minicpmv import load
+from minicpmv.cli import main
+from minicpmv.errors import ConfigError
+from minicpmv.model.checkpoint import load_model
+from minicpmv.quant.apply import QuantConfig, quantize_model
+from minicpmv.quant.linear import Int4Linear, Int8Linear
+from minicpmv.training.batching import padded_batch
+from minicpmv.training.data import SampleBuilder
+
+TINY46, TINY47 = REFERENCE / "minicpmv46_tiny", REFERENCE / "minicpmv47_tiny"
+MOE = TINY47 / "moe"
+IMAGE = str(REFERENCE / "images" / "v46_a_900x300.png")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("bits,kind,least_cosine", [(8, Int8Linear, 0.98), (4, Int4Linear, 0.8)])
+def test_quantized_moe_keeps_routers_float_and_stays_close(bits, kind, least_cosine):
+    model = quantize_model(load_model(MOE / "checkpoint"), QuantConfig(bits=bits, group_size=32))
+    layers = dict(model.named_modules())
+    assert isinstance(layers["llm.model.layers.0.mlp.experts.3.down_proj"], kind)
+    assert isinstance(layers["llm.model.layers.0.linear_attn.in_proj_qkv"], kind)
+    assert isinstance(layers["llm.model.layers.1.self_attn.q_proj"], kind)
+    assert type(layers["llm.model.layers.0.mlp.gate"]) is torch.nn.Linear  # the router
+    assert type(layers["llm.model.layers.0.mlp.shared_expert_gate"]) is torch.nn.Linear
+    reference = load_model(MOE / "checkpoint")
+    ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = (m.llm(m.llm.embed(ids)).flatten() for m in (reference, model))
+    assert torch.nn.functional.cosine_similarity(a, b, 0) > least_cosine
+
+
+@pytest.mark.parametrize("bits", ["4", "8"])
+def test_quantize_cli_writes_official_names_and_the_result_answers(bits, tmp_path, capsys):
+    out = tmp_path / f"int{bits}"
+    assert main(["quantize", "-m", str(MOE / "checkpoint"), "-o", str(out), "--bits", bits, "--group-size", "32"]) == 0
+    names = set(load_file(out / "model.safetensors"))
+    assert "model.language_model.layers.0.mlp.experts.0.gate_proj.qweight" in names
+    assert "model.language_model.layers.0.mlp.gate.weight" in names  # router: float, official name
+    capsys.readouterr()
+    assert main(["generate", "-m", str(out), "--image", IMAGE, "-p", "What is in the image?", "-n", "4", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    expected = load_file(MOE / "case_single_16x" / "expected.safetensors")
+    assert record["prompt_token_ids"] == expected["input_ids"][0].tolist()
+    assert len(record["token_ids"]) == 4
+
+
+def test_low_memory_mode_gives_the_official_greedy_ids():
+    chat = load(TINY47 / "checkpoint", low_memory=True, vision_dtype="float32")
+    case = TINY47 / "case_single_16x"
+    result = chat.generate(messages_of(case), preset="greedy", thinking=False, max_new_tokens=8, min_new_tokens=8)
+    assert result.token_ids == load_file(case / "expected.safetensors")["greedy_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("checkpoint", [TINY46, MOE], ids=["4.6", "4.7-moe"])
+@pytest.mark.parametrize("recipe", ["sft", "lora"])
+def test_training_runs_through_the_deltanet_layers_and_the_result_answers(checkpoint, recipe, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main([*tiny_train_args(data, steps=2, recipe=recipe, checkpoint=checkpoint / "checkpoint"), "-o", str(out)])
+        == 0
+    )
+    trained = next(out.glob("checkpoint-*"))
+    if recipe == "lora":  # adapters on the DeltaNet projections too
+        adapter = load_file(trained / "adapter_model.safetensors")
+        assert any(".linear_attn.in_proj_qkv.lora_A" in name for name in adapter)
+        assert main(["merge-lora", "-m", str(checkpoint / "checkpoint"), "--adapter", str(trained),
+                     "-o", str(tmp_path / "merged")]) == 0  # fmt: skip
+        trained = tmp_path / "merged"
+    capsys.readouterr()
+    assert main(["generate", "-m", str(trained), "--image", IMAGE, "-p", "What?", "-n", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[0])["token_ids"]) >= 1
+
+
+def test_training_samples_carry_the_canvas_positions_of_inference():
+    chat = load(TINY47 / "checkpoint", vision_dtype="float32")
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": IMAGE}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": "A picture."},
+    ]
+    sample = SampleBuilder(chat.processor).build(messages)
+    inputs = chat.processor(messages[:1], thinking=False)
+    prompt = inputs.input_ids[0].tolist()
+    # the same tokens up to the assistant's opener (inference adds the template's empty think block)
+    shared = next(i for i, (a, b) in enumerate(zip(sample.input_ids, prompt)) if a != b)
+    assert shared > int(inputs.image_bound[0][-1, 1])  # the whole image and the question
+    assert torch.equal(sample.position_ids[:, :shared], inputs.position_ids[:, 0, :shared])
+    batch = padded_batch([sample])
+    assert batch.position_ids.shape == (3, 1, len(sample))
+
+
+def test_packing_is_refused_with_recurrent_layers(data, tmp_path, capsys):
+    args = tiny_train_args(data, steps=1, checkpoint=TINY46 / "checkpoint")
+    assert main([*args, "--set", "packing=true", "-o", str(tmp_path / "run")]) == 2
+    assert "packing" in capsys.readouterr().err
+
+
+def test_packing_error_is_typed_in_the_api(data, tmp_path):
+    from minicpmv.training.recipes import recipe
+    from minicpmv.training.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="Gated DeltaNet"):
+        Trainer(load_model(TINY46 / "checkpoint"), None, recipe("sft", {"packing": True}), tmp_path, TINY46)
+
+
+@pytest.mark.parametrize("mode,tokens", [("16x", [70, 64, 64, 64]), ("4x", [252, 256, 256, 256])])
+def test_inspect_image_counts_each_crops_merged_tokens(mode, tokens, capsys):
+    assert main(["inspect-image", "--version", "4.6", IMAGE, "--downsample-mode", mode, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens_per_crop"] == tokens and report["unk_count"] == sum(tokens)
+    assert report["downsample_mode"] == mode
