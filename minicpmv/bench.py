@@ -38,6 +38,7 @@ ARCHITECTURES = {
     },
     "2.6": OFFICIAL_ARCHITECTURES["2.6"],
     "4.5": OFFICIAL_ARCHITECTURES["4.5"],  # SigLIP-400M + Qwen3-8B (q/k norms), the 3-D resampler
+    "4.6": OFFICIAL_ARCHITECTURES["4.6"],  # SigLIP-400M + window merger + Qwen3.5-0.8B (DeltaNet)
     # 2.7 GB: the real vision tower with a 4-layer Qwen2-1.5B-wide LLM (the memory benchmarks)
     "qwen2-1.5b-4layers": {
         "model_type": "minicpmv",
@@ -84,7 +85,8 @@ ROWS = {  # name: (low_memory, tuned, weights, vision_dtype, compile)
     "+int4": (True, True, "int4", "auto", "auto"),
 }
 INT4_GROUP = 64  # 4.5 bits per weight with float16 scale and zero: llama.cpp Q4_0's size
-SPECIAL_TOKENS, QWEN_TEMPLATE = V26_SPECIAL_TOKENS, V26_CHAT_TEMPLATE
+# the 2.6 markers, and 4.6's image placeholder token
+SPECIAL_TOKENS, QWEN_TEMPLATE = [*V26_SPECIAL_TOKENS, "<|image_pad|>"], V26_CHAT_TEMPLATE
 
 
 def write_byte_tokenizer(folder: Path) -> None:
@@ -112,18 +114,25 @@ def write_byte_tokenizer(folder: Path) -> None:
 
 
 def random_weights(config: dict):
-    """(name, float32 tensor) of every weight of the architecture, one at a time: seeded normal
-    values * 0.02, the same sequence for every dtype the checkpoint is written in."""
+    """(official name, float32 tensor) of every weight of the architecture, one at a time: seeded
+    normal values * 0.02, the same sequence for every dtype the checkpoint is written in (a tied
+    head is not written, as in the released files)."""
     import torch
 
+    from .model.checkpoint import rename
     from .model.config import MiniCPMVConfig
     from .model.minicpmv import MiniCPMV
+    from .versions import facts
 
+    parsed = MiniCPMVConfig.from_dict(config)
     with torch.device("meta"):
-        model = MiniCPMV(MiniCPMVConfig.from_dict(config))
+        model = MiniCPMV(parsed)
+    prefixes = facts(parsed.version).checkpoint_prefixes
     generator = torch.Generator().manual_seed(0)
     for name, meta in model.state_dict().items():
-        yield name, torch.randn(meta.shape, generator=generator) * 0.02
+        if name == "llm.lm_head.weight" and parsed.llm.tie_word_embeddings:
+            continue
+        yield rename(name, prefixes, to_official=True), torch.randn(meta.shape, generator=generator) * 0.02
 
 
 def random_checkpoint(name: str, root: Path) -> Path:

@@ -127,3 +127,56 @@ def test_inspect_image_counts_each_crops_merged_tokens(mode, tokens, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["tokens_per_crop"] == tokens and report["unk_count"] == sum(tokens)
     assert report["downsample_mode"] == mode
+
+
+def test_a_tied_head_gets_an_int8_copy_and_streaming_writes_the_same(tmp_path):
+    """4.6/4.7 tie the head to the embeddings: quantized, the head is an int8 copy (decoding reads
+    a quarter of the float bytes) and the table stays float for lookups; the streamed folder
+    quantization writes what the in-memory one does."""
+    from minicpmv.model.checkpoint import save_model, weight_files
+    from minicpmv.quant.folder import quantize_checkpoint
+
+    config = QuantConfig(bits=4, group_size=32)
+    model = quantize_model(load_model(TINY46 / "checkpoint"), config)
+    assert isinstance(model.llm.lm_head, Int8Linear)
+    assert model.llm.model.embed_tokens.weight.dtype == torch.float32
+    save_model(model, tmp_path / "in-memory")
+    quantize_checkpoint(TINY46 / "checkpoint", tmp_path / "streamed", config)
+
+    def tensors(folder):
+        out = {}
+        for path in set(weight_files(folder).values()):
+            out.update(load_file(path))
+        return out
+
+    streamed, reference = tensors(tmp_path / "streamed"), tensors(tmp_path / "in-memory")
+    assert set(streamed) == set(reference) and "lm_head.qweight" in reference
+    assert all(torch.equal(streamed[name], reference[name]) for name in reference)
+    reloaded = load_model(tmp_path / "streamed")
+    ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(reloaded.llm(reloaded.llm.embed(ids)), model.llm(model.llm.embed(ids)))
+
+
+def test_thinking_answers_come_back_as_reasoning_content():
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    from live_server import running
+
+    from minicpmv.serving import ServerSettings
+    from minicpmv.serving.protocol import split_reasoning
+
+    chat = load(TINY47 / "checkpoint", vision_dtype="float32")
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    expected = chat.generate(question, thinking=True, max_new_tokens=8)
+    assert expected.text.startswith("<think>\n")  # the prompt opened the block, the answer shows it
+    with running(chat, ServerSettings(model_name="tiny-4.7")) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        response = client.chat.completions.create(
+            model="tiny-4.7",
+            messages=question,
+            max_tokens=8,
+            extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+        )
+    message = response.choices[0].message
+    assert (message.model_extra["reasoning_content"], message.content) == split_reasoning(expected.text)

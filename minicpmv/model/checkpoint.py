@@ -173,7 +173,8 @@ class OpenCheckpoint:
                 raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
         bar.close()
         self.model.load_state_dict(state, strict=False, assign=True)
-        if self.config.llm.tie_word_embeddings:
+        if self.config.llm.tie_word_embeddings and type(self.model.llm.lm_head) is torch.nn.Linear:
+            # (a quantized head is a copy of its own)
             self.model.llm.lm_head.weight = self.model.llm.model.embed_tokens.weight
         return self.model
 

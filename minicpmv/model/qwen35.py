@@ -142,15 +142,17 @@ def delta_rule_chunked(q, k, v, g, beta, state=None, chunk: int = CHUNK):
 
 
 def delta_rule_step(q, k, v, g, beta, state=None):
-    """The same rule token by token (decoding): arguments as delta_rule_chunked."""
+    """The same rule token by token (decoding): arguments as delta_rule_chunked. Products as
+    matmuls: a decoded token makes no (dk, dv) temporaries besides the new state."""
     batch, heads, length, dk = k.shape
     state = q.new_zeros((batch, heads, dk, v.shape[-1])) if state is None else state.to(q.dtype)
     out = torch.empty_like(v)
     for t in range(length):
-        state = state * g[:, :, t].exp()[..., None, None]
-        predicted = (state * k[:, :, t, :, None]).sum(-2)  # (B, H, dv)
-        state = state + k[:, :, t, :, None] * ((v[:, :, t] - predicted) * beta[:, :, t, None])[..., None, :]
-        out[:, :, t] = (state * q[:, :, t, :, None]).sum(-2)
+        q_t, k_t = q[:, :, t : t + 1], k[:, :, t : t + 1]  # (B, H, 1, dk)
+        state = state * g[:, :, t, None, None].exp()
+        delta = (v[:, :, t : t + 1] - k_t @ state) * beta[:, :, t, None, None]  # (B, H, 1, dv)
+        state = state + k_t.transpose(-1, -2) @ delta  # rank-one write
+        out[:, :, t : t + 1] = q_t @ state
     return out, state
 
 
@@ -184,6 +186,8 @@ class GatedDeltaNet(nn.Module):
         joined = torch.cat([past.to(mixed.dtype), mixed], dim=-1)  # (B, C, K - 1 + T)
         if cache is not None:
             cache.conv_states[layer] = joined[..., -(kernel - 1) :].clone()
+        if mixed.shape[-1] == 1:  # decoding: one dot of K taps per channel, cheaper than a conv call
+            return F.silu((joined * self.conv1d.weight[:, 0]).sum(-1, keepdim=True))
         return F.silu(F.conv1d(joined, self.conv1d.weight, groups=mixed.shape[1]))
 
     def forward(self, x, keep: torch.Tensor | None, cache, layer: int):

@@ -5,7 +5,8 @@ its `quantization_config` (in config.json) for the loader to rebuild the same la
 - the LLM's attention and MLP projections: `bits` (4, 8, or 16 for bfloat16 weights with float32
   arithmetic: lossless for the official bfloat16 checkpoints);
 - `llm.lm_head`: int8 (it decides every token; llama.cpp keeps it at higher precision too), or
-  bfloat16 with bits=16;
+  bfloat16 with bits=16; a head tied to the embeddings (4.6/4.7) gets an int8 copy of its own
+  (the embedding table stays float for lookups): decoding reads a quarter of the bytes;
 - with `vision_bits=8`: the vision tower's linears and the resampler's `kv_proj`;
 - an int4 layer whose input width the group size does not divide stays int8.
 Embeddings, norms, the resampler's attention and a mixture-of-experts router (which picks the
@@ -67,7 +68,10 @@ def layer_bits(model: nn.Module, config: QuantConfig) -> dict[str, int]:
             continue
         if name.startswith("llm.model.layers."):
             bits = config.bits
-        elif name == "llm.lm_head" and module.weight is not model.llm.model.embed_tokens.weight:
+        elif name == "llm.lm_head":
+            tied = module.weight is model.llm.model.embed_tokens.weight
+            if tied and config.lm_head_bits != 8:  # a bfloat16 copy would only add memory
+                continue
             bits = config.lm_head_bits
         elif config.vision_bits and (name.startswith("vpm.") or name == "resampler.kv_proj"):
             bits = config.vision_bits

@@ -140,9 +140,14 @@ def quantize_folder(source: Path, stage: Path, config: QuantConfig, progress: bo
     writer = ShardWriter(stage)
     bar = tqdm(total=len(files), desc="quantize", unit="tensor", disable=False if progress else None)
     tensors = dequantized_tensors(source_files) if bnb else source_files
+    tied_head = model_config.llm.tie_word_embeddings and "llm.lm_head" in plan
     for name, tensor in tensors:
-        for out_name, out in quantized(ours(name), tensor, plan, config.group_size).items():
-            writer.add(rename(out_name, prefixes, to_official=True), out)
+        copies = [ours(name)]
+        if tied_head and ours(name) == "llm.model.embed_tokens.weight":
+            copies.append("llm.lm_head.weight")  # the tied head's quantized copy (apply.layer_bits)
+        for source_name in copies:
+            for out_name, out in quantized(source_name, tensor, plan, config.group_size).items():
+                writer.add(rename(out_name, prefixes, to_official=True), out)
         bar.update()
     bar.close()
     writer.close()

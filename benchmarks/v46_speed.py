@@ -1,0 +1,212 @@
+"""MiniCPM-V 4.6 at real size (SigLIP-400M + window merger + Qwen3.5-0.8B, 1.3 B parameters,
+seeded random bfloat16 weights), ours against transformers' own implementation on the same
+weights, in one run.
+
+    pip install -e '.[bench]'
+    python benchmarks/v46_speed.py [--threads 2] [--rounds 2] [--modes 16x,4x] [--json]
+
+1. Time to answer a 1344x1344 image question (image in, 32 greedy tokens out, load excluded),
+   per downsample mode. Contenders: transformers float32 (MiniCPMV4_6ForConditionalGeneration,
+   its own PIL image processor, the same prompt ids; its DeltaNet kernels fall back to their
+   PyTorch reference on a CPU), ours float32 (vision in float32: exact parity), ours with the
+   default vision precision (bfloat16 autocast where the CPU computes bf16), ours int4 (group
+   64) and ours int4 with the vision linears in int8 (`--vision-dtype int8`).
+2. The LLM alone: prefill of a 512-token prompt and 64 decoded tokens (tokens/s), ours float32
+   and int4 against transformers float32.
+Contenders alternate within a round; medians over rounds. The image feature cache is off. Each
+answer has exactly 32 tokens on both sides (min_new_tokens). `--json` prints one object: keys
+name each contender, values are seconds (or tok/s), ratios are transformers / ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+NEW_TOKENS, PROMPT, DECODE = 32, 512, 64
+QUESTION = "What is in the image?"
+SCENE = Path(__file__).resolve().parent.parent / "minicpmv" / "assets" / "demo-scene.png"
+
+
+def image_of(size: int):
+    from PIL import Image
+
+    return Image.open(SCENE).convert("RGB").resize((size, size), Image.BICUBIC)
+
+
+def messages(image):
+    return [{"role": "user", "content": [image, QUESTION]}]
+
+
+def ours(folder: Path, mode: str, chat=None, vision_autocast="keep", **options):
+    """A runner on a new ChatModel, or on `chat` with another vision precision (one float32
+    model serves two contenders: memory for the transformers side)."""
+    from minicpmv import load
+
+    chat = chat or load(folder, downsample_mode=mode, **options)
+    chat.feature_cache_size = 0
+    own = chat.images.vision_autocast if vision_autocast == "keep" else vision_autocast
+
+    def once(image) -> float:
+        chat.images.vision_autocast = own
+        start = time.perf_counter()
+        answer = chat.generate(messages(image), thinking=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        assert len(answer.token_ids) == NEW_TOKENS
+        return time.perf_counter() - start
+
+    return once, chat
+
+
+def transformers_side(folder: Path, mode: str, processor):
+    import torch
+    from transformers import MiniCPMV4_6ForConditionalGeneration
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    model = MiniCPMV4_6ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    # the random checkpoint's byte tokenizer puts the placeholder token at an id of its own
+    model.config.image_token_id = model.model.config.image_token_id = processor.tokenizer.require_id("<|image_pad|>")
+    pixels = MiniCPMV4_6ImageProcessorPil()
+
+    @torch.inference_mode()
+    def once(image) -> float:
+        start = time.perf_counter()
+        vision = pixels(images=[image], downsample_mode=mode, return_tensors="pt")
+        inputs = processor(messages(image), thinking=False)  # the same prompt ids as ours
+        out = model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            pixel_values=vision["pixel_values"],
+            target_sizes=vision["target_sizes"],
+            downsample_mode=mode,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+        assert out.shape[1] - inputs.input_ids.shape[1] == NEW_TOKENS
+        return time.perf_counter() - start
+
+    return once, model
+
+
+def llm_speed_ours(llm):
+    import torch
+
+    from minicpmv.generation import GenerationConfig, generate
+
+    ids = torch.randint(300, 1000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+
+    def once() -> tuple[float, float]:
+        with torch.inference_mode():
+            embeds = llm.embed(ids)
+        config = GenerationConfig(max_new_tokens=DECODE, min_new_tokens=DECODE)
+        out = generate(llm, embeds, torch.ones_like(ids), config)
+        return PROMPT / out.prefill_seconds, (DECODE - 1) / out.decode_seconds
+
+    return once
+
+
+def llm_speed_transformers(model):
+    import torch
+
+    ids = torch.randint(300, 1000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+
+    @torch.inference_mode()
+    def once() -> tuple[float, float]:
+        start = time.perf_counter()
+        first = model.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(input_ids=ids, max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False)
+        decode = time.perf_counter() - start - prefill  # the same prefill, then DECODE - 1 steps
+        assert first.shape[1] == PROMPT + 1
+        return PROMPT / prefill, (DECODE - 1) / decode
+
+    return once
+
+
+def alternate(runners: dict, rounds: int, argument=None) -> dict:
+    results = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            results[name].append(run(argument) if argument is not None else run())
+            print(f"  {name}: {results[name][-1]}", file=sys.stderr, flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--modes", default="16x,4x")
+    parser.add_argument("--size", type=int, default=1344)
+    parser.add_argument("--cache-dir", default=None, help="where the random checkpoints go")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import platform
+
+    import torch
+
+    from minicpmv.bench import quantized_checkpoint, random_bf16_checkpoint
+    from minicpmv.cpu import cpu_flags
+    from minicpmv.files import cache_dir
+
+    torch.set_num_threads(args.threads)
+    root = Path(args.cache_dir) if args.cache_dir else cache_dir() / "bench"
+    source = random_bf16_checkpoint("4.6", root / "random-init")
+    int4 = quantized_checkpoint(source, 4)
+    image = image_of(args.size)
+    features = [flag for flag in ("avx512_vnni", "avx512_bf16", "amx_bf16", "avx2") if flag in cpu_flags()]
+    cpu = f"{platform.processor() or platform.machine()} ({', '.join(features)})"
+    report = {"cpu": cpu, "threads": args.threads, "image": f"{args.size}x{args.size}", "rounds": args.rounds}
+    for mode in args.modes.split(","):
+        runners, models = {}, {}
+        runners["ours"], models["ours"] = ours(source, mode, dtype="float32")
+        runners["ours float32"], _ = ours(source, mode, chat=models["ours"], vision_autocast=None)
+        runners["ours int4"], models["ours int4"] = ours(int4, mode)
+        runners["ours int4 + int8 vision"], _ = ours(int4, mode, vision_dtype="int8")
+        runners["transformers float32"], models["transformers"] = transformers_side(
+            source, mode, models["ours"].processor
+        )
+        print(f"time to answer, {mode}:", file=sys.stderr)
+        seconds = {name: statistics.median(v) for name, v in alternate(runners, args.rounds, image).items()}
+        report[f"tta_{mode}"] = seconds
+        report[f"tta_{mode}_ratios"] = {
+            name: seconds["transformers float32"] / value for name, value in seconds.items() if name.startswith("ours")
+        }
+        report[f"image_tokens_{mode}"] = models["ours"].generate(messages(image), max_new_tokens=1).image_tokens
+        llm_runners = {}
+        if mode == args.modes.split(",")[0]:
+            print("LLM alone:", file=sys.stderr)
+            llm_runners = {
+                "ours float32": llm_speed_ours(models["ours"].model.llm),
+                "ours int4": llm_speed_ours(models["ours int4"].model.llm),
+                "transformers float32": llm_speed_transformers(models["transformers"]),
+            }
+            speeds = alternate(llm_runners, args.rounds)
+            report["prefill_tok_s"] = {name: statistics.median(v[0] for v in runs) for name, runs in speeds.items()}
+            report["decode_tok_s"] = {name: statistics.median(v[1] for v in runs) for name, runs in speeds.items()}
+        del runners, models, llm_runners
+        gc.collect()
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"MiniCPM-V 4.6 real size, random weights; {report['cpu']}, {args.threads} threads")
+    for mode in args.modes.split(","):
+        print(f"\n{args.size}x{args.size}, {mode} ({report[f'image_tokens_{mode}']} image tokens)")
+        print("| contender | time to answer | transformers / ours |\n| --- | --- | --- |")
+        for name, value in report[f"tta_{mode}"].items():
+            ratio = report[f"tta_{mode}_ratios"].get(name)
+            print(f"| {name} | {value:.2f} s | {f'{ratio:.2f}x' if ratio else ''} |")
+    print("\n| LLM | prefill tok/s | decode tok/s |\n| --- | --- | --- |")
+    for name in report["prefill_tok_s"]:
+        print(f"| {name} | {report['prefill_tok_s'][name]:.1f} | {report['decode_tok_s'][name]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
