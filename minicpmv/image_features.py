@@ -57,6 +57,7 @@ class ImageEncoder:
         self.model, self.residency = model, residency
         self.vision_autocast = vision_autocast  # see devices.pick_vision_autocast
         self.tuning = tuning
+        self.default_crops_per_call: int | None = None  # untuned: the config's vision_batch_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self.show_progress = sys.stderr.isatty()  # a terminal: the CLI; servers and tests stay quiet
@@ -139,7 +140,7 @@ class ImageEncoder:
         """Crops -> features with the tuned threads and crop batching, in the vision precision."""
         # low-memory mode also keeps activations small: one crop through the vision tower at a time
         encode = (self.tuning or {}).get("encode", {})
-        per_call = 1 if self.residency.low_memory else encode.get("crops_per_call")
+        per_call = 1 if self.residency.low_memory else encode.get("crops_per_call", self.default_crops_per_call)
         original = torch.get_num_threads()
         device = self.model.vision_weight.device.type
         try:

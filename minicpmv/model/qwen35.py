@@ -178,24 +178,31 @@ class GatedDeltaNet(nn.Module):
         self.out_proj = nn.Linear(value_dim, cfg.hidden_size, bias=False)
 
     def conv(self, mixed: torch.Tensor, cache, layer: int) -> torch.Tensor:
-        """Causal depthwise conv + SiLU over (B, C, T), continuing the cached inputs."""
-        kernel = self.conv1d.weight.shape[-1]
+        """Causal depthwise conv + SiLU over (B, T, C), continuing the cached inputs (B, K-1, C).
+
+        K shifted multiply-adds in time-major layout: a depthwise conv1d call (oneDNN) took 37 ms
+        for one 740-token prefill layer of the real 4.6; decoding is the T = 1 case."""
+        kernel, length = self.conv1d.weight.shape[-1], mixed.shape[1]
         past = cache.conv_states[layer] if cache is not None else None
         if past is None:
-            past = mixed.new_zeros((*mixed.shape[:2], kernel - 1))
-        joined = torch.cat([past.to(mixed.dtype), mixed], dim=-1)  # (B, C, K - 1 + T)
+            past = mixed.new_zeros((mixed.shape[0], kernel - 1, mixed.shape[2]))
+        joined = torch.cat([past.to(mixed.dtype), mixed], dim=1)  # (B, K - 1 + T, C)
         if cache is not None:
-            cache.conv_states[layer] = joined[..., -(kernel - 1) :].clone()
-        if mixed.shape[-1] == 1:  # decoding: one dot of K taps per channel, cheaper than a conv call
-            return F.silu((joined * self.conv1d.weight[:, 0]).sum(-1, keepdim=True))
-        return F.silu(F.conv1d(joined, self.conv1d.weight, groups=mixed.shape[1]))
+            cache.conv_states[layer] = joined[:, -(kernel - 1) :].clone()
+        weight = self.conv1d.weight[:, 0].t()  # (K, C)
+        out = joined[:, :length] * weight[0]
+        for k in range(1, kernel):
+            tap = joined[:, k : k + length]
+            # in place where autograd allows: each new (T, C) temporary costs its page faults
+            out = out + tap * weight[k] if out.requires_grad else out.addcmul_(tap, weight[k])
+        return F.silu(out)
 
     def forward(self, x, keep: torch.Tensor | None, cache, layer: int):
         cfg = self.cfg
         if keep is not None:  # padded positions write nothing into the state
             x = x * keep[..., None].to(x.dtype)
         batch, length, _ = x.shape
-        mixed = self.conv(self.in_proj_qkv(x).transpose(1, 2), cache, layer).transpose(1, 2)  # (B, T, C)
+        mixed = self.conv(self.in_proj_qkv(x), cache, layer)  # (B, T, C)
         q, k, v = mixed.split(self.split, dim=-1)
         q = q.reshape(batch, length, cfg.linear_key_heads, -1)
         k = k.reshape(batch, length, cfg.linear_key_heads, -1)
