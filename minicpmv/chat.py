@@ -129,6 +129,7 @@ class ChatOptions(TypedDict, total=False):
     system_prompt: str
     max_slice_nums: int
     use_image_id: bool
+    downsample_mode: str  # 4.6/4.7: "16x" or "4x" for this call (default: the model's)
     max_input_length: int
     max_new_tokens: int
     min_new_tokens: int
@@ -328,6 +329,7 @@ class ChatModel:
         max_slice_nums=None,
         use_image_id=None,
         max_input_length=None,
+        downsample_mode=None,
         **sampling,
     ) -> Prepared:
         config = decoding_config(preset, self.version, thinking, **sampling).with_options(stop_ids=self.stop_ids)
@@ -337,7 +339,7 @@ class ChatModel:
             max_slice_nums = max_slice_nums or slices
         conversations = [_with_images(conversation, image) for conversation in conversations]
         limit = max_input_length or facts(self.version).max_input_length
-        inputs = self.processor(
+        inputs = self.processor.with_downsample_mode(downsample_mode)(
             conversations,
             max_slice_nums=max_slice_nums,
             use_image_id=use_image_id,

@@ -89,15 +89,16 @@ class ImageEncoder:
                 counts, units = [p.num_crops for p in plans], [None] * len(plans)
             features, offset = [], 0
             for count, unit in zip(counts, units):
-                features.append(self._cached(crops[offset : offset + count], sizes[offset : offset + count], unit))
+                part = (crops[offset : offset + count], sizes[offset : offset + count], unit, inputs.downsample_mode)
+                features.append(self._cached(*part))
                 offset += count
             empty = torch.zeros((0, config.query_num, config.llm.hidden_size)[1 - bool(config.query_num) :])
             per_sample.append(torch.cat(features) if features else empty)
         return per_sample
 
-    def _cached(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None) -> torch.Tensor:
+    def _cached(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None, mode=None) -> torch.Tensor:
         digest = hashlib.sha1(sizes.numpy().tobytes())
-        digest.update(repr((time_groups, self.model.config.downsample_mode)).encode())
+        digest.update(repr((time_groups, mode or self.model.config.downsample_mode)).encode())
         for crop in crops:
             digest.update(crop.numpy().tobytes())
         key = digest.hexdigest()
@@ -105,7 +106,7 @@ class ImageEncoder:
             self._cache.move_to_end(key)
             return self._cache[key]
         self.residency.need(VISION_PARTS)
-        features = self.encode(crops, sizes, time_groups)
+        features = self.encode(crops, sizes, time_groups, mode)
         self._cache[key] = features
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -136,7 +137,7 @@ class ImageEncoder:
 
         return report
 
-    def encode(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None) -> torch.Tensor:
+    def encode(self, crops: list[torch.Tensor], sizes: torch.Tensor, time_groups=None, mode=None) -> torch.Tensor:
         """Crops -> features with the tuned threads and crop batching, in the vision precision."""
         # low-memory mode also keeps activations small: one crop through the vision tower at a time
         encode = (self.tuning or {}).get("encode", {})
@@ -148,7 +149,8 @@ class ImageEncoder:
             with torch.autocast(
                 device, dtype=self.vision_autocast or torch.bfloat16, enabled=self.vision_autocast is not None
             ):
-                features = self.model.get_image_features(crops, sizes, per_call, time_groups, progress=self._progress())
+                progress = self._progress()
+                features = self.model.get_image_features(crops, sizes, per_call, time_groups, progress, mode)
             return features.to(self.model.vision_weight.dtype)
         finally:
             torch.set_num_threads(original)

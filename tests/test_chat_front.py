@@ -72,7 +72,9 @@ class MockModel:
         self.vision_weight = torch.zeros(1)  # where and in what dtype the vision parts compute
         self.encoded = 0  # crops through the "vision tower"
 
-    def get_image_features(self, crops, sizes, per_call=None, time_groups=None, progress=None) -> torch.Tensor:
+    def get_image_features(
+        self, crops, sizes, per_call=None, time_groups=None, progress=None, downsample_mode=None
+    ) -> torch.Tensor:
         self.encoded += len(crops)
         return torch.ones((len(crops), self.config.query_num, self.llm.cfg.hidden_size))
 

@@ -180,3 +180,46 @@ def test_thinking_answers_come_back_as_reasoning_content():
         )
     message = response.choices[0].message
     assert (message.model_extra["reasoning_content"], message.content) == split_reasoning(expected.text)
+
+
+def test_downsample_mode_per_call_and_per_request():
+    """One loaded model answers in either mode: the API's `downsample_mode` option and the
+    server's `mm_processor_kwargs.downsample_mode` (vLLM's name) give each mode's official ids;
+    the feature cache keeps the modes apart."""
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    from live_server import running
+
+    from minicpmv.serving import ServerSettings
+
+    chat = load(TINY46 / "checkpoint", vision_dtype="float32")
+    options = {"preset": "greedy", "thinking": False, "max_new_tokens": 8, "min_new_tokens": 8}
+    for mode in ("4x", "16x", "4x"):
+        case = TINY46 / f"case_single_{mode}"
+        result = chat.generate(messages_of(case), downsample_mode=mode, **options)
+        assert result.token_ids == load_file(case / "expected.safetensors")["greedy_ids"][0].tolist(), mode
+    assert chat.generate(messages_of(TINY46 / "case_single_16x"), **options).image_tokens == 262  # the default
+    four = chat.generate(messages_of(TINY46 / "case_single_4x"), downsample_mode="4x", **options)
+    with running(chat, ServerSettings(model_name="tiny-4.6")) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        question = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(IMAGE)}},
+                                                 {"type": "text", "text": "What is in the image?"}]}]  # fmt: skip
+        body = {"chat_template_kwargs": {"enable_thinking": False}, "min_tokens": 8}
+        answer = client.chat.completions.create(
+            model="tiny-4.6",
+            messages=question,
+            max_tokens=8,
+            temperature=0,
+            extra_body={**body, "mm_processor_kwargs": {"downsample_mode": "4x"}},
+        )
+        assert answer.choices[0].message.content == four.text
+        assert answer.usage.prompt_tokens == len(four.prompt_token_ids)
+    with pytest.raises(ConfigError, match="has none"):
+        load(REFERENCE / "minicpmv26_tiny" / "checkpoint").generate([{"role": "user", "content": "hi"}],
+                                                                     downsample_mode="4x")  # fmt: skip
+
+
+def _data_url(path: str) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()

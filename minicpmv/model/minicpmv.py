@@ -76,6 +76,7 @@ class MiniCPMV(nn.Module):
         crops_per_call: int | None = None,
         time_groups: list[list[int]] | None = None,
         progress=None,
+        downsample_mode: str | None = None,
     ) -> torch.Tensor:
         """Crops (each (3, P, P*L), the processor's layout) and their (rows, cols) -> (N, Q, D).
 
@@ -84,11 +85,12 @@ class MiniCPMV(nn.Module):
         time_groups (4.5): the time ids of consecutive groups of crops (-1: a still crop); the
         result then has one row per group, (G, Q, D).
         progress: called with (crops done, crops in all) after each call of the vision tower.
-        4.6/4.7: the tokens of all crops in order, (sum of crop_tokens, D).
+        4.6/4.7: the tokens of all crops in order, (sum of crop_tokens, D), merged as
+        `downsample_mode` says (default the config's).
         """
         progress = progress or (lambda done, total: None)
         if isinstance(self.resampler, PatchMerger):
-            return self._merged_features(pixel_values, tgt_sizes, crops_per_call, progress)
+            return self._merged_features(pixel_values, tgt_sizes, crops_per_call, progress, downsample_mode)
         weight = self.vision_weight
         if not pixel_values:
             return torch.zeros(
@@ -130,20 +132,21 @@ class MiniCPMV(nn.Module):
             progress(min(i + chunk, len(crops)), len(crops))
         return torch.cat(features)
 
-    def crop_tokens(self, tgt_sizes: torch.Tensor) -> list[int]:
+    def crop_tokens(self, tgt_sizes: torch.Tensor, downsample_mode: str | None = None) -> list[int]:
         """Image tokens per crop of (rows, cols) patches (the downsample mode's merge, 4.6/4.7)."""
         if not isinstance(self.resampler, PatchMerger):
             return [self.config.query_num] * len(tgt_sizes)
-        side = facts(self.config.version).merge_per_side(self.config.downsample_mode)
+        side = facts(self.config.version).merge_per_side(downsample_mode or self.config.downsample_mode)
         return [rows * cols // side**2 for rows, cols in tgt_sizes.reshape(-1, 2).tolist()]
 
-    def _merged_features(self, pixel_values, tgt_sizes, crops_per_call, progress) -> torch.Tensor:
+    def _merged_features(self, pixel_values, tgt_sizes, crops_per_call, progress, mode=None) -> torch.Tensor:
         """4.6/4.7: tower (with the window merger in 16x mode), then the patch merger, per chunk."""
         weight = self.vision_weight
         if not pixel_values:
             return weight.new_zeros((0, self.config.llm.hidden_size))
         tgt_sizes = tgt_sizes.to(torch.int64).cpu().reshape(-1, 2)
-        window = facts(self.config.version).merge_per_side(self.config.downsample_mode) > 2
+        # 16x: the window merger's 2x2 and the merger's 2x2; 4x: the merger's only
+        window = facts(self.config.version).merge_per_side(mode or self.config.downsample_mode) > 2
         chunk = crops_per_call or self.config.vision_batch_size
         features = []
         for i in range(0, len(pixel_values), chunk):
@@ -183,7 +186,11 @@ class MiniCPMV(nn.Module):
         return embeds
 
     def features_per_sample(
-        self, pixel_values: list[list[torch.Tensor]], tgt_sizes: list[torch.Tensor], time_units: list | None = None
+        self,
+        pixel_values: list[list[torch.Tensor]],
+        tgt_sizes: list[torch.Tensor],
+        time_units: list | None = None,
+        downsample_mode: str | None = None,
     ) -> list[torch.Tensor]:
         """Encode all crops of a batch at once, then split them back per sample (4.5: per
         sample's temporal groups, `time_units` as the processor gives them)."""
@@ -191,9 +198,9 @@ class MiniCPMV(nn.Module):
         sizes = torch.cat([t.reshape(-1, 2) for t in tgt_sizes]) if flat else torch.zeros((0, 2), dtype=torch.int32)
         groups = [[g for unit in units for g in unit] for units in time_units or []]
         if not any(groups):  # versions without temporal groups give none
-            features = self.get_image_features(flat, sizes)
+            features = self.get_image_features(flat, sizes, downsample_mode=downsample_mode)
             if isinstance(self.resampler, PatchMerger):  # (tokens, D): split by each sample's tokens
-                counts = [sum(self.crop_tokens(t)) for t in tgt_sizes]
+                counts = [sum(self.crop_tokens(t, downsample_mode)) for t in tgt_sizes]
                 return list(features.split(counts))
             return list(features.split([len(sample) for sample in pixel_values]))
         features = self.get_image_features(flat, sizes, time_groups=[g for sample in groups for g in sample])

@@ -4,7 +4,8 @@ image bounds, batched with left padding as the official 2.6 processor does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ class ModelInputs:
     time_units: list[list[list[list[int]]]] = field(default_factory=list)
     # 4.7: canvas M-RoPE positions (3, B, T) (rows T, H, W; left padding holds 1); None: 1-D
     position_ids: torch.Tensor | None = None
+    downsample_mode: str | None = None  # 4.6/4.7: the token merging the placeholders were sized for
 
     @property
     def batch_size(self) -> int:
@@ -81,6 +83,15 @@ class MiniCPMVProcessor:
             end_tokens.append(config.slice_end)
         self.start_ids = {tokenizer.require_id(t) for t in start_tokens}
         self.end_ids = {tokenizer.require_id(t) for t in end_tokens}
+
+    def with_downsample_mode(self, mode: str | None) -> MiniCPMVProcessor:
+        """This processor with another downsample mode (4.6/4.7); a ConfigError for a version
+        without modes or an unknown mode. The tokenizer is shared."""
+        if mode is None or mode == self.config.downsample_mode:
+            return self
+        other = copy.copy(self)
+        other.config = replace(self.config, downsample_mode=mode)
+        return other
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> MiniCPMVProcessor:
@@ -227,7 +238,7 @@ class MiniCPMVProcessor:
             prompt, sources = self.build_prompt(conversation, system_prompt, add_generation_prompt, thinking)
             images = self.encode_images(sources, max_slice_nums)
             samples.append(self.encode_prompt(prompt, images, use_image_id, max_length, sample_ids))
-        return collate(samples)
+        return replace(collate(samples), downsample_mode=self.config.downsample_mode)
 
 
 def _per_sample_temporal_ids(temporal_ids, batch: int) -> list:

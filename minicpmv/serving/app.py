@@ -245,6 +245,8 @@ def _options(request: ChatCompletionRequest, context: int, thinking: bool = Fals
         raise APIError(400, "top_logprobs: needs logprobs: true", "top_logprobs")
     if request.response_format and request.response_format.get("type") != "text":
         options["response_format"] = request.response_format
+    if request.mm_processor_kwargs and request.mm_processor_kwargs.downsample_mode:
+        options["downsample_mode"] = request.mm_processor_kwargs.downsample_mode
     asked = request.chat_template_kwargs.enable_thinking if request.chat_template_kwargs else None
     if asked if asked is not None else thinking:
         options["thinking"] = True

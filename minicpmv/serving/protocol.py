@@ -68,6 +68,11 @@ class ChatTemplateKwargs(BaseModel):
     enable_thinking: bool | None = None  # vLLM's switch for thinking models (4.5)
 
 
+class MMProcessorKwargs(BaseModel):
+    model_config = STRICT
+    downsample_mode: Literal["16x", "4x"] | None = None  # vLLM's per-request switch (4.6/4.7)
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = STRICT
     messages: list[ChatMessage] = Field(min_length=1)
@@ -86,6 +91,7 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
     chat_template_kwargs: ChatTemplateKwargs | None = None
+    mm_processor_kwargs: MMProcessorKwargs | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: dict | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
