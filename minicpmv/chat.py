@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -552,8 +552,7 @@ def load(
         use_dynamic_int8(checkpoint.model.vpm)
     processor = MiniCPMVProcessor.from_pretrained(path)
     if downsample_mode is not None:  # the processor's token counts and the model's merging agree
-        # replace() validates: a ConfigError for a version without modes or an unknown mode
-        processor.config = replace(processor.config, downsample_mode=downsample_mode)
+        processor = processor.with_downsample_mode(downsample_mode)  # validated: a ConfigError if bad
         checkpoint.config.downsample_mode = downsample_mode
     llm, llm_parts = None, LLM_PARTS
     if llm_gguf is not None:

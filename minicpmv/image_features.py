@@ -92,7 +92,9 @@ class ImageEncoder:
                 part = (crops[offset : offset + count], sizes[offset : offset + count], unit, inputs.downsample_mode)
                 features.append(self._cached(*part))
                 offset += count
-            empty = torch.zeros((0, config.query_num, config.llm.hidden_size)[1 - bool(config.query_num) :])
+            # (0, Q, D) for a resampler's per-crop rows; (0, D) for 4.6/4.7's flat tokens
+            shape = (0, config.query_num, config.llm.hidden_size) if config.query_num else (0, config.llm.hidden_size)
+            empty = torch.zeros(shape)
             per_sample.append(torch.cat(features) if features else empty)
         return per_sample
 

@@ -84,6 +84,14 @@ class VersionFacts:
             raise ConfigError(f"downsample_mode: {mode!r} is not one of {self.downsample_modes}")
         return table[mode]
 
+    def crop_tokens(self, tgt_size, mode: str | None, query_num: int) -> int:
+        """Image tokens of a crop of (rows, cols) patches: the resampler's query_num, or (4.6/4.7)
+        its patches merged as `mode` says."""
+        if not self.downsample:
+            return query_num
+        rows, cols = tgt_size
+        return rows * cols // self.merge_per_side(mode) ** 2
+
 
 VERSIONS = {
     # 1.0 (the paper's first model): 2.0's parts without slicing; its resampler is Qwen-VL's

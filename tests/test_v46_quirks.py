@@ -17,17 +17,12 @@ from safetensors.torch import load_file
 from test_v46_parity import chat_for, messages_of
 
 from minicpmv.generation import GenerationConfig, generate
+from minicpmv.model.blocks import rope_cos_sin as mrope_cos_sin
 from minicpmv.model.checkpoint import load_model, save_model
 from minicpmv.model.config import LLMConfig, VisionConfig
 from minicpmv.model.merger import DownsampleMLP
 from minicpmv.model.positions import navit_position_buckets
-from minicpmv.model.qwen35 import (
-    GatedAttention,
-    ZeroCentredRMSNorm,
-    delta_rule_chunked,
-    delta_rule_step,
-    mrope_cos_sin,
-)
+from minicpmv.model.qwen35 import GatedAttention, ZeroCentredRMSNorm, delta_rule_chunked, delta_rule_step
 from minicpmv.model.vision import WindowMerger
 from minicpmv.processing.canvas import ImageLayout, canvas_positions
 from minicpmv.processing.config import ProcessorConfig

@@ -1,4 +1,4 @@
-"""Pieces every decoder family shares: RMSNorm, rotary embeddings and the KV cache."""
+"""Pieces every decoder family shares: RMSNorm, the SwiGLU MLP, rotary embeddings and the KV cache."""
 
 from __future__ import annotations
 
@@ -22,19 +22,48 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos and signed sin of shape (B, 1, T, head_dim) for integer positions (B, T), in float32.
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); also each expert of a mixture-of-experts layer."""
 
-    The sin's first half is negated so that rotating half of x is a roll (see apply_rope).
-    """
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim)
-    )
-    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
-    angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def inverse_frequencies(dim: int, theta: float, device) -> torch.Tensor:
+    """(dim / 2,) float32 RoPE frequencies theta^(-2i / dim)."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+
+
+def cos_signed_sin(freqs: torch.Tensor, dtype: torch.dtype):
+    """(B, T, dim/2) angles -> cos and signed sin (B, 1, T, dim): the sin's first half negated,
+    so that rotating half of x is a roll (see apply_rope)."""
+    angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, dim)
     sin = angles.sin()
-    sin[..., : head_dim // 2].neg_()
+    sin[..., : freqs.shape[-1]].neg_()
     return angles.cos().to(dtype), sin.to(dtype)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, cfg: LLMConfig, dtype: torch.dtype):
+    """cos and signed sin (B, 1, T, rotary_dim), in float32 before the cast, for integer positions
+    (B, T), or (3, B, T) rows (T, H, W) of 4.7's M-RoPE.
+
+    Frequency i follows the T row, unless (interleaved M-RoPE) i % 3 == 1 and i < 3 * sections[1]
+    (then H) or i % 3 == 2 and i < 3 * sections[2] (then W). Equal rows give plain RoPE."""
+    inv_freq = inverse_frequencies(cfg.rotary_dim, cfg.rope_theta, position_ids.device)
+    rows = position_ids if position_ids.dim() == 3 else position_ids[None]
+    freqs = rows.float()[..., None] * inv_freq  # (3 or 1, B, T, rot/2)
+    chosen = freqs[0].clone() if rows.shape[0] == 3 else freqs[0]
+    for axis, offset in ((1, 1), (2, 2)):
+        if len(cfg.mrope_section) > axis and rows.shape[0] == 3:
+            picked = slice(offset, 3 * cfg.mrope_section[axis], 3)
+            chosen[..., picked] = freqs[axis][..., picked]
+    return cos_signed_sin(chosen, dtype)
 
 
 def apply_rope(x, cos, signed_sin):

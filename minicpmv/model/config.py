@@ -258,14 +258,14 @@ def _native_config(config: dict, version: str) -> MiniCPMVConfig:
         raise ConfigError(
             f"text_config.layer_types: {list(llm.layer_types)} does not give {llm.num_layers} known layers"
         )
-    for ours, key in (
-        ("linear_key_heads", "linear_num_key_heads"),
-        ("linear_value_heads", "linear_num_value_heads"),
-        ("linear_key_head_dim", "linear_key_head_dim"),
-        ("linear_value_head_dim", "linear_value_head_dim"),
-        ("linear_conv_kernel", "linear_conv_kernel_dim"),
+    for ours, key, default in (  # transformers' Qwen3_5TextConfig defaults
+        ("linear_key_heads", "linear_num_key_heads", 16),
+        ("linear_value_heads", "linear_num_value_heads", 32),
+        ("linear_key_head_dim", "linear_key_head_dim", 128),
+        ("linear_value_head_dim", "linear_value_head_dim", 128),
+        ("linear_conv_kernel", "linear_conv_kernel_dim", 4),
     ):
-        setattr(llm, ours, _int(text, key, 16 if "dim" in key else 4))
+        setattr(llm, ours, _int(text, key, default))
     if llm.linear_value_heads % llm.linear_key_heads:
         raise ConfigError("text_config: linear_num_value_heads must be a multiple of linear_num_key_heads")
     if text.get("num_experts"):

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import KVCache, RMSNorm, apply_rope, rope_cos_sin
+from .blocks import MLP, KVCache, RMSNorm, apply_rope, rope_cos_sin
 from .config import LLMConfig
 from .embedding import embedding
-from .qwen35 import HybridCache, Qwen35Layer, ZeroCentredRMSNorm, mrope_cos_sin
+from .qwen35 import HybridCache, Qwen35Layer, ZeroCentredRMSNorm
 
 __all__ = ["KVCache", "LanguageModel", "RMSNorm", "apply_rope", "attention_bias", "rope_cos_sin"]
 
@@ -52,24 +52,13 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: LLMConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
         self.residual_scale = cfg.residual_scale
 
     def forward(self, x, cos, sin, mask, cache, layer, keep=None):
@@ -151,13 +140,11 @@ class LanguageModel(nn.Module):
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, length)
-        keep = None
-        if self.cfg.family == HYBRID:
-            cos, sin = mrope_cos_sin(position_ids, self.cfg, inputs_embeds.dtype)
-            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
-                keep = attention_mask[:, past : past + length].to(inputs_embeds.device)  # (B, T) real tokens
-        else:
-            cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
+        cos, sin = rope_cos_sin(position_ids, self.cfg, inputs_embeds.dtype)
+        keep = None  # recurrent layers: which tokens are real (padding must write nothing)
+        if self.cfg.family == HYBRID and attention_mask is not None and attention_mask.dim() == 2:
+            if not bool(attention_mask.all()):
+                keep = attention_mask[:, past : past + length].to(inputs_embeds.device)  # (B, T)
         # one new token with no padding sees every cached key: nothing to mask (SDPA's fast path)
         unmasked = length == 1 and (attention_mask is None or bool(attention_mask.all()))
         if attention_mask is not None and attention_mask.dim() == 4:  # (B, 1, T, S) bool: e.g. packed samples

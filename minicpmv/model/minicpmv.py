@@ -133,11 +133,10 @@ class MiniCPMV(nn.Module):
         return torch.cat(features)
 
     def crop_tokens(self, tgt_sizes: torch.Tensor, downsample_mode: str | None = None) -> list[int]:
-        """Image tokens per crop of (rows, cols) patches (the downsample mode's merge, 4.6/4.7)."""
-        if not isinstance(self.resampler, PatchMerger):
-            return [self.config.query_num] * len(tgt_sizes)
-        side = facts(self.config.version).merge_per_side(downsample_mode or self.config.downsample_mode)
-        return [rows * cols // side**2 for rows, cols in tgt_sizes.reshape(-1, 2).tolist()]
+        """Image tokens per crop of (rows, cols) patches (4.6/4.7: merged as the mode says)."""
+        mode = downsample_mode or self.config.downsample_mode
+        sizes = tgt_sizes.reshape(-1, 2).tolist()
+        return [facts(self.config.version).crop_tokens(size, mode, self.config.query_num) for size in sizes]
 
     def _merged_features(self, pixel_values, tgt_sizes, crops_per_call, progress, mode=None) -> torch.Tensor:
         """4.6/4.7: tower (with the window merger in 16x mode), then the patch merger, per chunk."""

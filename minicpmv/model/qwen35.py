@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import KVCache, apply_rope
+from .blocks import MLP, KVCache, apply_rope
 from .config import LLMConfig
 
 CHUNK = 64  # the official chunk length of the prefill form
@@ -46,28 +46,6 @@ class GatedRMSNorm(nn.Module):
     def forward(self, x, gate):
         normed = self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
         return (normed * F.silu(gate.float())).to(x.dtype)
-
-
-def mrope_cos_sin(position_ids: torch.Tensor, cfg: LLMConfig, dtype: torch.dtype):
-    """cos and signed sin (B, 1, T, rotary_dim) for positions (B, T), or (3, B, T) rows (T, H, W).
-
-    Frequency i follows the T row, unless (interleaved M-RoPE) i % 3 == 1 and i < 3 * sections[1]
-    (then H) or i % 3 == 2 and i < 3 * sections[2] (then W). Equal rows give plain RoPE."""
-    rot = cfg.rotary_dim
-    inv_freq = 1.0 / (
-        cfg.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float32, device=position_ids.device) / rot)
-    )
-    rows = position_ids if position_ids.dim() == 3 else position_ids[None]
-    freqs = rows.float()[..., None] * inv_freq  # (3 or 1, B, T, rot/2)
-    chosen = freqs[0].clone()
-    for axis, offset in ((1, 1), (2, 2)):
-        if len(cfg.mrope_section) > axis and rows.shape[0] == 3:
-            picked = slice(offset, 3 * cfg.mrope_section[axis], 3)
-            chosen[..., picked] = freqs[axis][..., picked]
-    angles = torch.cat([chosen, chosen], dim=-1)[:, None]  # (B, 1, T, rot)
-    sin = angles.sin()
-    sin[..., : rot // 2].neg_()  # see llm.apply_rope
-    return angles.cos().to(dtype), sin.to(dtype)
 
 
 def partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -248,10 +226,8 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k = cfg.experts_per_token
         self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            Expert(cfg.hidden_size, cfg.expert_intermediate_size) for _ in range(cfg.num_experts)
-        )
-        self.shared_expert = Expert(cfg.hidden_size, cfg.shared_expert_intermediate_size)
+        self.experts = nn.ModuleList(MLP(cfg.hidden_size, cfg.expert_intermediate_size) for _ in range(cfg.num_experts))
+        self.shared_expert = MLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
         self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
 
     def forward(self, x):
@@ -267,17 +243,6 @@ class SparseMoE(nn.Module):
         return (out + shared).view_as(x)
 
 
-class Expert(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Qwen35Layer(nn.Module):
     def __init__(self, cfg: LLMConfig, index: int):
         super().__init__()
@@ -288,7 +253,7 @@ class Qwen35Layer(nn.Module):
             self.linear_attn = GatedDeltaNet(cfg)
         else:
             self.self_attn = GatedAttention(cfg)
-        self.mlp = SparseMoE(cfg) if cfg.num_experts else Expert(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = SparseMoE(cfg) if cfg.num_experts else MLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x, cos, sin, mask, cache, layer, keep=None):
         normed = self.input_layernorm(x)

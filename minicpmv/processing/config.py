@@ -58,12 +58,8 @@ class ProcessorConfig:
         return facts(self.version).merge_per_side(self.downsample_mode)
 
     def crop_tokens(self, tgt_size: tuple[int, int]) -> int:
-        """Image tokens of a crop of (rows, cols) patches: the resampler's query_num, or the
-        merged patch count of 4.6/4.7."""
-        if not facts(self.version).downsample:
-            return self.query_num
-        rows, cols = tgt_size
-        return rows * cols // self.merge_per_side**2
+        """Image tokens of a crop of (rows, cols) patches (versions.VersionFacts.crop_tokens)."""
+        return facts(self.version).crop_tokens(tgt_size, self.downsample_mode, self.query_num)
 
     def plan(self, size: tuple[int, int], max_slice_nums: int | None = None) -> SlicePlan:
         """Slice plan of an image of `size` (width, height) under these settings (1.0: one
