@@ -46,11 +46,12 @@ def write_gguf(llm, path: Path, weight_type: str) -> Path:
     return path
 
 
-def llama_cpp_runner(path: Path, threads: int):
+def llama_cpp_runner(path: Path, threads: int, prompt: int = PROMPT, new: int = NEW):
+    """llama.cpp on token ids: (prefill tok/s of `prompt` random ids, decode tok/s of `new` greedy tokens)."""
     from llama_cpp import Llama
 
     model = Llama(
-        str(path), n_ctx=PROMPT + NEW + 8, n_batch=PROMPT, n_threads=threads, n_threads_batch=threads, verbose=False
+        str(path), n_ctx=prompt + new + 8, n_batch=prompt, n_threads=threads, n_threads_batch=threads, verbose=False
     )
 
     def next_token() -> int:  # greedy, from the last position's logits, as ours does
@@ -59,16 +60,16 @@ def llama_cpp_runner(path: Path, threads: int):
 
     def once():
         model.reset()
-        prompt = np.random.default_rng(0).integers(300, 1000, PROMPT).tolist()
+        ids = np.random.default_rng(0).integers(300, 1000, prompt).tolist()
         start = time.perf_counter()
-        model.eval(prompt)
+        model.eval(ids)
         token = next_token()
         prefill = time.perf_counter() - start
         start = time.perf_counter()
-        for _ in range(NEW):
+        for _ in range(new):
             model.eval([token])
             token = next_token()
-        return PROMPT / prefill, NEW / (time.perf_counter() - start)
+        return prompt / prefill, new / (time.perf_counter() - start)
 
     return once
 

@@ -3,7 +3,7 @@ seeded random bfloat16 weights), ours against transformers' own implementation o
 weights, in one run.
 
     pip install -e '.[bench]'
-    python benchmarks/v46_speed.py [--threads 2] [--rounds 2] [--modes 16x,4x] [--json]
+    python benchmarks/v46_speed.py [--threads 2] [--rounds 2] [--modes 16x,4x] [--parts tta,llm] [--json]
 
 1. Time to answer a 1344x1344 image question (image in, 32 greedy tokens out, load excluded),
    per downsample mode. Contenders: transformers float32 (MiniCPMV4_6ForConditionalGeneration,
@@ -12,7 +12,9 @@ weights, in one run.
    default vision precision (bfloat16 autocast where the CPU computes bf16), ours int4 (group
    64) and ours int4 with the vision linears in int8 (`--vision-dtype int8`).
 2. The LLM alone: prefill of a 512-token prompt and 64 decoded tokens (tokens/s), ours float32
-   and int4 against transformers float32.
+   and int4 against transformers float32 and llama.cpp's `qwen35` (llama-cpp-python, the same
+   weights through `minicpmv export-gguf`, Q4_0 linears with a Q8_0 embedding/head as ours has
+   an int8 head; random ids in, greedy out).
 Contenders alternate within a round; medians over rounds. The image feature cache is off. Each
 answer has exactly 32 tokens on both sides (min_new_tokens). `--json` prints one object: keys
 name each contender, values are seconds (or tok/s), ratios are transformers / ours.
@@ -138,6 +140,48 @@ def alternate(runners: dict, rounds: int, argument=None) -> dict:
     return results
 
 
+def time_to_answer(source: Path, int4: Path, mode: str, image, rounds: int) -> dict:
+    runners, models = {}, {}
+    runners["ours"], models["ours"] = ours(source, mode, dtype="float32")
+    runners["ours float32"], _ = ours(source, mode, chat=models["ours"], vision_autocast=None)
+    runners["ours int4"], _ = ours(int4, mode)
+    runners["ours int4 + int8 vision"], _ = ours(int4, mode, vision_dtype="int8")
+    runners["transformers float32"], _ = transformers_side(source, mode, models["ours"].processor)
+    print(f"time to answer, {mode}:", file=sys.stderr)
+    seconds = {name: statistics.median(v) for name, v in alternate(runners, rounds, image).items()}
+    return {
+        f"tta_{mode}": seconds,
+        f"tta_{mode}_ratios": {
+            name: seconds["transformers float32"] / value for name, value in seconds.items() if name.startswith("ours")
+        },
+        f"image_tokens_{mode}": models["ours"].generate(messages(image), max_new_tokens=1).image_tokens,
+    }
+
+
+def llm_alone(source: Path, int4: Path, root: Path, threads: int, rounds: int) -> dict:
+    from peers import llama_cpp_runner
+
+    from minicpmv import load
+    from minicpmv.backends.gguf_export import export_gguf
+
+    gguf = root / "4.6-llm-q4_0.gguf"
+    if not gguf.exists():
+        export_gguf(source, gguf, "q4_0")
+    _, transformers_model = transformers_side(source, "16x", load(source).processor)
+    runners = {
+        "ours float32": llm_speed_ours(load(source, dtype="float32").model.llm),
+        "ours int4": llm_speed_ours(load(int4).model.llm),
+        "transformers float32": llm_speed_transformers(transformers_model),
+        "llama.cpp Q4_0": llama_cpp_runner(gguf, threads, PROMPT, DECODE - 1),
+    }
+    print("LLM alone:", file=sys.stderr)
+    speeds = alternate(runners, rounds)
+    return {
+        "prefill_tok_s": {name: statistics.median(v[0] for v in runs) for name, runs in speeds.items()},
+        "decode_tok_s": {name: statistics.median(v[1] for v in runs) for name, runs in speeds.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -145,8 +189,10 @@ def main() -> None:
     parser.add_argument("--modes", default="16x,4x")
     parser.add_argument("--size", type=int, default=1344)
     parser.add_argument("--cache-dir", default=None, help="where the random checkpoints go")
+    parser.add_argument("--parts", default="tta,llm", help="tta (time to answer), llm (the LLM alone)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     import platform
 
@@ -164,47 +210,23 @@ def main() -> None:
     features = [flag for flag in ("avx512_vnni", "avx512_bf16", "amx_bf16", "avx2") if flag in cpu_flags()]
     cpu = f"{platform.processor() or platform.machine()} ({', '.join(features)})"
     report = {"cpu": cpu, "threads": args.threads, "image": f"{args.size}x{args.size}", "rounds": args.rounds}
-    for mode in args.modes.split(","):
-        runners, models = {}, {}
-        runners["ours"], models["ours"] = ours(source, mode, dtype="float32")
-        runners["ours float32"], _ = ours(source, mode, chat=models["ours"], vision_autocast=None)
-        runners["ours int4"], models["ours int4"] = ours(int4, mode)
-        runners["ours int4 + int8 vision"], _ = ours(int4, mode, vision_dtype="int8")
-        runners["transformers float32"], models["transformers"] = transformers_side(
-            source, mode, models["ours"].processor
-        )
-        print(f"time to answer, {mode}:", file=sys.stderr)
-        seconds = {name: statistics.median(v) for name, v in alternate(runners, args.rounds, image).items()}
-        report[f"tta_{mode}"] = seconds
-        report[f"tta_{mode}_ratios"] = {
-            name: seconds["transformers float32"] / value for name, value in seconds.items() if name.startswith("ours")
-        }
-        report[f"image_tokens_{mode}"] = models["ours"].generate(messages(image), max_new_tokens=1).image_tokens
-        llm_runners = {}
-        if mode == args.modes.split(",")[0]:
-            print("LLM alone:", file=sys.stderr)
-            llm_runners = {
-                "ours float32": llm_speed_ours(models["ours"].model.llm),
-                "ours int4": llm_speed_ours(models["ours int4"].model.llm),
-                "transformers float32": llm_speed_transformers(models["transformers"]),
-            }
-            speeds = alternate(llm_runners, args.rounds)
-            report["prefill_tok_s"] = {name: statistics.median(v[0] for v in runs) for name, runs in speeds.items()}
-            report["decode_tok_s"] = {name: statistics.median(v[1] for v in runs) for name, runs in speeds.items()}
-        del runners, models, llm_runners
+    if "llm" in parts:
+        report.update(llm_alone(source, int4, root, args.threads, args.rounds))
+    for mode in args.modes.split(",") if "tta" in parts else []:
+        report.update(time_to_answer(source, int4, mode, image, args.rounds))
         gc.collect()
     if args.json:
         print(json.dumps(report))
         return
     print(f"MiniCPM-V 4.6 real size, random weights; {report['cpu']}, {args.threads} threads")
-    for mode in args.modes.split(","):
+    for mode in args.modes.split(",") if "tta" in parts else []:
         print(f"\n{args.size}x{args.size}, {mode} ({report[f'image_tokens_{mode}']} image tokens)")
         print("| contender | time to answer | transformers / ours |\n| --- | --- | --- |")
         for name, value in report[f"tta_{mode}"].items():
             ratio = report[f"tta_{mode}_ratios"].get(name)
             print(f"| {name} | {value:.2f} s | {f'{ratio:.2f}x' if ratio else ''} |")
     print("\n| LLM | prefill tok/s | decode tok/s |\n| --- | --- | --- |")
-    for name in report["prefill_tok_s"]:
+    for name in report.get("prefill_tok_s", {}):
         print(f"| {name} | {report['prefill_tok_s'][name]:.1f} | {report['decode_tok_s'][name]:.2f} |")
 
 

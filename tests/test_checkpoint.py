@@ -59,6 +59,8 @@ def test_bfloat16_load():
         ("1.0", 694, 3_434_965_792, 3_434_965_792),
         ("4.5", 849, 8_695_895_280, 8_695_895_280),
         ("4.6", 780, 1.25e9, 1.35e9),  # released as "1.3B" (SigLIP2-400M + Qwen3.5-0.8B)
+        # 4.7 1B: 4.6's shapes with an untied head, released as "1.55 B"
+        ("4.7", 780, 1.545e9, 1.555e9),
     ],
 )
 def test_real_size_architectures_on_meta_device(version, tensors, low, high, capsys):

@@ -148,3 +148,68 @@ def test_cli_generate_with_the_backend(exported, capsys):
     assert main(argv + ["--llm-gguf", str(exported["2.6", "f32"])]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["token_ids"] == expected["token_ids"] and "decode" in captured.err
+
+
+# --- Qwen3.5 (4.6/4.7) as llama.cpp's qwen35 -------------------------------------------------
+
+V46 = REFERENCE / "minicpmv46_tiny" / "checkpoint"
+V47 = REFERENCE / "minicpmv47_tiny" / "checkpoint"
+
+
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen35")
+    return {name: export_gguf(path, folder / f"{name}.gguf", "f32") for name, path in (("4.6", V46), ("4.7", V47))}
+
+
+def test_qwen35_gguf_stores_llama_cpp_forms(qwen35):
+    """Quirk: llama.cpp's qwen35 multiplies norms by w where Qwen3.5's zero-centred RMSNorm uses
+    1 + w (the DeltaNet's gated norm is plain), stores A = -exp(A_log) and a (C, K) conv kernel;
+    the query projection keeps its per-head [query, gate] rows."""
+    stored = {
+        t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape)])
+        for t in gguf.GGUFReader(str(qwen35["4.6"])).tensors
+    }
+    original = {k: v.float().numpy() for k, v in load_file(V46 / "model.safetensors").items()}
+    layer = "model.language_model.layers."
+    assert np.array_equal(stored["blk.0.attn_norm.weight"], original[layer + "0.input_layernorm.weight"] + 1)
+    assert np.array_equal(
+        stored["blk.0.post_attention_norm.weight"], original[layer + "0.post_attention_layernorm.weight"] + 1
+    )
+    assert np.array_equal(stored["blk.1.attn_q_norm.weight"], original[layer + "1.self_attn.q_norm.weight"] + 1)
+    assert np.array_equal(stored["output_norm.weight"], original["model.language_model.norm.weight"] + 1)
+    assert np.array_equal(stored["blk.0.ssm_norm.weight"], original[layer + "0.linear_attn.norm.weight"])
+    assert np.allclose(stored["blk.0.ssm_a"], -np.exp(original[layer + "0.linear_attn.A_log"]))
+    assert np.array_equal(stored["blk.0.ssm_conv1d.weight"], original[layer + "0.linear_attn.conv1d.weight"][:, 0])
+    assert np.array_equal(stored["blk.1.attn_q.weight"], original[layer + "1.self_attn.q_proj.weight"])
+    assert "output.weight" not in stored  # tied: llama.cpp reads the head from token_embd
+    reader = gguf.GGUFReader(str(qwen35["4.7"]))
+    sections = reader.fields["qwen35.rope.dimension_sections"]
+    assert [int(sections.parts[i][0]) for i in sections.data] == [2, 1, 1, 0]  # 4.7's interleaved M-RoPE
+    assert int(reader.fields["qwen35.full_attention_interval"].parts[-1][0]) == 2
+
+
+@pytest.mark.parametrize("version", ["4.6", "4.7"])
+def test_llama_cpp_qwen35_answers_like_our_llm(qwen35, version):
+    """llama.cpp's Gated DeltaNet and gated attention give our logits (its keys in float16) and
+    our greedy ids: 4.6 with an image (plain positions, four M-RoPE rows written per token), 4.7
+    on text (its canvas positions of an image are refused: llama.cpp masks attention by position)."""
+    checkpoint = V46 if version == "4.6" else V47
+    messages = question() if version == "4.6" else [{"role": "user", "content": ["Describe a cat in ten words."]}]
+    ours, backend = load(checkpoint), load(checkpoint, llm_gguf=qwen35[version])
+    _, embeds, positions = ours.prompt_inputs(messages)
+    with torch.inference_mode():
+        reference = ours.model.llm(embeds, position_ids=positions)[0]
+        logits = backend.llm(embeds, position_ids=positions, cache=backend.llm.new_cache(1, embeds.shape[1]))[0]
+    assert (logits - reference).abs().max() < 1e-3 * reference.abs().max()
+    expected = ours.generate(messages, max_new_tokens=12, min_new_tokens=12)
+    assert backend.generate(messages, max_new_tokens=12, min_new_tokens=12).token_ids == expected.token_ids
+    if version == "4.7":
+        with pytest.raises(ConfigError, match="canvas positions"):
+            backend.generate(question(), max_new_tokens=4)
+
+
+def test_qwen35_moe_export_is_refused(tmp_path, capsys):
+    out = tmp_path / "moe.gguf"
+    assert main(["export-gguf", "-m", str(REFERENCE / "minicpmv47_tiny" / "moe" / "checkpoint"), "-o", str(out)]) == 2
+    assert "MoE LLM" in capsys.readouterr().err and not out.exists()

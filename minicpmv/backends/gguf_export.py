@@ -3,9 +3,9 @@
 The file holds the language model and its tokenizer (backends.gguf_tokenizer). It serves two
 uses: `--llm-gguf`, where this package keeps the vision parts and feeds llama.cpp the prompt
 embeddings (backends.llamacpp), and llama.cpp's own multimodal path, next to the projector file
-written by backends.mmproj. 4.5 (Qwen3), 2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp
-rotates Llama's query/key pairs interleaved where the checkpoint rotates halves, so those rows are
-reordered (`interleave_rope_rows`).
+written by backends.mmproj. 4.6/4.7 (Qwen3.5, llama.cpp's `qwen35`: backends.gguf_qwen35), 4.5
+(Qwen3), 2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp rotates Llama's query/key pairs
+interleaved where the checkpoint rotates halves, so those rows are reordered (`interleave_rope_rows`).
 Written to a temporary name, then renamed: an interrupted export never leaves a partial file.
 """
 
@@ -18,13 +18,16 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..files import staged_path
-from ..model.checkpoint import weight_files
+from ..model.checkpoint import rename, weight_files
 from ..model.config import LLMConfig, MiniCPMVConfig
 from ..model.safetensors_reader import read_header, read_tensors
+from ..versions import facts
+from . import gguf_qwen35
 from .gguf_tokenizer import write_vocabulary
 from .gguf_types import TYPES
 
-ARCHITECTURE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}  # our LLM family -> llama.cpp architecture
+# our LLM family -> llama.cpp architecture
+ARCHITECTURE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama", "qwen3_5": "qwen35"}
 GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
     "llm.model.embed_tokens.weight": "token_embd.weight",
     "llm.model.norm.weight": "output_norm.weight",
@@ -46,6 +49,7 @@ GGUF_NAMES = {  # checkpoint name -> GGUF name; "{i}" is the layer index
 }
 ROWS_PER_BLOCK = 2048  # rows quantized or dequantized at a time
 CHECKPOINT_NAMES = {gguf: ours for ours, gguf in GGUF_NAMES.items()}
+FAMILY_NAMES = {"qwen3_5": GGUF_NAMES | gguf_qwen35.NAMES}  # where a family's names differ
 
 
 def _layer_pattern(name: str) -> tuple[str, str | None]:
@@ -58,11 +62,12 @@ def _layer_pattern(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def gguf_name(name: str) -> str:
+def gguf_name(name: str, family: str = "qwen2") -> str:
+    names = FAMILY_NAMES.get(family, GGUF_NAMES)
     pattern, layer = _layer_pattern(name)
-    if pattern not in GGUF_NAMES:
+    if pattern not in names:
         raise CheckpointError(f"tensor {name} has no GGUF counterpart")
-    return GGUF_NAMES[pattern].format(i=layer)
+    return names[pattern].format(i=layer)
 
 
 def checkpoint_name(name: str) -> str:
@@ -86,8 +91,10 @@ def llm_config(folder: Path) -> LLMConfig:
     if config.llm.family not in ARCHITECTURE:
         raise ConfigError(
             f"{folder}: MiniCPM-V {config.version}'s {config.llm.family} LLM has no llama.cpp export "
-            f"here (4.5, 2.6 and 2.5 do)"
+            f"here (4.7, 4.6, 4.5, 2.6 and 2.5 do)"
         )
+    if config.llm.family == "qwen3_5":
+        gguf_qwen35.check_exportable(config.llm)
     if config.raw.get("quantization_config"):
         raise ConfigError(
             f"{folder}: already quantized; export from the original float checkpoint (quantizing twice loses precision)"
@@ -109,18 +116,23 @@ def _write_metadata(writer, cfg: LLMConfig) -> None:
     if cfg.explicit_head_dim:  # Qwen3: heads * head_dim need not be the hidden size
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
+    if cfg.family == "qwen3_5":
+        gguf_qwen35.write_metadata(writer, cfg)
 
 
 def checkpoint_tensors(folder: Path, prefixes: tuple[str, ...] = ("llm.",)):
-    """(name, float32 numpy array) of every tensor of the given parts, one at a time."""
-    by_file: dict[Path, list[str]] = {}
+    """(name in the package's tree, float32 numpy array) of every tensor of the given parts, one
+    at a time; a version whose official names differ (4.6/4.7) is renamed on the way."""
+    renames = facts(MiniCPMVConfig.from_pretrained(folder).version).checkpoint_prefixes
+    by_file: dict[Path, dict[str, str]] = {}
     for name, file in weight_files(folder).items():
-        if name.startswith(prefixes):
-            by_file.setdefault(file, []).append(name)
+        ours = rename(name, renames, to_official=False)
+        if ours.startswith(prefixes):
+            by_file.setdefault(file, {})[name] = ours
     for file, names in sorted(by_file.items()):
         header, start = read_header(file)
-        for name, tensor in read_tensors(file, names, header, start):
-            yield name, tensor.to(torch.float32).numpy()
+        for name, tensor in read_tensors(file, list(names), header, start):
+            yield names[name], tensor.to(torch.float32).numpy()
 
 
 def quantize_rows(data: np.ndarray, kind) -> np.ndarray:
@@ -137,7 +149,7 @@ def quantize_rows(data: np.ndarray, kind) -> np.ndarray:
 
 
 def export_gguf(folder: str | Path, output: str | Path, weight_type: str = "q4_0") -> Path:
-    """Write the LLM of a float 4.5 / 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
+    """Write the LLM of a float 4.7 / 4.6 / 4.5 / 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
     folder = Path(folder)
     tokenizer = folder if (folder / "tokenizer.json").exists() else None
     return write_gguf(checkpoint_tensors(folder), llm_config(folder), output, weight_type, tokenizer)
@@ -161,18 +173,21 @@ def write_gguf(
         _write_metadata(writer, cfg)
         write_vocabulary(writer, cfg.vocab_size, cfg.family, tokenizer_folder)
         for name, data in tensors:
+            keep_float = False
             if cfg.family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
                 data = interleave_rope_rows(data, cfg.num_heads if "q_proj" in name else cfg.num_kv_heads)
-            if data.ndim == 2:
+            if cfg.family == "qwen3_5":
+                data, keep_float = gguf_qwen35.convert(name, data)
+            if data.ndim == 2 and not keep_float:
                 kind = linear_type if ".layers." in name else outer_type
                 block = gguf.GGML_QUANT_SIZES[kind][0]
                 if data.shape[1] % block:
                     raise ConfigError(
                         f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s block of {block}"
                     )
-                writer.add_tensor(gguf_name(name), quantize_rows(data, kind), raw_dtype=kind)
+                writer.add_tensor(gguf_name(name, cfg.family), quantize_rows(data, kind), raw_dtype=kind)
             else:
-                writer.add_tensor(gguf_name(name), data)
+                writer.add_tensor(gguf_name(name, cfg.family), data.astype(np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

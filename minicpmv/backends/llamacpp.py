@@ -24,6 +24,9 @@ from .gguf_export import ARCHITECTURE
 
 EMBEDDING_PARTS = ("llm.model.embed_tokens.",)  # all of the checkpoint's LLM this backend reads
 DEFAULT_CONTEXT = 8192  # the official max_inp_length of 2.6; the KV cache is sized for it
+# llama.cpp architectures with M-RoPE read 4 position rows per token (T, H, W, and a 4th that is 0
+# for text and images) from an embedding batch, laid out row after row
+POSITION_ROWS = {"qwen35": 4}
 
 
 def _llama_cpp():
@@ -117,12 +120,19 @@ class LlamaCppLLM:
             raise ConfigError(f"{gguf_path}: llama.cpp could not create a context of {context} tokens")
         self.vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self.model))
         self.batch = llama.llama_batch_init(context, cfg.hidden_size, 1)
+        self.position_rows = POSITION_ROWS.get(ARCHITECTURE[cfg.family], 1)
+        # the batch holds one position per token; an M-RoPE model reads its rows from a buffer of
+        # ours, swapped in for the batch's own (put back before llama.cpp frees the batch)
+        self._own_pos = ctypes.cast(self.batch.pos, ctypes.c_void_p).value  # an address: a field read is a view
+        self._positions = (llama.llama_pos * (context * self.position_rows))()
+        self.batch.pos = ctypes.cast(self._positions, ctypes.POINTER(llama.llama_pos))
         self._threads = None
 
     def __del__(self):
         llama = getattr(self, "lib", None)
         if llama is not None and getattr(self, "context", None):
             try:
+                self.batch.pos = ctypes.cast(self._own_pos, ctypes.POINTER(llama.llama_pos))
                 llama.llama_batch_free(self.batch)
                 llama.llama_free(self.context)
                 llama.llama_model_free(self.model)
@@ -168,8 +178,8 @@ class LlamaCppLLM:
         batch = self.batch
         batch.n_tokens = length
         ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+        self._write_positions(position_ids, cache.length, length)
         for i in range(length):
-            batch.pos[i] = cache.length + i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
             batch.logits[i] = int(i == length - 1 or not last_only)
@@ -183,6 +193,25 @@ class LlamaCppLLM:
             for i in range(first, length)
         ]
         return torch.from_numpy(np.stack(logits))[None]  # (1, T or 1, V), a copy
+
+    def _write_positions(self, position_ids, start: int, length: int) -> None:
+        """Position row r of token i at [r * length + i]: the given (B, T) or (3, B, T) ids, else
+        start + i; M-RoPE's T, H and W rows from them and a 4th row of zeros."""
+        if position_ids is None or self.position_rows == 1:
+            rows = np.arange(start, start + length)[None]  # (1, T)
+        else:
+            rows = position_ids[:, 0].cpu().numpy() if position_ids.dim() == 3 else position_ids[:1].cpu().numpy()
+            if (np.diff(rows[0]) != 1).any():
+                # llama.cpp masks attention by position: tokens sharing a T position (4.7's image
+                # canvas) would see each other by their (H, W) order, not by their order in the prompt
+                raise ConfigError(
+                    "the llama.cpp backend cannot run 4.7's canvas positions of an image prompt "
+                    "(llama.cpp masks attention by position); use this package's own LLM for it"
+                )
+        if self.position_rows > 1:
+            rows = np.concatenate([np.broadcast_to(rows, (3, length)), np.zeros((1, length), rows.dtype)])
+        flat = np.ascontiguousarray(rows, dtype=np.int32).reshape(-1)  # (rows * T,)
+        ctypes.memmove(self._positions, flat.ctypes.data, flat.nbytes)
 
 
 _LOG_CALLBACK: list = []  # kept alive for as long as llama.cpp may call it

@@ -16,7 +16,7 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
 
     Args:
         model: a checkpoint folder (reads only its config.json).
-        architecture: a version ("1.0", "2.0", "2.5", "2.6", "4.5"): the released model's shapes instead of a folder.
+        architecture: a version ("1.0", "2.0", "2.5", "2.6", "4.5", "4.6", "4.7"): the released model's shapes instead of a folder.
         as_json: one JSON object instead of text.
     """
     import torch

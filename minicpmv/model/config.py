@@ -411,6 +411,23 @@ OFFICIAL_ARCHITECTURES["4.6"] = {
     },
 }
 OFFICIAL_ARCHITECTURES["4.6"]["text_config"]["layer_types"] *= 6
+# 4.7 1B: 4.6's tower and Qwen3.5-0.8B text (as third-party ports describe it) with canvas
+# M-RoPE and an untied head: 1.301 B + 248320 x 1024 = 1.555 B, the "1.55 B" it is released as
+OFFICIAL_ARCHITECTURES["4.7"] = OFFICIAL_ARCHITECTURES["4.6"] | {
+    "model_type": "minicpmv4_7",
+    "tie_word_embeddings": False,
+    "text_config": OFFICIAL_ARCHITECTURES["4.6"]["text_config"]
+    | {
+        "tie_word_embeddings": False,
+        "rope_parameters": {
+            "rope_theta": 1e7,
+            "partial_rotary_factor": 0.25,
+            "rope_type": "default",
+            "mrope_interleaved": True,
+            "mrope_section": [11, 11, 10],
+        },
+    },
+}
 
 # 1.0: 2.0's shapes (MiniCPM-2.4B, the same timm SigLIP), without the slicing keys
 OFFICIAL_ARCHITECTURES["1.0"] = {
