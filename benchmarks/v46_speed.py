@@ -15,7 +15,9 @@ weights, in one run.
    and int4 against transformers float32 and llama.cpp's `qwen35` (llama-cpp-python, the same
    weights through `minicpmv export-gguf`, Q4_0 linears with a Q8_0 embedding/head as ours has
    an int8 head; random ids in, greedy out).
-Contenders alternate within a round; medians over rounds. The image feature cache is off. Each
+transformers runs in a process of its own (as its users run it: loading ours tunes its process's
+allocator, minicpmv.memory.reuse_freed_memory). Each contender runs once untimed first; then they
+alternate within a round; medians over rounds. The image feature cache is off. Each
 answer has exactly 32 tokens on both sides (min_new_tokens). `--json` prints one object: keys
 name each contender, values are seconds (or tok/s), ratios are transformers / ours.
 """
@@ -64,24 +66,26 @@ def ours(folder: Path, mode: str, chat=None, vision_autocast="keep", **options):
     return once, chat
 
 
-def transformers_side(folder: Path, mode: str, processor):
+def _transformers_model(folder: str, image_token_id: int):
     import torch
     from transformers import MiniCPMV4_6ForConditionalGeneration
-    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 
     model = MiniCPMV4_6ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     # the random checkpoint's byte tokenizer puts the placeholder token at an id of its own
-    model.config.image_token_id = model.model.config.image_token_id = processor.tokenizer.require_id("<|image_pad|>")
-    pixels = MiniCPMV4_6ImageProcessorPil()
+    model.config.image_token_id = model.model.config.image_token_id = image_token_id
+    return model
 
-    @torch.inference_mode()
-    def once(image) -> float:
+
+def _transformers_answer(model, pixels, request) -> float:
+    import torch
+
+    image, mode, input_ids, attention_mask = request
+    with torch.inference_mode():
         start = time.perf_counter()
         vision = pixels(images=[image], downsample_mode=mode, return_tensors="pt")
-        inputs = processor(messages(image), thinking=False)  # the same prompt ids as ours
         out = model.generate(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             pixel_values=vision["pixel_values"],
             target_sizes=vision["target_sizes"],
             downsample_mode=mode,
@@ -89,10 +93,50 @@ def transformers_side(folder: Path, mode: str, processor):
             min_new_tokens=NEW_TOKENS,
             do_sample=False,
         )
-        assert out.shape[1] - inputs.input_ids.shape[1] == NEW_TOKENS
-        return time.perf_counter() - start
+    assert out.shape[1] - input_ids.shape[1] == NEW_TOKENS
+    return time.perf_counter() - start
 
-    return once, model
+
+def _serve_transformers(conn, folder: str, image_token_id: int, threads: int) -> None:
+    """The transformers side in a process of its own: it runs as its users run it, without the
+    allocator setting that loading ours applies to its process (minicpmv.memory.reuse_freed_memory;
+    docs/benchmarks.md gives what transformers gets with it too)."""
+    import torch
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    torch.set_num_threads(threads)
+    model, pixels = _transformers_model(folder, image_token_id), MiniCPMV4_6ImageProcessorPil()
+    llm = llm_speed_transformers(model)
+    while (request := conn.recv()) is not None:
+        conn.send(_transformers_answer(model, pixels, request) if request != "llm" else llm())
+
+
+class TransformersSide:
+    """transformers float32 in a spawned process: `answer(image, mode)` times one image question
+    (its own PIL image processor, the same prompt ids as ours), `llm()` the LLM alone."""
+
+    def __init__(self, folder: Path, processor, threads: int):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.processor = processor
+        token = processor.tokenizer.require_id("<|image_pad|>")
+        self.process = context.Process(target=_serve_transformers, args=(child, str(folder), token, threads))
+        self.process.start()
+
+    def answer(self, image, mode: str) -> float:
+        inputs = self.processor(messages(image), thinking=False)  # the same prompt ids as ours
+        self.conn.send((image, mode, inputs.input_ids, inputs.attention_mask))
+        return self.conn.recv()
+
+    def llm(self) -> tuple[float, float]:
+        self.conn.send("llm")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join()
 
 
 def llm_speed_ours(llm):
@@ -132,6 +176,10 @@ def llm_speed_transformers(model):
 
 
 def alternate(runners: dict, rounds: int, argument=None) -> dict:
+    """Each runner once untimed (first-use costs: kernel builds, weight packing, oneDNN's
+    primitives), then `rounds` timed rounds, contenders alternating within a round."""
+    for run in runners.values():
+        run(argument) if argument is not None else run()
     results = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
@@ -140,15 +188,17 @@ def alternate(runners: dict, rounds: int, argument=None) -> dict:
     return results
 
 
-def time_to_answer(source: Path, int4: Path, mode: str, image, rounds: int) -> dict:
+def time_to_answer(source: Path, int4: Path, mode: str, image, rounds: int, threads: int) -> dict:
     runners, models = {}, {}
     runners["ours"], models["ours"] = ours(source, mode, dtype="float32")
     runners["ours float32"], _ = ours(source, mode, chat=models["ours"], vision_autocast=None)
     runners["ours int4"], _ = ours(int4, mode)
     runners["ours int4 + int8 vision"], _ = ours(int4, mode, vision_dtype="int8")
-    runners["transformers float32"], _ = transformers_side(source, mode, models["ours"].processor)
+    transformers = TransformersSide(source, models["ours"].processor, threads)
+    runners["transformers float32"] = lambda image: transformers.answer(image, mode)
     print(f"time to answer, {mode}:", file=sys.stderr)
     seconds = {name: statistics.median(v) for name, v in alternate(runners, rounds, image).items()}
+    transformers.close()
     return {
         f"tta_{mode}": seconds,
         f"tta_{mode}_ratios": {
@@ -167,15 +217,16 @@ def llm_alone(source: Path, int4: Path, root: Path, threads: int, rounds: int) -
     gguf = root / "4.6-llm-q4_0.gguf"
     if not gguf.exists():
         export_gguf(source, gguf, "q4_0")
-    _, transformers_model = transformers_side(source, "16x", load(source).processor)
+    transformers = TransformersSide(source, load(source).processor, threads)
     runners = {
         "ours float32": llm_speed_ours(load(source, dtype="float32").model.llm),
         "ours int4": llm_speed_ours(load(int4).model.llm),
-        "transformers float32": llm_speed_transformers(transformers_model),
+        "transformers float32": transformers.llm,
         "llama.cpp Q4_0": llama_cpp_runner(gguf, threads, PROMPT, DECODE - 1),
     }
     print("LLM alone:", file=sys.stderr)
     speeds = alternate(runners, rounds)
+    transformers.close()
     return {
         "prefill_tok_s": {name: statistics.median(v[0] for v in runs) for name, runs in speeds.items()},
         "decode_tok_s": {name: statistics.median(v[1] for v in runs) for name, runs in speeds.items()},
@@ -213,7 +264,7 @@ def main() -> None:
     if "llm" in parts:
         report.update(llm_alone(source, int4, root, args.threads, args.rounds))
     for mode in args.modes.split(",") if "tta" in parts else []:
-        report.update(time_to_answer(source, int4, mode, image, args.rounds))
+        report.update(time_to_answer(source, int4, mode, image, args.rounds, args.threads))
         gc.collect()
     if args.json:
         print(json.dumps(report))

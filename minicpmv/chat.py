@@ -543,6 +543,10 @@ def load(
 
     path = loadable(resolve_model(path, mmproj=mmproj))
     target = pick_device(device)
+    if target.type == "cpu":
+        from .memory import reuse_freed_memory
+
+        reuse_freed_memory()
     model_dtype = pick_dtype(dtype, target)
     autocast = pick_vision_autocast(vision_dtype, model_dtype, target)
     checkpoint = OpenCheckpoint(path, model_dtype, target)

@@ -75,7 +75,8 @@ def test_kernels_agree_with_the_reference_path(mode, make, in_features, out_feat
         (1, 1, in_features),
         (5, in_features),
         (1, 40, in_features),
-    ]:  # + widened prefill
+        (2, 70, in_features),
+    ]:  # + widened prefill, + prefill through the int8 x int8 GEMM (from 64 rows)
         x = torch.randn(*shape)
         fast = with_kernel(mode, lambda: module(x))
         reference = with_kernel("reference", lambda: module(x))
@@ -104,6 +105,32 @@ def test_native_int4_matches_its_own_arithmetic_exactly_enough(group_size):
     expected = torch.einsum("mgk,ngk->mn", xq, w) + torch.einsum("mg,ng->mn", blocks.sum(-1), z)
     got = native.gemm_int4(x, packed, scales.half(), zeros.half(), group_size)
     torch.testing.assert_close(got.double(), expected, atol=1e-3, rtol=1e-4)
+
+
+@needs_native
+def test_int4_prefill_requantization_is_within_half_an_int8_step():
+    """A prefill's int4 weight is repacked per call as per-channel int8 for the int8 x int8 GEMM:
+    each value within half an int8 step of the int4 one, the scale from the group parameters
+    alone (|w| peaks at q = 0 or 15), and the product that of those int8 values exactly."""
+    torch.manual_seed(0)
+    out_features, in_features, group = 37, 256, 64  # 37: a part-filled last panel of 16 channels
+    packed4, scales, zeros = quantize_int4(torch.randn(out_features, in_features), group)
+    scales, zeros = scales.half(), zeros.half()
+    packed, colsum, wscales = native.pack_int4_as_int8(packed4, scales, zeros, group)
+    panels = (out_features + 15) // 16
+    # (panel, k / 4, channel, k % 4) -> (channel, k)
+    q8 = packed.view(panels, in_features // 4, 16, 4).permute(0, 2, 1, 3).reshape(panels * 16, in_features)
+    assert (q8[out_features:] == 0).all()
+    q8 = q8[:out_features].float()
+    exact = dequantize_int4(packed4, scales.float(), zeros.float())
+    assert ((q8 * wscales[:, None] - exact).abs() <= wscales[:, None] / 2 + 1e-6).all()
+    assert torch.allclose(wscales, exact.abs().amax(1) / 127, rtol=1e-6)
+    assert torch.equal(colsum, (128 * q8.sum(1)).int())
+    x = torch.randn(70, in_features)
+    x_scale = x.abs().amax(1, keepdim=True) / 127
+    expected = (torch.round(x / x_scale) * x_scale).double() @ (q8 * wscales[:, None]).double().t()
+    got = native.igemm(x, packed, wscales, colsum, None)
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
 
 
 @needs_native
@@ -263,7 +290,7 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
     torch.manual_seed(0)
     for make, in_features, out_features in LAYERS + [(lambda i, o: Int4Linear(i, o, True, 64), 128, 19)]:
         module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features**0.5)
-        for rows in (1, 6):
+        for rows in (1, 6, 70):
             x = torch.randn(rows, in_features)
             torch.testing.assert_close(module(x), with_kernel("reference", lambda: module(x)), atol=0.05, rtol=0.02)
     weight = torch.randn(40, 64).to(torch.bfloat16)

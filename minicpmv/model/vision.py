@@ -151,7 +151,9 @@ class NavitSiglip(nn.Module):
         max_patches = pixel_values.shape[-1] // self.cfg.patch_size
         position_ids, valid = self.position_ids_and_mask(tgt_sizes, max_patches)
         x = self.embeddings.patch_embedding(pixel_values)  # (B, D, 1, Lmax)
-        x = x.flatten(2).transpose(1, 2)  # (B, Lmax, D)
+        # contiguous once here: the residual adds keep the layout of their input, so a transposed
+        # view would make every LayerNorm and linear of the layers copy its input (0.3 s for 10 crops)
+        x = x.flatten(2).transpose(1, 2).contiguous()  # (B, Lmax, D)
         x = x + self.embeddings.position_embedding(position_ids.to(x.device))
         mask = additive_mask(valid, x)
         for index, layer in enumerate(self.encoder.layers):
@@ -234,7 +236,7 @@ class TimmSiglip(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         rows, cols = image.shape[-2] // self.cfg.patch_size, image.shape[-1] // self.cfg.patch_size
-        x = self.patch_embed.proj(image).flatten(2).transpose(1, 2)  # (1, rows*cols, D)
+        x = self.patch_embed.proj(image).flatten(2).transpose(1, 2).contiguous()  # (1, rows*cols, D), as NavitSiglip
         x = x + self.resampled_pos_embed(rows, cols)
         for block in self.blocks:
             x = block(x)

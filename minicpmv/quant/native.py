@@ -67,6 +67,8 @@ def _declare(lib) -> None:
     lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
     lib.minicpmv_pack_int8.argtypes = [p, i64, i64, p, p]
     lib.minicpmv_pack_int8.restype = None
+    lib.minicpmv_pack_int4_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
+    lib.minicpmv_pack_int4_as_int8.restype = None
     lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
     for fn in (lib.minicpmv_linear_int4, lib.minicpmv_linear_int8, lib.minicpmv_linear_bf16):
@@ -173,6 +175,21 @@ def pack_int8(qweight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     colsum = torch.empty(rows, dtype=torch.int32)
     library().minicpmv_pack_int8(_ptr(qweight), rows, width, _ptr(packed), _ptr(colsum))
     return packed, colsum
+
+
+def pack_int4_as_int8(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K/2) packed int4 with float16 scales and zeros (N, K/g) -> (packed, colsum, per-channel
+    float32 scales) for `igemm`: the weight requantized per channel to int8 (kernels/igemm.c)."""
+    rows, width = qweight.shape[0], qweight.shape[1] * 2
+    packed = torch.empty(((rows + 15) // 16) * width * 16, dtype=torch.int8)
+    colsum = torch.empty(rows, dtype=torch.int32)
+    wscales = torch.empty(rows)
+    library().minicpmv_pack_int4_as_int8(
+        _ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(packed), _ptr(colsum), _ptr(wscales)
+    )
+    return packed, colsum, wscales
 
 
 def igemm(

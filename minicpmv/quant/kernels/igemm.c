@@ -42,6 +42,52 @@ void minicpmv_pack_int8(const int8_t *w, int64_t N, int64_t K, int8_t *packed, i
     }
 }
 
+/* int4 weights (N, K/2 bytes, low nibble first; float16 scales and zeros per group, w = q * s +
+ * zero - 8 s) -> the layout of minicpmv_pack_int8 with per-channel scales, so that a prefill (many
+ * rows) runs in minicpmv_igemm: built per call, it costs a pass over the weight, not a copy kept.
+ * |w| of a channel peaks at q = 0 or q = 15 of some group, so its scale comes from the group
+ * parameters alone; each group's 16 values are rounded once into a table. The requantized weight
+ * is within half a step (absmax / 254) of the int4 one, a fraction of the int4 step. K % 4 == 0. */
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
+                                int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
+    const int64_t panels = (N + PANEL - 1) / PANEL, ng = K / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < panels; p++) {
+        int8_t *dst = packed + p * K * PANEL;
+        for (int64_t c = 0; c < PANEL; c++) {
+            const int64_t n = p * PANEL + c;
+            if (n >= N) { /* the padding channels of the last panel */
+                for (int64_t k = 0; k < K; k++) dst[(k / 4) * PANEL * 4 + c * 4 + k % 4] = 0;
+                continue;
+            }
+            float amax = 0.f;
+            for (int64_t g = 0; g < ng; g++) {
+                const float s = half_to_float(scales[n * ng + g]), base = half_to_float(zeros[n * ng + g]) - 8.f * s;
+                const float ends = fmaxf(fabsf(base), fabsf(15.f * s + base));
+                amax = ends > amax ? ends : amax;
+            }
+            const float scale = amax / 127.f, inv = scale > 0.f ? 1.f / scale : 0.f;
+            int32_t total = 0;
+            for (int64_t g = 0; g < ng; g++) {
+                const float s = half_to_float(scales[n * ng + g]), base = half_to_float(zeros[n * ng + g]) - 8.f * s;
+                int8_t table[16];
+                for (int q = 0; q < 16; q++) table[q] = (int8_t)_mm_cvtss_si32(_mm_set_ss(((float)q * s + base) * inv));
+                const uint8_t *src = w + n * (K / 2) + g * (group / 2);
+                for (int64_t j = 0; j < group / 2; j++) {
+                    const int64_t k = g * group + 2 * j; /* even: k and k + 1 share a 4-wide slot */
+                    int8_t *slot = dst + (k / 4) * PANEL * 4 + c * 4 + k % 4;
+                    slot[0] = table[src[j] & 15], slot[1] = table[src[j] >> 4];
+                    total += slot[0] + slot[1];
+                }
+            }
+            colsum[n] = 128 * total;
+            wscales[n] = scale;
+        }
+    }
+}
+
 /* x (M, K) float32 -> xq (M, K4) int8 (zero padded), one scale per row */
 static void quantize_rows_int8(const float *x, int64_t M, int64_t K, int64_t K4, int8_t *xq, float *scales) {
 #pragma omp parallel for schedule(static)
