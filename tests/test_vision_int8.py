@@ -5,6 +5,7 @@ within 2% of float32's."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REFERENCE, TINY
 from PIL import Image
 from torch import nn
@@ -88,3 +89,33 @@ def test_int8_vision_features_stay_close_to_float32(low_memory):
     assert same_ids == ids
     assert 0 < ((got - expected).norm() / expected.norm()).item() < 0.02
     assert all(layer._packed is not None for layer in layers)
+
+
+@needs_native
+def test_gelu_inside_the_int8_product_is_torchs_tanh_gelu():
+    """GeluFusedMLP: the tanh GELU applied to each output tile inside the int8 product (a
+    polynomial exp) gives torch's F.gelu(approximate="tanh") of the same product, saturating
+    alike at large |x|; use_dynamic_int8 fuses the SigLIP MLPs and their outputs stay the same."""
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 70)  # 70 channels: a part-filled tile at the edge
+    use_dynamic_int8(holder := nn.Sequential(layer))
+    fc1 = holder[0]
+    x = torch.randn(37, 96) * torch.tensor([0.1, 1.0, 30.0]).repeat_interleave(torch.tensor([12, 12, 13]))[:, None]
+    with torch.inference_mode():
+        plain = fc1(x)
+        fc1.gelu = True
+        fused = fc1(x)
+    torch.testing.assert_close(fused, F.gelu(plain, approximate="tanh"), atol=1e-6, rtol=2e-6)
+    from minicpmv.model.config import VisionConfig
+    from minicpmv.model.vision import SiglipMLP
+
+    mlp = SiglipMLP(VisionConfig(hidden_size=64, intermediate_size=160, gelu_tanh=True))
+    tower = nn.Sequential(mlp)
+    use_dynamic_int8(tower)
+    assert type(tower[0]).__name__ == "GeluFusedMLP"
+    x = torch.randn(50, 64)
+    with torch.inference_mode():
+        fused = tower(x)
+        tower[0].fc1.gelu = False
+        unfused = tower[0].fc2(F.gelu(tower[0].fc1(x), approximate="tanh"))
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)

@@ -14,21 +14,25 @@ not CPU float32, training) it is an ordinary nn.Linear.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..model.vision import SiglipMLP
 from . import native
 from .linear import KERNEL
 
 
 class DynamicInt8Linear(nn.Linear):
     _packed: tuple | None = None  # (weight id, storage, version, packed, scales, colsum)
+    gelu = False  # True in a GeluFusedMLP's fc1: the tanh GELU is part of this layer's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._applies(x):
-            return super().forward(x)
+            out = super().forward(x)
+            return F.gelu(out, approximate="tanh") if self.gelu else out
         packed, scales, colsum = self._int8()
         flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        out = native.igemm(flat, packed, scales, colsum, self.bias)
+        out = native.igemm(flat, packed, scales, colsum, self.bias, self.gelu)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _applies(self, x: torch.Tensor) -> bool:
@@ -54,9 +58,23 @@ class DynamicInt8Linear(nn.Linear):
         return self._packed[3:]
 
 
+class GeluFusedMLP(nn.Module):
+    """A SigLIP MLP (fc1 -> tanh GELU -> fc2) whose GELU runs inside fc1's int8 product, on each
+    output tile while it is in cache: one pass fewer over a crop's 1024 x 4304 activations (3.9 ms
+    of ~33 per layer). The same fc1 and fc2, so parameter names and loading are unchanged."""
+
+    def __init__(self, mlp: SiglipMLP):
+        super().__init__()
+        self.fc1, self.fc2 = mlp.fc1, mlp.fc2
+        self.fc1.gelu = True
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x))
+
+
 def use_dynamic_int8(module: nn.Module) -> int:
-    """Turn every nn.Linear under `module` into a DynamicInt8Linear sharing its parameters;
-    the number of layers turned."""
+    """Turn every nn.Linear under `module` into a DynamicInt8Linear sharing its parameters (the
+    tanh-GELU MLPs into GeluFusedMLPs); the number of layers turned."""
     count = 0
     for parent in module.modules():
         for name, child in list(parent.named_children()):
@@ -65,4 +83,8 @@ def use_dynamic_int8(module: nn.Module) -> int:
                 replacement.__dict__.update(child.__dict__)  # same parameters, hooks and flags
                 setattr(parent, name, replacement)
                 count += 1
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is SiglipMLP and child.tanh and type(child.fc1) is DynamicInt8Linear:
+                setattr(parent, name, GeluFusedMLP(child))
     return count

@@ -69,7 +69,7 @@ def _declare(lib) -> None:
     lib.minicpmv_pack_int8.restype = None
     lib.minicpmv_pack_int4_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
     lib.minicpmv_pack_int4_as_int8.restype = None
-    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, p]
+    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
     for fn in (lib.minicpmv_linear_int4, lib.minicpmv_linear_int8, lib.minicpmv_linear_bf16):
         fn.restype = ctypes.c_int
@@ -193,16 +193,30 @@ def pack_int4_as_int8(
 
 
 def igemm(
-    x: torch.Tensor, packed: torch.Tensor, wscales: torch.Tensor, colsum: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    wscales: torch.Tensor,
+    colsum: torch.Tensor,
+    bias: torch.Tensor | None,
+    gelu: bool = False,
 ) -> torch.Tensor:
     """x (M, K) float32, quantized per row to int8, @ packed int8 weight^T (per-channel float32
-    `wscales`) + bias -> (M, N) float32."""
+    `wscales`) + bias -> (M, N) float32; `gelu`: the tanh GELU applied to it in the same pass."""
     rows, width = x.shape
     out = torch.empty((rows, wscales.shape[0]))
     bias_ptr = None if bias is None else _ptr(bias)
     checked(
         library().minicpmv_igemm(
-            _ptr(x), rows, width, _ptr(packed), _ptr(wscales), _ptr(colsum), bias_ptr, wscales.shape[0], _ptr(out)
+            _ptr(x),
+            rows,
+            width,
+            _ptr(packed),
+            _ptr(wscales),
+            _ptr(colsum),
+            bias_ptr,
+            wscales.shape[0],
+            int(gelu),
+            _ptr(out),
         )
     )
     return out

@@ -114,6 +114,41 @@ static void quantize_rows_int8(const float *x, int64_t M, int64_t K, int64_t K4,
     }
 }
 
+/* e^x on 8 lanes (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
+ * 2^n written into the exponent bits); x clamped to [-87, 88], where 2^n stays a normal float */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); /* ln2 in two parts */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+/* tanh-approximated GELU in place: 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)),
+ * u = sqrt(2 / pi) (x + 0.044715 x^3); applied to an output tile while it is in cache */
+static void gelu_tanh(float *v, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(v + i);
+        const __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(x, x), x), _mm256_set1_ps(0.044715f), x);
+        const __m256 e = exp8(_mm256_mul_ps(inner, _mm256_set1_ps(-2.f * 0.7978845608f)));
+        _mm256_storeu_ps(v + i, _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
+    }
+    for (; i < n; i++) {
+        const float x = v[i];
+        v[i] = x / (1.f + expf(-2.f * 0.7978845608f * (x + 0.044715f * x * x * x)));
+    }
+}
+
 #define MR 8 /* activation rows per micro-tile (the buffer of quantized rows is padded to it) */
 #define BLOCK_TILES 12
 
@@ -189,6 +224,7 @@ typedef struct {
     const float *xs, *wscales, *bias;
     const int32_t *colsum;
     int64_t M, N, K4, panels;
+    int gelu; /* 1: the tanh GELU on the outputs (an MLP's first linear) */
     float *out;
 } igemm_args;
 
@@ -212,13 +248,17 @@ static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
             store8(row + n, acc[r][half], g->wscales + n, bias, xs, N - n);
 #endif
         }
+        if (g->gelu) {
+            const int64_t width = (STEP == 2 ? 32 : 16) < N - n0 ? (STEP == 2 ? 32 : 16) : N - n0;
+            gelu_tanh(row + n0, width);
+        }
     }
 }
 
 /* x (M, K) float32 -> out (M, N) float32 through packed int8 weights with per-channel scales;
- * bias (N) or NULL. Returns 0, or -1 without memory for the quantized activations. */
+ * bias (N) or NULL; gelu 1 applies the tanh GELU to the outputs. Returns 0, or -1 without memory for the quantized activations. */
 int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, const float *wscales,
-                   const int32_t *colsum, const float *bias, int64_t N, float *out) {
+                   const int32_t *colsum, const float *bias, int64_t N, int gelu, float *out) {
     const int64_t K4 = (K + 3) / 4 * 4, panels = (N + PANEL - 1) / PANEL;
     const int64_t row_tiles = (M + MR - 1) / MR, col_tiles = (panels + STEP - 1) / STEP;
     int8_t *xq = calloc((size_t)(row_tiles * MR * K4), 1); /* padding rows stay zero */
@@ -228,7 +268,7 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
         return -1;
     }
     quantize_rows_int8(x, M, K, K4, xq, xs);
-    const igemm_args g = {xq, packed, xs, wscales, bias, colsum, M, N, K4, panels, out};
+    const igemm_args g = {xq, packed, xs, wscales, bias, colsum, M, N, K4, panels, gelu, out};
     /* blocks of BLOCK_TILES row tiles outermost (their quantized rows, 96 x K bytes, stay in L2
      * while every channel panel passes), channel panels within, row tiles innermost (the panel
      * stays in L1/L2 for them): the activations of many crops (10 x 1024 rows) are then read from
