@@ -422,3 +422,16 @@ def test_new_versions_train_and_their_checkpoints_answer(version, recipe_name, d
     capsys.readouterr()
     assert main(["generate", "-m", str(trained), "--image", str(EXAMPLE), "-p", "What?", "-n", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]) >= 1
+
+
+def test_a_quantized_checkpoint_is_refused(data, tmp_path, capsys):
+    """Its layers hold buffers and their int8 kernels pass no gradient to their inputs: a one-line
+    error (exit 2), not peft's traceback (LoRA) or a run that trains around them (sft)."""
+    quantized = tmp_path / "int4"
+    assert main(["quantize", "-m", str(TINY["2.6"] / "checkpoint"), "-o", str(quantized), "--bits", "4"]) == 0
+    capsys.readouterr()
+    for name in ("lora", "sft"):
+        argv = ["train", "--recipe", name, "-m", str(quantized), "--data", str(data), "-o", str(tmp_path / name)]
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("minicpmv train: error:") and "quantized checkpoint cannot be trained" in error

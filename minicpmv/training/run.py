@@ -11,6 +11,7 @@ from ..files import recover, staged_path
 from ..jsonfile import read_jsonl
 from ..model.checkpoint import load_model
 from ..processing.processor import MiniCPMVProcessor
+from ..quant.linear import NativeLinear
 from .checkpoints import latest_checkpoint, load_state
 from .data import ChatDataset, SampleBuilder
 from .dpo import PreferenceDataset, make_dpo_trainer
@@ -58,6 +59,13 @@ def run_training(
     builder = SampleBuilder(processor_for(recipe, model_path), recipe.max_length, recipe.max_slice_nums)
     dataset = PreferenceDataset(data, builder) if recipe.objective == "dpo" else ChatDataset(data, builder)
     model = load_model(resumed or model_path)
+    if any(isinstance(module, NativeLinear) for module in model.modules()):
+        # quantized layers hold buffers, not parameters, and their int8 kernels pass no gradient
+        # back to their inputs: a run would leave them as they are and starve what lies before them
+        raise ConfigError(
+            f"{resumed or model_path}: a quantized checkpoint cannot be trained; "
+            "train the float checkpoint and quantize the result"
+        )
     if recipe.lora:
         from .lora import add_lora, load_adapter
 
