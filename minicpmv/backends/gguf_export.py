@@ -187,7 +187,7 @@ def write_gguf(
                     )
                 writer.add_tensor(gguf_name(name, cfg.family), quantize_rows(data, kind), raw_dtype=kind)
             else:
-                writer.add_tensor(gguf_name(name, cfg.family), data.astype(np.float32))
+                writer.add_tensor(gguf_name(name, cfg.family), data)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -21,12 +21,8 @@ QWEN2_SPLIT = (
 LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 # llama.cpp's pre-tokenizer name -> (split regex, NFC normalization)
 PRE_TOKENIZERS = {"qwen2": (QWEN2_SPLIT, True), "llama-bpe": (LLAMA3_SPLIT, False)}
-FAMILY_PRE = {
-    "qwen2": "qwen2",
-    "qwen3": "qwen2",
-    "qwen3_5": "qwen35",
-    "llama": "llama-bpe",
-}  # when the regex is not one we know
+# when the regex is not one we know
+FAMILY_PRE = {"qwen2": "qwen2", "qwen3": "qwen2", "qwen3_5": "qwen35", "llama": "llama-bpe"}
 
 # gguf.TokenType values (kept here so that reading needs no enum lookups)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5

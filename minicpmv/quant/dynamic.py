@@ -19,7 +19,7 @@ from torch import nn
 
 from ..model.vision import SiglipMLP
 from . import native
-from .linear import KERNEL
+from .linear import KERNEL, igemm_linear
 
 
 class DynamicInt8Linear(nn.Linear):
@@ -31,9 +31,7 @@ class DynamicInt8Linear(nn.Linear):
             out = super().forward(x)
             return F.gelu(out, approximate="tanh") if self.gelu else out
         packed, scales, colsum = self._int8()
-        flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        out = native.igemm(flat, packed, scales, colsum, self.bias, self.gelu)
-        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return igemm_linear(x, (packed, colsum, scales), self.bias, self.out_features, self.gelu)
 
     def _applies(self, x: torch.Tensor) -> bool:
         return (

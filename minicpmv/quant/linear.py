@@ -59,11 +59,14 @@ def _igemm(x: torch.Tensor, width: int) -> bool:
     return x.numel() // width >= IGEMM_MIN_ROWS
 
 
-def _igemm_linear(x: torch.Tensor, packed: tuple, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """x (..., K) through the int8 x int8 GEMM: activations quantized per row, as the decode kernels do."""
+def igemm_linear(
+    x: torch.Tensor, packed: tuple, bias: torch.Tensor | None, out_features: int, gelu: bool = False
+) -> torch.Tensor:
+    """x (..., K) through the int8 x int8 GEMM with `packed` = (weight, colsum, per-channel
+    scales): activations quantized per row, as the decode kernels do; `gelu` the tanh GELU after."""
     weight, colsum, scales = packed
     flat = _flat_float32(x, x.shape[-1])
-    out = native.igemm(flat, weight, scales, colsum, None if bias is None else bias.float().contiguous())
+    out = native.igemm(flat, weight, scales, colsum, None if bias is None else bias.float().contiguous(), gelu)
     return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
@@ -186,9 +189,7 @@ class Int8Linear(NativeLinear):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, self.native_ok) and _igemm(x, self.in_features):
             scales = self.scales.float().contiguous()
-            return _igemm_linear(
-                x, (*native.pack_int8(self.qweight.contiguous()), scales), self.bias, self.out_features
-            )
+            return igemm_linear(x, (*native.pack_int8(self.qweight.contiguous()), scales), self.bias, self.out_features)
         if _native(x, self.native_ok) and _widen(x, self.in_features):
             out = _widened_linear(
                 x, native.dequantize_int8(self.qweight, self.scales.float().contiguous()), self.out_features
@@ -248,7 +249,7 @@ class Int4Linear(NativeLinear):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, True) and _igemm(x, self.in_features):
             packed = native.pack_int4_as_int8(self.qweight.contiguous(), *self._native_scales(), self.group_size)
-            return _igemm_linear(x, packed, self.bias, self.out_features)
+            return igemm_linear(x, packed, self.bias, self.out_features)
         if _native(x, True) and _widen(x, self.in_features):
             weight = native.dequantize_int4(self.qweight.contiguous(), *self._native_scales(), self.group_size)
             out = _widened_linear(x, weight, self.out_features)

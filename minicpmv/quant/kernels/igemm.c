@@ -219,6 +219,8 @@ static inline void store8(float *dst, __m256i sum, const float *wscales, const f
 }
 #endif
 
+#define TILE_CHANNELS (STEP * PANEL) /* output channels of one micro-tile: 2 halves */
+
 typedef struct {
     const int8_t *xq, *packed;
     const float *xs, *wscales, *bias;
@@ -239,7 +241,7 @@ static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
         float *row = g->out + (m0 + r) * N;
         const float xs = g->xs[m0 + r];
         for (int half = 0; half < 2; half++) {
-            const int64_t n = n0 + half * (STEP == 2 ? 16 : 8);
+            const int64_t n = n0 + half * (TILE_CHANNELS / 2);
             if (n >= N) break;
             const float *bias = g->bias ? g->bias + n : NULL;
 #if STEP == 2
@@ -248,10 +250,7 @@ static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
             store8(row + n, acc[r][half], g->wscales + n, bias, xs, N - n);
 #endif
         }
-        if (g->gelu) {
-            const int64_t width = (STEP == 2 ? 32 : 16) < N - n0 ? (STEP == 2 ? 32 : 16) : N - n0;
-            gelu_tanh(row + n0, width);
-        }
+        if (g->gelu) gelu_tanh(row + n0, TILE_CHANNELS < N - n0 ? TILE_CHANNELS : N - n0);
     }
 }
 
