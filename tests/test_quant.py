@@ -43,8 +43,9 @@ def test_int4_error_is_within_half_a_step_and_packing_round_trips(group_size):
 def filled(module, w):
     if isinstance(module, Int8Linear):
         module.qweight, module.scales = quantize_int8(w)
-    else:
-        module.qweight, module.scales, module.zeros = quantize_int4(w, module.group_size)
+    else:  # float16 statistics, as quantize_model stores them
+        packed, scales, zeros = quantize_int4(w, module.group_size)
+        module.qweight, module.scales, module.zeros = packed, scales.half(), zeros.half()
     return module
 
 
@@ -131,6 +132,56 @@ def test_int4_prefill_requantization_is_within_half_an_int8_step():
     expected = (torch.round(x / x_scale) * x_scale).double() @ (q8 * wscales[:, None]).double().t()
     got = native.igemm(x, packed, wscales, colsum, None)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does(group_size):
+    """Decoding tiles (kernels/int4tiles.c) are the same weights in another order: back and forth
+    gives the stored bytes, the product is the stored kernel's (summed in another order), and the
+    prefill repack from tiles is byte for byte the repack from the stored layout."""
+    torch.manual_seed(0)
+    out_features, in_features = 48, 256
+    packed, scales, zeros = quantize_int4(torch.randn(out_features, in_features), group_size)
+    scales, zeros = scales.half(), zeros.half()
+    tiles = [t.clone() for t in (packed, scales, zeros)]
+    native.int4_tiles(*tiles, group_size, True)
+    assert not torch.equal(tiles[0], packed)
+    for rows in (1, 5):
+        x = torch.randn(rows, in_features)
+        stored = native.gemm_int4(x, packed, scales, zeros, group_size)
+        torch.testing.assert_close(native.gemm_int4(x, *tiles, group_size, tiles=True), stored, atol=1e-4, rtol=1e-5)
+    for ours, theirs in zip(
+        native.pack_int4_as_int8(*tiles, group_size, tiles=True),
+        native.pack_int4_as_int8(packed, scales, zeros, group_size),
+    ):
+        assert torch.equal(ours, theirs)
+    native.int4_tiles(*tiles, group_size, False)
+    assert all(torch.equal(a, b) for a, b in zip(tiles, (packed, scales, zeros)))
+
+
+@needs_native
+def test_a_tiled_int4_layer_saves_loads_and_casts_in_the_stored_layout():
+    """A layer that decoded holds tiles in its buffers; its state dict is the stored layout and
+    stays so while it goes on decoding; loading other weights into it and casting it work."""
+    torch.manual_seed(0)
+    module = filled(Int4Linear(128, 32, False, 32), torch.randn(32, 128) / 128**0.5)
+    stored = {name: t.clone() for name, t in module.state_dict().items()}
+    x = torch.randn(1, 128)
+    expected = with_kernel("reference", lambda: module(x))
+    torch.testing.assert_close(module(x), expected, atol=0.05, rtol=0.02)
+    assert module.tiled() and not torch.equal(module.qweight, stored["qweight"])
+    saved = module.state_dict()
+    module(x)
+    assert all(torch.equal(saved[name], stored[name]) for name in stored)
+    other = filled(Int4Linear(128, 32, False, 32), torch.randn(32, 128) / 128**0.5)
+    module.load_state_dict(other.state_dict())
+    assert not module.tiled()
+    torch.testing.assert_close(module(x), with_kernel("reference", lambda: other(x)), atol=0.05, rtol=0.02)
+    assert module.tiled()
+    module.float()  # float32 scales: not the tiles' float16, so the layer leaves them
+    assert not module.tiled()
+    torch.testing.assert_close(module(x), with_kernel("reference", lambda: other(x)), atol=0.05, rtol=0.02)
 
 
 @needs_native

@@ -27,8 +27,9 @@ from ..cpu import cpu_flags, is_x86_64
 from ..files import staged_path
 from ..tuning import cache_path
 
-SOURCES = ("qgemm.c", "igemm.c")  # decoding / weight-only products; int8 x int8 for many rows
+SOURCES = ("qgemm.c", "igemm.c", "int4tiles.c")  # decoding / weight-only products; int8 x int8 for many rows
 BLOCK = 32
+TILE_ROWS = 16  # output rows per decoding tile of an int4 weight (kernels/int4tiles.c)
 _LOCK = threading.Lock()
 _STATE: dict = {}
 
@@ -63,15 +64,25 @@ def _declare(lib) -> None:
     lib.minicpmv_linear_int4.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
     lib.minicpmv_linear_int8.argtypes = [p, i64, p, p, i64, i64, p]
     lib.minicpmv_linear_bf16.argtypes = [p, i64, p, i64, i64, p]
+    lib.minicpmv_linear_int4_tiles.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
+    lib.minicpmv_int4_tiles.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.minicpmv_int4_tiles.restype = None
     lib.minicpmv_widen_int4.argtypes = [p, p, p, i64, i64, i64, p]
     lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
     lib.minicpmv_pack_int8.argtypes = [p, i64, i64, p, p]
     lib.minicpmv_pack_int8.restype = None
     lib.minicpmv_pack_int4_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
     lib.minicpmv_pack_int4_as_int8.restype = None
+    lib.minicpmv_pack_int4_tiles_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
+    lib.minicpmv_pack_int4_tiles_as_int8.restype = None
     lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
-    for fn in (lib.minicpmv_linear_int4, lib.minicpmv_linear_int8, lib.minicpmv_linear_bf16):
+    for fn in (
+        lib.minicpmv_linear_int4,
+        lib.minicpmv_linear_int4_tiles,
+        lib.minicpmv_linear_int8,
+        lib.minicpmv_linear_bf16,
+    ):
         fn.restype = ctypes.c_int
     lib.minicpmv_widen_int4.restype = lib.minicpmv_widen_int8.restype = None
 
@@ -121,17 +132,32 @@ def checked(status: int) -> None:
 
 
 def gemm_int4(
-    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int,
+    tiles: bool = False,
 ) -> torch.Tensor:
-    """x (M, K) float32 @ int4 weight^T -> (M, N) float32; scales and zeros (N, K/g) float16."""
+    """x (M, K) float32 @ int4 weight^T -> (M, N) float32; scales and zeros (N, K/g) float16;
+    `tiles`: the weight is in int4_tiles' layout."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
+    product = library().minicpmv_linear_int4_tiles if tiles else library().minicpmv_linear_int4
     checked(
-        library().minicpmv_linear_int4(
-            _ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros), qweight.shape[0], width, group_size, _ptr(out)
-        )
+        product(_ptr(x), rows, _ptr(qweight), _ptr(scales), _ptr(zeros), qweight.shape[0], width, group_size, _ptr(out))
     )
     return out
+
+
+def int4_tiles(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, to_tiles: bool
+) -> None:
+    """Rearrange an int4 weight (N, K/2) and its float16 scales and zeros (N, K/g) in place into
+    the decoding tiles of kernels/int4tiles.c (`to_tiles`) or back into the stored layout.
+    N % TILE_ROWS == 0; every tensor contiguous on the CPU."""
+    rows, width = qweight.shape[0], qweight.shape[1] * 2
+    library().minicpmv_int4_tiles(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, int(to_tiles))
 
 
 def gemm_int8(x: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor) -> torch.Tensor:
@@ -178,17 +204,17 @@ def pack_int8(qweight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pack_int4_as_int8(
-    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, tiles: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N, K/2) packed int4 with float16 scales and zeros (N, K/g) -> (packed, colsum, per-channel
-    float32 scales) for `igemm`: the weight requantized per channel to int8 (kernels/igemm.c)."""
+    float32 scales) for `igemm`: the weight requantized per channel to int8 (kernels/igemm.c);
+    `tiles`: the weight is in int4_tiles' layout."""
     rows, width = qweight.shape[0], qweight.shape[1] * 2
     packed = torch.empty(((rows + 15) // 16) * width * 16, dtype=torch.int8)
     colsum = torch.empty(rows, dtype=torch.int32)
     wscales = torch.empty(rows)
-    library().minicpmv_pack_int4_as_int8(
-        _ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(packed), _ptr(colsum), _ptr(wscales)
-    )
+    pack = library().minicpmv_pack_int4_tiles_as_int8 if tiles else library().minicpmv_pack_int4_as_int8
+    pack(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(packed), _ptr(colsum), _ptr(wscales))
     return packed, colsum, wscales
 
 

@@ -50,6 +50,23 @@ void minicpmv_pack_int8(const int8_t *w, int64_t N, int64_t K, int8_t *packed, i
  * is within half a step (absmax / 254) of the int4 one, a fraction of the int4 step. K % 4 == 0. */
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
+/* The per-channel int8 scale of an int4 row whose group parameters are `stride` apart. */
+static float int4_channel_scale(const uint16_t *scales, const uint16_t *zeros, int64_t stride, int64_t ng) {
+    float amax = 0.f;
+    for (int64_t g = 0; g < ng; g++) {
+        const float s = half_to_float(scales[g * stride]), base = half_to_float(zeros[g * stride]) - 8.f * s;
+        const float ends = fmaxf(fabsf(base), fabsf(15.f * s + base));
+        amax = ends > amax ? ends : amax;
+    }
+    return amax / 127.f;
+}
+
+/* a group's 16 int4 values requantized with 1 / the channel scale */
+static void int4_group_table(uint16_t scale, uint16_t zero, float inv, int8_t table[16]) {
+    const float s = half_to_float(scale), base = half_to_float(zero) - 8.f * s;
+    for (int q = 0; q < 16; q++) table[q] = (int8_t)_mm_cvtss_si32(_mm_set_ss(((float)q * s + base) * inv));
+}
+
 void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
                                 int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
     const int64_t panels = (N + PANEL - 1) / PANEL, ng = K / group;
@@ -62,18 +79,12 @@ void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const 
                 for (int64_t k = 0; k < K; k++) dst[(k / 4) * PANEL * 4 + c * 4 + k % 4] = 0;
                 continue;
             }
-            float amax = 0.f;
-            for (int64_t g = 0; g < ng; g++) {
-                const float s = half_to_float(scales[n * ng + g]), base = half_to_float(zeros[n * ng + g]) - 8.f * s;
-                const float ends = fmaxf(fabsf(base), fabsf(15.f * s + base));
-                amax = ends > amax ? ends : amax;
-            }
-            const float scale = amax / 127.f, inv = scale > 0.f ? 1.f / scale : 0.f;
+            const float scale = int4_channel_scale(scales + n * ng, zeros + n * ng, 1, ng);
+            const float inv = scale > 0.f ? 1.f / scale : 0.f;
             int32_t total = 0;
             for (int64_t g = 0; g < ng; g++) {
-                const float s = half_to_float(scales[n * ng + g]), base = half_to_float(zeros[n * ng + g]) - 8.f * s;
                 int8_t table[16];
-                for (int q = 0; q < 16; q++) table[q] = (int8_t)_mm_cvtss_si32(_mm_set_ss(((float)q * s + base) * inv));
+                int4_group_table(scales[n * ng + g], zeros[n * ng + g], inv, table);
                 const uint8_t *src = w + n * (K / 2) + g * (group / 2);
                 for (int64_t j = 0; j < group / 2; j++) {
                     const int64_t k = g * group + 2 * j; /* even: k and k + 1 share a 4-wide slot */
@@ -84,6 +95,37 @@ void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const 
             }
             colsum[n] = 128 * total;
             wscales[n] = scale;
+        }
+    }
+}
+
+/* The same from int4 decoding tiles (kernels/int4tiles.c, N % 16 == 0): a tile is a panel; the
+ * low nibbles of its 64-byte chunk c are the panel's slot 2c and the high nibbles slot 2c + 1. */
+void minicpmv_pack_int4_tiles_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
+                                      int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
+    const int64_t ng = K / group, chunks = group / 8, chunk = PANEL * 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / PANEL; p++) {
+        const uint8_t *tile = w + p * PANEL * (K / 2);
+        const uint16_t *sc = scales + p * PANEL * ng, *zr = zeros + p * PANEL * ng; /* (ng, 16) */
+        int8_t *dst = packed + p * PANEL * K;
+        for (int64_t r = 0; r < PANEL; r++) {
+            const float scale = int4_channel_scale(sc + r, zr + r, PANEL, ng);
+            const float inv = scale > 0.f ? 1.f / scale : 0.f;
+            int32_t total = 0;
+            for (int64_t g = 0; g < ng; g++) {
+                int8_t table[16];
+                int4_group_table(sc[g * PANEL + r], zr[g * PANEL + r], inv, table);
+                for (int64_t c = g * chunks; c < (g + 1) * chunks; c++)
+                    for (int64_t j = 0; j < 4; j++) {
+                        const uint8_t byte = tile[c * chunk + 4 * r + j];
+                        int8_t *lo = dst + 2 * c * chunk + 4 * r + j, *hi = lo + chunk;
+                        *lo = table[byte & 15], *hi = table[byte >> 4];
+                        total += *lo + *hi;
+                    }
+            }
+            colsum[p * PANEL + r] = 128 * total;
+            wscales[p * PANEL + r] = scale;
         }
     }
 }

@@ -64,7 +64,7 @@ static inline float hmax8(__m256 v) {
 
 /* Eight values at a time (decoding quantizes one row per linear, on one thread): the rounding of
  * _mm256_cvtps_epi32 is lrintf's (nearest, ties to even), so the bytes are those of a scalar loop. */
-static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
+void minicpmv_quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
                             int8_t *q, float *scales, float *sums, float *qsums) {
     const int64_t nb = K / block;
     int position[64]; /* where value k of a run goes */
@@ -397,7 +397,7 @@ static int quantize_into(act_buffers *b, const float *x, int64_t M, int64_t K, i
         return -1;
     }
     b->sums = b->scales + blocks, b->qsums = b->sums + blocks;
-    quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
+    minicpmv_quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
     return 0;
 }
 

@@ -1,0 +1,197 @@
+/* int4 weights in tiles of 16 output rows, for decoding: the layout llama.cpp's repacked Q4_0
+ * taught (one sequential stream per thread, an output row per vector lane), built in place, in
+ * memory only, when a layer first decodes; the stored layout comes back for anything else.
+ *
+ * Why: in the stored layout (row-major) a vector holds the columns of one row, so every group of
+ * every row ends in a float conversion, a scale multiply and, per row, a horizontal sum: about
+ * ten instructions per 32 bytes of weight, and decoding ran at ~20 GB/s where the machine reads
+ * 33. With rows in lanes, one conversion and two multiply-adds finish a group for 16 rows and
+ * the result is stored as a vector.
+ *
+ * Layout of tile p (rows 16p .. 16p+15), K/8 chunks of 64 bytes: byte 4r + j of chunk c holds
+ * column 8c + j of row 16p + r in its low nibble and column 8c + 4 + j in its high nibble, so
+ * the low nibbles of a chunk are 16 lanes of 4 columns each against one broadcast of 4
+ * activation bytes (vpdpbusd), and the high nibbles the next 4. AVX2 takes the two 32-byte
+ * halves as rows 0-7 and 8-15. Scales and zeros of a tile: (K/g, 16) float16, group-major.
+ * N % 16 == 0 (the caller keeps other layers in the stored layout).
+ *
+ * A weight is (q - 8) * s + z, so a group adds s * (sx * sum(q * xq) - 8 * sx * sum(xq)) +
+ * z * sum(x), with the activation terms of minicpmv_quantize_rows (natural column order).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROWS 16  /* output rows per tile */
+#define CHUNK 64 /* bytes per chunk: 16 rows x 8 columns */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* how far ahead of the chunk being read the stream is fetched (bytes) */
+#define AHEAD_BYTES 1024
+
+void minicpmv_quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run, int8_t *q, float *scales,
+                            float *sums, float *qsums);
+
+static inline uint8_t nibble(const uint8_t *row, int64_t k) { return (row[k / 2] >> (4 * (k & 1))) & 15; }
+
+/* to_tiles 1: stored -> tiles, 0: tiles -> stored; w (N, K/2), scales and zeros (N, K/g), in place */
+void minicpmv_int4_tiles(uint8_t *w, uint16_t *scales, uint16_t *zeros, int64_t N, int64_t K, int64_t group,
+                         int to_tiles) {
+    const int64_t ng = K / group, bytes = ROWS * K / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / ROWS; p++) {
+        uint8_t *tile = w + p * bytes, *copy = malloc((size_t)bytes);
+        uint16_t *terms = malloc((size_t)(2 * ROWS * ng) * sizeof(uint16_t));
+        uint16_t *sc = scales + p * ROWS * ng, *zr = zeros + p * ROWS * ng;
+        if (!copy || !terms) abort(); /* a few KB */
+        memcpy(copy, tile, (size_t)bytes);
+        memcpy(terms, sc, (size_t)(ROWS * ng) * sizeof(uint16_t));
+        memcpy(terms + ROWS * ng, zr, (size_t)(ROWS * ng) * sizeof(uint16_t));
+        for (int64_t r = 0; r < ROWS; r++) {
+            for (int64_t g = 0; g < ng; g++) {
+                const int64_t stored = r * ng + g, tiled = g * ROWS + r;
+                sc[to_tiles ? tiled : stored] = terms[to_tiles ? stored : tiled];
+                zr[to_tiles ? tiled : stored] = terms[ROWS * ng + (to_tiles ? stored : tiled)];
+            }
+            for (int64_t c = 0; c < K / 8; c++)
+                for (int64_t j = 0; j < 4; j++) {
+                    uint8_t *byte = (to_tiles ? tile : copy) + c * CHUNK + 4 * r + j;
+                    if (to_tiles) {
+                        const uint8_t *row = copy + r * (K / 2);
+                        *byte = nibble(row, 8 * c + j) | nibble(row, 8 * c + 4 + j) << 4;
+                    } else {
+                        uint8_t *row = tile + r * (K / 2);
+                        const int64_t lo = 8 * c + j, hi = lo + 4;
+                        row[lo / 2] = (row[lo / 2] & (0xF0 >> 4 * (lo & 1))) | (*byte & 15) << 4 * (lo & 1);
+                        row[hi / 2] = (row[hi / 2] & (0xF0 >> 4 * (hi & 1))) | (*byte >> 4) << 4 * (hi & 1);
+                    }
+                }
+        }
+        free(copy), free(terms);
+    }
+}
+
+typedef struct {
+    const int8_t *xq; const float *xscales, *sums, *qsums; /* activations, per group */
+    const uint8_t *w; const uint16_t *scales, *zeros;
+    int64_t N, K, group;
+    float *out;
+} tile_args;
+
+static inline __m128i broadcast4(const int8_t *src) {
+    int32_t v;
+    memcpy(&v, src, 4);
+    return _mm_set1_epi32(v);
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+ALWAYS_INLINE void tile512(const tile_args *a, const int MT, int64_t r0, int64_t p) {
+    const int64_t K = a->K, ng = K / a->group, chunks = a->group / 8;
+    const uint8_t *w = a->w + p * ROWS * (K / 2);
+    const uint16_t *sc = a->scales + p * ROWS * ng, *zr = a->zeros + p * ROWS * ng;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 acc[4];
+    for (int t = 0; t < MT; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i lo[4], hi[4];
+        for (int t = 0; t < MT; t++) lo[t] = hi[t] = _mm512_setzero_si512();
+        for (int64_t c = g * chunks; c < (g + 1) * chunks; c++) {
+            const uint8_t *src = w + c * CHUNK;
+            _mm_prefetch((const char *)src + AHEAD_BYTES, _MM_HINT_T1);
+            const __m512i v = _mm512_loadu_si512((const void *)src);
+            const __m512i wl = _mm512_and_si512(v, low), wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            for (int t = 0; t < MT; t++) {
+                const int8_t *xk = a->xq + (r0 + t) * K + 8 * c;
+                lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_broadcastd_epi32(broadcast4(xk)));
+                hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_broadcastd_epi32(broadcast4(xk + 4)));
+            }
+        }
+        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + g * ROWS)));
+        const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zr + g * ROWS)));
+        for (int t = 0; t < MT; t++) {
+            const int64_t i = (r0 + t) * ng + g;
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[t], hi[t]));
+            const __m512 centred = _mm512_fmsub_ps(dot, _mm512_set1_ps(a->xscales[i]), _mm512_set1_ps(8.f * a->qsums[i]));
+            acc[t] = _mm512_fmadd_ps(s, centred, _mm512_fmadd_ps(z, _mm512_set1_ps(a->sums[i]), acc[t]));
+        }
+    }
+    for (int t = 0; t < MT; t++) _mm512_storeu_ps(a->out + (r0 + t) * a->N + p * ROWS, acc[t]);
+}
+#define TILE tile512
+#else
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    /* nibbles <= 15 against |x| <= 127: vpmaddubsw's pair sums cannot saturate */
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* two 8-row halves of a tile, 256 bits each */
+ALWAYS_INLINE void tile256(const tile_args *a, const int MT, int64_t r0, int64_t p) {
+    const int64_t K = a->K, ng = K / a->group, chunks = a->group / 8;
+    const uint8_t *w = a->w + p * ROWS * (K / 2);
+    const uint16_t *sc = a->scales + p * ROWS * ng, *zr = a->zeros + p * ROWS * ng;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 acc[4][2];
+    for (int t = 0; t < MT; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m256i dot[4][2];
+        for (int t = 0; t < MT; t++) dot[t][0] = dot[t][1] = _mm256_setzero_si256();
+        for (int64_t c = g * chunks; c < (g + 1) * chunks; c++) {
+            const uint8_t *src = w + c * CHUNK;
+            _mm_prefetch((const char *)src + AHEAD_BYTES, _MM_HINT_T1);
+            for (int h = 0; h < 2; h++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h));
+                const __m256i wl = _mm256_and_si256(v, low), wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                for (int t = 0; t < MT; t++) {
+                    const int8_t *xk = a->xq + (r0 + t) * K + 8 * c;
+                    dot[t][h] = dot_u8s8(dot[t][h], wl, _mm256_broadcastd_epi32(broadcast4(xk)));
+                    dot[t][h] = dot_u8s8(dot[t][h], wh, _mm256_broadcastd_epi32(broadcast4(xk + 4)));
+                }
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * ROWS + 8 * h)));
+            const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zr + g * ROWS + 8 * h)));
+            for (int t = 0; t < MT; t++) {
+                const int64_t i = (r0 + t) * ng + g;
+                const __m256 d = _mm256_cvtepi32_ps(dot[t][h]);
+                const __m256 centred = _mm256_fmsub_ps(d, _mm256_set1_ps(a->xscales[i]), _mm256_set1_ps(8.f * a->qsums[i]));
+                acc[t][h] = _mm256_fmadd_ps(s, centred, _mm256_fmadd_ps(z, _mm256_set1_ps(a->sums[i]), acc[t][h]));
+            }
+        }
+    }
+    for (int t = 0; t < MT; t++)
+        for (int h = 0; h < 2; h++) _mm256_storeu_ps(a->out + (r0 + t) * a->N + p * ROWS + 8 * h, acc[t][h]);
+}
+#define TILE tile256
+#endif
+
+/* x (M, K) float32 @ tiled int4 W^T -> out (M, N); 0, or -1 if out of memory */
+int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales,
+                               const uint16_t *zeros, int64_t N, int64_t K, int64_t group, float *out) {
+    const int64_t blocks = M * (K / group);
+    int8_t *q = malloc((size_t)(M * K));
+    float *terms = malloc((size_t)blocks * 3 * sizeof(float));
+    if (!q || !terms) {
+        free(q), free(terms);
+        return -1;
+    }
+    minicpmv_quantize_rows(x, M, K, group, 0, q, terms, terms + blocks, terms + 2 * blocks);
+    const tile_args a = {q, terms, terms + blocks, terms + 2 * blocks, w, scales, zeros, N, K, group, out};
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / ROWS; p++)
+        for (int64_t r0 = 0; r0 < M; r0 += 4) {
+            switch (M - r0 < 4 ? M - r0 : 4) {
+            case 4: TILE(&a, 4, r0, p); break;
+            case 3: TILE(&a, 3, r0, p); break;
+            case 2: TILE(&a, 2, r0, p); break;
+            default: TILE(&a, 1, r0, p); break;
+            }
+        }
+    free(q), free(terms);
+    return 0;
+}
+
