@@ -47,8 +47,13 @@ def _prepare_quantized_layers(module: torch.nn.Module) -> None:
 def compile_decode(llm) -> None:
     """One graph for one conversation's new token (the decode step); prefill and batches keep
     the eager path, so a prompt of a new length never triggers a recompilation."""
+    from .quant.decode_step import NativeDecodeStep
+
     _prepare_quantized_layers(llm)
-    eager = llm.run_layers
+    # a quantized LLM's native decode step stays in front (one native call, faster than a graph
+    # of ~200 opaque linears); what it does not take reaches the compiled step
+    native_step = llm.run_layers if isinstance(llm.run_layers, NativeDecodeStep) else None
+    eager = native_step.fallback if native_step else llm.run_layers
     compiled = torch.compile(eager, dynamic=True)
 
     def run_layers(x, cos, sin, mask, cache, last_only, keep=None):
@@ -56,7 +61,10 @@ def compile_decode(llm) -> None:
             return compiled(x, cos, sin, mask, cache, last_only)
         return eager(x, cos, sin, mask, cache, last_only, keep)
 
-    llm.run_layers = run_layers
+    if native_step:
+        native_step.fallback = run_layers
+    else:
+        llm.run_layers = run_layers
 
 
 def compile_vision(model) -> None:

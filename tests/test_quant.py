@@ -137,7 +137,7 @@ def test_int4_prefill_requantization_is_within_half_an_int8_step():
 @needs_native
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does(group_size):
-    """Decoding tiles (kernels/int4tiles.c) are the same weights in another order: back and forth
+    """Decoding tiles (kernels/tiles.c) are the same weights in another order: back and forth
     gives the stored bytes, the product is the stored kernel's (summed in another order), and the
     prefill repack from tiles is byte for byte the repack from the stored layout."""
     torch.manual_seed(0)
@@ -160,12 +160,37 @@ def test_int4_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does
     assert all(torch.equal(a, b) for a, b in zip(tiles, (packed, scales, zeros)))
 
 
+@pytest.mark.skipif(
+    native.library() is None or not native.int8_tiles_available(), reason="int8 tiles need AVX-512 VNNI"
+)
+def test_int8_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does():
+    """int8 tiles hold w + 128 in igemm's panel order: back and forth gives the stored bytes; the
+    product (the offset taken back per activation block) is the stored kernel's; the prefill
+    repack from tiles is byte for byte the repack from the stored layout."""
+    torch.manual_seed(0)
+    qweight, scales = quantize_int8(torch.randn(48, 192))
+    tiles = qweight.clone()
+    native.int8_tiles(tiles, True)
+    assert not torch.equal(tiles, qweight)
+    for rows in (1, 6):
+        x = torch.randn(rows, 192)
+        stored = native.gemm_int8(x, qweight, scales)
+        torch.testing.assert_close(native.gemm_int8(x, tiles, scales, tiles=True), stored, atol=1e-4, rtol=1e-5)
+    for ours, theirs in zip(native.pack_int8(tiles, tiles=True), native.pack_int8(qweight)):
+        assert torch.equal(ours, theirs)
+    native.int8_tiles(tiles, False)
+    assert torch.equal(tiles, qweight)
+
+
 @needs_native
-def test_a_tiled_int4_layer_saves_loads_and_casts_in_the_stored_layout():
+@pytest.mark.parametrize("make", [lambda: Int4Linear(128, 32, False, 32), lambda: Int8Linear(128, 32, False)])
+def test_a_tiled_layer_saves_loads_and_casts_in_the_stored_layout(make):
     """A layer that decoded holds tiles in its buffers; its state dict is the stored layout and
     stays so while it goes on decoding; loading other weights into it and casting it work."""
     torch.manual_seed(0)
-    module = filled(Int4Linear(128, 32, False, 32), torch.randn(32, 128) / 128**0.5)
+    if isinstance(make(), Int8Linear) and not native.int8_tiles_available():
+        pytest.skip("int8 tiles need AVX-512 VNNI")
+    module = filled(make(), torch.randn(32, 128) / 128**0.5)
     stored = {name: t.clone() for name, t in module.state_dict().items()}
     x = torch.randn(1, 128)
     expected = with_kernel("reference", lambda: module(x))
@@ -174,13 +199,14 @@ def test_a_tiled_int4_layer_saves_loads_and_casts_in_the_stored_layout():
     saved = module.state_dict()
     module(x)
     assert all(torch.equal(saved[name], stored[name]) for name in stored)
-    other = filled(Int4Linear(128, 32, False, 32), torch.randn(32, 128) / 128**0.5)
+    other = filled(make(), torch.randn(32, 128) / 128**0.5)
     module.load_state_dict(other.state_dict())
     assert not module.tiled()
     torch.testing.assert_close(module(x), with_kernel("reference", lambda: other(x)), atol=0.05, rtol=0.02)
     assert module.tiled()
-    module.float()  # float32 scales: not the tiles' float16, so the layer leaves them
-    assert not module.tiled()
+    module.to(torch.float64)  # casts the float buffers: the layer puts its weight back first
+    assert not module.tiled() and module.qweight.dtype in (torch.uint8, torch.int8)
+    module.to(torch.float32)
     torch.testing.assert_close(module(x), with_kernel("reference", lambda: other(x)), atol=0.05, rtol=0.02)
 
 

@@ -167,8 +167,10 @@ class LanguageModel(nn.Module):
                 x = checkpoint(layer, x, cos, sin, mask, cache, index, keep, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache, index, keep)
-        if last_only:
-            x = x[:, -1:]
+        return self.logits(x[:, -1:] if last_only else x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden states (B, T, D) -> logits (B, T, V): final norm, MiniCPM's divisor, head."""
         x = self.model.norm(x)
         if self.cfg.logit_divisor != 1.0:
             x = x / self.cfg.logit_divisor

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .decode_step import install as install_native_decode
 from .linear import Bf16Linear, Int4Linear, Int8Linear
 from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
 
@@ -103,6 +104,7 @@ def prepare_quantized_layout(model: nn.Module, config: QuantConfig) -> None:
         module = model.get_submodule(name)
         with torch.device(module.weight.device):
             _replace(model, name, _empty(module, bits, config.group_size))
+    install_native_decode(model.llm)
 
 
 ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB for any weight
@@ -150,4 +152,5 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
             new.bias = module.bias.detach().float().clone()
         _replace(model, name, new.to(module.weight.device))
     model.config.raw["quantization_config"] = config.to_dict()
+    install_native_decode(model.llm)
     return model

@@ -131,10 +131,20 @@ def _opaque_linear_shape(x: torch.Tensor, key: int, out_features: int) -> torch.
 
 class NativeLinear(nn.Module):
     """What the three weight layouts share: the bound native call (and, in subclasses, other
-    tensors derived from the stored ones), dropped whenever those are moved, cast or reloaded."""
+    tensors derived from the stored ones), dropped whenever those are moved, cast or reloaded.
+
+    Decoding tiles: with the native kernels, an int4 or int8 layer whose output count is a
+    multiple of 16 rearranges `tile_names` in place into tiles of 16 output rows the first time
+    it runs natively (kernels/tiles.c: an output row per vector lane, one sequential stream;
+    the int4 linears of a Qwen2-1.5B token stream at ~30 GB/s where the stored layout gave ~26)
+    and keeps them for decode and prefill alike. Whatever needs the stored layout (the torch and
+    reference paths, moving or casting, loading, saving: a state dict gets a stored copy) puts it
+    back first. `qweight` of a tiled layer therefore holds tiles: read weights through a state dict."""
 
     _decode: DecodeCall | None = None
     compile_key: int | None = None
+    tile_names: tuple[str, ...] = ()
+    _tiled: tuple | None = None  # weak references to the buffers while they hold tiles
 
     def prepare_for_compile(self) -> None:
         """Let torch.compile call this layer as one opaque op (see opaque_linear)."""
@@ -145,7 +155,37 @@ class NativeLinear(nn.Module):
         raise NotImplementedError
 
     def _drop_caches(self) -> None:
+        """Also before moving, casting or loading: those need the stored layout."""
+        if self.tiled():
+            self._set_tiles(False)
         self._decode = None
+
+    def _tile_buffers(self) -> tuple:
+        return tuple(self._buffers[name] for name in self.tile_names)
+
+    def tiled(self) -> bool:
+        """Whether the buffers hold decoding tiles now (the same tensors that were rearranged)."""
+        return self._tiled is not None and all(ref() is t for ref, t in zip(self._tiled, self._tile_buffers()))
+
+    def _can_tile(self) -> bool:
+        return False
+
+    def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
+        raise NotImplementedError
+
+    def _set_tiles(self, tiles: bool) -> None:
+        if self.tiled() == tiles:
+            return
+        self._decode = None
+        self._rearrange(self._tile_buffers(), tiles)
+        self._tiled = tuple(weakref.ref(t) for t in self._tile_buffers()) if tiles else None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.tiled():  # a stored copy: the tensors handed out must not change at the next decode
+            stored = tuple(t.detach().clone() for t in self._tile_buffers())
+            self._rearrange(stored, False)
+            destination.update({prefix + name: t for name, t in zip(self.tile_names, stored)})
 
     def _apply(self, fn, recurse=True):
         self._drop_caches()
@@ -154,6 +194,18 @@ class NativeLinear(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self._drop_caches()
         return super()._load_from_state_dict(*args, **kwargs)
+
+    def decode_call(self) -> DecodeCall | None:
+        """This layer's native call for a decoded token, bound now if it was not, or None where
+        the native kernels do not take this layer (kernels off, a width they do not take, not on
+        the CPU)."""
+        stored = self._buffers.get("qweight", self._buffers.get("weight"))
+        usable = getattr(self, "native_ok", True) and stored is not None and stored.device.type == "cpu"
+        if not (usable and KERNEL["mode"] == "auto" and native.library() is not None):
+            return None
+        if self._decode is None or not self._decode.bound_to(self):
+            self._decode = self._bind()
+        return self._decode
 
     def _native_product(self, x: torch.Tensor) -> torch.Tensor:
         """Any input through the native kernels (bias included), binding the call on first use."""
@@ -170,6 +222,10 @@ class NativeLinear(nn.Module):
 
 
 class Int8Linear(NativeLinear):
+    """int8 weights with one float32 scale per output row."""
+
+    tile_names = ("qweight",)
+
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -180,40 +236,59 @@ class Int8Linear(NativeLinear):
         self.kernel_ok = in_features % 16 == 0
         self.native_ok = in_features % native.BLOCK == 0
 
-    def _bind(self) -> DecodeCall:
-        tensors = (self.qweight.contiguous(), self.scales.float().contiguous())
-        return DecodeCall(
-            self, native.library().minicpmv_linear_int8, tensors, (self.out_features, self.in_features), WIDEN_MIN_ROWS
+    def _can_tile(self) -> bool:
+        weight = self.qweight
+        return (
+            self.native_ok
+            and self.out_features % native.TILE_ROWS == 0
+            and weight.device.type == "cpu"
+            and weight.is_contiguous()
+            and native.int8_tiles_available()
         )
+
+    def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
+        native.int8_tiles(*tensors, to_tiles)
+
+    def _bind(self) -> DecodeCall:
+        if self._can_tile():
+            self._set_tiles(True)
+        tensors = (self.qweight.contiguous(), self.scales.float().contiguous())
+        if self.tiled():  # rows below the int8 x int8 GEMM's stay in the tile kernel
+            fn, max_rows = native.library().minicpmv_linear_int8_tiles, IGEMM_MIN_ROWS
+        else:
+            fn, max_rows = native.library().minicpmv_linear_int8, WIDEN_MIN_ROWS
+        return DecodeCall(self, fn, tensors, (self.out_features, self.in_features), max_rows)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, self.native_ok) and _igemm(x, self.in_features):
             scales = self.scales.float().contiguous()
-            return igemm_linear(x, (*native.pack_int8(self.qweight.contiguous()), scales), self.bias, self.out_features)
+            packed = native.pack_int8(self.qweight.contiguous(), tiles=self.tiled())
+            return igemm_linear(x, (*packed, scales), self.bias, self.out_features)
+        if _native(x, self.native_ok) and (self.tiled() or self._can_tile()):
+            return self._native_product(x)
         if _native(x, self.native_ok) and _widen(x, self.in_features):
             out = _widened_linear(
                 x, native.dequantize_int8(self.qweight, self.scales.float().contiguous()), self.out_features
             )
         elif _native(x, self.native_ok):
             return self._native_product(x)
-        elif _fused(x, self.kernel_ok):
+        else:
+            self._set_tiles(False)
+            out = self._torch_product(x)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def _torch_product(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused(x, self.kernel_ok):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # the kernel is fast in bf16
             out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales.to(torch.bfloat16))
-            out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        else:
-            out = F.linear(x, dequantize_int8(self.qweight, self.scales, x.dtype))
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, dequantize_int8(self.qweight, self.scales, x.dtype))
 
 
 class Int4Linear(NativeLinear):
-    """int4 weights, groups of `group_size` columns with float16 scales and zeros.
+    """int4 weights, groups of `group_size` columns with float16 scales and zeros."""
 
-    With the native kernels, a layer whose output count is a multiple of 16 rearranges its three
-    buffers in place into decoding tiles the first time it runs natively (kernels/int4tiles.c:
-    ~30 GB/s of weights decoded where the stored layout gave ~26 on this project's CPU) and keeps
-    them so for decode and prefill alike. Whatever needs the stored layout (the torch and
-    reference paths, moving or casting, loading, saving: a state dict gets a stored copy) puts it
-    back first. `qweight` of a tiled layer therefore holds tiles: read weights through a state dict."""
+    tile_names = ("qweight", "scales", "zeros")
 
     # float16 scales and zeros, as stored: what the kernels read (llama.cpp stores its too), and a
     # float32 copy would add 0.5 bit per weight of memory (0.8 GB on 2.6) for no change in value
@@ -228,44 +303,21 @@ class Int4Linear(NativeLinear):
         self.register_buffer("zeros", torch.zeros((out_features, groups), dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._packed = None  # torch kernel's own layout, built on first use (it depends on the CPU)
-        self._tiled: tuple | None = None  # weak references to the buffers while they hold tiles
         self.kernel_ok = out_features % 16 == 0  # torch's int4 packing needs it
 
     def _drop_caches(self) -> None:
-        """Also before moving, casting or loading: those need the stored layout."""
-        if self.tiled():
-            self._set_tiles(False)
         super()._drop_caches()
         self._packed = None
-
-    def _buffers_now(self) -> tuple:
-        return self.qweight, self.scales, self.zeros
-
-    def tiled(self) -> bool:
-        """Whether the buffers hold decoding tiles now (the same tensors that were rearranged)."""
-        return self._tiled is not None and all(ref() is t for ref, t in zip(self._tiled, self._buffers_now()))
 
     def _can_tile(self) -> bool:
         return (
             self.out_features % native.TILE_ROWS == 0
-            and all(t.device.type == "cpu" and t.is_contiguous() for t in self._buffers_now())
+            and all(t.device.type == "cpu" and t.is_contiguous() for t in self._tile_buffers())
             and self.scales.dtype == self.zeros.dtype == torch.float16
         )
 
-    def _set_tiles(self, tiles: bool) -> None:
-        if self.tiled() == tiles:
-            return
-        self._decode = None
-        native.int4_tiles(*self._buffers_now(), self.group_size, tiles)
-        self._tiled = tuple(weakref.ref(t) for t in self._buffers_now()) if tiles else None
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.tiled():  # a stored copy: the tensors handed out must not change at the next decode
-            stored = [t.detach().clone() for t in self._buffers_now()]
-            native.int4_tiles(*stored, self.group_size, False)
-            for name, tensor in zip(("qweight", "scales", "zeros"), stored):
-                destination[prefix + name] = tensor
+    def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
+        native.int4_tiles(*tensors, self.group_size, to_tiles)
 
     def _native_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """float16 scales and zeros: the buffers themselves, unless someone stored other dtypes."""
@@ -275,7 +327,7 @@ class Int4Linear(NativeLinear):
         if self._can_tile():
             self._set_tiles(True)
         if self.tiled():  # rows below the int8 x int8 GEMM's stay in the tile kernel
-            fn, tensors, max_rows = native.library().minicpmv_linear_int4_tiles, self._buffers_now(), IGEMM_MIN_ROWS
+            fn, tensors, max_rows = native.library().minicpmv_linear_int4_tiles, self._tile_buffers(), IGEMM_MIN_ROWS
         else:
             fn, tensors = native.library().minicpmv_linear_int4, (self.qweight.contiguous(), *self._native_scales())
             max_rows = WIDEN_MIN_ROWS
@@ -291,7 +343,7 @@ class Int4Linear(NativeLinear):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if _native(x, True) and _igemm(x, self.in_features):
             if self.tiled():
-                packed = native.pack_int4_as_int8(*self._buffers_now(), self.group_size, tiles=True)
+                packed = native.pack_int4_as_int8(*self._tile_buffers(), self.group_size, tiles=True)
             else:
                 packed = native.pack_int4_as_int8(self.qweight.contiguous(), *self._native_scales(), self.group_size)
             return igemm_linear(x, packed, self.bias, self.out_features)

@@ -27,9 +27,11 @@ from ..cpu import cpu_flags, is_x86_64
 from ..files import staged_path
 from ..tuning import cache_path
 
-SOURCES = ("qgemm.c", "igemm.c", "int4tiles.c")  # decoding / weight-only products; int8 x int8 for many rows
+# decoding / weight-only products; int8 x int8 for many rows; int4 decoding tiles; the decode step
+SOURCES = ("qgemm.c", "igemm.c", "tiles.c", "decoder.c")
+HEADERS = ("vecmath.h",)
 BLOCK = 32
-TILE_ROWS = 16  # output rows per decoding tile of an int4 weight (kernels/int4tiles.c)
+TILE_ROWS = 16  # output rows per decoding tile of an int4 weight (kernels/tiles.c)
 _LOCK = threading.Lock()
 _STATE: dict = {}
 
@@ -38,13 +40,13 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _build(sources: list[Path], compiler: str) -> Path:
+def _build(sources: list[Path], compiler: str, headers: tuple[Path, ...] = ()) -> Path:
     # MINICPMV_KERNEL_MARCH builds for another instruction set (the tests build the AVX2-only path)
     march = os.environ.get("MINICPMV_KERNEL_MARCH", "native")
     flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(cpu_flags()))
-    texts = [source.read_text() for source in sources]
+    texts = [source.read_text() for source in (*sources, *headers)]  # a header change rebuilds too
     key = hashlib.sha256("\n".join([*texts, version, cpu, " ".join(flags)]).encode()).hexdigest()[:16]
     target = cache_path().parent / "kernels" / f"qgemm-{key}.so"
     if target.exists():
@@ -67,6 +69,16 @@ def _declare(lib) -> None:
     lib.minicpmv_linear_int4_tiles.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
     lib.minicpmv_int4_tiles.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
     lib.minicpmv_int4_tiles.restype = None
+    lib.minicpmv_int8_tiles.argtypes = [p, i64, i64, ctypes.c_int]
+    lib.minicpmv_int8_tiles.restype = None
+    lib.minicpmv_int8_tiles_available.argtypes = []
+    lib.minicpmv_int8_tiles_available.restype = ctypes.c_int
+    lib.minicpmv_linear_int8_tiles.argtypes = [p, i64, p, p, i64, i64, p]
+    lib.minicpmv_linear_int8_tiles.restype = ctypes.c_int
+    lib.minicpmv_pack_int8_tiles.argtypes = [p, i64, i64, p, p]
+    lib.minicpmv_pack_int8_tiles.restype = None
+    lib.minicpmv_decode_layers.argtypes = [p, i64, p, p, p, p, i64]
+    lib.minicpmv_decode_layers.restype = ctypes.c_int
     lib.minicpmv_widen_int4.argtypes = [p, p, p, i64, i64, i64, p]
     lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
     lib.minicpmv_pack_int8.argtypes = [p, i64, i64, p, p]
@@ -112,7 +124,9 @@ def _load():
         return None, "no C compiler (cc/gcc) on PATH"
     try:
         with resources.as_file(resources.files(__package__) / "kernels") as folder:
-            path = _build([Path(folder) / name for name in SOURCES], compiler)
+            path = _build(
+                [Path(folder) / name for name in SOURCES], compiler, tuple(Path(folder) / name for name in HEADERS)
+            )
         lib = ctypes.CDLL(str(path))
         _declare(lib)
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
@@ -154,19 +168,30 @@ def int4_tiles(
     qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, to_tiles: bool
 ) -> None:
     """Rearrange an int4 weight (N, K/2) and its float16 scales and zeros (N, K/g) in place into
-    the decoding tiles of kernels/int4tiles.c (`to_tiles`) or back into the stored layout.
+    the decoding tiles of kernels/tiles.c (`to_tiles`) or back into the stored layout.
     N % TILE_ROWS == 0; every tensor contiguous on the CPU."""
     rows, width = qweight.shape[0], qweight.shape[1] * 2
     library().minicpmv_int4_tiles(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, int(to_tiles))
 
 
-def gemm_int8(x: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor) -> torch.Tensor:
-    """x (M, K) float32 @ int8 weight^T -> (M, N) float32, `wscales` (N,) float32."""
+def int8_tiles_available() -> bool:
+    """Whether int8 weights decode from tiles here (the CPU has VNNI)."""
+    return bool(library().minicpmv_int8_tiles_available())
+
+
+def int8_tiles(qweight: torch.Tensor, to_tiles: bool) -> None:
+    """Rearrange an int8 weight (N, K) in place into the decoding tiles of kernels/tiles.c
+    (`to_tiles`) or back. N % TILE_ROWS == 0, contiguous on the CPU, int8_tiles_available()."""
+    library().minicpmv_int8_tiles(_ptr(qweight), qweight.shape[0], qweight.shape[1], int(to_tiles))
+
+
+def gemm_int8(x: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, tiles: bool = False) -> torch.Tensor:
+    """x (M, K) float32 @ int8 weight^T -> (M, N) float32, `wscales` (N,) float32; `tiles`: the
+    weight is in int8_tiles' layout."""
     rows, width = x.shape
     out = torch.empty((rows, qweight.shape[0]))
-    checked(
-        library().minicpmv_linear_int8(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out))
-    )
+    product = library().minicpmv_linear_int8_tiles if tiles else library().minicpmv_linear_int8
+    checked(product(_ptr(x), rows, _ptr(qweight), _ptr(wscales), qweight.shape[0], width, _ptr(out)))
     return out
 
 
@@ -193,13 +218,14 @@ def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
     return out
 
 
-def pack_int8(qweight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_int8(qweight: torch.Tensor, tiles: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) int8 weight -> (panels of 16 channels x 4 k, the offset correction per channel)
-    for `igemm` (kernels/igemm.c)."""
+    for `igemm` (kernels/igemm.c); `tiles`: the weight is in int8_tiles' layout."""
     rows, width = qweight.shape
     packed = torch.empty(((rows + 15) // 16) * ((width + 3) // 4 * 4) * 16, dtype=torch.int8)
     colsum = torch.empty(rows, dtype=torch.int32)
-    library().minicpmv_pack_int8(_ptr(qweight), rows, width, _ptr(packed), _ptr(colsum))
+    pack = library().minicpmv_pack_int8_tiles if tiles else library().minicpmv_pack_int8
+    pack(_ptr(qweight), rows, width, _ptr(packed), _ptr(colsum))
     return packed, colsum
 
 

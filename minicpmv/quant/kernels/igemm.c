@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vecmath.h"
+
 #define PANEL 16 /* output channels per packed panel */
 
 /* w (N, K) int8 -> packed (ceil(N/16), K4/4, 16, 4) with K4 = K rounded up to 4, zero padded;
@@ -39,6 +41,23 @@ void minicpmv_pack_int8(const int8_t *w, int64_t N, int64_t K, int8_t *packed, i
             for (int64_t k = 0; k < K; k++) total += w[(p * PANEL + c) * K + k];
             colsum[p * PANEL + c] = 128 * total;
         }
+    }
+}
+
+/* The same from int8 decoding tiles (kernels/tiles.c: the panels' layout, each byte w + 128;
+ * N % 16 == 0, K % 4 == 0). */
+void minicpmv_pack_int8_tiles(const uint8_t *tiles, int64_t N, int64_t K, int8_t *packed, int32_t *colsum) {
+    const int64_t chunk = PANEL * 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / PANEL; p++) {
+        int32_t totals[PANEL] = {0};
+        for (int64_t c = p * K / 4; c < (p + 1) * K / 4; c++) {
+            const uint8_t *src = tiles + c * chunk;
+            int8_t *dst = packed + c * chunk;
+            for (int64_t i = 0; i < chunk; i++) dst[i] = (int8_t)(src[i] ^ 0x80);
+            for (int64_t r = 0; r < PANEL; r++) totals[r] += dst[4 * r] + dst[4 * r + 1] + dst[4 * r + 2] + dst[4 * r + 3];
+        }
+        for (int64_t r = 0; r < PANEL; r++) colsum[p * PANEL + r] = 128 * totals[r];
     }
 }
 
@@ -99,7 +118,7 @@ void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const 
     }
 }
 
-/* The same from int4 decoding tiles (kernels/int4tiles.c, N % 16 == 0): a tile is a panel; the
+/* The same from int4 decoding tiles (kernels/tiles.c, N % 16 == 0): a tile is a panel; the
  * low nibbles of its 64-byte chunk c are the panel's slot 2c and the high nibbles slot 2c + 1. */
 void minicpmv_pack_int4_tiles_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
                                       int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
@@ -154,25 +173,6 @@ static void quantize_rows_int8(const float *x, int64_t M, int64_t K, int64_t K4,
         for (; k < K4; k++) dst[k] = 0;
         scales[m] = scale;
     }
-}
-
-/* e^x on 8 lanes (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
- * 2^n written into the exponent bits); x clamped to [-87, 88], where 2^n stays a normal float */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); /* ln2 in two parts */
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
 
 /* tanh-approximated GELU in place: 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)),

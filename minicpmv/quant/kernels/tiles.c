@@ -1,4 +1,4 @@
-/* int4 weights in tiles of 16 output rows, for decoding: the layout llama.cpp's repacked Q4_0
+/* int4 and int8 weights in tiles of 16 output rows, for decoding: the layout llama.cpp's repacked Q4_0
  * taught (one sequential stream per thread, an output row per vector lane), built in place, in
  * memory only, when a layer first decodes; the stored layout comes back for anything else.
  *
@@ -13,6 +13,7 @@
  * the low nibbles of a chunk are 16 lanes of 4 columns each against one broadcast of 4
  * activation bytes (vpdpbusd), and the high nibbles the next 4. AVX2 takes the two 32-byte
  * halves as rows 0-7 and 8-15. Scales and zeros of a tile: (K/g, 16) float16, group-major.
+ * int8 tiles: below, with their own layout note.
  * N % 16 == 0 (the caller keeps other layers in the stored layout).
  *
  * A weight is (q - 8) * s + z, so a group adds s * (sx * sum(q * xq) - 8 * sx * sum(xq)) +
@@ -195,3 +196,103 @@ int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, cons
     return 0;
 }
 
+
+/* int8 weights in the same tiles where the CPU has AVX-512 VNNI: 16 rows x 4 columns per 64
+ * bytes (the panels of igemm.c), each stored as w + 128, so that vpdpbusd takes them as its
+ * unsigned side against a broadcast of 4 signed activation bytes: one instruction per 64 weight
+ * bytes. The offset comes back per activation block: sum((w + 128) * xq) - 128 * sum(xq), the same
+ * for all rows. Elsewhere layers keep the stored layout: without VNNI vpmaddubsw would saturate
+ * on 255 * 127 pairs, and the 256-bit AVX-VNNI form is left until a CPU with it can test it. */
+int minicpmv_int8_tiles_available(void) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* to_tiles 1: stored (N, K) -> tiles, 0: back; in place, N % 16 == 0, K % 4 == 0 */
+void minicpmv_int8_tiles(int8_t *w, int64_t N, int64_t K, int to_tiles) {
+    const int64_t bytes = ROWS * K;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / ROWS; p++) {
+        int8_t *tile = w + p * bytes, *copy = malloc((size_t)bytes);
+        if (!copy) abort(); /* a few hundred KB */
+        memcpy(copy, tile, (size_t)bytes);
+        for (int64_t r = 0; r < ROWS; r++)
+            for (int64_t k = 0; k < K; k++) {
+                const int64_t stored = r * K + k, tiled = (k / 4) * CHUNK + 4 * r + k % 4;
+                tile[to_tiles ? tiled : stored] = (int8_t)(copy[to_tiles ? stored : tiled] ^ 0x80);
+            }
+        free(copy);
+    }
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+typedef struct {
+    const int8_t *xq; const float *xscales, *qsums; /* activations, per block */
+    const uint8_t *w; const float *wscales;
+    int64_t N, K, block;
+    float *out;
+} int8_args;
+
+ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64_t p) {
+    const int64_t K = a->K, nb = K / a->block, chunks = a->block / 4;
+    const uint8_t *w = a->w + p * ROWS * K;
+    __m512 acc[4];
+    float offset[4] = {0.f, 0.f, 0.f, 0.f}; /* 128 * sum over blocks of sx * sum(xq) */
+    for (int t = 0; t < MT; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i dot[4];
+        for (int t = 0; t < MT; t++) dot[t] = _mm512_setzero_si512();
+        for (int64_t c = b * chunks; c < (b + 1) * chunks; c++) {
+            _mm_prefetch((const char *)(w + c * CHUNK) + AHEAD_BYTES, _MM_HINT_T1);
+            const __m512i v = _mm512_loadu_si512((const void *)(w + c * CHUNK));
+            for (int t = 0; t < MT; t++)
+                dot[t] = _mm512_dpbusd_epi32(dot[t], v, _mm512_broadcastd_epi32(broadcast4(a->xq + (r0 + t) * K + 4 * c)));
+        }
+        for (int t = 0; t < MT; t++) {
+            const int64_t i = (r0 + t) * nb + b;
+            offset[t] += 128.f * a->qsums[i];
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(a->xscales[i]), acc[t]);
+        }
+    }
+    const __m512 wscale = _mm512_loadu_ps(a->wscales + p * ROWS);
+    for (int t = 0; t < MT; t++)
+        _mm512_storeu_ps(a->out + (r0 + t) * a->N + p * ROWS,
+                         _mm512_mul_ps(_mm512_sub_ps(acc[t], _mm512_set1_ps(offset[t])), wscale));
+}
+
+/* x (M, K) float32 @ int8 tiles^T * wscales -> out (M, N); activations in blocks of 64 (32 where
+ * K % 64 != 0). 0, -1 if out of memory. */
+int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
+                               int64_t K, float *out) {
+    const int64_t block = K % 64 == 0 ? 64 : 32, blocks = M * (K / block);
+    int8_t *q = malloc((size_t)(M * K));
+    float *terms = malloc((size_t)blocks * 3 * sizeof(float));
+    if (!q || !terms) {
+        free(q), free(terms);
+        return -1;
+    }
+    minicpmv_quantize_rows(x, M, K, block, 0, q, terms, terms + blocks, terms + 2 * blocks);
+    const int8_args a = {q, terms, terms + 2 * blocks, w, wscales, N, K, block, out};
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / ROWS; p++)
+        for (int64_t r0 = 0; r0 < M; r0 += 4) {
+            switch (M - r0 < 4 ? M - r0 : 4) {
+            case 4: int8_tile(&a, 4, r0, p); break;
+            case 3: int8_tile(&a, 3, r0, p); break;
+            case 2: int8_tile(&a, 2, r0, p); break;
+            default: int8_tile(&a, 1, r0, p); break;
+            }
+        }
+    free(q), free(terms);
+    return 0;
+}
+#else
+int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
+                               int64_t K, float *out) {
+    (void)x, (void)M, (void)w, (void)wscales, (void)N, (void)K, (void)out;
+    return -2; /* no AVX-512 VNNI: minicpmv_int8_tiles_available() says so first */
+}
+#endif

@@ -1,0 +1,123 @@
+"""The native decode step (quant/decode_step.py, kernels/decoder.c): one new token of one sequence
+through every layer in one call must give the layer-by-layer path's logits up to float32
+rounding, for each decoder family it takes, and step aside wherever it does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minicpmv.model.llm import LanguageModel, LLMConfig
+from minicpmv.quant import QuantConfig, native, quantize_model
+from minicpmv.quant.decode_step import NativeDecodeStep
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.why_unavailable()}")
+
+FAMILIES = {
+    "qwen2 (q/k/v bias, grouped kv heads)": dict(family="qwen2", num_kv_heads=2),
+    "llama (one kv head per head)": dict(family="llama", num_kv_heads=4, attention_bias=False),
+    "qwen3 (per-head q/k RMSNorm, head_dim apart from hidden)": dict(
+        family="qwen3", num_kv_heads=2, attention_bias=False, qk_norm=True, explicit_head_dim=48
+    ),
+    "minicpm (scaled embeddings, residuals and logits)": dict(
+        family="minicpm", num_kv_heads=4, attention_bias=False, scale_emb=12.0, scale_depth=1.4, dim_model_base=64
+    ),
+}
+
+
+class Holder(torch.nn.Module):  # what quantize_model takes: .llm and .config.raw
+    def __init__(self, llm):
+        super().__init__()
+        self.llm = llm
+        self.config = type("Config", (), {"raw": {}})()
+
+
+def quantized_llm(bits: int, **shape) -> LanguageModel:
+    cfg = LLMConfig(hidden_size=128, intermediate_size=256, num_layers=3, num_heads=4, vocab_size=300, **shape)
+    torch.manual_seed(0)
+    llm = LanguageModel(cfg)
+    with torch.no_grad():
+        for p in llm.parameters():
+            p.copy_(torch.randn(p.shape) * 0.1)
+    quantize_model(Holder(llm), QuantConfig(bits=bits, group_size=32))
+    return llm
+
+
+class Counting:
+    """The fallback, counting the calls that reach it."""
+
+    def __init__(self, fallback):
+        self.fallback, self.calls = fallback, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fallback(*args, **kwargs)
+
+
+@torch.inference_mode()
+def decode(llm, steps: int = 6, prompt: int = 5, capacity: int = 20) -> torch.Tensor:
+    cache = llm.new_cache(1, capacity)
+    llm(llm.embed(torch.arange(prompt)[None]), cache=cache, last_only=True)
+    token, logits = torch.tensor([[7]]), []
+    for _ in range(steps):
+        logits.append(llm(llm.embed(token), cache=cache))
+        token = logits[-1][:, -1].argmax(-1, keepdim=True)
+    return torch.cat(logits, 1)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_native_call_per_token_gives_the_layer_by_layer_logits(family, bits):
+    llm = quantized_llm(bits, **FAMILIES[family])
+    step = llm.run_layers
+    assert isinstance(step, NativeDecodeStep)
+    step.fallback = counting = Counting(step.fallback)
+    native_logits = decode(llm)
+    assert counting.calls == 1  # the prompt only: every new token took the native call
+    llm.run_layers = counting.fallback
+    reference = decode(llm)
+    # bf16 weights: float32 rounding only. int4/int8: the linears quantize their input to int8, and
+    # an input one ulp apart can round one activation to the next step (seen: 0.2% of the logits'
+    # range on this model)
+    relative = 2e-5 if bits == 16 else 1e-2
+    torch.testing.assert_close(native_logits, reference, atol=relative * reference.abs().max().item(), rtol=0)
+    assert torch.equal(native_logits.argmax(-1), reference.argmax(-1))
+
+
+def test_the_native_step_steps_aside_where_it_does_not_apply():
+    llm = quantized_llm(4, family="qwen2", num_kv_heads=2)
+    step = llm.run_layers
+    step.fallback = counting = Counting(step.fallback)
+    with torch.inference_mode():
+        cache = llm.new_cache(2, 8)  # two sequences at once
+        llm(llm.embed(torch.tensor([[1, 2], [3, 4]])), cache=cache)
+        llm(llm.embed(torch.tensor([[5], [6]])), cache=cache)
+        cache = llm.new_cache(1, 8)
+        llm(llm.embed(torch.tensor([[1, 2]])), cache=cache)
+        llm(llm.embed(torch.tensor([[3]])), attention_mask=torch.tensor([[0, 1, 1]]), cache=cache)  # padded
+    assert counting.calls == 4
+    assert torch.is_grad_enabled()
+    llm(llm.embed(torch.tensor([[1]])), cache=llm.new_cache(1, 4))  # autograd on: the model's path
+    assert counting.calls == 5
+    with torch.inference_mode(), pytest.raises(ValueError, match="KV cache holds 2 tokens"):
+        cache = llm.new_cache(1, 2)
+        llm(llm.embed(torch.tensor([[1, 2]])), cache=cache)
+        llm(llm.embed(torch.tensor([[3]])), cache=cache)  # full: the model's own error
+
+
+def test_the_native_step_follows_new_weights():
+    """Loading other weights rebinds the layers' native calls; the step rebuilds from them."""
+    llm = quantized_llm(4, family="qwen2", num_kv_heads=2)
+    before = decode(llm)
+    other = quantized_llm(4, family="qwen2", num_kv_heads=2)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1.0)
+        for name, buffer in other.named_buffers():
+            if name.endswith("zeros"):
+                buffer.mul_(-1.0)
+    llm.load_state_dict(other.state_dict())
+    after = decode(llm)
+    llm.run_layers = llm.run_layers.fallback
+    torch.testing.assert_close(after, decode(llm), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(after, before, atol=1e-3)
