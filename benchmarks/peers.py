@@ -14,6 +14,7 @@ Contenders alternate round by round; the table reports medians and ratios.
 
     pip install -e '.[bench]'
     python benchmarks/peers.py [--threads 2] [--rounds 3] [--parts fp32,int4,int8,vision] [--out docs/peers.md]
+    python benchmarks/peers.py --parts vision --isa avx2   # the vision tower as on an AVX2-only CPU
 """
 
 from __future__ import annotations
@@ -233,12 +234,15 @@ def paired_vision_towers(cfg):
     return ours, hf
 
 
-def vision_table(rounds: int) -> list[str]:
+def vision_table(rounds: int, isa: str) -> list[str]:
     from minicpmv.bench import ARCHITECTURES
     from minicpmv.model.config import MiniCPMVConfig
+    from minicpmv.quant.dynamic import use_dynamic_int8
 
     cfg = MiniCPMVConfig.from_dict(ARCHITECTURES["qwen2-1.5b"]).vision
     ours, hf = paired_vision_towers(cfg)
+    ours_int8 = copy.deepcopy(ours)
+    use_dynamic_int8(ours_int8)
     crops, side = 10, 448  # 1344x1344: 9 slices and the overview, 32x32 patches each
     images = torch.randn(crops, 3, side, side)
     patches = side // cfg.patch_size
@@ -249,13 +253,14 @@ def vision_table(rounds: int) -> list[str]:
 
     from minicpmv.devices import pick_vision_autocast
 
-    autocast = pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
+    # with --isa avx2 the CPU is taken as one without native bf16, as `auto` would find it there
+    autocast = None if isa == "avx2" else pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
 
-    def ours_in(dtype):
+    def ours_in(dtype, tower=ours):
         @torch.inference_mode()
         def run():
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                return ours(strips, sizes).float()
+                return tower(strips, sizes).float()
 
         return run
 
@@ -270,10 +275,12 @@ def vision_table(rounds: int) -> list[str]:
 
     contenders = {
         f"ours, default (vision_dtype=auto: {'bf16' if autocast else 'fp32'} here)": ours_in(autocast),
+        "ours int8 (`--vision-dtype int8`)": ours_in(None, ours_int8),
         "ours fp32": ours_in(None),
         "HF transformers fp32 (Idefics2 vision)": hf_in(torch.float32),
-        "HF transformers bf16": hf_in(torch.bfloat16),
     }
+    if isa != "avx2":  # emulated bf16 without native support: minutes, and nobody's choice there
+        contenders["HF transformers bf16"] = hf_in(torch.bfloat16)
     outputs = {name: fn() for name, fn in contenders.items()}  # also the warm-up
     exact = outputs["HF transformers fp32 (Idefics2 vision)"]
     times = {name: [] for name in contenders}
@@ -302,20 +309,31 @@ def main():
     parser.add_argument("--parts", default="fp32,int4,int8,vision", help="LLM modes and/or vision")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "minicpmv-peers"))
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
+    parser.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: run as on a CPU with AVX2 only (oneDNN and MKL capped at AVX2, our kernels built for "
+        "haswell, no native bf16): an emulation on this CPU's cores, caches and memory; meant for --parts "
+        "vision (llama.cpp's own build is not capped)",
+    )
     args = parser.parse_args()
+    if args.isa == "avx2":  # read when torch first calls oneDNN / MKL and when our kernels build
+        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2", MINICPMV_KERNEL_MARCH="haswell")
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     lines = [
         f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, torch {torch.__version__}, "
-        f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --parts {args.parts}`",
+        f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --parts {args.parts}"
+        f"{' --isa avx2' if args.isa == 'avx2' else ''}`",
         "",
     ]
     modes = [m for m in args.parts.split(",") if m in ("fp32", "int4", "int8")]
     if modes:
         lines += llm_table(args.threads, args.rounds, cache, modes) + [""]
     if "vision" in args.parts:
-        lines += vision_table(args.rounds) + [""]
+        lines += vision_table(args.rounds, args.isa) + [""]
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines))

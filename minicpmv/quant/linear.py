@@ -1,6 +1,7 @@
 """Linear layers holding quantized (or bfloat16) weights. On CPU the forward pass picks, in this order:
 - "native": this package's kernels (native.py, built for the machine at first use), the fastest
-  measured (docs/quantization.md): int8-activation products for decoding; for prefill-sized
+  measured (docs/quantization.md): int8-activation products for decoding, from weight tiles
+  (NativeLinear) where the layer's shape allows; for prefill-sized
   inputs the weight repacked per call for the int8 x int8 GEMM (kernels/igemm.c, 1.5x oneDNN's
   bf16 on the widened weight, which a few dozen rows still use on CPUs with native bf16);
 - "torch": torch's fused weight-only kernels with bf16 activations;

@@ -1,4 +1,5 @@
-"""The native int8-activation kernels (kernels/qgemm.c): built on this machine, loaded with ctypes.
+"""The native kernels (kernels/*.c: int8-activation products, decoding tiles, the int8 x int8
+GEMM, the decode step): built on this machine, loaded with ctypes.
 
 Compiled once per source, compiler and CPU with `-march=native` (the paper's "compile on the
 target device") into the cache folder, then reused. OpenMP in the library resolves to the
