@@ -267,8 +267,11 @@ def test_layer_choice():
     assert with_vision["resampler.kv_proj"] == 8 and with_vision["vpm.encoder.layers.0.mlp.fc1"] == 8
     assert "resampler.attn.out_proj" not in with_vision
     assert layer_bits(model, QuantConfig(bits=4, group_size=128))["llm.model.layers.0.self_attn.q_proj"] == 4
+    assert layer_bits(model, QuantConfig(bits=4, group_size=64, lm_head_bits=4))["llm.lm_head"] == 4
     with pytest.raises(ConfigError, match="bits"):
         QuantConfig(bits=3)
+    with pytest.raises(ConfigError, match="lm_head_bits 4, 8 or 16"):
+        QuantConfig(bits=4, lm_head_bits=2)
 
 
 @pytest.mark.parametrize(
@@ -328,10 +331,14 @@ def test_quantize_cli_with_check_and_generate_on_the_result(tmp_path, capsys):
                 "--check",
                 "--check-tokens",
                 "6",
+                "--lm-head-bits",
+                "4",
             ]
         )
         == 0
     )
+    saved = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert saved["lm_head_bits"] == 4 and isinstance(load_model(out).llm.lm_head, Int4Linear)
     printed = capsys.readouterr().out
     summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["num_samples"] == 3 and 0.0 <= summary["top1_agreement"] <= 1.0 and summary["mean_kl"] >= 0.0

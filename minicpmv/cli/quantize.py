@@ -16,6 +16,7 @@ def quantize(
     bits: int = 4,
     group_size: int = 64,
     vision: str | None = None,
+    lm_head_bits: int | None = None,
     check: bool = False,
     check_tokens: int = 32,
     force: bool = False,
@@ -23,8 +24,8 @@ def quantize(
     """Quantize the LLM linears of `model` (int8 per channel, int4 in groups, or bits=16: bfloat16
     weights computed in float32) and save the result in the official folder layout at `output`;
     the scheme is recorded in config.json (`quantization_config`), not in file names. lm_head is
-    int8 (bfloat16 with bits=16); `vision="int8"` also quantizes
-    the vision tower and the resampler's input projection.
+    int8 (bfloat16 with bits=16) unless `lm_head_bits` says 4, 8 or 16; `vision="int8"` also
+    quantizes the vision tower and the resampler's input projection.
 
     With `check`, compares the saved model with the original on fixed prompts and the bundled
     image: top-1 agreement, mean KL of next-token distributions, greedy text equality.
@@ -35,7 +36,9 @@ def quantize(
     from ..quant.quality import compare
 
     source = resolve_model(model)
-    config = QuantConfig(bits=bits, group_size=group_size, vision_bits=8 if vision == "int8" else None)
+    config = QuantConfig(
+        bits=bits, group_size=group_size, vision_bits=8 if vision == "int8" else None, lm_head_bits=lm_head_bits
+    )
     report = quantize_checkpoint(source, output, config, force)
     target = Path(report["output"])
     print(
@@ -75,6 +78,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--group-size", type=int, choices=[32, 64, 128], default=64, help="int4 group size")
     parser.add_argument("--vision", choices=["int8"], help="also quantize the vision tower and resampler input")
+    parser.add_argument(
+        "--lm-head-bits",
+        type=int,
+        choices=[4, 8, 16],
+        help="lm_head precision (default: 8, or 16 with --bits 16); 4 reads the fewest bytes per token",
+    )
     parser.add_argument("--check", action="store_true", help="report quality against the original")
     parser.add_argument("--check-tokens", type=int, default=32, help="answer length for --check")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
