@@ -124,6 +124,7 @@ class NativeDecodeStep:
             and keep is None
             and type(cache) is KVCache
             and x.shape[:2] == (1, 1)
+            and cache.keys[0].shape[0] == 1
             and x.dtype is torch.float32
             and x.device.type == "cpu"
             and cos.dtype is torch.float32
