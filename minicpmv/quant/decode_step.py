@@ -6,7 +6,7 @@ Installed on the LLM by quantize_model / prepare_quantized_layout (the model sta
 applies and the model's own path otherwise (prompts, batches, masks, training, bfloat16
 activations, layers the kernels do not take, a LoRA adapter); both give the same numbers up to
 float32 rounding: the linears are the same kernels, the norms, rotary, attention and SwiGLU are
-written out in C. Measured on Qwen2-1.5B int4 (docs/benchmarks.md): ~10 ms of a ~40 ms token.
+written out in C. What it saves is measured in docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -40,24 +40,34 @@ class _Shape(ctypes.Structure):
     _fields_ += [("eps", ctypes.c_double), ("residual_scale", ctypes.c_double)]
 
 
+# decoder.c's linear kinds, in the order of its enum: the native function a layer's decode call
+# makes, and how many of that call's leading arguments are tensors (the rest are N, K[, group])
+KINDS = (("int4", 3), ("int4_tiles", 3), ("int8", 2), ("bf16", 1), ("int8_tiles", 2))
+
+
 def _kinds(lib) -> dict:
-    """The linear kinds of decoder.c by the native function a layer's decode call makes."""
-    names = ("int4", "int4_tiles", "int8", "bf16", "int8_tiles")
-    names = tuple(f"minicpmv_linear_{name}" for name in names)
-    return {ctypes.cast(getattr(lib, name), c_ptr).value: kind for kind, name in enumerate(names)}
+    """Function address -> (kind, tensor count)."""
+    return {
+        ctypes.cast(getattr(lib, f"minicpmv_linear_{name}"), c_ptr).value: (kind, tensors)
+        for kind, (name, tensors) in enumerate(KINDS)
+    }
 
 
 def _describe(module, kinds: dict) -> tuple[_Linear, object] | None:
     call = module.decode_call() if isinstance(module, NativeLinear) else None
-    kind = None if call is None else kinds.get(ctypes.cast(call.fn, c_ptr).value)
-    if kind is None:
+    kind, tensors = (None, 0) if call is None else kinds.get(ctypes.cast(call.fn, c_ptr).value, (None, 0))
+    bias = None if call is None else call.bias  # the tensor the call is bound to (float32 buffers)
+    if kind is None or (bias is not None and not (bias.dtype == torch.float32 and bias.is_contiguous())):
         return None
-    pointers = list(call.middle[: {0: 3, 1: 3, 2: 2, 3: 1, 4: 2}[kind]])
-    shape = call.middle[len(pointers) :]  # (N, K[, group])
-    pointers += [None] * (3 - len(pointers))
-    bias = None if module.bias is None else module.bias.float().contiguous()
-    call.keep += (bias,)  # alive as long as the call that the descriptor copies
-    desc = _Linear(kind, *pointers, None if bias is None else bias.data_ptr(), *shape, *([0] * (3 - len(shape))))
+    pointers, shape = call.middle[:tensors], call.middle[tensors:]
+    desc = _Linear(
+        kind,
+        *pointers,
+        *[None] * (3 - tensors),
+        None if bias is None else bias.data_ptr(),
+        *shape,
+        *[0] * (3 - len(shape)),
+    )
     return desc, call
 
 

@@ -137,13 +137,13 @@ class NativeLinear(nn.Module):
     Decoding tiles: with the native kernels, an int4 or int8 layer whose output count is a
     multiple of 16 rearranges `tile_names` in place into tiles of 16 output rows the first time
     it runs natively (kernels/tiles.c: an output row per vector lane, one sequential stream;
-    the int4 linears of a Qwen2-1.5B token stream at ~30 GB/s where the stored layout gave ~26)
-    and keeps them for decode and prefill alike. Whatever needs the stored layout (the torch and
+    measured in docs/quantization.md) and keeps them for decode and prefill alike. Whatever needs the stored layout (the torch and
     reference paths, moving or casting, loading, saving: a state dict gets a stored copy) puts it
     back first. `qweight` of a tiled layer therefore holds tiles: read weights through a state dict."""
 
     _decode: DecodeCall | None = None
     compile_key: int | None = None
+    native_ok = True  # the native kernels take this layer's width
     tile_names: tuple[str, ...] = ()
     _tiled: tuple | None = None  # weak references to the buffers while they hold tiles
 
@@ -201,18 +201,19 @@ class NativeLinear(nn.Module):
         the native kernels do not take this layer (kernels off, a width they do not take, not on
         the CPU)."""
         stored = self._buffers.get("qweight", self._buffers.get("weight"))
-        usable = getattr(self, "native_ok", True) and stored is not None and stored.device.type == "cpu"
+        usable = self.native_ok and stored is not None and stored.device.type == "cpu"
         if not (usable and KERNEL["mode"] == "auto" and native.library() is not None):
             return None
+        return self._bound()
+
+    def _bound(self) -> DecodeCall:
         if self._decode is None or not self._decode.bound_to(self):
             self._decode = self._bind()
         return self._decode
 
     def _native_product(self, x: torch.Tensor) -> torch.Tensor:
         """Any input through the native kernels (bias included), binding the call on first use."""
-        if self._decode is None or not self._decode.bound_to(self):
-            self._decode = self._bind()
-        return self._decode(_flat_float32(x, self.in_features)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return self._bound()(_flat_float32(x, self.in_features)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compile_key is not None and torch.compiler.is_compiling():
@@ -222,7 +223,51 @@ class NativeLinear(nn.Module):
         return self._forward(x)
 
 
-class Int8Linear(NativeLinear):
+class QuantizedLinear(NativeLinear):
+    """The path choice int8 and int4 weights share; subclasses give the kernels and weights."""
+
+    def _decode_kernel(self, tiled: bool) -> tuple:
+        """(native function, tensors, shape arguments) of a decoded token."""
+        raise NotImplementedError
+
+    def _igemm_weight(self) -> tuple:
+        """(packed, colsum, per-channel scales) for the int8 x int8 GEMM, built per call."""
+        raise NotImplementedError
+
+    def _widened_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _torch_product(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _can_tile(self) -> bool:
+        return self.out_features % native.TILE_ROWS == 0 and all(
+            t.device.type == "cpu" and t.is_contiguous() for t in self._tile_buffers()
+        )
+
+    def _bind(self) -> DecodeCall:
+        if self._can_tile():
+            self._set_tiles(True)
+        tiled = self.tiled()
+        fn, tensors, shape = self._decode_kernel(tiled)
+        # rows below the int8 x int8 GEMM's stay in the tile kernel
+        return DecodeCall(self, fn, tensors, shape, IGEMM_MIN_ROWS if tiled else WIDEN_MIN_ROWS)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        native_ok = _native(x, self.native_ok)
+        if native_ok and _igemm(x, self.in_features):
+            return igemm_linear(x, self._igemm_weight(), self.bias, self.out_features)
+        if native_ok and (self.tiled() or self._can_tile() or not _widen(x, self.in_features)):
+            return self._native_product(x)
+        if native_ok:
+            out = _widened_linear(x, self._widened_weight(), self.out_features)
+        else:
+            self._set_tiles(False)
+            out = self._torch_product(x)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+
+class Int8Linear(QuantizedLinear):
     """int8 weights with one float32 scale per output row."""
 
     tile_names = ("qweight",)
@@ -238,45 +283,21 @@ class Int8Linear(NativeLinear):
         self.native_ok = in_features % native.BLOCK == 0
 
     def _can_tile(self) -> bool:
-        weight = self.qweight
-        return (
-            self.native_ok
-            and self.out_features % native.TILE_ROWS == 0
-            and weight.device.type == "cpu"
-            and weight.is_contiguous()
-            and native.int8_tiles_available()
-        )
+        return self.native_ok and super()._can_tile() and native.int8_tiles_available()
 
     def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
         native.int8_tiles(*tensors, to_tiles)
 
-    def _bind(self) -> DecodeCall:
-        if self._can_tile():
-            self._set_tiles(True)
-        tensors = (self.qweight.contiguous(), self.scales.float().contiguous())
-        if self.tiled():  # rows below the int8 x int8 GEMM's stay in the tile kernel
-            fn, max_rows = native.library().minicpmv_linear_int8_tiles, IGEMM_MIN_ROWS
-        else:
-            fn, max_rows = native.library().minicpmv_linear_int8, WIDEN_MIN_ROWS
-        return DecodeCall(self, fn, tensors, (self.out_features, self.in_features), max_rows)
+    def _decode_kernel(self, tiled: bool) -> tuple:
+        fn = native.library().minicpmv_linear_int8_tiles if tiled else native.library().minicpmv_linear_int8
+        return fn, (self.qweight.contiguous(), self.scales.float().contiguous()), (self.out_features, self.in_features)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _native(x, self.native_ok) and _igemm(x, self.in_features):
-            scales = self.scales.float().contiguous()
-            packed = native.pack_int8(self.qweight.contiguous(), tiles=self.tiled())
-            return igemm_linear(x, (*packed, scales), self.bias, self.out_features)
-        if _native(x, self.native_ok) and (self.tiled() or self._can_tile()):
-            return self._native_product(x)
-        if _native(x, self.native_ok) and _widen(x, self.in_features):
-            out = _widened_linear(
-                x, native.dequantize_int8(self.qweight, self.scales.float().contiguous()), self.out_features
-            )
-        elif _native(x, self.native_ok):
-            return self._native_product(x)
-        else:
-            self._set_tiles(False)
-            out = self._torch_product(x)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+    def _igemm_weight(self) -> tuple:
+        packed, colsum = native.pack_int8(self.qweight.contiguous(), tiles=self.tiled())
+        return packed, colsum, self.scales.float().contiguous()
+
+    def _widened_weight(self) -> torch.Tensor:
+        return native.dequantize_int8(self.qweight, self.scales.float().contiguous())
 
     def _torch_product(self, x: torch.Tensor) -> torch.Tensor:
         if _fused(x, self.kernel_ok):
@@ -286,7 +307,7 @@ class Int8Linear(NativeLinear):
         return F.linear(x, dequantize_int8(self.qweight, self.scales, x.dtype))
 
 
-class Int4Linear(NativeLinear):
+class Int4Linear(QuantizedLinear):
     """int4 weights, groups of `group_size` columns with float16 scales and zeros."""
 
     tile_names = ("qweight", "scales", "zeros")
@@ -311,11 +332,7 @@ class Int4Linear(NativeLinear):
         self._packed = None
 
     def _can_tile(self) -> bool:
-        return (
-            self.out_features % native.TILE_ROWS == 0
-            and all(t.device.type == "cpu" and t.is_contiguous() for t in self._tile_buffers())
-            and self.scales.dtype == self.zeros.dtype == torch.float16
-        )
+        return super()._can_tile() and self.scales.dtype == self.zeros.dtype == torch.float16
 
     def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
         native.int4_tiles(*tensors, self.group_size, to_tiles)
@@ -324,15 +341,20 @@ class Int4Linear(NativeLinear):
         """float16 scales and zeros: the buffers themselves, unless someone stored other dtypes."""
         return tuple(t.to(torch.float16).contiguous() for t in (self.scales, self.zeros))
 
-    def _bind(self) -> DecodeCall:
-        if self._can_tile():
-            self._set_tiles(True)
-        if self.tiled():  # rows below the int8 x int8 GEMM's stay in the tile kernel
-            fn, tensors, max_rows = native.library().minicpmv_linear_int4_tiles, self._tile_buffers(), IGEMM_MIN_ROWS
+    def _decode_kernel(self, tiled: bool) -> tuple:
+        if tiled:
+            fn, tensors = native.library().minicpmv_linear_int4_tiles, self._tile_buffers()
         else:
             fn, tensors = native.library().minicpmv_linear_int4, (self.qweight.contiguous(), *self._native_scales())
-            max_rows = WIDEN_MIN_ROWS
-        return DecodeCall(self, fn, tensors, (self.out_features, self.in_features, self.group_size), max_rows)
+        return fn, tensors, (self.out_features, self.in_features, self.group_size)
+
+    def _igemm_weight(self) -> tuple:
+        if self.tiled():
+            return native.pack_int4_as_int8(*self._tile_buffers(), self.group_size, tiles=True)
+        return native.pack_int4_as_int8(self.qweight.contiguous(), *self._native_scales(), self.group_size)
+
+    def _widened_weight(self) -> torch.Tensor:
+        return native.dequantize_int4(self.qweight.contiguous(), *self._native_scales(), self.group_size)
 
     def _kernel_weights(self):
         if self._packed is None:
@@ -340,25 +362,6 @@ class Int4Linear(NativeLinear):
             scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1)  # (G, N, 2)
             self._packed = (packed, scales_zeros.to(torch.bfloat16).contiguous())
         return self._packed
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _native(x, True) and _igemm(x, self.in_features):
-            if self.tiled():
-                packed = native.pack_int4_as_int8(*self._tile_buffers(), self.group_size, tiles=True)
-            else:
-                packed = native.pack_int4_as_int8(self.qweight.contiguous(), *self._native_scales(), self.group_size)
-            return igemm_linear(x, packed, self.bias, self.out_features)
-        if _native(x, True) and (self.tiled() or self._can_tile()):
-            return self._native_product(x)
-        if _native(x, True) and _widen(x, self.in_features):
-            weight = native.dequantize_int4(self.qweight.contiguous(), *self._native_scales(), self.group_size)
-            out = _widened_linear(x, weight, self.out_features)
-        elif _native(x, True):  # every supported group size is a multiple of the kernel's block
-            return self._native_product(x)
-        else:
-            self._set_tiles(False)
-            out = self._torch_product(x)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def _torch_product(self, x: torch.Tensor) -> torch.Tensor:
         if _fused(x, self.kernel_ok):

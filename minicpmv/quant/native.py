@@ -30,7 +30,7 @@ from ..tuning import cache_path
 
 # decoding / weight-only products; int8 x int8 for many rows; int4 decoding tiles; the decode step
 SOURCES = ("qgemm.c", "igemm.c", "tiles.c", "decoder.c")
-HEADERS = ("vecmath.h",)
+HEADERS = ("qgemm.h", "vecmath.h")
 BLOCK = 32
 TILE_ROWS = 16  # output rows per decoding tile of an int4 weight (kernels/tiles.c)
 _LOCK = threading.Lock()

@@ -19,17 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qgemm.h"
 #include "vecmath.h"
-
-int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales, const uint16_t *zeros,
-                         int64_t N, int64_t K, int64_t group, float *out);
-int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales,
-                               const uint16_t *zeros, int64_t N, int64_t K, int64_t group, float *out);
-int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float *wscales, int64_t N, int64_t K,
-                         float *out);
-int minicpmv_linear_bf16(const float *x, int64_t M, const uint16_t *w, int64_t N, int64_t K, float *out);
-int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
-                               int64_t K, float *out);
 
 enum linear_kind { INT4 = 0, INT4_TILES = 1, INT8 = 2, BF16 = 3, INT8_TILES = 4 };
 

@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qgemm.h"
+
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
 #error "qgemm needs AVX2, FMA and F16C"
 #endif
@@ -64,8 +66,8 @@ static inline float hmax8(__m256 v) {
 
 /* Eight values at a time (decoding quantizes one row per linear, on one thread): the rounding of
  * _mm256_cvtps_epi32 is lrintf's (nearest, ties to even), so the bytes are those of a scalar loop. */
-void minicpmv_quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
-                            int8_t *q, float *scales, float *sums, float *qsums) {
+static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run,
+                          int8_t *q, float *scales, float *sums, float *qsums) {
     const int64_t nb = K / block;
     int position[64]; /* where value k of a run goes */
     for (int k = 0; k < run; k++) {
@@ -383,32 +385,32 @@ static int int4_run(int64_t group) {
     return (INT4_RUN_512 && group % 64 == 0) ? 64 : 32;
 }
 
-/* The entry points.  x float32 (M, K) in, out float32 (M, N) = x @ W^T: activation quantization
- * and product in one call, so that a decoded token costs one foreign call per linear.  Return 0,
- * or -1 if out of memory. */
-typedef struct { int8_t *q; float *scales, *sums, *qsums; } act_buffers;
-
-static int quantize_into(act_buffers *b, const float *x, int64_t M, int64_t K, int64_t block, int run) {
+int minicpmv_quantize_activations(act_buffers *b, const float *x, int64_t M, int64_t K, int64_t block, int run) {
     const int64_t blocks = M * (K / block);
     b->q = malloc((size_t)(M * K));
     b->scales = malloc((size_t)blocks * 3 * sizeof(float));
     if (!b->q || !b->scales) {
-        free(b->q), free(b->scales);
+        minicpmv_free_activations(b);
         return -1;
     }
     b->sums = b->scales + blocks, b->qsums = b->sums + blocks;
-    minicpmv_quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
+    quantize_rows(x, M, K, block, run, b->q, b->scales, b->sums, b->qsums);
     return 0;
 }
 
+void minicpmv_free_activations(act_buffers *b) { free(b->q), free(b->scales); }
+
+/* The entry points.  x float32 (M, K) in, out float32 (M, N) = x @ W^T: activation quantization
+ * and product in one call, so that a decoded token costs one foreign call per linear.  Return 0,
+ * or -1 if out of memory. */
 /* int4 W (N, K/2) with float16 scales and zeros (N, K/g) each; activations in blocks of one group */
 int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
                          int64_t K, int64_t group, float *out) {
     act_buffers b;
-    if (quantize_into(&b, x, M, K, group, int4_run(group))) return -1;
+    if (minicpmv_quantize_activations(&b, x, M, K, group, int4_run(group))) return -1;
     gemm_args a = {b.q, b.scales, b.sums, b.qsums, NULL, w, scales, zeros, M, N, K, group, out};
     run_gemm(&a, INT4);
-    free(b.q), free(b.scales);
+    minicpmv_free_activations(&b);
     return 0;
 }
 
@@ -418,10 +420,10 @@ int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float
     act_buffers b;
     /* the 512-bit tile takes activation blocks of 64 (group field of gemm_args), the other 32 */
     const int64_t block = (INT4_RUN_512 && K % 64 == 0) ? 64 : BLOCK;
-    if (quantize_into(&b, x, M, K, block, 0)) return -1;
+    if (minicpmv_quantize_activations(&b, x, M, K, block, 0)) return -1;
     gemm_args a = {b.q, b.scales, NULL, NULL, NULL, w, wscales, NULL, M, N, K, block, out};
     run_gemm(&a, INT8);
-    free(b.q), free(b.scales);
+    minicpmv_free_activations(&b);
     return 0;
 }
 

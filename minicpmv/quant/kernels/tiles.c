@@ -4,9 +4,8 @@
  *
  * Why: in the stored layout (row-major) a vector holds the columns of one row, so every group of
  * every row ends in a float conversion, a scale multiply and, per row, a horizontal sum: about
- * ten instructions per 32 bytes of weight, and decoding ran at ~20 GB/s where the machine reads
- * 33. With rows in lanes, one conversion and two multiply-adds finish a group for 16 rows and
- * the result is stored as a vector.
+ * ten instructions per 32 bytes of weight. With rows in lanes, one conversion and two
+ * multiply-adds finish a group for 16 rows and the result is stored as a vector.
  *
  * Layout of tile p (rows 16p .. 16p+15), K/8 chunks of 64 bytes: byte 4r + j of chunk c holds
  * column 8c + j of row 16p + r in its low nibble and column 8c + 4 + j in its high nibble, so
@@ -17,12 +16,14 @@
  * N % 16 == 0 (the caller keeps other layers in the stored layout).
  *
  * A weight is (q - 8) * s + z, so a group adds s * (sx * sum(q * xq) - 8 * sx * sum(xq)) +
- * z * sum(x), with the activation terms of minicpmv_quantize_rows (natural column order).
+ * z * sum(x), with the activation terms of minicpmv_quantize_activations (natural column order).
  */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "qgemm.h"
 
 #define ROWS 16  /* output rows per tile */
 #define CHUNK 64 /* bytes per chunk: 16 rows x 8 columns */
@@ -30,8 +31,18 @@
 /* how far ahead of the chunk being read the stream is fetched (bytes) */
 #define AHEAD_BYTES 1024
 
-void minicpmv_quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, int run, int8_t *q, float *scales,
-                            float *sums, float *qsums);
+/* every (tile, group of up to 4 activation rows) of a product, the tiles shared out among threads */
+#define FOR_TILES(tile, args, M, N)                                     \
+    _Pragma("omp parallel for schedule(static)")                        \
+    for (int64_t p_ = 0; p_ < (N) / ROWS; p_++)                         \
+        for (int64_t r0_ = 0; r0_ < (M); r0_ += 4) {                    \
+            switch ((M) - r0_ < 4 ? (M) - r0_ : 4) {                    \
+            case 4: tile(args, 4, r0_, p_); break;                      \
+            case 3: tile(args, 3, r0_, p_); break;                      \
+            case 2: tile(args, 2, r0_, p_); break;                      \
+            default: tile(args, 1, r0_, p_); break;                     \
+            }                                                           \
+        }
 
 static inline uint8_t nibble(const uint8_t *row, int64_t k) { return (row[k / 2] >> (4 * (k & 1))) & 15; }
 
@@ -173,29 +184,13 @@ ALWAYS_INLINE void tile256(const tile_args *a, const int MT, int64_t r0, int64_t
 /* x (M, K) float32 @ tiled int4 W^T -> out (M, N); 0, or -1 if out of memory */
 int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales,
                                const uint16_t *zeros, int64_t N, int64_t K, int64_t group, float *out) {
-    const int64_t blocks = M * (K / group);
-    int8_t *q = malloc((size_t)(M * K));
-    float *terms = malloc((size_t)blocks * 3 * sizeof(float));
-    if (!q || !terms) {
-        free(q), free(terms);
-        return -1;
-    }
-    minicpmv_quantize_rows(x, M, K, group, 0, q, terms, terms + blocks, terms + 2 * blocks);
-    const tile_args a = {q, terms, terms + blocks, terms + 2 * blocks, w, scales, zeros, N, K, group, out};
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < N / ROWS; p++)
-        for (int64_t r0 = 0; r0 < M; r0 += 4) {
-            switch (M - r0 < 4 ? M - r0 : 4) {
-            case 4: TILE(&a, 4, r0, p); break;
-            case 3: TILE(&a, 3, r0, p); break;
-            case 2: TILE(&a, 2, r0, p); break;
-            default: TILE(&a, 1, r0, p); break;
-            }
-        }
-    free(q), free(terms);
+    act_buffers b;
+    if (minicpmv_quantize_activations(&b, x, M, K, group, 0)) return -1;
+    const tile_args a = {b.q, b.scales, b.sums, b.qsums, w, scales, zeros, N, K, group, out};
+    FOR_TILES(TILE, &a, M, N);
+    minicpmv_free_activations(&b);
     return 0;
 }
-
 
 /* int8 weights in the same tiles where the CPU has AVX-512 VNNI: 16 rows x 4 columns per 64
  * bytes (the panels of igemm.c), each stored as w + 128, so that vpdpbusd takes them as its
@@ -267,26 +262,12 @@ ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64
  * K % 64 != 0). 0, -1 if out of memory. */
 int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
                                int64_t K, float *out) {
-    const int64_t block = K % 64 == 0 ? 64 : 32, blocks = M * (K / block);
-    int8_t *q = malloc((size_t)(M * K));
-    float *terms = malloc((size_t)blocks * 3 * sizeof(float));
-    if (!q || !terms) {
-        free(q), free(terms);
-        return -1;
-    }
-    minicpmv_quantize_rows(x, M, K, block, 0, q, terms, terms + blocks, terms + 2 * blocks);
-    const int8_args a = {q, terms, terms + 2 * blocks, w, wscales, N, K, block, out};
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < N / ROWS; p++)
-        for (int64_t r0 = 0; r0 < M; r0 += 4) {
-            switch (M - r0 < 4 ? M - r0 : 4) {
-            case 4: int8_tile(&a, 4, r0, p); break;
-            case 3: int8_tile(&a, 3, r0, p); break;
-            case 2: int8_tile(&a, 2, r0, p); break;
-            default: int8_tile(&a, 1, r0, p); break;
-            }
-        }
-    free(q), free(terms);
+    const int64_t block = K % 64 == 0 ? 64 : 32;
+    act_buffers b;
+    if (minicpmv_quantize_activations(&b, x, M, K, block, 0)) return -1;
+    const int8_args a = {b.q, b.scales, b.qsums, w, wscales, N, K, block, out};
+    FOR_TILES(int8_tile, &a, M, N);
+    minicpmv_free_activations(&b);
     return 0;
 }
 #else
