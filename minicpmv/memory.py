@@ -30,8 +30,7 @@ def reuse_freed_memory() -> bool:
 
     By default each tensor above ~128 KB is a fresh mmap, returned to the system when freed, so
     every such activation (a crop's 1024 x 4304 float32 MLP output is 17.6 MB) pays a page fault
-    per 4 KB page the first time it is written: a LayerNorm of 1024 x 1152 took 1.19 ms instead
-    of 0.27 ms, and a 4.6 crop through the vision tower 8% longer (docs/benchmarks.md). Peak
+    per 4 KB page the first time it is written (measured: research/v46-speed.md). Peak
     memory is unchanged; the resident size stays near the peak instead of falling back between
     calls. Process-wide, so set once at load; `MINICPMV_MALLOC=system` leaves malloc alone.
     Returns whether it applied (glibc only)."""
