@@ -5,6 +5,10 @@ Builds a Qwen2-1.5B-shaped LLM (the shape of the issue's llama.cpp comparison) w
 greedy decoding of 64 tokens with the KV cache. Medians of 3 runs.
 
     python benchmarks/decode_speed.py [--threads 2] [--shape qwen2-1.5b|qwen2-0.5b] [--modes fp32,bf16,int8,int4]
+
+`--pages` compares where the streamed weights live (bf16, int8, int4 modes): in 2 MB huge pages
+(the default) and in ordinary 4 KB pages, on one model, alternating round by round; it prints
+each round's decode speed and the median of the paired ratios.
 """
 
 from __future__ import annotations
@@ -67,12 +71,40 @@ def run(llm, prompt_len=128, new_tokens=64):
     return prompt_len / prefill, new_tokens / decode
 
 
+def place(llm, huge: bool) -> None:
+    """Every native layer's streamed weights in huge pages (huge) or in ordinary pages."""
+    from minicpmv.memory import HUGE_PAGES, to_huge_pages
+    from minicpmv.quant.linear import NativeLinear
+
+    HUGE_PAGES["on"] = huge
+    for module in llm.modules():
+        if isinstance(module, NativeLinear):
+            module._drop_caches()
+            for name in module.streamed_names:
+                stored = module._buffers[name]
+                module._buffers[name] = to_huge_pages(stored) if huge else stored.clone()
+
+
+def compare_pages(llm, rounds: int) -> None:
+    speeds = {"huge": [], "4k": []}
+    for r in range(rounds):
+        for kind in ("huge", "4k") if r % 2 else ("4k", "huge"):
+            place(llm, kind == "huge")
+            run(llm, 16, 4)  # binds (and tiles) the layers again
+            speeds[kind].append(run(llm)[1])
+    ratios = [h / s for h, s in zip(speeds["huge"], speeds["4k"])]
+    print(f"|   decode tok/s, huge pages | {' '.join(f'{x:.2f}' for x in speeds['huge'])} |")
+    print(f"|   decode tok/s, 4 KB pages | {' '.join(f'{x:.2f}' for x in speeds['4k'])} |")
+    print(f"|   huge / 4 KB, median of paired rounds | {statistics.median(ratios):.3f} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-1.5b")
     parser.add_argument("--modes", default="fp32,bf16,int8,int4", help="bf16: bfloat16 weights, float32 arithmetic")
     parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--pages", type=int, default=0, metavar="ROUNDS", help="compare huge and 4 KB pages")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"| mode | prefill tok/s | decode tok/s |  ({args.shape}, {args.threads} threads, torch {torch.__version__})")
@@ -83,6 +115,8 @@ def main():
         prefill = statistics.median(r[0] for r in results)
         decode = statistics.median(r[1] for r in results)
         print(f"| {mode} | {prefill:.1f} | {decode:.2f} |", flush=True)
+        if args.pages and mode != "fp32":
+            compare_pages(llm, args.pages)
         del llm
 
 

@@ -5,8 +5,9 @@
   - ours fp32 vs HF transformers fp32 (Qwen2ForCausalLM holding the same tensors);
   - ours int4 (group 64: 4.5 bits per weight with float16 scale and zero) vs llama.cpp Q4_0
     (4.5 bits) and ours int8 vs llama.cpp Q8_0, through llama-cpp-python on a GGUF that the
-    package's exporter writes from the same float weights (lm_head Q8_0 / int8 in both); and our
-    engine with the LLM in llama.cpp on that GGUF (`--llm-gguf`, backends/llamacpp.py).
+    package's exporter writes from the same float weights (lm_head Q8_0 / int8 in both); ours
+    again with the weights in ordinary 4 KB pages instead of huge pages; and our engine with the
+    LLM in llama.cpp on that GGUF (`--llm-gguf`, backends/llamacpp.py).
 - Vision (SigLIP-400M shape, 2.6's NaViT layout): the 10 crops of a 1344x1344 image, ours vs HF
   transformers' Idefics2 vision transformer (the architecture 2.6 copies) with the same tensors,
   plus the largest difference of the outputs.
@@ -118,6 +119,19 @@ def ours_runner(llm):
     return lambda: run(llm, PROMPT, NEW)
 
 
+def ours_small_pages_runner(mode: str):
+    """Ours with the streamed weights in ordinary 4 KB pages, as before huge pages (memory.py)."""
+    from minicpmv.memory import HUGE_PAGES
+
+    HUGE_PAGES["on"] = False
+    try:
+        llm = build("qwen2-1.5b", mode, 64)
+        run(llm, 16, 4)  # binds (and tiles) every layer where its weights are
+    finally:
+        HUGE_PAGES["on"] = True
+    return ours_runner(llm)
+
+
 def ours_llama_cpp_runner(path: Path, embeddings: torch.nn.Embedding, cfg):
     """Our engine with the LLM in llama.cpp (`--llm-gguf`): our embeddings in, logits out."""
     from minicpmv.backends.llamacpp import LlamaCppLLM
@@ -171,6 +185,7 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
                 (
                     {
                         f"ours {mode}": lambda mode=mode: ours_runner(build("qwen2-1.5b", mode, 64)),
+                        f"ours {mode}, 4 KB pages": lambda mode=mode: ours_small_pages_runner(mode),
                         f"ours, LLM in llama.cpp ({qtype} GGUF)": lambda qtype=qtype: ours_llama_cpp_runner(
                             gguf_files[qtype], embeddings, cfg
                         ),

@@ -1,9 +1,13 @@
-"""Process memory figures for the timing lines and benchmarks."""
+"""Process memory: figures for the timing lines and benchmarks, glibc's reuse of freed memory,
+and huge pages for the weights a decoded token streams."""
 
 from __future__ import annotations
 
+import math
 import resource
 from pathlib import Path
+
+import torch
 
 
 def peak_rss_mib() -> float:
@@ -48,3 +52,62 @@ def reuse_freed_memory() -> bool:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+HUGE_PAGE = 2 << 20  # x86-64 and arm64 transparent huge pages
+HUGE_PAGES = {"on": True}  # off: streamed weights stay in ordinary pages (for A/B benchmarks)
+_HUGE_REGIONS: dict[int, object] = {}  # start address -> weak reference to its mapping
+
+
+def huge_pages_possible() -> bool:
+    """Whether Linux may back an madvise'd mapping with 2 MB pages here."""
+    import mmap
+
+    if not (HUGE_PAGES["on"] and hasattr(mmap, "MADV_HUGEPAGE")):
+        return False
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    try:
+        return "[never]" not in setting.read_text()
+    except OSError:
+        return False
+
+
+def _worth_huge_pages(nbytes: int) -> bool:
+    return nbytes >= HUGE_PAGE and huge_pages_possible()
+
+
+def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor whose whole 2 MB spans the kernel may back with huge pages.
+
+    A decoded token streams every weight once; in 4 KB pages that is a TLB miss every 4 KB and the
+    hardware prefetchers stop at each page's end (research/decode-kernels.md has the measured gain).
+    The leading slack of the mapping that aligns the tensor is never touched, so it costs address
+    space, not memory; the tail past the last whole huge page stays in ordinary pages. Tensors
+    under one huge page, or where the system has none, are a plain torch.empty."""
+    import mmap
+    import weakref
+
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not _worth_huge_pages(nbytes):
+        return torch.empty(shape, dtype=dtype)
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping alive
+    offset = -base.data_ptr() % HUGE_PAGE
+    region.madvise(mmap.MADV_HUGEPAGE, offset, nbytes // HUGE_PAGE * HUGE_PAGE)
+    start = base.data_ptr()
+    _HUGE_REGIONS[start] = weakref.ref(region, lambda _, start=start: _HUGE_REGIONS.pop(start, None))
+    return base[offset : offset + nbytes].view(dtype).view(shape)
+
+
+def in_huge_pages(tensor: torch.Tensor) -> bool:
+    """Whether the tensor lives in a mapping made by huge_page_empty."""
+    ref = _HUGE_REGIONS.get(tensor.untyped_storage().data_ptr())
+    return ref is not None and ref() is not None
+
+
+def to_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself where it is in huge pages already or could not be; else a copy there."""
+    movable = tensor.device.type == "cpu" and tensor.is_contiguous() and not in_huge_pages(tensor)
+    if not (movable and _worth_huge_pages(tensor.numel() * tensor.element_size())):
+        return tensor
+    return huge_page_empty(tuple(tensor.shape), tensor.dtype).copy_(tensor)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..memory import huge_page_empty
+
 DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -88,7 +90,7 @@ def read_tensors(path: Path, names: list[str], header: dict, data_start: int):
         for name in names:
             entry = header[name]
             begin, end = entry["data_offsets"]
-            tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+            tensor = huge_page_empty(tuple(entry["shape"]), DTYPES[entry["dtype"]])
             if end - begin != tensor.numel() * tensor.element_size():
                 raise SafetensorsFormatError(f"tensor {name}: {end - begin} bytes for shape {entry['shape']}")
             if tensor.numel():

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..memory import huge_page_empty
 from .decode_step import install as install_native_decode
 from .linear import Bf16Linear, Int4Linear, Int8Linear
 from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
@@ -123,16 +124,16 @@ def quantize_weight(
     a 150k-row head never needs whole-weight float32 temporaries; each block's results go straight
     into the final tensors (no list of pieces, no concatenated copy)."""
     if bits == 16:
-        return {"weight": weight.detach().to(torch.bfloat16).clone()}
+        return {"weight": huge_page_empty(tuple(weight.shape), torch.bfloat16).copy_(weight.detach())}
     rows, cols = weight.shape
     if bits == 8:
-        out = {"qweight": torch.empty((rows, cols), dtype=torch.int8), "scales": torch.empty(rows)}
+        out = {"qweight": huge_page_empty((rows, cols), torch.int8), "scales": torch.empty(rows)}
     else:
         groups = cols // group_size
         out = {
-            "qweight": torch.empty((rows, cols // 2), dtype=torch.uint8),
-            "scales": torch.empty((rows, groups), dtype=torch.float16),
-            "zeros": torch.empty((rows, groups), dtype=torch.float16),
+            "qweight": huge_page_empty((rows, cols // 2), torch.uint8),
+            "scales": huge_page_empty((rows, groups), torch.float16),
+            "zeros": huge_page_empty((rows, groups), torch.float16),
         }
     for start in range(0, rows, rows_per_step):
         block = weight[start : start + rows_per_step].float()

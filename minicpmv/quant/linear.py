@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cpu import has_native_bf16
+from ..memory import to_huge_pages
 from . import native
 from .schemes import dequantize_int4, dequantize_int8, unpack_int4
 
@@ -139,12 +140,16 @@ class NativeLinear(nn.Module):
     it runs natively (kernels/tiles.c: an output row per vector lane, one sequential stream;
     measured in docs/quantization.md) and keeps them for decode and prefill alike. Whatever needs the stored layout (the torch and
     reference paths, moving or casting, loading, saving: a state dict gets a stored copy) puts it
-    back first. `qweight` of a tiled layer therefore holds tiles: read weights through a state dict."""
+    back first. `qweight` of a tiled layer therefore holds tiles: read weights through a state dict.
+
+    The weights a decoded token streams (`streamed_names`) move into huge pages when the native
+    call is bound (memory.huge_page_empty), unless they were allocated there."""
 
     _decode: DecodeCall | None = None
     compile_key: int | None = None
     native_ok = True  # the native kernels take this layer's width
     tile_names: tuple[str, ...] = ()
+    streamed_names: tuple[str, ...] = ()
     _tiled: tuple | None = None  # weak references to the buffers while they hold tiles
 
     def prepare_for_compile(self) -> None:
@@ -208,8 +213,16 @@ class NativeLinear(nn.Module):
 
     def _bound(self) -> DecodeCall:
         if self._decode is None or not self._decode.bound_to(self):
+            self._place_streamed()
             self._decode = self._bind()
         return self._decode
+
+    def _place_streamed(self) -> None:
+        tiled = self.tiled()
+        for name in self.streamed_names:
+            self._buffers[name] = to_huge_pages(self._buffers[name])
+        if tiled:  # the same tiles, in their new place
+            self._tiled = tuple(weakref.ref(t) for t in self._tile_buffers())
 
     def _native_product(self, x: torch.Tensor) -> torch.Tensor:
         """Any input through the native kernels (bias included), binding the call on first use."""
@@ -270,7 +283,7 @@ class QuantizedLinear(NativeLinear):
 class Int8Linear(QuantizedLinear):
     """int8 weights with one float32 scale per output row."""
 
-    tile_names = ("qweight",)
+    tile_names = streamed_names = ("qweight",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
@@ -310,7 +323,7 @@ class Int8Linear(QuantizedLinear):
 class Int4Linear(QuantizedLinear):
     """int4 weights, groups of `group_size` columns with float16 scales and zeros."""
 
-    tile_names = ("qweight", "scales", "zeros")
+    tile_names = streamed_names = ("qweight", "scales", "zeros")
 
     # float16 scales and zeros, as stored: what the kernels read (llama.cpp stores its too), and a
     # float32 copy would add 0.5 bit per weight of memory (0.8 GB on 2.6) for no change in value
@@ -377,6 +390,7 @@ class Bf16Linear(NativeLinear):
     float32 model's results, at half the memory and half the bytes read per decoded token."""
 
     stored_dtypes = {"weight": torch.bfloat16}  # kept as stored when the model loads in float32
+    streamed_names = ("weight",)
     NATIVE_MAX_ROWS = 16  # beyond this, float32 GEMM on the widened weight is faster (prefill)
 
     def __init__(self, in_features: int, out_features: int, bias: bool):

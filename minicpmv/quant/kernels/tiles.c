@@ -105,24 +105,31 @@ ALWAYS_INLINE void tile512(const tile_args *a, const int MT, int64_t r0, int64_t
     __m512 acc[4];
     for (int t = 0; t < MT; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        __m512i lo[4], hi[4];
-        for (int t = 0; t < MT; t++) lo[t] = hi[t] = _mm512_setzero_si512();
-        for (int64_t c = g * chunks; c < (g + 1) * chunks; c++) {
+        /* four chains per activation row (low and high nibbles of even and odd chunks): one
+         * chain would wait out vpdpbusd's latency at every chunk; chunks per group are even */
+        __m512i lo[4], hi[4], lo2[4], hi2[4];
+        for (int t = 0; t < MT; t++) lo[t] = hi[t] = lo2[t] = hi2[t] = _mm512_setzero_si512();
+        for (int64_t c = g * chunks; c < (g + 1) * chunks; c += 2) {
             const uint8_t *src = w + c * CHUNK;
             _mm_prefetch((const char *)src + AHEAD_BYTES, _MM_HINT_T1);
-            const __m512i v = _mm512_loadu_si512((const void *)src);
+            _mm_prefetch((const char *)src + CHUNK + AHEAD_BYTES, _MM_HINT_T1);
+            const __m512i v = _mm512_loadu_si512((const void *)src), v2 = _mm512_loadu_si512((const void *)(src + CHUNK));
             const __m512i wl = _mm512_and_si512(v, low), wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            const __m512i wl2 = _mm512_and_si512(v2, low), wh2 = _mm512_and_si512(_mm512_srli_epi16(v2, 4), low);
             for (int t = 0; t < MT; t++) {
                 const int8_t *xk = a->xq + (r0 + t) * K + 8 * c;
                 lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_broadcastd_epi32(broadcast4(xk)));
                 hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_broadcastd_epi32(broadcast4(xk + 4)));
+                lo2[t] = _mm512_dpbusd_epi32(lo2[t], wl2, _mm512_broadcastd_epi32(broadcast4(xk + 8)));
+                hi2[t] = _mm512_dpbusd_epi32(hi2[t], wh2, _mm512_broadcastd_epi32(broadcast4(xk + 12)));
             }
         }
         const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + g * ROWS)));
         const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zr + g * ROWS)));
         for (int t = 0; t < MT; t++) {
             const int64_t i = (r0 + t) * ng + g;
-            const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[t], hi[t]));
+            const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(lo[t], hi[t]), _mm512_add_epi32(lo2[t], hi2[t]));
+            const __m512 dot = _mm512_cvtepi32_ps(sum);
             const __m512 centred = _mm512_fmsub_ps(dot, _mm512_set1_ps(a->xscales[i]), _mm512_set1_ps(8.f * a->qsums[i]));
             acc[t] = _mm512_fmadd_ps(s, centred, _mm512_fmadd_ps(z, _mm512_set1_ps(a->sums[i]), acc[t]));
         }
