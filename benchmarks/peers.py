@@ -16,6 +16,7 @@ Contenders alternate round by round; the table reports medians and ratios.
     pip install -e '.[bench]'
     python benchmarks/peers.py [--threads 2] [--rounds 3] [--parts fp32,int4,int8,vision] [--out docs/peers.md]
     python benchmarks/peers.py --parts vision --isa avx2   # the vision tower as on an AVX2-only CPU
+    PYTHONPATH=/tmp/llama-avx2/site python benchmarks/peers.py --parts int4,int8 --isa avx2  # decoding, both sides AVX2
 """
 
 from __future__ import annotations
@@ -329,8 +330,9 @@ def main():
         choices=["native", "avx2"],
         default="native",
         help="avx2: run as on a CPU with AVX2 only (oneDNN and MKL capped at AVX2, our kernels built for "
-        "haswell, no native bf16): an emulation on this CPU's cores, caches and memory; meant for --parts "
-        "vision (llama.cpp's own build is not capped)",
+        "haswell, no native bf16): an emulation on this CPU's cores, caches and memory. llama.cpp is whatever "
+        "llama-cpp-python imports: for the LLM parts, put one built with AVX2 only first on PYTHONPATH "
+        "(docs/benchmarks.md has the build line)",
     )
     args = parser.parse_args()
     if args.isa == "avx2":  # read when torch first calls oneDNN / MKL and when our kernels build
@@ -345,6 +347,10 @@ def main():
         "",
     ]
     modes = [m for m in args.parts.split(",") if m in ("fp32", "int4", "int8")]
+    if {"int4", "int8"} & set(modes):  # which llama.cpp build ran (see --isa)
+        import llama_cpp
+
+        lines[-1:-1] = [f"llama-cpp-python {llama_cpp.__version__} from {Path(llama_cpp.__file__).parent}"]
     if modes:
         lines += llm_table(args.threads, args.rounds, cache, modes) + [""]
     if "vision" in args.parts:

@@ -4,6 +4,7 @@ and huge pages for the weights a decoded token streams."""
 from __future__ import annotations
 
 import math
+import os
 import resource
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def reuse_freed_memory() -> bool:
 
 
 HUGE_PAGE = 2 << 20  # x86-64 and arm64 transparent huge pages
-HUGE_PAGES = {"on": True}  # off: streamed weights stay in ordinary pages (for A/B benchmarks)
+# `MINICPMV_HUGE_PAGES=0`: every tensor in ordinary pages (also toggled by A/B benchmarks)
+HUGE_PAGES = {"on": os.environ.get("MINICPMV_HUGE_PAGES", "1") != "0"}
 _HUGE_REGIONS: dict[int, object] = {}  # start address -> weak reference to its mapping
 
 

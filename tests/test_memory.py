@@ -18,11 +18,13 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY
 
 from minicpmv import memory
 from minicpmv.memory import HUGE_PAGE, huge_page_empty, in_huge_pages, to_huge_pages
+from minicpmv.model.checkpoint import OpenCheckpoint, load_model, save_model
 from minicpmv.model.safetensors_reader import read_header, read_tensors, write_tensors
-from minicpmv.quant import native
+from minicpmv.quant import QuantConfig, native, quantize_model
 from minicpmv.quant.linear import Int4Linear, Int8Linear
 from minicpmv.quant.schemes import quantize_int4, quantize_int8
 
@@ -105,13 +107,26 @@ def test_the_mapping_goes_with_the_tensor_and_small_tensors_stay_where_they_are(
 
 
 @needs_huge_pages
-def test_weights_read_from_safetensors_land_in_huge_pages(tmp_path):
-    tensors = {"big": torch.randint(-128, 127, (2048, 1536), dtype=torch.int8), "small": torch.randn(7)}
+def test_streamed_weights_read_from_safetensors_land_in_huge_pages_and_others_do_not(tmp_path):
+    """Only the named ones: on a VM a huge page's first touch can cost several times a 4 KB
+    page's (research/decode-kernels.md), so nothing else pays it at load."""
+    tensors = {name: torch.randint(-128, 127, (2048, 1536), dtype=torch.int8) for name in ("streamed", "other")}
+    tensors["small"] = torch.randn(7)
     write_tensors(tmp_path / "w.safetensors", tensors)
     header, data_start = read_header(tmp_path / "w.safetensors")
-    read = dict(read_tensors(tmp_path / "w.safetensors", ["big", "small"], header, data_start))
-    assert in_huge_pages(read["big"]) and not in_huge_pages(read["small"])
+    read = dict(
+        read_tensors(tmp_path / "w.safetensors", list(tensors), header, data_start, frozenset({"streamed", "small"}))
+    )
+    assert in_huge_pages(read["streamed"]) and not in_huge_pages(read["other"]) and not in_huge_pages(read["small"])
     assert all(torch.equal(read[name], tensors[name]) for name in tensors)
+
+
+def test_a_quantized_checkpoint_names_the_weights_its_decoding_streams(tmp_path):
+    save_model(quantize_model(load_model(TINY["2.6"] / "checkpoint"), QuantConfig(bits=4, group_size=32)), tmp_path)
+    streamed = OpenCheckpoint(tmp_path).streamed
+    layer = "llm.model.layers.0.mlp.down_proj"
+    assert {f"{layer}.qweight", f"{layer}.scales", f"{layer}.zeros"} <= streamed
+    assert not any(name.startswith(("vpm.", "resampler.", "llm.model.embed_tokens")) for name in streamed)
 
 
 @pytest.fixture

@@ -362,7 +362,9 @@ def test_quality_report_of_a_model_against_itself_is_perfect():
 @pytest.mark.parametrize("march", ["haswell", "x86-64-v2"])
 def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
     """The AVX2-only build (no VNNI, no AVX-512: vpmaddubsw, 256-bit tiles) gives the same
-    numbers as the reference; a CPU level below AVX2 refuses to build and falls back."""
+    numbers as the reference, for tiles of every group size and at the int16 bound of its partial
+    sums (nibbles 15 against activations 127); a CPU level below AVX2 refuses to build and falls
+    back."""
     monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("MINICPMV_KERNEL_MARCH", march)
     monkeypatch.setattr(native, "_STATE", {})
@@ -372,11 +374,20 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
         return
     assert native.library() is not None
     torch.manual_seed(0)
-    for make, in_features, out_features in LAYERS + [(lambda i, o: Int4Linear(i, o, True, 64), 128, 19)]:
+    tiled = [(lambda i, o, g=g: Int4Linear(i, o, False, g), 256, 32) for g in (64, 128)]
+    for make, in_features, out_features in LAYERS + tiled + [(lambda i, o: Int4Linear(i, o, True, 64), 128, 19)]:
         module = filled(make(in_features, out_features), torch.randn(out_features, in_features) / in_features**0.5)
         for rows in (1, 6, 70):
             x = torch.randn(rows, in_features)
             torch.testing.assert_close(module(x), with_kernel("reference", lambda: module(x)), atol=0.05, rtol=0.02)
+    extreme = torch.ones(32, 256)
+    extreme[:, ::64] = -1.0  # one low weight per group: the others quantize to nibble 15
+    module = filled(Int4Linear(256, 32, False, 64), extreme)
+    assert (unpack_int4(module.qweight) == 15).float().mean() > 0.9
+    x = torch.ones(1, 256)  # every activation quantizes to 127
+    out = module(x)
+    assert module.tiled()
+    torch.testing.assert_close(out, with_kernel("reference", lambda: module(x)), atol=0.05, rtol=1e-3)
     weight = torch.randn(40, 64).to(torch.bfloat16)
     x = torch.randn(3, 64)
     torch.testing.assert_close(native.gemm_bf16(x, weight), x @ weight.float().t(), atol=1e-5, rtol=1e-5)

@@ -126,6 +126,12 @@ class OpenCheckpoint:
             for module_name, module in self.model.named_modules()
             for key, dtype in getattr(module, "stored_dtypes", {}).items()
         }
+        # what a decoded token streams goes straight into huge pages (memory.huge_page_empty)
+        self.streamed = {
+            f"{module_name}.{key}"
+            for module_name, module in self.model.named_modules()
+            for key in getattr(module, "streamed_names", ())
+        }
         if self.config.llm.tie_word_embeddings:
             self.expected.pop("llm.lm_head.weight", None)
         _check_names(self.expected, self.files)
@@ -162,7 +168,8 @@ class OpenCheckpoint:
             header, data_start = self._header(file)
             ours = {self.stored_names[name]: name for name in file_names}
             try:
-                for stored, tensor in read_tensors(file, list(ours), header, data_start):
+                huge = frozenset(stored for stored, name in ours.items() if name in self.streamed)
+                for stored, tensor in read_tensors(file, list(ours), header, data_start, huge):
                     name = ours[stored]
                     dtype = self.stored_dtypes.get(name, self.dtype)
                     state[name] = _convert(

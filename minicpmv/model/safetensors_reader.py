@@ -84,13 +84,15 @@ def _check_entry(name: str, entry, data_bytes: int) -> None:
         raise SafetensorsFormatError(f"tensor {name}: {offsets[1] - offsets[0]} bytes for shape {shape}")
 
 
-def read_tensors(path: Path, names: list[str], header: dict, data_start: int):
-    """Yield (name, tensor) for `names`, each read into its own allocation."""
+def read_tensors(path: Path, names: list[str], header: dict, data_start: int, huge: frozenset[str] = frozenset()):
+    """Yield (name, tensor) for `names`, each read into its own allocation: in huge pages for the
+    names in `huge` (memory.huge_page_empty: the weights a decoded token streams)."""
     with open(path, "rb", buffering=0) as f:
         for name in names:
             entry = header[name]
             begin, end = entry["data_offsets"]
-            tensor = huge_page_empty(tuple(entry["shape"]), DTYPES[entry["dtype"]])
+            allocate = huge_page_empty if name in huge else torch.empty
+            tensor = allocate(tuple(entry["shape"]), dtype=DTYPES[entry["dtype"]])
             if end - begin != tensor.numel() * tensor.element_size():
                 raise SafetensorsFormatError(f"tensor {name}: {end - begin} bytes for shape {entry['shape']}")
             if tensor.numel():

@@ -138,14 +138,24 @@ ALWAYS_INLINE void tile512(const tile_args *a, const int MT, int64_t r0, int64_t
 }
 #define TILE tile512
 #else
-static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+/* chunks summed between widenings; chunks per group (4, 8 or 16) are a multiple */
+#define WIDEN_EVERY 4
 #if defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#else
-    /* nibbles <= 15 against |x| <= 127: vpmaddubsw's pair sums cannot saturate */
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
+static inline __m256i dot_nibbles(__m256i acc, __m256i wl, __m256i xl, __m256i wh, __m256i xh) {
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, wl, xl), wh, xh);
 }
+static inline __m256i widen_add(__m256i acc, __m256i part) { return _mm256_add_epi32(acc, part); }
+#else
+/* vpmaddubsw's pair sums of nibbles (<= 15) and |x| <= 127 are at most 3810: eight of them (two
+ * per chunk, 4 chunks) add up in int16 lanes before one vpmaddwd widens them, which saves two
+ * instructions per product against widening each */
+static inline __m256i dot_nibbles(__m256i acc, __m256i wl, __m256i xl, __m256i wh, __m256i xh) {
+    return _mm256_add_epi16(acc, _mm256_add_epi16(_mm256_maddubs_epi16(wl, xl), _mm256_maddubs_epi16(wh, xh)));
+}
+static inline __m256i widen_add(__m256i acc, __m256i part) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(part, _mm256_set1_epi16(1)));
+}
+#endif
 
 /* two 8-row halves of a tile, 256 bits each */
 ALWAYS_INLINE void tile256(const tile_args *a, const int MT, int64_t r0, int64_t p) {
@@ -158,18 +168,27 @@ ALWAYS_INLINE void tile256(const tile_args *a, const int MT, int64_t r0, int64_t
     for (int64_t g = 0; g < ng; g++) {
         __m256i dot[4][2];
         for (int t = 0; t < MT; t++) dot[t][0] = dot[t][1] = _mm256_setzero_si256();
-        for (int64_t c = g * chunks; c < (g + 1) * chunks; c++) {
-            const uint8_t *src = w + c * CHUNK;
-            _mm_prefetch((const char *)src + AHEAD_BYTES, _MM_HINT_T1);
-            for (int h = 0; h < 2; h++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h));
-                const __m256i wl = _mm256_and_si256(v, low), wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        for (int64_t c0 = g * chunks; c0 < (g + 1) * chunks; c0 += WIDEN_EVERY) {
+            __m256i part[4][2];
+            for (int t = 0; t < MT; t++) part[t][0] = part[t][1] = _mm256_setzero_si256();
+            for (int64_t c = c0; c < c0 + WIDEN_EVERY; c++) {
+                const uint8_t *src = w + c * CHUNK;
+                _mm_prefetch((const char *)src + AHEAD_BYTES, _MM_HINT_T1);
+                __m256i xlo[4], xhi[4];
                 for (int t = 0; t < MT; t++) {
                     const int8_t *xk = a->xq + (r0 + t) * K + 8 * c;
-                    dot[t][h] = dot_u8s8(dot[t][h], wl, _mm256_broadcastd_epi32(broadcast4(xk)));
-                    dot[t][h] = dot_u8s8(dot[t][h], wh, _mm256_broadcastd_epi32(broadcast4(xk + 4)));
+                    xlo[t] = _mm256_broadcastd_epi32(broadcast4(xk));
+                    xhi[t] = _mm256_broadcastd_epi32(broadcast4(xk + 4));
+                }
+                for (int h = 0; h < 2; h++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h));
+                    const __m256i wl = _mm256_and_si256(v, low), wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    for (int t = 0; t < MT; t++)
+                        part[t][h] = dot_nibbles(part[t][h], wl, xlo[t], wh, xhi[t]);
                 }
             }
+            for (int t = 0; t < MT; t++)
+                for (int h = 0; h < 2; h++) dot[t][h] = widen_add(dot[t][h], part[t][h]);
         }
         for (int h = 0; h < 2; h++) {
             const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * ROWS + 8 * h)));
