@@ -93,12 +93,13 @@ def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if not _worth_huge_pages(nbytes):
         return torch.empty(shape, dtype=dtype)
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    base = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping alive
-    offset = -base.data_ptr() % HUGE_PAGE
+    offset = -torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
     region.madvise(mmap.MADV_HUGEPAGE, offset, nbytes // HUGE_PAGE * HUGE_PAGE)
-    start = base.data_ptr()
+    # a storage of exactly the tensor (torch.save writes no slack); it keeps the mapping alive
+    tensor = torch.frombuffer(region, dtype=dtype, count=math.prod(shape), offset=offset)
+    start = tensor.data_ptr()
     _HUGE_REGIONS[start] = weakref.ref(region, lambda _, start=start: _HUGE_REGIONS.pop(start, None))
-    return base[offset : offset + nbytes].view(dtype).view(shape)
+    return tensor.view(shape)
 
 
 def in_huge_pages(tensor: torch.Tensor) -> bool:

@@ -81,6 +81,7 @@ def test_whole_huge_page_spans_are_advised_and_the_tail_is_not():
     tensor = huge_page_empty(((5 << 20) // 4,), torch.float32)  # 2.5 huge pages
     start = tensor.data_ptr()
     assert in_huge_pages(tensor) and start % HUGE_PAGE == 0
+    assert tensor.untyped_storage().nbytes() == 5 << 20  # torch.save would write no slack
     head = mapping_of(start)
     assert "hg" in head[2] and head[:2] == (start, start + 2 * HUGE_PAGE)
     assert "hg" not in mapping_of(start + 2 * HUGE_PAGE)[2]  # the last half page: ordinary pages
