@@ -25,6 +25,7 @@ from minicpmv.memory import HUGE_PAGE, huge_page_empty, in_huge_pages, to_huge_p
 from minicpmv.model.checkpoint import OpenCheckpoint, load_model, save_model
 from minicpmv.model.safetensors_reader import read_header, read_tensors, write_tensors
 from minicpmv.quant import QuantConfig, native, quantize_model
+from minicpmv.quant.apply import quantize_weight
 from minicpmv.quant.linear import Int4Linear, Int8Linear
 from minicpmv.quant.schemes import quantize_int4, quantize_int8
 
@@ -120,6 +121,17 @@ def test_streamed_weights_read_from_safetensors_land_in_huge_pages_and_others_do
     )
     assert in_huge_pages(read["streamed"]) and not in_huge_pages(read["other"]) and not in_huge_pages(read["small"])
     assert all(torch.equal(read[name], tensors[name]) for name in tensors)
+
+
+@needs_huge_pages
+def test_weights_quantized_to_decode_here_land_in_huge_pages_and_those_for_a_file_do_not():
+    weight = torch.randn(4096, 1024)  # int4: a 2 MB qweight
+    for bits in (4, 8, 16):
+        here = quantize_weight(weight, bits, 64, streamed=True)
+        written = quantize_weight(weight, bits, 64)
+        stream = "qweight" if bits < 16 else "weight"
+        assert in_huge_pages(here[stream]) and not in_huge_pages(written[stream])
+        assert all(torch.equal(here[name], written[name]) for name in here)
 
 
 def test_a_quantized_checkpoint_names_the_weights_its_decoding_streams(tmp_path):

@@ -115,25 +115,28 @@ ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB f
 
 @torch.no_grad()
 def quantize_weight(
-    weight: torch.Tensor, bits: int, group_size: int, rows_per_step: int = ROWS_PER_STEP
+    weight: torch.Tensor, bits: int, group_size: int, rows_per_step: int = ROWS_PER_STEP, streamed: bool = False
 ) -> dict[str, torch.Tensor]:
     """A float (N, K) weight in a quantized linear's layout: {"weight"} in bfloat16 (bits 16),
-    {"qweight", "scales"} (8) or {"qweight", "scales", "zeros"} with float16 statistics (4).
+    {"qweight", "scales"} (8) or {"qweight", "scales", "zeros"} with float16 statistics (4);
+    `streamed`: for a layer that will decode here, in huge pages (memory.huge_page_empty), not for
+    a file.
 
     Per-row scales (int8) and groups within a row (int4): row blocks quantize independently, so
     a 150k-row head never needs whole-weight float32 temporaries; each block's results go straight
     into the final tensors (no list of pieces, no concatenated copy)."""
+    empty = huge_page_empty if streamed else torch.empty
     if bits == 16:
-        return {"weight": huge_page_empty(tuple(weight.shape), torch.bfloat16).copy_(weight.detach())}
+        return {"weight": empty(tuple(weight.shape), dtype=torch.bfloat16).copy_(weight.detach())}
     rows, cols = weight.shape
     if bits == 8:
-        out = {"qweight": huge_page_empty((rows, cols), torch.int8), "scales": torch.empty(rows)}
+        out = {"qweight": empty((rows, cols), dtype=torch.int8), "scales": torch.empty(rows)}
     else:
         groups = cols // group_size
         out = {
-            "qweight": huge_page_empty((rows, cols // 2), torch.uint8),
-            "scales": huge_page_empty((rows, groups), torch.float16),
-            "zeros": huge_page_empty((rows, groups), torch.float16),
+            "qweight": empty((rows, cols // 2), dtype=torch.uint8),
+            "scales": empty((rows, groups), dtype=torch.float16),
+            "zeros": empty((rows, groups), dtype=torch.float16),
         }
     for start in range(0, rows, rows_per_step):
         block = weight[start : start + rows_per_step].float()
@@ -149,7 +152,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     for name, bits in layer_bits(model, config).items():
         module = model.get_submodule(name)
         new = _empty(module, bits, config.group_size)
-        for suffix, tensor in quantize_weight(module.weight, bits, config.group_size).items():
+        for suffix, tensor in quantize_weight(module.weight, bits, config.group_size, streamed=True).items():
             setattr(new, suffix, tensor)
         if module.bias is not None:
             new.bias = module.bias.detach().float().clone()
