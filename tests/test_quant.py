@@ -469,3 +469,24 @@ def test_a_bfloat16_source_stays_bfloat16_where_not_quantized(tmp_path):
         model = quantize_model(load_model(source), config)
         expected = model.llm(model.llm.embed(ids))
     torch.testing.assert_close(reloaded, expected, atol=0, rtol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("make", [lambda: Int4Linear(128, 32, False, 32), lambda: Int8Linear(128, 32, False)])
+def test_a_layer_that_decoded_copies_and_pickles_in_the_stored_layout(make):
+    """A bound call holds this process's pointers and the tile references name the layer's own
+    tensors: deepcopy and pickle take the stored weights and no caches, and the copy computes
+    what the original does while the original keeps its tiles."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    module = filled(make(), torch.randn(32, 128) / 128**0.5)
+    stored = module.state_dict()["qweight"].clone()
+    x = torch.randn(1, 128)
+    expected = module(x)
+    for twin in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert not twin.tiled() and torch.equal(twin.qweight, stored)
+        assert torch.equal(twin(x), expected)
+    assert module.tiled() == (isinstance(module, Int4Linear) or native.int8_tiles_available())
+    assert torch.equal(module(x), expected)

@@ -186,12 +186,28 @@ class NativeLinear(nn.Module):
         self._rearrange(self._tile_buffers(), tiles)
         self._tiled = tuple(weakref.ref(t) for t in self._tile_buffers()) if tiles else None
 
+    def _stored_copies(self) -> dict[str, torch.Tensor]:
+        """The tiled buffers copied back into the stored layout (empty while not tiled)."""
+        if not self.tiled():
+            return {}
+        stored = tuple(t.detach().clone() for t in self._tile_buffers())
+        self._rearrange(stored, False)
+        return dict(zip(self.tile_names, stored))
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.tiled():  # a stored copy: the tensors handed out must not change at the next decode
-            stored = tuple(t.detach().clone() for t in self._tile_buffers())
-            self._rearrange(stored, False)
-            destination.update({prefix + name: t for name, t in zip(self.tile_names, stored)})
+        # a stored copy: the tensors handed out must not change at the next decode
+        destination.update({prefix + name: t for name, t in self._stored_copies().items()})
+
+    def __getstate__(self):
+        """What copy.deepcopy and pickle take: the stored layout, and none of the caches (a bound
+        call holds this process's pointers; the tile references name this layer's tensors)."""
+        state = self.__dict__.copy()
+        state["_buffers"] = {**self._buffers, **self._stored_copies()}
+        state.update(_decode=None, _tiled=None)
+        if "_packed" in state:
+            state["_packed"] = None
+        return state
 
     def _apply(self, fn, recurse=True):
         self._drop_caches()
