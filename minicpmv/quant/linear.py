@@ -151,6 +151,7 @@ class NativeLinear(nn.Module):
     tile_names: tuple[str, ...] = ()
     streamed_names: tuple[str, ...] = ()
     _tiled: tuple | None = None  # weak references to the buffers while they hold tiles
+    _caches = ("_decode", "_tiled")  # attributes a copy or a pickle does not take
 
     def prepare_for_compile(self) -> None:
         """Let torch.compile call this layer as one opaque op (see opaque_linear)."""
@@ -204,9 +205,7 @@ class NativeLinear(nn.Module):
         call holds this process's pointers; the tile references name this layer's tensors)."""
         state = self.__dict__.copy()
         state["_buffers"] = {**self._buffers, **self._stored_copies()}
-        state.update(_decode=None, _tiled=None)
-        if "_packed" in state:
-            state["_packed"] = None
+        state.update(dict.fromkeys(self._caches))
         return state
 
     def _apply(self, fn, recurse=True):
@@ -340,6 +339,7 @@ class Int4Linear(QuantizedLinear):
     """int4 weights, groups of `group_size` columns with float16 scales and zeros."""
 
     tile_names = streamed_names = ("qweight", "scales", "zeros")
+    _caches = NativeLinear._caches + ("_packed",)
 
     # float16 scales and zeros, as stored: what the kernels read (llama.cpp stores its too), and a
     # float32 copy would add 0.5 bit per weight of memory (0.8 GB on 2.6) for no change in value
