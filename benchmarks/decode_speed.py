@@ -92,6 +92,7 @@ def compare_pages(llm, rounds: int) -> None:
             place(llm, kind == "huge")
             run(llm, 16, 4)  # binds (and tiles) the layers again
             speeds[kind].append(run(llm)[1])
+    place(llm, True)  # as built: the next mode starts with huge pages wanted again
     ratios = [h / s for h, s in zip(speeds["huge"], speeds["4k"])]
     print(f"|   decode tok/s, huge pages | {' '.join(f'{x:.2f}' for x in speeds['huge'])} |")
     print(f"|   decode tok/s, 4 KB pages | {' '.join(f'{x:.2f}' for x in speeds['4k'])} |")

@@ -3,9 +3,12 @@ and huge pages for the weights a decoded token streams."""
 
 from __future__ import annotations
 
+import functools
 import math
+import mmap
 import os
 import resource
+import weakref
 from pathlib import Path
 
 import torch
@@ -61,17 +64,20 @@ HUGE_PAGES = {"on": os.environ.get("MINICPMV_HUGE_PAGES", "1") != "0"}
 _HUGE_REGIONS: dict[int, object] = {}  # start address -> weak reference to its mapping
 
 
-def huge_pages_possible() -> bool:
-    """Whether Linux may back an madvise'd mapping with 2 MB pages here."""
-    import mmap
-
-    if not (HUGE_PAGES["on"] and hasattr(mmap, "MADV_HUGEPAGE")):
+@functools.cache
+def _system_has_huge_pages() -> bool:
+    """Linux with transparent huge pages not set to `never` (read once)."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
         return False
-    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     try:
-        return "[never]" not in setting.read_text()
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return False
+
+
+def huge_pages_possible() -> bool:
+    """Whether Linux may back an madvise'd mapping with 2 MB pages here (and they are wanted)."""
+    return HUGE_PAGES["on"] and _system_has_huge_pages()
 
 
 def _worth_huge_pages(nbytes: int) -> bool:
@@ -86,9 +92,6 @@ def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     The leading slack of the mapping that aligns the tensor is never touched, so it costs address
     space, not memory; the tail past the last whole huge page stays in ordinary pages. Tensors
     under one huge page, or where the system has none, are a plain torch.empty."""
-    import mmap
-    import weakref
-
     nbytes = math.prod(shape) * dtype.itemsize
     if not _worth_huge_pages(nbytes):
         return torch.empty(shape, dtype=dtype)

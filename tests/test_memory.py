@@ -177,8 +177,4 @@ def test_a_native_layer_moves_its_streamed_weights_at_binding_and_computes_the_s
     # a new bias rebinds a layer that holds tiles already: it moves nothing twice, keeps its tiles
     plain.bias = torch.zeros(2048)
     assert torch.equal(plain(x), expected) and in_huge_pages(plain.qweight) and plain.tiled() == placed.tiled()
-    assert torch.equal(plain.state_dict()["qweight"], make_state(make)["qweight"])
-
-
-def make_state(make):
-    return quantized(make()).state_dict()
+    assert torch.equal(plain.state_dict()["qweight"], quantized(make()).state_dict()["qweight"])

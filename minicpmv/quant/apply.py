@@ -152,7 +152,8 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     for name, bits in layer_bits(model, config).items():
         module = model.get_submodule(name)
         new = _empty(module, bits, config.group_size)
-        for suffix, tensor in quantize_weight(module.weight, bits, config.group_size, streamed=True).items():
+        on_cpu = module.weight.device.type == "cpu"  # what decodes here: on a GPU it moves there
+        for suffix, tensor in quantize_weight(module.weight, bits, config.group_size, streamed=on_cpu).items():
             setattr(new, suffix, tensor)
         if module.bias is not None:
             new.bias = module.bias.detach().float().clone()
