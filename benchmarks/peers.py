@@ -16,6 +16,7 @@ Contenders alternate round by round; the table reports medians and ratios.
     pip install -e '.[bench]'
     python benchmarks/peers.py [--threads 2] [--rounds 3] [--parts fp32,int4,int8,vision] [--out docs/peers.md]
     python benchmarks/peers.py --parts vision --isa avx2   # the vision tower as on an AVX2-only CPU
+    python benchmarks/peers.py --parts vision --isa avx-vnni   # ... as on an AVX2 + AVX-VNNI CPU (Alder Lake)
     PYTHONPATH=/tmp/llama-avx2/site python benchmarks/peers.py --parts int4,int8 --isa avx2  # decoding, both sides AVX2
 """
 
@@ -36,7 +37,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from decode_speed import build, run  # noqa: E402
 
+from minicpmv.quant.native import avx_vnni_march  # noqa: E402
+
 PROMPT, NEW = 128, 64
+# --isa: the environment that makes this CPU behave as another (oneDNN, MKL, our kernels' build)
+EMULATED = {
+    "avx2": dict(
+        ATEN_CPU_CAPABILITY="avx2",
+        ONEDNN_MAX_CPU_ISA="AVX2",
+        MKL_ENABLE_INSTRUCTIONS="AVX2",
+        MINICPMV_KERNEL_MARCH="haswell",
+    ),
+    "avx-vnni": dict(
+        ATEN_CPU_CAPABILITY="avx2",
+        ONEDNN_MAX_CPU_ISA="AVX2_VNNI",
+        MKL_ENABLE_INSTRUCTIONS="AVX2",
+        MINICPMV_KERNEL_MARCH=avx_vnni_march() or "native",
+    ),
+}
 
 
 def write_gguf(llm, path: Path, weight_type: str) -> Path:
@@ -252,9 +270,12 @@ def paired_vision_towers(cfg):
 
 def vision_table(rounds: int, isa: str) -> list[str]:
     from minicpmv.bench import ARCHITECTURES
+    from minicpmv.memory import reuse_freed_memory
     from minicpmv.model.config import MiniCPMVConfig
     from minicpmv.quant.dynamic import use_dynamic_int8
 
+    # the allocator setting load() gives our side; process-wide, so transformers runs with it too
+    reuse_freed_memory()
     cfg = MiniCPMVConfig.from_dict(ARCHITECTURES["qwen2-1.5b"]).vision
     ours, hf = paired_vision_towers(cfg)
     ours_int8 = copy.deepcopy(ours)
@@ -269,14 +290,15 @@ def vision_table(rounds: int, isa: str) -> list[str]:
 
     from minicpmv.devices import pick_vision_autocast
 
-    # with --isa avx2 the CPU is taken as one without native bf16, as `auto` would find it there
-    autocast = None if isa == "avx2" else pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
+    # with --isa avx2 / avx-vnni the CPU is taken as one without native bf16, as `auto` would find it there
+    autocast = None if isa in EMULATED else pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
 
-    def ours_in(dtype, tower=ours):
+    def ours_in(dtype, tower=ours, per_call=crops):
         @torch.inference_mode()
         def run():
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                return tower(strips, sizes).float()
+                parts = [tower(strips[i : i + per_call], sizes[i : i + per_call]) for i in range(0, crops, per_call)]
+                return torch.cat(parts).float()
 
         return run
 
@@ -291,11 +313,13 @@ def vision_table(rounds: int, isa: str) -> list[str]:
 
     contenders = {
         f"ours, default (vision_dtype=auto: {'bf16' if autocast else 'fp32'} here)": ours_in(autocast),
-        "ours int8 (`--vision-dtype int8`)": ours_in(None, ours_int8),
-        "ours fp32": ours_in(None),
+        # one crop per call, as load(vision_dtype="int8") runs it: its activations stay in cache
+        "ours int8 (`--vision-dtype int8`, a crop per call)": ours_in(None, ours_int8, per_call=1),
         "HF transformers fp32 (Idefics2 vision)": hf_in(torch.float32),
     }
-    if isa != "avx2":  # emulated bf16 without native support: minutes, and nobody's choice there
+    if autocast:  # without native bf16 the default is fp32 already
+        contenders["ours fp32"] = ours_in(None)
+    if isa not in EMULATED:  # emulated bf16 without native support: minutes, and nobody's choice there
         contenders["HF transformers bf16"] = hf_in(torch.bfloat16)
     outputs = {name: fn() for name, fn in contenders.items()}  # also the warm-up
     exact = outputs["HF transformers fp32 (Idefics2 vision)"]
@@ -327,23 +351,24 @@ def main():
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
     parser.add_argument(
         "--isa",
-        choices=["native", "avx2"],
+        choices=["native", *EMULATED],
         default="native",
-        help="avx2: run as on a CPU with AVX2 only (oneDNN and MKL capped at AVX2, our kernels built for "
-        "haswell, no native bf16): an emulation on this CPU's cores, caches and memory. llama.cpp is whatever "
-        "llama-cpp-python imports: for the LLM parts, put one built with AVX2 only first on PYTHONPATH "
-        "(docs/benchmarks.md has the build line)",
+        help="avx2: run as on a CPU with AVX2 only (ATen, oneDNN and MKL capped at AVX2, our kernels built for "
+        "haswell, no native bf16); avx-vnni: the same with AVX-VNNI's 256-bit vpdpbusd (Intel since Alder "
+        "Lake), in AVX-512 VL's encoding on an AVX-512 VNNI CPU. Emulations on this CPU's cores, caches and "
+        "memory. llama.cpp is whatever llama-cpp-python imports: for the LLM parts, put one built with AVX2 "
+        "only first on PYTHONPATH (docs/benchmarks.md has the build line)",
     )
     args = parser.parse_args()
-    if args.isa == "avx2":  # read when torch first calls oneDNN / MKL and when our kernels build
-        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2", MINICPMV_KERNEL_MARCH="haswell")
+    os.environ.update(EMULATED.get(args.isa, {}))  # read when torch first calls oneDNN / MKL and when our kernels build
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     lines = [
-        f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, torch {torch.__version__} "
+        f"(ATen's CPU code: {torch.backends.cpu.get_cpu_capability()}), "
         f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --parts {args.parts}"
-        f"{' --isa avx2' if args.isa == 'avx2' else ''}`",
+        f"{f' --isa {args.isa}' if args.isa in EMULATED else ''}`",
         "",
     ]
     modes = [m for m in args.parts.split(",") if m in ("fp32", "int4", "int8")]

@@ -359,12 +359,16 @@ def test_quality_report_of_a_model_against_itself_is_perfect():
 
 
 @pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="needs an AVX2 CPU")
-@pytest.mark.parametrize("march", ["haswell", "x86-64-v2"])
+@pytest.mark.parametrize("march", ["haswell", "avx-vnni", "x86-64-v2"])
 def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
-    """The AVX2-only build (no VNNI, no AVX-512: vpmaddubsw, 256-bit tiles) gives the same
-    numbers as the reference, for tiles of every group size and at the int16 bound of its partial
-    sums (nibbles 15 against activations 127); a CPU level below AVX2 refuses to build and falls
-    back."""
+    """The AVX2-only build (no VNNI, no AVX-512: vpmaddubsw, 256-bit tiles) and the AVX-VNNI one
+    (vpdpbusd on 256 bits) give the same numbers as the reference, for tiles of every group size
+    and at the int16 bound of the AVX2 tiles' partial sums (nibbles 15 against activations 127);
+    a CPU level below AVX2 refuses to build and falls back."""
+    if march == "avx-vnni":
+        if native.avx_vnni_march() is None:
+            pytest.skip("needs a CPU with AVX-VNNI or AVX-512 VNNI")
+        march = native.avx_vnni_march()
     monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("MINICPMV_KERNEL_MARCH", march)
     monkeypatch.setattr(native, "_STATE", {})

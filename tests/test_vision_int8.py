@@ -18,40 +18,67 @@ from minicpmv.quant.dynamic import DynamicInt8Linear, use_dynamic_int8
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.why_unavailable()}")
 
 
-def _exact(x, weight, bias):
-    """What the kernel computes, in float64: per-row int8 activations, per-channel int8 weights."""
-    x_scale = x.abs().amax(1, keepdim=True) / 127
+def _exact(x, weight, bias, narrow=False):
+    """What the kernel computes, in float64: per-channel int8 weights; per-row activations,
+    symmetric int8, or `narrow`: 7 bits over the row's range with 0 in it, an integer zero point."""
     w_scale = weight.abs().amax(1, keepdim=True) / 127
-    xq = torch.round(x * (1 / x_scale))  # the kernel multiplies by the float32 inverse
     wq = torch.round(weight / w_scale)
+    if narrow:
+        top, bottom = x.amax(1, keepdim=True).clamp_min(0), x.amin(1, keepdim=True).clamp_max(0)
+        x_scale = (top - bottom) / 127
+        inv = 1 / x_scale  # the kernel multiplies by the float32 inverse
+        zero = torch.round(-bottom * inv)
+        xq = (torch.round(x * inv) + zero).clamp(0, 127) - zero
+    else:
+        x_scale = x.abs().amax(1, keepdim=True) / 127
+        xq = torch.round(x * (1 / x_scale))
     return (xq.double() @ wq.double().t()) * (x_scale.double() * w_scale.double().t()) + bias.double()
 
 
 def _kernel_matches_its_arithmetic():
+    """The layer (narrow where the build narrows) and the 8-bit product the LLM's prefill calls."""
     torch.manual_seed(0)
+    narrow = native.igemm_narrows()
     for rows, width, out_features in [(1, 4, 1), (37, 70, 53), (9, 64, 40), (130, 256, 33)]:
         layer = DynamicInt8Linear(width, out_features)
-        x = torch.randn(rows, width) * 3
+        x = torch.randn(rows, width) * 3 + torch.rand(rows, 1) * 4  # rows not centred on 0
         with torch.no_grad():
             got = layer(x)
-            exact = _exact(x, layer.weight, layer.bias)
             assert layer._packed is not None  # the int8 path ran
-        torch.testing.assert_close(got.double(), exact, atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(got.double(), _exact(x, layer.weight, layer.bias, narrow), atol=1e-4, rtol=1e-5)
+            packed, scales, colsum = layer._int8()
+            wide = native.igemm(x, packed, scales, colsum, layer.bias, narrow=False)
+        torch.testing.assert_close(wide.double(), _exact(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
 
 
 @needs_native
 def test_int8_products_are_exact_in_the_integer_part():
-    """Shapes off every tile edge: rows not a multiple of 8, channels not of 16 or 32, K not of 4."""
+    """Shapes off every tile edge: rows not a multiple of 4, 6 or 8, channels not of 16 or 32, K not of 4."""
     _kernel_matches_its_arithmetic()
+
+
+def _build_for(monkeypatch, tmp_path, march: str):
+    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MINICPMV_KERNEL_MARCH", march)
+    monkeypatch.setattr(native, "_STATE", {})
+    assert native.library() is not None
 
 
 @pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="needs an AVX2 CPU")
 def test_the_avx2_build_computes_the_same(monkeypatch, tmp_path):
-    """vpmaddubsw with the sign of w moved onto x: the same exact sums without VNNI."""
-    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("MINICPMV_KERNEL_MARCH", "haswell")
-    monkeypatch.setattr(native, "_STATE", {})
-    assert native.library() is not None
+    """vpmaddubsw with the sign of w moved onto x: the same exact sums without VNNI, and the
+    vision layers' narrow form: 7-bit unsigned activations with a zero point per row."""
+    _build_for(monkeypatch, tmp_path, "haswell")
+    assert native.igemm_narrows()
+    _kernel_matches_its_arithmetic()
+
+
+@pytest.mark.skipif(native.avx_vnni_march() is None, reason="needs a CPU with AVX-VNNI or AVX-512 VNNI")
+def test_the_avx_vnni_build_computes_the_same(monkeypatch, tmp_path):
+    """vpdpbusd on 256 bits (Intel since Alder Lake): 8-bit activations offset to unsigned, the
+    offset taken back per channel; exact sums, and nothing narrowed."""
+    _build_for(monkeypatch, tmp_path, native.avx_vnni_march())
+    assert not native.igemm_narrows()
     _kernel_matches_its_arithmetic()
 
 

@@ -62,13 +62,20 @@ def _igemm(x: torch.Tensor, width: int) -> bool:
 
 
 def igemm_linear(
-    x: torch.Tensor, packed: tuple, bias: torch.Tensor | None, out_features: int, gelu: bool = False
+    x: torch.Tensor,
+    packed: tuple,
+    bias: torch.Tensor | None,
+    out_features: int,
+    gelu: bool = False,
+    narrow: bool = False,
 ) -> torch.Tensor:
     """x (..., K) through the int8 x int8 GEMM with `packed` = (weight, colsum, per-channel
-    scales): activations quantized per row, as the decode kernels do; `gelu` the tanh GELU after."""
+    scales): activations quantized per row, as the decode kernels do; `gelu` the tanh GELU after;
+    `narrow`: 7-bit activations allowed where faster (`native.igemm`)."""
     weight, colsum, scales = packed
     flat = _flat_float32(x, x.shape[-1])
-    out = native.igemm(flat, weight, scales, colsum, None if bias is None else bias.float().contiguous(), gelu)
+    bias = None if bias is None else bias.float().contiguous()
+    out = native.igemm(flat, weight, scales, colsum, bias, gelu, narrow)
     return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 

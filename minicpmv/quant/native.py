@@ -42,9 +42,11 @@ def _compiler() -> str | None:
 
 
 def _build(sources: list[Path], compiler: str, headers: tuple[Path, ...] = ()) -> Path:
-    # MINICPMV_KERNEL_MARCH builds for another instruction set (the tests build the AVX2-only path)
-    march = os.environ.get("MINICPMV_KERNEL_MARCH", "native")
-    flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+    # MINICPMV_KERNEL_MARCH builds for another instruction set (the tests build the AVX2-only path):
+    # a -march name, then any further compiler flags ("haswell -mavx512vl -mavx512vnni": AVX-VNNI's
+    # kernels on an AVX-512 CPU)
+    march, *extra = (os.environ.get("MINICPMV_KERNEL_MARCH") or "native").split()
+    flags = ["-O3", f"-march={march}", *extra, "-fopenmp", "-shared", "-fPIC", "-std=c11"]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(cpu_flags()))
     texts = [source.read_text() for source in (*sources, *headers)]  # a header change rebuilds too
@@ -60,6 +62,18 @@ def _build(sources: list[Path], compiler: str, headers: tuple[Path, ...] = ()) -
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
     return target
+
+
+def avx_vnni_march() -> str | None:
+    """A MINICPMV_KERNEL_MARCH that builds AVX-VNNI's 256-bit kernels (Intel since Alder Lake) on
+    this CPU: natively where it has AVX-VNNI, in AVX-512 VL's encoding of the same instruction
+    where it has AVX-512 VNNI (tests and emulating benchmarks); None elsewhere."""
+    flags = cpu_flags()
+    if "avx_vnni" in flags:
+        return "haswell -mavxvnni"
+    if {"avx512_vnni", "avx512vl"} <= flags:
+        return "haswell -mavx512vl -mavx512vnni -mprefer-vector-width=256"
+    return None
 
 
 def _declare(lib) -> None:
@@ -88,8 +102,10 @@ def _declare(lib) -> None:
     lib.minicpmv_pack_int4_as_int8.restype = None
     lib.minicpmv_pack_int4_tiles_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
     lib.minicpmv_pack_int4_tiles_as_int8.restype = None
-    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, p]
+    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
+    lib.minicpmv_igemm_narrows.argtypes = []
+    lib.minicpmv_igemm_narrows.restype = ctypes.c_int
     for fn in (
         lib.minicpmv_linear_int4,
         lib.minicpmv_linear_int4_tiles,
@@ -245,6 +261,11 @@ def pack_int4_as_int8(
     return packed, colsum, wscales
 
 
+def igemm_narrows() -> bool:
+    """Whether `igemm(..., narrow=True)` takes 7-bit activations here (a build without VNNI)."""
+    return bool(library().minicpmv_igemm_narrows())
+
+
 def igemm(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -252,9 +273,12 @@ def igemm(
     colsum: torch.Tensor,
     bias: torch.Tensor | None,
     gelu: bool = False,
+    narrow: bool = False,
 ) -> torch.Tensor:
     """x (M, K) float32, quantized per row to int8, @ packed int8 weight^T (per-channel float32
-    `wscales`) + bias -> (M, N) float32; `gelu`: the tanh GELU applied to it in the same pass."""
+    `wscales`) + bias -> (M, N) float32; `gelu`: the tanh GELU applied to it in the same pass;
+    `narrow`: the activations may take 7 bits from each row's range where that is faster (CPUs
+    without VNNI), a rounding step twice as coarse for rows centred on 0."""
     rows, width = x.shape
     out = torch.empty((rows, wscales.shape[0]))
     bias_ptr = None if bias is None else _ptr(bias)
@@ -269,6 +293,7 @@ def igemm(
             bias_ptr,
             wscales.shape[0],
             int(gelu),
+            int(narrow),
             _ptr(out),
         )
     )

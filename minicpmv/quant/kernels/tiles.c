@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "qgemm.h"
+#include "vecmath.h"
 
 #define ROWS 16  /* output rows per tile */
 #define CHUNK 64 /* bytes per chunk: 16 rows x 8 columns */
@@ -140,9 +141,9 @@ ALWAYS_INLINE void tile512(const tile_args *a, const int MT, int64_t r0, int64_t
 #else
 /* chunks summed between widenings; chunks per group (4, 8 or 16) are a multiple */
 #define WIDEN_EVERY 4
-#if defined(__AVXVNNI__)
+#if defined(DPBUSD256)
 static inline __m256i dot_nibbles(__m256i acc, __m256i wl, __m256i xl, __m256i wh, __m256i xh) {
-    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, wl, xl), wh, xh);
+    return DPBUSD256(DPBUSD256(acc, wl, xl), wh, xh);
 }
 static inline __m256i widen_add(__m256i acc, __m256i part) { return _mm256_add_epi32(acc, part); }
 #else

@@ -3,6 +3,14 @@
 #define MINICPMV_VECMATH_H
 #include <immintrin.h>
 
+/* vpdpbusd on 256 bits: AVX-VNNI's (VEX) form, or AVX-512 VL's (EVEX), which an AVX-512 CPU
+ * runs when the kernels are built to behave as on an AVX-VNNI one */
+#if defined(__AVXVNNI__)
+#define DPBUSD256 _mm256_dpbusd_avx_epi32
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define DPBUSD256 _mm256_dpbusd_epi32
+#endif
+
 /* e^x on 8 lanes (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
  * 2^n written into the exponent bits); x clamped to [-87, 88], where 2^n stays a normal float */
 static inline __m256 exp8(__m256 x) {
