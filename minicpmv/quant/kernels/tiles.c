@@ -223,10 +223,16 @@ int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, cons
  * bytes (the panels of igemm.c), each stored as w + 128, so that vpdpbusd takes them as its
  * unsigned side against a broadcast of 4 signed activation bytes: one instruction per 64 weight
  * bytes. The offset comes back per activation block: sum((w + 128) * xq) - 128 * sum(xq), the same
- * for all rows. Elsewhere layers keep the stored layout: without VNNI vpmaddubsw would saturate
- * on 255 * 127 pairs, and the 256-bit AVX-VNNI form is left until a CPU with it can test it. */
-int minicpmv_int8_tiles_available(void) {
+ * for all rows. With AVX-VNNI the same, a chunk as two 256-bit halves of 8 rows. Elsewhere layers
+ * keep the stored layout: without VNNI vpmaddubsw would saturate on 255 * 127 pairs. */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define INT8_TILES 512
+#elif defined(DPBUSD256)
+#define INT8_TILES 256
+#endif
+
+int minicpmv_int8_tiles_available(void) {
+#if defined(INT8_TILES)
     return 1;
 #else
     return 0;
@@ -250,7 +256,7 @@ void minicpmv_int8_tiles(int8_t *w, int64_t N, int64_t K, int to_tiles) {
     }
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(INT8_TILES)
 typedef struct {
     const int8_t *xq; const float *xscales, *qsums; /* activations, per block */
     const uint8_t *w; const float *wscales;
@@ -258,6 +264,7 @@ typedef struct {
     float *out;
 } int8_args;
 
+#if INT8_TILES == 512
 ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64_t p) {
     const int64_t K = a->K, nb = K / a->block, chunks = a->block / 4;
     const uint8_t *w = a->w + p * ROWS * K;
@@ -284,6 +291,42 @@ ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64
         _mm512_storeu_ps(a->out + (r0 + t) * a->N + p * ROWS,
                          _mm512_mul_ps(_mm512_sub_ps(acc[t], _mm512_set1_ps(offset[t])), wscale));
 }
+#else
+/* AVX-VNNI: rows 0-7 of a chunk in its first 32 bytes, rows 8-15 in the second */
+ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64_t p) {
+    const int64_t K = a->K, nb = K / a->block, chunks = a->block / 4;
+    const uint8_t *w = a->w + p * ROWS * K;
+    __m256 acc[4][2];
+    float offset[4] = {0.f, 0.f, 0.f, 0.f}; /* 128 * sum over blocks of sx * sum(xq) */
+    for (int t = 0; t < MT; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i dot[4][2];
+        for (int t = 0; t < MT; t++) dot[t][0] = dot[t][1] = _mm256_setzero_si256();
+        for (int64_t c = b * chunks; c < (b + 1) * chunks; c++) {
+            _mm_prefetch((const char *)(w + c * CHUNK) + AHEAD_BYTES, _MM_HINT_T1);
+            const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + c * CHUNK));
+            const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + c * CHUNK + 32));
+            for (int t = 0; t < MT; t++) {
+                const __m256i x = _mm256_broadcastd_epi32(broadcast4(a->xq + (r0 + t) * K + 4 * c));
+                dot[t][0] = DPBUSD256(dot[t][0], v0, x);
+                dot[t][1] = DPBUSD256(dot[t][1], v1, x);
+            }
+        }
+        for (int t = 0; t < MT; t++) {
+            const int64_t i = (r0 + t) * nb + b;
+            offset[t] += 128.f * a->qsums[i];
+            for (int h = 0; h < 2; h++)
+                acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t][h]), _mm256_set1_ps(a->xscales[i]), acc[t][h]);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        const __m256 wscale = _mm256_loadu_ps(a->wscales + p * ROWS + 8 * h);
+        for (int t = 0; t < MT; t++)
+            _mm256_storeu_ps(a->out + (r0 + t) * a->N + p * ROWS + 8 * h,
+                             _mm256_mul_ps(_mm256_sub_ps(acc[t][h], _mm256_set1_ps(offset[t])), wscale));
+    }
+}
+#endif
 
 /* x (M, K) float32 @ int8 tiles^T * wscales -> out (M, N); activations in blocks of 64 (32 where
  * K % 64 != 0). 0, -1 if out of memory. */
@@ -301,6 +344,6 @@ int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, cons
 int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
                                int64_t K, float *out) {
     (void)x, (void)M, (void)w, (void)wscales, (void)N, (void)K, (void)out;
-    return -2; /* no AVX-512 VNNI: minicpmv_int8_tiles_available() says so first */
+    return -2; /* no VNNI: minicpmv_int8_tiles_available() says so first */
 }
 #endif
