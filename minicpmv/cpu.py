@@ -24,6 +24,17 @@ def is_x86_64() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what the platform module knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as lines:
+            return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def has_native_bf16() -> bool:
     """bfloat16 matrix products in hardware (AVX512-BF16 or AMX): there oneDNN's bf16 GEMM runs
     several times faster than float32; elsewhere it is emulated and slower."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from .cpu import cpu_name
 from .files import cache_dir, write_text_atomic
 
 PHASES = ("encode", "prefill", "decode")
@@ -27,12 +27,7 @@ def cache_path() -> Path:
 
 def machine_key() -> str:
     """CPU model, core count and torch version: what the best settings depend on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu} | {os.cpu_count()} cpus | torch {torch.__version__}"
+    return f"{cpu_name()} | {os.cpu_count()} cpus | torch {torch.__version__}"
 
 
 def model_key(config) -> str:

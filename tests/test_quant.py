@@ -377,6 +377,7 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
         return
     assert native.library() is not None
     assert native.int8_tiles_available() == vnni
+    assert native.kernel_isa() == ("AVX-VNNI" if vnni else "AVX2")
     torch.manual_seed(0)
     tiled = [(lambda i, o, g=g: Int4Linear(i, o, False, g), 256, 32) for g in (64, 128)]
     for make, in_features, out_features in LAYERS + tiled + [(lambda i, o: Int4Linear(i, o, True, 64), 128, 19)]:
@@ -398,6 +399,25 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
     weight = torch.randn(40, 64).to(torch.bfloat16)
     x = torch.randn(3, 64)
     torch.testing.assert_close(native.gemm_bf16(x, weight), x @ weight.float().t(), atol=1e-5, rtol=1e-5)
+
+
+def test_info_system_names_the_kernels_this_machine_runs(capsys, monkeypatch, tmp_path):
+    """`minicpmv info --system`: the instruction set of the built kernels (an AVX2 build says
+    so), native bf16 and what `--vision-dtype auto` picks from it, as llama.cpp's system line."""
+    assert main(["info", "--system", "--json"]) == 0
+    system = json.loads(capsys.readouterr().out)["system"]
+    assert system["native_bf16"] == ("avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags())
+    assert system["vision_dtype_auto"] == ("bfloat16" if system["native_bf16"] else "float32")
+    if native.library() is None:
+        assert system["kernels"].startswith("none (")
+        return
+    assert system["kernels"] in ("AVX-512 VNNI", "AVX-VNNI", "AVX2")
+    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MINICPMV_KERNEL_MARCH", "haswell")
+    monkeypatch.setattr(native, "_STATE", {})
+    assert main(["info", "-m", str(TINY["2.6"] / "checkpoint"), "--system"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("MiniCPM-V 2.6") and "native kernels: AVX2;" in text
 
 
 @pytest.mark.parametrize("version", ["1.0", "4.5"])

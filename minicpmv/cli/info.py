@@ -9,7 +9,9 @@ from ..versions import SUPPORTED_VERSIONS
 from .options import wire
 
 
-def info(model: str | None = None, architecture: str | None = None, as_json: bool = False) -> dict:
+def info(
+    model: str | None = None, architecture: str | None = None, as_json: bool = False, system: bool = False
+) -> dict:
     """Print the version, LLM family and parameter counts per part (vpm, resampler, llm).
 
     The model is built on the meta device, so even the real-size 8B architecture takes no memory.
@@ -18,15 +20,64 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
         model: a checkpoint folder (reads only its config.json).
         architecture: a version ("1.0", "2.0", "2.5", "2.6", "4.5", "4.6", "4.7"): the released model's shapes instead of a folder.
         as_json: one JSON object instead of text.
+        system: also (or alone) this machine: CPU, the instruction set of the native kernels,
+            native bf16, what `--vision-dtype auto` picks, huge pages, threads.
     """
+    from ..errors import ConfigError
+
+    if system and model is None and architecture is None:
+        report = {"system": system_report()}
+        print(json.dumps(report) if as_json else _system_lines(report["system"]))
+        return report
+    if (model is None) == (architecture is None):
+        raise ConfigError("give either a checkpoint folder (-m) or --architecture (or --system)")
+    report, text = _model_report(model, architecture)
+    if system:
+        report["system"] = system_report()
+        text += "\n" + _system_lines(report["system"])
+    print(json.dumps(report) if as_json else text)
+    return report
+
+
+def system_report() -> dict:
+    """What this machine gives the CPU paths (the `--system` part of `info`)."""
+    import torch
+
+    from ..cpu import cpu_name, has_native_bf16
+    from ..devices import pick_vision_autocast
+    from ..memory import huge_pages_possible
+    from ..quant import native
+
+    library = native.library()
+    auto = pick_vision_autocast("auto", torch.float32, torch.device("cpu")) or torch.float32
+    return {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "kernels": native.kernel_isa() if library is not None else f"none ({native.why_unavailable()})",
+        "native_bf16": has_native_bf16(),
+        "vision_dtype_auto": str(auto).removeprefix("torch."),
+        "huge_pages": huge_pages_possible(),
+    }
+
+
+def _system_lines(system: dict) -> str:
+    return "\n".join(
+        [
+            f"system: {system['cpu']}, {system['threads']} threads",
+            f"  native kernels: {system['kernels']}; native bf16: {'yes' if system['native_bf16'] else 'no'}"
+            f" (--vision-dtype auto: {system['vision_dtype_auto']})",
+            f"  huge pages for streamed weights: {'yes' if system['huge_pages'] else 'no'}",
+        ]
+    )
+
+
+def _model_report(model: str | None, architecture: str | None) -> tuple[dict, str]:
     import torch
 
     from ..errors import ConfigError
     from ..model.config import OFFICIAL_ARCHITECTURES, MiniCPMVConfig
     from ..model.minicpmv import MiniCPMV
 
-    if (model is None) == (architecture is None):
-        raise ConfigError("give either a checkpoint folder (-m) or --architecture")
     if architecture is not None and architecture not in OFFICIAL_ARCHITECTURES:
         known = ", ".join(sorted(OFFICIAL_ARCHITECTURES))
         raise ConfigError(f"--architecture {architecture}: no released shapes recorded (known: {known})")
@@ -47,17 +98,13 @@ def info(model: str | None = None, architecture: str | None = None, as_json: boo
         "tensors": len(network.state_dict()),
         "query_num": config.query_num,
     }
-    if as_json:
-        print(json.dumps(report))
-    else:
-        print(
-            f"MiniCPM-V {report['version']}: {config.vision.kind} SigLIP ({config.vision.num_layers} layers) + "
-            f"{config.llm.family} LLM ({config.llm.num_layers} layers, hidden {config.llm.hidden_size})"
-        )
-        print(f"  parameters: {report['parameters'] / 1e9:.3f} B in {report['tensors']} tensors")
-        for name, count in parts.items():
-            print(f"    {name:<9} {count / 1e6:10.1f} M")
-    return report
+    lines = [
+        f"MiniCPM-V {report['version']}: {config.vision.kind} SigLIP ({config.vision.num_layers} layers) + "
+        f"{config.llm.family} LLM ({config.llm.num_layers} layers, hidden {config.llm.hidden_size})",
+        f"  parameters: {report['parameters'] / 1e9:.3f} B in {report['tensors']} tensors",
+        *(f"    {name:<9} {count / 1e6:10.1f} M" for name, count in parts.items()),
+    ]
+    return report, "\n".join(lines)
 
 
 def add_parser(subparsers) -> None:
@@ -69,4 +116,5 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-m", "--model", help="checkpoint folder")
     parser.add_argument("--architecture", choices=SUPPORTED_VERSIONS, help="a released model's shapes")
     parser.add_argument("--json", dest="as_json", action="store_true")
+    parser.add_argument("--system", action="store_true", help="also (or alone) this machine's CPU paths")
     wire(parser, info)

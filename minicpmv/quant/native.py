@@ -105,6 +105,8 @@ def _declare(lib) -> None:
     lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
     lib.minicpmv_igemm_narrows.argtypes = []
+    lib.minicpmv_kernel_isa.argtypes = []
+    lib.minicpmv_kernel_isa.restype = ctypes.c_char_p
     lib.minicpmv_igemm_narrows.restype = ctypes.c_int
     for fn in (
         lib.minicpmv_linear_int4,
@@ -259,6 +261,11 @@ def pack_int4_as_int8(
     pack = library().minicpmv_pack_int4_tiles_as_int8 if tiles else library().minicpmv_pack_int4_as_int8
     pack(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(packed), _ptr(colsum), _ptr(wscales))
     return packed, colsum, wscales
+
+
+def kernel_isa() -> str:
+    """The instruction set the built kernels' integer products use: "AVX-512 VNNI", "AVX-VNNI" or "AVX2"."""
+    return library().minicpmv_kernel_isa().decode()
 
 
 def igemm_narrows() -> bool:

@@ -357,6 +357,17 @@ static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
     }
 }
 
+/* the instruction set the integer products of this build use */
+const char *minicpmv_kernel_isa(void) {
+#if STEP == 2
+    return "AVX-512 VNNI";
+#elif VNNI
+    return "AVX-VNNI";
+#else
+    return "AVX2";
+#endif
+}
+
 /* 1 where minicpmv_igemm's `narrow` takes effect (no VNNI in this build) */
 int minicpmv_igemm_narrows(void) {
 #if STEP == 2 || VNNI
