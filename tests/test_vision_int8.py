@@ -19,9 +19,10 @@ needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kern
 
 
 def _exact(x, weight, bias, narrow=False):
-    """What the kernel computes, in float64: per-channel int8 weights; per-row activations,
-    symmetric int8, or `narrow`: 7 bits over the row's range with 0 in it, an integer zero point."""
-    w_scale = weight.abs().amax(1, keepdim=True) / 127
+    """What the kernel computes, in float64: per-channel int8 weights and per-row symmetric int8
+    activations, or `narrow`: weights in 7 bits, activations in 7 over the row's range with 0 in
+    it and an integer zero point."""
+    w_scale = weight.abs().amax(1, keepdim=True) / (63 if narrow else 127)
     wq = torch.round(weight / w_scale)
     if narrow:
         top, bottom = x.amax(1, keepdim=True).clamp_min(0), x.amin(1, keepdim=True).clamp_max(0)
@@ -46,7 +47,9 @@ def _kernel_matches_its_arithmetic():
             got = layer(x)
             assert layer._packed is not None  # the int8 path ran
             torch.testing.assert_close(got.double(), _exact(x, layer.weight, layer.bias, narrow), atol=1e-4, rtol=1e-5)
-            packed, scales, colsum = layer._int8()
+            wq = torch.round(layer.weight / (layer.weight.abs().amax(1, keepdim=True) / 127)).to(torch.int8)
+            packed, colsum = native.pack_int8(wq)
+            scales = layer.weight.abs().amax(1) / 127
             wide = native.igemm(x, packed, scales, colsum, layer.bias, narrow=False)
         torch.testing.assert_close(wide.double(), _exact(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
 
@@ -67,7 +70,8 @@ def _build_for(monkeypatch, tmp_path, march: str):
 @pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="needs an AVX2 CPU")
 def test_the_avx2_build_computes_the_same(monkeypatch, tmp_path):
     """vpmaddubsw with the sign of w moved onto x: the same exact sums without VNNI, and the
-    vision layers' narrow form: 7-bit unsigned activations with a zero point per row."""
+    vision layers' narrow form: 7-bit weights, 7-bit unsigned activations with a zero point per
+    row, two steps' products added in 16 bits (K not a multiple of 8: the odd last step)."""
     _build_for(monkeypatch, tmp_path, "haswell")
     assert native.igemm_narrows()
     _kernel_matches_its_arithmetic()

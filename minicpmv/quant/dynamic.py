@@ -2,10 +2,11 @@
 
 Weights are quantized per output channel and activations per row, both symmetric int8, and the
 product runs in this package's integer kernel (kernels/igemm.c): on AVX-512 VNNI about 1.7x
-oneDNN's bf16 and 3.3x float32. Without VNNI (AVX2 only) the activations take 7 bits from each
-row's range (`narrow`), which saves vpmaddubsw's sign step: 1.5x the 8-bit product's speed
-(docs/benchmarks.md). A whole tower's output differs from float32's by 0.25% (relative L2) with
-8 bits and 0.38% with 7 (real-size, random weights).
+oneDNN's bf16 and 3.3x float32. Without VNNI (AVX2 only) weights and activations take 7 bits
+(activations from each row's own range, `narrow`), which saves vpmaddubsw's sign step and lets two
+steps' products add in 16 bits: 1.8x the 8-bit product's speed (docs/benchmarks.md).
+A whole real-size tower's output differs from float32's by 0.25% (relative L2, random weights)
+with 8 bits and 0.48% with 7.
 
 The layer keeps its float weight as a parameter: checkpoints load into it unchanged (also the
 low-memory mode's reloading), and the int8 copy is derived from it at first use and again
@@ -51,7 +52,9 @@ class DynamicInt8Linear(nn.Linear):
         version = 0 if weight.is_inference() else weight._version
         key = (id(weight), weight.untyped_storage().data_ptr(), version)
         if self._packed is None or self._packed[:3] != key:
-            scales = weight.detach().abs().amax(dim=1).clamp_min(1e-12) / 127  # (N,)
+            # 7 bits where the kernel narrows (native.igemm): it then adds two steps' products in 16 bits
+            levels = 63 if native.igemm_narrows() else 127
+            scales = weight.detach().abs().amax(dim=1).clamp_min(1e-12) / levels  # (N,)
             q = torch.round(weight.detach() / scales[:, None]).to(torch.int8).contiguous()
             packed, colsum = native.pack_int8(q)
             self._packed = (*key, packed, scales.float().contiguous(), colsum)

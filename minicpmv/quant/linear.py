@@ -71,7 +71,7 @@ def igemm_linear(
 ) -> torch.Tensor:
     """x (..., K) through the int8 x int8 GEMM with `packed` = (weight, colsum, per-channel
     scales): activations quantized per row, as the decode kernels do; `gelu` the tanh GELU after;
-    `narrow`: 7-bit activations allowed where faster (`native.igemm`)."""
+    `narrow`: weights within [-63, 63], 7-bit activations where faster (`native.igemm`)."""
     weight, colsum, scales = packed
     flat = _flat_float32(x, x.shape[-1])
     bias = None if bias is None else bias.float().contiguous()

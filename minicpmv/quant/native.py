@@ -269,7 +269,8 @@ def kernel_isa() -> str:
 
 
 def igemm_narrows() -> bool:
-    """Whether `igemm(..., narrow=True)` takes 7-bit activations here (a build without VNNI)."""
+    """Whether `igemm(..., narrow=True)` computes with 7-bit activations here (a build without
+    VNNI), so that weights quantized to 7 bits are worth their cost."""
     return bool(library().minicpmv_igemm_narrows())
 
 
@@ -284,8 +285,8 @@ def igemm(
 ) -> torch.Tensor:
     """x (M, K) float32, quantized per row to int8, @ packed int8 weight^T (per-channel float32
     `wscales`) + bias -> (M, N) float32; `gelu`: the tanh GELU applied to it in the same pass;
-    `narrow`: the activations may take 7 bits from each row's range where that is faster (CPUs
-    without VNNI), a rounding step twice as coarse for rows centred on 0."""
+    `narrow`: the weights are within [-63, 63], and the activations may take 7 bits from each
+    row's range where that is faster (CPUs without VNNI: `igemm_narrows`)."""
     rows, width = x.shape
     out = torch.empty((rows, wscales.shape[0]))
     bias_ptr = None if bias is None else _ptr(bias)
