@@ -26,8 +26,6 @@ def is_x86_64() -> bool:
 
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo), or what the platform module knows."""
-    import platform
-
     try:
         with open("/proc/cpuinfo") as lines:
             return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))

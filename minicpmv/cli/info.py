@@ -26,20 +26,19 @@ def info(
     from ..errors import ConfigError
 
     if system and model is None and architecture is None:
-        report = {"system": system_report()}
-        print(json.dumps(report) if as_json else _system_lines(report["system"]))
-        return report
-    if (model is None) == (architecture is None):
+        report, lines = {}, []
+    elif (model is None) == (architecture is None):
         raise ConfigError("give either a checkpoint folder (-m) or --architecture (or --system)")
-    report, text = _model_report(model, architecture)
+    else:
+        report, lines = _model_report(model, architecture)
     if system:
-        report["system"] = system_report()
-        text += "\n" + _system_lines(report["system"])
-    print(json.dumps(report) if as_json else text)
+        report["system"] = _system_report()
+        lines += _system_lines(report["system"])
+    print(json.dumps(report) if as_json else "\n".join(lines))
     return report
 
 
-def system_report() -> dict:
+def _system_report() -> dict:
     """What this machine gives the CPU paths (the `--system` part of `info`)."""
     import torch
 
@@ -60,18 +59,16 @@ def system_report() -> dict:
     }
 
 
-def _system_lines(system: dict) -> str:
-    return "\n".join(
-        [
-            f"system: {system['cpu']}, {system['threads']} threads",
-            f"  native kernels: {system['kernels']}; native bf16: {'yes' if system['native_bf16'] else 'no'}"
-            f" (--vision-dtype auto: {system['vision_dtype_auto']})",
-            f"  huge pages for streamed weights: {'yes' if system['huge_pages'] else 'no'}",
-        ]
-    )
+def _system_lines(system: dict) -> list[str]:
+    return [
+        f"system: {system['cpu']}, {system['threads']} threads",
+        f"  native kernels: {system['kernels']}; native bf16: {'yes' if system['native_bf16'] else 'no'}"
+        f" (--vision-dtype auto: {system['vision_dtype_auto']})",
+        f"  huge pages for streamed weights: {'yes' if system['huge_pages'] else 'no'}",
+    ]
 
 
-def _model_report(model: str | None, architecture: str | None) -> tuple[dict, str]:
+def _model_report(model: str | None, architecture: str | None) -> tuple[dict, list[str]]:
     import torch
 
     from ..errors import ConfigError
@@ -104,7 +101,7 @@ def _model_report(model: str | None, architecture: str | None) -> tuple[dict, st
         f"  parameters: {report['parameters'] / 1e9:.3f} B in {report['tensors']} tensors",
         *(f"    {name:<9} {count / 1e6:10.1f} M" for name, count in parts.items()),
     ]
-    return report, "\n".join(lines)
+    return report, lines
 
 
 def add_parser(subparsers) -> None:

@@ -104,10 +104,8 @@ def _declare(lib) -> None:
     lib.minicpmv_pack_int4_tiles_as_int8.restype = None
     lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
-    lib.minicpmv_igemm_narrows.argtypes = []
     lib.minicpmv_kernel_isa.argtypes = []
     lib.minicpmv_kernel_isa.restype = ctypes.c_char_p
-    lib.minicpmv_igemm_narrows.restype = ctypes.c_int
     for fn in (
         lib.minicpmv_linear_int4,
         lib.minicpmv_linear_int4_tiles,
@@ -271,7 +269,7 @@ def kernel_isa() -> str:
 def igemm_narrows() -> bool:
     """Whether `igemm(..., narrow=True)` computes with 7-bit activations here (a build without
     VNNI), so that weights quantized to 7 bits are worth their cost."""
-    return bool(library().minicpmv_igemm_narrows())
+    return kernel_isa() == "AVX2"
 
 
 def igemm(

@@ -221,7 +221,8 @@ static void gelu_tanh(float *v, int64_t n) {
 #define STEP 2
 #define VNNI 1
 typedef __m512i acc_t;
-static inline void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const int8_t *p1, acc_t acc[MR][2]) {
+static inline void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const int8_t *p1, acc_t acc[MR][2], int narrow) {
+    (void)narrow; /* VNNI: always 8 bits */
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int64_t k = 0; k < K4; k += 4) {
         const __m512i w0 = _mm512_loadu_si512((const void *)(p0 + k * PANEL));
@@ -381,11 +382,7 @@ static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
     const int8_t *p0 = g->packed + p * K4 * PANEL;
     const int8_t *p1 = p + 1 < g->panels ? p0 + K4 * PANEL : p0; /* an odd last panel: summed twice, stored once */
     acc_t acc[MR][2];
-#if STEP == 2
-    tile(g->xq + m0 * K4, K4, p0, p1, acc);
-#else
     tile(g->xq + m0 * K4, K4, p0, p1, acc, g->narrow);
-#endif
     for (int r = 0; r < MR && m0 + r < g->M; r++) {
         float *row = g->out + (m0 + r) * N;
         const float xs = g->xs[m0 + r];
@@ -403,7 +400,7 @@ static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
     }
 }
 
-/* the instruction set the integer products of this build use */
+/* the instruction set the integer products of this build use (`narrow` takes effect on "AVX2") */
 const char *minicpmv_kernel_isa(void) {
 #if STEP == 2
     return "AVX-512 VNNI";
@@ -411,15 +408,6 @@ const char *minicpmv_kernel_isa(void) {
     return "AVX-VNNI";
 #else
     return "AVX2";
-#endif
-}
-
-/* 1 where minicpmv_igemm's `narrow` takes effect (no VNNI in this build) */
-int minicpmv_igemm_narrows(void) {
-#if STEP == 2 || VNNI
-    return 0;
-#else
-    return 1;
 #endif
 }
 
@@ -439,7 +427,7 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
         free(xq), free(xs), free(xzeros);
         return -1;
     }
-#if STEP == 2 || VNNI
+#if VNNI
     narrow = 0;
     const int mode = OFFSET;
 #else
