@@ -19,7 +19,16 @@ $(BASE): $(PY) pyproject.toml
 	$(PIP) -e .
 	touch $(BASE)
 
+# llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat, ggml-org/llama.cpp#20824) on
+# some AMX CPUs, as on the Xeon VMs this project runs on: there llama-cpp-python is built without
+# them (its AVX-512 kernels stay); pip builds it from source either way
+AMX := $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo yes)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+
 $(STAMP): $(BASE) pyproject.toml
+ifeq ($(AMX),yes)
+	CMAKE_ARGS="-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'" $(PIP) --no-cache-dir 'llama-cpp-python>=0.3'
+endif
 	$(PIP) -e '.[dev]'
 	touch $(STAMP)
 

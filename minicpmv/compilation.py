@@ -47,12 +47,12 @@ def _prepare_quantized_layers(module: torch.nn.Module) -> None:
 def compile_decode(llm) -> None:
     """One graph for one conversation's new token (the decode step); prefill and batches keep
     the eager path, so a prompt of a new length never triggers a recompilation."""
-    from .quant.decode_step import NativeDecodeStep
+    from .quant.decode_step import NativeStep
 
     _prepare_quantized_layers(llm)
     # a quantized LLM's native decode step stays in front (one native call, faster than a graph
     # of ~200 opaque linears); what it does not take reaches the compiled step
-    native_step = llm.run_layers if isinstance(llm.run_layers, NativeDecodeStep) else None
+    native_step = llm.run_layers if isinstance(llm.run_layers, NativeStep) else None
     eager = native_step.fallback if native_step else llm.run_layers
     compiled = torch.compile(eager, dynamic=True)
 

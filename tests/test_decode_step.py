@@ -1,4 +1,4 @@
-"""The native decode step (quant/decode_step.py, kernels/decoder.c): one new token of one sequence
+"""The native decode step (quant/decode_step.py, kernels/decoder.c and hybrid.c): one new token of one sequence
 through every layer in one call must give the layer-by-layer path's logits up to float32
 rounding, for each decoder family it takes, and step aside wherever it does not apply."""
 
@@ -9,7 +9,7 @@ import torch
 
 from minicpmv.model.llm import LanguageModel, LLMConfig
 from minicpmv.quant import QuantConfig, native, quantize_model
-from minicpmv.quant.decode_step import NativeDecodeStep
+from minicpmv.quant.decode_step import HybridDecodeStep, NativeStep
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.why_unavailable()}")
 
@@ -21,6 +21,20 @@ FAMILIES = {
     ),
     "minicpm (scaled embeddings, residuals and logits)": dict(
         family="minicpm", num_kv_heads=4, attention_bias=False, scale_emb=12.0, scale_depth=1.4, dim_model_base=64
+    ),
+    # 4.6's LLM: DeltaNet layers around a gated attention layer with rotary on a quarter of each
+    # head; each key head of the recurrence serves two value heads
+    "qwen3_5 (gated attention and Gated DeltaNet layers)": dict(
+        family="qwen3_5",
+        num_kv_heads=2,
+        attention_bias=False,
+        explicit_head_dim=32,
+        partial_rotary_factor=0.25,
+        layer_types=("linear_attention", "full_attention", "linear_attention"),
+        linear_key_heads=2,
+        linear_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=24,
     ),
 }
 
@@ -70,7 +84,7 @@ def decode(llm, steps: int = 6, prompt: int = 5, capacity: int = 20) -> torch.Te
 def test_one_native_call_per_token_gives_the_layer_by_layer_logits(family, bits):
     llm = quantized_llm(bits, **FAMILIES[family])
     step = llm.run_layers
-    assert isinstance(step, NativeDecodeStep)
+    assert isinstance(step, NativeStep)
     step.fallback = counting = Counting(step.fallback)
     native_logits = decode(llm)
     assert counting.calls == 1  # the prompt only: every new token took the native call
@@ -121,3 +135,30 @@ def test_the_native_step_follows_new_weights():
     llm.run_layers = llm.run_layers.fallback
     torch.testing.assert_close(after, decode(llm), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(after, before, atol=1e-3)
+
+
+def test_the_hybrid_step_follows_a_changed_norm_and_steps_aside_for_experts():
+    """Its zero-centred norms (1 + w) and transposed conv are copies: changing the weight in place
+    must rebuild them. 4.7's mixture-of-experts layers keep the model's path."""
+    llm = quantized_llm(4, **FAMILIES["qwen3_5 (gated attention and Gated DeltaNet layers)"])
+    assert isinstance(llm.run_layers, HybridDecodeStep)
+    decode(llm)
+    with torch.no_grad():
+        llm.model.layers[0].input_layernorm.weight.add_(0.5)
+        llm.model.layers[2].linear_attn.conv1d.weight.mul_(-1.0)
+    after = decode(llm)
+    native_step, llm.run_layers = llm.run_layers, llm.run_layers.fallback
+    reference = decode(llm)
+    torch.testing.assert_close(after, reference, atol=1e-2 * reference.abs().max().item(), rtol=0)
+    moe = quantized_llm(
+        4,
+        num_experts=4,
+        experts_per_token=2,
+        expert_intermediate_size=64,
+        shared_expert_intermediate_size=64,
+        **FAMILIES["qwen3_5 (gated attention and Gated DeltaNet layers)"],
+    )
+    moe.run_layers.fallback = counting = Counting(moe.run_layers.fallback)
+    decode(moe, steps=2)
+    assert counting.calls == 3
+    assert native_step.layers is not None and moe.run_layers.layers is None

@@ -1,12 +1,13 @@
-"""The decode step of a quantized LLM in one native call (kernels/decoder.c): one new token of one
-sequence through every layer, with no torch op or module call per layer.
+"""The decode step of a quantized LLM in one native call: one new token of one sequence through
+every layer, with no torch op or module call per layer (kernels/decoder.c for Llama / Qwen2 /
+Qwen3 / MiniCPM layers, kernels/hybrid.c for Qwen3.5's attention and DeltaNet layers).
 
 Installed on the LLM by quantize_model / prepare_quantized_layout (the model stays unaware: its
 `run_layers` is wrapped, as compilation.py does). Each call takes the native path where it
 applies and the model's own path otherwise (prompts, batches, masks, training, bfloat16
 activations, layers the kernels do not take, a LoRA adapter); both give the same numbers up to
-float32 rounding: the linears are the same kernels, the norms, rotary, attention and SwiGLU are
-written out in C. What it saves is measured in docs/quantization.md.
+float32 rounding: the linears are the same kernels, the norms, rotary, attention, the DeltaNet
+recurrence and SwiGLU are written out in C. What it saves is measured in docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import ctypes
 import torch
 
 from ..model.blocks import MLP, KVCache, RMSNorm
-from ..model.llm import Attention, DecoderLayer
+from ..model.llm import HYBRID, Attention, DecoderLayer
+from ..model.qwen35 import GatedAttention, GatedDeltaNet, GatedRMSNorm, HybridCache, Qwen35Layer, ZeroCentredRMSNorm
 from . import native
 from .linear import NativeLinear
 
 c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+DELTANET_LINEARS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
 
 
 class _Linear(ctypes.Structure):
@@ -38,6 +41,22 @@ class _Layer(ctypes.Structure):
 class _Shape(ctypes.Structure):
     _fields_ = [(name, c_i64) for name in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "max_len")]
     _fields_ += [("eps", ctypes.c_double), ("residual_scale", ctypes.c_double)]
+
+
+class _HybridLayer(ctypes.Structure):  # kernels/hybrid.c's hybrid_layer
+    _fields_ = [("recurrent", c_i64), ("norm1", c_ptr), ("norm2", c_ptr)]
+    _fields_ += [(name, _Linear) for name in ("gate", "up", "down")]
+    _fields_ += [("q_norm", c_ptr), ("k_norm", c_ptr)] + [(name, _Linear) for name in ("q", "k", "v", "o")]
+    _fields_ += [("keys", c_ptr), ("values", c_ptr)] + [(name, _Linear) for name in ("qkv", "z", "b", "a", "out")]
+    _fields_ += [(name, c_ptr) for name in ("conv", "decay", "dt_bias", "out_norm", "conv_state", "state")]
+
+
+class _HybridShape(ctypes.Structure):
+    _fields_ = [
+        (name, c_i64)
+        for name in ("hidden", "intermediate", "heads", "kv_heads", "head_dim", "rotary_dim", "max_len")
+        + ("key_heads", "value_heads", "key_dim", "value_dim", "conv_kernel")
+    ] + [("eps", ctypes.c_double)]
 
 
 # decoder.c's linear kinds, in the order of its enum: the native function a layer's decode call
@@ -71,88 +90,88 @@ def _describe(module, kinds: dict) -> tuple[_Linear, object] | None:
     return desc, call
 
 
+def _float32(t: torch.Tensor | None) -> bool:
+    return t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+
+
 def _float_vector(norm) -> int | None:
-    ok = type(norm) is RMSNorm and norm.weight.dtype == torch.float32 and norm.weight.is_contiguous()
-    return norm.weight.data_ptr() if ok else None
+    return norm.weight.data_ptr() if type(norm) is RMSNorm and _float32(norm.weight) else None
 
 
-class NativeDecodeStep:
-    """`llm.run_layers` with the native path for one token of one sequence in front of `fallback`."""
+class NativeStep:
+    """`llm.run_layers` with a native path for one token of one sequence in front of `fallback`.
+    Subclasses describe the layers (`_describe_layers`) and point them at the cache (`_bind`)."""
+
+    cache_type: type = KVCache
 
     def __init__(self, llm, fallback):
         self.llm, self.fallback = llm, fallback
-        self.layers = None  # ctypes array of _Layer, built at the first step that can use it
+        self.layers = None  # ctypes array of layer descriptors, built at the first step that can use it
         self.calls: list = []  # (module, decode call) whose pointers the descriptors copy
+        self.derived: list = []  # (source tensor, its version, float32 tensor made from it)
 
     def _build(self) -> bool:
         cfg, lib = self.llm.cfg, native.library()
-        if (
-            lib is None
-            or cfg.rotary_dim != cfg.head_dim
-            or any(size % 8 for size in (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size))
-        ):
+        if lib is None or any(size % 8 for size in (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size)):
             return False
-        kinds, layers, calls = _kinds(lib), [], []
-        for layer in self.llm.model.layers:
-            if type(layer) is not DecoderLayer or type(layer.self_attn) is not Attention or type(layer.mlp) is not MLP:
-                return False
-            attn, mlp = layer.self_attn, layer.mlp
-            modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            described = [_describe(module, kinds) for module in modules]
-            norms = [_float_vector(layer.input_layernorm), _float_vector(layer.post_attention_layernorm)]
-            norms += [_float_vector(attn.q_norm), _float_vector(attn.k_norm)] if cfg.qk_norm else [0, 0]
-            if None in described or None in norms:
-                return False
-            calls += [(module, call) for module, (_, call) in zip(modules, described)]
-            layers.append(_Layer(*[n or None for n in norms], *[desc for desc, _ in described], None, None))
-        self.layers, self.calls = (_Layer * len(layers))(*layers), calls
-        self.shape = _Shape(
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.intermediate_size,
-            0,
-            cfg.rms_norm_eps,
-            cfg.residual_scale,
-        )
+        self.calls, self.derived = [], []
+        layers = self._describe_layers(_kinds(lib))
+        if layers is None:
+            self.layers = None
+            return False
+        self.layers = (type(layers[0]) * len(layers))(*layers)
         return True
+
+    def _linears(self, modules, kinds) -> list | None:
+        described = [_describe(module, kinds) for module in modules]
+        if None in described:
+            return None
+        self.calls += [(module, call) for module, (_, call) in zip(modules, described)]
+        return [desc for desc, _ in described]
+
+    def _derive(self, source: torch.Tensor, make) -> int:
+        """A float32 tensor computed once from a weight (1 + w, a transpose): its address, kept
+        alive here and rebuilt when the weight changes."""
+        made = make(source.detach()).float().contiguous()
+        self.derived.append((source, source._version, made))
+        return made.data_ptr()
 
     def _ready(self) -> bool:
         """Descriptors that still hold every layer's current tensors (rebuilt when one rebinds)."""
-        if self.layers is not None and all(m._decode is call and call.bound_to(m) for m, call in self.calls):
+        fresh = all(m._decode is call and call.bound_to(m) for m, call in self.calls) and all(
+            source._version == version for source, version, _ in self.derived
+        )
+        if self.layers is not None and fresh:
             return True
-        first = self.llm.model.layers[0]
-        if not isinstance(getattr(getattr(first, "self_attn", None), "q_proj", None), NativeLinear):
+        if not self._native_linears():
             return False  # float or adapted linears: the model's path, without a full check
-        self.layers = None
         return self._build()
 
     def applies(self, x, cos, mask, cache, keep) -> bool:
         return (
             mask is None
             and keep is None
-            and type(cache) is KVCache
+            and type(cache) is self.cache_type
             and x.shape[:2] == (1, 1)
             and cache.keys[0].shape[0] == 1
             and x.dtype is torch.float32
             and x.device.type == "cpu"
             and cos.dtype is torch.float32
+            and cos.numel() == self.llm.cfg.rotary_dim
             and cache.keys[0].dtype is torch.float32
             and cache.length < cache.max_len
             and not torch.is_grad_enabled()
             and self._ready()
+            and self._bind(cache)
         )
 
     def __call__(self, x, cos, sin, mask, cache, last_only, keep=None):
         if not self.applies(x, cos, mask, cache, keep):
             return self.fallback(x, cos, sin, mask, cache, last_only, keep)
-        for layer, keys, values in zip(self.layers, cache.keys, cache.values):
-            layer.keys, layer.values = keys.data_ptr(), values.data_ptr()
         self.shape.max_len = cache.max_len
         hidden = x.reshape(1, -1).clone()  # (1, D), updated in place
-        cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()  # (head_dim,)
-        status = native.library().minicpmv_decode_layers(
+        cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()  # (rotary dims,)
+        status = self._entry(native.library())(
             ctypes.addressof(self.layers),
             len(self.layers),
             ctypes.byref(self.shape),
@@ -165,7 +184,136 @@ class NativeDecodeStep:
         return self.llm.logits(hidden.view(1, 1, -1))
 
 
+class NativeDecodeStep(NativeStep):
+    """Llama / Qwen2 / Qwen3 / MiniCPM layers: kernels/decoder.c."""
+
+    def _entry(self, lib):
+        return lib.minicpmv_decode_layers
+
+    def _native_linears(self) -> bool:
+        return isinstance(getattr(getattr(self.llm.model.layers[0], "self_attn", None), "q_proj", None), NativeLinear)
+
+    def _describe_layers(self, kinds) -> list | None:
+        cfg, layers = self.llm.cfg, []
+        if cfg.rotary_dim != cfg.head_dim:
+            return None
+        for layer in self.llm.model.layers:
+            if type(layer) is not DecoderLayer or type(layer.self_attn) is not Attention or type(layer.mlp) is not MLP:
+                return None
+            attn, mlp = layer.self_attn, layer.mlp
+            modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            norms = [_float_vector(layer.input_layernorm), _float_vector(layer.post_attention_layernorm)]
+            norms += [_float_vector(attn.q_norm), _float_vector(attn.k_norm)] if cfg.qk_norm else [0, 0]
+            linears = self._linears(modules, kinds)
+            if linears is None or None in norms:
+                return None
+            layers.append(_Layer(*[n or None for n in norms], *linears, None, None))
+        self.shape = _Shape(
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+            0,
+            cfg.rms_norm_eps,
+            cfg.residual_scale,
+        )
+        return layers
+
+    def _bind(self, cache) -> bool:
+        for layer, keys, values in zip(self.layers, cache.keys, cache.values):
+            layer.keys, layer.values = keys.data_ptr(), values.data_ptr()
+        return True
+
+
+class HybridDecodeStep(NativeStep):
+    """Qwen3.5's gated attention and Gated DeltaNet layers with a dense MLP (4.6): kernels/hybrid.c."""
+
+    cache_type = HybridCache
+
+    def _entry(self, lib):
+        return lib.minicpmv_decode_hybrid
+
+    def _native_linears(self) -> bool:
+        first = self.llm.model.layers[0]
+        mixer = first.linear_attn.in_proj_qkv if first.recurrent else first.self_attn.q_proj
+        return isinstance(mixer, NativeLinear)
+
+    def _zero_centred(self, norm) -> int | None:
+        if type(norm) is not ZeroCentredRMSNorm:
+            return None
+        return self._derive(norm.weight, lambda w: 1.0 + w.float())  # as the norm computes it
+
+    def _attention(self, attn, kinds) -> dict | None:
+        if type(attn) is not GatedAttention:
+            return None
+        linears = self._linears((attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj), kinds)
+        norms = self._zero_centred(attn.q_norm), self._zero_centred(attn.k_norm)
+        if linears is None or None in norms:
+            return None
+        return dict(zip(("q", "k", "v", "o"), linears), q_norm=norms[0], k_norm=norms[1])
+
+    def _deltanet(self, net, kinds) -> dict | None:
+        if type(net) is not GatedDeltaNet or type(net.norm) is not GatedRMSNorm:
+            return None
+        linears = self._linears([getattr(net, name) for name in DELTANET_LINEARS], kinds)
+        if linears is None:
+            return None
+        return dict(
+            zip(("qkv", "z", "b", "a", "out"), linears),
+            conv=self._derive(net.conv1d.weight, lambda w: w[:, 0].t()),  # (C, 1, K) -> (K, C)
+            decay=self._derive(net.A_log, lambda a: -a.float().exp()),
+            dt_bias=self._derive(net.dt_bias, lambda b: b),
+            out_norm=self._derive(net.norm.weight, lambda w: w),
+        )
+
+    def _describe_layers(self, kinds) -> list | None:
+        cfg, layers = self.llm.cfg, []
+        if cfg.linear_key_head_dim % 8 or cfg.linear_value_head_dim % 8 or cfg.rotary_dim % 2:
+            return None
+        for layer in self.llm.model.layers:
+            if type(layer) is not Qwen35Layer or type(layer.mlp) is not MLP:
+                return None  # 4.7's mixture of experts: the model's path
+            mlp = self._linears((layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj), kinds)
+            norms = self._zero_centred(layer.input_layernorm), self._zero_centred(layer.post_attention_layernorm)
+            if layer.recurrent:
+                mixer = self._deltanet(layer.linear_attn, kinds)
+            else:
+                mixer = self._attention(layer.self_attn, kinds)
+            if mlp is None or None in norms or mixer is None:
+                return None
+            layers.append(_HybridLayer(int(layer.recurrent), *norms, *mlp, **mixer))
+        self.shape = _HybridShape(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.rotary_dim,
+            0,
+            cfg.linear_key_heads,
+            cfg.linear_value_heads,
+            cfg.linear_key_head_dim,
+            cfg.linear_value_head_dim,
+            cfg.linear_conv_kernel,
+            cfg.rms_norm_eps,
+        )
+        return layers
+
+    def _bind(self, cache) -> bool:
+        for index, layer in enumerate(self.layers):
+            if layer.recurrent:
+                conv, state = cache.conv_states[index], cache.recurrent_states[index]
+                if not (_float32(conv) and _float32(state)):
+                    return False  # no prompt through this cache yet, or another precision
+                layer.conv_state, layer.state = conv.data_ptr(), state.data_ptr()
+            else:
+                layer.keys, layer.values = cache.keys[index].data_ptr(), cache.values[index].data_ptr()
+        return True
+
+
 def install(llm) -> None:
     """Put the native decode step in front of the LLM's own (once)."""
-    if not isinstance(llm.run_layers, NativeDecodeStep):
-        llm.run_layers = NativeDecodeStep(llm, llm.run_layers)
+    if not isinstance(llm.run_layers, NativeStep):
+        step = HybridDecodeStep if llm.cfg.family == HYBRID else NativeDecodeStep
+        llm.run_layers = step(llm, llm.run_layers)

@@ -29,8 +29,8 @@ from ..files import staged_path
 from ..tuning import cache_path
 
 # decoding / weight-only products; int8 x int8 for many rows; int4 decoding tiles; the decode step
-SOURCES = ("qgemm.c", "igemm.c", "tiles.c", "decoder.c")
-HEADERS = ("qgemm.h", "vecmath.h")
+SOURCES = ("qgemm.c", "igemm.c", "tiles.c", "decoder.c", "hybrid.c")
+HEADERS = ("qgemm.h", "vecmath.h", "layers.h")
 BLOCK = 32
 TILE_ROWS = 16  # output rows per decoding tile of an int4 weight (kernels/tiles.c)
 _LOCK = threading.Lock()
@@ -92,8 +92,9 @@ def _declare(lib) -> None:
     lib.minicpmv_linear_int8_tiles.restype = ctypes.c_int
     lib.minicpmv_pack_int8_tiles.argtypes = [p, i64, i64, p, p]
     lib.minicpmv_pack_int8_tiles.restype = None
-    lib.minicpmv_decode_layers.argtypes = [p, i64, p, p, p, p, i64]
-    lib.minicpmv_decode_layers.restype = ctypes.c_int
+    for step in (lib.minicpmv_decode_layers, lib.minicpmv_decode_hybrid):
+        step.argtypes = [p, i64, p, p, p, p, i64]
+        step.restype = ctypes.c_int
     lib.minicpmv_widen_int4.argtypes = [p, p, p, i64, i64, i64, p]
     lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
     lib.minicpmv_pack_int8.argtypes = [p, i64, i64, p, p]
