@@ -162,3 +162,27 @@ def test_the_hybrid_step_follows_a_changed_norm_and_steps_aside_for_experts():
     decode(moe, steps=2)
     assert counting.calls == 3
     assert native_step.layers is not None and moe.run_layers.layers is None
+
+
+@torch.inference_mode()
+def test_the_hybrid_step_takes_4_7s_interleaved_m_rope_positions():
+    """4.7 gives each token (T, H, W) position rows whose frequencies interleave (canvas M-RoPE):
+    the native step rotates by the cos/sin the model computed from them, as the model does."""
+    shape = FAMILIES["qwen3_5 (gated attention and Gated DeltaNet layers)"] | dict(mrope_section=(2, 1, 1))
+    llm = quantized_llm(16, **shape)
+    canvas = torch.stack([torch.arange(6), torch.arange(6) * 3 % 5, torch.arange(6) * 2 % 7])[:, None]  # (3, 1, T)
+    text = torch.arange(6).expand(3, 1, 6)  # equal rows: plain RoPE
+
+    def run(step, rows) -> torch.Tensor:
+        llm.run_layers = step
+        cache = llm.new_cache(1, 16)
+        llm(llm.embed(torch.arange(5)[None]), position_ids=rows[..., :5], cache=cache)
+        return llm(llm.embed(torch.tensor([[9]])), position_ids=rows[..., 5:], cache=cache)
+
+    native_step = llm.run_layers
+    native_step.fallback = counting = Counting(native_step.fallback)
+    native_logits = run(native_step, canvas)
+    assert counting.calls == 1
+    reference = run(counting.fallback, canvas)
+    torch.testing.assert_close(native_logits, reference, atol=2e-5 * reference.abs().max().item(), rtol=0)
+    assert not torch.allclose(run(native_step, text), native_logits, atol=1e-4)  # the rows mattered

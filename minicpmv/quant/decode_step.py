@@ -48,7 +48,7 @@ class _HybridLayer(ctypes.Structure):  # kernels/hybrid.c's hybrid_layer
     _fields_ += [(name, _Linear) for name in ("gate", "up", "down")]
     _fields_ += [("q_norm", c_ptr), ("k_norm", c_ptr)] + [(name, _Linear) for name in ("q", "k", "v", "o")]
     _fields_ += [("keys", c_ptr), ("values", c_ptr)] + [(name, _Linear) for name in ("qkv", "z", "b", "a", "out")]
-    _fields_ += [(name, c_ptr) for name in ("conv", "decay", "dt_bias", "out_norm", "conv_state", "state")]
+    _fields_ += [(name, c_ptr) for name in ("conv", "a_log", "dt_bias", "out_norm", "conv_state", "state")]
 
 
 class _HybridShape(ctypes.Structure):
@@ -94,10 +94,6 @@ def _float32(t: torch.Tensor | None) -> bool:
     return t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
 
 
-def _float_vector(norm) -> int | None:
-    return norm.weight.data_ptr() if type(norm) is RMSNorm and _float32(norm.weight) else None
-
-
 class NativeStep:
     """`llm.run_layers` with a native path for one token of one sequence in front of `fallback`.
     Subclasses describe the layers (`_describe_layers`) and point them at the cache (`_bind`)."""
@@ -108,13 +104,13 @@ class NativeStep:
         self.llm, self.fallback = llm, fallback
         self.layers = None  # ctypes array of layer descriptors, built at the first step that can use it
         self.calls: list = []  # (module, decode call) whose pointers the descriptors copy
-        self.derived: list = []  # (source tensor, its version, float32 tensor made from it)
+        self.vectors: list = []  # (module, parameter name, tensor): float32 weights read in place
 
     def _build(self) -> bool:
         cfg, lib = self.llm.cfg, native.library()
         if lib is None or any(size % 8 for size in (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size)):
             return False
-        self.calls, self.derived = [], []
+        self.calls, self.vectors = [], []
         layers = self._describe_layers(_kinds(lib))
         if layers is None:
             self.layers = None
@@ -129,19 +125,18 @@ class NativeStep:
         self.calls += [(module, call) for module, (_, call) in zip(modules, described)]
         return [desc for desc, _ in described]
 
-    def _derive(self, source: torch.Tensor, make) -> int:
-        """A float32 tensor computed once from a weight (1 + w, a transpose): its address, kept
-        alive here and rebuilt when the weight changes."""
-        made = make(source.detach()).float().contiguous()
-        self.derived.append((source, source._version, made))
-        return made.data_ptr()
+    def _vector(self, module, name: str = "weight", kind: type | None = None) -> int | None:
+        """The address of a float32 weight the C code reads in place (None: not one it can read)."""
+        tensor = getattr(module, name, None)
+        if (kind is not None and type(module) is not kind) or not _float32(tensor):
+            return None
+        self.vectors.append((module, name, tensor))
+        return tensor.data_ptr()
 
     def _ready(self) -> bool:
         """Descriptors that still hold every layer's current tensors (rebuilt when one rebinds)."""
-        fresh = all(m._decode is call and call.bound_to(m) for m, call in self.calls) and all(
-            source._version == version for source, version, _ in self.derived
-        )
-        if self.layers is not None and fresh:
+        calls_bound = all(m._decode is call and call.bound_to(m) for m, call in self.calls)
+        if self.layers is not None and calls_bound and all(getattr(m, n) is t for m, n, t in self.vectors):
             return True
         if not self._native_linears():
             return False  # float or adapted linears: the model's path, without a full check
@@ -202,8 +197,10 @@ class NativeDecodeStep(NativeStep):
                 return None
             attn, mlp = layer.self_attn, layer.mlp
             modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            norms = [_float_vector(layer.input_layernorm), _float_vector(layer.post_attention_layernorm)]
-            norms += [_float_vector(attn.q_norm), _float_vector(attn.k_norm)] if cfg.qk_norm else [0, 0]
+            norms = [
+                self._vector(norm, kind=RMSNorm) for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+            ]
+            norms += [self._vector(n, kind=RMSNorm) for n in (attn.q_norm, attn.k_norm)] if cfg.qk_norm else [0, 0]
             linears = self._linears(modules, kinds)
             if linears is None or None in norms:
                 return None
@@ -240,9 +237,7 @@ class HybridDecodeStep(NativeStep):
         return isinstance(mixer, NativeLinear)
 
     def _zero_centred(self, norm) -> int | None:
-        if type(norm) is not ZeroCentredRMSNorm:
-            return None
-        return self._derive(norm.weight, lambda w: 1.0 + w.float())  # as the norm computes it
+        return self._vector(norm, kind=ZeroCentredRMSNorm)
 
     def _attention(self, attn, kinds) -> dict | None:
         if type(attn) is not GatedAttention:
@@ -259,13 +254,15 @@ class HybridDecodeStep(NativeStep):
         linears = self._linears([getattr(net, name) for name in DELTANET_LINEARS], kinds)
         if linears is None:
             return None
-        return dict(
-            zip(("qkv", "z", "b", "a", "out"), linears),
-            conv=self._derive(net.conv1d.weight, lambda w: w[:, 0].t()),  # (C, 1, K) -> (K, C)
-            decay=self._derive(net.A_log, lambda a: -a.float().exp()),
-            dt_bias=self._derive(net.dt_bias, lambda b: b),
-            out_norm=self._derive(net.norm.weight, lambda w: w),
-        )
+        vectors = {
+            "conv": self._vector(net.conv1d),
+            "a_log": self._vector(net, "A_log"),
+            "dt_bias": self._vector(net, "dt_bias"),
+            "out_norm": self._vector(net.norm),
+        }
+        if None in vectors.values():
+            return None
+        return dict(zip(("qkv", "z", "b", "a", "out"), linears)) | vectors
 
     def _describe_layers(self, kinds) -> list | None:
         cfg, layers = self.llm.cfg, []

@@ -33,11 +33,11 @@ static int project(const stack_shape *s, const layer_desc *l, const float *h, co
     float *k = kv, *v = kv + kvh * hd;
     int status = linear(&l->q, h, q) | linear(&l->k, h, k) | linear(&l->v, h, v);
     for (int64_t head = 0; head < s->heads; head++) {
-        if (l->q_norm) rms_norm(q + head * hd, l->q_norm, hd, (float)s->eps, q + head * hd);
+        if (l->q_norm) rms_norm(q + head * hd, l->q_norm, 0.f, hd, (float)s->eps, q + head * hd);
         rotate(q + head * hd, cos, sin, hd);
     }
     for (int64_t head = 0; head < kvh; head++) {
-        if (l->k_norm) rms_norm(k + head * hd, l->k_norm, hd, (float)s->eps, k + head * hd);
+        if (l->k_norm) rms_norm(k + head * hd, l->k_norm, 0.f, hd, (float)s->eps, k + head * hd);
         rotate(k + head * hd, cos, sin, hd);
     }
     cache_write(l->keys, l->values, k, v, kvh, hd, s->max_len, slot);
@@ -56,12 +56,12 @@ int minicpmv_decode_layers(const layer_desc *layers, int64_t count, const stack_
     int status = 0;
     for (int64_t n = 0; n < count && !status; n++) {
         const layer_desc *l = layers + n;
-        rms_norm(x, l->norm1, D, (float)s->eps, h);
+        rms_norm(x, l->norm1, 0.f, D, (float)s->eps, h);
         status |= project(s, l, h, cos, sin, slot, q, kv);
         attend(q, l->keys, l->values, s->heads, s->kv_heads, s->head_dim, s->max_len, slot, attn);
         status |= linear(&l->o, attn, branch);
         axpy(rs, branch, x, D);
-        rms_norm(x, l->norm2, D, (float)s->eps, h);
+        rms_norm(x, l->norm2, 0.f, D, (float)s->eps, h);
         status |= swiglu(&l->gate, &l->up, &l->down, h, gate, up, branch);
         axpy(rs, branch, x, D);
     }

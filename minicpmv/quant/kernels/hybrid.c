@@ -2,7 +2,7 @@
  * native call: the same saving as decoder.c's for the gated attention layers and the Gated
  * DeltaNet layers between them, as model/qwen35.py computes them (float32 throughout).
  *
- * Every layer: h = norm1(x) (zero-centred: the caller passes 1 + weight), a token mixer,
+ * Every layer: h = norm1(x) (zero-centred: times 1 + weight, as are q's and k's), a token mixer,
  * x += mixer; x += down(silu(gate(h2)) * up(h2)) with h2 = norm2(x).
  * Gated attention: q_proj gives each head's query and gate side by side; query and key get a
  * per-head zero-centred RMSNorm, then rotary on their first `rotary_dim` dims; the attention
@@ -18,16 +18,16 @@
 
 typedef struct {
     int64_t recurrent;         /* 1: a DeltaNet layer, 0: gated attention */
-    const float *norm1, *norm2; /* 1 + weight */
+    const float *norm1, *norm2; /* zero-centred: the stored weight w, applied as 1 + w */
     linear_desc gate, up, down;
     /* gated attention */
-    const float *q_norm, *k_norm; /* 1 + weight, (head_dim) */
+    const float *q_norm, *k_norm; /* zero-centred, (head_dim) */
     linear_desc q, k, v, o;
     float *keys, *values; /* (kv_heads, max_len, head_dim) */
     /* Gated DeltaNet */
     linear_desc qkv, z, b, a, out;
-    const float *conv;     /* (conv_kernel, channels): the conv's weight transposed */
-    const float *decay;    /* -exp(A_log), (value_heads) */
+    const float *conv;     /* (channels, conv_kernel) */
+    const float *a_log;    /* (value_heads) */
     const float *dt_bias;  /* (value_heads) */
     const float *out_norm; /* (value_head_dim) */
     float *conv_state;     /* the last conv_kernel - 1 inputs, oldest first: (conv_kernel - 1, channels) */
@@ -50,11 +50,11 @@ static int gated_attention(const hybrid_shape *s, const hybrid_layer *l, const f
     float *qg = scratch, *k = qg + 2 * s->heads * hd, *v = k + kvh * hd, *q = v + kvh * hd, *attn = q + s->heads * hd;
     int status = linear(&l->q, h, qg) | linear(&l->k, h, k) | linear(&l->v, h, v);
     for (int64_t head = 0; head < s->heads; head++) { /* qg: (heads, 2, hd) -> q (heads, hd) */
-        rms_norm(qg + 2 * head * hd, l->q_norm, hd, (float)s->eps, q + head * hd);
+        rms_norm(qg + 2 * head * hd, l->q_norm, 1.f, hd, (float)s->eps, q + head * hd);
         rotate(q + head * hd, cos, sin, s->rotary_dim);
     }
     for (int64_t head = 0; head < kvh; head++) {
-        rms_norm(k + head * hd, l->k_norm, hd, (float)s->eps, k + head * hd);
+        rms_norm(k + head * hd, l->k_norm, 1.f, hd, (float)s->eps, k + head * hd);
         rotate(k + head * hd, cos, sin, s->rotary_dim);
     }
     cache_write(l->keys, l->values, k, v, kvh, hd, s->max_len, slot);
@@ -65,14 +65,16 @@ static int gated_attention(const hybrid_shape *s, const hybrid_layer *l, const f
 
 /* the causal conv + SiLU of this token's `mixed` (channels), in place; the cached inputs move on */
 static void conv_step(const hybrid_shape *s, const hybrid_layer *l, float *mixed, int64_t channels) {
-    const int64_t past = s->conv_kernel - 1;
+    const int64_t taps = s->conv_kernel, past = taps - 1;
+    const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)taps));
     float *cached = l->conv_state;
     for (int64_t c = 0; c < channels; c += 8) {
+        const float *w = l->conv + c * taps; /* 8 channels' taps: one gather per tap */
         const __m256 now = _mm256_loadu_ps(mixed + c);
-        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(l->conv + past * channels + c), now);
+        __m256 y = _mm256_mul_ps(_mm256_i32gather_ps(w + past, rows, 4), now);
         for (int64_t t = 0; t < past; t++) {
             const __m256 old = _mm256_loadu_ps(cached + t * channels + c);
-            y = _mm256_fmadd_ps(_mm256_loadu_ps(l->conv + t * channels + c), old, y);
+            y = _mm256_fmadd_ps(_mm256_i32gather_ps(w + t, rows, 4), old, y);
             /* the oldest input drops out, this one comes in */
             _mm256_storeu_ps(cached + t * channels + c, t + 1 < past ? _mm256_loadu_ps(cached + (t + 1) * channels + c) : now);
         }
@@ -120,11 +122,11 @@ static int delta_net(const hybrid_shape *s, const hybrid_layer *l, const float *
     }
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < hv; j++) {
-        const float decay = expf(l->decay[j] * softplus(g[j] + l->dt_bias[j]));
+        const float decay = expf(-expf(l->a_log[j]) * softplus(g[j] + l->dt_bias[j]));
         delta_rule(l->state + j * dk * dv, q + (j / groups) * dk, k + (j / groups) * dk, v + j * dv, decay,
                    sigmoid(beta[j]), dk, dv, deltas + j * dv, o + j * dv);
     }
-    for (int64_t j = 0; j < hv; j++) rms_norm(o + j * dv, l->out_norm, dv, (float)s->eps, o + j * dv);
+    for (int64_t j = 0; j < hv; j++) rms_norm(o + j * dv, l->out_norm, 0.f, dv, (float)s->eps, o + j * dv);
     silu_times(z, o, hv * dv); /* the gated norm: norm(o) * silu(z) */
     return status | linear(&l->out, z, out);
 }
@@ -142,11 +144,11 @@ int minicpmv_decode_hybrid(const hybrid_layer *layers, int64_t count, const hybr
     int status = 0;
     for (int64_t n = 0; n < count && !status; n++) {
         const hybrid_layer *l = layers + n;
-        rms_norm(x, l->norm1, D, (float)s->eps, h);
+        rms_norm(x, l->norm1, 1.f, D, (float)s->eps, h);
         status |= l->recurrent ? delta_net(s, l, h, scratch, branch)
                                : gated_attention(s, l, h, cos, sin, slot, scratch, branch);
         axpy(1.f, branch, x, D);
-        rms_norm(x, l->norm2, D, (float)s->eps, h);
+        rms_norm(x, l->norm2, 1.f, D, (float)s->eps, h);
         status |= swiglu(&l->gate, &l->up, &l->down, h, gate, up, branch);
         axpy(1.f, branch, x, D);
     }

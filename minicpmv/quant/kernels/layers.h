@@ -49,11 +49,13 @@ static inline void axpy(float a, const float *x, float *y, int64_t n) {
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
 }
 
-/* out = weight * x / rms(x); a zero-centred norm's caller passes 1 + its weight */
-static inline void rms_norm(const float *x, const float *weight, int64_t n, float eps, float *out) {
-    const __m256 inv = _mm256_set1_ps(1.f / sqrtf(dot(x, x, n) / (float)n + eps));
-    for (int64_t i = 0; i < n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(weight + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), inv)));
+/* out = (shift + weight) * x / rms(x): shift 0 for RMSNorm, 1 for Qwen3.5's zero-centred norm */
+static inline void rms_norm(const float *x, const float *weight, float shift, int64_t n, float eps, float *out) {
+    const __m256 inv = _mm256_set1_ps(1.f / sqrtf(dot(x, x, n) / (float)n + eps)), offset = _mm256_set1_ps(shift);
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256 w = _mm256_add_ps(offset, _mm256_loadu_ps(weight + i));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(w, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv)));
+    }
 }
 
 /* rotary on the first `dims` of x: x * cos + roll(x, dims / 2) * signed_sin */
