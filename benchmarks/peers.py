@@ -11,7 +11,9 @@
 - Vision (SigLIP-400M shape, 2.6's NaViT layout): the 10 crops of a 1344x1344 image, ours vs HF
   transformers' Idefics2 vision transformer (the architecture 2.6 copies) with the same tensors,
   plus the largest difference of the outputs.
-Contenders alternate round by round; the table reports medians and ratios.
+Contenders alternate round by round; the table reports medians and ratios, and for decoding the
+bytes a token reads (the linear weights as stored, or the GGUF's tensors but the embedding
+table) and the rate that makes at the measured speed, to hold against the machine's bandwidth.
 
     pip install -e '.[bench]'
     python benchmarks/peers.py [--threads 2] [--rounds 3] [--parts fp32,int4,int8,vision] [--out docs/peers.md]
@@ -67,6 +69,28 @@ def write_gguf(llm, path: Path, weight_type: str) -> Path:
     return path
 
 
+def gguf_streamed_bytes(path: Path) -> int:
+    """What llama.cpp reads for a decoded token: every tensor but the token embeddings (one row
+    of them is looked up), the head included."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors if t.name != "token_embd.weight")
+
+
+def streamed_bytes(llm) -> int:
+    """What our decoded token reads: the decoder stack's and the head's linear weights as they
+    are stored (quantized values, scales, zeros, biases; norms are a few KB)."""
+    from minicpmv.quant.linear import NativeLinear
+
+    total = 0
+    for module in llm.modules():
+        if isinstance(module, NativeLinear):
+            total += sum(b.numel() * b.element_size() for b in module.buffers())
+        elif isinstance(module, torch.nn.Linear):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
 def llama_cpp_runner(path: Path, threads: int, prompt: int = PROMPT, new: int = NEW):
     """llama.cpp on token ids: (prefill tok/s of `prompt` random ids, decode tok/s of `new` greedy tokens)."""
     from llama_cpp import Llama
@@ -92,6 +116,7 @@ def llama_cpp_runner(path: Path, threads: int, prompt: int = PROMPT, new: int = 
             token = next_token()
         return prompt / prefill, new / (time.perf_counter() - start)
 
+    once.streamed = gguf_streamed_bytes(path)
     return once
 
 
@@ -134,8 +159,12 @@ def hf_runner(llm, dtype: torch.dtype = torch.float32):
     return once
 
 
-def ours_runner(llm):
-    return lambda: run(llm, PROMPT, NEW)
+def ours_runner(llm, streamed: int | None = None):
+    def once():
+        return run(llm, PROMPT, NEW)
+
+    once.streamed = streamed_bytes(llm) if streamed is None else streamed
+    return once
 
 
 def ours_small_pages_runner(mode: str):
@@ -155,7 +184,7 @@ def ours_llama_cpp_runner(path: Path, embeddings: torch.nn.Embedding, cfg):
     """Our engine with the LLM in llama.cpp (`--llm-gguf`): our embeddings in, logits out."""
     from minicpmv.backends.llamacpp import LlamaCppLLM
 
-    return ours_runner(LlamaCppLLM(path, embeddings, cfg, context=PROMPT + NEW + 8))
+    return ours_runner(LlamaCppLLM(path, embeddings, cfg, context=PROMPT + NEW + 8), gguf_streamed_bytes(path))
 
 
 def alternate(contenders: dict, rounds: int) -> dict:
@@ -180,7 +209,10 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
     fp32 = build("qwen2-1.5b", "fp32", 64)  # same seed, same (bf16-representable) values
     gguf_files = {q: write_gguf(fp32, cache / f"qwen2-1.5b-{q}.gguf", q.lower()) for q in ("Q4_0", "Q8_0")}
     embeddings, cfg = copy.deepcopy(fp32.model.embed_tokens), fp32.cfg
-    lines = ["| contender | prefill tok/s | decode tok/s | decode vs the group's peer |", "| --- | --- | --- | --- |"]
+    lines = [
+        "| contender | prefill tok/s | decode tok/s | decode vs the group's peer | GB read a token | GB/s decoding |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     groups = []
     if "fp32" in modes:
         groups.append(
@@ -220,7 +252,9 @@ def llm_table(threads: int, rounds: int, cache: Path, modes: list[str]) -> list[
         reference = figures[next(iter(peers))][1]
         for name, (prefill, decode) in figures.items():
             ratio = f"{decode / reference:.2f}x" if name in ours else ""
-            lines.append(f"| {name.strip()} | {prefill:.1f} | {decode:.2f} | {ratio} |")
+            streamed = getattr(contenders[name], "streamed", None)  # HF's runners: not counted
+            size = f"{streamed / 1e9:.3f} | {streamed * decode / 1e9:.1f}" if streamed else " | "
+            lines.append(f"| {name.strip()} | {prefill:.1f} | {decode:.2f} | {ratio} | {size} |")
         print("\n".join(lines[-len(figures) :]), flush=True)
         del contenders, figures
     return lines
