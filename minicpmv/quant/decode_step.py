@@ -59,6 +59,29 @@ class _HybridShape(ctypes.Structure):
     ] + [("eps", ctypes.c_double)]
 
 
+# the shape structs' fields -> the LLMConfig attribute each holds (max_len is set per call)
+CONFIG_NAMES = {
+    "hidden": "hidden_size",
+    "heads": "num_heads",
+    "kv_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "intermediate": "intermediate_size",
+    "rotary_dim": "rotary_dim",
+    "eps": "rms_norm_eps",
+    "residual_scale": "residual_scale",
+    "key_heads": "linear_key_heads",
+    "value_heads": "linear_value_heads",
+    "key_dim": "linear_key_head_dim",
+    "value_dim": "linear_value_head_dim",
+    "conv_kernel": "linear_conv_kernel",
+}
+
+
+def _shape(kind: type, cfg):
+    """A shape struct filled from the config, by field name."""
+    return kind(**{name: getattr(cfg, CONFIG_NAMES[name]) for name, _ in kind._fields_ if name != "max_len"})
+
+
 # decoder.c's linear kinds, in the order of its enum: the native function a layer's decode call
 # makes, and how many of that call's leading arguments are tensors (the rest are N, K[, group])
 KINDS = (("int4", 3), ("int4_tiles", 3), ("int8", 2), ("bf16", 1), ("int8_tiles", 2))
@@ -205,16 +228,7 @@ class NativeDecodeStep(NativeStep):
             if linears is None or None in norms:
                 return None
             layers.append(_Layer(*[n or None for n in norms], *linears, None, None))
-        self.shape = _Shape(
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.intermediate_size,
-            0,
-            cfg.rms_norm_eps,
-            cfg.residual_scale,
-        )
+        self.shape = _shape(_Shape, cfg)
         return layers
 
     def _bind(self, cache) -> bool:
@@ -280,21 +294,7 @@ class HybridDecodeStep(NativeStep):
             if mlp is None or None in norms or mixer is None:
                 return None
             layers.append(_HybridLayer(int(layer.recurrent), *norms, *mlp, **mixer))
-        self.shape = _HybridShape(
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.rotary_dim,
-            0,
-            cfg.linear_key_heads,
-            cfg.linear_value_heads,
-            cfg.linear_key_head_dim,
-            cfg.linear_value_head_dim,
-            cfg.linear_conv_kernel,
-            cfg.rms_norm_eps,
-        )
+        self.shape = _shape(_HybridShape, cfg)
         return layers
 
     def _bind(self, cache) -> bool:
