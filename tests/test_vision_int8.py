@@ -36,11 +36,55 @@ def _exact(x, weight, bias, narrow=False):
     return (xq.double() @ wq.double().t()) * (x_scale.double() * w_scale.double().t()) + bias.double()
 
 
+def _attention_exact(q, k, v, heads, keys, narrow):
+    """What kernels/attention.c computes, in float64: per crop and head, K quantized per key and V
+    per feature (7 bits with `narrow`, else 8), Q's rows as the linears' activations, S = Q K^T /
+    sqrt(hd) over the crop's real keys, P = round(levels exp(S - max)) unsigned (levels 127 with
+    `narrow`, the AVX2 build; 255 on VNNI's unsigned side), normalized by sum exp(S - max)."""
+    batch, length, width = q.shape
+    hd, levels, p_levels = width // heads, 63 if narrow else 127, 127 if narrow else 255
+    out = torch.zeros(batch, length, width, dtype=torch.float64)
+    for b, n in enumerate(keys.tolist()):
+        for h in range(heads):
+            cols = slice(h * hd, (h + 1) * hd)
+            qh, kh, vh = q[b, :, cols].double(), k[b, :n, cols].double(), v[b, :n, cols].double()
+            k_scale, v_scale = kh.abs().amax(1, keepdim=True) / levels, vh.abs().amax(0, keepdim=True) / levels
+            kq, vq = torch.round(kh / k_scale), torch.round(vh / v_scale)
+            if narrow:
+                top, bottom = qh.amax(1, keepdim=True).clamp_min(0), qh.amin(1, keepdim=True).clamp_max(0)
+                q_scale = (top - bottom) / 127
+                zero = torch.round(-bottom / q_scale)
+                qq = (torch.round(qh / q_scale) + zero).clamp(0, 127) - zero
+            else:
+                q_scale = qh.abs().amax(1, keepdim=True) / 127
+                qq = torch.round(qh / q_scale)
+            scores = (qq @ kq.t()) * q_scale * k_scale.t() * hd**-0.5
+            e = torch.exp(scores - scores.amax(1, keepdim=True))
+            out[b, :, cols] = (torch.round(p_levels * e) @ vq) / p_levels / e.sum(1, keepdim=True) * v_scale
+    return out
+
+
+def _attention_matches_its_arithmetic():
+    """Crops with padded keys (a batch of crops of different sizes), head widths off 8 (the scalar
+    tails) and lengths off every tile edge; relative L2 within 2e-3: the kernel's exp is a
+    polynomial (5e-5), which moves an occasional P entry by one step."""
+    torch.manual_seed(1)
+    for heads, hd, keys in [(2, 72, [100]), (3, 20, [70, 45]), (1, 64, [17, 1, 9]), (2, 8, [33])]:
+        q, k, v = (torch.randn(len(keys), max(keys), heads * hd) for _ in range(3))
+        q = q + 0.5  # rows not centred on 0: the 7-bit rows' zero point
+        keys = torch.tensor(keys)
+        got = native.attend_int8(q, k, v, heads, keys).double()
+        exact = _attention_exact(q, k, v, heads, keys, native.igemm_narrows())
+        assert ((got - exact).norm() / exact.norm()).item() < 2e-3
+
+
 def _kernel_matches_its_arithmetic():
-    """The layer (narrow where the build narrows) and the 8-bit product the LLM's prefill calls."""
+    """The layer (narrow where the build narrows) and the 8-bit product the LLM's prefill calls,
+    with and without the GELU in the same pass; the last shape's 4.25 MB output is stored past the
+    caches (igemm.c's STREAM_BYTES, on 256-bit builds)."""
     torch.manual_seed(0)
     narrow = native.igemm_narrows()
-    for rows, width, out_features in [(1, 4, 1), (37, 70, 53), (9, 64, 40), (130, 256, 33)]:
+    for rows, width, out_features in [(1, 4, 1), (37, 70, 53), (9, 64, 40), (130, 256, 33), (1030, 64, 1032)]:
         layer = DynamicInt8Linear(width, out_features)
         x = torch.randn(rows, width) * 3 + torch.rand(rows, 1) * 4  # rows not centred on 0
         with torch.no_grad():
@@ -51,12 +95,16 @@ def _kernel_matches_its_arithmetic():
             packed, colsum = native.pack_int8(wq)
             scales = layer.weight.abs().amax(1) / 127
             wide = native.igemm(x, packed, scales, colsum, layer.bias, narrow=False)
+            fused = native.igemm(x, packed, scales, colsum, layer.bias, gelu=True, narrow=False)
         torch.testing.assert_close(wide.double(), _exact(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(fused, F.gelu(wide, approximate="tanh"), atol=1e-6, rtol=2e-6)
+    _attention_matches_its_arithmetic()
 
 
 @needs_native
 def test_int8_products_are_exact_in_the_integer_part():
-    """Shapes off every tile edge: rows not a multiple of 4, 6 or 8, channels not of 16 or 32, K not of 4."""
+    """Shapes off every tile edge: rows not a multiple of 4, 6 or 8, channels not of 16 or 32, K not
+    of 4; and the int8 attention against its arithmetic."""
     _kernel_matches_its_arithmetic()
 
 
@@ -150,3 +198,57 @@ def test_gelu_inside_the_int8_product_is_torchs_tanh_gelu():
         tower[0].fc1.gelu = False
         unfused = tower[0].fc2(F.gelu(tower[0].fc1(x), approximate="tanh"))
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+
+
+@needs_native
+def test_int8_attention_padded_keys_change_nothing_and_it_stays_close_to_float():
+    """A crop padded to a longer one's length (keys past its count: garbage) gets the outputs it
+    gets alone, bit for bit; against float32 softmax attention the int8 one stays within 5%
+    (relative L2, random q/k/v: flat attention over 256 keys, the hardest case for 7-bit P)."""
+    torch.manual_seed(2)
+    heads, hd, length, real = 4, 32, 256, 190
+    q, k, v = (torch.randn(2, length, heads * hd) for _ in range(3))
+    batch = native.attend_int8(q, k, v, heads, torch.tensor([length, real]))
+    alone = native.attend_int8(*(t[1:, :real].contiguous() for t in (q, k, v)), heads, torch.tensor([real]))
+    assert torch.equal(batch[1:, :real], alone)
+    split = (t.view(2, length, heads, hd).transpose(1, 2) for t in (q, k, v))
+    mask = torch.zeros(2, 1, 1, length)
+    mask[1, ..., real:] = float("-inf")
+    exact = F.scaled_dot_product_attention(*split, attn_mask=mask).transpose(1, 2).reshape(2, length, -1)
+    assert 0 < ((batch - exact).norm() / exact.norm()).item() < 0.05
+
+
+@needs_native
+def test_int8_attention_runs_in_the_tower_and_gives_way_where_it_does_not_apply(monkeypatch):
+    """use_dynamic_int8 turns NavitSiglip's attentions: two crops of different sizes in one batch
+    (a padding mask) give what each gives alone; under autograd, or for sequences under
+    MIN_KEYS (4.6's 2x2 merger windows), the float attention runs, as the model's own."""
+    from minicpmv.model.config import VisionConfig
+    from minicpmv.model.vision import NavitAttention, NavitSiglip
+    from minicpmv.quant.dynamic import MIN_KEYS, DynamicInt8Attention
+
+    torch.manual_seed(3)
+    cfg = VisionConfig(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=2, gelu_tanh=True)
+    tower = NavitSiglip(cfg).eval()
+    use_dynamic_int8(tower)
+    assert all(type(layer.self_attn) is DynamicInt8Attention for layer in tower.encoder.layers)
+    calls = []
+    kernel = native.attend_int8
+    monkeypatch.setattr(native, "attend_int8", lambda *a: calls.append(a[4].tolist()) or kernel(*a))
+    sizes = torch.tensor([[10, 12], [9, 8]])  # 120 and 72 patches
+    strips = torch.randn(2, 3, 14, 14 * 120)
+    with torch.inference_mode():
+        both = tower(strips, sizes)
+        second = tower(strips[1:, :, :, : 14 * 72], sizes[1:])
+    assert calls[0] == [120, 72] and calls[-1] == [72]
+    torch.testing.assert_close(both[1, :72], second[0], atol=1e-5, rtol=1e-5)
+    attention = tower.encoder.layers[0].self_attn
+    x = torch.randn(1, MIN_KEYS - 1, 64)
+    calls.clear()
+    with torch.inference_mode():
+        short, plain = attention(x, None), NavitAttention.forward(attention, x, None)
+    assert not calls
+    torch.testing.assert_close(short, plain)
+    x = torch.randn(1, 100, 64, requires_grad=True)
+    attention(x, None).sum().backward()
+    assert not calls and x.grad is not None

@@ -6,7 +6,8 @@ oneDNN's bf16 and 3.3x float32. Without VNNI (AVX2 only) weights and activations
 (activations from each row's own range, `narrow`), which saves vpmaddubsw's sign step and lets two
 steps' products add in 16 bits: 1.8x the 8-bit product's speed (docs/benchmarks.md).
 A whole real-size tower's output differs from float32's by 0.25% (relative L2, random weights)
-with 8 bits and 0.48% with 7.
+with 8 bits and 0.48% with 7. The attention's two products run in int8 as well (kernels/attention.c:
+K per key, V per feature, softmax probabilities in 7 bits per row).
 
 The layer keeps its float weight as a parameter: checkpoints load into it unchanged (also the
 low-memory mode's reloading), and the int8 copy is derived from it at first use and again
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.vision import SiglipMLP
+from ..model.vision import NavitAttention, SiglipMLP
 from . import native
 from .linear import KERNEL, igemm_linear
 
@@ -75,17 +76,61 @@ class GeluFusedMLP(nn.Module):
         return self.fc2(self.fc1(x))
 
 
+# shorter sequences keep float attention (the int8 kernel's packing costs more than it saves)
+MIN_KEYS = 64
+
+
+class DynamicInt8Attention(NavitAttention):
+    """A SigLIP attention whose Q K^T and P V are int8 products too (kernels/attention.c): after
+    the int8 linears, float32 attention is a quarter of a crop's time on an AVX2 CPU. Where the
+    kernel does not apply (see `_keys`) it is the float attention."""
+
+    def forward(self, x, mask):
+        keys = self._keys(x, mask)
+        if keys is None:
+            return super().forward(x, mask)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.out_proj(native.attend_int8(q, k, v, self.num_heads, keys))
+
+    def _keys(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Each crop's number of real keys, or None where the float path runs: not CPU float32
+        inference, no native library, sequences too short to gain (4.6's 2x2 merger windows), or
+        a mask other than padded keys at the end (NavitSiglip's)."""
+        batch, length = x.shape[:2]
+        if not (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and length >= MIN_KEYS
+            and KERNEL["mode"] == "auto"
+            and native.library() is not None
+        ):
+            return None
+        if mask is None:
+            return torch.full((batch,), length, dtype=torch.int64)
+        if mask.shape != (batch, 1, 1, length):
+            return None
+        bias = mask[:, 0, 0, :]  # (B, L)
+        valid = bias == 0
+        keys = valid.sum(1)
+        prefix = torch.arange(length)[None, :] < keys[:, None]
+        hidden = bool((bias[~valid] < -1e30).all())  # finfo.min or -inf: no weight at all
+        return keys.to(torch.int64) if hidden and bool((valid == prefix).all()) else None
+
+
 def use_dynamic_int8(module: nn.Module) -> int:
     """Turn every nn.Linear under `module` into a DynamicInt8Linear sharing its parameters (the
-    tanh-GELU MLPs into GeluFusedMLPs); the number of layers turned."""
+    tanh-GELU MLPs into GeluFusedMLPs, the SigLIP attentions into DynamicInt8Attentions); the
+    number of linears turned."""
     count = 0
     for parent in module.modules():
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                replacement = DynamicInt8Linear.__new__(DynamicInt8Linear)
+            if type(child) in (nn.Linear, NavitAttention):
+                kind = DynamicInt8Linear if type(child) is nn.Linear else DynamicInt8Attention
+                replacement = kind.__new__(kind)
                 replacement.__dict__.update(child.__dict__)  # same parameters, hooks and flags
                 setattr(parent, name, replacement)
-                count += 1
+                count += kind is DynamicInt8Linear
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is SiglipMLP and child.tanh and type(child.fc1) is DynamicInt8Linear:

@@ -29,8 +29,8 @@ from ..files import staged_path
 from ..tuning import cache_path
 
 # decoding / weight-only products; int8 x int8 for many rows; int4 decoding tiles; the decode step
-SOURCES = ("qgemm.c", "igemm.c", "tiles.c", "decoder.c", "hybrid.c")
-HEADERS = ("qgemm.h", "vecmath.h", "layers.h")
+SOURCES = ("qgemm.c", "igemm.c", "attention.c", "tiles.c", "decoder.c", "hybrid.c")
+HEADERS = ("qgemm.h", "vecmath.h", "layers.h", "igemm.h")
 BLOCK = 32
 TILE_ROWS = 16  # output rows per decoding tile of an int4 weight (kernels/tiles.c)
 _LOCK = threading.Lock()
@@ -105,6 +105,8 @@ def _declare(lib) -> None:
     lib.minicpmv_pack_int4_tiles_as_int8.restype = None
     lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
+    lib.minicpmv_attend_int8.argtypes = [p, p, p, i64, i64, i64, i64, p, ctypes.c_float, ctypes.c_int, p]
+    lib.minicpmv_attend_int8.restype = ctypes.c_int
     lib.minicpmv_kernel_isa.argtypes = []
     lib.minicpmv_kernel_isa.restype = ctypes.c_char_p
     for fn in (
@@ -301,6 +303,30 @@ def igemm(
             wscales.shape[0],
             int(gelu),
             int(narrow),
+            _ptr(out),
+        )
+    )
+    return out
+
+
+def attend_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, keys: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of (B, L, heads * hd) float32 q/k/v with Q K^T and P V as int8 products
+    (kernels/attention.c; K and V 7-bit where `igemm_narrows`); keys (B,) int64: each crop's real
+    keys, a prefix of its L (the rest are padding and get no weight) -> (B, L, heads * hd)."""
+    batch, length, width = q.shape
+    out = torch.empty_like(q)
+    checked(
+        library().minicpmv_attend_int8(
+            _ptr(q),
+            _ptr(k),
+            _ptr(v),
+            batch,
+            length,
+            heads,
+            width // heads,
+            _ptr(keys),
+            (width // heads) ** -0.5,
+            1,
             _ptr(out),
         )
     )

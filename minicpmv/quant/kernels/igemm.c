@@ -16,15 +16,7 @@
  * caller asks `narrow` (weights in [-63, 63]), x in 7 unsigned bits with a zero point per row:
  * 2.5 instructions per 32 products, 1.8x.
  */
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "vecmath.h"
-
-#define PANEL 16 /* output channels per packed panel */
+#include "igemm.h"
 
 /* w (N, K) int8 -> packed (ceil(N/16), K4/4, 16, 4) with K4 = K rounded up to 4, zero padded;
  * colsum (N) = 128 * sum_k w[n, k] (the VNNI offset correction). */
@@ -152,252 +144,11 @@ void minicpmv_pack_int4_tiles_as_int8(const uint8_t *w, const uint16_t *scales, 
     }
 }
 
-/* How a row of activations is stored: SIGNED, round(x / s) in [-127, 127] with s = absmax / 127;
- * OFFSET, the same + 128 (vpdpbusd's unsigned side); NARROW, 7 bits from the row's own range,
- * round(x / s) + z in [0, 127] with s = (max - min) / 127 and z the row's zero point (min and max
- * taken with 0, so that z is in [0, 127]): unsigned as vpmaddubsw wants it, no sign step. */
-enum { SIGNED, OFFSET, NARROW };
-
-/* x (M, K) float32 -> xq (M, K4) bytes (zero padded), a scale and a zero point per row */
-static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t K4, int8_t *xq, float *scales,
+/* x (M, K) float32, rows `ld` apart -> xq (M, K4), a scale and a zero point per row */
+static void quantize_rows(const float *x, int64_t ld, int64_t M, int64_t K, int64_t K4, int8_t *xq, float *scales,
                           int32_t *zeros, const int mode) {
 #pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++) {
-        const float *src = x + m * K;
-        __m256 vmax = _mm256_setzero_ps(), vmin = _mm256_setzero_ps();
-        int64_t k = 0;
-        for (; k + 8 <= K; k += 8) {
-            const __m256 v = _mm256_loadu_ps(src + k);
-            vmax = _mm256_max_ps(vmax, v), vmin = _mm256_min_ps(vmin, v);
-        }
-        float hi[8], lo[8], top = 0.f, bottom = 0.f;
-        _mm256_storeu_ps(hi, vmax), _mm256_storeu_ps(lo, vmin);
-        for (int i = 0; i < 8; i++) top = fmaxf(top, hi[i]), bottom = fminf(bottom, lo[i]);
-        for (; k < K; k++) top = fmaxf(top, src[k]), bottom = fminf(bottom, src[k]);
-        const float scale = (mode == NARROW ? top - bottom : fmaxf(top, -bottom)) / 127.f;
-        const float inv = scale > 0.f ? 1.f / scale : 0.f;
-        const int32_t zero = mode == NARROW ? _mm_cvtss_si32(_mm_set_ss(-bottom * inv)) : mode == OFFSET ? 128 : 0;
-        const __m256i lowest = _mm256_set1_epi32(mode == NARROW ? 0 : -127), highest = _mm256_set1_epi32(127);
-        const __m128i flip = _mm_set1_epi8(mode == OFFSET ? (char)0x80 : 0);
-        int8_t *dst = xq + m * K4;
-        for (k = 0; k + 8 <= K; k += 8) {
-            __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + k), _mm256_set1_ps(inv)));
-            q = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, _mm256_set1_epi32(mode == NARROW ? zero : 0)), lowest), highest);
-            const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-            _mm_storel_epi64((__m128i *)(dst + k), _mm_xor_si128(_mm_packs_epi16(words, words), flip));
-        }
-        for (; k < K; k++) {
-            int32_t q = _mm_cvtss_si32(_mm_set_ss(src[k] * inv)) + (mode == NARROW ? zero : 0);
-            q = q < (mode == NARROW ? 0 : -127) ? (mode == NARROW ? 0 : -127) : q > 127 ? 127 : q;
-            dst[k] = (int8_t)(q ^ (mode == OFFSET ? 0x80 : 0));
-        }
-        for (; k < K4; k++) dst[k] = 0;
-        scales[m] = scale, zeros[m] = zero;
-    }
-}
-
-/* tanh-approximated GELU in place: 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)),
- * u = sqrt(2 / pi) (x + 0.044715 x^3); applied to an output tile while it is in cache */
-static void gelu_tanh(float *v, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_loadu_ps(v + i);
-        const __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(x, x), x), _mm256_set1_ps(0.044715f), x);
-        const __m256 e = exp8(_mm256_mul_ps(inner, _mm256_set1_ps(-2.f * 0.7978845608f)));
-        _mm256_storeu_ps(v + i, _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
-    }
-    for (; i < n; i++) {
-        const float x = v[i];
-        v[i] = x / (1.f + expf(-2.f * 0.7978845608f * (x + 0.044715f * x * x * x)));
-    }
-}
-
-/* Rows whose quantized activations stay in L2 while every channel panel passes them */
-#define BLOCK_ROWS 96
-
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-/* MR rows x 2 panels (32 channels): 16 accumulators of 16 lanes */
-#define MR 8
-#define STEP 2
-#define VNNI 1
-typedef __m512i acc_t;
-static inline void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const int8_t *p1, acc_t acc[MR][2], int narrow) {
-    (void)narrow; /* VNNI: always 8 bits */
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < K4; k += 4) {
-        const __m512i w0 = _mm512_loadu_si512((const void *)(p0 + k * PANEL));
-        const __m512i w1 = _mm512_loadu_si512((const void *)(p1 + k * PANEL));
-        for (int r = 0; r < MR; r++) {
-            int32_t four; /* x + 128: the unsigned side */
-            memcpy(&four, xq + r * K4 + k, 4);
-            const __m512i a = _mm512_set1_epi32(four);
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a, w0);
-            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, w1);
-        }
-    }
-}
-
-/* 16 outputs of one row: (sum - 128 * colsum) * x_scale * w_scale + bias, masked at the edge */
-static inline void store16(float *dst, __m512i sum, const int32_t *colsum, const float *wscales, const float *bias,
-                           float xs, int64_t valid) {
-    const __mmask16 keep = valid >= 16 ? 0xFFFF : (__mmask16)((1u << valid) - 1);
-    const __m512i exact = _mm512_sub_epi32(sum, _mm512_maskz_loadu_epi32(keep, colsum));
-    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(_mm512_set1_ps(xs), _mm512_maskz_loadu_ps(keep, wscales)));
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, bias));
-    _mm512_mask_storeu_ps(dst, keep, v);
-}
-#else
-/* 256 bits: a panel is two registers of 8 channels; 4 rows x 2 registers of accumulators, with
- * the weights and the activations' broadcast, stay in the 16 vector registers (with 6 rows GCC
- * moves and stores accumulators at every step: 2.3x instead of 2.7x the AVX2 product with VNNI) */
-#define STEP 1
-#define MR 4
-typedef __m256i acc_t;
-#if defined(DPBUSD256)
-#define VNNI 1 /* AVX-VNNI: activations offset to unsigned, as on AVX-512 */
-#else
-#define VNNI 0
-#endif
-
-/* 4 products per 32-bit lane: VNNI's one instruction, or (SIGNED) |w| as vpmaddubsw's unsigned
- * side and the sign of w moved onto x (|x|, |w| <= 127, so its pair sums cannot saturate) */
-static inline __m256i dot4(__m256i acc, __m256i a, __m256i w, __m256i wabs) {
-#if VNNI
-    (void)wabs;
-    return DPBUSD256(acc, a, w);
-#else
-    const __m256i pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(a, w));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-#endif
-}
-
-/* accumulators in a local array: on the caller's GCC adds a move per product and stores per step */
-static void tile_bytes(const int8_t *xq, int64_t K4, const int8_t *p0, acc_t out[MR][2]) {
-    acc_t acc[MR][2];
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < K4; k += 4) {
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(p0 + k * PANEL));
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(p0 + k * PANEL + 32));
-        const __m256i wabs0 = _mm256_abs_epi8(w0), wabs1 = _mm256_abs_epi8(w1);
-        for (int r = 0; r < MR; r++) {
-            int32_t four;
-            memcpy(&four, xq + r * K4 + k, 4);
-            const __m256i a = _mm256_set1_epi32(four);
-            acc[r][0] = dot4(acc[r][0], a, w0, wabs0);
-            acc[r][1] = dot4(acc[r][1], a, w1, wabs1);
-        }
-    }
-    memcpy(out, acc, sizeof(acc));
-}
-
-#if !VNNI
-/* NARROW: x unsigned in 7 bits against weights in [-63, 63], so a vpmaddubsw pair sum is at most
- * 127 * 63 * 2 = 16002 and two k-steps' pairs add in 16 bits before one vpmaddwd widens them:
- * 5 instructions per 64 products instead of 8 (SIGNED) */
-static inline __m256i pair_step(__m256i acc, __m256i a, __m256i w, __m256i b, __m256i v) {
-    const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(a, w), _mm256_maddubs_epi16(b, v));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)));
-}
-
-static void tile_narrow(const int8_t *xq, int64_t K4, const int8_t *p0, acc_t out[MR][2]) {
-    acc_t acc[MR][2];
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    int64_t k = 0;
-    for (; k + 8 <= K4; k += 8) {
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(p0 + k * PANEL));
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(p0 + k * PANEL + 32));
-        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(p0 + (k + 4) * PANEL));
-        const __m256i v1 = _mm256_loadu_si256((const __m256i *)(p0 + (k + 4) * PANEL + 32));
-        for (int r = 0; r < MR; r++) {
-            int32_t four, next;
-            memcpy(&four, xq + r * K4 + k, 4), memcpy(&next, xq + r * K4 + k + 4, 4);
-            const __m256i a = _mm256_set1_epi32(four), b = _mm256_set1_epi32(next);
-            acc[r][0] = pair_step(acc[r][0], a, w0, b, v0);
-            acc[r][1] = pair_step(acc[r][1], a, w1, b, v1);
-        }
-    }
-    if (k < K4) { /* an odd last 4-step, paired with nothing */
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(p0 + k * PANEL));
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(p0 + k * PANEL + 32));
-        const __m256i none = _mm256_setzero_si256();
-        for (int r = 0; r < MR; r++) {
-            int32_t four;
-            memcpy(&four, xq + r * K4 + k, 4);
-            const __m256i a = _mm256_set1_epi32(four);
-            acc[r][0] = pair_step(acc[r][0], a, w0, none, none);
-            acc[r][1] = pair_step(acc[r][1], a, w1, none, none);
-        }
-    }
-    memcpy(out, acc, sizeof(acc));
-}
-#endif
-
-static void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const int8_t *p1, acc_t acc[MR][2], int narrow) {
-    (void)p1;
-#if !VNNI
-    if (narrow) {
-        tile_narrow(xq, K4, p0, acc);
-        return;
-    }
-#endif
-    tile_bytes(xq, K4, p0, acc);
-}
-
-/* 8 outputs of one row: (sum - zero * sum_k w) * (x_scale * w_scale) + bias, with colsum = 128 * sum_k w;
- * the scalar loop only at the edge */
-static inline void store8(float *dst, __m256i sum, const int32_t *colsum, const float *wscales, const float *bias,
-                          float xs, int32_t zero, int64_t valid) {
-    if (valid >= 8) {
-        if (zero) {
-            const __m256i wsum = _mm256_srai_epi32(_mm256_loadu_si256((const __m256i *)colsum), 7);
-            sum = _mm256_sub_epi32(sum, _mm256_mullo_epi32(wsum, _mm256_set1_epi32(zero)));
-        }
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(_mm256_set1_ps(xs), _mm256_loadu_ps(wscales)));
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-        _mm256_storeu_ps(dst, v);
-        return;
-    }
-    int32_t sums[8];
-    _mm256_storeu_si256((__m256i *)sums, sum);
-    for (int64_t c = 0; c < valid; c++)
-        dst[c] = (float)(sums[c] - zero * (colsum[c] / 128)) * (xs * wscales[c]) + (bias ? bias[c] : 0.f);
-}
-#endif
-#define BLOCK_TILES (BLOCK_ROWS / MR)
-#define TILE_CHANNELS (STEP * PANEL) /* output channels of one micro-tile: 2 halves */
-
-typedef struct {
-    const int8_t *xq, *packed;
-    const float *xs, *wscales, *bias;
-    const int32_t *xzeros, *colsum;
-    int64_t M, N, K4, panels;
-    int gelu;   /* 1: the tanh GELU on the outputs (an MLP's first linear) */
-    int narrow; /* 1: the activations in NARROW form */
-    float *out;
-} igemm_args;
-
-/* row tile rt (MR rows) x channel tile ct (STEP panels): the integer sums, then the scaled floats */
-static void micro_tile(const igemm_args *g, int64_t rt, int64_t ct) {
-    const int64_t p = ct * STEP, m0 = rt * MR, n0 = p * PANEL, K4 = g->K4, N = g->N;
-    const int8_t *p0 = g->packed + p * K4 * PANEL;
-    const int8_t *p1 = p + 1 < g->panels ? p0 + K4 * PANEL : p0; /* an odd last panel: summed twice, stored once */
-    acc_t acc[MR][2];
-    tile(g->xq + m0 * K4, K4, p0, p1, acc, g->narrow);
-    for (int r = 0; r < MR && m0 + r < g->M; r++) {
-        float *row = g->out + (m0 + r) * N;
-        const float xs = g->xs[m0 + r];
-        for (int half = 0; half < 2; half++) {
-            const int64_t n = n0 + half * (TILE_CHANNELS / 2);
-            if (n >= N) break;
-            const float *bias = g->bias ? g->bias + n : NULL;
-#if STEP == 2
-            store16(row + n, acc[r][half], g->colsum + n, g->wscales + n, bias, xs, N - n);
-#else
-            store8(row + n, acc[r][half], g->colsum + n, g->wscales + n, bias, xs, g->xzeros[m0 + r], N - n);
-#endif
-        }
-        if (g->gelu) gelu_tanh(row + n0, TILE_CHANNELS < N - n0 ? TILE_CHANNELS : N - n0);
-    }
+    for (int64_t m = 0; m < M; m++) quantize_row(x + m * ld, K, K4, xq + m * K4, scales + m, zeros + m, mode);
 }
 
 /* the instruction set the integer products of this build use (`narrow` takes effect on "AVX2") */
@@ -427,24 +178,25 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
         free(xq), free(xs), free(xzeros);
         return -1;
     }
-#if VNNI
-    narrow = 0;
-    const int mode = OFFSET;
-#else
-    const int mode = narrow ? NARROW : SIGNED;
-#endif
-    quantize_rows(x, M, K, K4, xq, xs, xzeros, mode);
-    const igemm_args g = {xq, packed, xs, wscales, bias, xzeros, colsum, M, N, K4, panels, gelu, narrow, out};
+    const int mode = activation_mode(&narrow);
+    quantize_rows(x, K, M, K, K4, xq, xs, xzeros, mode);
+    /* past the caches only what would not stay in them (a vision linear's 1024 x 1152 floats, 4.7 MB) */
+    const int stream = (uintptr_t)out % 32 == 0 && N % 8 == 0 && M * N * (int64_t)sizeof(float) >= STREAM_BYTES;
+    const igemm_args g = {xq, packed, xs, wscales, bias, xzeros, colsum, M, N, K4, panels, N, gelu, narrow, stream, out};
     /* blocks of BLOCK_TILES row tiles outermost (their quantized rows, 96 x K bytes, stay in L2
      * while every channel panel passes), channel panels within, row tiles innermost (the panel
      * stays in L1/L2 for them): the activations of many crops (10 x 1024 rows) are then read from
      * memory once, not once per panel */
     const int64_t blocks = (row_tiles + BLOCK_TILES - 1) / BLOCK_TILES;
-#pragma omp parallel for schedule(static) collapse(2)
-    for (int64_t rb = 0; rb < blocks; rb++)
-        for (int64_t ct = 0; ct < col_tiles; ct++)
-            for (int64_t rt = rb * BLOCK_TILES; rt < row_tiles && rt < (rb + 1) * BLOCK_TILES; rt++)
-                micro_tile(&g, rt, ct);
+#pragma omp parallel
+    {
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t rb = 0; rb < blocks; rb++)
+            for (int64_t ct = 0; ct < col_tiles; ct++)
+                for (int64_t rt = rb * BLOCK_TILES; rt < row_tiles && rt < (rb + 1) * BLOCK_TILES; rt++)
+                    micro_tile(&g, rt, ct);
+        _mm_sfence(); /* each thread's streamed stores visible before the caller reads them */
+    }
     free(xq), free(xs), free(xzeros);
     return 0;
 }
