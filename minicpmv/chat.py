@@ -523,7 +523,8 @@ def load(
             when a new image comes), so peak memory is that of the larger part, not the sum.
         vision_dtype: "auto" (bfloat16 autocast for the vision parts of a float32 model on CPUs
             with native bf16, see `pick_vision_autocast`), "float32"/"bfloat16"/"float16", or
-            "int8": the vision tower's linears as int8 x int8 products (quant.dynamic).
+            "int8": the vision tower's linears and its attention's two products as int8 x int8
+            products (quant.dynamic).
         compile: torch.compile the decode step and vision parts: "auto" (default: the parts that
             `minicpmv tune --compile` measured faster on this machine, none if not tuned), "on",
             "off", or "encode" / "decode"; compiled at load, the time is in the timing line.

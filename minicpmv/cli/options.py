@@ -87,7 +87,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16", "float16", "int8"],
         default="auto",
         help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's; "
-        "int8: its linears as int8 products)",
+        "int8: its linears and attention as int8 products)",
     )
     parser.add_argument(
         "--compile",
