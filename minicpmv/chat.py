@@ -26,7 +26,7 @@ from .model.minicpmv import MiniCPMV
 from .processing import MiniCPMVProcessor, ModelInputs
 from .processing import video as videos
 from .processing.detokenize import IncrementalDecoder
-from .tuning import load_tuning
+from .tuning import load_tuning, tuned_vision_dtype
 from .versions import facts
 
 if TYPE_CHECKING:
@@ -524,7 +524,8 @@ def load(
         vision_dtype: "auto" (bfloat16 autocast for the vision parts of a float32 model on CPUs
             with native bf16, see `pick_vision_autocast`), "float32"/"bfloat16"/"float16", or
             "int8": the vision tower's linears and its attention's two products as int8 x int8
-            products (quant.dynamic).
+            products (quant.dynamic). "auto" also takes int8 where `minicpmv tune --int8-vision`
+            measured it fastest on this machine; None is "auto" without that.
         compile: torch.compile the decode step and vision parts: "auto" (default: the parts that
             `minicpmv tune --compile` measured faster on this machine, none if not tuned), "on",
             "off", or "encode" / "decode"; compiled at load, the time is in the timing line.
@@ -549,8 +550,10 @@ def load(
 
         reuse_freed_memory()
     model_dtype = pick_dtype(dtype, target)
-    autocast = pick_vision_autocast(vision_dtype, model_dtype, target)
+    autocast = pick_vision_autocast(vision_dtype, model_dtype, target)  # a bad value fails here
     checkpoint = OpenCheckpoint(path, model_dtype, target)
+    if vision_dtype == "auto" and tuned_vision_dtype(checkpoint.config) == "int8":
+        vision_dtype, autocast = "int8", None  # measured fastest here by `minicpmv tune --int8-vision`
     if vision_dtype == "int8":  # before the weights are read: the layers keep their float weights
         from .quant.dynamic import use_dynamic_int8
 

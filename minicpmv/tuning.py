@@ -1,7 +1,8 @@
 """Configuration search (paper §5: "automatic search for the best configuration on the target
 device"): thread counts measured separately for image encoding, prefill and decoding, how
-many crops go through the vision tower at once, and (if asked) whether torch.compile helps. The best values are cached per machine and
-model; `load()` applies them automatically on later runs.
+many crops go through the vision tower at once, and (if asked) whether torch.compile helps and
+whether the vision tower is faster in int8. The best values are cached per machine and model;
+`load()` applies them automatically on later runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def load_tuning(config) -> dict | None:
     return entries.get(machine_key(), {}).get(model_key(config))
 
 
+def tuned_vision_dtype(config) -> str | None:
+    """ "int8" where `minicpmv tune --int8-vision` measured the int8 tower fastest for this model on
+    this machine (load() then takes it for vision_dtype="auto"); None otherwise."""
+    return ((load_tuning(config) or {}).get("encode") or {}).get("vision_dtype")
+
+
 def save_tuning(config, settings: dict) -> Path:
     """Store settings atomically (temp file, then rename); other machines' entries are kept."""
     path = cache_path()
@@ -78,9 +85,12 @@ def search(
     prompt_tokens: int = 128,
     decode_tokens: int = 16,
     try_compile: bool = False,
+    try_int8: bool = False,
 ) -> tuple[dict, list[dict]]:
     """Measure every option per phase; returns (best settings, table rows). With try_compile, the
-    decode step and the vision tower are then compiled and measured again at their best settings."""
+    decode step and the vision tower are then compiled and measured again at their best settings;
+    with try_int8 the vision tower is then turned to int8 (in place: this chat's model stays so)
+    and measured at every crop count, eager."""
     model = chat.model
     inputs = chat.processor([{"role": "user", "content": [{"image": image}, "Describe the image."]}])
     crops, sizes = inputs.pixel_values[0], inputs.tgt_sizes[0]
@@ -124,6 +134,9 @@ def search(
         if try_compile:
             rows += _compiled_rows(chat, best, measure)
             best = _best(rows)
+        if try_int8:
+            rows += _int8_rows(chat, best, crop_options, measure)
+            best = _best(rows)
     finally:
         torch.set_num_threads(original)
     return best, rows
@@ -138,8 +151,22 @@ def _compiled_rows(chat, best: dict, measure) -> list[dict]:
     ]
 
 
+def _int8_rows(chat, best: dict, crop_options: list[int], measure) -> list[dict]:
+    """The vision tower's linears and attention in int8 (`--vision-dtype int8`), measured at the
+    best encoding thread count for every crop count; autocast off, as load() runs int8."""
+    from .quant.dynamic import use_dynamic_int8
+
+    if "encode" in chat.compiled:
+        return []  # a compiled tower would keep running the float layers it traced
+    use_dynamic_int8(chat.model.vpm)
+    chat.images.vision_autocast = None
+    rows = [measure("encode", best["encode"]["threads"], per_call) for per_call in crop_options]
+    return [{**row, "vision_dtype": "int8"} for row in rows]
+
+
 def _best(rows: list[dict]) -> dict:
-    """The fastest row of each phase; "compile" says whether that row ran compiled."""
+    """The fastest row of each phase; "compile" says whether that row ran compiled, and
+    "vision_dtype" "int8" that the fastest encoding was the int8 tower's."""
     encode = min((r for r in rows if r["phase"] == "encode"), key=lambda r: r["ms"])
     best = {
         "encode": {
@@ -148,6 +175,8 @@ def _best(rows: list[dict]) -> dict:
             "compile": encode["compiled"],
         }
     }
+    if encode.get("vision_dtype"):
+        best["encode"]["vision_dtype"] = encode["vision_dtype"]
     for phase in ("prefill", "decode"):
         fastest = max((r for r in rows if r["phase"] == phase), key=lambda r: r["tok_per_s"])
         best[phase] = {"threads": fastest["threads"]}
@@ -162,13 +191,15 @@ def tune_model(
     repeat: int = 3,
     image: str | None = None,
     try_compile: bool = False,
+    try_int8: bool = False,
 ) -> dict:
     """Load `model` eagerly, measure it (`search`) and store the best settings in the per-machine
     cache. Returns {"best", "rows", "path", "compile_seconds"}."""
     from .chat import load
     from .quant.quality import example_image_path
 
-    chat = load(model, compile="off")  # eager first, whatever an earlier tuning chose
+    # eager and in the float dtype `auto` gives untuned (None), whatever an earlier tuning chose
+    chat = load(model, compile="off", vision_dtype=None)
     thread_options = threads or list(range(1, (os.cpu_count() or 1) + 1))
     best, rows = search(
         chat,
@@ -177,6 +208,7 @@ def tune_model(
         crops_per_call or [1, 4, 16],
         repeat,
         try_compile=try_compile,
+        try_int8=try_int8,
     )
     return {
         "best": best,

@@ -39,3 +39,32 @@ def test_tune_rejects_bad_lists(capsys):
     with pytest.raises(SystemExit) as info:  # argparse's own refusal: exit code 2, one line
         main(["tune", "-m", str(TINY["2.6"] / "checkpoint"), "--threads", "0"])
     assert info.value.code == 2 and "values must be at least 1" in capsys.readouterr().err
+
+
+def test_tune_measures_the_int8_tower_on_request_and_auto_follows_it(capsys, tmp_path, monkeypatch):
+    """`--int8-vision`: the int8 tower is measured at every crop count (eager, at the best
+    encoding thread count) and stored as the choice when fastest; a later load with
+    vision_dtype="auto" then runs the tower in int8, while an explicit dtype, or None (auto
+    untuned), keeps float."""
+    from minicpmv.quant.dynamic import DynamicInt8Linear
+    from minicpmv.tuning import save_tuning
+
+    monkeypatch.setenv("MINICPMV_CACHE_DIR", str(tmp_path))
+    checkpoint = TINY["2.6"] / "checkpoint"
+    args = ["tune", "-m", str(checkpoint), "--threads", "1", "--crops-per-call", "1,2", "--repeat", "1"]
+    assert main([*args, "--int8-vision"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| encode | 1 |") == 4 and table.count("| int8 |") == 2
+    config = load(checkpoint, vision_dtype="float32").model.config
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| encode |")]
+    fastest = min(rows, key=lambda cells: float(cells[6].split()[0]))
+    assert (load_tuning(config)["encode"].get("vision_dtype") == "int8") == (fastest[5].strip() == "int8")
+
+    def int8_layers(chat):
+        return sum(isinstance(m, DynamicInt8Linear) for m in chat.model.vpm.modules())
+
+    settings = {"encode": {"threads": 1, "crops_per_call": 1, "compile": False, "vision_dtype": "int8"}}
+    save_tuning(config, {**settings, "prefill": {"threads": 1}, "decode": {"threads": 1, "compile": False}})
+    assert int8_layers(load(checkpoint)) > 0 and load(checkpoint).vision_autocast is None
+    assert int8_layers(load(checkpoint, vision_dtype="float32")) == 0
+    assert int8_layers(load(checkpoint, vision_dtype=None)) == 0

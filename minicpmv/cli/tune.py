@@ -15,6 +15,7 @@ def tune(
     repeat: int = 3,
     image: str | None = None,
     try_compile: bool = False,
+    try_int8: bool = False,
 ) -> dict:
     """Measure thread counts separately for image encoding, prefill and decoding (and how many
     crops go through the vision tower at once), print the table, and store the best settings in
@@ -22,18 +23,24 @@ def tune(
     later `load()` of a model with the same shapes applies automatically.
 
     With try_compile (`--compile`), the decode step and the vision tower are also measured
-    compiled; later loads compile the parts that came out faster (`load(compile="auto")`).
+    compiled; later loads compile the parts that came out faster (`load(compile="auto")`). With
+    try_int8 (`--int8-vision`), the vision tower is also measured in int8; where that comes out
+    fastest, later loads with `--vision-dtype auto` run it in int8 (lossy, as bf16 is: under 1%
+    feature difference, docs/benchmarks.md).
     """
     from ..tuning import tune_model
 
-    tuned = tune_model(resolve_model(model), threads, crops_per_call, repeat, image, try_compile)
+    tuned = tune_model(resolve_model(model), threads, crops_per_call, repeat, image, try_compile, try_int8)
     best, rows = tuned["best"], tuned["rows"]
-    print("| phase | threads | crops per call | compiled | result |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| phase | threads | crops per call | compiled | vision | result |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         result = f"{row['ms']:.1f} ms" if "ms" in row else f"{row['tok_per_s']:.1f} tok/s"
         compiled = "yes" if row["compiled"] else "no"
-        print(f"| {row['phase']} | {row['threads']} | {row.get('crops_per_call', '')} | {compiled} | {result} |")
+        vision = row.get("vision_dtype", "auto") if row["phase"] == "encode" else ""
+        print(
+            f"| {row['phase']} | {row['threads']} | {row.get('crops_per_call', '')} | {compiled} | {vision} | {result} |"
+        )
     if try_compile:
         print(f"compile time: {tuned['compile_seconds']:.1f} s")
     print(f"best: {best}\nsaved to {tuned['path']}")
@@ -64,5 +71,11 @@ def add_parser(subparsers) -> None:
         dest="try_compile",
         action="store_true",
         help="also measure the decode step and vision tower under torch.compile",
+    )
+    parser.add_argument(
+        "--int8-vision",
+        dest="try_int8",
+        action="store_true",
+        help="also measure the vision tower in int8; if fastest, --vision-dtype auto uses it here",
     )
     wire(parser, tune)
