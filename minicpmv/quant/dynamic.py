@@ -7,7 +7,7 @@ oneDNN's bf16 and 3.3x float32. Without VNNI (AVX2 only) weights and activations
 steps' products add in 16 bits: 1.8x the 8-bit product's speed (docs/benchmarks.md).
 A whole real-size tower's output differs from float32's by 0.25% (relative L2, random weights)
 with 8 bits and 0.48% with 7. The attention's two products run in int8 as well (kernels/attention.c:
-K per key, V per feature, softmax probabilities in 7 bits per row).
+K per key, V per feature, softmax probabilities in 8 bits per row, 7 on AVX2).
 
 The layer keeps its float weight as a parameter: checkpoints load into it unchanged (also the
 low-memory mode's reloading), and the int8 copy is derived from it at first use and again
@@ -26,6 +26,11 @@ from . import native
 from .linear import KERNEL, igemm_linear
 
 
+def _kernels_run(x: torch.Tensor) -> bool:
+    """A CPU input, and this package's native kernels in use (built here, not switched off)."""
+    return x.device.type == "cpu" and KERNEL["mode"] == "auto" and native.library() is not None
+
+
 class DynamicInt8Linear(nn.Linear):
     _packed: tuple | None = None  # (weight id, storage, version, packed, scales, colsum)
     gelu = False  # True in a GeluFusedMLP's fc1: the tanh GELU is part of this layer's output
@@ -39,11 +44,9 @@ class DynamicInt8Linear(nn.Linear):
 
     def _applies(self, x: torch.Tensor) -> bool:
         return (
-            x.device.type == "cpu"
-            and self.weight.dtype == torch.float32
+            self.weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and KERNEL["mode"] == "auto"
-            and native.library() is not None
+            and _kernels_run(x)
         )
 
     def _int8(self):
@@ -97,14 +100,7 @@ class DynamicInt8Attention(NavitAttention):
         inference, no native library, sequences too short to gain (4.6's 2x2 merger windows), or
         a mask other than padded keys at the end (NavitSiglip's)."""
         batch, length = x.shape[:2]
-        if not (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and not torch.is_grad_enabled()
-            and length >= MIN_KEYS
-            and KERNEL["mode"] == "auto"
-            and native.library() is not None
-        ):
+        if not (x.dtype == torch.float32 and not torch.is_grad_enabled() and length >= MIN_KEYS and _kernels_run(x)):
             return None
         if mask is None:
             return torch.full((batch,), length, dtype=torch.int64)

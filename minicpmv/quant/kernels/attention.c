@@ -13,10 +13,6 @@
 
 #define ATTN_ROWS 32
 
-static inline int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
-
-static inline int64_t panels_of(int64_t n) { return (n + PANEL - 1) / PANEL; }
-
 /* A head's rows are hd floats of each (H * hd)-float token: a stride the hardware prefetchers do
  * not follow, and reading them unprefetched cost 3-5x (or a head-major copy of q, k and v, 2 ms a
  * layer). So every loop over rows asks for the row AHEAD rows on. */
@@ -32,12 +28,6 @@ static inline __m256i round8(const float *x, __m256 inv) { return _mm256_cvtps_e
 
 static inline __m256 abs8(const float *x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_loadu_ps(x)); }
 
-static inline int32_t lane_sum(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
-}
-
 /* K of one head (`keys` rows of hd floats, `ld` apart) -> packed panels of keys (minicpmv_pack_int8's layout:
  * a key's 4 consecutive features are 4 bytes of its panel's k-step); each key's scale (times
  * `scale`, the softmax's 1 / sqrt(hd)) and 128 * its sum */
@@ -50,9 +40,7 @@ static void pack_keys(const float *k, int64_t ld, int64_t keys, int64_t hd, floa
         __m256 top = _mm256_setzero_ps();
         int64_t d = 0;
         for (; d + 8 <= hd; d += 8) top = _mm256_max_ps(top, abs8(row + d));
-        float lanes[8], amax = 0.f;
-        _mm256_storeu_ps(lanes, top);
-        for (int i = 0; i < 8; i++) amax = fmaxf(amax, lanes[i]);
+        float amax = max8(top);
         for (; d < hd; d++) amax = fmaxf(amax, fabsf(row[d]));
         const float step = amax > 0.f ? amax / levels : 1.f, inv = 1.f / step;
         int8_t *dst = packed + (n / PANEL) * K4 * PANEL + (n % PANEL) * 4; /* then a k-step every 64 bytes */
@@ -65,7 +53,7 @@ static void pack_keys(const float *k, int64_t ld, int64_t keys, int64_t hd, floa
             memcpy(dst + (d / 4) * PANEL * 4, &low, 4), memcpy(dst + (d / 4 + 1) * PANEL * 4, &high, 4);
             total = _mm256_add_epi32(total, q);
         }
-        int32_t sum = lane_sum(total);
+        int32_t sum = isum8(total);
         for (; d < hd; d++) {
             const int32_t q = _mm_cvtss_si32(_mm_set_ss(row[d] * inv));
             dst[(d / 4) * PANEL * 4 + d % 4] = (int8_t)q, sum += q;
@@ -112,8 +100,8 @@ static void pack_values(const float *v, int64_t ld, int64_t keys, int64_t hd, fl
     }
 }
 
-/* e^x for x <= 0 to within 5e-5 (a degree-4 polynomial of 2^f, f in [-1/2, 1/2]): P keeps 7 bits,
- * whose step is 80 times that, and this exp costs half of exp8's instructions */
+/* e^x for x <= 0 to within 5e-5 (a degree-4 polynomial of 2^f, f in [-1/2, 1/2]): P keeps at most
+ * 8 bits, whose step (1/255) is 78 times that, and this exp costs half of exp8's instructions */
 static inline __m256 exp8_coarse(__m256 x) {
     const __m256 t = _mm256_mul_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(1.44269504f));
     const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm256_sub_ps(t, n);
@@ -138,9 +126,7 @@ static void softmax_row(const float *s, int64_t keys, int64_t K4, float levels, 
     for (; k + 32 <= keys; k += 32)
         for (int j = 0; j < 4; j++) top4[j] = _mm256_max_ps(top4[j], _mm256_loadu_ps(s + k + 8 * j));
     for (; k + 8 <= keys; k += 8) top4[0] = _mm256_max_ps(top4[0], _mm256_loadu_ps(s + k));
-    float lanes[8], top = -INFINITY;
-    _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(top4[0], top4[1]), _mm256_max_ps(top4[2], top4[3])));
-    for (int i = 0; i < 8; i++) top = fmaxf(top, lanes[i]);
+    float top = max8(_mm256_max_ps(_mm256_max_ps(top4[0], top4[1]), _mm256_max_ps(top4[2], top4[3])));
     for (; k < keys; k++) top = fmaxf(top, s[k]);
     __m256 sums[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (k = 0; k + 8 <= keys; k += 8) {

@@ -21,7 +21,7 @@
 /* w (N, K) int8 -> packed (ceil(N/16), K4/4, 16, 4) with K4 = K rounded up to 4, zero padded;
  * colsum (N) = 128 * sum_k w[n, k] (the VNNI offset correction). */
 void minicpmv_pack_int8(const int8_t *w, int64_t N, int64_t K, int8_t *packed, int32_t *colsum) {
-    const int64_t K4 = (K + 3) / 4 * 4, panels = (N + PANEL - 1) / PANEL;
+    const int64_t K4 = round4(K), panels = panels_of(N);
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < panels; p++) {
         int8_t *dst = packed + p * K4 * PANEL;
@@ -83,7 +83,7 @@ static void int4_group_table(uint16_t scale, uint16_t zero, float inv, int8_t ta
 
 void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
                                 int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
-    const int64_t panels = (N + PANEL - 1) / PANEL, ng = K / group;
+    const int64_t panels = panels_of(N), ng = K / group;
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < panels; p++) {
         int8_t *dst = packed + p * K * PANEL;
@@ -144,11 +144,11 @@ void minicpmv_pack_int4_tiles_as_int8(const uint8_t *w, const uint16_t *scales, 
     }
 }
 
-/* x (M, K) float32, rows `ld` apart -> xq (M, K4), a scale and a zero point per row */
-static void quantize_rows(const float *x, int64_t ld, int64_t M, int64_t K, int64_t K4, int8_t *xq, float *scales,
+/* x (M, K) float32 -> xq (M, K4), a scale and a zero point per row */
+static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t K4, int8_t *xq, float *scales,
                           int32_t *zeros, const int mode) {
 #pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++) quantize_row(x + m * ld, K, K4, xq + m * K4, scales + m, zeros + m, mode);
+    for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, K4, xq + m * K4, scales + m, zeros + m, mode);
 }
 
 /* the instruction set the integer products of this build use (`narrow` takes effect on "AVX2") */
@@ -169,7 +169,7 @@ const char *minicpmv_kernel_isa(void) {
  * Returns 0, or -1 without memory for the quantized activations. */
 int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, const float *wscales,
                    const int32_t *colsum, const float *bias, int64_t N, int gelu, int narrow, float *out) {
-    const int64_t K4 = (K + 3) / 4 * 4, panels = (N + PANEL - 1) / PANEL;
+    const int64_t K4 = round4(K), panels = panels_of(N);
     const int64_t row_tiles = (M + MR - 1) / MR, col_tiles = (panels + STEP - 1) / STEP;
     int8_t *xq = calloc((size_t)(row_tiles * MR * K4), 1); /* padding rows stay zero */
     float *xs = malloc((size_t)M * sizeof(float));
@@ -179,7 +179,7 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
         return -1;
     }
     const int mode = activation_mode(&narrow);
-    quantize_rows(x, K, M, K, K4, xq, xs, xzeros, mode);
+    quantize_rows(x, M, K, K4, xq, xs, xzeros, mode);
     /* past the caches only what would not stay in them (a vision linear's 1024 x 1152 floats, 4.7 MB) */
     const int stream = (uintptr_t)out % 32 == 0 && N % 8 == 0 && M * N * (int64_t)sizeof(float) >= STREAM_BYTES;
     const igemm_args g = {xq, packed, xs, wscales, bias, xzeros, colsum, M, N, K4, panels, N, gelu, narrow, stream, out};

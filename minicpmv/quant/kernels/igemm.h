@@ -15,6 +15,10 @@
 
 #define PANEL 16 /* output channels per packed panel */
 
+static inline int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
+
+static inline int64_t panels_of(int64_t n) { return (n + PANEL - 1) / PANEL; }
+
 /* How a row of activations is stored: SIGNED, round(x / s) in [-127, 127] with s = absmax / 127;
  * OFFSET, the same + 128 (vpdpbusd's unsigned side); NARROW, 7 bits from the row's own range,
  * round(x / s) + z in [0, 127] with s = (max - min) / 127 and z the row's zero point (min and max

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "qgemm.h"
+#include "vecmath.h"
 
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
 #error "qgemm needs AVX2, FMA and F16C"
@@ -44,13 +45,6 @@ static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
     __m256i pairs = _mm256_maddubs_epi16(u, s);
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 #endif
-}
-
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* Quantize rows of x (M, K) to int8 in blocks of `block` values (a multiple of 32): q (M, K),
@@ -98,12 +92,9 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t block, i
             }
             for (int64_t base = 0; run && base < block; base += run)
                 for (int k = 0; k < run; k++) dst[base + position[k]] = natural[base + k];
-            const __m128i q4 = _mm_add_epi32(_mm256_castsi256_si128(vq), _mm256_extracti128_si256(vq, 1));
-            const __m128i q2 = _mm_add_epi32(q4, _mm_shuffle_epi32(q4, 0x4E));
-            const int32_t qsum = _mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1)));
-            qsums[r * nb + b] = scale * (float)qsum;
+            qsums[r * nb + b] = scale * (float)isum8(vq);
             scales[r * nb + b] = scale;
-            sums[r * nb + b] = hsum8(vsum);
+            sums[r * nb + b] = sum8(vsum);
         }
     }
 }
@@ -158,7 +149,7 @@ static inline float int4_offset(const gemm_args *a, int64_t r, int64_t n) {
         acc = _mm256_fmadd_ps(z, _mm256_loadu_ps(gsums + g), acc);
         acc = _mm256_fmadd_ps(_mm256_mul_ps(s, minus8), _mm256_loadu_ps(qsums + g), acc);
     }
-    float total = hsum8(acc);
+    float total = sum8(acc);
     for (; g < ng; g++) total += _cvtsh_ss(zeros[g]) * gsums[g] - 8.f * _cvtsh_ss(scales[g]) * qsums[g];
     return total;
 }
@@ -199,7 +190,7 @@ ALWAYS_INLINE void int4_tile(const gemm_args *a, const int MT, const int nt, int
         }
     }
     for (int t = 0; t < MT; t++)
-        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]) + int4_offset(a, r0 + t, n0 + c);
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = sum8(acc[t][c]) + int4_offset(a, r0 + t, n0 + c);
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -278,7 +269,7 @@ ALWAYS_INLINE void int8_tile(const gemm_args *a, const int MT, const int nt, int
         }
     }
     for (int t = 0; t < MT; t++)
-        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]) * wscales[n0 + c];
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = sum8(acc[t][c]) * wscales[n0 + c];
 }
 
 #if INT4_RUN_512
@@ -339,7 +330,7 @@ ALWAYS_INLINE void bf16_tile(const gemm_args *a, const int MT, const int nt, int
         }
     }
     for (int t = 0; t < MT; t++)
-        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = hsum8(acc[t][c]);
+        for (int c = 0; c < nt; c++) a->out[(r0 + t) * a->N + n0 + c] = sum8(acc[t][c]);
 }
 
 /* Dispatch with compile-time tile sizes so the loops above unroll into registers. */

@@ -2,6 +2,7 @@
 #ifndef MINICPMV_VECMATH_H
 #define MINICPMV_VECMATH_H
 #include <immintrin.h>
+#include <stdint.h>
 
 /* vpdpbusd on 256 bits: AVX-VNNI's (VEX) form, or AVX-512 VL's (EVEX), which an AVX-512 CPU
  * runs when the kernels are built to behave as on an AVX-VNNI one */
@@ -36,5 +37,20 @@ static inline float sum8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* the largest of 8 lanes */
+static inline float max8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* the sum of 8 int32 lanes */
+static inline int32_t isum8(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
 }
 #endif
