@@ -38,25 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decode_speed import build, run  # noqa: E402
-
-from minicpmv.quant.native import avx_vnni_march  # noqa: E402
+from isa import EMULATED, HELP, emulate  # noqa: E402
 
 PROMPT, NEW = 128, 64
-# --isa: the environment that makes this CPU behave as another (oneDNN, MKL, our kernels' build)
-EMULATED = {
-    "avx2": dict(
-        ATEN_CPU_CAPABILITY="avx2",
-        ONEDNN_MAX_CPU_ISA="AVX2",
-        MKL_ENABLE_INSTRUCTIONS="AVX2",
-        MINICPMV_KERNEL_MARCH="haswell",
-    ),
-    "avx-vnni": dict(
-        ATEN_CPU_CAPABILITY="avx2",
-        ONEDNN_MAX_CPU_ISA="AVX2_VNNI",
-        MKL_ENABLE_INSTRUCTIONS="AVX2",
-        MINICPMV_KERNEL_MARCH=avx_vnni_march() or "native",
-    ),
-}
 
 
 def write_gguf(llm, path: Path, weight_type: str) -> Path:
@@ -322,10 +306,9 @@ def vision_table(rounds: int, isa: str) -> list[str]:
     sizes = torch.tensor([[patches, patches]] * crops)
     mask = torch.ones((crops, patches, patches), dtype=torch.bool)
 
-    from minicpmv.devices import pick_vision_autocast
+    from minicpmv.devices import pick_vision_autocast, untuned_vision_dtype
 
-    # with --isa avx2 / avx-vnni the CPU is taken as one without native bf16, as `auto` would find it there
-    autocast = None if isa in EMULATED else pick_vision_autocast("auto", torch.float32, torch.device("cpu"))
+    auto = untuned_vision_dtype(torch.float32, torch.device("cpu"))  # with --isa: as on such a CPU
 
     def ours_in(dtype, tower=ours, per_call=crops):
         @torch.inference_mode()
@@ -345,13 +328,17 @@ def vision_table(rounds: int, isa: str) -> list[str]:
 
         return run
 
+    # one crop per call, as load(vision_dtype="int8") runs it: its activations stay in cache
+    int8 = ours_in(None, ours_int8, per_call=1)
     contenders = {
-        f"ours, default (vision_dtype=auto: {'bf16' if autocast else 'fp32'} here)": ours_in(autocast),
-        # one crop per call, as load(vision_dtype="int8") runs it: its activations stay in cache
-        "ours int8 (`--vision-dtype int8`, a crop per call)": ours_in(None, ours_int8, per_call=1),
+        f"ours, default (vision_dtype=auto: {auto} here)": int8
+        if auto == "int8"
+        else ours_in(pick_vision_autocast(auto, torch.float32)),
         "HF transformers fp32 (Idefics2 vision)": hf_in(torch.float32),
     }
-    if autocast:  # without native bf16 the default is fp32 already
+    if auto != "int8":
+        contenders["ours int8 (`--vision-dtype int8`, a crop per call)"] = int8
+    if auto != "float32":
         contenders["ours fp32"] = ours_in(None)
     if isa not in EMULATED:  # emulated bf16 without native support: minutes, and nobody's choice there
         contenders["HF transformers bf16"] = hf_in(torch.bfloat16)
@@ -387,14 +374,10 @@ def main():
         "--isa",
         choices=["native", *EMULATED],
         default="native",
-        help="avx2: run as on a CPU with AVX2 only (ATen, oneDNN and MKL capped at AVX2, our kernels built for "
-        "haswell, no native bf16); avx-vnni: the same with AVX-VNNI's 256-bit vpdpbusd (Intel since Alder "
-        "Lake), in AVX-512 VL's encoding on an AVX-512 VNNI CPU. Emulations on this CPU's cores, caches and "
-        "memory. llama.cpp is whatever llama-cpp-python imports: for the LLM parts, put one built with AVX2 "
-        "only first on PYTHONPATH (docs/benchmarks.md has the build line)",
+        help=HELP,
     )
     args = parser.parse_args()
-    os.environ.update(EMULATED.get(args.isa, {}))  # read when torch first calls oneDNN / MKL and when our kernels build
+    emulate(args.isa)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,13 @@
 same weights: image in, first token, 32 tokens out (load excluded).
 
     python benchmarks/time_to_answer.py [--threads 2] [--rounds 2] [--sizes 448,1344] [--json]
+    PYTHONPATH=/tmp/llama-avx2/site python benchmarks/time_to_answer.py --isa avx2  # both sides as on an AVX2 CPU
 
 The model: the 2.6 layout with the real SigLIP-400M tower and a Qwen2-1.5B-shaped LLM, seeded
 random bfloat16 weights (`minicpmv.bench.random_bf16_checkpoint("qwen2-1.5b")`). Contenders:
-ours in float32 and int4 (group 64), int4 with the vision tower's linears in int8
-(`--vision-dtype int8`), and llama-cpp-python's MiniCPMv26ChatHandler on the Q4_0 LLM
+ours in float32 and int4 (group 64; its vision in what `--vision-dtype auto` picks here: bf16
+where native, else int8), int4 with the vision tower in int8 (`--vision-dtype int8`) where
+`auto` is not int8 already, and llama-cpp-python's MiniCPMv26ChatHandler on the Q4_0 LLM
 + f16 projector pair that `minicpmv export-gguf --mmproj` writes from the same checkpoint. Each
 answer is 32 greedy tokens (terminators banned on both sides, so every answer has the same
 length); our image-feature cache is off, so every round encodes its image. Contenders alternate
@@ -25,6 +27,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from isa import EMULATED, HELP, emulate  # noqa: E402
 
 NEW_TOKENS = 32
 QUESTION = "What is in the image?"
@@ -121,14 +126,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="448,1344")
     parser.add_argument("--cache", default=os.path.join("/tmp", "minicpmv-tta"))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--isa", choices=["native", *EMULATED], default="native", help=HELP)
     args = parser.parse_args()
+    emulate(args.isa)
     files = prepare(Path(args.cache))
+    import torch
+
+    from minicpmv.devices import untuned_vision_dtype
+
+    auto = untuned_vision_dtype(torch.float32, torch.device("cpu"))
     contenders = {
         "ours float32": ours(files["bf16"], args.threads, "float32"),
-        "ours int4": ours(files["int4"], args.threads),
-        "ours int4, int8 vision": ours(files["int4"], args.threads, vision_dtype="int8"),
+        f"ours int4 (vision auto: {auto})": ours(files["int4"], args.threads),
         "llama.cpp Q4_0 + f16 mmproj": llama_cpp(files["gguf"], files["mmproj"], args.threads),
     }
+    if auto != "int8":
+        contenders["ours int4, int8 vision"] = ours(files["int4"], args.threads, vision_dtype="int8")
     results: dict = {}
     for size in (int(s) for s in args.sizes.split(",")):
         image = image_of(size)
@@ -142,7 +155,7 @@ def main() -> None:
         for name, rows in runs.items():
             results[f"{size}/{name}"] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         peer = results[f"{size}/llama.cpp Q4_0 + f16 mmproj"]
-        for name in ("ours float32", "ours int4", "ours int4, int8 vision"):
+        for name in (name for name in contenders if name.startswith("ours")):
             mine = results[f"{size}/{name}"]
             results[f"{size}/{name} vs llama.cpp"] = {
                 "first_token": mine["first_token_s"] / peer["first_token_s"],

@@ -15,7 +15,7 @@ import torch
 
 from .chat_options import decoding_config
 from .compilation import compile_parts
-from .devices import pick_device, pick_dtype, pick_vision_autocast
+from .devices import check_vision_dtype, pick_device, pick_dtype, pick_vision_autocast, pick_vision_dtype
 from .errors import PromptError
 from .generation import GenerationConfig, GenerationOutput, generate, stream_tokens
 from .hub import resolve_model
@@ -521,11 +521,11 @@ def load(
         low_memory: the paper's sequential loading: the vision encoder and resampler are read in
             to encode images, then released before the LLM is read in (and the other way round
             when a new image comes), so peak memory is that of the larger part, not the sum.
-        vision_dtype: "auto" (bfloat16 autocast for the vision parts of a float32 model on CPUs
-            with native bf16, see `pick_vision_autocast`), "float32"/"bfloat16"/"float16", or
-            "int8": the vision tower's linears and its attention's two products as int8 x int8
-            products (quant.dynamic). "auto" also takes int8 where `minicpmv tune --int8-vision`
-            measured it fastest on this machine; None is "auto" without that.
+        vision_dtype: "auto" (for a float32 model on a CPU: bfloat16 autocast for the vision
+            parts where bf16 is native, else int8 where the native kernels run, unless `minicpmv
+            tune` measured another fastest here; see `devices.pick_vision_dtype`; None: the same
+            without the tuning), "float32"/"bfloat16"/"float16", or "int8": the vision tower's
+            linears and its attention's two products as int8 x int8 products (quant.dynamic).
         compile: torch.compile the decode step and vision parts: "auto" (default: the parts that
             `minicpmv tune --compile` measured faster on this machine, none if not tuned), "on",
             "off", or "encode" / "decode"; compiled at load, the time is in the timing line.
@@ -550,10 +550,10 @@ def load(
 
         reuse_freed_memory()
     model_dtype = pick_dtype(dtype, target)
-    autocast = pick_vision_autocast(vision_dtype, model_dtype, target)  # a bad value fails here
+    check_vision_dtype(vision_dtype)  # before the checkpoint is opened
     checkpoint = OpenCheckpoint(path, model_dtype, target)
-    if vision_dtype == "auto" and tuned_vision_dtype(checkpoint.config) == "int8":
-        vision_dtype, autocast = "int8", None  # measured fastest here by `minicpmv tune --int8-vision`
+    vision_dtype = pick_vision_dtype(vision_dtype, model_dtype, target, tuned_vision_dtype(checkpoint.config))
+    autocast = pick_vision_autocast(vision_dtype, model_dtype)
     if vision_dtype == "int8":  # before the weights are read: the layers keep their float weights
         from .quant.dynamic import use_dynamic_int8
 

@@ -39,22 +39,56 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return DTYPES[dtype]
 
 
-def pick_vision_autocast(
-    vision_dtype: str | None, model_dtype: torch.dtype, device: torch.device
-) -> torch.dtype | None:
-    """The dtype the vision encoder and resampler compute in under autocast, or None (the model's).
+def float_vision_dtype(model_dtype: torch.dtype, device: torch.device) -> str:
+    """The float dtype "auto" picks for the vision parts: bfloat16 for a float32 model on a CPU
+    with native bf16 arithmetic, where it is measured 2.2-2.4x faster than float32
+    (docs/benchmarks.md) at a 0.2% feature difference (the official checkpoints run in bf16
+    anyway); the model's own dtype elsewhere."""
+    if device.type == "cpu" and model_dtype == torch.float32 and has_native_bf16():
+        return "bfloat16"
+    return str(model_dtype).removeprefix("torch.")
 
-    "auto" (default): bfloat16 for a float32 model on a CPU with native bf16 arithmetic, where it
-    is measured 2.2-2.4x faster than float32 (docs/benchmarks.md) at a 0.2% feature difference (the
-    official checkpoints run in bf16 anyway); "float32" (the model's dtype) elsewhere. "int8"
-    (the tower's linears in int8, quant.dynamic) computes the rest in the model's dtype.
+
+def untuned_vision_dtype(model_dtype: torch.dtype, device: torch.device) -> str:
+    """What "auto" picks where `minicpmv tune` has not measured: `float_vision_dtype`, except
+    "int8" for a float32 model on a CPU without native bf16 where this package's kernels run (the
+    AVX2 machines): there the int8 tower is 2.1x HF float32 on the 10 crops of a 1344² image and
+    1.2x our float32 on the demo model's, at a 0.48% feature difference on a random tower and
+    no demo benchmark score moved beyond its interval (docs/benchmarks.md)."""
+    chosen = float_vision_dtype(model_dtype, device)
+    if chosen != "float32" or device.type != "cpu":
+        return chosen
+    from .quant import native  # builds the kernels on first use (cached)
+
+    return "int8" if native.library() is not None else chosen
+
+
+def pick_vision_dtype(
+    vision_dtype: str | None, model_dtype: torch.dtype, device: torch.device, tuned: str | None = None
+) -> str:
+    """The vision parts' precision as a name: "int8" or a float dtype.
+
+    "auto" (default): what `minicpmv tune` measured fastest on this machine (`tuned`), else
+    `untuned_vision_dtype`; None: `untuned_vision_dtype` whatever was tuned; a dtype name, or
+    "int8" (the tower's linears and attention products in int8, quant.dynamic): that one.
     """
-    if vision_dtype == "int8":
-        return None  # measured: bf16 autocast around int8 linears is slower (conversions)
+    check_vision_dtype(vision_dtype)
+    if vision_dtype == "auto" and tuned:
+        return tuned
     if vision_dtype in (None, "auto"):
-        native = device.type == "cpu" and model_dtype == torch.float32 and has_native_bf16()
-        return torch.bfloat16 if native else None
-    if vision_dtype not in DTYPES:
+        return untuned_vision_dtype(model_dtype, device)
+    return vision_dtype
+
+
+def check_vision_dtype(vision_dtype: str | None) -> None:
+    if vision_dtype not in (None, "auto", "int8", *DTYPES):
         raise ConfigError(f"vision_dtype: {vision_dtype!r} is not 'auto', 'int8' or one of {sorted(DTYPES)}")
-    chosen = DTYPES[vision_dtype]
+
+
+def pick_vision_autocast(vision: str, model_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the vision encoder and resampler compute in under autocast for a precision that
+    `pick_vision_dtype` chose, or None (the model's own)."""
+    if vision == "int8":
+        return None  # measured: bf16 autocast around int8 linears is slower (conversions)
+    chosen = DTYPES.get(vision, model_dtype)
     return None if chosen == model_dtype else chosen

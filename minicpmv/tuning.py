@@ -47,8 +47,9 @@ def load_tuning(config) -> dict | None:
 
 
 def tuned_vision_dtype(config) -> str | None:
-    """ "int8" where `minicpmv tune --int8-vision` measured the int8 tower fastest for this model on
-    this machine (load() then takes it for vision_dtype="auto"); None otherwise."""
+    """The vision precision ("int8" or a float dtype) `minicpmv tune` measured fastest for this
+    model on this machine, where it measured the int8 tower (load() then takes it for
+    vision_dtype="auto"); None otherwise."""
     return ((load_tuning(config) or {}).get("encode") or {}).get("vision_dtype")
 
 
@@ -90,7 +91,7 @@ def search(
     """Measure every option per phase; returns (best settings, table rows). With try_compile, the
     decode step and the vision tower are then compiled and measured again at their best settings;
     with try_int8 the vision tower is then turned to int8 (in place: this chat's model stays so)
-    and measured at every crop count, eager."""
+    and measured at every crop count, eager, and every encoding row names its precision."""
     model = chat.model
     inputs = chat.processor([{"role": "user", "content": [{"image": image}, "Describe the image."]}])
     crops, sizes = inputs.pixel_values[0], inputs.tgt_sizes[0]
@@ -135,8 +136,11 @@ def search(
             rows += _compiled_rows(chat, best, measure)
             best = _best(rows)
         if try_int8:
-            rows += _int8_rows(chat, best, crop_options, measure)
-            best = _best(rows)
+            floats = str(chat.vision_autocast or next(model.parameters()).dtype).removeprefix("torch.")
+            int8 = _int8_rows(chat, best, crop_options, measure)
+            if int8:  # the float rows named too: `auto` then takes whichever precision was fastest
+                rows = [{**r, "vision_dtype": floats} if r["phase"] == "encode" else r for r in rows] + int8
+                best = _best(rows)
     finally:
         torch.set_num_threads(original)
     return best, rows
@@ -166,7 +170,7 @@ def _int8_rows(chat, best: dict, crop_options: list[int], measure) -> list[dict]
 
 def _best(rows: list[dict]) -> dict:
     """The fastest row of each phase; "compile" says whether that row ran compiled, and
-    "vision_dtype" "int8" that the fastest encoding was the int8 tower's."""
+    "vision_dtype" (where the rows name it) the precision of the fastest encoding."""
     encode = min((r for r in rows if r["phase"] == "encode"), key=lambda r: r["ms"])
     best = {
         "encode": {
@@ -196,10 +200,15 @@ def tune_model(
     """Load `model` eagerly, measure it (`search`) and store the best settings in the per-machine
     cache. Returns {"best", "rows", "path", "compile_seconds"}."""
     from .chat import load
+    from .devices import float_vision_dtype, pick_device, pick_dtype, untuned_vision_dtype
     from .quant.quality import example_image_path
 
-    # eager and in the float dtype `auto` gives untuned (None), whatever an earlier tuning chose
-    chat = load(model, compile="off", vision_dtype=None)
+    device = pick_device(None)
+    model_dtype = pick_dtype(None, device)
+    # eager and in the float dtype `auto` picks untuned, whatever an earlier tuning chose; int8
+    # measured too where `auto` untuned takes it, so that the tuning can only make `auto` faster
+    chat = load(model, compile="off", vision_dtype=float_vision_dtype(model_dtype, device))
+    try_int8 = try_int8 or untuned_vision_dtype(model_dtype, device) == "int8"
     thread_options = threads or list(range(1, (os.cpu_count() or 1) + 1))
     best, rows = search(
         chat,

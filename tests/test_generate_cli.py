@@ -30,6 +30,8 @@ def test_generate_json_matches_official_greedy_ids(capsys):
                     "What is in the image?",
                     "-n",
                     "8",
+                    "--vision-dtype",
+                    "float32",  # the official float32 greedy ids (auto may be lossy: bf16 or int8)
                     "--json",
                 ]
             )

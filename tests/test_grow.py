@@ -70,7 +70,8 @@ def test_new_queries_follow_the_old_ones_whose_tokens_stay(tmp_path):
         before = old.get_image_features(image.crops, image.tgt_sizes)
         after = new.get_image_features(image.crops, image.tgt_sizes)
     assert after.shape == (before.shape[0], old_queries + 8, before.shape[2])
-    assert torch.equal(after[:, :old_queries], before)
+    # equal up to rounding: a GEMM over more query rows may block its sums differently (AVX2, 1 thread)
+    torch.testing.assert_close(after[:, :old_queries], before, rtol=1e-5, atol=1e-6)
     assert [path.name for path in tmp_path.iterdir()] == ["grown"]
 
 

@@ -43,18 +43,17 @@ def _system_report() -> dict:
     import torch
 
     from ..cpu import cpu_name, has_native_bf16
-    from ..devices import pick_vision_autocast
+    from ..devices import untuned_vision_dtype
     from ..memory import huge_pages_possible
     from ..quant import native
 
     library = native.library()
-    auto = pick_vision_autocast("auto", torch.float32, torch.device("cpu")) or torch.float32
     return {
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "kernels": native.kernel_isa() if library is not None else f"none ({native.why_unavailable()})",
         "native_bf16": has_native_bf16(),
-        "vision_dtype_auto": str(auto).removeprefix("torch."),
+        "vision_dtype_auto": untuned_vision_dtype(torch.float32, torch.device("cpu")),
         "huge_pages": huge_pages_possible(),
     }
 

@@ -86,7 +86,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--vision-dtype",
         choices=["auto", "float32", "bfloat16", "float16", "int8"],
         default="auto",
-        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, else the model's; "
+        help="vision encoder arithmetic (auto: bfloat16 on CPUs with native bf16, int8 on other CPUs "
+        "with the native kernels, else the model's, unless `minicpmv tune` measured another faster; "
         "int8: its linears and attention as int8 products)",
     )
     parser.add_argument(

@@ -24,9 +24,10 @@ def tune(
 
     With try_compile (`--compile`), the decode step and the vision tower are also measured
     compiled; later loads compile the parts that came out faster (`load(compile="auto")`). With
-    try_int8 (`--int8-vision`), the vision tower is also measured in int8; where that comes out
-    fastest, later loads with `--vision-dtype auto` run it in int8 (lossy, as bf16 is: under 1%
-    feature difference, docs/benchmarks.md).
+    try_int8 (`--int8-vision`; always on CPUs without native bf16, where `--vision-dtype auto`
+    takes int8 untuned), the vision tower is also measured in int8, and later loads with
+    `--vision-dtype auto` run it in the precision that came out fastest (int8 is lossy, as bf16
+    is: under 1% feature difference, docs/benchmarks.md).
     """
     from ..tuning import tune_model
 
@@ -76,6 +77,6 @@ def add_parser(subparsers) -> None:
         "--int8-vision",
         dest="try_int8",
         action="store_true",
-        help="also measure the vision tower in int8; if fastest, --vision-dtype auto uses it here",
+        help="also measure the vision tower in int8 (always without native bf16); --vision-dtype auto then takes the fastest",
     )
     wire(parser, tune)
