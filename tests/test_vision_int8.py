@@ -18,11 +18,11 @@ from minicpmv.quant.dynamic import DynamicInt8Linear, use_dynamic_int8
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.why_unavailable()}")
 
 
-def _exact(x, weight, bias, narrow=False):
+def _exact(x, weight, bias, narrow=False, weight_levels=None):
     """What the kernel computes, in float64: per-channel int8 weights and per-row symmetric int8
     activations, or `narrow`: weights in 7 bits, activations in 7 over the row's range with 0 in
-    it and an integer zero point."""
-    w_scale = weight.abs().amax(1, keepdim=True) / (63 if narrow else 127)
+    it and an integer zero point; `weight_levels` 63: 7-bit weights with 8-bit activations."""
+    w_scale = weight.abs().amax(1, keepdim=True) / (weight_levels or (63 if narrow else 127))
     wq = torch.round(weight / w_scale)
     if narrow:
         top, bottom = x.amax(1, keepdim=True).clamp_min(0), x.amin(1, keepdim=True).clamp_max(0)
@@ -79,9 +79,10 @@ def _attention_matches_its_arithmetic():
 
 
 def _kernel_matches_its_arithmetic():
-    """The layer (narrow where the build narrows) and the 8-bit product the LLM's prefill calls,
-    with and without the GELU in the same pass; the last shape's 4.25 MB output is stored past the
-    caches (igemm.c's STREAM_BYTES, on 256-bit builds)."""
+    """The layer (narrow where the build narrows), the 8-bit product an int8 LLM's prefill calls,
+    with and without the GELU in the same pass, and the 7-bit weights with 8-bit activations of an
+    int4 LLM's prefill (NARROW_WEIGHTS); the last shape's 4.25 MB output is stored past the caches
+    (igemm.c's STREAM_BYTES, on 256-bit builds)."""
     torch.manual_seed(0)
     narrow = native.igemm_narrows()
     for rows, width, out_features in [(1, 4, 1), (37, 70, 53), (9, 64, 40), (130, 256, 33), (1030, 64, 1032)]:
@@ -94,10 +95,15 @@ def _kernel_matches_its_arithmetic():
             wq = torch.round(layer.weight / (layer.weight.abs().amax(1, keepdim=True) / 127)).to(torch.int8)
             packed, colsum = native.pack_int8(wq)
             scales = layer.weight.abs().amax(1) / 127
-            wide = native.igemm(x, packed, scales, colsum, layer.bias, narrow=False)
-            fused = native.igemm(x, packed, scales, colsum, layer.bias, gelu=True, narrow=False)
+            wide = native.igemm(x, packed, scales, colsum, layer.bias, narrow=native.WIDE)
+            fused = native.igemm(x, packed, scales, colsum, layer.bias, gelu=True, narrow=native.WIDE)
+            scales7 = layer.weight.abs().amax(1) / 63
+            packed7, colsum7 = native.pack_int8(torch.round(layer.weight / scales7[:, None]).to(torch.int8))
+            seven = native.igemm(x, packed7, scales7, colsum7, layer.bias, narrow=native.NARROW_WEIGHTS)
         torch.testing.assert_close(wide.double(), _exact(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(fused, F.gelu(wide, approximate="tanh"), atol=1e-6, rtol=2e-6)
+        expected = _exact(x, layer.weight, layer.bias, weight_levels=63)
+        torch.testing.assert_close(seven.double(), expected, atol=1e-4, rtol=1e-5)
     _attention_matches_its_arithmetic()
 
 
@@ -117,12 +123,34 @@ def _build_for(monkeypatch, tmp_path, march: str):
 
 @pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="needs an AVX2 CPU")
 def test_the_avx2_build_computes_the_same(monkeypatch, tmp_path):
-    """vpmaddubsw with the sign of w moved onto x: the same exact sums without VNNI, and the
-    vision layers' narrow form: 7-bit weights, 7-bit unsigned activations with a zero point per
-    row, two steps' products added in 16 bits (K not a multiple of 8: the odd last step)."""
+    """vpmaddubsw with the sign of w moved onto x: the same exact sums without VNNI; the vision
+    layers' narrow form: 7-bit weights, 7-bit unsigned activations with a zero point per row, two
+    steps' products added in 16 bits (K not a multiple of 8: the odd last step); and 7-bit
+    weights against 8-bit activations offset to unsigned, with no sign step."""
     _build_for(monkeypatch, tmp_path, "haswell")
     assert native.igemm_narrows()
     _kernel_matches_its_arithmetic()
+    _int4_prefill_takes_7bit_weights()
+
+
+def _int4_prefill_takes_7bit_weights():
+    """An int4 LLM layer's prefill (64 rows or more) in a build without VNNI: its weight
+    requantized to 63 levels, the product with 8-bit activations and no sign step."""
+    from minicpmv.quant.linear import Int4Linear
+    from minicpmv.quant.schemes import quantize_int4
+
+    torch.manual_seed(2)
+    layer = Int4Linear(256, 48, False, 64)
+    packed4, scales, zeros = quantize_int4(torch.randn(48, 256), 64)
+    layer.qweight.copy_(packed4), layer.scales.copy_(scales), layer.zeros.copy_(zeros)
+    x = torch.randn(70, 256)
+    with torch.inference_mode():
+        got = layer(x)
+        half = (layer.scales, layer.zeros)
+        seven = native.pack_int4_as_int8(packed4, *half, 64, levels=63)
+        eight = native.pack_int4_as_int8(packed4, *half, 64)
+    assert torch.equal(got, native.igemm(x, seven[0], seven[2], seven[1], None, narrow=native.NARROW_WEIGHTS))
+    assert not torch.equal(got, native.igemm(x, eight[0], eight[2], eight[1], None))
 
 
 @pytest.mark.skipif(native.avx_vnni_march() is None, reason="needs a CPU with AVX-VNNI or AVX-512 VNNI")

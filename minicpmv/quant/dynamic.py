@@ -40,7 +40,7 @@ class DynamicInt8Linear(nn.Linear):
             out = super().forward(x)
             return F.gelu(out, approximate="tanh") if self.gelu else out
         packed, scales, colsum = self._int8()
-        return igemm_linear(x, (packed, colsum, scales), self.bias, self.out_features, self.gelu, narrow=True)
+        return igemm_linear(x, (packed, colsum, scales), self.bias, self.out_features, self.gelu, native.NARROW_BOTH)
 
     def _applies(self, x: torch.Tensor) -> bool:
         return (

@@ -99,9 +99,9 @@ def _declare(lib) -> None:
     lib.minicpmv_widen_int8.argtypes = [p, p, i64, i64, p]
     lib.minicpmv_pack_int8.argtypes = [p, i64, i64, p, p]
     lib.minicpmv_pack_int8.restype = None
-    lib.minicpmv_pack_int4_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
+    lib.minicpmv_pack_int4_as_int8.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int, p, p, p]
     lib.minicpmv_pack_int4_as_int8.restype = None
-    lib.minicpmv_pack_int4_tiles_as_int8.argtypes = [p, p, p, i64, i64, i64, p, p, p]
+    lib.minicpmv_pack_int4_tiles_as_int8.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int, p, p, p]
     lib.minicpmv_pack_int4_tiles_as_int8.restype = None
     lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
@@ -250,17 +250,34 @@ def pack_int8(qweight: torch.Tensor, tiles: bool = False) -> tuple[torch.Tensor,
 
 
 def pack_int4_as_int8(
-    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, tiles: bool = False
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int,
+    tiles: bool = False,
+    levels: int = 127,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N, K/2) packed int4 with float16 scales and zeros (N, K/g) -> (packed, colsum, per-channel
-    float32 scales) for `igemm`: the weight requantized per channel to int8 (kernels/igemm.c);
-    `tiles`: the weight is in int4_tiles' layout."""
+    float32 scales) for `igemm`: the weight requantized per channel to integers in [-levels,
+    levels] (kernels/igemm.c; 63 for `igemm(..., narrow=NARROW_WEIGHTS)`); `tiles`: the weight is
+    in int4_tiles' layout."""
     rows, width = qweight.shape[0], qweight.shape[1] * 2
     packed = torch.empty(((rows + 15) // 16) * width * 16, dtype=torch.int8)
     colsum = torch.empty(rows, dtype=torch.int32)
     wscales = torch.empty(rows)
     pack = library().minicpmv_pack_int4_tiles_as_int8 if tiles else library().minicpmv_pack_int4_as_int8
-    pack(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, _ptr(packed), _ptr(colsum), _ptr(wscales))
+    pack(
+        _ptr(qweight),
+        _ptr(scales),
+        _ptr(zeros),
+        rows,
+        width,
+        group_size,
+        levels,
+        _ptr(packed),
+        _ptr(colsum),
+        _ptr(wscales),
+    )
     return packed, colsum, wscales
 
 
@@ -269,9 +286,14 @@ def kernel_isa() -> str:
     return library().minicpmv_kernel_isa().decode()
 
 
+# igemm's `narrow` (kernels/igemm.h): what the packed weights allow
+WIDE, NARROW_BOTH, NARROW_WEIGHTS = 0, 1, 2
+
+
 def igemm_narrows() -> bool:
-    """Whether `igemm(..., narrow=True)` computes with 7-bit activations here (a build without
-    VNNI), so that weights quantized to 7 bits are worth their cost."""
+    """Whether weights quantized to 7 bits make `igemm` faster here (a build without VNNI): with
+    `narrow=NARROW_BOTH` it then takes 7-bit activations (1.8x), with NARROW_WEIGHTS it keeps 8
+    bits and drops a sign step (1.4x)."""
     return kernel_isa() == "AVX2"
 
 
@@ -282,12 +304,13 @@ def igemm(
     colsum: torch.Tensor,
     bias: torch.Tensor | None,
     gelu: bool = False,
-    narrow: bool = False,
+    narrow: int = WIDE,
 ) -> torch.Tensor:
     """x (M, K) float32, quantized per row to int8, @ packed int8 weight^T (per-channel float32
     `wscales`) + bias -> (M, N) float32; `gelu`: the tanh GELU applied to it in the same pass;
-    `narrow`: the weights are within [-63, 63], and the activations may take 7 bits from each
-    row's range where that is faster (CPUs without VNNI: `igemm_narrows`)."""
+    `narrow`: NARROW_BOTH, the weights are within [-63, 63], and the activations may take 7 bits
+    from each row's range where that is faster (CPUs without VNNI: `igemm_narrows`);
+    NARROW_WEIGHTS, the same weights with 8-bit activations."""
     rows, width = x.shape
     out = torch.empty((rows, wscales.shape[0]))
     bias_ptr = None if bias is None else _ptr(bias)

@@ -12,9 +12,10 @@
  * VNNI (AVX-512, or AVX-VNNI's 256 bits): vpdpbusd takes unsigned bytes on one side, so activations
  * are offset by +128 and 128 * sum_k wq[n, k] is taken back per channel. AVX2: vpmaddubsw, 2 pair
  * products into 16 bits, then vpmaddwd and an add into 32; either |w| as the unsigned side with
- * the sign of w moved onto x (exact for 8-bit x: 4 instructions per 32 products), or, where the
- * caller asks `narrow` (weights in [-63, 63]), x in 7 unsigned bits with a zero point per row:
- * 2.5 instructions per 32 products, 1.8x.
+ * the sign of w moved onto x (exact for 8-bit x: 4 instructions per 32 products); where the
+ * caller's weights are in [-63, 63] (`narrow`), x offset to unsigned 8 bits as for VNNI (3
+ * instructions, NARROW_WEIGHTS) or in 7 unsigned bits with a zero point per row (2.5, 1.8x:
+ * NARROW_BOTH).
  */
 #include "igemm.h"
 
@@ -61,18 +62,20 @@ void minicpmv_pack_int8_tiles(const uint8_t *tiles, int64_t N, int64_t K, int8_t
  * rows) runs in minicpmv_igemm: built per call, it costs a pass over the weight, not a copy kept.
  * |w| of a channel peaks at q = 0 or q = 15 of some group, so its scale comes from the group
  * parameters alone; each group's 16 values are rounded once into a table. The requantized weight
- * is within half a step (absmax / 254) of the int4 one, a fraction of the int4 step. K % 4 == 0. */
+ * is within half a step (absmax / 254, or / 126 with 63 levels) of the int4 one, a fraction of the
+ * int4 step. K % 4 == 0. */
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
-/* The per-channel int8 scale of an int4 row whose group parameters are `stride` apart. */
-static float int4_channel_scale(const uint16_t *scales, const uint16_t *zeros, int64_t stride, int64_t ng) {
+/* The per-channel scale of an int4 row whose group parameters are `stride` apart, for integers
+ * in [-levels, levels] (127, or 63 for NARROW_WEIGHTS). */
+static float int4_channel_scale(const uint16_t *scales, const uint16_t *zeros, int64_t stride, int64_t ng, int levels) {
     float amax = 0.f;
     for (int64_t g = 0; g < ng; g++) {
         const float s = half_to_float(scales[g * stride]), base = half_to_float(zeros[g * stride]) - 8.f * s;
         const float ends = fmaxf(fabsf(base), fabsf(15.f * s + base));
         amax = ends > amax ? ends : amax;
     }
-    return amax / 127.f;
+    return amax / (float)levels;
 }
 
 /* a group's 16 int4 values requantized with 1 / the channel scale */
@@ -82,7 +85,7 @@ static void int4_group_table(uint16_t scale, uint16_t zero, float inv, int8_t ta
 }
 
 void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
-                                int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
+                                int64_t K, int64_t group, int levels, int8_t *packed, int32_t *colsum, float *wscales) {
     const int64_t panels = panels_of(N), ng = K / group;
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < panels; p++) {
@@ -93,7 +96,7 @@ void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const 
                 for (int64_t k = 0; k < K; k++) dst[(k / 4) * PANEL * 4 + c * 4 + k % 4] = 0;
                 continue;
             }
-            const float scale = int4_channel_scale(scales + n * ng, zeros + n * ng, 1, ng);
+            const float scale = int4_channel_scale(scales + n * ng, zeros + n * ng, 1, ng, levels);
             const float inv = scale > 0.f ? 1.f / scale : 0.f;
             int32_t total = 0;
             for (int64_t g = 0; g < ng; g++) {
@@ -116,7 +119,8 @@ void minicpmv_pack_int4_as_int8(const uint8_t *w, const uint16_t *scales, const 
 /* The same from int4 decoding tiles (kernels/tiles.c, N % 16 == 0): a tile is a panel; the
  * low nibbles of its 64-byte chunk c are the panel's slot 2c and the high nibbles slot 2c + 1. */
 void minicpmv_pack_int4_tiles_as_int8(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int64_t N,
-                                      int64_t K, int64_t group, int8_t *packed, int32_t *colsum, float *wscales) {
+                                      int64_t K, int64_t group, int levels, int8_t *packed, int32_t *colsum,
+                                      float *wscales) {
     const int64_t ng = K / group, chunks = group / 8, chunk = PANEL * 4;
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < N / PANEL; p++) {
@@ -124,7 +128,7 @@ void minicpmv_pack_int4_tiles_as_int8(const uint8_t *w, const uint16_t *scales, 
         const uint16_t *sc = scales + p * PANEL * ng, *zr = zeros + p * PANEL * ng; /* (ng, 16) */
         int8_t *dst = packed + p * PANEL * K;
         for (int64_t r = 0; r < PANEL; r++) {
-            const float scale = int4_channel_scale(sc + r, zr + r, PANEL, ng);
+            const float scale = int4_channel_scale(sc + r, zr + r, PANEL, ng, levels);
             const float inv = scale > 0.f ? 1.f / scale : 0.f;
             int32_t total = 0;
             for (int64_t g = 0; g < ng; g++) {
@@ -163,9 +167,10 @@ const char *minicpmv_kernel_isa(void) {
 }
 
 /* x (M, K) float32 -> out (M, N) float32 through packed int8 weights with per-channel scales;
- * bias (N) or NULL; gelu 1 applies the tanh GELU to the outputs; narrow 1: the weights are in
- * [-63, 63] and the activations may take 7 bits where that is faster (AVX2 without VNNI: about
- * 1.8x; VNNI builds keep 8 bits).
+ * bias (N) or NULL; gelu 1 applies the tanh GELU to the outputs; narrow (igemm.h): NARROW_BOTH,
+ * the weights are in [-63, 63] and the activations may take 7 bits where that is faster (AVX2
+ * without VNNI: about 1.8x; VNNI builds keep 8 bits); NARROW_WEIGHTS, the same weights with 8-bit
+ * activations (AVX2: about 1.4x WIDE).
  * Returns 0, or -1 without memory for the quantized activations. */
 int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, const float *wscales,
                    const int32_t *colsum, const float *bias, int64_t N, int gelu, int narrow, float *out) {
