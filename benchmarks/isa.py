@@ -36,13 +36,11 @@ HELP = (
 
 def emulate(isa: str) -> None:
     """Before torch first calls oneDNN / MKL and before our kernels build (they read the
-    environment then); every later `has_native_bf16()` answers False."""
+    environment then); the CPU's bf16 flags hidden, so every `has_native_bf16()` answers False."""
     if isa not in EMULATED:
         return
     os.environ.update(EMULATED[isa])
     import minicpmv.cpu
-    import minicpmv.devices
-    import minicpmv.quant.linear
 
-    for module in (minicpmv.cpu, minicpmv.devices, minicpmv.quant.linear):
-        module.has_native_bf16 = lambda: False
+    flags = minicpmv.cpu.cpu_flags() - {"avx512_bf16", "amx_bf16"}
+    minicpmv.cpu.cpu_flags = lambda: flags

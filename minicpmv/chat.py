@@ -552,7 +552,8 @@ def load(
     model_dtype = pick_dtype(dtype, target)
     check_vision_dtype(vision_dtype)  # before the checkpoint is opened
     checkpoint = OpenCheckpoint(path, model_dtype, target)
-    vision_dtype = pick_vision_dtype(vision_dtype, model_dtype, target, tuned_vision_dtype(checkpoint.config))
+    tuned = tuned_vision_dtype(checkpoint.config) if vision_dtype == "auto" else None  # only auto reads it
+    vision_dtype = pick_vision_dtype(vision_dtype, model_dtype, target, tuned)
     autocast = pick_vision_autocast(vision_dtype, model_dtype)
     if vision_dtype == "int8":  # before the weights are read: the layers keep their float weights
         from .quant.dynamic import use_dynamic_int8
