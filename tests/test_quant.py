@@ -163,6 +163,24 @@ def test_int4_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does
     assert all(torch.equal(a, b) for a, b in zip(tiles, (packed, scales, zeros)))
 
 
+@needs_native
+def test_int8_prefill_repack_is_the_panel_layout():
+    """An int8 prefill repacks the stored weight per call into igemm's panels (16 channels x 4 k,
+    zeros past N and K) with 128 x each channel's sum: 16 columns at a time by a transpose, the
+    last part-filled panel and K's tail byte by byte."""
+    torch.manual_seed(0)
+    for out_features, in_features in [(16, 16), (48, 192), (53, 70), (32, 36)]:
+        qweight = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
+        panels, width = (out_features + 15) // 16, (in_features + 3) // 4 * 4
+        padded = torch.zeros(panels * 16, width, dtype=torch.int8)
+        padded[:out_features, :in_features] = qweight
+        # (channel, k) -> (panel, k / 4, channel, k % 4)
+        expected = padded.view(panels, 16, width // 4, 4).permute(0, 2, 1, 3).reshape(-1)
+        packed, colsum = native.pack_int8(qweight)
+        assert torch.equal(packed, expected)
+        assert torch.equal(colsum, 128 * qweight.int().sum(1))
+
+
 @pytest.mark.skipif(native.library() is None or not native.int8_tiles_available(), reason="int8 tiles need VNNI")
 def test_int8_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does():
     """int8 tiles hold w + 128 in igemm's panel order: back and forth gives the stored bytes; the
