@@ -262,17 +262,17 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
     /* blocks of BLOCK_TILES row tiles outermost (their quantized rows, 96 x K bytes, stay in L2
      * while every channel panel passes), channel panels within, row tiles innermost (the panel
      * stays in L1/L2 for them): the activations of many crops (10 x 1024 rows) are then read from
-     * memory once, not once per panel. The blocks are of equal size (at most BLOCK_TILES), so
-     * that the static schedule's equal shares of (block, panel) pairs are equal work: 128 rows as
-     * 24 + 8 tiles gave one of two threads 3x the other's rows (prefill of a 128-token prompt
-     * at 0.7x the 744-row rate). */
-    const int64_t blocks = (row_tiles + BLOCK_TILES - 1) / BLOCK_TILES, per_block = (row_tiles + blocks - 1) / blocks;
+     * memory once, not once per panel. Block rb holds tiles [rb T / B, (rb + 1) T / B): sizes
+     * within one tile of each other (at most BLOCK_TILES), so that the static schedule's equal
+     * shares of (block, panel) pairs are equal work: 128 rows as 24 + 8 tiles gave one of two
+     * threads 3x the other's rows (a 128-token prefill at 0.7x the 744-row rate). */
+    const int64_t blocks = (row_tiles + BLOCK_TILES - 1) / BLOCK_TILES;
 #pragma omp parallel
     {
 #pragma omp for schedule(static) collapse(2)
         for (int64_t rb = 0; rb < blocks; rb++)
             for (int64_t ct = 0; ct < col_tiles; ct++)
-                for (int64_t rt = rb * per_block; rt < row_tiles && rt < (rb + 1) * per_block; rt++)
+                for (int64_t rt = rb * row_tiles / blocks; rt < (rb + 1) * row_tiles / blocks; rt++)
                     micro_tile(&g, rt, ct);
         _mm_sfence(); /* each thread's streamed stores visible before the caller reads them */
     }
