@@ -190,6 +190,22 @@ def test_int8_prefill_repack_is_the_panel_layout():
         assert torch.equal(colsum, 128 * qweight.int().sum(1))
 
 
+@needs_native
+@pytest.mark.parametrize("make", [lambda: Int8Linear(128, 32, False), lambda: Int4Linear(128, 32, False, 32)])
+def test_a_prefill_takes_the_int8_gemm_from_its_layouts_crossover(make, monkeypatch):
+    """The rows from which a layer repacks its weight per call for the int8 x int8 GEMM: 64 where
+    it decodes from tiles (the tiles stay ahead up to 63 rows), 24 for an int8 weight in the
+    stored layout (no VNNI: its kernel takes 4 rows a pass)."""
+    module = filled(make(), torch.randn(32, 128) / 128**0.5)
+    rows_seen, gemm = [], native.igemm
+    monkeypatch.setattr(native, "igemm", lambda x, *args, **kw: rows_seen.append(x.shape[0]) or gemm(x, *args, **kw))
+    for rows in (1, 23, 24, 63, 64):
+        module(torch.randn(rows, 128))
+    stored = isinstance(module, Int8Linear) and not native.int8_tiles_available()
+    assert module.tiled() != stored
+    assert rows_seen == ([24, 63, 64] if stored else [64])
+
+
 @pytest.mark.skipif(native.library() is None or not native.int8_tiles_available(), reason="int8 tiles need VNNI")
 def test_int8_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does():
     """int8 tiles hold w + 128 in igemm's panel order: back and forth gives the stored bytes; the

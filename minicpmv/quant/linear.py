@@ -50,15 +50,17 @@ WIDEN_MIN_ROWS = 32
 
 # From this many rows on, repacking the weight for the int8 x int8 GEMM once per call beats the
 # bf16 GEMM on the widened weight (Qwen3.5-0.8B MLP, 700 rows: 10.0 vs 14.8 ms with the repack)
+# and the decoding tiles (a Qwen2-1.5B prefill, int4 and int8 tiles, AVX2 and AVX-512: tiles
+# ahead at 56-63 rows, the GEMM from 64)
 IGEMM_MIN_ROWS = 64
+# ... and an int8 weight in the stored layout (no tiles: CPUs without VNNI), whose kernel takes 4
+# rows per pass: the GEMM from 24 rows (Qwen2-1.5B prefill in the AVX2 emulation, tok/s stored
+# kernel vs GEMM: 16 rows 56.2 vs 46.5, 24 rows 59.5 vs 61.1, 40 rows 59.6 vs 70.2)
+STORED_INT8_IGEMM_MIN_ROWS = 24
 
 
 def _widen(x: torch.Tensor, width: int) -> bool:
     return x.numel() // width >= WIDEN_MIN_ROWS and has_native_bf16()
-
-
-def _igemm(x: torch.Tensor, width: int) -> bool:
-    return x.numel() // width >= IGEMM_MIN_ROWS
 
 
 def igemm_linear(
@@ -289,12 +291,17 @@ class QuantizedLinear(NativeLinear):
             self._set_tiles(True)
         tiled = self.tiled()
         fn, tensors, shape = self._decode_kernel(tiled)
-        # rows below the int8 x int8 GEMM's stay in the tile kernel
-        return DecodeCall(self, fn, tensors, shape, IGEMM_MIN_ROWS if tiled else WIDEN_MIN_ROWS)
+        # rows below the int8 x int8 GEMM's (or the widened weight's) stay in this kernel
+        rows = self._igemm_min_rows()
+        return DecodeCall(self, fn, tensors, shape, rows if tiled else min(rows, WIDEN_MIN_ROWS))
+
+    def _igemm_min_rows(self) -> int:
+        """Rows from which the int8 x int8 GEMM, its weight repacked per call, beats this layer's own kernel."""
+        return IGEMM_MIN_ROWS
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         native_ok = _native(x, self.native_ok)
-        if native_ok and _igemm(x, self.in_features):
+        if native_ok and x.numel() // self.in_features >= self._igemm_min_rows():
             return igemm_linear(x, self._igemm_weight(), self.bias, self.out_features, narrow=self._igemm_narrow())
         if native_ok and (self.tiled() or self._can_tile() or not _widen(x, self.in_features)):
             return self._native_product(x)
@@ -326,6 +333,9 @@ class Int8Linear(QuantizedLinear):
 
     def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
         native.int8_tiles(*tensors, to_tiles)
+
+    def _igemm_min_rows(self) -> int:
+        return IGEMM_MIN_ROWS if self.tiled() or self._can_tile() else STORED_INT8_IGEMM_MIN_ROWS
 
     def _decode_kernel(self, tiled: bool) -> tuple:
         fn = native.library().minicpmv_linear_int8_tiles if tiled else native.library().minicpmv_linear_int8
