@@ -86,13 +86,11 @@ void minicpmv_pack_int8_tiles(const uint8_t *tiles, int64_t N, int64_t K, int8_t
     for (int64_t p = 0; p < N / PANEL; p++) {
         __m128i sums[4] = {_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128()};
         for (int64_t c = p * K / 4; c < (p + 1) * K / 4; c++)
-            for (int64_t quad = 0; quad < 4; quad += 2) { /* 16 bytes: rows 4 quad .. 4 quad + 3 */
-                const __m128i a = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(tiles + c * chunk + 16 * quad)), flip);
-                const __m128i b = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(tiles + c * chunk + 16 * quad + 16)), flip);
-                _mm_storeu_si128((__m128i *)(packed + c * chunk + 16 * quad), a);
-                _mm_storeu_si128((__m128i *)(packed + c * chunk + 16 * quad + 16), b);
-                sums[quad] = add_row_sums(sums[quad], a, _mm_setzero_si128());
-                sums[quad + 1] = add_row_sums(sums[quad + 1], b, _mm_setzero_si128());
+            for (int64_t quad = 0; quad < 4; quad++) { /* 16 bytes: rows 4 quad .. 4 quad + 3 */
+                const int64_t at = c * chunk + 16 * quad;
+                const __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(tiles + at)), flip);
+                _mm_storeu_si128((__m128i *)(packed + at), v);
+                sums[quad] = add_row_sums(sums[quad], v, _mm_setzero_si128());
             }
         int32_t totals[PANEL];
         for (int64_t quad = 0; quad < 4; quad++) _mm_storeu_si128((__m128i *)(totals + 4 * quad), sums[quad]);
