@@ -9,6 +9,11 @@ greedy decoding of 64 tokens with the KV cache. Medians of 3 runs.
 `--pages` compares where the streamed weights live (bf16, int8, int4 modes): in 2 MB huge pages
 (the default) and in ordinary 4 KB pages, on one model, alternating round by round; it prints
 each round's decode speed and the median of the paired ratios.
+
+`--swiglu` compares prefill (int8, int4 modes) with the MLPs' silu(gate) * up inside the up
+projection's int8 GEMM (quant/swiglu.py, as quantization installs it) and the model's own MLP
+(ATen's silu and multiply), on one model, alternating round by round, at 128 and 744 tokens.
+`--isa avx2` runs it as on a CPU with AVX2 only (benchmarks/isa.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import statistics
 import time
 
 import torch
+from isa import EMULATED, HELP, emulate
 
 SHAPES = {
     "qwen2-1.5b": dict(
@@ -99,6 +105,26 @@ def compare_pages(llm, rounds: int) -> None:
     print(f"|   huge / 4 KB, median of paired rounds | {statistics.median(ratios):.3f} |", flush=True)
 
 
+def compare_swiglu(llm, rounds: int) -> None:
+    from minicpmv.model.blocks import MLP
+    from minicpmv.quant.swiglu import SwiGLUFusedMLP
+
+    mlps = [layer.mlp for layer in llm.model.layers]
+    for length in (128, 744):
+        speeds = {"fused": [], "model": []}
+        for r in range(rounds):
+            for kind in ("model", "fused") if r % 2 else ("fused", "model"):
+                for mlp in mlps:
+                    mlp.__class__ = SwiGLUFusedMLP if kind == "fused" else MLP
+                speeds[kind].append(run(llm, length, 1)[0])
+        ratios = [f / m for f, m in zip(speeds["fused"], speeds["model"])]
+        for kind, label in (("fused", "fused SwiGLU"), ("model", "model's MLP")):
+            print(f"|   {length}-token prefill tok/s, {label} | {' '.join(f'{x:.1f}' for x in speeds[kind])} |")
+        print(f"|   fused / model's, median of paired rounds | {statistics.median(ratios):.3f} |", flush=True)
+    for mlp in mlps:
+        mlp.__class__ = SwiGLUFusedMLP
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -106,7 +132,10 @@ def main():
     parser.add_argument("--modes", default="fp32,bf16,int8,int4", help="bf16: bfloat16 weights, float32 arithmetic")
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--pages", type=int, default=0, metavar="ROUNDS", help="compare huge and 4 KB pages")
+    parser.add_argument("--swiglu", type=int, default=0, metavar="ROUNDS", help="compare the fused SwiGLU prefill")
+    parser.add_argument("--isa", choices=sorted(EMULATED), help=HELP)
     args = parser.parse_args()
+    emulate(args.isa)
     torch.set_num_threads(args.threads)
     print(f"| mode | prefill tok/s | decode tok/s |  ({args.shape}, {args.threads} threads, torch {torch.__version__})")
     for mode in args.modes.split(","):
@@ -118,6 +147,8 @@ def main():
         print(f"| {mode} | {prefill:.1f} | {decode:.2f} |", flush=True)
         if args.pages and mode != "fp32":
             compare_pages(llm, args.pages)
+        if args.swiglu and mode in ("int8", "int4"):
+            compare_swiglu(llm, args.swiglu)
         del llm
 
 

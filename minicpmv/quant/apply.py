@@ -28,6 +28,7 @@ from ..memory import huge_page_empty
 from .decode_step import install as install_native_decode
 from .linear import Bf16Linear, Int4Linear, Int8Linear
 from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
+from .swiglu import fuse_swiglu
 
 METHOD = "minicpmv-weight-only"
 ROUTERS = (".mlp.gate", ".mlp.shared_expert_gate")  # 4.7 MoE: kept in floating point
@@ -108,6 +109,7 @@ def prepare_quantized_layout(model: nn.Module, config: QuantConfig) -> None:
         with torch.device(module.weight.device):
             _replace(model, name, _empty(module, bits, config.group_size))
     install_native_decode(model.llm)
+    fuse_swiglu(model.llm)
 
 
 ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB for any weight
@@ -160,4 +162,5 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         _replace(model, name, new.to(module.weight.device))
     model.config.raw["quantization_config"] = config.to_dict()
     install_native_decode(model.llm)
+    fuse_swiglu(model.llm)
     return model

@@ -21,9 +21,11 @@ from ..model.llm import HYBRID, Attention, DecoderLayer
 from ..model.qwen35 import GatedAttention, GatedDeltaNet, GatedRMSNorm, HybridCache, Qwen35Layer, ZeroCentredRMSNorm
 from . import native
 from .linear import NativeLinear
+from .swiglu import SwiGLUFusedMLP
 
 c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+DENSE_MLPS = (MLP, SwiGLUFusedMLP)  # the same function: down(silu(gate(x)) * up(x))
 DELTANET_LINEARS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
 
 
@@ -216,7 +218,11 @@ class NativeDecodeStep(NativeStep):
         if cfg.rotary_dim != cfg.head_dim:
             return None
         for layer in self.llm.model.layers:
-            if type(layer) is not DecoderLayer or type(layer.self_attn) is not Attention or type(layer.mlp) is not MLP:
+            if (
+                type(layer) is not DecoderLayer
+                or type(layer.self_attn) is not Attention
+                or type(layer.mlp) not in DENSE_MLPS
+            ):
                 return None
             attn, mlp = layer.self_attn, layer.mlp
             modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
@@ -283,7 +289,7 @@ class HybridDecodeStep(NativeStep):
         if cfg.linear_key_head_dim % 8 or cfg.linear_value_head_dim % 8 or cfg.rotary_dim % 2:
             return None
         for layer in self.llm.model.layers:
-            if type(layer) is not Qwen35Layer or type(layer.mlp) is not MLP:
+            if type(layer) is not Qwen35Layer or type(layer.mlp) not in DENSE_MLPS:
                 return None  # 4.7's mixture of experts: the model's path
             mlp = self._linears((layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj), kinds)
             norms = self._zero_centred(layer.input_layernorm), self._zero_centred(layer.post_attention_layernorm)

@@ -70,14 +70,17 @@ def igemm_linear(
     out_features: int,
     gelu: bool = False,
     narrow: int = native.WIDE,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x (..., K) through the int8 x int8 GEMM with `packed` = (weight, colsum, per-channel
     scales): activations quantized per row, as the decode kernels do; `gelu` the tanh GELU after;
-    `narrow`: what the weights allow (`native.igemm`)."""
+    `narrow`: what the weights allow (`native.igemm`); `gate` (..., N) contiguous float32: the
+    outputs times silu(gate), written into it."""
     weight, colsum, scales = packed
     flat = _flat_float32(x, x.shape[-1])
     bias = None if bias is None else bias.float().contiguous()
-    out = native.igemm(flat, weight, scales, colsum, bias, gelu, narrow)
+    gate = None if gate is None else gate.view(-1, out_features)
+    out = native.igemm(flat, weight, scales, colsum, bias, gelu, narrow, gate)
     return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
@@ -299,9 +302,19 @@ class QuantizedLinear(NativeLinear):
         """Rows from which the int8 x int8 GEMM, its weight repacked per call, beats this layer's own kernel."""
         return IGEMM_MIN_ROWS
 
+    def igemm_applies(self, x: torch.Tensor) -> bool:
+        """Whether x (a prefill-sized input, native kernels on) takes the int8 x int8 GEMM."""
+        return _native(x, self.native_ok) and x.numel() // self.in_features >= self._igemm_min_rows()
+
+    def times_silu(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * self(x), the multiply in the GEMM's epilogue and the result written into
+        `gate` (contiguous float32, this layer's output shape), where `igemm_applies(x)`."""
+        packed = self._igemm_weight()
+        return igemm_linear(x, packed, self.bias, self.out_features, narrow=self._igemm_narrow(), gate=gate)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         native_ok = _native(x, self.native_ok)
-        if native_ok and x.numel() // self.in_features >= self._igemm_min_rows():
+        if self.igemm_applies(x):
             return igemm_linear(x, self._igemm_weight(), self.bias, self.out_features, narrow=self._igemm_narrow())
         if native_ok and (self.tiled() or self._can_tile() or not _widen(x, self.in_features)):
             return self._native_product(x)

@@ -103,7 +103,7 @@ def _declare(lib) -> None:
     lib.minicpmv_pack_int4_as_int8.restype = None
     lib.minicpmv_pack_int4_tiles_as_int8.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int, p, p, p]
     lib.minicpmv_pack_int4_tiles_as_int8.restype = None
-    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, ctypes.c_int, p]
+    lib.minicpmv_igemm.argtypes = [p, i64, i64, p, p, p, p, i64, ctypes.c_int, p, ctypes.c_int, p]
     lib.minicpmv_igemm.restype = ctypes.c_int
     lib.minicpmv_attend_int8.argtypes = [p, p, p, i64, i64, i64, i64, p, ctypes.c_float, ctypes.c_int, p]
     lib.minicpmv_attend_int8.restype = ctypes.c_int
@@ -305,14 +305,20 @@ def igemm(
     bias: torch.Tensor | None,
     gelu: bool = False,
     narrow: int = WIDE,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x (M, K) float32, quantized per row to int8, @ packed int8 weight^T (per-channel float32
     `wscales`) + bias -> (M, N) float32; `gelu`: the tanh GELU applied to it in the same pass;
     `narrow`: NARROW_BOTH, the weights are within [-63, 63], and the activations may take 7 bits
     from each row's range where that is faster (CPUs without VNNI: `igemm_narrows`);
-    NARROW_WEIGHTS, the same weights with 8-bit activations."""
+    NARROW_WEIGHTS, the same weights with 8-bit activations. `gate` (M, N) contiguous float32: the
+    result is silu(gate) * (the product), written into `gate` (SwiGLU: no tensor of its own)."""
     rows, width = x.shape
-    out = torch.empty((rows, wscales.shape[0]))
+    if gate is not None and (
+        gate.shape != (rows, wscales.shape[0]) or gate.dtype != torch.float32 or not gate.is_contiguous()
+    ):
+        raise ValueError(f"igemm: gate must be contiguous float32 of shape {(rows, wscales.shape[0])}")
+    out = torch.empty((rows, wscales.shape[0])) if gate is None else gate
     bias_ptr = None if bias is None else _ptr(bias)
     checked(
         library().minicpmv_igemm(
@@ -325,6 +331,7 @@ def igemm(
             bias_ptr,
             wscales.shape[0],
             int(gelu),
+            None if gate is None else _ptr(gate),
             int(narrow),
             _ptr(out),
         )

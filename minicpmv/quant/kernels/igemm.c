@@ -236,13 +236,15 @@ const char *minicpmv_kernel_isa(void) {
 }
 
 /* x (M, K) float32 -> out (M, N) float32 through packed int8 weights with per-channel scales;
- * bias (N) or NULL; gelu 1 applies the tanh GELU to the outputs; narrow (igemm.h): NARROW_BOTH,
+ * bias (N) or NULL; gelu 1 applies the tanh GELU to the outputs; gate (M, N) or NULL multiplies them
+ * by silu(gate) (SwiGLU's up projection; gate may be out itself); narrow (igemm.h): NARROW_BOTH,
  * the weights are in [-63, 63] and the activations may take 7 bits where that is faster (AVX2
  * without VNNI: about 1.8x; VNNI builds keep 8 bits); NARROW_WEIGHTS, the same weights with 8-bit
  * activations (AVX2: about 1.4x WIDE).
  * Returns 0, or -1 without memory for the quantized activations. */
 int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, const float *wscales,
-                   const int32_t *colsum, const float *bias, int64_t N, int gelu, int narrow, float *out) {
+                   const int32_t *colsum, const float *bias, int64_t N, int gelu, const float *gate, int narrow,
+                   float *out) {
     const int64_t K4 = round4(K), panels = panels_of(N);
     const int64_t row_tiles = (M + MR - 1) / MR, col_tiles = (panels + STEP - 1) / STEP;
     int8_t *xq = calloc((size_t)(row_tiles * MR * K4), 1); /* padding rows stay zero */
@@ -256,7 +258,7 @@ int minicpmv_igemm(const float *x, int64_t M, int64_t K, const int8_t *packed, c
     quantize_rows(x, M, K, K4, xq, xs, xzeros, mode);
     /* past the caches only what would not stay in them (a vision linear's 1024 x 1152 floats, 4.7 MB) */
     const int stream = (uintptr_t)out % 32 == 0 && N % 8 == 0 && M * N * (int64_t)sizeof(float) >= STREAM_BYTES;
-    const igemm_args g = {xq, packed, xs, wscales, bias, xzeros, colsum, M, N, K4, panels, N, gelu, narrow, stream, out};
+    const igemm_args g = {xq, packed, xs, wscales, bias, xzeros, colsum, M, N, K4, panels, N, gelu, gate, narrow, stream, out};
     /* blocks of BLOCK_TILES row tiles outermost (their quantized rows, 96 x K bytes, stay in L2
      * while every channel panel passes), channel panels within, row tiles innermost (the panel
      * stays in L1/L2 for them): the activations of many crops (10 x 1024 rows) are then read from

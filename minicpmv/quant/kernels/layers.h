@@ -97,23 +97,15 @@ static inline void cache_write(float *keys, float *values, const float *k, const
     }
 }
 
-/* gate = silu(gate) * up = gate * up / (1 + e^-gate) */
+/* gate = silu(gate) * up */
 static inline void silu_times(float *gate, const float *up, int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 e = exp8(_mm256_sub_ps(zero, g));
-        _mm256_storeu_ps(gate + i, _mm256_div_ps(_mm256_mul_ps(g, _mm256_loadu_ps(up + i)), _mm256_add_ps(one, e)));
-    }
+    for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(silu8(_mm256_loadu_ps(gate + i)), _mm256_loadu_ps(up + i)));
 }
 
-/* x = silu(x) = x / (1 + e^-x) */
+/* x = silu(x) */
 static inline void silu(float *x, int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m256 v = _mm256_loadu_ps(x + i);
-        _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, v)))));
-    }
+    for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(x + i, silu8(_mm256_loadu_ps(x + i)));
 }
 
 /* x *= sigmoid(gate) */
