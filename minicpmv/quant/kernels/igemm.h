@@ -252,9 +252,9 @@ static void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const int8_t *p
 
 /* 8 outputs of one row: (sum - zero * sum_k w) * (x_scale * w_scale) + bias, with colsum = 128 * sum_k w,
  * and the GELU where asked, or times silu(gate) where `gate` (the same place in the gate projection's
- * output: SwiGLU's product, one pass fewer over an LLM's (rows, intermediate) floats); `stream`: stored past the caches (an output too big for them, which
- * would otherwise be read in before it is overwritten: 4-8% of a vision linear); the scalar loop
- * only at the edge */
+ * output: SwiGLU's product, one pass fewer over an LLM's (rows, intermediate) floats); `stream`:
+ * stored past the caches (an output too big for them, which would otherwise be read in before it
+ * is overwritten: 4-8% of a vision linear); the scalar loop only at the edge */
 static inline void store8(float *dst, __m256i sum, const int32_t *colsum, const float *wscales, const float *bias,
                           float xs, int32_t zero, int64_t valid, int gelu, const float *gate, int stream) {
     if (valid >= 8) {
