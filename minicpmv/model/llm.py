@@ -10,11 +10,10 @@ The model takes embeddings (vision rows already scattered in), never token strin
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import MLP, KVCache, RMSNorm, apply_rope, rope_cos_sin
+from .blocks import CAUSAL, MLP, KVCache, RMSNorm, apply_rope, attend, rope_cos_sin
 from .config import LLMConfig
 from .embedding import embedding
 from .qwen35 import HybridCache, Qwen35Layer, ZeroCentredRMSNorm
@@ -48,7 +47,7 @@ class Attention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, KVH, S, hd) with S = cached + T
         # grouped-query attention inside SDPA: no per-step copy of the whole cache per head
         gqa = self.cfg.num_heads != self.cfg.num_kv_heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, H, T, hd)
+        out = attend(q, k, v, mask, gqa)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -146,11 +145,13 @@ class LanguageModel(nn.Module):
             if not bool(attention_mask.all()):
                 keep = attention_mask[:, past : past + length].to(inputs_embeds.device)  # (B, T)
         # one new token with no padding sees every cached key: nothing to mask (SDPA's fast path)
-        unmasked = length == 1 and (attention_mask is None or bool(attention_mask.all()))
+        unpadded = attention_mask is None or bool(attention_mask.all())
         if attention_mask is not None and attention_mask.dim() == 4:  # (B, 1, T, S) bool: e.g. packed samples
             mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.bool)
-        elif unmasked:
+        elif length == 1 and unpadded:
             mask = None
+        elif past == 0 and unpadded:
+            mask = CAUSAL
         else:
             mask = attention_bias(attention_mask, batch, length, past, inputs_embeds.dtype, inputs_embeds.device)
         logits = self.run_layers(inputs_embeds, cos, sin, mask, cache, last_only, keep)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import MLP, KVCache, apply_rope
+from .blocks import MLP, KVCache, apply_rope, attend
 from .config import LLMConfig
 
 CHUNK = 64  # the official chunk length of the prefill form
@@ -75,7 +75,7 @@ class GatedAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         gqa = self.cfg.num_heads != self.cfg.num_kv_heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, H, T, hd)
+        out = attend(q, k, v, mask, gqa)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(batch, length, -1) * torch.sigmoid(gate.reshape(batch, length, -1))
         return self.o_proj(out)
 
