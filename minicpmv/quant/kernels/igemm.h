@@ -103,6 +103,9 @@ static inline void tile(const int8_t *xq, int64_t K4, const int8_t *p0, const in
     }
 }
 
+/* a function of 8 lanes applied to both halves of 16 */
+#define BY_HALVES(fn, v) _mm512_insertf32x8(_mm512_castps256_ps512(fn(_mm512_castps512_ps256(v))), fn(_mm512_extractf32x8_ps(v, 1)), 1)
+
 /* 16 outputs of one row: (sum - 128 * colsum) * x_scale * w_scale + bias, masked at the edge; then
  * the GELU, or times silu(gate) where a gate row is given (store8) */
 static inline void store16(float *dst, __m512i sum, const int32_t *colsum, const float *wscales, const float *bias,
@@ -111,12 +114,10 @@ static inline void store16(float *dst, __m512i sum, const int32_t *colsum, const
     const __m512i exact = _mm512_sub_epi32(sum, _mm512_maskz_loadu_epi32(keep, colsum));
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(_mm512_set1_ps(xs), _mm512_maskz_loadu_ps(keep, wscales)));
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, bias));
-    if (gelu) v = _mm512_insertf32x8(_mm512_castps256_ps512(gelu8(_mm512_castps512_ps256(v))), gelu8(_mm512_extractf32x8_ps(v, 1)), 1);
+    if (gelu) v = BY_HALVES(gelu8, v);
     if (gate) {
         const __m512 g = _mm512_maskz_loadu_ps(keep, gate);
-        const __m512 s = _mm512_insertf32x8(_mm512_castps256_ps512(silu8(_mm512_castps512_ps256(g))),
-                                            silu8(_mm512_extractf32x8_ps(g, 1)), 1);
-        v = _mm512_mul_ps(v, s);
+        v = _mm512_mul_ps(v, BY_HALVES(silu8, g));
     }
     _mm512_mask_storeu_ps(dst, keep, v);
 }
