@@ -1,24 +1,36 @@
 """The decode step of a quantized LLM in one native call: one new token of one sequence through
 every layer, with no torch op or module call per layer (kernels/decoder.c for Llama / Qwen2 /
-Qwen3 / MiniCPM layers, kernels/hybrid.c for Qwen3.5's attention and DeltaNet layers).
+Qwen3 / MiniCPM layers, kernels/hybrid.c for Qwen3.5's attention and DeltaNet layers, with a
+dense MLP or 4.7's mixture of experts: routing, the chosen experts and the shared one in C too).
 
 Installed on the LLM by quantize_model / prepare_quantized_layout (the model stays unaware: its
 `run_layers` is wrapped, as compilation.py does). Each call takes the native path where it
 applies and the model's own path otherwise (prompts, batches, masks, training, bfloat16
 activations, layers the kernels do not take, a LoRA adapter); both give the same numbers up to
 float32 rounding: the linears are the same kernels, the norms, rotary, attention, the DeltaNet
-recurrence and SwiGLU are written out in C. What it saves is measured in docs/quantization.md.
+recurrence, the router's softmax and top-k and SwiGLU are written out in C. What it saves is
+measured in docs/quantization.md.
 """
 
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
+from torch import nn
 
 from ..model.blocks import MLP, KVCache, RMSNorm
 from ..model.llm import HYBRID, Attention, DecoderLayer
-from ..model.qwen35 import GatedAttention, GatedDeltaNet, GatedRMSNorm, HybridCache, Qwen35Layer, ZeroCentredRMSNorm
+from ..model.qwen35 import (
+    GatedAttention,
+    GatedDeltaNet,
+    GatedRMSNorm,
+    HybridCache,
+    Qwen35Layer,
+    SparseMoE,
+    ZeroCentredRMSNorm,
+)
 from . import native
 from .linear import NativeLinear
 from .swiglu import SwiGLUFusedMLP
@@ -51,17 +63,19 @@ class _HybridLayer(ctypes.Structure):  # kernels/hybrid.c's hybrid_layer
     _fields_ += [("q_norm", c_ptr), ("k_norm", c_ptr)] + [(name, _Linear) for name in ("q", "k", "v", "o")]
     _fields_ += [("keys", c_ptr), ("values", c_ptr)] + [(name, _Linear) for name in ("qkv", "z", "b", "a", "out")]
     _fields_ += [(name, c_ptr) for name in ("conv", "a_log", "dt_bias", "out_norm", "conv_state", "state")]
+    _fields_ += [(name, c_ptr) for name in ("router", "shared_gate", "expert")]
 
 
 class _HybridShape(ctypes.Structure):
     _fields_ = [
         (name, c_i64)
-        for name in ("hidden", "intermediate", "heads", "kv_heads", "head_dim", "rotary_dim", "max_len")
-        + ("key_heads", "value_heads", "key_dim", "value_dim", "conv_kernel")
+        for name in ("hidden", "mlp_width", "heads", "kv_heads", "head_dim", "rotary_dim", "max_len")
+        + ("key_heads", "value_heads", "key_dim", "value_dim", "conv_kernel", "experts", "top_k")
     ] + [("eps", ctypes.c_double)]
 
 
-# the shape structs' fields -> the LLMConfig attribute each holds (max_len is set per call)
+# the shape structs' fields -> the LLMConfig attribute each holds (max_len is set per call,
+# mlp_width by the step)
 CONFIG_NAMES = {
     "hidden": "hidden_size",
     "heads": "num_heads",
@@ -76,12 +90,14 @@ CONFIG_NAMES = {
     "key_dim": "linear_key_head_dim",
     "value_dim": "linear_value_head_dim",
     "conv_kernel": "linear_conv_kernel",
+    "experts": "num_experts",
+    "top_k": "experts_per_token",
 }
 
 
 def _shape(kind: type, cfg):
     """A shape struct filled from the config, by field name."""
-    return kind(**{name: getattr(cfg, CONFIG_NAMES[name]) for name, _ in kind._fields_ if name != "max_len"})
+    return kind(**{name: getattr(cfg, CONFIG_NAMES[name]) for name, _ in kind._fields_ if name in CONFIG_NAMES})
 
 
 # decoder.c's linear kinds, in the order of its enum: the native function a layer's decode call
@@ -130,10 +146,11 @@ class NativeStep:
         self.layers = None  # ctypes array of layer descriptors, built at the first step that can use it
         self.calls: list = []  # (module, decode call) whose pointers the descriptors copy
         self.vectors: list = []  # (module, parameter name, tensor): float32 weights read in place
+        self.follows = None  # (weak cache, its length at the next token): the generation this step is in
 
     def _build(self) -> bool:
         cfg, lib = self.llm.cfg, native.library()
-        if lib is None or any(size % 8 for size in (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size)):
+        if lib is None or cfg.hidden_size % 8 or cfg.head_dim % 8:
             return False
         self.calls, self.vectors = [], []
         layers = self._describe_layers(_kinds(lib))
@@ -167,6 +184,15 @@ class NativeStep:
             return False  # float or adapted linears: the model's path, without a full check
         return self._build()
 
+    def _current(self, cache) -> bool:
+        """`_ready`, checked in full at a generation's first native token only: 4.7's MoE binds ~8000
+        linears, 14 ms of Python a token. The next tokens of the same cache take the descriptors
+        as they are; a tensor replaced mid-generation stays alive in its call (read stale, never
+        freed) until the next generation rebuilds."""
+        if self.follows is not None and self.follows[0]() is cache and self.follows[1] == cache.length:
+            return True
+        return self._ready()
+
     def applies(self, x, cos, mask, cache, keep) -> bool:
         return (
             mask is None
@@ -181,7 +207,7 @@ class NativeStep:
             and cache.keys[0].dtype is torch.float32
             and cache.length < cache.max_len
             and not torch.is_grad_enabled()
-            and self._ready()
+            and self._current(cache)
             and self._bind(cache)
         )
 
@@ -201,6 +227,7 @@ class NativeStep:
             cache.length,
         )
         native.checked(status)
+        self.follows = (weakref.ref(cache), cache.length + 1)  # the model advances the cache by this token
         return self.llm.logits(hidden.view(1, 1, -1))
 
 
@@ -215,7 +242,7 @@ class NativeDecodeStep(NativeStep):
 
     def _describe_layers(self, kinds) -> list | None:
         cfg, layers = self.llm.cfg, []
-        if cfg.rotary_dim != cfg.head_dim:
+        if cfg.rotary_dim != cfg.head_dim or cfg.intermediate_size % 8:
             return None
         for layer in self.llm.model.layers:
             if (
@@ -244,7 +271,8 @@ class NativeDecodeStep(NativeStep):
 
 
 class HybridDecodeStep(NativeStep):
-    """Qwen3.5's gated attention and Gated DeltaNet layers with a dense MLP (4.6): kernels/hybrid.c."""
+    """Qwen3.5's gated attention and Gated DeltaNet layers with a dense MLP (4.6) or a mixture of
+    experts (4.7's MoE variant): kernels/hybrid.c."""
 
     cache_type = HybridCache
 
@@ -284,14 +312,45 @@ class HybridDecodeStep(NativeStep):
             return None
         return dict(zip(("qkv", "z", "b", "a", "out"), linears)) | vectors
 
+    def _swiglu(self, mlps, kinds) -> list | None:
+        """Each MLP's gate, up and down descriptors, in that order (widths the C loops take)."""
+        if any(type(mlp) not in DENSE_MLPS or mlp.gate_proj.out_features % 8 for mlp in mlps):
+            return None
+        linears = self._linears([proj for mlp in mlps for proj in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)], kinds)
+        if linears is not None:
+            self.mlp_width = max([self.mlp_width] + [mlp.gate_proj.out_features for mlp in mlps])
+        return linears
+
+    def _mlp(self, mlp, kinds) -> dict | None:
+        """A dense MLP's linears, or a mixture of experts': the shared expert's in their place, the
+        routed experts' in a table of their own, the router's and the shared gate's float rows."""
+        cfg = self.llm.cfg
+        if not isinstance(mlp, SparseMoE):
+            linears = self._swiglu([mlp], kinds)
+            return None if linears is None else dict(zip(("gate", "up", "down"), linears))
+        gates = (mlp.gate, mlp.shared_expert_gate)
+        if type(mlp) is not SparseMoE or any(type(g) is not nn.Linear or g.bias is not None for g in gates):
+            return None
+        if mlp.top_k != cfg.experts_per_token or len(mlp.experts) != cfg.num_experts:
+            return None
+        shared, routed = self._swiglu([mlp.shared_expert], kinds), self._swiglu(mlp.experts, kinds)
+        router, shared_gate = self._vector(mlp.gate), self._vector(mlp.shared_expert_gate)
+        if shared is None or routed is None or None in (router, shared_gate):
+            return None
+        table = (_Linear * len(routed))(*routed)  # (experts, 3), read through a pointer
+        self.tables.append(table)
+        found = dict(router=router, shared_gate=shared_gate, expert=ctypes.addressof(table))
+        return dict(zip(("gate", "up", "down"), shared)) | found
+
     def _describe_layers(self, kinds) -> list | None:
         cfg, layers = self.llm.cfg, []
+        self.tables, self.mlp_width = [], 0
         if cfg.linear_key_head_dim % 8 or cfg.linear_value_head_dim % 8 or cfg.rotary_dim % 2:
             return None
         for layer in self.llm.model.layers:
-            if type(layer) is not Qwen35Layer or type(layer.mlp) not in DENSE_MLPS:
-                return None  # 4.7's mixture of experts: the model's path
-            mlp = self._linears((layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj), kinds)
+            if type(layer) is not Qwen35Layer:
+                return None
+            mlp = self._mlp(layer.mlp, kinds)
             norms = self._zero_centred(layer.input_layernorm), self._zero_centred(layer.post_attention_layernorm)
             if layer.recurrent:
                 mixer = self._deltanet(layer.linear_attn, kinds)
@@ -299,8 +358,9 @@ class HybridDecodeStep(NativeStep):
                 mixer = self._attention(layer.self_attn, kinds)
             if mlp is None or None in norms or mixer is None:
                 return None
-            layers.append(_HybridLayer(int(layer.recurrent), *norms, *mlp, **mixer))
+            layers.append(_HybridLayer(int(layer.recurrent), *norms, **mlp, **mixer))
         self.shape = _shape(_HybridShape, cfg)
+        self.shape.mlp_width = self.mlp_width
         return layers
 
     def _bind(self, cache) -> bool:

@@ -13,6 +13,9 @@
  * per value head, with beta = sigmoid(b) and decay e^g, g = -exp(A_log) * softplus(a + dt_bias):
  *   S = e^g S; delta = beta (v - S^T k); S += k delta^T; o = S^T q   (S: dk x dv)
  * then o = norm(o) * silu(z) per head (z = in_proj_z(h)) and out_proj.
+ * 4.7's mixture of experts in place of the dense MLP: p = softmax(router h); the top_k experts'
+ * p renormalised to sum to 1 weigh their SwiGLU outputs, summed in expert order (the model's
+ * order: rounding follows it), plus the shared expert's output times sigmoid(shared_gate . h).
  */
 #include "layers.h"
 
@@ -32,11 +35,16 @@ typedef struct {
     const float *out_norm; /* (value_head_dim) */
     float *conv_state;     /* the last conv_kernel - 1 inputs, oldest first: (conv_kernel - 1, channels) */
     float *state;          /* (value_heads, key_head_dim, value_head_dim) */
+    /* mixture of experts (shape experts > 0): gate, up and down above are the shared expert */
+    const float *router;         /* (experts, hidden) */
+    const float *shared_gate;    /* (hidden) */
+    const linear_desc *expert;   /* (experts, 3): each expert's gate, up, down */
 } hybrid_layer;
 
 typedef struct {
-    int64_t hidden, intermediate, heads, kv_heads, head_dim, rotary_dim, max_len;
+    int64_t hidden, mlp_width, heads, kv_heads, head_dim, rotary_dim, max_len; /* mlp_width: the widest MLP */
     int64_t key_heads, value_heads, key_dim, value_dim, conv_kernel;
+    int64_t experts, top_k; /* 0, 0: dense MLPs */
     double eps;
 } hybrid_shape;
 
@@ -131,16 +139,98 @@ static int delta_net(const hybrid_shape *s, const hybrid_layer *l, const float *
     return status | linear(&l->out, z, out);
 }
 
+/* the chosen experts (ascending) and their weights; p (experts): the router's logits, softmaxed in place */
+static void route(const hybrid_shape *s, const hybrid_layer *l, const float *h, float *p, int64_t *chosen,
+                  float *weight) {
+    const int64_t E = s->experts, D = s->hidden;
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < E; e++) p[e] = dot(l->router + e * D, h, D);
+    float top = -INFINITY, total = 0.f, picked = 0.f;
+    for (int64_t e = 0; e < E; e++) top = p[e] > top ? p[e] : top;
+    for (int64_t e = 0; e < E; e++) total += p[e] = expf(p[e] - top);
+    for (int64_t e = 0; e < E; e++) p[e] /= total;
+    int64_t count = 0;
+    for (int64_t k = 0; k < s->top_k; k++) { /* the k-th largest; equal values: the lower index */
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++) {
+            int taken = 0;
+            for (int64_t j = 0; j < count; j++) taken |= chosen[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        chosen[count++] = best;
+        picked += p[best];
+    }
+    for (int64_t i = 1; i < count; i++) /* ascending expert ids: the model adds them in that order */
+        for (int64_t j = i; j > 0 && chosen[j] < chosen[j - 1]; j--) {
+            const int64_t t = chosen[j];
+            chosen[j] = chosen[j - 1];
+            chosen[j - 1] = t;
+        }
+    for (int64_t i = 0; i < count; i++) weight[i] = p[chosen[i]] / picked;
+}
+
+static inline tile_product tiled(const linear_desc *l, const float *x, float *out) {
+    return (tile_product){x, l->w, l->scales, l->zeros, l->N, l->K, l->group, out};
+}
+
+/* the SwiGLU branches of `count` MLPs (each its gate, up, down) on one input h: out (count, D),
+ * gate and up (count, width) scratch. Tiled int4 linears go in two batches (gates and ups, then
+ * downs): two forks a layer instead of three per MLP */
+static int swiglus(const linear_desc *const *mlp, int64_t count, const float *h, int64_t width, float *gate,
+                   float *up, float *out) {
+    const int64_t D = mlp[0][2].N;
+    int tiled_only = 1, status = 0;
+    for (int64_t i = 0; i < count; i++)
+        for (int j = 0; j < 3; j++) tiled_only &= mlp[i][j].kind == INT4_TILES && !mlp[i][j].bias;
+    if (!tiled_only) {
+        for (int64_t i = 0; i < count; i++)
+            status |= swiglu(mlp[i], mlp[i] + 1, mlp[i] + 2, h, gate + i * width, up + i * width, out + i * D);
+        return status;
+    }
+    tile_product products[2 * count];
+    for (int64_t i = 0; i < count; i++) {
+        products[2 * i] = tiled(mlp[i], h, gate + i * width);
+        products[2 * i + 1] = tiled(mlp[i] + 1, h, up + i * width);
+    }
+    status = minicpmv_int4_tiles_batch(products, 2 * count);
+    for (int64_t i = 0; i < count; i++) {
+        silu_times(gate + i * width, up + i * width, mlp[i][0].N);
+        products[i] = tiled(mlp[i] + 2, gate + i * width, out + i * D);
+    }
+    return status | minicpmv_int4_tiles_batch(products, count);
+}
+
+/* the MLP branch of a mixture-of-experts layer; gate, up ((top_k + 1), mlp_width), scratch
+ * (experts + (top_k + 1) hidden) */
+static int experts(const hybrid_shape *s, const hybrid_layer *l, const float *h, float *gate, float *up,
+                   float *scratch, float *out) {
+    const int64_t D = s->hidden, k = s->top_k;
+    float *p = scratch, *branch = p + s->experts, weight[k + 1]; /* branch: (k + 1, D), the shared one last */
+    const linear_desc shared[3] = {l->gate, l->up, l->down}, *mlp[k + 1];
+    int64_t chosen[k];
+    route(s, l, h, p, chosen, weight);
+    for (int64_t i = 0; i < k; i++) mlp[i] = l->expert + 3 * chosen[i];
+    mlp[k] = shared;
+    weight[k] = sigmoid(dot(l->shared_gate, h, D));
+    const int status = swiglus(mlp, k + 1, h, s->mlp_width, gate, up, branch);
+    memset(out, 0, (size_t)D * sizeof(float));
+    for (int64_t i = 0; i <= k; i++) /* the model's order: the experts' sum, then the shared expert */
+        for (int64_t j = 0; j < D; j++) out[j] += branch[i * D + j] * weight[i];
+    return status;
+}
+
 /* x (hidden) updated in place through `count` layers; 0, or -1 if out of memory */
 int minicpmv_decode_hybrid(const hybrid_layer *layers, int64_t count, const hybrid_shape *s, float *x,
                            const float *cos, const float *sin, int64_t slot) {
     const int64_t D = s->hidden, hd = s->head_dim, hv = s->value_heads, dv = s->value_dim;
     const int64_t attention = 4 * s->heads * hd + 2 * s->kv_heads * hd;
     const int64_t recurrent = 2 * s->key_heads * s->key_dim + 3 * hv * dv + 2 * hv + hv * dv;
-    const int64_t mixer = attention > recurrent ? attention : recurrent;
-    float *h = malloc((size_t)(2 * D + 2 * s->intermediate + mixer) * sizeof(float));
+    const int64_t mlps = s->top_k + 1; /* a dense MLP, or the chosen experts and the shared one */
+    const int64_t mixer = attention > recurrent ? attention : recurrent, moe = s->experts + mlps * D;
+    const int64_t scratch_size = mixer > moe ? mixer : moe; /* the mixer's scratch, later the experts' */
+    float *h = malloc((size_t)(2 * D + 2 * mlps * s->mlp_width + scratch_size) * sizeof(float));
     if (!h) return -1;
-    float *branch = h + D, *gate = branch + D, *up = gate + s->intermediate, *scratch = up + s->intermediate;
+    float *branch = h + D, *gate = branch + D, *up = gate + mlps * s->mlp_width, *scratch = up + mlps * s->mlp_width;
     int status = 0;
     for (int64_t n = 0; n < count && !status; n++) {
         const hybrid_layer *l = layers + n;
@@ -149,7 +239,8 @@ int minicpmv_decode_hybrid(const hybrid_layer *layers, int64_t count, const hybr
                                : gated_attention(s, l, h, cos, sin, slot, scratch, branch);
         axpy(1.f, branch, x, D);
         rms_norm(x, l->norm2, 1.f, D, (float)s->eps, h);
-        status |= swiglu(&l->gate, &l->up, &l->down, h, gate, up, branch);
+        status |= s->experts ? experts(s, l, h, gate, up, scratch, branch)
+                             : swiglu(&l->gate, &l->up, &l->down, h, gate, up, branch);
         axpy(1.f, branch, x, D);
     }
     free(h);

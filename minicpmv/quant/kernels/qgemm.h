@@ -17,6 +17,16 @@ int minicpmv_linear_int4(const float *x, int64_t M, const uint8_t *w, const uint
                          int64_t N, int64_t K, int64_t group, float *out);
 int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales,
                                const uint16_t *zeros, int64_t N, int64_t K, int64_t group, float *out);
+/* one token through one tiled int4 linear, as a part of minicpmv_int4_tiles_batch */
+typedef struct {
+    const float *x;
+    const uint8_t *w;
+    const uint16_t *scales, *zeros;
+    int64_t N, K, group;
+    float *out;
+} tile_product;
+int minicpmv_int4_tiles_batch(const tile_product *products, int64_t count);
+
 int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float *wscales, int64_t N, int64_t K,
                          float *out);
 int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
