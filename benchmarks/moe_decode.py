@@ -1,6 +1,8 @@
 """Decode speed of 4.7's mixture-of-experts LLM: the native decode step (kernels/hybrid.c, routing
 and experts in one call) against the model's own path (a Python loop over the chosen experts,
-three quantized linears each), on one model, alternating round by round.
+three quantized linears each), on one model, alternating round by round; with `--llama-cpp`,
+also llama.cpp's `qwen35moe` (llama-cpp-python) on the same weights written by this package's
+GGUF export in Q4_0 / Q8_0.
 
 The layers have Qwen3.5-35B-A3B's shape (hidden 2048, 40 layers, 3 Gated DeltaNet layers to one
 gated attention layer, 8 of the experts per token plus a shared expert, experts 512 wide) with
@@ -8,19 +10,23 @@ seeded random weights; each layer holds 64 experts instead of 256 so that the in
 small machine (4.5 GB instead of 18). A token reads the same bytes either way: 8 experts of a
 layer, wherever they lie in memory, and the float32 router's rows (64 here, 256 there: the
 router is 4x smaller here, ~0.5 MB less read a layer). The vocabulary is cut to 32k (the head is
-the same work on both paths).
+the same work on both paths). With `--llama-cpp` the DeltaNet has 32 key heads (16 in the real
+model) as the GGUF export requires value heads = key heads: 8 MB more read a DeltaNet layer.
 
     python benchmarks/moe_decode.py [--threads 2] [--rounds 5] [--layers 40] [--bits 4] [--isa avx2]
+                                    [--llama-cpp]
 
 Each round: a 64-token prompt, then 64 greedy tokens per contender; medians of tok/s and of the
-paired ratios.
+paired ratios against the native step.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from isa import EMULATED, HELP, emulate
@@ -53,40 +59,77 @@ class Holder(torch.nn.Module):  # what the quantization functions take: .llm and
         self.config = type("Config", (), {"raw": {}})()
 
 
-def build(layers: int, bits: int):
-    """The quantized layout made on the meta device, then each quantized linear filled from a
-    random float weight of its own: the float model (18 GB at 40 layers) never exists at once."""
-    from minicpmv.model.llm import LanguageModel, LLMConfig
+def config(layers: int, for_gguf: bool):
+    from minicpmv.model.llm import LLMConfig
+
+    types = tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers))
+    shape = SHAPE | (dict(linear_key_heads=SHAPE["linear_value_heads"]) if for_gguf else {})
+    return LLMConfig(num_layers=layers, layer_types=types, **shape)
+
+
+def tensors(cfg, linears: set):
+    """(name in the package's tree, float32 weight) of every parameter, seeded, in one order:
+    the same weights for both contenders. Linears N(0, 1/fan_in), a decaying recurrence (A_log
+    in [-2, 0], dt_bias 0), the rest (norms, routers, embeddings, convs) N(0, 0.02^2)."""
+    from minicpmv.model.llm import LanguageModel
+
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in LanguageModel(cfg).named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    for name, shape in shapes.items():
+        if name.endswith("A_log"):
+            weight = torch.empty(shape).uniform_(-2.0, 0.0, generator=generator)
+        elif name.endswith("dt_bias"):
+            weight = torch.zeros(shape)
+        elif name.rpartition(".")[0] in linears:
+            weight = torch.randn(shape, generator=generator) / shape[1] ** 0.5
+        else:
+            weight = torch.randn(shape, generator=generator) * 0.02
+        yield "llm." + name, weight
+
+
+def build(cfg, bits: int):
+    """The quantized layout made on the meta device, then filled tensor by tensor: the float
+    model (18 GB at 40 layers) never exists at once."""
+    from minicpmv.model.llm import LanguageModel
     from minicpmv.quant import QuantConfig
     from minicpmv.quant.apply import layer_bits, prepare_quantized_layout, quantize_weight
 
-    types = tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers))
-    cfg = LLMConfig(num_layers=layers, layer_types=types, **SHAPE)
     with torch.device("meta"):
         llm = LanguageModel(cfg)
     holder, config = Holder(llm), QuantConfig(bits=bits, group_size=64)
     plan = layer_bits(holder, config)
     prepare_quantized_layout(holder, config)
     llm.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in llm.parameters():  # norms, routers, embeddings, the DeltaNets' conv and decay
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-        for name, bits_here in plan.items():
-            module = holder.get_submodule(name)
-            weight = torch.randn(module.out_features, module.in_features, generator=generator)
-            weight /= module.in_features**0.5
-            for suffix, tensor in quantize_weight(weight, bits_here, config.group_size, streamed=True).items():
-                setattr(module, suffix, tensor)
-        for layer in llm.model.layers:  # a decaying, stable recurrence
-            if layer.recurrent:
-                layer.linear_attn.A_log.uniform_(-2.0, 0.0, generator=generator)
-                layer.linear_attn.dt_bias.zero_()
+        for name, weight in tensors(cfg, {name.removeprefix("llm.") for name in plan}):
+            module_name, _, kind = name.rpartition(".")
+            if module_name in plan:
+                module = holder.get_submodule(module_name)
+                for suffix, tensor in quantize_weight(weight, plan[module_name], 64, streamed=True).items():
+                    setattr(module, suffix, tensor)
+            else:
+                getattr(holder.get_submodule(module_name), kind).copy_(weight)
     return llm
 
 
+def export(cfg, bits: int, path: Path) -> Path:
+    """The same weights as a GGUF of llama.cpp's `qwen35moe` (Q4_0 or Q8_0 linears)."""
+    from minicpmv.backends.gguf_export import write_gguf
+    from minicpmv.model.llm import LanguageModel
+    from minicpmv.quant import QuantConfig
+    from minicpmv.quant.apply import layer_bits
+
+    with torch.device("meta"):
+        plan = layer_bits(Holder(LanguageModel(cfg)), QuantConfig(bits=bits, group_size=64))
+    linears = {name.removeprefix("llm.") for name in plan}
+    weights = ((name, weight.numpy()) for name, weight in tensors(cfg, linears))
+    return write_gguf(weights, cfg, path, "q4_0" if bits == 4 else "q8_0")
+
+
 @torch.inference_mode()
-def decode(llm, prompt=64, new_tokens=64) -> float:
+def decode(llm, run_layers, new_tokens=64, prompt=64) -> float:
+    llm.run_layers = run_layers
     embeds = llm.embed(torch.randint(0, 1000, (1, prompt), generator=torch.Generator().manual_seed(1)))
     cache = llm.new_cache(1, prompt + new_tokens)
     token = llm(embeds, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
@@ -103,26 +146,43 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
     parser.add_argument("--isa", choices=sorted(EMULATED), help=HELP)
+    parser.add_argument("--llama-cpp", action="store_true", help="also llama.cpp's qwen35moe on the same weights")
+    parser.add_argument("--gguf-dir", type=Path, default=Path(tempfile.gettempdir()) / "minicpmv-moe")
     args = parser.parse_args()
     if args.isa:
         emulate(args.isa)
     torch.set_num_threads(args.threads)
+    cfg = config(args.layers, args.llama_cpp)
     start = time.perf_counter()
-    llm = build(args.layers, args.bits)
+    llm = build(cfg, args.bits)
     print(f"built in {time.perf_counter() - start:.0f} s", flush=True)
     step, model_path = llm.run_layers, llm.run_layers.fallback
-    speeds = {"native": [], "model": []}
+    runners = {
+        "native step": lambda new: decode(llm, step, new),
+        "model's path": lambda new: decode(llm, model_path, new),
+    }
+    if args.llama_cpp:
+        from peers import llama_cpp_runner
+
+        args.gguf_dir.mkdir(parents=True, exist_ok=True)
+        path = args.gguf_dir / f"moe-{args.layers}-q{args.bits}.gguf"
+        if not path.exists():
+            start = time.perf_counter()
+            export(cfg, args.bits, path)
+            print(f"GGUF written in {time.perf_counter() - start:.0f} s: {path}", flush=True)
+        llama = llama_cpp_runner(path, args.threads, 64, 64)
+        runners[f"llama.cpp Q{args.bits}_0"] = lambda new: llama()[1]
+    speeds = {name: [] for name in runners}
     for r in range(args.rounds + 1):
-        for kind in ("model", "native") if r % 2 else ("native", "model"):
-            llm.run_layers = step if kind == "native" else model_path
-            speed = decode(llm, new_tokens=8 if r == 0 else 64)
-            if r:  # round 0 warms both up
-                speeds[kind].append(speed)
-    ratios = [n / m for n, m in zip(speeds["native"], speeds["model"])]
-    print(f"| int{args.bits}, {args.layers} layers | tok/s per round |")
-    for kind, values in speeds.items():
-        print(f"| {kind} | {' '.join(f'{v:.2f}' for v in values)} (median {statistics.median(values):.2f}) |")
-    print(f"| native / model, median of paired rounds | {statistics.median(ratios):.3f} |")
+        names = list(runners) if r % 2 else list(reversed(runners))
+        for name in names:
+            speed = runners[name](8 if r == 0 else 64)
+            if r:  # round 0 warms every contender up
+                speeds[name].append(speed)
+    print(f"| int{args.bits}, {args.layers} layers, decode | tok/s per round | median | native / this (paired) |")
+    for name, values in speeds.items():
+        ratio = statistics.median(n / v for n, v in zip(speeds["native step"], values))
+        print(f"| {name} | {' '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from minicpmv import load
 from minicpmv.cli import main
-from minicpmv.errors import ConfigError
+from minicpmv.errors import CheckpointError, ConfigError
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
@@ -21,9 +21,12 @@ pytest.importorskip("llama_cpp")
 from minicpmv.backends.gguf_export import (  # noqa: E402
     GGUF_NAMES,
     checkpoint_name,
+    checkpoint_tensors,
     export_gguf,
     gguf_name,
     interleave_rope_rows,
+    llm_config,
+    write_gguf,
 )
 
 IMAGE = REFERENCE / "images" / "img_b_640x448.png"
@@ -156,12 +159,14 @@ def test_cli_generate_with_the_backend(exported, capsys):
 
 V46 = REFERENCE / "minicpmv46_tiny" / "checkpoint"
 V47 = REFERENCE / "minicpmv47_tiny" / "checkpoint"
+MOE = REFERENCE / "minicpmv47_tiny" / "moe" / "checkpoint"  # 4 experts, top 2, a shared expert
+CHECKPOINTS = {"4.6": V46, "4.7": V47, "4.7-moe": MOE}
 
 
 @pytest.fixture(scope="module")
 def qwen35(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen35")
-    return {name: export_gguf(path, folder / f"{name}.gguf", "f32") for name, path in (("4.6", V46), ("4.7", V47))}
+    return {name: export_gguf(path, folder / f"{name}.gguf", "f32") for name, path in CHECKPOINTS.items()}
 
 
 def test_qwen35_gguf_stores_llama_cpp_forms(qwen35):
@@ -191,12 +196,13 @@ def test_qwen35_gguf_stores_llama_cpp_forms(qwen35):
     assert int(reader.fields["qwen35.full_attention_interval"].parts[-1][0]) == 2
 
 
-@pytest.mark.parametrize("version", ["4.6", "4.7"])
+@pytest.mark.parametrize("version", list(CHECKPOINTS))
 def test_llama_cpp_qwen35_answers_like_our_llm(qwen35, version):
     """llama.cpp's Gated DeltaNet and gated attention give our logits (its keys in float16) and
     our greedy ids: 4.6 with an image (plain positions, four M-RoPE rows written per token), 4.7
-    on text (its canvas positions of an image are refused: llama.cpp masks attention by position)."""
-    checkpoint = V46 if version == "4.6" else V47
+    on text (its canvas positions of an image are refused: llama.cpp masks attention by position);
+    4.7's MoE through llama.cpp's router (softmax, top 2 renormalised) and shared expert."""
+    checkpoint = CHECKPOINTS[version]
     messages = question() if version == "4.6" else [{"role": "user", "content": ["Describe a cat in ten words."]}]
     ours, backend = load(checkpoint), load(checkpoint, llm_gguf=qwen35[version])
     _, embeds, positions = ours.prompt_inputs(messages)
@@ -206,12 +212,36 @@ def test_llama_cpp_qwen35_answers_like_our_llm(qwen35, version):
     assert (logits - reference).abs().max() < 1e-3 * reference.abs().max()
     expected = ours.generate(messages, max_new_tokens=12, min_new_tokens=12)
     assert backend.generate(messages, max_new_tokens=12, min_new_tokens=12).token_ids == expected.token_ids
-    if version == "4.7":
+    if version != "4.6":
         with pytest.raises(ConfigError, match="canvas positions"):
             backend.generate(question(), max_new_tokens=4)
 
 
-def test_qwen35_moe_export_is_refused(tmp_path, capsys):
-    out = tmp_path / "moe.gguf"
-    assert main(["export-gguf", "-m", str(REFERENCE / "minicpmv47_tiny" / "moe" / "checkpoint"), "-o", str(out)]) == 2
-    assert "MoE LLM" in capsys.readouterr().err and not out.exists()
+def test_qwen35_moe_gguf_stacks_the_experts(qwen35):
+    """Quirk: llama.cpp's qwen35moe holds a layer's routed experts as one (experts, rows, columns)
+    tensor per projection where the checkpoint has one tensor per expert; the router and the
+    shared expert's gate (a vector there, a (1, D) matrix here) stay float32."""
+    reader = gguf.GGUFReader(str(qwen35["4.7-moe"]))
+    stored = {t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    original = {k: v.float().numpy() for k, v in load_file(MOE / "model.safetensors").items()}
+    layer = "model.language_model.layers.1.mlp."
+    for projection in ("gate", "up", "down"):
+        experts = np.stack([original[f"{layer}experts.{e}.{projection}_proj.weight"] for e in range(4)])
+        assert np.array_equal(stored[f"blk.1.ffn_{projection}_exps.weight"], experts)
+        assert np.array_equal(
+            stored[f"blk.1.ffn_{projection}_shexp.weight"], original[f"{layer}shared_expert.{projection}_proj.weight"]
+        )
+    assert np.array_equal(stored["blk.1.ffn_gate_inp.weight"], original[layer + "gate.weight"])
+    assert np.array_equal(stored["blk.1.ffn_gate_inp_shexp.weight"], original[layer + "shared_expert_gate.weight"][0])
+    assert types["blk.1.ffn_gate_inp.weight"] == types["blk.1.ffn_gate_inp_shexp.weight"] == "F32"
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "qwen35moe"
+    assert int(reader.fields["qwen35moe.expert_count"].parts[-1][0]) == 4
+    assert int(reader.fields["qwen35moe.expert_used_count"].parts[-1][0]) == 2
+
+
+def test_a_moe_export_missing_an_expert_is_refused(tmp_path):
+    tensors = [(n, a) for n, a in checkpoint_tensors(MOE) if n != "llm.model.layers.0.mlp.experts.2.up_proj.weight"]
+    with pytest.raises(CheckpointError, match="layer 0: 3 of 4 experts' up_proj"):
+        write_gguf(tensors, llm_config(MOE), tmp_path / "moe.gguf", "f32")
+    assert not (tmp_path / "moe.gguf").exists()

@@ -3,9 +3,10 @@
 The file holds the language model and its tokenizer (backends.gguf_tokenizer). It serves two
 uses: `--llm-gguf`, where this package keeps the vision parts and feeds llama.cpp the prompt
 embeddings (backends.llamacpp), and llama.cpp's own multimodal path, next to the projector file
-written by backends.mmproj. 4.6/4.7 (Qwen3.5, llama.cpp's `qwen35`: backends.gguf_qwen35), 4.5
-(Qwen3), 2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp rotates Llama's query/key pairs
-interleaved where the checkpoint rotates halves, so those rows are reordered (`interleave_rope_rows`).
+written by backends.mmproj. 4.6/4.7 (Qwen3.5, llama.cpp's `qwen35`, and `qwen35moe` for 4.7's
+MoE: backends.gguf_qwen35), 4.5 (Qwen3), 2.6 (Qwen2) and 2.5 (Llama-3) are supported; llama.cpp
+rotates Llama's query/key pairs interleaved where the checkpoint rotates halves, so those rows
+are reordered (`interleave_rope_rows`).
 Written to a temporary name, then renamed: an interrupted export never leaves a partial file.
 """
 
@@ -85,6 +86,13 @@ def interleave_rope_rows(weight: np.ndarray, heads: int, inverse: bool = False) 
     return weight.reshape(heads, 2, half, cols).transpose(0, 2, 1, 3).reshape(rows, cols)  # (H, half, 2, D)
 
 
+def architecture(cfg: LLMConfig) -> str | None:
+    """The llama.cpp architecture of an LLM (None: none here)."""
+    if cfg.family == "qwen3_5" and cfg.num_experts:
+        return "qwen35moe"
+    return ARCHITECTURE.get(cfg.family)
+
+
 def llm_config(folder: Path) -> LLMConfig:
     """The LLM config of a float checkpoint this module can export, or a ConfigError saying why not."""
     config = MiniCPMVConfig.from_pretrained(folder)
@@ -148,6 +156,17 @@ def quantize_rows(data: np.ndarray, kind) -> np.ndarray:
     return out
 
 
+def _quantized(name: str, data: np.ndarray, kind, weight_type: str) -> np.ndarray:
+    import gguf
+
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    if data.shape[1] % block:
+        raise ConfigError(
+            f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s block of {block}"
+        )
+    return quantize_rows(data, kind)
+
+
 def export_gguf(folder: str | Path, output: str | Path, weight_type: str = "q4_0") -> Path:
     """Write the LLM of a float 4.7 / 4.6 / 4.5 / 2.6 / 2.5 checkpoint folder as a GGUF (see write_gguf)."""
     folder = Path(folder)
@@ -167,9 +186,10 @@ def write_gguf(
     if weight_type not in TYPES:
         raise ConfigError(f"weight type {weight_type!r} is not one of {', '.join(TYPES)}")
     linear_type, outer_type = (gguf.GGMLQuantizationType[t] for t in TYPES[weight_type])
+    stacks = gguf_qwen35.ExpertStacks(cfg.num_experts) if cfg.num_experts else None
     with staged_path(output) as tmp:
         # use_temp_file: each tensor goes to disk when added, not all of them kept for the end
-        writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE[cfg.family], use_temp_file=True)
+        writer = gguf.GGUFWriter(str(tmp), architecture(cfg), use_temp_file=True)
         _write_metadata(writer, cfg)
         write_vocabulary(writer, cfg.vocab_size, cfg.family, tokenizer_folder)
         for name, data in tensors:
@@ -178,16 +198,18 @@ def write_gguf(
                 data = interleave_rope_rows(data, cfg.num_heads if "q_proj" in name else cfg.num_kv_heads)
             if cfg.family == "qwen3_5":
                 data, keep_float = gguf_qwen35.convert(name, data)
-            if data.ndim == 2 and not keep_float:
-                kind = linear_type if ".layers." in name else outer_type
-                block = gguf.GGML_QUANT_SIZES[kind][0]
-                if data.shape[1] % block:
-                    raise ConfigError(
-                        f"tensor {name}: {data.shape[1]} columns are not a multiple of {weight_type}'s block of {block}"
-                    )
-                writer.add_tensor(gguf_name(name, cfg.family), quantize_rows(data, kind), raw_dtype=kind)
-            else:
-                writer.add_tensor(gguf_name(name, cfg.family), data)
+            kind = None if data.ndim != 2 or keep_float else linear_type if ".layers." in name else outer_type
+            if kind is not None:
+                data = _quantized(name, data, kind, weight_type)
+            target = gguf_name(name, cfg.family) if stacks is None or not stacks.takes(name) else None
+            if target is None:  # one expert of a MoE layer: written with the layer's others
+                stacked = stacks.add(name, data)
+                if stacked is None:
+                    continue
+                target, data = stacked
+            writer.add_tensor(target, data, raw_dtype=kind)
+        if stacks is not None:
+            stacks.finish()
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -1,4 +1,5 @@
-"""What a Qwen3.5 LLM (MiniCPM-V 4.6/4.7) needs to become llama.cpp's `qwen35` GGUF.
+"""What a Qwen3.5 LLM (MiniCPM-V 4.6/4.7) needs to become llama.cpp's `qwen35` GGUF, or
+`qwen35moe` for 4.7's mixture-of-experts variant.
 
 llama.cpp's graph differs from the checkpoint in a few stored forms, fixed here on the way out:
 - its RMSNorm multiplies by the weight, where Qwen3.5's zero-centred norm multiplies by (1 + w),
@@ -6,13 +7,17 @@ llama.cpp's graph differs from the checkpoint in a few stored forms, fixed here 
 - it stores the decay rate A = -exp(A_log), not A_log;
 - the depthwise conv kernel is (channels, K), without the checkpoint's middle axis of 1.
 The query projection keeps its per-head [query, gate] interleave: llama.cpp splits it the same way.
+A MoE layer's routed experts, one tensor each in the checkpoint, are one (experts, rows, columns)
+tensor per projection there (ExpertStacks); the router and the shared expert's gate stay float32.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..model.config import LLMConfig
 
 LAYER = "llm.model.layers.{i}."
@@ -27,18 +32,29 @@ NAMES = {  # checkpoint name -> GGUF name, on top of gguf_export.GGUF_NAMES
     LAYER + "linear_attn.A_log": "blk.{i}.ssm_a",
     LAYER + "linear_attn.norm.weight": "blk.{i}.ssm_norm.weight",
     LAYER + "linear_attn.out_proj.weight": "blk.{i}.ssm_out.weight",
+    LAYER + "mlp.gate.weight": "blk.{i}.ffn_gate_inp.weight",  # MoE: the router
+    LAYER + "mlp.shared_expert_gate.weight": "blk.{i}.ffn_gate_inp_shexp.weight",
+    LAYER + "mlp.shared_expert.gate_proj.weight": "blk.{i}.ffn_gate_shexp.weight",
+    LAYER + "mlp.shared_expert.up_proj.weight": "blk.{i}.ffn_up_shexp.weight",
+    LAYER + "mlp.shared_expert.down_proj.weight": "blk.{i}.ffn_down_shexp.weight",
 }
+EXPERT = re.compile(r"llm\.model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
 ZERO_CENTRED = ("input_layernorm.weight", "post_attention_layernorm.weight", "q_norm.weight", "k_norm.weight")
 # kept in float32 whatever the weight type: the conv kernel's rows are K=4 wide (no quant block
-# fits) and the per-head decay/beta projections are a few rows that set every state update
-FLOAT_ONLY = ("linear_attn.conv1d.weight", "linear_attn.in_proj_a.weight", "linear_attn.in_proj_b.weight")
+# fits), the per-head decay/beta projections are a few rows that set every state update, and a
+# MoE's router and shared-expert gate pick and weigh the experts (float in our quantization too)
+FLOAT_ONLY = (
+    "linear_attn.conv1d.weight",
+    "linear_attn.in_proj_a.weight",
+    "linear_attn.in_proj_b.weight",
+    "mlp.gate.weight",
+    "mlp.shared_expert_gate.weight",
+)
 
 
 def check_exportable(cfg: LLMConfig) -> None:
-    """A ConfigError for what this export does not write: MoE layers, and DeltaNet value heads
-    grouped over fewer key heads (llama.cpp's converter reorders those heads; not done here)."""
-    if cfg.num_experts:
-        raise ConfigError("the Qwen3.5 MoE LLM (4.7 35B-A3B) has no llama.cpp export here; the dense 4.6/4.7 do")
+    """A ConfigError for what this export does not write: DeltaNet value heads grouped over fewer
+    key heads (llama.cpp's converter reorders those heads; not done here)."""
     if cfg.linear_value_heads != cfg.linear_key_heads:
         raise ConfigError(
             f"DeltaNet with {cfg.linear_value_heads} value heads over {cfg.linear_key_heads} key heads "
@@ -75,6 +91,11 @@ def write_metadata(writer, cfg: LLMConfig) -> None:
     writer.add_uint32(f"{arch}.ssm.state_size", cfg.linear_key_head_dim)
     writer.add_uint32(f"{arch}.ssm.time_step_rank", cfg.linear_value_heads)
     writer.add_uint32(f"{arch}.ssm.group_count", cfg.linear_key_heads)
+    if cfg.num_experts:
+        writer.add_expert_count(cfg.num_experts)
+        writer.add_expert_used_count(cfg.experts_per_token)
+        writer.add_expert_feed_forward_length(cfg.expert_intermediate_size)
+        writer.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
 
 
 def convert(name: str, data: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -85,4 +106,36 @@ def convert(name: str, data: np.ndarray) -> tuple[np.ndarray, bool]:
         return -np.exp(data), True
     if name.endswith("linear_attn.conv1d.weight"):
         return data[:, 0, :], True  # (C, 1, K) -> (C, K)
+    if name.endswith("mlp.shared_expert_gate.weight"):
+        return data[0], True  # (1, D) -> llama.cpp's (D,)
     return data, name.endswith(FLOAT_ONLY)
+
+
+class ExpertStacks:
+    """A MoE layer's routed experts as llama.cpp's (experts, rows, columns) tensors: each
+    expert's projection is held, already in its stored type, until the layer's last expert of that
+    projection arrives (in file order that is within the layer: one layer's experts held at most)."""
+
+    def __init__(self, experts: int):
+        self.experts, self.pending = experts, {}
+
+    @staticmethod
+    def takes(name: str) -> bool:
+        return EXPERT.fullmatch(name) is not None
+
+    def add(self, name: str, data: np.ndarray) -> tuple[str, np.ndarray] | None:
+        """(GGUF name, stacked tensor) once the group `name` completes, else None."""
+        layer, expert, projection = EXPERT.fullmatch(name).groups()
+        group = self.pending.setdefault((int(layer), projection), {})
+        group[int(expert)] = data
+        if len(group) < self.experts:
+            return None
+        del self.pending[int(layer), projection]
+        return f"blk.{layer}.ffn_{projection}_exps.weight", np.stack([group[e] for e in range(self.experts)])
+
+    def finish(self) -> None:
+        """A CheckpointError for a layer whose experts the checkpoint does not all hold."""
+        for (layer, projection), group in sorted(self.pending.items()):
+            raise CheckpointError(
+                f"layer {layer}: {len(group)} of {self.experts} experts' {projection}_proj in the checkpoint"
+            )

@@ -20,13 +20,13 @@ import torch
 
 from ..errors import ConfigError, PromptTooLongError
 from ..model.config import LLMConfig
-from .gguf_export import ARCHITECTURE
+from .gguf_export import architecture
 
 EMBEDDING_PARTS = ("llm.model.embed_tokens.",)  # all of the checkpoint's LLM this backend reads
 DEFAULT_CONTEXT = 8192  # the official max_inp_length of 2.6; the KV cache is sized for it
 # llama.cpp architectures with M-RoPE read 4 position rows per token (T, H, W, and a 4th that is 0
 # for text and images) from an embedding batch, laid out row after row
-POSITION_ROWS = {"qwen35": 4}
+POSITION_ROWS = {"qwen35": 4, "qwen35moe": 4}
 
 
 def _llama_cpp():
@@ -68,7 +68,7 @@ def check_gguf_matches(path: Path, cfg: LLMConfig) -> None:
     except (ValueError, KeyError, IndexError, OSError) as exc:
         raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from None
     expected = {
-        "architecture": ARCHITECTURE.get(cfg.family),
+        "architecture": architecture(cfg),
         "layers": cfg.num_layers,
         "hidden": cfg.hidden_size,
         "heads": cfg.num_heads,
@@ -120,7 +120,7 @@ class LlamaCppLLM:
             raise ConfigError(f"{gguf_path}: llama.cpp could not create a context of {context} tokens")
         self.vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self.model))
         self.batch = llama.llama_batch_init(context, cfg.hidden_size, 1)
-        self.position_rows = POSITION_ROWS.get(ARCHITECTURE[cfg.family], 1)
+        self.position_rows = POSITION_ROWS.get(architecture(cfg), 1)
         # the batch holds one position per token; an M-RoPE model reads its rows from a buffer of
         # ours, swapped in for the batch's own (put back before llama.cpp frees the batch)
         self._own_pos = ctypes.cast(self.batch.pos, ctypes.c_void_p).value  # an address: a field read is a view
