@@ -67,7 +67,17 @@ def config(layers: int, for_gguf: bool):
     return LLMConfig(num_layers=layers, layer_types=types, **shape)
 
 
-def tensors(cfg, linears: set):
+def plan(cfg, bits: int) -> dict:
+    """The linears quantization takes ("llm."-prefixed module name -> bits), from a meta model."""
+    from minicpmv.model.llm import LanguageModel
+    from minicpmv.quant import QuantConfig
+    from minicpmv.quant.apply import layer_bits
+
+    with torch.device("meta"):
+        return layer_bits(Holder(LanguageModel(cfg)), QuantConfig(bits=bits, group_size=64))
+
+
+def tensors(cfg):
     """(name in the package's tree, float32 weight) of every parameter, seeded, in one order:
     the same weights for both contenders. Linears N(0, 1/fan_in), a decaying recurrence (A_log
     in [-2, 0], dt_bias 0), the rest (norms, routers, embeddings, convs) N(0, 0.02^2)."""
@@ -75,6 +85,7 @@ def tensors(cfg, linears: set):
 
     with torch.device("meta"):
         shapes = {name: p.shape for name, p in LanguageModel(cfg).named_parameters()}
+    linears = {name.removeprefix("llm.") for name in plan(cfg, 8)}  # the same set at any bits
     generator = torch.Generator().manual_seed(0)
     for name, shape in shapes.items():
         if name.endswith("A_log"):
@@ -93,20 +104,19 @@ def build(cfg, bits: int):
     model (18 GB at 40 layers) never exists at once."""
     from minicpmv.model.llm import LanguageModel
     from minicpmv.quant import QuantConfig
-    from minicpmv.quant.apply import layer_bits, prepare_quantized_layout, quantize_weight
+    from minicpmv.quant.apply import prepare_quantized_layout, quantize_weight
 
     with torch.device("meta"):
         llm = LanguageModel(cfg)
-    holder, config = Holder(llm), QuantConfig(bits=bits, group_size=64)
-    plan = layer_bits(holder, config)
-    prepare_quantized_layout(holder, config)
+    holder, quantized = Holder(llm), plan(cfg, bits)
+    prepare_quantized_layout(holder, QuantConfig(bits=bits, group_size=64))
     llm.to_empty(device="cpu")
     with torch.no_grad():
-        for name, weight in tensors(cfg, {name.removeprefix("llm.") for name in plan}):
+        for name, weight in tensors(cfg):
             module_name, _, kind = name.rpartition(".")
-            if module_name in plan:
+            if module_name in quantized:
                 module = holder.get_submodule(module_name)
-                for suffix, tensor in quantize_weight(weight, plan[module_name], 64, streamed=True).items():
+                for suffix, tensor in quantize_weight(weight, quantized[module_name], 64, streamed=True).items():
                     setattr(module, suffix, tensor)
             else:
                 getattr(holder.get_submodule(module_name), kind).copy_(weight)
@@ -116,14 +126,8 @@ def build(cfg, bits: int):
 def export(cfg, bits: int, path: Path) -> Path:
     """The same weights as a GGUF of llama.cpp's `qwen35moe` (Q4_0 or Q8_0 linears)."""
     from minicpmv.backends.gguf_export import write_gguf
-    from minicpmv.model.llm import LanguageModel
-    from minicpmv.quant import QuantConfig
-    from minicpmv.quant.apply import layer_bits
 
-    with torch.device("meta"):
-        plan = layer_bits(Holder(LanguageModel(cfg)), QuantConfig(bits=bits, group_size=64))
-    linears = {name.removeprefix("llm.") for name in plan}
-    weights = ((name, weight.numpy()) for name, weight in tensors(cfg, linears))
+    weights = ((name, weight.numpy()) for name, weight in tensors(cfg))
     return write_gguf(weights, cfg, path, "q4_0" if bits == 4 else "q8_0")
 
 

@@ -201,12 +201,13 @@ def write_gguf(
             kind = None if data.ndim != 2 or keep_float else linear_type if ".layers." in name else outer_type
             if kind is not None:
                 data = _quantized(name, data, kind, weight_type)
-            target = gguf_name(name, cfg.family) if stacks is None or not stacks.takes(name) else None
-            if target is None:  # one expert of a MoE layer: written with the layer's others
+            if stacks is not None and stacks.takes(name):  # one expert: written with its layer's others
                 stacked = stacks.add(name, data)
                 if stacked is None:
                     continue
                 target, data = stacked
+            else:
+                target = gguf_name(name, cfg.family)
             writer.add_tensor(target, data, raw_dtype=kind)
         if stacks is not None:
             stacks.finish()

@@ -316,20 +316,16 @@ class HybridDecodeStep(NativeStep):
         """Each MLP's gate, up and down descriptors, in that order (widths the C loops take)."""
         if any(type(mlp) not in DENSE_MLPS or mlp.gate_proj.out_features % 8 for mlp in mlps):
             return None
-        linears = self._linears([proj for mlp in mlps for proj in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)], kinds)
-        if linears is not None:
-            self.mlp_width = max([self.mlp_width] + [mlp.gate_proj.out_features for mlp in mlps])
-        return linears
+        return self._linears([proj for mlp in mlps for proj in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)], kinds)
 
     def _mlp(self, mlp, kinds) -> dict | None:
         """A dense MLP's linears, or a mixture of experts': the shared expert's in their place, the
         routed experts' in a table of their own, the router's and the shared gate's float rows."""
         cfg = self.llm.cfg
-        if not isinstance(mlp, SparseMoE):
+        if type(mlp) is not SparseMoE:  # a dense MLP (_swiglu refuses any other module)
             linears = self._swiglu([mlp], kinds)
             return None if linears is None else dict(zip(("gate", "up", "down"), linears))
-        gates = (mlp.gate, mlp.shared_expert_gate)
-        if type(mlp) is not SparseMoE or any(type(g) is not nn.Linear or g.bias is not None for g in gates):
+        if any(type(g) is not nn.Linear or g.bias is not None for g in (mlp.gate, mlp.shared_expert_gate)):
             return None
         if mlp.top_k != cfg.experts_per_token or len(mlp.experts) != cfg.num_experts:
             return None
@@ -344,7 +340,7 @@ class HybridDecodeStep(NativeStep):
 
     def _describe_layers(self, kinds) -> list | None:
         cfg, layers = self.llm.cfg, []
-        self.tables, self.mlp_width = [], 0
+        self.tables = []
         if cfg.linear_key_head_dim % 8 or cfg.linear_value_head_dim % 8 or cfg.rotary_dim % 2:
             return None
         for layer in self.llm.model.layers:
@@ -360,7 +356,8 @@ class HybridDecodeStep(NativeStep):
                 return None
             layers.append(_HybridLayer(int(layer.recurrent), *norms, **mlp, **mixer))
         self.shape = _shape(_HybridShape, cfg)
-        self.shape.mlp_width = self.mlp_width
+        gates = [layer.gate for layer in layers] + [table[i] for table in self.tables for i in range(0, len(table), 3)]
+        self.shape.mlp_width = max(gate.N for gate in gates)  # the C code's scratch for any MLP
         return layers
 
     def _bind(self, cache) -> bool:
