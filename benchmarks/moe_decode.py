@@ -13,11 +13,15 @@ router is 4x smaller here, ~0.5 MB less read a layer). The vocabulary is cut to 
 the same work on both paths). With `--llama-cpp` the DeltaNet has 32 key heads (16 in the real
 model) as the GGUF export requires value heads = key heads: 8 MB more read a DeltaNet layer.
 
-    python benchmarks/moe_decode.py [--threads 2] [--rounds 5] [--layers 40] [--bits 4] [--isa avx2]
-                                    [--llama-cpp]
+    python benchmarks/moe_decode.py [--threads 2] [--rounds 5] [--layers 40] [--experts 64] [--bits 4]
+                                    [--isa avx2] [--llama-cpp] [--prefill TOKENS]
 
 Each round: a 64-token prompt, then 64 greedy tokens per contender; medians of tok/s and of the
-paired ratios against the native step.
+paired ratios against the native step. `--prefill N` times a prompt of N tokens instead: the
+grouped experts (quant/moe.py, the path quantization installs) against the model's own
+expert-by-expert loop and llama.cpp's prompt processing. A prompt's tokens spread over the
+experts, so there the count matters: `--experts 256 --layers 8` gives the real model's rows per
+expert (8 layers of 256 experts: 3.6 GB in int4).
 """
 
 from __future__ import annotations
@@ -59,11 +63,12 @@ class Holder(torch.nn.Module):  # what the quantization functions take: .llm and
         self.config = type("Config", (), {"raw": {}})()
 
 
-def config(layers: int, for_gguf: bool):
+def config(layers: int, for_gguf: bool, experts: int = 64):
     from minicpmv.model.llm import LLMConfig
 
     types = tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers))
-    shape = SHAPE | (dict(linear_key_heads=SHAPE["linear_value_heads"]) if for_gguf else {})
+    shape = SHAPE | dict(num_experts=experts)
+    shape |= dict(linear_key_heads=SHAPE["linear_value_heads"]) if for_gguf else {}
     return LLMConfig(num_layers=layers, layer_types=types, **shape)
 
 
@@ -143,12 +148,60 @@ def decode(llm, run_layers, new_tokens=64, prompt=64) -> float:
     return new_tokens / (time.perf_counter() - start)
 
 
+def moe_class(llm, kind: type) -> None:
+    """Every MoE layer's forward: the model's own (SparseMoE) or the grouped experts (GroupedMoE)."""
+    for layer in llm.model.layers:
+        layer.mlp.__class__ = kind
+
+
+@torch.inference_mode()
+def prefill(llm, prompt: int, kind: type) -> float:
+    """Prompt tokens a second: `prompt` random ids in one forward pass, up to the last logits."""
+    moe_class(llm, kind)
+    embeds = llm.embed(torch.randint(0, 1000, (1, prompt), generator=torch.Generator().manual_seed(1)))
+    cache = llm.new_cache(1, prompt + 1)
+    start = time.perf_counter()
+    llm(embeds, cache=cache, last_only=True)[:, -1].argmax(-1)
+    return prompt / (time.perf_counter() - start)
+
+
+def contenders(args, cfg, llm) -> dict:
+    """name -> a function of a round's size (prompt tokens with --prefill, else new tokens) to tok/s."""
+    if args.prefill:
+        from minicpmv.model.qwen35 import SparseMoE
+        from minicpmv.quant.moe import GroupedMoE
+
+        runners = {"grouped experts": lambda n: prefill(llm, n, GroupedMoE)}
+        runners["the model's experts"] = lambda n: prefill(llm, n, SparseMoE)
+    else:
+        step, model_path = llm.run_layers, llm.run_layers.fallback
+        runners = {
+            "native step": lambda new: decode(llm, step, new),
+            "model's path": lambda new: decode(llm, model_path, new),
+        }
+    if args.llama_cpp:
+        from peers import llama_cpp_runner
+
+        args.gguf_dir.mkdir(parents=True, exist_ok=True)
+        path = args.gguf_dir / f"moe-{args.layers}x{args.experts}-q{args.bits}.gguf"
+        if not path.exists():
+            start = time.perf_counter()
+            export(cfg, args.bits, path)
+            print(f"GGUF written in {time.perf_counter() - start:.0f} s: {path}", flush=True)
+        sizes = (args.prefill, 1) if args.prefill else (64, 64)
+        llama = llama_cpp_runner(path, args.threads, *sizes)
+        runners[f"llama.cpp Q{args.bits}_0"] = lambda n: llama()[0 if args.prefill else 1]
+    return runners
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=40)
+    parser.add_argument("--experts", type=int, default=64, help="routed experts a layer (the real model: 256)")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    parser.add_argument("--prefill", type=int, default=0, help="time a prompt of this many tokens instead of decoding")
     parser.add_argument("--isa", choices=sorted(EMULATED), help=HELP)
     parser.add_argument("--llama-cpp", action="store_true", help="also llama.cpp's qwen35moe on the same weights")
     parser.add_argument("--gguf-dir", type=Path, default=Path(tempfile.gettempdir()) / "minicpmv-moe")
@@ -156,36 +209,26 @@ def main() -> None:
     if args.isa:
         emulate(args.isa)
     torch.set_num_threads(args.threads)
-    cfg = config(args.layers, args.llama_cpp)
+    cfg = config(args.layers, args.llama_cpp, args.experts)
     start = time.perf_counter()
     llm = build(cfg, args.bits)
     print(f"built in {time.perf_counter() - start:.0f} s", flush=True)
-    step, model_path = llm.run_layers, llm.run_layers.fallback
-    runners = {
-        "native step": lambda new: decode(llm, step, new),
-        "model's path": lambda new: decode(llm, model_path, new),
-    }
-    if args.llama_cpp:
-        from peers import llama_cpp_runner
-
-        args.gguf_dir.mkdir(parents=True, exist_ok=True)
-        path = args.gguf_dir / f"moe-{args.layers}-q{args.bits}.gguf"
-        if not path.exists():
-            start = time.perf_counter()
-            export(cfg, args.bits, path)
-            print(f"GGUF written in {time.perf_counter() - start:.0f} s: {path}", flush=True)
-        llama = llama_cpp_runner(path, args.threads, 64, 64)
-        runners[f"llama.cpp Q{args.bits}_0"] = lambda new: llama()[1]
+    runners = contenders(args, cfg, llm)
+    first = next(iter(runners))
     speeds = {name: [] for name in runners}
     for r in range(args.rounds + 1):
         names = list(runners) if r % 2 else list(reversed(runners))
         for name in names:
-            speed = runners[name](8 if r == 0 else 64)
+            size = args.prefill or (8 if r == 0 else 64)
+            speed = runners[name](size)
             if r:  # round 0 warms every contender up
                 speeds[name].append(speed)
-    print(f"| int{args.bits}, {args.layers} layers, decode | tok/s per round | median | native / this (paired) |")
+    what = f"prefill of {args.prefill}" if args.prefill else "decode"
+    print(
+        f"| int{args.bits}, {args.layers} layers of {args.experts} experts, {what} | tok/s per round | median | {first} / this (paired) |"
+    )
     for name, values in speeds.items():
-        ratio = statistics.median(n / v for n, v in zip(speeds["native step"], values))
+        ratio = statistics.median(n / v for n, v in zip(speeds[first], values))
         print(f"| {name} | {' '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} | {ratio:.3f} |")
 
 

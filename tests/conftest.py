@@ -18,6 +18,21 @@ TINY = {
 }
 
 
+# A tiny Qwen3.5 stack (4.6/4.7's LLM): a Gated DeltaNet layer, then a gated attention layer with
+# rotary on a quarter of each head; each key head of the recurrence serves two value heads
+TINY_QWEN35 = dict(
+    family="qwen3_5",
+    attention_bias=False,
+    explicit_head_dim=32,
+    partial_rotary_factor=0.25,
+    layer_types=("linear_attention", "full_attention"),
+    linear_key_heads=2,
+    linear_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=24,
+)
+
+
 def load_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -7,23 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_QWEN35
 
 from minicpmv.model.blocks import rope_cos_sin
 from minicpmv.model.llm import LanguageModel, LLMConfig, attention_bias
 
 FAMILIES = {
     "qwen2": dict(family="qwen2"),
-    "qwen3_5 (gated attention between DeltaNet layers)": dict(
-        family="qwen3_5",
-        attention_bias=False,
-        explicit_head_dim=32,
-        partial_rotary_factor=0.25,
-        layer_types=("linear_attention", "full_attention"),
-        linear_key_heads=2,
-        linear_value_heads=4,
-        linear_key_head_dim=16,
-        linear_value_head_dim=24,
-    ),
+    "qwen3_5 (gated attention between DeltaNet layers)": TINY_QWEN35,
 }
 
 

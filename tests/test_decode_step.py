@@ -4,8 +4,12 @@ rounding, for each decoder family it takes, and step aside wherever it does not 
 
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
+from conftest import TINY_QWEN35
 
 from minicpmv.model.llm import LanguageModel, LLMConfig
 from minicpmv.quant import QuantConfig, native, quantize_model
@@ -24,18 +28,8 @@ FAMILIES = {
     ),
     # 4.6's LLM: DeltaNet layers around a gated attention layer with rotary on a quarter of each
     # head; each key head of the recurrence serves two value heads
-    "qwen3_5 (gated attention and Gated DeltaNet layers)": dict(
-        family="qwen3_5",
-        num_kv_heads=2,
-        attention_bias=False,
-        explicit_head_dim=32,
-        partial_rotary_factor=0.25,
-        layer_types=("linear_attention", "full_attention", "linear_attention"),
-        linear_key_heads=2,
-        linear_value_heads=4,
-        linear_key_head_dim=16,
-        linear_value_head_dim=24,
-    ),
+    "qwen3_5 (gated attention and Gated DeltaNet layers)": TINY_QWEN35
+    | dict(num_kv_heads=2, layer_types=("linear_attention", "full_attention", "linear_attention")),
 }
 # 4.7's MoE variant: the same layers with a mixture of experts for each MLP; three of eight experts
 # per token, so that the chosen ones come in any order and differ from token to token
@@ -205,3 +199,22 @@ def test_the_bindings_are_checked_once_per_generation():
     assert len(checks) == 1
     decode(llm, steps=5)
     assert len(checks) == 2
+
+
+@pytest.mark.parametrize(
+    "family", ["qwen2 (q/k/v bias, grouped kv heads)", "qwen3_5 MoE (8 experts, top 3, a shared expert)"]
+)
+def test_a_copy_of_a_model_that_decoded_decodes_alike(family):
+    """The step's descriptors (and the grouped experts') hold this process's pointers to the
+    original's tensors: deepcopy and pickle leave them behind, and the copy rebuilds its own."""
+    llm = quantized_llm(4, **FAMILIES[family])
+    expected = decode(llm)
+    buffer = io.BytesIO()
+    torch.save(llm, buffer)
+    buffer.seek(0)
+    for copied in (copy.deepcopy(llm), torch.load(buffer, weights_only=False)):
+        step = copied.run_layers
+        assert isinstance(step, NativeStep) and step.llm is copied
+        step.fallback = counting = Counting(step.fallback)
+        assert torch.equal(decode(copied), expected)
+        assert counting.calls == 1  # the prompt only: the copy's tokens took its own native step

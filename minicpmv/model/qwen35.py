@@ -239,24 +239,31 @@ class SparseMoE(nn.Module):
         self.shared_expert = MLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
         self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
 
-    def forward(self, x):
-        flat = x.reshape(-1, x.shape[-1])  # (N, D)
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The (token, expert) pairs of flat (N, D) grouped by expert, ascending, tokens in order
+        within each: their tokens (N k,), routing weights (N k, 1) and each expert's count (E,)."""
         weights = F.softmax(self.gate(flat).float(), dim=-1)
         top, chosen = weights.topk(self.top_k, dim=-1)  # (N, k)
-        top = (top / top.sum(-1, keepdim=True)).to(x.dtype)
-        # the (token, expert) pairs sorted by expert once, tokens in order within each, instead of
-        # a search per expert (256 of them in 4.7's MoE: the searches cost more than a short
-        # prompt's products); each expert's rows still gathered and added back on their own, in
-        # cache, and in the same order
+        top = (top / top.sum(-1, keepdim=True)).to(flat.dtype)
+        # sorted once, instead of a search per expert (256 of them in 4.7's MoE: the searches cost
+        # more than a short prompt's products)
         order = chosen.flatten().argsort(stable=True)  # (N k,)
-        counts = torch.bincount(chosen.flatten(), minlength=len(self.experts)).tolist()
-        tokens, scales = order // self.top_k, top.flatten()[order, None]
+        counts = torch.bincount(chosen.flatten(), minlength=len(self.experts))
+        return order // self.top_k, top.flatten()[order, None], counts
+
+    def shared(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.shared_expert(flat) * torch.sigmoid(self.shared_expert_gate(flat))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])  # (N, D)
+        tokens, scales, counts = self.route(flat)
+        counts = counts.tolist()
         out = torch.zeros_like(flat)
+        # each expert's rows gathered and added back on their own, in cache, in expert order
         for expert, index, scale, count in zip(self.experts, tokens.split(counts), scales.split(counts), counts):
             if count:
                 out.index_add_(0, index, expert(flat[index]) * scale)
-        shared = self.shared_expert(flat) * torch.sigmoid(self.shared_expert_gate(flat))
-        return (out + shared).view_as(x)
+        return (out + self.shared(flat)).view_as(x)
 
 
 class Qwen35Layer(nn.Module):

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..memory import huge_page_empty
 from .decode_step import install as install_native_decode
 from .linear import Bf16Linear, Int4Linear, Int8Linear
+from .moe import group_experts
 from .schemes import GROUP_SIZES, quantize_int4, quantize_int8
 from .swiglu import fuse_swiglu
 
@@ -110,6 +111,7 @@ def prepare_quantized_layout(model: nn.Module, config: QuantConfig) -> None:
             _replace(model, name, _empty(module, bits, config.group_size))
     install_native_decode(model.llm)
     fuse_swiglu(model.llm)
+    group_experts(model.llm)
 
 
 ROWS_PER_STEP = 256  # rows quantized at once: float32 temporaries of a few MB for any weight
@@ -163,4 +165,5 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     model.config.raw["quantization_config"] = config.to_dict()
     install_native_decode(model.llm)
     fuse_swiglu(model.llm)
+    group_experts(model.llm)
     return model

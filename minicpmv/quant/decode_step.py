@@ -33,23 +33,20 @@ from ..model.qwen35 import (
 )
 from . import native
 from .linear import NativeLinear
+from .linear_desc import LinearDesc, describe, linear_kinds
+from .moe import GroupedMoE
 from .swiglu import SwiGLUFusedMLP
 
 c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 DENSE_MLPS = (MLP, SwiGLUFusedMLP)  # the same function: down(silu(gate(x)) * up(x))
+MOES = (SparseMoE, GroupedMoE)  # the same function too
 DELTANET_LINEARS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
-
-
-class _Linear(ctypes.Structure):
-    _fields_ = [("kind", c_i64), ("w", c_ptr), ("scales", c_ptr), ("zeros", c_ptr), ("bias", c_ptr)] + [
-        (name, c_i64) for name in ("N", "K", "group")
-    ]
 
 
 class _Layer(ctypes.Structure):
     _fields_ = [(name, c_ptr) for name in ("norm1", "norm2", "q_norm", "k_norm")]
-    _fields_ += [(name, _Linear) for name in LINEARS] + [("keys", c_ptr), ("values", c_ptr)]
+    _fields_ += [(name, LinearDesc) for name in LINEARS] + [("keys", c_ptr), ("values", c_ptr)]
 
 
 class _Shape(ctypes.Structure):
@@ -59,9 +56,9 @@ class _Shape(ctypes.Structure):
 
 class _HybridLayer(ctypes.Structure):  # kernels/hybrid.c's hybrid_layer
     _fields_ = [("recurrent", c_i64), ("norm1", c_ptr), ("norm2", c_ptr)]
-    _fields_ += [(name, _Linear) for name in ("gate", "up", "down")]
-    _fields_ += [("q_norm", c_ptr), ("k_norm", c_ptr)] + [(name, _Linear) for name in ("q", "k", "v", "o")]
-    _fields_ += [("keys", c_ptr), ("values", c_ptr)] + [(name, _Linear) for name in ("qkv", "z", "b", "a", "out")]
+    _fields_ += [(name, LinearDesc) for name in ("gate", "up", "down")]
+    _fields_ += [("q_norm", c_ptr), ("k_norm", c_ptr)] + [(name, LinearDesc) for name in ("q", "k", "v", "o")]
+    _fields_ += [("keys", c_ptr), ("values", c_ptr)] + [(name, LinearDesc) for name in ("qkv", "z", "b", "a", "out")]
     _fields_ += [(name, c_ptr) for name in ("conv", "a_log", "dt_bias", "out_norm", "conv_state", "state")]
     _fields_ += [(name, c_ptr) for name in ("router", "shared_gate", "expert")]
 
@@ -100,37 +97,6 @@ def _shape(kind: type, cfg):
     return kind(**{name: getattr(cfg, CONFIG_NAMES[name]) for name, _ in kind._fields_ if name in CONFIG_NAMES})
 
 
-# decoder.c's linear kinds, in the order of its enum: the native function a layer's decode call
-# makes, and how many of that call's leading arguments are tensors (the rest are N, K[, group])
-KINDS = (("int4", 3), ("int4_tiles", 3), ("int8", 2), ("bf16", 1), ("int8_tiles", 2))
-
-
-def _kinds(lib) -> dict:
-    """Function address -> (kind, tensor count)."""
-    return {
-        ctypes.cast(getattr(lib, f"minicpmv_linear_{name}"), c_ptr).value: (kind, tensors)
-        for kind, (name, tensors) in enumerate(KINDS)
-    }
-
-
-def _describe(module, kinds: dict) -> tuple[_Linear, object] | None:
-    call = module.decode_call() if isinstance(module, NativeLinear) else None
-    kind, tensors = (None, 0) if call is None else kinds.get(ctypes.cast(call.fn, c_ptr).value, (None, 0))
-    bias = None if call is None else call.bias  # the tensor the call is bound to (float32 buffers)
-    if kind is None or (bias is not None and not (bias.dtype == torch.float32 and bias.is_contiguous())):
-        return None
-    pointers, shape = call.middle[:tensors], call.middle[tensors:]
-    desc = _Linear(
-        kind,
-        *pointers,
-        *[None] * (3 - tensors),
-        None if bias is None else bias.data_ptr(),
-        *shape,
-        *[0] * (3 - len(shape)),
-    )
-    return desc, call
-
-
 def _float32(t: torch.Tensor | None) -> bool:
     return t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
 
@@ -148,12 +114,19 @@ class NativeStep:
         self.vectors: list = []  # (module, parameter name, tensor): float32 weights read in place
         self.follows = None  # (weak cache, its length at the next token): the generation this step is in
 
+    def __getstate__(self):
+        """What copy.deepcopy and pickle take: the step without its descriptors, which hold this
+        process's pointers to the original's tensors; a copy rebuilds them at its first step."""
+        state = self.__dict__.copy()
+        state.update(layers=None, calls=[], vectors=[], follows=None, tables=[])
+        return state
+
     def _build(self) -> bool:
         cfg, lib = self.llm.cfg, native.library()
         if lib is None or cfg.hidden_size % 8 or cfg.head_dim % 8:
             return False
         self.calls, self.vectors = [], []
-        layers = self._describe_layers(_kinds(lib))
+        layers = self._describe_layers(linear_kinds(lib))
         if layers is None:
             self.layers = None
             return False
@@ -161,7 +134,7 @@ class NativeStep:
         return True
 
     def _linears(self, modules, kinds) -> list | None:
-        described = [_describe(module, kinds) for module in modules]
+        described = [describe(module, kinds) for module in modules]
         if None in described:
             return None
         self.calls += [(module, call) for module, (_, call) in zip(modules, described)]
@@ -322,7 +295,7 @@ class HybridDecodeStep(NativeStep):
         """A dense MLP's linears, or a mixture of experts': the shared expert's in their place, the
         routed experts' in a table of their own, the router's and the shared gate's float rows."""
         cfg = self.llm.cfg
-        if type(mlp) is not SparseMoE:  # a dense MLP (_swiglu refuses any other module)
+        if type(mlp) not in MOES:  # a dense MLP (_swiglu refuses any other module)
             linears = self._swiglu([mlp], kinds)
             return None if linears is None else dict(zip(("gate", "up", "down"), linears))
         if any(type(g) is not nn.Linear or g.bias is not None for g in (mlp.gate, mlp.shared_expert_gate)):
@@ -333,7 +306,7 @@ class HybridDecodeStep(NativeStep):
         router, shared_gate = self._vector(mlp.gate), self._vector(mlp.shared_expert_gate)
         if shared is None or routed is None or None in (router, shared_gate):
             return None
-        table = (_Linear * len(routed))(*routed)  # (experts, 3), read through a pointer
+        table = (LinearDesc * len(routed))(*routed)  # (experts, 3), read through a pointer
         self.tables.append(table)
         found = dict(router=router, shared_gate=shared_gate, expert=ctypes.addressof(table))
         return dict(zip(("gate", "up", "down"), shared)) | found

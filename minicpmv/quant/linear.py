@@ -295,16 +295,16 @@ class QuantizedLinear(NativeLinear):
         tiled = self.tiled()
         fn, tensors, shape = self._decode_kernel(tiled)
         # rows below the int8 x int8 GEMM's (or the widened weight's) stay in this kernel
-        rows = self._igemm_min_rows()
+        rows = self.igemm_min_rows()
         return DecodeCall(self, fn, tensors, shape, rows if tiled else min(rows, WIDEN_MIN_ROWS))
 
-    def _igemm_min_rows(self) -> int:
+    def igemm_min_rows(self) -> int:
         """Rows from which the int8 x int8 GEMM, its weight repacked per call, beats this layer's own kernel."""
         return IGEMM_MIN_ROWS
 
     def igemm_applies(self, x: torch.Tensor) -> bool:
         """Whether x (a prefill-sized input, native kernels on) takes the int8 x int8 GEMM."""
-        return _native(x, self.native_ok) and x.numel() // self.in_features >= self._igemm_min_rows()
+        return _native(x, self.native_ok) and x.numel() // self.in_features >= self.igemm_min_rows()
 
     def times_silu(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """silu(gate) * self(x), the multiply in the GEMM's epilogue and the result written into
@@ -347,7 +347,7 @@ class Int8Linear(QuantizedLinear):
     def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
         native.int8_tiles(*tensors, to_tiles)
 
-    def _igemm_min_rows(self) -> int:
+    def igemm_min_rows(self) -> int:
         return IGEMM_MIN_ROWS if self.tiled() or self._can_tile() else STORED_INT8_IGEMM_MIN_ROWS
 
     def _decode_kernel(self, tiled: bool) -> tuple:

@@ -107,6 +107,8 @@ def _declare(lib) -> None:
     lib.minicpmv_igemm.restype = ctypes.c_int
     lib.minicpmv_attend_int8.argtypes = [p, p, p, i64, i64, i64, i64, p, ctypes.c_float, ctypes.c_int, p]
     lib.minicpmv_attend_int8.restype = ctypes.c_int
+    lib.minicpmv_int4_experts.argtypes = [p, i64, p, i64, p, p, p, p]
+    lib.minicpmv_int4_experts.restype = ctypes.c_int
     lib.minicpmv_kernel_isa.argtypes = []
     lib.minicpmv_kernel_isa.restype = ctypes.c_char_p
     for fn in (

@@ -11,15 +11,6 @@
 #include "qgemm.h"
 #include "vecmath.h"
 
-enum linear_kind { INT4 = 0, INT4_TILES = 1, INT8 = 2, BF16 = 3, INT8_TILES = 4 };
-
-typedef struct {
-    int64_t kind;
-    const void *w, *scales, *zeros; /* zeros: int4 only; scales: none for bf16 */
-    const float *bias;              /* or NULL */
-    int64_t N, K, group;
-} linear_desc;
-
 static int linear(const linear_desc *l, const float *x, float *out) {
     int status;
     switch (l->kind) {

@@ -349,9 +349,7 @@ ALWAYS_INLINE void bf16_tile(const gemm_args *a, const int MT, const int nt, int
         }                                                     \
     } while (0)
 
-enum weights { INT4, INT8, BF16 };
-
-static void run_gemm(const gemm_args *a, enum weights kind) {
+static void run_gemm(const gemm_args *a, enum linear_kind kind) { /* INT4, INT8 or BF16 */
     const int64_t tiles_n = (a->N + NT - 1) / NT;
     /* weight tiles outermost: each is read from memory once and reused for all activation rows */
 #pragma omp parallel for schedule(static)

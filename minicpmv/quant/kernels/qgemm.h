@@ -1,5 +1,6 @@
 /* What the kernel files share: the decoding products' entry points (qgemm.c, tiles.c), called
- * from Python and from the decode step (decoder.c), and the int8 activations they quantize. */
+ * from Python and from the decode steps (decoder.c, hybrid.c), the int8 activations they quantize
+ * and the descriptor of a quantized linear. */
 #ifndef MINICPMV_QGEMM_H
 #define MINICPMV_QGEMM_H
 #include <stdint.h>
@@ -26,6 +27,20 @@ typedef struct {
     float *out;
 } tile_product;
 int minicpmv_int4_tiles_batch(const tile_product *products, int64_t count);
+
+/* a quantized linear, as the decode steps and the experts of a prompt read it */
+enum linear_kind { INT4 = 0, INT4_TILES = 1, INT8 = 2, BF16 = 3, INT8_TILES = 4 };
+
+typedef struct {
+    int64_t kind;
+    const void *w, *scales, *zeros; /* zeros: int4 only; scales: none for bf16 */
+    const float *bias;              /* or NULL */
+    int64_t N, K, group;
+} linear_desc;
+
+/* a prompt's rows through their routed experts' SwiGLUs (tiles.c) */
+int minicpmv_int4_experts(const linear_desc *table, int64_t experts, const int64_t *counts, int64_t below,
+                          const float *x, float *gate, float *up, float *out);
 
 int minicpmv_linear_int8(const float *x, int64_t M, const int8_t *w, const float *wscales, int64_t N, int64_t K,
                          float *out);
