@@ -3,7 +3,8 @@ seeded random bfloat16 weights), ours against transformers' own implementation o
 weights, in one run.
 
     pip install -e '.[bench]'
-    python benchmarks/v46_speed.py [--threads 2] [--rounds 2] [--modes 16x,4x] [--parts tta,llm] [--json]
+    python benchmarks/v46_speed.py [--threads 2] [--rounds 2] [--modes 16x,4x] [--parts tta,llm] [--prompt 512]
+                                   [--json]
 
 1. Time to answer a 1344x1344 image question (image in, 32 greedy tokens out, load excluded),
    per downsample mode. Contenders: transformers float32 (MiniCPMV4_6ForConditionalGeneration,
@@ -11,7 +12,7 @@ weights, in one run.
    PyTorch reference on a CPU), ours float32 (vision in float32: exact parity), ours with the
    default vision precision (bfloat16 autocast where the CPU computes bf16), ours int4 (group
    64) and ours int4 with the vision linears in int8 (`--vision-dtype int8`).
-2. The LLM alone: prefill of a 512-token prompt and 64 decoded tokens (tokens/s), ours float32
+2. The LLM alone: prefill of a 512-token prompt (`--prompt`) and 64 decoded tokens (tokens/s), ours float32
    and int4 against transformers float32 and llama.cpp's `qwen35` (llama-cpp-python, the same
    weights through `minicpmv export-gguf`, Q4_0 linears with a Q8_0 embedding/head as ours has
    an int8 head; random ids in, greedy out).
@@ -97,7 +98,7 @@ def _transformers_answer(model, pixels, request) -> float:
     return time.perf_counter() - start
 
 
-def _serve_transformers(conn, folder: str, image_token_id: int, threads: int) -> None:
+def _serve_transformers(conn, folder: str, image_token_id: int, threads: int, prompt: int) -> None:
     """The transformers side in a process of its own: it runs as its users run it, without the
     allocator setting that loading ours applies to its process (minicpmv.memory.reuse_freed_memory;
     docs/benchmarks.md gives what transformers gets with it too)."""
@@ -106,7 +107,7 @@ def _serve_transformers(conn, folder: str, image_token_id: int, threads: int) ->
 
     torch.set_num_threads(threads)
     model, pixels = _transformers_model(folder, image_token_id), MiniCPMV4_6ImageProcessorPil()
-    llm = llm_speed_transformers(model)
+    llm = llm_speed_transformers(model, prompt)
     while (request := conn.recv()) is not None:
         conn.send(_transformers_answer(model, pixels, request) if request != "llm" else llm())
 
@@ -115,14 +116,14 @@ class TransformersSide:
     """transformers float32 in a spawned process: `answer(image, mode)` times one image question
     (its own PIL image processor, the same prompt ids as ours), `llm()` the LLM alone."""
 
-    def __init__(self, folder: Path, processor, threads: int):
+    def __init__(self, folder: Path, processor, threads: int, prompt: int = PROMPT):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.processor = processor
         token = processor.tokenizer.require_id("<|image_pad|>")
-        self.process = context.Process(target=_serve_transformers, args=(child, str(folder), token, threads))
+        self.process = context.Process(target=_serve_transformers, args=(child, str(folder), token, threads, prompt))
         self.process.start()
 
     def answer(self, image, mode: str) -> float:
@@ -139,27 +140,27 @@ class TransformersSide:
         self.process.join()
 
 
-def llm_speed_ours(llm):
+def llm_speed_ours(llm, prompt: int = PROMPT):
     import torch
 
     from minicpmv.generation import GenerationConfig, generate
 
-    ids = torch.randint(300, 1000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(300, 1000, (1, prompt), generator=torch.Generator().manual_seed(0))
 
     def once() -> tuple[float, float]:
         with torch.inference_mode():
             embeds = llm.embed(ids)
         config = GenerationConfig(max_new_tokens=DECODE, min_new_tokens=DECODE)
         out = generate(llm, embeds, torch.ones_like(ids), config)
-        return PROMPT / out.prefill_seconds, (DECODE - 1) / out.decode_seconds
+        return prompt / out.prefill_seconds, (DECODE - 1) / out.decode_seconds
 
     return once
 
 
-def llm_speed_transformers(model):
+def llm_speed_transformers(model, prompt: int = PROMPT):
     import torch
 
-    ids = torch.randint(300, 1000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(300, 1000, (1, prompt), generator=torch.Generator().manual_seed(0))
 
     @torch.inference_mode()
     def once() -> tuple[float, float]:
@@ -169,8 +170,8 @@ def llm_speed_transformers(model):
         start = time.perf_counter()
         model.generate(input_ids=ids, max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False)
         decode = time.perf_counter() - start - prefill  # the same prefill, then DECODE - 1 steps
-        assert first.shape[1] == PROMPT + 1
-        return PROMPT / prefill, (DECODE - 1) / decode
+        assert first.shape[1] == prompt + 1
+        return prompt / prefill, (DECODE - 1) / decode
 
     return once
 
@@ -208,7 +209,7 @@ def time_to_answer(source: Path, int4: Path, mode: str, image, rounds: int, thre
     }
 
 
-def llm_alone(source: Path, int4: Path, root: Path, threads: int, rounds: int) -> dict:
+def llm_alone(source: Path, int4: Path, root: Path, threads: int, rounds: int, prompt: int) -> dict:
     from peers import llama_cpp_runner
 
     from minicpmv import load
@@ -217,12 +218,12 @@ def llm_alone(source: Path, int4: Path, root: Path, threads: int, rounds: int) -
     gguf = root / "4.6-llm-q4_0.gguf"
     if not gguf.exists():
         export_gguf(source, gguf, "q4_0")
-    transformers = TransformersSide(source, load(source).processor, threads)
+    transformers = TransformersSide(source, load(source).processor, threads, prompt)
     runners = {
-        "ours float32": llm_speed_ours(load(source, dtype="float32").model.llm),
-        "ours int4": llm_speed_ours(load(int4).model.llm),
+        "ours float32": llm_speed_ours(load(source, dtype="float32").model.llm, prompt),
+        "ours int4": llm_speed_ours(load(int4).model.llm, prompt),
         "transformers float32": transformers.llm,
-        "llama.cpp Q4_0": llama_cpp_runner(gguf, threads, PROMPT, DECODE - 1),
+        "llama.cpp Q4_0": llama_cpp_runner(gguf, threads, prompt, DECODE - 1),
     }
     print("LLM alone:", file=sys.stderr)
     speeds = alternate(runners, rounds)
@@ -241,6 +242,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1344)
     parser.add_argument("--cache-dir", default=None, help="where the random checkpoints go")
     parser.add_argument("--parts", default="tta,llm", help="tta (time to answer), llm (the LLM alone)")
+    parser.add_argument("--prompt", type=int, default=PROMPT, help="prompt tokens of the LLM part")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -262,7 +264,7 @@ def main() -> None:
     cpu = f"{platform.processor() or platform.machine()} ({', '.join(features)})"
     report = {"cpu": cpu, "threads": args.threads, "image": f"{args.size}x{args.size}", "rounds": args.rounds}
     if "llm" in parts:
-        report.update(llm_alone(source, int4, root, args.threads, args.rounds))
+        report.update(llm_alone(source, int4, root, args.threads, args.rounds, args.prompt))
     for mode in args.modes.split(",") if "tta" in parts else []:
         report.update(time_to_answer(source, int4, mode, image, args.rounds, args.threads))
         gc.collect()
@@ -276,7 +278,7 @@ def main() -> None:
         for name, value in report[f"tta_{mode}"].items():
             ratio = report[f"tta_{mode}_ratios"].get(name)
             print(f"| {name} | {value:.2f} s | {f'{ratio:.2f}x' if ratio else ''} |")
-    print("\n| LLM | prefill tok/s | decode tok/s |\n| --- | --- | --- |")
+    print(f"\n| LLM, {args.prompt}-token prompt | prefill tok/s | decode tok/s |\n| --- | --- | --- |")
     for name in report.get("prefill_tok_s", {}):
         print(f"| {name} | {report['prefill_tok_s'][name]:.1f} | {report['decode_tok_s'][name]:.2f} |")
 

@@ -208,12 +208,19 @@ def random_delta_inputs(length: int, requires_grad: bool = False):
     return tensors
 
 
-def test_quirk_deltanet_chunked_form_equals_recurrent_form():
-    """Prefill (chunks of 64, padded) and decoding (token by token) are one recurrence: equal
-    outputs and final states, from a given state, over several chunks and a partial one."""
-    q, k, v, g, beta, state = random_delta_inputs(150)
+@pytest.mark.parametrize("length", [150, 64, 17, 2])
+def test_quirk_deltanet_chunked_form_equals_recurrent_form(length):
+    """Prefill (chunks of 64, the last padded; a shorter prompt one chunk of its own length) and
+    decoding (token by token) are one recurrence: equal outputs and final states, from a given
+    state, over several chunks and a partial one, one whole chunk, and short prompts."""
+    q, k, v, g, beta, state = random_delta_inputs(length)
     out_chunked, state_chunked = delta_rule_chunked(q, k, v, g, beta, state)
     out_step, state_step = delta_rule_step(q, k, v, g, beta, state)
+    torch.testing.assert_close(out_chunked, out_step, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(state_chunked, state_step, atol=1e-10, rtol=1e-8)
+    # a first prompt: no state before it (one chunk of its own takes a shorter way)
+    out_chunked, state_chunked = delta_rule_chunked(q, k, v, g, beta)
+    out_step, state_step = delta_rule_step(q, k, v, g, beta)
     torch.testing.assert_close(out_chunked, out_step, atol=1e-10, rtol=1e-8)
     torch.testing.assert_close(state_chunked, state_step, atol=1e-10, rtol=1e-8)
 

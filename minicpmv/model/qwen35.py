@@ -93,6 +93,9 @@ def delta_rule_chunked(q, k, v, g, beta, state=None, chunk: int = CHUNK):
     D[i, j] = exp(G_i - G_j) (G the running sum of g, j <= i), the corrected values
     U = (I + tril(beta K K^T * D, -1))^-1 (beta V) stand for every write at once."""
     batch, heads, length, dk = k.shape
+    # a shorter sequence is one chunk of its own length: the same sums, without computing the
+    # padding (16 tokens padded to 64 made every (C, C) product and solve 16x the work)
+    chunk = max(1, min(chunk, length))
     pad = (-length) % chunk
     q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     g, beta = (F.pad(t, (0, pad)) for t in (g, beta))
@@ -105,10 +108,12 @@ def delta_rule_chunked(q, k, v, g, beta, state=None, chunk: int = CHUNK):
     k_beta = k * beta[..., None]
     system = (k_beta @ k.transpose(-1, -2)) * decay
     values = torch.linalg.solve_triangular(system, v * beta[..., None], upper=False, unitriangular=True)
-    keys_read = torch.linalg.solve_triangular(system, k_beta * cum.exp()[..., None], upper=False, unitriangular=True)
     inner = (q @ k.transpose(-1, -2)) * decay
-    q_decayed = q * cum.exp()[..., None]
     k_to_end = k * (cum[..., -1:] - cum).exp()[..., None]
+    if state is None and n == 1:  # a first short prompt: nothing to read from a zero state
+        return inner[:, :, 0] @ values[:, :, 0], k_to_end[:, :, 0].transpose(-1, -2) @ values[:, :, 0]
+    keys_read = torch.linalg.solve_triangular(system, k_beta * cum.exp()[..., None], upper=False, unitriangular=True)
+    q_decayed = q * cum.exp()[..., None]
     chunk_decay = cum[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
     state = q.new_zeros((batch, heads, dk, v.shape[-1])) if state is None else state.to(q.dtype)
     out = torch.empty_like(values)
