@@ -99,18 +99,21 @@ static inline __m128i broadcast4(const int8_t *src) {
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* up to 8 activation rows a pass: each unpacked chunk serves them all (prompts, experts) */
+#define TILE_MT 8
 ALWAYS_INLINE void tile512(const tile_args *a, const int MT, int64_t r0, int64_t p) {
     const int64_t K = a->K, ng = K / a->group, chunks = a->group / 8;
     const uint8_t *w = a->w + p * ROWS * (K / 2);
     const uint16_t *sc = a->scales + p * ROWS * ng, *zr = a->zeros + p * ROWS * ng;
     const __m512i low = _mm512_set1_epi8(0x0F);
-    __m512 acc[4];
+    __m512 acc[TILE_MT];
     for (int t = 0; t < MT; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        /* four chains per activation row (low and high nibbles of even and odd chunks): one
-         * chain would wait out vpdpbusd's latency at every chunk; chunks per group are even */
-        __m512i lo[4], hi[4], lo2[4], hi2[4];
-        for (int t = 0; t < MT; t++) lo[t] = hi[t] = lo2[t] = hi2[t] = _mm512_setzero_si512();
+        /* two chains per activation row (even and odd chunks), each taking a chunk's low and
+         * high nibbles in turn: with up to 8 rows, 16 chains hide vpdpbusd's latency and leave
+         * registers for the weights; chunks per group are even */
+        __m512i even[TILE_MT], odd[TILE_MT];
+        for (int t = 0; t < MT; t++) even[t] = odd[t] = _mm512_setzero_si512();
         for (int64_t c = g * chunks; c < (g + 1) * chunks; c += 2) {
             const uint8_t *src = w + c * CHUNK;
             _mm_prefetch((const char *)src + AHEAD_BYTES, _MM_HINT_T1);
@@ -120,18 +123,17 @@ ALWAYS_INLINE void tile512(const tile_args *a, const int MT, int64_t r0, int64_t
             const __m512i wl2 = _mm512_and_si512(v2, low), wh2 = _mm512_and_si512(_mm512_srli_epi16(v2, 4), low);
             for (int t = 0; t < MT; t++) {
                 const int8_t *xk = a->xq + (r0 + t) * K + 8 * c;
-                lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_broadcastd_epi32(broadcast4(xk)));
-                hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_broadcastd_epi32(broadcast4(xk + 4)));
-                lo2[t] = _mm512_dpbusd_epi32(lo2[t], wl2, _mm512_broadcastd_epi32(broadcast4(xk + 8)));
-                hi2[t] = _mm512_dpbusd_epi32(hi2[t], wh2, _mm512_broadcastd_epi32(broadcast4(xk + 12)));
+                even[t] = _mm512_dpbusd_epi32(even[t], wl, _mm512_broadcastd_epi32(broadcast4(xk)));
+                odd[t] = _mm512_dpbusd_epi32(odd[t], wl2, _mm512_broadcastd_epi32(broadcast4(xk + 8)));
+                even[t] = _mm512_dpbusd_epi32(even[t], wh, _mm512_broadcastd_epi32(broadcast4(xk + 4)));
+                odd[t] = _mm512_dpbusd_epi32(odd[t], wh2, _mm512_broadcastd_epi32(broadcast4(xk + 12)));
             }
         }
         const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + g * ROWS)));
         const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zr + g * ROWS)));
         for (int t = 0; t < MT; t++) {
             const int64_t i = (r0 + t) * ng + g;
-            const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(lo[t], hi[t]), _mm512_add_epi32(lo2[t], hi2[t]));
-            const __m512 dot = _mm512_cvtepi32_ps(sum);
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(even[t], odd[t]));
             const __m512 centred = _mm512_fmsub_ps(dot, _mm512_set1_ps(a->xscales[i]), _mm512_set1_ps(8.f * a->qsums[i]));
             acc[t] = _mm512_fmadd_ps(s, centred, _mm512_fmadd_ps(z, _mm512_set1_ps(a->sums[i]), acc[t]));
         }
@@ -207,7 +209,26 @@ ALWAYS_INLINE void tile256(const tile_args *a, const int MT, int64_t r0, int64_t
         for (int h = 0; h < 2; h++) _mm256_storeu_ps(a->out + (r0 + t) * a->N + p * ROWS + 8 * h, acc[t][h]);
 }
 #define TILE tile256
+#define TILE_MT 4
 #endif
+
+/* every row of tile p, TILE_MT at a time */
+static void tile_rows(const tile_args *a, int64_t M, int64_t p) {
+    for (int64_t r0 = 0; r0 < M; r0 += TILE_MT) {
+        switch (M - r0 < TILE_MT ? M - r0 : TILE_MT) {
+#if TILE_MT == 8
+        case 8: TILE(a, 8, r0, p); break;
+        case 7: TILE(a, 7, r0, p); break;
+        case 6: TILE(a, 6, r0, p); break;
+        case 5: TILE(a, 5, r0, p); break;
+#endif
+        case 4: TILE(a, 4, r0, p); break;
+        case 3: TILE(a, 3, r0, p); break;
+        case 2: TILE(a, 2, r0, p); break;
+        default: TILE(a, 1, r0, p); break;
+        }
+    }
+}
 
 /* x (M, K) float32 @ tiled int4 W^T -> out (M, N); 0, or -1 if out of memory */
 int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, const uint16_t *scales,
@@ -215,7 +236,8 @@ int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, cons
     act_buffers b;
     if (minicpmv_quantize_activations(&b, x, M, K, group, 0)) return -1;
     const tile_args a = {b.q, b.scales, b.sums, b.qsums, w, scales, zeros, N, K, group, out};
-    FOR_TILES(TILE, &a, M, N);
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N / ROWS; p++) tile_rows(&a, M, p);
     minicpmv_free_activations(&b);
     return 0;
 }
@@ -254,18 +276,6 @@ int minicpmv_int4_tiles_batch(const tile_product *products, int64_t count) {
     for (int64_t i = 0; acts && i < count; i++) minicpmv_free_activations(acts + i); /* free(NULL) if shared */
     free(args), free(acts), free(first);
     return status;
-}
-
-/* every row of tile p, 4 at a time */
-static void tile_rows(const tile_args *a, int64_t M, int64_t p) {
-    for (int64_t r0 = 0; r0 < M; r0 += 4) {
-        switch (M - r0 < 4 ? M - r0 : 4) {
-        case 4: TILE(a, 4, r0, p); break;
-        case 3: TILE(a, 3, r0, p); break;
-        case 2: TILE(a, 2, r0, p); break;
-        default: TILE(a, 1, r0, p); break;
-        }
-    }
 }
 
 /* `count` products of rows[i] rows each in one parallel region: each thread takes a contiguous
