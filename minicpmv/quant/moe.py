@@ -12,11 +12,13 @@ path. Measured in docs/quantization.md."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ..model.qwen35 import SparseMoE
 from . import native
-from .linear import KERNEL, NativeLinear
+from .linear import KERNEL
 from .linear_desc import INT4_TILES, LinearDesc, describe, linear_kinds
 
 
@@ -51,20 +53,19 @@ class GroupedMoE(SparseMoE):
             return self._table[0]
         self._table = None
         modules = [p for e in self.experts for p in (e.gate_proj, e.up_proj, e.down_proj)]
-        if any(not isinstance(m, NativeLinear) or m._forward_hooks or m._forward_pre_hooks for m in modules):
+        if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
             return None
         kinds = linear_kinds(native.library())
-        described = [describe(m, kinds) for m in modules]
+        described = [describe(m, kinds) for m in modules]  # None: not a native layer
         if None in described:
             return None
         descs = [d for d, _ in described]
-        first = descs[:3]
-        shapes_match = all(
+        # every expert as the first (tiles: widths multiples of 16, as the C code needs)
+        same = (
             (d.kind, d.N, d.K, d.group, d.bias) == (INT4_TILES, f.N, f.K, f.group, None)
-            for i, d in enumerate(descs)
-            for f in (first[i % 3],)
+            for d, f in zip(descs, itertools.cycle(descs[:3]))
         )
-        if not shapes_match or first[0].N % 8:
+        if not all(same):
             return None
         self._table = ((LinearDesc * len(descs))(*descs), [(m, c) for m, (_, c) in zip(modules, described)])
         return self._table[0]

@@ -242,42 +242,6 @@ int minicpmv_linear_int4_tiles(const float *x, int64_t M, const uint8_t *w, cons
     return 0;
 }
 
-/* `count` one-token products in one parallel region, their tiles shared out among the threads
- * in order (a mixture of experts' small linears: ~30 a layer, each under 1 MB). Measured one
- * call per linear: 31 us for 0.6 MB, 19 GB/s, against 26.5 GB/s for one 9 MB linear: each call
- * pays a fork, an activation pass and a cold start of every thread's stream. Products with the
- * same input (and K, group) share its quantized activations. 0, or -1 if out of memory. */
-int minicpmv_int4_tiles_batch(const tile_product *products, int64_t count) {
-    tile_args *args = malloc((size_t)count * sizeof *args);
-    act_buffers *acts = calloc((size_t)count, sizeof *acts); /* owned by the first product of an input */
-    int64_t *first = calloc((size_t)(count + 1), sizeof *first); /* each product's first tile */
-    int status = args && acts && first ? 0 : -1;
-    for (int64_t i = 0; i < count && !status; i++) {
-        const tile_product *t = products + i;
-        int64_t owner = 0; /* the first product with this input */
-        while (owner < i && !(products[owner].x == t->x && products[owner].K == t->K && products[owner].group == t->group))
-            owner++;
-        if (owner == i && minicpmv_quantize_activations(acts + i, t->x, 1, t->K, t->group, 0)) {
-            acts[i] = (act_buffers){0}; /* freed already */
-            status = -1;
-        }
-        const act_buffers *b = acts + owner;
-        args[i] = (tile_args){b->q, b->scales, b->sums, b->qsums, t->w, t->scales, t->zeros, t->N, t->K, t->group, t->out};
-        first[i + 1] = first[i] + t->N / ROWS;
-    }
-    if (!status) {
-#pragma omp parallel for schedule(static)
-        for (int64_t tile = 0; tile < first[count]; tile++) {
-            int64_t i = 0;
-            while (tile >= first[i + 1]) i++; /* a few dozen products: a scan */
-            TILE(args + i, 1, 0, tile - first[i]);
-        }
-    }
-    for (int64_t i = 0; acts && i < count; i++) minicpmv_free_activations(acts + i); /* free(NULL) if shared */
-    free(args), free(acts), free(first);
-    return status;
-}
-
 /* `count` products of rows[i] rows each in one parallel region: each thread takes a contiguous
  * run of (product, tile) pairs of about equal cost (a tile of M rows: M + 1, its rows and its
  * stream of weights), in product order, so that its weights stream sequentially */
@@ -298,6 +262,35 @@ static void run_products(const tile_args *args, const int64_t *rows, int64_t cou
             start += tiles * per;
         }
     }
+}
+
+/* `count` one-token products in one parallel region, their tiles shared out among the threads
+ * in order (a mixture of experts' small linears: ~30 a layer, each under 1 MB). Measured one
+ * call per linear: 31 us for 0.6 MB, 19 GB/s, against 26.5 GB/s for one 9 MB linear: each call
+ * pays a fork, an activation pass and a cold start of every thread's stream. Products with the
+ * same input (and K, group) share its quantized activations. 0, or -1 if out of memory. */
+int minicpmv_int4_tiles_batch(const tile_product *products, int64_t count) {
+    tile_args *args = malloc((size_t)count * sizeof *args);
+    act_buffers *acts = calloc((size_t)count, sizeof *acts); /* owned by the first product of an input */
+    int64_t *rows = malloc((size_t)count * sizeof *rows);
+    int status = args && acts && rows ? 0 : -1;
+    for (int64_t i = 0; i < count && !status; i++) {
+        const tile_product *t = products + i;
+        int64_t owner = 0; /* the first product with this input */
+        while (owner < i && !(products[owner].x == t->x && products[owner].K == t->K && products[owner].group == t->group))
+            owner++;
+        if (owner == i && minicpmv_quantize_activations(acts + i, t->x, 1, t->K, t->group, 0)) {
+            acts[i] = (act_buffers){0}; /* freed already */
+            status = -1;
+        }
+        const act_buffers *b = acts + owner;
+        args[i] = (tile_args){b->q, b->scales, b->sums, b->qsums, t->w, t->scales, t->zeros, t->N, t->K, t->group, t->out};
+        rows[i] = 1;
+    }
+    if (!status) run_products(args, rows, count);
+    for (int64_t i = 0; acts && i < count; i++) minicpmv_free_activations(acts + i); /* free(NULL) if shared */
+    free(args), free(acts), free(rows);
+    return status;
 }
 
 /* rows row0.. of the quantized activations b through linear l, into the same rows of out */
