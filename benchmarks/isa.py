@@ -6,7 +6,9 @@ are indicative, not a measurement on such a CPU."""
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 
 from minicpmv.quant.native import avx_vnni_march
 
@@ -40,6 +42,12 @@ def emulate(isa: str) -> None:
     if isa not in EMULATED:
         return
     os.environ.update(EMULATED[isa])
+    # torch.compile's cache keys do not hold ATEN_CPU_CAPABILITY: sharing one cache, an emulated
+    # run reused this CPU's kernels and answered garbage, and a native run after an emulated one
+    # crashed (malloc: corrupted top size); each instruction set gets its own
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-{isa}-{getpass.getuser()}")
+    )
     import minicpmv.cpu
 
     flags = minicpmv.cpu.cpu_flags() - {"avx512_bf16", "amx_bf16"}

@@ -4,7 +4,7 @@ weights, in one run.
 
     pip install -e '.[bench]'
     python benchmarks/v46_speed.py [--threads 2] [--rounds 2] [--modes 16x,4x] [--parts tta,llm] [--prompt 512]
-                                   [--json]
+                                   [--isa avx2] [--json]
 
 1. Time to answer a 1344x1344 image question (image in, 32 greedy tokens out, load excluded),
    per downsample mode. Contenders: transformers float32 (MiniCPMV4_6ForConditionalGeneration,
@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from isa import EMULATED, HELP, emulate
 
 NEW_TOKENS, PROMPT, DECODE = 32, 512, 64
 QUESTION = "What is in the image?"
@@ -243,9 +245,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="where the random checkpoints go")
     parser.add_argument("--parts", default="tta,llm", help="tta (time to answer), llm (the LLM alone)")
     parser.add_argument("--prompt", type=int, default=PROMPT, help="prompt tokens of the LLM part")
+    parser.add_argument("--isa", choices=sorted(EMULATED), help=HELP)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    if args.isa:
+        emulate(args.isa)
 
     import platform
 
@@ -262,7 +267,13 @@ def main() -> None:
     image = image_of(args.size)
     features = [flag for flag in ("avx512_vnni", "avx512_bf16", "amx_bf16", "avx2") if flag in cpu_flags()]
     cpu = f"{platform.processor() or platform.machine()} ({', '.join(features)})"
-    report = {"cpu": cpu, "threads": args.threads, "image": f"{args.size}x{args.size}", "rounds": args.rounds}
+    report = {
+        "cpu": cpu,
+        "isa": args.isa or "native",
+        "threads": args.threads,
+        "image": f"{args.size}x{args.size}",
+        "rounds": args.rounds,
+    }
     if "llm" in parts:
         report.update(llm_alone(source, int4, root, args.threads, args.rounds, args.prompt))
     for mode in args.modes.split(",") if "tta" in parts else []:
@@ -271,7 +282,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"MiniCPM-V 4.6 real size, random weights; {report['cpu']}, {args.threads} threads")
+    print(f"MiniCPM-V 4.6 real size, random weights; {report['cpu']}, {report['isa']}, {args.threads} threads")
     for mode in args.modes.split(",") if "tta" in parts else []:
         print(f"\n{args.size}x{args.size}, {mode} ({report[f'image_tokens_{mode}']} image tokens)")
         print("| contender | time to answer | transformers / ours |\n| --- | --- | --- |")

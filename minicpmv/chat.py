@@ -65,7 +65,7 @@ class Generation:
             f"load {self.load_seconds:.2f} s | {compiled}image encode {self.image_seconds * 1000:.0f} ms "
             f"({self.image_tokens} image tokens) | prefill {len(self.prompt_token_ids)} tok at {prefill:.1f} tok/s | "
             f"decode {len(self.token_ids)} tok at {decode:.1f} tok/s | first token {self.first_token_seconds:.2f} s | "
-            f"total {total:.2f} s | {self.threads} threads | peak RSS {peak_rss_mib():.0f} MiB"
+            f"total {total:.2f} s | {self.threads} thread{'s' * (self.threads != 1)} | peak RSS {peak_rss_mib():.0f} MiB"
         )
 
 
