@@ -206,6 +206,25 @@ def test_a_prefill_takes_the_int8_gemm_from_its_layouts_crossover(make, monkeypa
     assert rows_seen == ([24, 63, 64] if stored else [64])
 
 
+@needs_native
+@pytest.mark.parametrize("make", [lambda: Int4Linear(128, 32, False, 32), lambda: Int8Linear(128, 32, False)])
+def test_a_prompt_before_any_decoding_tiles_the_layer_and_repacks_from_the_tiles(make):
+    """A layer's first native call may be a 64-row prompt (the int8 GEMM): it makes the decoding
+    tiles then, as a decoded token would, since the GEMM's per-call repack from them is
+    vectorized (5.5x the stored layout's byte loop); the answer is the one a layer that decoded
+    first gives, byte for byte."""
+    if isinstance(make(), Int8Linear) and not native.int8_tiles_available():
+        pytest.skip("int8 tiles need VNNI")
+    torch.manual_seed(0)
+    weight, prompt = torch.randn(32, 128) / 128**0.5, torch.randn(64, 128)
+    fresh, decoded = filled(make(), weight), filled(make(), weight)
+    decoded(torch.randn(1, 128))
+    assert decoded.tiled() and not fresh.tiled()
+    out = fresh(prompt)
+    assert fresh.tiled()
+    assert torch.equal(out, decoded(prompt))
+
+
 @pytest.mark.skipif(native.library() is None or not native.int8_tiles_available(), reason="int8 tiles need VNNI")
 @pytest.mark.parametrize("width", [160, 192])
 def test_int8_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does(width):
