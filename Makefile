@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 BASE := $(VENV)/.minicpmv-base
 STAMP := $(VENV)/.minicpmv-installed
 
-.PHONY: install demo-install browser demo test check lint format dist-check clean
+.PHONY: install demo-install browser demo test test-avx2 check lint format dist-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ test: $(STAMP) browser lint
 # (2 min 10 s on a 2-core AMD EPYC; the whole suite takes about 9 min).
 check: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n 2
+
+# The whole suite as on a CPU with AVX2 only (no AVX-512, AMX or AVX-VNNI), run on a CPU with them:
+# scripts/avx2_suite/sitecustomize.py caps every library and hides the flags (tests that need VNNI skip)
+test-avx2: $(STAMP)
+	PYTHONPATH=scripts/avx2_suite $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check minicpmv tests scripts benchmarks
