@@ -6,6 +6,7 @@ that reads them (int8 tiles, bf16 vision, the narrow int4 prefill) goes as there
 gets a cache of its own: its keys do not hold the instruction set, and kernels compiled for this
 CPU answered garbage under the cap (research/decode-kernels.md)."""
 
+import getpass
 import os
 import tempfile
 
@@ -16,7 +17,7 @@ os.environ.update(
     MINICPMV_KERNEL_MARCH="haswell",
 )
 os.environ.setdefault(
-    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-avx2-{os.getuid()}")
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-avx2-{getpass.getuser()}")
 )
 
 try:
