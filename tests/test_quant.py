@@ -191,19 +191,23 @@ def test_int8_prefill_repack_is_the_panel_layout():
 
 
 @needs_native
-@pytest.mark.parametrize("make", [lambda: Int8Linear(128, 32, False), lambda: Int4Linear(128, 32, False, 32)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Int8Linear(128, 32, False), lambda: Int8Linear(128, 24, False), lambda: Int4Linear(128, 32, False, 32)],
+)
 def test_a_prefill_takes_the_int8_gemm_from_its_layouts_crossover(make, monkeypatch):
     """The rows from which a layer repacks its weight per call for the int8 x int8 GEMM: 64 where
-    it decodes from tiles (the tiles stay ahead up to 63 rows), 24 for an int8 weight in the
-    stored layout (no VNNI: its kernel takes 4 rows a pass)."""
-    module = filled(make(), torch.randn(32, 128) / 128**0.5)
+    it decodes from tiles with vpdpbusd or int4 ones (the tiles stay ahead up to 63 rows), 32 for
+    an int8 weight whose kernel takes 4 rows a pass without it: AVX2 tiles (vpmaddubsw), or the
+    stored layout of a layer that cannot tile (out_features not a multiple of 16)."""
+    module = filled(make(), torch.randn(make().out_features, 128) / 128**0.5)
     rows_seen, gemm = [], native.igemm
     monkeypatch.setattr(native, "igemm", lambda x, *args, **kw: rows_seen.append(x.shape[0]) or gemm(x, *args, **kw))
-    for rows in (1, 23, 24, 63, 64):
+    for rows in (1, 31, 32, 63, 64):
         module(torch.randn(rows, 128))
-    stored = isinstance(module, Int8Linear) and not native.int8_tiles_available()
-    assert module.tiled() != stored
-    assert rows_seen == ([24, 63, 64] if stored else [64])
+    assert module.tiled() == (module.out_features % 16 == 0)
+    four_rows = isinstance(module, Int8Linear) and (native.kernel_isa() == "AVX2" or not module.tiled())
+    assert rows_seen == ([32, 63, 64] if four_rows else [64])
 
 
 @needs_native
@@ -213,8 +217,6 @@ def test_a_prompt_before_any_decoding_tiles_the_layer_and_repacks_from_the_tiles
     tiles then, as a decoded token would, since the GEMM's per-call repack from them is
     vectorized (5.5x the stored layout's byte loop); the answer is the one a layer that decoded
     first gives, byte for byte."""
-    if isinstance(make(), Int8Linear) and not native.int8_tiles_available():
-        pytest.skip("int8 tiles need VNNI")
     torch.manual_seed(0)
     weight, prompt = torch.randn(32, 128) / 128**0.5, torch.randn(64, 128)
     fresh, decoded = filled(make(), weight), filled(make(), weight)
@@ -225,15 +227,15 @@ def test_a_prompt_before_any_decoding_tiles_the_layer_and_repacks_from_the_tiles
     assert torch.equal(out, decoded(prompt))
 
 
-@pytest.mark.skipif(native.library() is None or not native.int8_tiles_available(), reason="int8 tiles need VNNI")
+@needs_native
 @pytest.mark.parametrize("width", [160, 192])
 def test_int8_tiles_rearrange_losslessly_and_compute_what_the_stored_layout_does(width):
     """int8 tiles hold w + 128 in igemm's panel order: back and forth gives the stored bytes; the
-    product (the offset taken back per activation block) is the stored kernel's where both round
-    the activations in the same blocks (160 wide: 32 in every build; 192: the tiles take 64,
-    which the stored kernel takes only in 512-bit builds, 32 in AVX-VNNI's 256-bit one, so there
-    the two differ by the activations' rounding alone); the prefill repack from tiles is byte
-    for byte the repack from the stored layout."""
+    product (VNNI: the offset taken back per activation block; AVX2: w back signed) is the stored
+    kernel's where both round the activations in the same blocks (160 wide: 32 in every build;
+    192: the tiles take 64, which the stored kernel takes only in 512-bit builds, 32 in the
+    256-bit ones, so there the two differ by the activations' rounding alone); the prefill repack
+    from tiles is byte for byte the repack from the stored layout."""
     torch.manual_seed(0)
     qweight, scales = quantize_int8(torch.randn(48, width))
     tiles = qweight.clone()
@@ -259,8 +261,6 @@ def test_a_tiled_layer_saves_loads_and_casts_in_the_stored_layout(make):
     """A layer that decoded holds tiles in its buffers; its state dict is the stored layout and
     stays so while it goes on decoding; loading other weights into it and casting it work."""
     torch.manual_seed(0)
-    if isinstance(make(), Int8Linear) and not native.int8_tiles_available():
-        pytest.skip("int8 tiles need VNNI")
     module = filled(make(), torch.randn(32, 128) / 128**0.5)
     stored = {name: t.clone() for name, t in module.state_dict().items()}
     x = torch.randn(1, 128)
@@ -449,7 +449,6 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
             assert native.library() is None
         return
     assert native.library() is not None
-    assert native.int8_tiles_available() == vnni
     assert native.kernel_isa() == ("AVX-VNNI" if vnni else "AVX2")
     torch.manual_seed(0)
     tiled = [(lambda i, o, g=g: Int4Linear(i, o, False, g), 256, 32) for g in (64, 128)]
@@ -459,7 +458,7 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
             x = torch.randn(rows, in_features)
             got = module(x)
             if rows == 1 and isinstance(module, Int8Linear) and out_features % 16 == 0:
-                assert module.tiled() == vnni  # int8 tiles need vpdpbusd
+                assert module.tiled()  # AVX2 too: vpmaddubsw on |w|, the sign moved onto x
             seven = _atol(module, rows, not vnni) > 0.05
             expected = with_kernel("reference", lambda: module(x))
             torch.testing.assert_close(got, expected, atol=_atol(module, rows, not vnni), rtol=0.02)
@@ -472,6 +471,13 @@ def test_kernels_built_for_other_instruction_sets(march, monkeypatch, tmp_path):
     out = module(x)
     assert module.tiled()
     torch.testing.assert_close(out, with_kernel("reference", lambda: module(x)), atol=0.05, rtol=1e-3)
+    # AVX2 int8 tiles at vpmaddubsw's int16 bound: pairs of w = -128 (or 127) against activations 127
+    module = Int8Linear(256, 32, False)
+    module.qweight = torch.tensor([[-128], [127]], dtype=torch.int8).repeat(16, 256)
+    module.scales = torch.full((32,), 1e-3)
+    out = module(x)
+    assert module.tiled()
+    torch.testing.assert_close(out, with_kernel("reference", lambda: module(x)), atol=1e-4, rtol=1e-5)
     weight = torch.randn(40, 64).to(torch.bfloat16)
     x = torch.randn(3, 64)
     torch.testing.assert_close(native.gemm_bf16(x, weight), x @ weight.float().t(), atol=1e-5, rtol=1e-5)
@@ -592,5 +598,5 @@ def test_a_layer_that_decoded_copies_and_pickles_in_the_stored_layout(make):
     for twin in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
         assert not twin.tiled() and torch.equal(twin.qweight, stored)
         assert torch.equal(twin(x), expected)
-    assert module.tiled() == (isinstance(module, Int4Linear) or native.int8_tiles_available())
+    assert module.tiled()
     assert torch.equal(module(x), expected)

@@ -53,10 +53,12 @@ WIDEN_MIN_ROWS = 32
 # and the decoding tiles (a Qwen2-1.5B prefill, int4 and int8 tiles, AVX2 and AVX-512: tiles
 # ahead at 56-63 rows, the GEMM from 64)
 IGEMM_MIN_ROWS = 64
-# ... and an int8 weight in the stored layout (no tiles: CPUs without VNNI), whose kernel takes 4
-# rows per pass: the GEMM from 24 rows (Qwen2-1.5B prefill in the AVX2 emulation, tok/s stored
-# kernel vs GEMM: 16 rows 56.2 vs 46.5, 24 rows 59.5 vs 61.1, 40 rows 59.6 vs 70.2)
-STORED_INT8_IGEMM_MIN_ROWS = 24
+# ... and an int8 weight whose own kernel has no vpdpbusd (AVX2: vpmaddubsw on |w| with the sign
+# of w moved onto x) or keeps the stored layout, 4 rows a pass: the GEMM from 32 rows (AVX2 tiles
+# on an AMD EPYC Zen 3, 8960x1536 and 1536x8960, tiles / GEMM time: 16 rows 0.79-0.85, 24 rows
+# 0.92-0.94, 32 rows 1.00-1.01, 40-56 rows 0.89-1.10; the stored kernel in the AVX2 emulation,
+# Qwen2-1.5B prefill tok/s stored vs GEMM: 24 rows 59.5 vs 61.1, 40 rows 59.6 vs 70.2)
+FOUR_ROW_INT8_IGEMM_MIN_ROWS = 32
 
 
 def _widen(x: torch.Tensor, width: int) -> bool:
@@ -352,13 +354,14 @@ class Int8Linear(QuantizedLinear):
         self.native_ok = in_features % native.BLOCK == 0
 
     def _can_tile(self) -> bool:
-        return self.native_ok and super()._can_tile() and native.int8_tiles_available()
+        return self.native_ok and super()._can_tile()
 
     def _rearrange(self, tensors: tuple, to_tiles: bool) -> None:
         native.int8_tiles(*tensors, to_tiles)
 
     def igemm_min_rows(self) -> int:
-        return IGEMM_MIN_ROWS if self.tiled() or self._can_tile() else STORED_INT8_IGEMM_MIN_ROWS
+        vnni_tiles = (self.tiled() or self._can_tile()) and native.kernel_isa() != "AVX2"
+        return IGEMM_MIN_ROWS if vnni_tiles else FOUR_ROW_INT8_IGEMM_MIN_ROWS
 
     def _decode_kernel(self, tiled: bool) -> tuple:
         fn = native.library().minicpmv_linear_int8_tiles if tiled else native.library().minicpmv_linear_int8

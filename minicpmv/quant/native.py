@@ -86,8 +86,6 @@ def _declare(lib) -> None:
     lib.minicpmv_int4_tiles.restype = None
     lib.minicpmv_int8_tiles.argtypes = [p, i64, i64, ctypes.c_int]
     lib.minicpmv_int8_tiles.restype = None
-    lib.minicpmv_int8_tiles_available.argtypes = []
-    lib.minicpmv_int8_tiles_available.restype = ctypes.c_int
     lib.minicpmv_linear_int8_tiles.argtypes = [p, i64, p, p, i64, i64, p]
     lib.minicpmv_linear_int8_tiles.restype = ctypes.c_int
     lib.minicpmv_pack_int8_tiles.argtypes = [p, i64, i64, p, p]
@@ -196,14 +194,9 @@ def int4_tiles(
     library().minicpmv_int4_tiles(_ptr(qweight), _ptr(scales), _ptr(zeros), rows, width, group_size, int(to_tiles))
 
 
-def int8_tiles_available() -> bool:
-    """Whether int8 weights decode from tiles here (the CPU has VNNI)."""
-    return bool(library().minicpmv_int8_tiles_available())
-
-
 def int8_tiles(qweight: torch.Tensor, to_tiles: bool) -> None:
     """Rearrange an int8 weight (N, K) in place into the decoding tiles of kernels/tiles.c
-    (`to_tiles`) or back. N % TILE_ROWS == 0, contiguous on the CPU, int8_tiles_available()."""
+    (`to_tiles`) or back. N % TILE_ROWS == 0, contiguous on the CPU."""
     library().minicpmv_int8_tiles(_ptr(qweight), qweight.shape[0], qweight.shape[1], int(to_tiles))
 
 

@@ -346,25 +346,29 @@ int minicpmv_int4_experts(const linear_desc *table, int64_t experts, const int64
     return status;
 }
 
-/* int8 weights in the same tiles where the CPU has AVX-512 VNNI: 16 rows x 4 columns per 64
- * bytes (the panels of igemm.c), each stored as w + 128, so that vpdpbusd takes them as its
- * unsigned side against a broadcast of 4 signed activation bytes: one instruction per 64 weight
- * bytes. The offset comes back per activation block: sum((w + 128) * xq) - 128 * sum(xq), the same
- * for all rows. With AVX-VNNI the same, a chunk as two 256-bit halves of 8 rows. Elsewhere layers
- * keep the stored layout: without VNNI vpmaddubsw would saturate on 255 * 127 pairs. */
+/* int8 weights in the same tiles: 16 rows x 4 columns per 64 bytes (the panels of igemm.c), each
+ * stored as w + 128. With AVX-512 VNNI, vpdpbusd takes them as its unsigned side against a
+ * broadcast of 4 signed activation bytes: one instruction per 64 weight bytes; the offset comes
+ * back per activation block: sum((w + 128) * xq) - 128 * sum(xq), the same for all rows. With
+ * AVX-VNNI the same, a chunk as two 256-bit halves of 8 rows. On AVX2 the halves too, but w + 128
+ * would saturate vpmaddubsw's pair sums (255 * 127 * 2), so w comes back signed, |w| is the
+ * unsigned side and the sign of w moves onto x (exact: pairs of at most 2 * 128 * 127). */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define INT8_TILES 512
-#elif defined(DPBUSD256)
-#define INT8_TILES 256
-#endif
-
-int minicpmv_int8_tiles_available(void) {
-#if defined(INT8_TILES)
-    return 1;
 #else
-    return 0;
-#endif
+#define INT8_TILES 256
+#if defined(DPBUSD256)
+#define INT8_OFFSET 128.f
+static inline __m256i int8_dot(__m256i acc, __m256i v, __m256i x) { return DPBUSD256(acc, v, x); }
+#else
+#define INT8_OFFSET 0.f
+static inline __m256i int8_dot(__m256i acc, __m256i v, __m256i x) {
+    const __m256i w = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
+#endif
+#endif
 
 /* to_tiles 1: stored (N, K) -> tiles, 0: back; in place, N % 16 == 0, K % 4 == 0 */
 void minicpmv_int8_tiles(int8_t *w, int64_t N, int64_t K, int to_tiles) {
@@ -383,7 +387,6 @@ void minicpmv_int8_tiles(int8_t *w, int64_t N, int64_t K, int to_tiles) {
     }
 }
 
-#if defined(INT8_TILES)
 typedef struct {
     const int8_t *xq; const float *xscales, *qsums; /* activations, per block */
     const uint8_t *w; const float *wscales;
@@ -419,12 +422,12 @@ ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64
                          _mm512_mul_ps(_mm512_sub_ps(acc[t], _mm512_set1_ps(offset[t])), wscale));
 }
 #else
-/* AVX-VNNI: rows 0-7 of a chunk in its first 32 bytes, rows 8-15 in the second */
+/* AVX-VNNI and AVX2: rows 0-7 of a chunk in its first 32 bytes, rows 8-15 in the second */
 ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64_t p) {
     const int64_t K = a->K, nb = K / a->block, chunks = a->block / 4;
     const uint8_t *w = a->w + p * ROWS * K;
     __m256 acc[4][2];
-    float offset[4] = {0.f, 0.f, 0.f, 0.f}; /* 128 * sum over blocks of sx * sum(xq) */
+    float offset[4] = {0.f, 0.f, 0.f, 0.f}; /* INT8_OFFSET * sum over blocks of sx * sum(xq) */
     for (int t = 0; t < MT; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i dot[4][2];
@@ -435,13 +438,13 @@ ALWAYS_INLINE void int8_tile(const int8_args *a, const int MT, int64_t r0, int64
             const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + c * CHUNK + 32));
             for (int t = 0; t < MT; t++) {
                 const __m256i x = _mm256_broadcastd_epi32(broadcast4(a->xq + (r0 + t) * K + 4 * c));
-                dot[t][0] = DPBUSD256(dot[t][0], v0, x);
-                dot[t][1] = DPBUSD256(dot[t][1], v1, x);
+                dot[t][0] = int8_dot(dot[t][0], v0, x);
+                dot[t][1] = int8_dot(dot[t][1], v1, x);
             }
         }
         for (int t = 0; t < MT; t++) {
             const int64_t i = (r0 + t) * nb + b;
-            offset[t] += 128.f * a->qsums[i];
+            offset[t] += INT8_OFFSET * a->qsums[i];
             for (int h = 0; h < 2; h++)
                 acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t][h]), _mm256_set1_ps(a->xscales[i]), acc[t][h]);
         }
@@ -467,10 +470,3 @@ int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, cons
     minicpmv_free_activations(&b);
     return 0;
 }
-#else
-int minicpmv_linear_int8_tiles(const float *x, int64_t M, const uint8_t *w, const float *wscales, int64_t N,
-                               int64_t K, float *out) {
-    (void)x, (void)M, (void)w, (void)wscales, (void)N, (void)K, (void)out;
-    return -2; /* no VNNI: minicpmv_int8_tiles_available() says so first */
-}
-#endif
